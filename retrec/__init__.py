@@ -1,0 +1,3 @@
+"""retrec — retrieval and recommendation serving stack."""
+
+__version__ = "0.1.0"

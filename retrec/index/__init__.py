@@ -1,0 +1,1 @@
+"""Indices: BM25 and sparse inverted lists, FAISS shards, embedding tables."""

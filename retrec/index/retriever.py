@@ -1,0 +1,45 @@
+"""The retriever contract shared by offline evaluation and online serving.
+
+A retriever turns query texts into ranked ``(doc_id, score)`` lists. Rankings are deterministic:
+score descending, ties broken by doc_id descending — the order trec_eval itself uses, so a run
+file's ranks are exactly the ranks that get evaluated.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+import numpy as np
+
+Hits = list[tuple[str, float]]
+
+
+class Retriever(Protocol):
+    name: str
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        """Top-``k`` hits for each query, best first."""
+        ...
+
+
+def top_k(scores: np.ndarray, doc_ids: Sequence[str], k: int, order_key: np.ndarray | None = None) -> Hits:
+    """Deterministic top-``k`` of one score vector (score desc, then doc_id desc).
+
+    ``order_key`` is the rank of each doc_id in ascending string order (precomputed once per index),
+    used to break ties without string comparisons.
+    """
+    n = scores.shape[0]
+    k = min(k, n)
+    if k <= 0:
+        return []
+    if order_key is None:
+        order_key = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object)))
+    if k < n:
+        kth = np.partition(scores, n - k)[n - k]
+        candidates = np.flatnonzero(scores >= kth)  # includes every tie at the boundary
+    else:
+        candidates = np.arange(n)
+    order = np.lexsort((-order_key[candidates], -scores[candidates]))[:k]
+    chosen = candidates[order]
+    return [(doc_ids[i], float(scores[i])) for i in chosen]

@@ -1,0 +1,1 @@
+"""Models: torch modules, losses, ONNX export, and count-based baselines."""

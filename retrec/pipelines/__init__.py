@@ -1,0 +1,1 @@
+"""Pipelines: training, export, reindexing and evaluation jobs."""

@@ -1,0 +1,57 @@
+"""Process-wide defaults set wherever retrec starts work.
+
+Offline by default (no model-hub lookups), no Ray usage reporting, and thread pools of
+torch / ONNX Runtime / FAISS / BLAS capped to the CPUs this process was actually given
+(affinity mask and cgroup quota), so that replicas sharing a machine do not oversubscribe it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+
+OFFLINE_DEFAULTS = {
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "RAY_USAGE_STATS_ENABLED": "0",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+_THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def available_cpus() -> int:
+    """CPUs this process may use: the affinity mask, further limited by a cgroup v2 quota."""
+    try:
+        n = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        n = os.cpu_count() or 1
+    quota_file = Path("/sys/fs/cgroup/cpu.max")
+    try:
+        quota, period = quota_file.read_text().split()[:2]
+        if quota != "max":
+            n = min(n, max(1, math.ceil(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, n)
+
+
+def configure_process(num_threads: int | None = None) -> int:
+    """Apply offline/telemetry defaults and cap thread pools; returns the thread count used.
+
+    Environment variables already set by the user win. Libraries that are already imported
+    get their thread pools capped directly.
+    """
+    for key, value in OFFLINE_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    threads = num_threads or int(os.environ.get("RETREC_NUM_THREADS", 0)) or available_cpus()
+    for key in _THREAD_VARS:
+        os.environ.setdefault(key, str(threads))
+    if "torch" in sys.modules:
+        torch = sys.modules["torch"]
+        torch.set_num_threads(threads)
+    if "faiss" in sys.modules:
+        sys.modules["faiss"].omp_set_num_threads(threads)
+    return threads

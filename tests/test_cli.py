@@ -1,0 +1,81 @@
+"""The CLI contract scripts rely on: JSON keys, exit codes, comparisons."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from retrec.cli import app
+
+runner = CliRunner()
+
+
+def _json(args: list[str]) -> dict:
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_eval_json_contract_and_run_file(tiny_data: Path, tmp_path: Path) -> None:
+    out = _json(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--json",
+                 "--run-out", str(tmp_path / "bm25.run")])
+    for key in ("nDCG@10", "R@100", "RR@10", "R@1000", "AP", "queries"):
+        assert key in out
+    assert out["queries"] == 30 and 0.0 < out["nDCG@10"] <= 1.0
+    again = _json(["eval", "--data", str(tiny_data), "--run", str(tmp_path / "bm25.run"), "--json"])
+    assert again["nDCG@10"] == out["nDCG@10"] and again["AP"] == out["AP"]
+
+
+def test_compare_reports_paired_test_and_win_tie_loss(tiny_data: Path, tmp_path: Path) -> None:
+    run = tmp_path / "bm25.run"
+    _json(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--json", "--run-out", str(run)])
+    worse = tmp_path / "worse.run"
+    lines = run.read_text().splitlines()
+    kept = [ln for ln in lines if int(ln.split()[3]) > 10]  # drop every query's top 10
+
+    worse.write_text("\n".join(kept) + "\n")
+    out = _json(["eval", "--data", str(tiny_data), "--run", str(run), "--run", str(worse), "--compare", "--json"])
+    (cmp,) = out["comparisons"]
+    assert cmp["baseline"] == "bm25.run" and cmp["system"] == "worse.run"
+    assert cmp["losses"] > 3 * cmp["wins"] and cmp["wins"] + cmp["ties"] + cmp["losses"] == 30
+    assert cmp["delta"] < 0 and 0.0 <= cmp["p_value"] < 0.05
+    table = runner.invoke(app, ["eval", "--data", str(tiny_data), "--run", str(run), "--run", str(worse),
+                                "--compare"])
+    assert table.exit_code == 0 and "paired comparison" in table.stdout and "worse.run" in table.stdout
+
+
+def test_mismatched_query_ids_exit_non_zero(tiny_data: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.run"
+    bad.write_text("nosuchquery Q0 D00001 1 1.0 x\n")
+    result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--run", str(bad), "--json"])
+    assert result.exit_code == 2
+    assert "query ids do not match" in result.output and "nosuchquery" in result.output
+
+
+def test_bad_inputs_are_clear_errors(tiny_data: Path, tmp_path: Path) -> None:
+    result = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope"), "--retriever", "bm25"])
+    assert result.exit_code == 2 and "dataset folder not found" in result.output
+    result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "nosuch"])
+    assert result.exit_code == 2 and "unknown retriever 'nosuch'" in result.output
+    result = runner.invoke(app, ["eval-rec", "--data", str(tiny_data), "--model", "markov", "--protocol", "x"])
+    assert result.exit_code == 2 and "unknown protocol 'x'" in result.output
+
+
+def test_eval_rec_json_contract(tiny_data: Path) -> None:
+    for protocol in ("full", "pop100", "uni100"):
+        out = _json(["eval-rec", "--data", str(tiny_data), "--model", "markov", "--protocol", protocol, "--json"])
+        assert out["protocol"] == protocol
+        assert 0.0 <= out["NDCG@10"] <= out["HR@10"] <= 1.0 and out["users"] == 150
+
+
+def test_bm25_bundle_via_cli(tiny_data: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "bm25"
+    assert runner.invoke(app, ["index", "bm25", "--data", str(tiny_data), "--out", str(bundle)]).exit_code == 0
+    built = _json(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--json"])
+    loaded = _json(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--model", str(bundle), "--json"])
+    assert loaded["nDCG@10"] == built["nDCG@10"]
+    (bundle / "doc_ids.json").write_text("[]")
+    result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "bm25", "--model", str(bundle)])
+    assert result.exit_code == 2 and "checksum mismatch for doc_ids.json" in result.output
