@@ -22,7 +22,9 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval an
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded default, format conversion.")
 index_app = typer.Typer(no_args_is_help=True, help="Build index bundles.")
 app.add_typer(data_app, name="data")
+train_app = typer.Typer(no_args_is_help=True, help="Train models into bundles.")
 app.add_typer(index_app, name="index")
+app.add_typer(train_app, name="train")
 
 EXIT_BAD_INPUT = 2
 
@@ -199,6 +201,46 @@ def index_bm25(
     ids, texts = collection.doc_texts()
     BM25Index.build(ids, texts, BM25Config(k1=k1, b=b)).save(out, name=f"{data.name}-bm25")
     typer.echo(f"wrote {out}")
+
+
+@train_app.command("bert4rec")
+def train_bert4rec_cmd(
+    data: Annotated[Path, typer.Option(help="interactions: folder or file (Parquet, sequential, MovieLens)")],
+    out: Annotated[Path, typer.Option(help="bundle folder to write (checkpoints go to OUT.ckpt/)")],
+    max_len: Annotated[int, typer.Option(help="sequence length (paper: Beauty 50, ML-1m 200)")] = 50,
+    mask_prob: Annotated[float, typer.Option(help="Cloze mask probability (paper: Beauty 0.6, ML-1m 0.2)")] = 0.2,
+    hidden: int = 64,
+    layers: int = 2,
+    heads: int = 2,
+    dropout: float = 0.1,
+    loss: Annotated[str, typer.Option(help="ce (Cloze cross-entropy over all items) | sampled")] = "ce",
+    negatives: Annotated[int, typer.Option(help="negatives per batch for --loss sampled")] = 256,
+    batch_size: int = 128,
+    lr: float = 1e-3,
+    epochs: int = 200,
+    patience: Annotated[int, typer.Option(help="epochs without validation gain before stopping")] = 8,
+    eval_users: Annotated[int, typer.Option(help="at most this many users held out for early stopping")] = 10_000,
+    max_minutes: Annotated[float | None, typer.Option(help="training time budget")] = None,
+    admit_threshold: Annotated[int, typer.Option(help="occurrences before an item gets a table row")] = 1,
+    seed: int = 0,
+    resume: Annotated[bool, typer.Option(help="continue from OUT.ckpt/last.pt")] = False,
+) -> None:
+    """Train BERT4Rec (Cloze) with early stopping on the validation item; writes an ONNX bundle."""
+    import shlex
+
+    from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
+
+    if loss not in ("ce", "sampled"):
+        raise _fail(f"unknown loss {loss!r}; choose ce or sampled")
+    cfg = TrainConfig(max_len=max_len, mask_prob=mask_prob, hidden=hidden, layers=layers, heads=heads,
+                      dropout=dropout, loss=loss, negatives=negatives, batch_size=batch_size, lr=lr, epochs=epochs,
+                      patience=patience, eval_users=eval_users, max_minutes=max_minutes,
+                      admit_threshold=admit_threshold, seed=seed)
+    try:
+        bundle = train_bert4rec(data, out, cfg, resume=resume, command=shlex.join(["retrec", *sys.argv[1:]]))
+    except (DataError, BundleError, ValueError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {bundle}")
 
 
 @app.command()

@@ -7,12 +7,15 @@ the validation target, train + validation item for the test target).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+
+import numpy as np
 
 from retrec.data.interactions import LeaveOneOut
 from retrec.models.count_recommenders import MarkovRecommender, PopularityRecommender
 from retrec.pipelines.evaluate_rec import ItemVocabulary, ScoreFn
+from retrec.runtime.sequence_recommender import SequenceRecommender
 
 
 def _histories(split: LeaveOneOut, vocab: ItemVocabulary, target: str) -> list[list[int]]:
@@ -39,8 +42,23 @@ def build_recommender(name: str, split: LeaveOneOut, vocab: ItemVocabulary, targ
     if name in BUILDERS:
         return BUILDERS[name](split, vocab, target)
     if Path(name).is_dir():
-        raise ValueError(f"{name}: recommender bundles are not supported yet by this build")
+        return bundle_scorer(SequenceRecommender.load(name), vocab)
     raise ValueError(f"unknown recommender {name!r}; available: {', '.join(sorted(BUILDERS))} or a bundle path")
+
+
+def bundle_scorer(rec: SequenceRecommender, vocab: ItemVocabulary) -> ScoreFn:
+    """Adapt a bundle's row space to the evaluation vocabulary (items it lacks score -inf)."""
+    row_of_vocab = rec.table.lookup(vocab.items)
+    known = row_of_vocab >= 0
+
+    def score(histories: Sequence[Sequence[int]]) -> np.ndarray:
+        rows = [row_of_vocab[np.asarray(h, dtype=np.int64)] for h in histories]
+        row_scores = rec.score_rows([r[r >= 0] for r in rows])
+        out = np.full((len(histories), len(vocab)), -np.inf, dtype=np.float32)
+        out[:, known] = row_scores[:, row_of_vocab[known]]
+        return out
+
+    return score
 
 
 def vocabulary_of(split: LeaveOneOut) -> ItemVocabulary:

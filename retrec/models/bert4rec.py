@@ -1,0 +1,159 @@
+"""BERT4Rec: a bidirectional transformer over item sequences, trained with the Cloze task.
+
+After Sun et al., "BERT4Rec: Sequential Recommendation with Bidirectional Encoder Representations
+from Transformer" (CIKM 2019): learned item + position embeddings, post-LN transformer blocks with
+GELU, an output head (dense + GELU + LayerNorm) scored against the tied item embeddings plus a
+per-item bias. Sequences are left-padded; at inference the last position is [MASK].
+
+Rows: items are embedding-table rows ``0..num_items-1``; ``num_items`` is PAD, ``num_items + 1`` MASK.
+For export, the item embedding and bias of each row are one *table row* ``[e, b]`` of width d+1, so that
+``user_vector · row`` (user vector ``[u, 1]``) is exactly the model's score — a plain inner product that
+FAISS or a matmul can serve.
+
+Example::
+
+    model = BERT4Rec(BERT4RecConfig(num_items=1000, max_len=50))
+    hidden = model(rows)                         # [B, L, d]
+    scores = model.score_last(rows)              # [B, num_items]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F  # noqa: N812
+from torch import nn
+
+
+@dataclass
+class BERT4RecConfig:
+    num_items: int
+    max_len: int = 50
+    hidden: int = 64
+    layers: int = 2
+    heads: int = 2
+    dropout: float = 0.1
+    attention_dropout: float = 0.1
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+class _Block(nn.Module):
+    """Post-LN transformer block written out in plain ops (ONNX-friendly, no fast-path kernels)."""
+
+    def __init__(self, cfg: BERT4RecConfig) -> None:
+        super().__init__()
+        d = cfg.hidden
+        self.heads = cfg.heads
+        self.head_dim = d // cfg.heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.qkv = nn.Linear(d, 3 * d)
+        self.out = nn.Linear(d, d)
+        self.ff1 = nn.Linear(d, 4 * d)
+        self.ff2 = nn.Linear(4 * d, d)
+        self.norm1 = nn.LayerNorm(d)
+        self.norm2 = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.attn_drop = nn.Dropout(cfg.attention_dropout)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).view(b, n, 3, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        att = (q @ k.transpose(-1, -2)) * self.scale + attn_bias  # [B, H, L, L]
+        att = self.attn_drop(att.softmax(dim=-1))
+        y = (att @ v).transpose(1, 2).reshape(b, n, d)
+        x = self.norm1(x + self.drop(self.out(y)))
+        return self.norm2(x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(x))))))
+
+
+class BERT4Rec(nn.Module):
+    def __init__(self, cfg: BERT4RecConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden
+        self.pad = cfg.num_items
+        self.mask = cfg.num_items + 1
+        self.items = nn.Embedding(cfg.num_items + 2, d, padding_idx=self.pad)
+        self.positions = nn.Embedding(cfg.max_len, d)
+        self.norm = nn.LayerNorm(d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.layers))
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.bias = nn.Parameter(torch.zeros(cfg.num_items))
+        self.apply(self._init)
+
+    @staticmethod
+    def _init(module: nn.Module) -> None:
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
+        if isinstance(module, nn.Linear) and module.bias is not None:
+            nn.init.zeros_(module.bias)
+
+    def encode(self, x: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        """Item vectors ``[B, L, d]`` (right-aligned) + padding mask → head outputs ``[B, L, d]``."""
+        length = x.shape[1]
+        pos = self.positions.weight[self.cfg.max_len - length:]
+        x = self.drop(self.norm(x + pos))
+        attn_bias = padding[:, None, None, :].to(x.dtype) * -1e9
+        for block in self.blocks:
+            x = block(x, attn_bias)
+        return self.head(x)
+
+    def forward(self, rows: torch.Tensor) -> torch.Tensor:
+        """Rows ``[B, L]`` (PAD/MASK ids allowed) → head outputs ``[B, L, d]``."""
+        return self.encode(self.items(rows), rows == self.pad)
+
+    def item_matrix(self) -> torch.Tensor:
+        return self.items.weight[: self.cfg.num_items]
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self.item_matrix().T + self.bias
+
+    def score_last(self, rows: torch.Tensor) -> torch.Tensor:
+        """Scores over all items for the last position (which should hold MASK)."""
+        return self.logits(self(rows)[:, -1])
+
+    def table_rows(self) -> torch.Tensor:
+        """``[num_items, d+1]``: item embedding with its output bias appended."""
+        return torch.cat([self.item_matrix(), self.bias[:, None]], dim=1)
+
+
+class UserEncoder(nn.Module):
+    """Export wrapper: history table rows ``[B, T, d+1]`` + padding ``[B, T]`` → user vectors ``[B, d+1]``.
+
+    The [MASK] slot is appended inside; ``user · table_row`` equals :meth:`BERT4Rec.score_last`.
+    """
+
+    def __init__(self, model: BERT4Rec) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, history: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
+        b = history.shape[0]
+        d = self.model.cfg.hidden
+        mask_vec = self.model.items.weight[self.model.mask].expand(b, 1, d)
+        x = torch.cat([history[:, :, :d], mask_vec], dim=1)
+        pad = torch.cat([padding, torch.zeros(b, 1, dtype=torch.bool)], dim=1)
+        user = self.model.encode(x, pad)[:, -1]
+        return torch.cat([user, torch.ones(b, 1, dtype=user.dtype)], dim=1)
+
+
+def export_user_encoder(model: BERT4Rec, path: str | Path, opset: int = 17) -> Path:
+    """Write the user encoder as ONNX with dynamic batch and history axes."""
+    path = Path(path)
+    wrapper = UserEncoder(model).eval()
+    d = model.cfg.hidden
+    history = torch.randn(2, model.cfg.max_len - 1, d + 1)
+    padding = torch.zeros(2, model.cfg.max_len - 1, dtype=torch.bool)
+    padding[1, :3] = True
+    torch.onnx.export(
+        wrapper, (history, padding), str(path), input_names=["history", "padding"], output_names=["user"],
+        dynamic_axes={"history": {0: "batch", 1: "steps"}, "padding": {0: "batch", 1: "steps"},
+                      "user": {0: "batch"}},
+        opset_version=opset, dynamo=False,
+    )
+    return path

@@ -1,0 +1,100 @@
+"""Sequence recommender at inference: a frozen embedding-table snapshot + the ONNX user encoder.
+
+Raw item ids go through the collisionless table to rows; unknown or never-admitted ids are skipped
+and counted, never an error. A user vector ``[u, 1]`` scores every row ``[e, b]`` by inner product.
+
+Example::
+
+    rec = SequenceRecommender.load("artifacts/bert4rec-beauty")
+    rec.recommend([["12", "7", "981"]], k=10)     # [[(item_id, score), ...]]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.index.embedding_table import FrozenTable
+from retrec.runtime.onnx_session import create_session
+
+KIND = "model/bert4rec"
+
+
+@dataclass
+class SkipReport:
+    unknown_items: int = 0
+    examples: list[str] = field(default_factory=list)
+
+    def add(self, item: str) -> None:
+        self.unknown_items += 1
+        if len(self.examples) < 5:
+            self.examples.append(item)
+
+
+class SequenceRecommender:
+    def __init__(self, manifest: Manifest, table: FrozenTable, threads: int | None = None) -> None:
+        self.manifest = manifest
+        self.table = table
+        self.max_len = int(manifest.dims["max_len"])
+        if table.dim != int(manifest.dims["row_dim"]):
+            raise BundleError(f"{manifest.path}: table width {table.dim} != model row width {manifest.dims['row_dim']}")
+        self.session = create_session(manifest.file("user_encoder.onnx"), threads=threads)
+        self.item_ids = [table.raw.get(k, str(k)) for k in table.keys.tolist()]
+        self.matrix = np.ascontiguousarray(table.embeddings)
+
+    @classmethod
+    def load(cls, directory: str | Path, threads: int | None = None) -> SequenceRecommender:
+        manifest = load_bundle(directory, kind=KIND)
+        return cls(manifest, FrozenTable.load(Path(directory) / "items"), threads=threads)
+
+    @property
+    def name(self) -> str:
+        return f"{self.manifest.name}@{self.manifest.version}"
+
+    def rows(self, histories: Sequence[Sequence[str]], report: SkipReport | None = None) -> list[np.ndarray]:
+        """Raw ids → table rows, unknown ids dropped (and counted in ``report``)."""
+        out = []
+        for history in histories:
+            r = self.table.lookup(list(history)) if len(history) else np.empty(0, np.int64)
+            if report is not None:
+                for item in np.asarray(history, dtype=object)[r < 0].tolist():
+                    report.add(str(item))
+            out.append(r[r >= 0])
+        return out
+
+    def user_vectors(self, row_histories: Sequence[np.ndarray]) -> np.ndarray:
+        steps = self.max_len - 1
+        b = len(row_histories)
+        history = np.zeros((b, steps, self.matrix.shape[1]), np.float32)
+        padding = np.ones((b, steps), bool)
+        for i, r in enumerate(row_histories):
+            r = r[-steps:]
+            if len(r):
+                history[i, steps - len(r):] = self.matrix[r]
+                padding[i, steps - len(r):] = False
+        return self.session.run(["user"], {"history": history, "padding": padding})[0]
+
+    def score_rows(self, row_histories: Sequence[np.ndarray]) -> np.ndarray:
+        """Scores ``[B, rows]`` over every item row of the table."""
+        if not len(row_histories):
+            return np.zeros((0, self.matrix.shape[0]), np.float32)
+        return self.user_vectors(row_histories) @ self.matrix.T
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True,
+                  report: SkipReport | None = None) -> list[list[tuple[str, float]]]:
+        rows = self.rows(histories, report)
+        scores = self.score_rows(rows)
+        out = []
+        for i, r in enumerate(rows):
+            s = scores[i]
+            if exclude_seen and len(r):
+                s[r] = -np.inf
+            kk = min(k, s.shape[0])
+            top = np.argpartition(-s, kk - 1)[:kk]
+            top = top[np.lexsort((top, -s[top]))]
+            out.append([(self.item_ids[j], float(s[j])) for j in top if np.isfinite(s[j])])
+        return out

@@ -1,0 +1,75 @@
+"""BERT4Rec: training on tiny data, ONNX parity, unknown ids, resume, verified bundle."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrec.bundle import BundleError, load_bundle
+from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig
+from retrec.pipelines.train_bert4rec import TrainConfig, cloze_batch, train_bert4rec, windows
+from retrec.runtime.sequence_recommender import SequenceRecommender, SkipReport
+
+TINY = TrainConfig(max_len=12, mask_prob=0.4, hidden=16, layers=1, heads=2, batch_size=64, epochs=2, patience=2,
+                   eval_users=100)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_bert4rec(tiny_data, tmp_path_factory.mktemp("b4r") / "bundle", TINY, progress=False)
+
+
+def test_bundle_is_verified_and_onnx_matches_torch(bundle: Path) -> None:
+    manifest = load_bundle(bundle, kind="model/bert4rec")
+    assert manifest.metrics["onnx_top10_identical"] == 1.0
+    assert manifest.dims["row_dim"] == 17 and manifest.metrics["epochs_run"] == 2
+    assert len(json.loads((bundle / "training_curve.json").read_text())) == 2
+
+
+def test_unknown_items_are_skipped_and_reported(bundle: Path) -> None:
+    rec = SequenceRecommender.load(bundle)
+    known = rec.item_ids[:3]
+    report = SkipReport()
+    with_unknown = rec.recommend([[known[0], "no-such-item", known[1], "x"]], k=5, report=report)
+    clean = rec.recommend([[known[0], known[1]]], k=5)
+    assert report.unknown_items == 2 and report.examples == ["no-such-item", "x"]
+    assert with_unknown == clean and len(clean[0]) == 5
+    assert not {known[0], known[1]} & {item for item, _ in clean[0]}  # seen items excluded
+    assert len(rec.recommend([["nothing-known"]], k=3)[0]) == 3
+
+
+def test_corrupted_model_is_refused(bundle: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = Path(shutil.copytree(bundle, tmp_path / "copy"))
+    data = bytearray((copy / "user_encoder.onnx").read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    (copy / "user_encoder.onnx").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"checksum mismatch for user_encoder\.onnx"):
+        SequenceRecommender.load(copy)
+
+
+def test_resume_continues_from_checkpoint(tiny_data: Path, tmp_path: Path) -> None:
+    out = tmp_path / "b"
+    train_bert4rec(tiny_data, out, TrainConfig(**{**TINY.__dict__, "epochs": 1}), progress=False)
+    train_bert4rec(tiny_data, out, TrainConfig(**{**TINY.__dict__, "epochs": 2}), resume=True, progress=False)
+    curve = json.loads((out / "training_curve.json").read_text())
+    assert [c["epoch"] for c in curve] == [1, 2]
+
+
+def test_cloze_masks_only_real_positions_and_at_least_one() -> None:
+    model = BERT4Rec(BERT4RecConfig(num_items=50, max_len=6))
+    rows = torch.tensor([[50, 50, 3, 4, 5, 6], [50, 50, 50, 50, 50, 7]])
+    gen = torch.Generator().manual_seed(0)
+    inputs, masked, targets = cloze_batch(rows, model, 0.0, gen)  # p=0: only the forced last position
+    assert masked.sum(dim=1).tolist() == [1, 1] and targets.tolist() == [6, 7]
+    assert (inputs[masked] == model.mask).all() and (inputs[rows == model.pad] == model.pad).all()
+
+
+def test_windows_cover_long_sequences() -> None:
+    w = windows([np.arange(25)], max_len=10)
+    assert [x.tolist()[-1] for x in w] == [24, 14, 4] and all(len(x) <= 10 for x in w)
