@@ -78,7 +78,7 @@ def eval_cmd(
             results.append(evaluate_hits(path.name, read_run(path), qrels, measures))
     except QueryMismatchError as exc:
         raise _fail(f"query ids do not match the qrels of split {split!r}: {exc}") from exc
-    except (DataError, BundleError, ValueError) as exc:
+    except (DataError, BundleError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
     names = [res.name for res in results]
     if len(set(names)) != len(names):

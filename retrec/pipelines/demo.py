@@ -20,8 +20,8 @@ from retrec.pipelines.recommenders import BUILDERS, build_recommender, vocabular
 from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
 
 # Small and quick: the demo shows the pipeline end to end, it makes no claims.
-DEMO_BERT4REC = TrainConfig(max_len=20, mask_prob=0.3, hidden=32, layers=2, heads=2, batch_size=32, lr=5e-3,
-                            epochs=12, patience=3, eval_users=1000, max_minutes=1.5)
+DEMO_BERT4REC = TrainConfig(max_len=20, mask_prob=0.2, hidden=64, layers=2, heads=2, batch_size=16, lr=1e-3,
+                            epochs=40, patience=5, eval_users=300, max_minutes=2.0)
 
 
 def run_demo(workdir: Path) -> dict[str, dict[str, float]]:

@@ -26,7 +26,22 @@ def _bm25(data: RetrievalData, model: Path | None) -> Retriever:
     return BM25Index.build(ids, texts)
 
 
-BUILDERS: dict[str, Callable[[RetrievalData, Path | None], Retriever]] = {"bm25": _bm25}
+def _dense(data: RetrievalData, model: Path | None) -> Retriever:
+    """``--model`` a ``model/dense`` bundle, else the packaged MiniLM (exported to ONNX once, cached); Flat."""
+    from retrec.index.dense_retriever import DenseRetriever
+    from retrec.runtime import cache_dir
+    from retrec.runtime.onnx_encoder import OnnxEncoder
+
+    if model is None:
+        from retrec.models.text_encoder import zero_shot_bundle
+
+        model = zero_shot_bundle()
+    ids, texts = data.doc_texts(with_title=True)
+    return DenseRetriever.build(OnnxEncoder(model), ids, texts, factory="Flat", cache=cache_dir() / "embeddings",
+                                progress=True)
+
+
+BUILDERS: dict[str, Callable[[RetrievalData, Path | None], Retriever]] = {"bm25": _bm25, "dense": _dense}
 
 
 def build_retriever(name: str, data: RetrievalData, model: str | Path | None = None) -> Retriever:
