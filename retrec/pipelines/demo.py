@@ -51,6 +51,19 @@ def run_demo(workdir: Path) -> dict[str, dict[str, float]]:
         rec_rows[Path(name).name] = res.metrics
     console.print(metrics_table(f"5. recommendation — leave-one-out, full ranking over {len(vocab)} items",
                                 rec_rows, ["HR@10", "NDCG@10", "MRR", "users"]))
+    serving_step(workdir, collection.queries.column("text")[0].as_py(), [str(i) for i in loo.train[0]][-10:])
     console.rule("done")
     return {"bm25": result.metrics, **rec_rows}
 
+
+def serving_step(workdir: Path, query: str, history: list[str]) -> None:
+    """Last step: the Ray Serve app on 127.0.0.1 answers a search and a recommendation, then shuts down."""
+    import json
+
+    from retrec.serving.launch import demo_round_trip
+
+    console.print("[bold]6. serving[/]: Ray Serve app on 127.0.0.1 (free port), real HTTP requests")
+    for exchange in demo_round_trip(workdir / "bundles", query, history):
+        method, body = exchange["request"]
+        console.print(f"  {method} {json.dumps(body)}")
+        console.print(f"  → {json.dumps(exchange['response'])[:400]}", markup=False, highlight=False)

@@ -1,0 +1,174 @@
+"""Start and stop the application from a serve config YAML (what ``retrec serve`` and the demo use).
+
+The YAML is Ray Serve's own config format (``http_options``, ``applications`` with ``import_path:
+retrec.serving.app:build_app`` and ``args``), so the same file also works with ``serve run`` and
+``serve deploy``. HTTP binds 127.0.0.1 unless the file or ``host`` says otherwise.
+
+Example::
+
+    url = start(load_serve_config("configs/serve.yaml"), port=free_port())
+    httpx.post(f"{url}/v1/search", json={"query": "scurvy", "k": 3})
+    stop()
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from retrec.serving.config import ServingConfig
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve.yaml"
+
+
+# Ray Serve latency knobs for small CPU-bound replicas (user code already offloads blocking work to threads):
+# run user code and the router on the replica's main loop (no extra thread hop per call) and buffer
+# request-path logs. Set before Ray starts; values already in the environment win.
+SERVE_ENV = {
+    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
+    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
+    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
+    "RAY_USAGE_STATS_ENABLED": "0",
+}
+
+
+def apply_serve_env() -> None:
+    """Put :data:`SERVE_ENV` into this process's environment (inherited by a local Ray it starts)."""
+    for key, value in SERVE_ENV.items():
+        os.environ.setdefault(key, value)
+
+
+def free_port(host: str = DEFAULT_HOST) -> int:
+    """A TCP port that is free on ``host`` right now."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def load_serve_config(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Parse and validate a Serve config file (Ray's schema; our ``args`` are checked at build time)."""
+    from ray.serve.schema import ServeDeploySchema
+
+    data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+    ServeDeploySchema.model_validate(data)
+    return data
+
+
+def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | None = None) -> None:
+    """Poll ``GET {url}/readyz`` until it answers 200 (raises TimeoutError)."""
+    deadline = time.monotonic() + timeout_s
+    last = "no answer"
+    while time.monotonic() < deadline:
+        try:
+            r = httpx.get(f"{url}/readyz", timeout=5.0, headers=headers)
+            if r.status_code == 200:
+                return
+            last = r.text[:200]
+        except httpx.HTTPError as exc:
+            last = str(exc)
+        time.sleep(0.25)
+    raise TimeoutError(f"{url} not ready after {timeout_s} s: {last}")
+
+
+def start(config: dict[str, Any], *, host: str | None = None, port: int | None = None,
+          num_cpus: int | None = None, wait: bool = True) -> str:
+    """Start Ray (locally, unless connected already), Serve and every application; returns the base URL."""
+    import ray
+
+    from retrec.process_env import configure_process
+
+    configure_process()
+    http = dict(config.get("http_options") or {})
+    http["host"] = host or http.get("host") or DEFAULT_HOST
+    http["port"] = int(port or http.get("port") or 8000)
+    if not ray.is_initialized():
+        apply_serve_env()
+        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    prefixes = deploy({**config, "http_options": http})
+    url = f"http://{http['host']}:{http['port']}"
+    if wait:
+        for prefix in prefixes:
+            wait_ready(url + prefix)
+    return url + (prefixes[0] if len(prefixes) == 1 else "")
+
+
+def deploy(config: dict[str, Any]) -> list[str]:
+    """Deploy (or update) every application of a Serve config, the way ``serve run``/``serve deploy`` do.
+
+    Applications are built from ``import_path`` + ``args`` by the Serve controller, so Ray's
+    ``deployments:`` overrides apply, and an update that changes only a ``user_config`` (e.g. the
+    ``indexes`` arg) reconfigures replicas in place instead of restarting them. Relative bundle paths
+    resolve against this process's working directory. Returns the route prefixes.
+    """
+    from ray.serve._private import api as serve_api  # the client `serve run CONFIG` itself uses
+    from ray.serve.schema import ServeDeploySchema
+
+    apps = []
+    for spec in config.get("applications") or []:
+        import_path = spec.get("import_path", "retrec.serving.app:build_app")
+        if import_path != "retrec.serving.app:build_app":
+            raise ValueError(f"application {spec.get('name')!r}: import_path {import_path!r} is not retrec's")
+        args = {"base_dir": os.getcwd(), **(spec.get("args") or {})}
+        ServingConfig.model_validate(args)  # fail here, with the message, rather than in the controller
+        apps.append({"name": "retrec", "route_prefix": "/", **spec, "import_path": import_path, "args": args})
+    schema = ServeDeploySchema.model_validate({**config, "applications": apps})
+    client = serve_api.serve_start(http_options=schema.http_options.model_dump(),
+                                   proxy_location=schema.proxy_location)
+    client.deploy_apps(schema, _blocking=True)
+    return [app["route_prefix"].rstrip("/") for app in apps]
+
+
+def stop() -> None:
+    """Shut Serve and Ray down cleanly."""
+    import ray
+    from ray import serve
+
+    if ray.is_initialized():
+        try:
+            serve.shutdown()
+        finally:
+            ray.shutdown()
+
+
+def demo_config(bundles: str | os.PathLike[str], port: int) -> dict[str, Any]:
+    """A one-machine serve config for the demo bundles (dense only when its bundles exist), zero-CPU replicas."""
+    root = Path(bundles).resolve()
+    light = {"replicas": 1, "num_cpus": 0}
+    retrievers: dict[str, Any] = {"bm25": {"index": str(root / "bm25"), "shards": light}}
+    if (root / "dense" / "manifest.json").is_file() and (root / "encoder" / "manifest.json").is_file():
+        retrievers["dense"] = {"index": str(root / "dense"), "encoder": str(root / "encoder"), "shards": light}
+    return {"http_options": {"host": DEFAULT_HOST, "port": port},
+            "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
+                              "args": {"retrievers": retrievers,
+                                       "recommenders": {"bert4rec": {"bundle": str(root / "bert4rec"),
+                                                                     "optional": True, "replicas": light}},
+                                       "encoder": {"replicas": {**light, "max_ongoing_requests": 64}},
+                                       "ingress": light, "auth": {"api_keys_env": None}}}]}
+
+
+def demo_round_trip(bundles: str | os.PathLike[str], query: str, history: list[str], k: int = 3) -> list[dict]:
+    """Start the app on a free 127.0.0.1 port, send real requests, shut down; returns (request, response) pairs."""
+    config = demo_config(bundles, free_port())
+    url = start(config)
+    exchanges = []
+    try:
+        with httpx.Client(base_url=url, timeout=30.0) as client:
+            retrievers = config["applications"][0]["args"]["retrievers"]
+            for retriever in [*retrievers, *(["hybrid"] if len(retrievers) > 1 else [])]:
+                body = {"query": query, "k": k, "retriever": retriever}
+                exchanges.append({"request": ["POST /v1/search", body],
+                                  "response": client.post("/v1/search", json=body).json()})
+            if (Path(bundles) / "bert4rec" / "manifest.json").is_file():
+                body = {"history": history, "k": k, "model": "bert4rec"}
+                exchanges.append({"request": ["POST /v1/recommend", body],
+                                  "response": client.post("/v1/recommend", json=body).json()})
+    finally:
+        stop()
+    return exchanges

@@ -1,0 +1,152 @@
+"""Serving pieces without Ray: shard merging, fusion, the ASGI guard (backpressure, limits, keys), config."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+from fastapi import FastAPI
+
+from retrec.index.retriever import top_k
+from retrec.serving.config import AuthConfig, ServingConfig
+from retrec.serving.errors import install_error_handlers
+from retrec.serving.fusion import merge_hits, minmax, rrf
+from retrec.serving.middleware import GUARD, GuardMiddleware, load_api_keys
+
+
+def test_merging_shard_top_k_equals_global_top_k() -> None:
+    rng = np.random.default_rng(0)
+    scores = rng.integers(0, 5, 200).astype(np.float32)  # many ties
+    ids = [f"d{i:03d}" for i in range(200)]
+    shards = [[i for i in range(200) if i % 3 == s] for s in range(3)]
+    for k in (1, 7, 50, 200):
+        parts = [top_k(scores[rows], [ids[i] for i in rows], k) for rows in shards]
+        assert merge_hits(parts, k) == top_k(scores, ids, k)
+
+
+def test_rrf_and_minmax() -> None:
+    a = [("x", 3.0), ("y", 2.0), ("z", 1.0)]
+    b = [("y", 0.9), ("w", 0.5)]
+    fused = rrf({"a": a, "b": b}, 10, rrf_k=60)
+    assert fused[0] == ("y", 1 / 62 + 1 / 61)
+    assert [d for d, _ in fused] == ["y", "x", "w", "z"]
+    mm = minmax({"a": a, "b": b}, 10, weights={"a": 1.0, "b": 2.0})
+    assert dict(mm) == {"x": 1.0, "y": 0.5 + 2.0, "z": 0.0, "w": 0.0}
+    assert [d for d, _ in mm] == ["y", "x", "z", "w"]  # ties: doc_id descending
+    assert minmax({"a": [("p", 1.0), ("q", 1.0)]}, 5) == [("q", 1.0), ("p", 1.0)]
+
+
+@pytest.fixture
+def guarded() -> Iterator[FastAPI]:
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(GuardMiddleware)
+    gate = asyncio.Event()
+
+    @app.post("/v1/slow")
+    async def slow(body: dict) -> dict:
+        await asyncio.wait_for(gate.wait(), 5)
+        return body
+
+    @app.post("/v1/echo")
+    async def echo(body: dict) -> dict:
+        return body
+
+    app.state.gate = gate
+    saved = (GUARD.max_inflight, GUARD.api_keys, GUARD.max_body_bytes)
+    yield app
+    GUARD.max_inflight, GUARD.api_keys, GUARD.max_body_bytes = saved
+
+
+def test_backpressure_is_503_with_retry_after(guarded: FastAPI) -> None:
+    GUARD.configure(max_inflight=1, retry_after_s=2, api_keys=())
+
+    async def scenario() -> tuple[httpx.Response, httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded), base_url="http://t") as c:
+            first = asyncio.create_task(c.post("/v1/slow", json={"a": 1}))
+            await asyncio.sleep(0.05)
+            second = await c.post("/v1/echo", json={"b": 2})
+            guarded.state.gate.set()
+            return await first, second
+
+    first, second = asyncio.run(scenario())
+    assert first.status_code == 200
+    assert second.status_code == 503 and second.headers["retry-after"] == "2"
+    assert second.json()["error"]["code"] == "overloaded"
+
+
+def test_streamed_body_limit_and_keys(guarded: FastAPI, tmp_path: object) -> None:
+    GUARD.configure(max_inflight=8, max_body_bytes=1024, api_keys=(b"k1", b"k2"))
+
+    async def chunks() -> object:
+        for _ in range(10):
+            yield b" " * 200
+
+    async def scenario() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded), base_url="http://t") as c:
+            h = {"content-type": "application/json", "x-api-key": "k2"}
+            return [await c.post("/v1/echo", content=chunks(), headers=h),  # no Content-Length: streamed
+                    await c.post("/v1/echo", json={"a": 1}, headers={"authorization": "Bearer k1"}),
+                    await c.post("/v1/echo", json={"a": 1}, headers={"authorization": "Bearer k3"})]
+
+    streamed, ok, bad_key = asyncio.run(scenario())
+    assert streamed.status_code == 413
+    assert ok.status_code == 200 and ok.json() == {"a": 1}
+    assert bad_key.status_code == 401
+
+
+def test_api_keys_from_env_and_file(tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    from pathlib import Path
+
+    path = Path(str(tmp_path)) / "keys"
+    path.write_text("# comment\nfile-key\n\n")
+    monkeypatch.setenv("MY_KEYS", "a, b")
+    assert load_api_keys(AuthConfig(api_keys_env="MY_KEYS", api_keys_file=str(path))) == (b"a", b"b", b"file-key")
+    assert load_api_keys(AuthConfig(api_keys_env="UNSET_VAR_XYZ")) == ()
+
+
+def test_config_validation() -> None:
+    with pytest.raises(ValueError, match="at least one"):
+        ServingConfig.model_validate({})
+    with pytest.raises(ValueError):
+        ServingConfig.model_validate({"retrievers": {"bm25": {"index": "x", "typo": 1}}})
+    cfg = ServingConfig.model_validate({"retrievers": {"bm25": {"index": "x"}}, "base_dir": "/srv"})
+    assert cfg.resolve("x") == "/srv/x"
+
+
+def test_serve_config_file_is_valid() -> None:
+    from retrec.serving.launch import DEFAULT_CONFIG, load_serve_config
+
+    data = load_serve_config(DEFAULT_CONFIG)
+    app = data["applications"][0]
+    assert app["import_path"] == "retrec.serving.app:build_app"
+    assert data["http_options"]["host"] == "127.0.0.1"
+    ServingConfig.model_validate(app["args"])
+
+
+def test_k8s_manifests_embed_a_valid_config() -> None:
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parents[1] / "k8s"
+    service = next(d for d in yaml.safe_load_all((root / "rayservice.yaml").read_text()) if d["kind"] == "RayService")
+    serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    from ray.serve.schema import ServeDeploySchema
+
+    ServeDeploySchema.model_validate(serve_config)
+    ServingConfig.model_validate(serve_config["applications"][0]["args"])
+    job = yaml.safe_load((root / "rayjob-reindex.yaml").read_text())
+    assert job["kind"] == "RayJob" and "retrec eval" in job["spec"]["entrypoint"]
+
+
+def test_serving_imports_no_torch() -> None:
+    import subprocess
+    import sys
+
+    code = "import sys, retrec.serving.app, retrec.serving.launch; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
+        == "False"
