@@ -78,6 +78,7 @@ class LimitsConfig(_Strict):
     retry_after_s: int = Field(1, ge=0)
     request_timeout_s: float = Field(10.0, gt=0)
     shard_timeout_s: float = Field(2.0, gt=0, description="a shard slower than this is dropped: partial result")
+    encoder_timeout_s: float = Field(5.0, gt=0, description="query encoding slower than this fails the request (503)")
 
 
 class AuthConfig(_Strict):

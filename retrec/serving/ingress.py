@@ -108,7 +108,7 @@ class Ingress:
         if self.encoder is None:
             raise ApiError(503, "unavailable", "no query encoder deployed")
         try:
-            vector, batch = await _call(self.encoder.encode.remote(query), self.cfg.limits.shard_timeout_s)
+            vector, batch = await _call(self.encoder.encode.remote(query), self.cfg.limits.encoder_timeout_s)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"query encoder busy: {exc}",
                            {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
