@@ -573,7 +573,42 @@ class TableStats:
 # ------------------------------------------------------------------------------------- live table
 
 
-class EmbeddingTable:
+class _KeyedRows:
+    """The read path shared by the live and the frozen table: keys → rows → vectors, misses counted."""
+
+    _index: _CuckooIndex
+    default_vector: NDArray[np.float32]
+
+    def _counters(self) -> TableStats:
+        raise NotImplementedError
+
+    def _matrix(self) -> NDArray[np.float32]:
+        raise NotImplementedError
+
+    def _raw_map(self) -> dict[int, str]:
+        raise NotImplementedError
+
+    def lookup(self, keys: KeysLike) -> NDArray[np.int64]:
+        """Row index per key, -1 for absent (unseen, pending or evicted) keys."""
+        k, _ = as_keys(keys)
+        rows = self._index.lookup(k)
+        counters = self._counters()
+        counters.lookups += k.size
+        counters.misses += int(np.count_nonzero(rows < 0))
+        return rows
+
+    def embed(self, keys: KeysLike) -> NDArray[np.float32]:
+        """float32 ``[n, dim]`` embeddings; absent keys get :attr:`default_vector`."""
+        return _gather(self._matrix(), self.lookup(keys), self.default_vector)
+
+    def raw_ids(self, keys: KeysLike) -> list[str | None]:
+        """Original string of each fingerprinted key, None for integer or unknown keys."""
+        k, _ = as_keys(keys)
+        raw = self._raw_map()
+        return [raw.get(x) for x in k.view(np.int64).tolist()]
+
+
+class EmbeddingTable(_KeyedRows):
     """Mutable collisionless embedding table with frequency admission and TTL expiry.
 
     Args:
@@ -680,23 +715,15 @@ class EmbeddingTable:
         keys, rows = self._index.items()
         return keys.view(np.int64), rows
 
-    def raw_ids(self, keys: KeysLike) -> list[str | None]:
-        """Original string of each (fingerprinted) admitted key, None for integer or unknown keys."""
-        k, _ = as_keys(keys)
-        return [self._raw.get(x) for x in k.view(np.int64).tolist()]
-
     # -- reads
-    def lookup(self, keys: KeysLike) -> NDArray[np.int64]:
-        """Row index per key, -1 for absent (unseen, pending or evicted) keys."""
-        k, _ = as_keys(keys)
-        rows = self._index.lookup(k)
-        self._stats.lookups += k.size
-        self._stats.misses += int(np.count_nonzero(rows < 0))
-        return rows
+    def _counters(self) -> TableStats:
+        return self._stats
 
-    def embed(self, keys: KeysLike) -> NDArray[np.float32]:
-        """float32 ``[n, dim]`` embeddings; absent keys get :attr:`default_vector`."""
-        return _gather(self._emb, self.lookup(keys), self.default_vector)
+    def _matrix(self) -> NDArray[np.float32]:
+        return self._emb
+
+    def _raw_map(self) -> dict[int, str]:
+        return self._raw
 
     # -- writes
     def observe(self, keys: KeysLike, now: float | None = None) -> NDArray[np.int64]:
@@ -912,7 +939,7 @@ class EmbeddingTable:
 # ----------------------------------------------------------------------------------- frozen table
 
 
-class FrozenTable:
+class FrozenTable(_KeyedRows):
     """Read-only table loaded from a snapshot bundle, with the same vectorised ``lookup``/``embed``.
 
     Rows are compact (``0..len-1``); the cuckoo index is rebuilt from the keys at load time.
@@ -984,22 +1011,14 @@ class FrozenTable:
         except ValueError as exc:
             raise BundleError(f"{directory}: inconsistent snapshot ({exc})") from exc
 
-    def lookup(self, keys: KeysLike) -> NDArray[np.int64]:
-        """Row index per key, -1 for absent keys."""
-        k, _ = as_keys(keys)
-        rows = self._index.lookup(k)
-        self.stats.lookups += k.size
-        self.stats.misses += int(np.count_nonzero(rows < 0))
-        return rows
+    def _counters(self) -> TableStats:
+        return self.stats
 
-    def embed(self, keys: KeysLike) -> NDArray[np.float32]:
-        """float32 ``[n, dim]`` embeddings; absent keys get the default vector."""
-        return _gather(self.embeddings, self.lookup(keys), self.default_vector)
+    def _matrix(self) -> NDArray[np.float32]:
+        return self.embeddings
 
-    def raw_ids(self, keys: KeysLike) -> list[str | None]:
-        """Original string of each fingerprinted key, None for integer or unknown keys."""
-        k, _ = as_keys(keys)
-        return [self.raw.get(x) for x in k.view(np.int64).tolist()]
+    def _raw_map(self) -> dict[int, str]:
+        return self.raw
 
     def apply_delta(self, directory: str | os.PathLike[str]) -> FrozenTable:
         """Return a new table: this one with a ``table/embedding-delta`` bundle applied.
