@@ -878,25 +878,7 @@ class EmbeddingTable(_KeyedRows):
     def snapshot(self, out_dir: str | os.PathLike[str], name: str = "embedding-table") -> Manifest:
         """Write a frozen snapshot bundle (kind ``table/embedding``) and start a new delta window."""
         keys, rows = self._index.items()
-        version = _new_version()
-        manifest = _write_bundle(
-            Path(out_dir),
-            kind=KIND,
-            name=name,
-            version=version,
-            keys=keys.view(np.int64),
-            embeddings=self._emb[rows],
-            last_update=self._last[rows],
-            raw=self._raw,
-            default=self.default_vector,
-            evicted=None,
-            config={**self.config, "base_version": None},
-            metrics=self.stats.as_dict(),
-        )
-        self._dirty[:] = False
-        self._evicted_log.clear()
-        self._base_version = version
-        return manifest
+        return self._publish(Path(out_dir), KIND, name, keys, rows, evicted=None, base=None)
 
     def export_delta(self, out_dir: str | os.PathLike[str], name: str = "embedding-table") -> Manifest:
         """Write the keys touched (admitted, observed, updated) or evicted since the last snapshot/delta.
@@ -915,10 +897,16 @@ class EmbeddingTable(_KeyedRows):
             ev = ev[self._index.lookup(ev) < 0]  # re-admitted keys travel as upserts
         else:
             ev = np.empty(0, np.uint64)
+        return self._publish(Path(out_dir), DELTA_KIND, name, keys, rows, evicted=ev.view(np.int64),
+                             base=self._base_version)
+
+    def _publish(self, out_dir: Path, kind: str, name: str, keys: NDArray[np.uint64], rows: NDArray[np.int64],
+                 evicted: NDArray[np.int64] | None, base: str | None) -> Manifest:
+        """Write ``rows`` as a bundle of ``kind`` and start a new delta window on its version."""
         version = _new_version()
         manifest = _write_bundle(
-            Path(out_dir),
-            kind=DELTA_KIND,
+            out_dir,
+            kind=kind,
             name=name,
             version=version,
             keys=keys.view(np.int64),
@@ -926,8 +914,8 @@ class EmbeddingTable(_KeyedRows):
             last_update=self._last[rows],
             raw=self._raw,
             default=self.default_vector,
-            evicted=ev.view(np.int64),
-            config={**self.config, "base_version": self._base_version},
+            evicted=evicted,
+            config={**self.config, "base_version": base},
             metrics=self.stats.as_dict(),
         )
         self._dirty[:] = False
