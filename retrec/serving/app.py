@@ -58,6 +58,16 @@ def _exists(path: str) -> bool:
     return (Path(path) / "manifest.json").is_file()
 
 
+def _deployable(role: str, name: str, path: str, optional: bool) -> bool:
+    """True when the bundle exists; a missing optional bundle is skipped with a warning, a required one refused."""
+    if _exists(path):
+        return True
+    if optional:
+        log.warning("%s %s: no bundle at %s; not deployed", role, name, path)
+        return False
+    raise BundleError(f"{role} {name!r}: no bundle at {path}")
+
+
 def _encoder(cfg: ServingConfig, name: str, rc: RetrieverConfig) -> Any:
     if rc.encoder is None:
         raise BundleError(f"retriever {name!r}: a dense index needs 'encoder: <model/dense bundle>'")
@@ -81,11 +91,8 @@ def build_app(args: dict[str, Any]) -> Application:
     encoder, encoder_path = None, None
     for name, rc in cfg.retrievers.items():
         path = cfg.resolve(rc.index)
-        if not _exists(path):
-            if rc.optional:
-                log.warning("retriever %s: no bundle at %s; not deployed", name, path)
-                continue
-            raise BundleError(f"retriever {name!r}: no index bundle at {path}")
+        if not _deployable("retriever", name, path, rc.optional):
+            continue
         manifest = read_manifest(path)
         kind = RETRIEVER_KINDS.get(manifest.kind)
         if kind is None:
@@ -106,11 +113,8 @@ def build_app(args: dict[str, Any]) -> Application:
     recommenders: dict[str, Any] = {}
     for name, mc in cfg.recommenders.items():
         path = cfg.resolve(mc.bundle)
-        if not _exists(path):
-            if mc.optional:
-                log.warning("recommender %s: no bundle at %s; not deployed", name, path)
-                continue
-            raise BundleError(f"recommender {name!r}: no bundle at {path}")
+        if not _deployable("recommender", name, path, mc.optional):
+            continue
         kind = read_manifest(path).kind
         if kind not in RECOMMENDER_KINDS:
             raise BundleError(f"recommender {name!r}: bundle kind {kind!r} cannot be served "
