@@ -1,11 +1,14 @@
 """The Ray Serve application end to end over HTTP on 127.0.0.1 (one Ray instance for the module).
 
 Bundles are built from the tiny synthetic dataset: BM25, a dense index (a tiny ONNX mean-of-embeddings
-encoder with the packaged MiniLM tokenizer, 2 shards) and a 1-epoch BERT4Rec.
+encoder with the packaged MiniLM tokenizer, 2 shards) and a 1-epoch BERT4Rec. The main application runs
+the query encoder inside the ingress (``encoder.placement: ingress``); the last test adds a second
+application with the ``QueryEncoder`` deployment (``placement: deployment``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import threading
 import time
@@ -101,7 +104,7 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return out
 
 
-def _config(bundles: dict[str, Path], port: int) -> dict[str, Any]:
+def _config(bundles: dict[str, Path], port: int, placement: str = "ingress") -> dict[str, Any]:
     zero = {"replicas": 1, "num_cpus": 0, "max_ongoing_requests": 32, "max_queued_requests": 64}
     return {
         "http_options": {"host": "127.0.0.1", "port": port},
@@ -112,7 +115,8 @@ def _config(bundles: dict[str, Path], port: int) -> dict[str, Any]:
                                "dense": {"index": str(bundles["dense"]), "encoder": str(bundles["encoder"]),
                                          "shards": zero}},
                 "recommenders": {"bert4rec": {"bundle": str(bundles["bert4rec"]), "replicas": zero}},
-                "encoder": {"max_batch_size": 8, "threads": 1, "replicas": {**zero, "max_ongoing_requests": 64}},
+                "encoder": {"placement": placement, "max_batch_size": 8, "threads": 1,
+                            "replicas": {**zero, "max_ongoing_requests": 64}},
                 "ingress": {**zero, "max_ongoing_requests": 64},
                 "limits": {"shard_timeout_s": 0.75, "request_timeout_s": 5},
                 "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])},
@@ -158,15 +162,54 @@ def test_bm25_http_equals_offline(client: httpx.Client, bundles: dict[str, Path]
         assert [(h["doc_id"], h["score"]) for h in body["hits"]] == index.search([q], 20)[0]
 
 
+def _offline_dense(bundles: dict[str, Path]) -> DenseRetriever:
+    return DenseRetriever(OnnxEncoder(bundles["encoder"], num_threads=1), FaissIndex.load(bundles["dense"]))
+
+
+def _assert_same_hits(got: list[dict[str, Any]], want: list[tuple[str, float]]) -> None:
+    assert [h["doc_id"] for h in got] == [d for d, _ in want]
+    np.testing.assert_allclose([h["score"] for h in got], [s for _, s in want], rtol=0, atol=1e-6)
+
+
 def test_dense_http_equals_offline(client: httpx.Client, bundles: dict[str, Path]) -> None:
-    offline = DenseRetriever(OnnxEncoder(bundles["encoder"], num_threads=1), FaissIndex.load(bundles["dense"]))
+    """Encoder inside the ingress (the default placement): same ids and scores as the offline retriever."""
+    assert client.get("/v1/models").json()["encoder"]["placement"] == "ingress"
+    offline = _offline_dense(bundles)
     for q in _queries(bundles):
         r = client.post("/v1/search", json={"query": q, "k": 15, "retriever": "dense"})
         assert r.status_code == 200, r.text
-        got = [(h["doc_id"], h["score"]) for h in r.json()["hits"]]
-        want = offline.search([q], 15)[0]
-        assert [d for d, _ in got] == [d for d, _ in want]
-        np.testing.assert_allclose([s for _, s in got], [s for _, s in want], rtol=0, atol=1e-6)
+        _assert_same_hits(r.json()["hits"], offline.search([q], 15)[0])
+
+
+async def _concurrent_searches(url: str, bodies: list[dict[str, Any]]) -> list[httpx.Response]:
+    async with httpx.AsyncClient(base_url=url, headers={"X-API-Key": API_KEY}, timeout=30.0) as c:
+        return await asyncio.gather(*(c.post("/v1/search", json=b) for b in bodies))
+
+
+def test_concurrent_batched_searches_equal_offline(url: str, bundles: dict[str, Path]) -> None:
+    """Concurrent dense/bm25/hybrid requests with different k share encoder batches and batched shard calls;
+    every response is still exactly its own offline answer."""
+    offline, bm25 = _offline_dense(bundles), BM25Index.load(bundles["bm25"])
+    queries = _queries(bundles)
+    bodies = [{"query": q, "k": k, "retriever": r} for q in queries for k, r in ((5, "dense"), (12, "dense"),
+                                                                                   (7, "bm25"), (6, "hybrid"))]
+    responses = asyncio.run(_concurrent_searches(url, bodies))
+    for body, r in zip(bodies, responses):
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["partial"] is False
+        if body["retriever"] == "dense":
+            _assert_same_hits(got["hits"], offline.search([body["query"]], body["k"])[0])
+        elif body["retriever"] == "bm25":
+            assert [(h["doc_id"], h["score"]) for h in got["hits"]] == bm25.search([body["query"]], body["k"])[0]
+        else:
+            from retrec.serving.fusion import rrf
+
+            q = body["query"]
+            want = rrf({"bm25": bm25.search([q], 100)[0], "dense": offline.search([q], 100)[0]}, body["k"])
+            _assert_same_hits(got["hits"], want)
+    text = httpx.get(f"{url}/metrics").text
+    assert 'retrec_shard_batch_size_count{retriever="dense"}' in text
 
 
 def test_hybrid_fuses_both(client: httpx.Client, bundles: dict[str, Path]) -> None:
@@ -207,6 +250,7 @@ def test_models_health_metrics(client: httpx.Client, url: str) -> None:
     models = client.get("/v1/models").json()
     assert models["retrievers"]["dense"]["shards"] == 2
     assert models["encoder"]["version"] == "enc-v1" and "bert4rec" in models["recommenders"]
+    assert models["encoder"]["placement"] == "ingress" and models["encoder"]["threads"] == 1
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{url}/readyz").status_code == 200
     text = httpx.get(f"{url}/metrics").text
@@ -409,3 +453,54 @@ def test_index_swap_through_user_config(client: httpx.Client, url: str, bundles:
         worker.join(timeout=30)
     assert body["index_versions"]["bm25"] == target
     assert statuses and set(statuses) == {200}
+
+
+def test_encoder_coalesces_pending_batches(bundles: dict[str, Path]) -> None:
+    """Batches formed while the ONNX worker is busy are merged into one call of at most max_batch_size."""
+    from retrec.serving.encoders import BatchingEncoder
+
+    enc = BatchingEncoder(str(bundles["encoder"]), max_batch_size=5, threads=1, use_gpu=False)
+    queries = _queries(bundles)
+    batches = [queries[0:2], queries[2:4], queries[4:5], queries[5:8]]  # 2 + 2 + 1 coalesce; then 3
+
+    async def scenario() -> list[list[tuple[np.ndarray, int]]]:
+        loop = asyncio.get_running_loop()
+        futures = [loop.create_future() for _ in batches]
+        enc._pending.extend(zip(batches, futures))
+        await enc._run_pending()
+        return [f.result() for f in futures]
+
+    results = asyncio.run(scenario())
+    assert [[size for _, size in r] for r in results] == [[5, 5], [5, 5], [5], [3, 3, 3]]
+    want = enc.encode_now(queries[:8])
+    got = np.stack([v for r in results for v, _ in r])
+    np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+
+
+# ---- 5. encoder placement: deployment ------------------------------------------------------------------
+
+def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bundles: dict[str, Path]) -> None:
+    """``encoder.placement: deployment`` (a second application under /dep): a QueryEncoder deployment, same answers."""
+    from retrec.serving.launch import deploy
+
+    port = int(url.rsplit(":", 1)[1])
+    main_app = _config(bundles, port)["applications"][0]
+    current = client.get("/v1/models").json()["retrievers"]["bm25"]["index_path"]
+    main_app["deployments"] = [{"name": "Ingress", "user_config": {"indexes": {"bm25": current}}}]  # unchanged
+    second = {**_config(bundles, port, placement="deployment")["applications"][0], "name": "retrec-dep",
+              "route_prefix": "/dep"}
+    deploy({**_config(bundles, port), "applications": [main_app, second]})
+    names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
+    assert any("#retrec-dep#QueryEncoder#" in n for n in names)
+    assert not any("#retrec#QueryEncoder#" in n for n in names)
+    with httpx.Client(base_url=f"{url}/dep", headers={"X-API-Key": API_KEY}, timeout=10.0) as dep:
+        deadline = time.monotonic() + 60
+        while dep.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+            time.sleep(0.25)
+        assert dep.get("/v1/models").json()["encoder"]["placement"] == "deployment"
+        offline = _offline_dense(bundles)
+        for q in _queries(bundles)[:4]:
+            r = dep.post("/v1/search", json={"query": q, "k": 10, "retriever": "dense"})
+            assert r.status_code == 200, r.text
+            _assert_same_hits(r.json()["hits"], offline.search([q], 10)[0])
+        assert "retrec_encoder_batch_size_count" in dep.get("/metrics").text

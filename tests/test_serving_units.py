@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
+from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -108,6 +109,38 @@ def test_api_keys_from_env_and_file(tmp_path: object, monkeypatch: pytest.Monkey
     assert load_api_keys(AuthConfig(api_keys_env="UNSET_VAR_XYZ")) == ()
 
 
+class _FakeShard:
+    """A shard handle whose ``search_many.remote`` answers ``[(f"{shard}:{query}", k)]`` per query, or fails."""
+
+    def __init__(self, shard: int, fail: bool = False) -> None:
+        self.shard, self.fail, self.calls = shard, fail, []
+        self.search_many = self
+
+    def remote(self, payloads: object, k: int, ref: dict[str, str]) -> asyncio.Future:
+        self.calls.append((list(payloads), k, ref["version"]))
+        future = asyncio.get_running_loop().create_future()
+        if self.fail:
+            future.set_exception(RuntimeError("shard down"))
+        else:
+            future.set_result([[(f"{self.shard}:{q}", float(k))] for q in payloads])
+        return future
+
+
+def test_batched_scatter_groups_by_retriever_version_and_k() -> None:
+    from retrec.serving.ingress import Ingress
+
+    shards = [_FakeShard(0), _FakeShard(1, fail=True)]
+    ingress = SimpleNamespace(cfg=ServingConfig.model_validate({"retrievers": {"bm25": {"index": "x"}}}),
+                              retrievers={"bm25": {"input": "text", "shards": shards}})  # what the batch uses
+    v1, v2 = {"version": "v1", "path": "/a"}, {"version": "v2", "path": "/b"}
+    items = [("bm25", "q0", 5, v1), ("bm25", "q1", 5, v1), ("bm25", "q2", 9, v1), ("bm25", "q3", 5, v2)]
+    scatter = Ingress.func_or_class._scatter_batch.__wrapped__  # the undecorated batch function
+    out = asyncio.run(scatter(ingress, items))
+    assert shards[0].calls == [(["q0", "q1"], 5, "v1"), (["q2"], 9, "v1"), (["q3"], 5, "v2")]
+    assert [row[0] for row in out] == [[("0:q0", 5.0)], [("0:q1", 5.0)], [("0:q2", 9.0)], [("0:q3", 5.0)]]
+    assert all(isinstance(row[1], RuntimeError) for row in out)  # the failed shard, for every item
+
+
 def test_config_validation() -> None:
     with pytest.raises(ValueError, match="at least one"):
         ServingConfig.model_validate({})
@@ -115,6 +148,9 @@ def test_config_validation() -> None:
         ServingConfig.model_validate({"retrievers": {"bm25": {"index": "x", "typo": 1}}})
     cfg = ServingConfig.model_validate({"retrievers": {"bm25": {"index": "x"}}, "base_dir": "/srv"})
     assert cfg.resolve("x") == "/srv/x"
+    assert cfg.encoder.placement == "ingress"
+    with pytest.raises(ValueError):
+        ServingConfig.model_validate({"retrievers": {"bm25": {"index": "x"}}, "encoder": {"placement": "gpu"}})
 
 
 def test_serve_config_file_is_valid() -> None:

@@ -32,6 +32,7 @@ from retrec.bundle import write_manifest
 from retrec.data.interactions import Sequences, load_interactions, user_sequences
 from retrec.index.embedding_table import EmbeddingTable
 from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder
+from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks, target_ranks
 
 log = logging.getLogger("retrec.train.bert4rec")
@@ -50,6 +51,8 @@ class TrainConfig:
     negatives: int = 256  # for loss="sampled"
     batch_size: int = 128
     lr: float = 1e-3
+    lr_schedule: str = "constant"  # constant | cosine | linear: decay to 0 over the budget (time or epochs)
+    warmup_steps: int = 0
     weight_decay: float = 0.01
     epochs: int = 200
     patience: int = 8
@@ -227,13 +230,14 @@ def train_bert4rec(
     lengths = np.array([len(w) for w in train_windows])
     v_hist, v_tgt = prep.valid_history, prep.valid_target
 
-    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "seconds": 0.0}
+    check_schedule(cfg.lr_schedule)  # reject an unknown schedule before any work
+    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "seconds": 0.0, "step": 0}
     curve: list[dict] = []
     if resume and (ckpt_dir / "last.pt").is_file():
         ckpt = torch.load(ckpt_dir / "last.pt", weights_only=True)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        state = {k: v.item() for k, v in ckpt["state"].items()}
+        state = {"step": 0, **{k: v.item() for k, v in ckpt["state"].items()}}
         curve = json.loads((ckpt_dir / "curve.json").read_text())
         gen.manual_seed(cfg.seed + int(state["epoch"]))
         log.warning("resumed from %s at epoch %d", ckpt_dir, state["epoch"])
@@ -252,7 +256,12 @@ def train_bert4rec(
             bar.update(task, completed=0, total=len(batches), epoch=epoch)
             model.train()
             total, count = 0.0, 0
-            for idx in batches:
+            for b, idx in enumerate(batches):
+                progress = budget_progress(time.perf_counter() - started, cfg.max_minutes,
+                                           epoch - 1 + b / len(batches), cfg.epochs)
+                lr = scheduled_lr(cfg.lr, int(state["step"]), progress, cfg.lr_schedule, cfg.warmup_steps)
+                for group in opt.param_groups:
+                    group["lr"] = lr
                 batch = [train_windows[i] for i in idx]
                 rows = left_pad(batch, max(len(w) for w in batch), model.pad)
                 inputs, masked, targets = cloze_batch(rows, model, cfg.mask_prob, gen)
@@ -261,13 +270,14 @@ def train_bert4rec(
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
+                state["step"] += 1
                 total += loss.item()
                 count += 1
                 bar.update(task, advance=1, loss=total / count)
             metrics = validate(model, v_hist, v_tgt)
             state["epoch"] = epoch
             state["seconds"] = time.perf_counter() - started
-            curve.append({"epoch": epoch, "loss": total / max(count, 1), "valid_NDCG@10": metrics["NDCG@10"],
+            curve.append({"epoch": epoch, "loss": total / max(count, 1), "lr": lr, "valid_NDCG@10": metrics["NDCG@10"],
                           "valid_HR@10": metrics["HR@10"], "seconds": round(state["seconds"], 1)})
             if metrics["NDCG@10"] > state["best"]:
                 state.update(best=metrics["NDCG@10"], best_epoch=epoch, bad_epochs=0)

@@ -1,6 +1,7 @@
 """``build_app(args)``: the whole Ray Serve application, composed with deployment handles.
 
-Deployments: ``Ingress`` (FastAPI) → ``QueryEncoder`` (ONNX, dynamic batching), one deployment per index
+Deployments: ``Ingress`` (FastAPI; by default it also runs the ONNX query encoder with dynamic batching,
+``encoder.placement: deployment`` moves that to a ``QueryEncoder`` deployment), one deployment per index
 shard (``bm25-shard-0``, ``dense-shard-N``), one per recommender (``recommender-NAME``). Which deployment
 serves a bundle is decided by the bundle's ``kind`` — adding a retriever or recommender is one entry in
 :data:`RETRIEVER_KINDS` / :data:`RECOMMENDER_KINDS`.
@@ -68,18 +69,21 @@ def _deployable(role: str, name: str, path: str, optional: bool) -> bool:
     raise BundleError(f"{role} {name!r}: no bundle at {path}")
 
 
-def _encoder(cfg: ServingConfig, name: str, rc: RetrieverConfig) -> Any:
+def _encoder(cfg: ServingConfig, name: str, rc: RetrieverConfig) -> dict[str, Any]:
+    """The query encoder: ``{"bundle", "kwargs"}`` built inside the ingress, or a ``QueryEncoder`` deployment."""
     if rc.encoder is None:
         raise BundleError(f"retriever {name!r}: a dense index needs 'encoder: <model/dense bundle>'")
     path = cfg.resolve(rc.encoder)
     if not _exists(path):
         raise BundleError(f"retriever {name!r}: encoder bundle {path} not found")
     e = cfg.encoder
-    max_ongoing = max(e.replicas.max_ongoing_requests, e.max_batch_size)
     kwargs = {"variant": e.variant, "max_batch_size": e.max_batch_size, "batch_wait_timeout_s": e.batch_wait_timeout_s,
               "threads": e.threads, "use_gpu": cfg.use_gpu}
+    if e.placement == "ingress":
+        return {"placement": "ingress", "bundle": path, "kwargs": kwargs}
+    max_ongoing = max(e.replicas.max_ongoing_requests, e.max_batch_size)
     options = {**e.replicas.deployment_options("QueryEncoder"), "max_ongoing_requests": max_ongoing}
-    return QueryEncoder.options(**options).bind(path, **kwargs)
+    return {"placement": "deployment", "handle": QueryEncoder.options(**options).bind(path, **kwargs)}
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -88,7 +92,8 @@ def build_app(args: dict[str, Any]) -> Application:
     if cfg.base_dir is None:  # swaps resolve relative paths the way this build did
         cfg = cfg.model_copy(update={"base_dir": os.getcwd()})
     retrievers: dict[str, dict[str, Any]] = {}
-    encoder, encoder_path = None, None
+    encoder: dict[str, Any] | None = None
+    encoder_path: str | None = None
     for name, rc in cfg.retrievers.items():
         path = cfg.resolve(rc.index)
         if not _deployable("retriever", name, path, rc.optional):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -63,8 +63,15 @@ class RecommenderConfig(_Strict):
 
 
 class EncoderConfig(_Strict):
-    """Query encoder: ONNX variant, dynamic batching (``max_batch_size: 1`` turns it off), threads."""
+    """Query encoder: where it runs, ONNX variant, dynamic batching, threads.
 
+    ``placement: ingress`` (default) runs the ONNX session inside each ingress replica (no deployment hop
+    per query; ``replicas`` is then unused); ``deployment`` serves it as the ``QueryEncoder`` deployment with
+    ``replicas``. ``max_batch_size`` bounds both the encoder's batches and the ingress's batched shard calls
+    (``1`` turns dynamic batching off: one ONNX call and one call per shard for every request).
+    """
+
+    placement: Literal["ingress", "deployment"] = "ingress"
     variant: str = "fp32"
     max_batch_size: int = Field(16, ge=1, le=1024)
     batch_wait_timeout_s: float = Field(0.004, ge=0.0, le=1.0)

@@ -1,9 +1,16 @@
 """The HTTP ingress (FastAPI via ``@serve.ingress``): validation, scatter/gather over shards, fusion, swaps.
 
 A search picks the active index version of each retriever when it starts, sends the query (BM25) or
-its vector (dense, from the encoder deployment) to every shard of that version, and merges the shard
-top-k lists deterministically. A shard that fails or exceeds ``shard_timeout_s`` is dropped and the
-response says ``partial: true``; when every shard fails the request fails fast with 503.
+its vector (dense) to every shard of that version, and merges the shard top-k lists deterministically.
+A shard that fails or exceeds ``shard_timeout_s`` is dropped and the response says ``partial: true``;
+when every shard fails the request fails fast with 503.
+
+Dynamic batching, end to end: query vectors come from the ONNX encoder running in this replica
+(``encoder.placement: ingress``, ``@serve.batch``) or from the ``QueryEncoder`` deployment; then the
+shard scatter is batched too (``@serve.batch``, no added wait): the requests ready at the same moment
+(e.g. one encoder batch) go to each shard as one ``search_many`` call per (retriever, index version, k),
+so at high concurrency the deployment hops are paid per batch, not per request. ``encoder.max_batch_size``
+bounds both; ``1`` makes every request its own ONNX call and its own call per shard.
 
 Index versions swap atomically: ``POST /v1/admin/indexes`` (or a new ``user_config``) loads the new
 version on every shard beside the old one, then flips the active reference; requests already running
@@ -22,6 +29,7 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
+import numpy as np
 from fastapi import FastAPI, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
@@ -56,6 +64,9 @@ KNOWN_RETRIEVERS = ("bm25", "dense", HYBRID)  # part of the API even when a conf
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503, 504)
 }
+SCATTER_CONCURRENT_BATCHES = 8  # batched shard calls in flight per ingress replica (x max_batch_size <= max_ongoing)
+# One shard query of the batched scatter: (retriever, query text or vector, k, index version).
+ScatterItem = tuple[str, Any, int, IndexRef]
 
 
 api = FastAPI(
@@ -76,13 +87,43 @@ async def _call(response: Any, timeout: float) -> Any:
         raise
 
 
+class _RemoteEncoder:
+    """The ``QueryEncoder`` deployment behind the same two calls as :class:`BatchingEncoder`."""
+
+    def __init__(self, handle: Any, timeout_s: float) -> None:
+        self.handle, self.timeout_s = handle, timeout_s
+
+    async def encode(self, text: str) -> tuple[np.ndarray, int]:
+        return await _call(self.handle.encode.remote(text), self.timeout_s)
+
+    async def info(self) -> dict[str, Any]:
+        return await _call(self.handle.info.remote(), 30.0)
+
+
+class _LocalEncoder:
+    """A :class:`BatchingEncoder` inside this ingress replica (``encoder.placement: ingress``)."""
+
+    def __init__(self, bundle: str, kwargs: dict[str, Any], timeout_s: float) -> None:
+        from retrec.serving.encoders import BatchingEncoder
+
+        self.batcher, self.timeout_s = BatchingEncoder(bundle, **kwargs), timeout_s
+        self.batcher.encode_now(["warm up"])  # first ONNX run allocates; keep it out of the first request
+
+    async def encode(self, text: str) -> tuple[np.ndarray, int]:
+        return await asyncio.wait_for(self.batcher.encode(text), self.timeout_s)
+
+    async def info(self) -> dict[str, Any]:
+        return self.batcher.info()
+
+
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
-    """Routes ``/v1`` requests to encoder, shard and recommender deployments (handles given by ``build_app``)."""
+    """Routes ``/v1`` requests to shard and recommender deployments (handles given by ``build_app``); encodes
+    queries in-process or through the ``QueryEncoder`` deployment (``encoder.placement``)."""
 
-    def __init__(self, config: dict[str, Any], retrievers: dict[str, dict[str, Any]], encoder: Any,
-                 recommenders: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], retrievers: dict[str, dict[str, Any]],
+                 encoder: dict[str, Any] | None, recommenders: dict[str, Any]) -> None:
         self.cfg = ServingConfig.model_validate(config)
         limits = self.cfg.limits
         guard.GUARD.configure(max_body_bytes=limits.max_body_bytes, max_inflight=limits.max_inflight,
@@ -90,7 +131,14 @@ class Ingress:
         # retrievers: name -> {"input": "text" | "vector", "kind": bundle kind, "shards": [handles], "ref": IndexRef}
         self.retrievers = retrievers
         self.active: dict[str, IndexRef] = {name: r["ref"] for name, r in retrievers.items()}
-        self.encoder = encoder
+        # encoder: {"placement": "ingress", "bundle", "kwargs"} | {"placement": "deployment", "handle"} | None
+        self.encoder: _LocalEncoder | _RemoteEncoder | None = None
+        if encoder is not None and encoder["placement"] == "ingress":
+            self.encoder = _LocalEncoder(encoder["bundle"], encoder["kwargs"], limits.encoder_timeout_s)
+        elif encoder is not None:
+            self.encoder = _RemoteEncoder(encoder["handle"], limits.encoder_timeout_s)
+        self._scatter_batch.set_max_batch_size(self.cfg.encoder.max_batch_size)
+        self._scatter_batch.set_batch_wait_timeout_s(0.0)  # batch what is ready; never wait for more
         self.recommenders = recommenders
         self._swap_lock = asyncio.Lock()
         self._encoder_info: dict[str, Any] | None = None
@@ -108,7 +156,7 @@ class Ingress:
         if self.encoder is None:
             raise ApiError(503, "unavailable", "no query encoder deployed")
         try:
-            vector, batch = await _call(self.encoder.encode.remote(query), self.cfg.limits.encoder_timeout_s)
+            vector, batch = await self.encoder.encode(query)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"query encoder busy: {exc}",
                            {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
@@ -117,13 +165,38 @@ class Ingress:
         serving_metrics.METRICS.batch_size.observe(batch)
         return vector
 
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=SCATTER_CONCURRENT_BATCHES)
+    async def _scatter_batch(self, items: list[ScatterItem]) -> list[list[Any]]:
+        """Per item, every shard's hits (or the exception of its shard call), as one call per shard and group.
+
+        A group is the items of one retriever, index version and ``k``: its shards get one ``search_many``.
+        """
+        groups: dict[tuple[str, str, str, int], list[int]] = {}
+        for i, (name, _, k, ref) in enumerate(items):
+            groups.setdefault((name, ref["version"], ref["path"], k), []).append(i)
+        timeout = self.cfg.limits.shard_timeout_s
+        calls, targets = [], []
+        for (name, _, _, k), rows in groups.items():
+            spec, ref = self.retrievers[name], items[rows[0]][3]
+            payloads: Any = [items[i][1] for i in rows]
+            if spec["input"] == "vector":
+                payloads = np.stack(payloads).astype(np.float32, copy=False)
+            serving_metrics.METRICS.shard_batch_size.labels(retriever=name).observe(len(rows))
+            for shard, handle in enumerate(spec["shards"]):
+                calls.append(_call(handle.search_many.remote(payloads, k, ref), timeout))
+                targets.append((rows, shard))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        out: list[list[Any]] = [[None] * len(self.retrievers[name]["shards"]) for name, *_ in items]
+        for (rows, shard), res in zip(targets, results):
+            for j, i in enumerate(rows):
+                out[i][shard] = res if isinstance(res, BaseException) else res[j]
+        return out
+
     async def _retrieve(self, name: str, query: str, k: int, vector: asyncio.Task | None) -> tuple[list, str, list]:
         """Scatter to every shard of the active version, gather, merge → (hits, version, failed shards)."""
         spec, ref = self.retrievers[name], self.active[name]
         payload: Any = query if spec["input"] == "text" else await vector  # type: ignore[misc]
-        timeout = self.cfg.limits.shard_timeout_s
-        calls = [_call(h.search.remote(payload, k, ref), timeout) for h in spec["shards"]]
-        results = await asyncio.gather(*calls, return_exceptions=True)
+        results = await self._scatter_batch((name, payload, k, ref))
         parts, failed, backpressure, reasons = [], [], False, set()
         for i, res in enumerate(results):
             if isinstance(res, BaseException):
@@ -284,7 +357,7 @@ class Ingress:
     # ---- introspection ---------------------------------------------------------------------------------
     async def encoder_info(self) -> dict[str, Any]:
         if self._encoder_info is None and self.encoder is not None:
-            self._encoder_info = await _call(self.encoder.info.remote(), 30.0)
+            self._encoder_info = {**await self.encoder.info(), "placement": self.cfg.encoder.placement}
         return self._encoder_info or {}
 
     @api.get("/v1/models")
@@ -324,7 +397,7 @@ class Ingress:
             checks.update({f"{name}-{i}": ok for i, ok in enumerate(oks)})
         if self.encoder is not None:
             try:
-                await _call(self.encoder.info.remote(), 2.0)
+                await asyncio.wait_for(self.encoder.info(), 2.0)
                 checks["encoder"] = True
             except Exception:
                 checks["encoder"] = False

@@ -28,6 +28,8 @@ class ServingMetrics:
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=self.registry)
         self.batch_size = Histogram("retrec_encoder_batch_size", "query-encoder batch size each request was in",
                                     buckets=BATCH_BUCKETS, registry=self.registry)
+        self.shard_batch_size = Histogram("retrec_shard_batch_size", "queries per batched shard call",
+                                          ["retriever"], buckets=BATCH_BUCKETS, registry=self.registry)
         self.shard_failures = Counter("retrec_shard_failures", "shard calls that failed or timed out",
                                       ["retriever", "shard"], registry=self.registry)
         self.partial = Counter("retrec_partial_responses", "search responses flagged partial",

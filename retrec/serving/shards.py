@@ -3,12 +3,14 @@
 A request names the index version it searches (``{"version", "path"}``, chosen by the ingress when the
 request starts), so one request never mixes versions. A replica keeps the two most recent versions
 loaded; a version it lacks (e.g. a replica restarted after a swap) is loaded on first use. Results are
-``[(doc_id, score)]`` lists — ids and scores, never arrays.
+``[(doc_id, score)]`` lists — ids and scores, never arrays. ``search_many`` answers a batch of queries
+(the ingress's batched scatter) in one call: one hit list per query, in order.
 
 Example::
 
     shard = DenseShard.bind(shard=0, initial={"version": "v1", "path": "/idx/v1"}, use_gpu=None)
     await handle.search.remote(query_vector, 10, {"version": "v1", "path": "/idx/v1"})
+    await handle.search_many.remote(query_vectors, 10, {"version": "v1", "path": "/idx/v1"})  # [n, dim]
 """
 
 from __future__ import annotations
@@ -72,6 +74,11 @@ class _VersionedShard:
             self._versions = versions  # one atomic swap of the map
             return index
 
+    async def _index(self, ref: IndexRef) -> Any:
+        """The loaded index of ``ref``: no thread hop when loaded, else loaded on a worker thread."""
+        index = self._versions.get(ref["version"])
+        return index if index is not None else await asyncio.to_thread(self._get, ref)
+
     async def load(self, ref: IndexRef) -> str:
         """Load ``ref`` beside the current version(s); returns the version once ready."""
         await asyncio.to_thread(self._get, ref)
@@ -96,8 +103,12 @@ class BM25Shard(_VersionedShard):
         return BM25Index.load(path)  # verifies checksums
 
     async def search(self, query: str, k: int, ref: IndexRef) -> Hits:
-        index = await asyncio.to_thread(self._get, ref)
-        return (await asyncio.to_thread(index.search, [query], k))[0]
+        return (await self.search_many([query], k, ref))[0]
+
+    async def search_many(self, queries: list[str], k: int, ref: IndexRef) -> list[Hits]:
+        """Top-``k`` of this shard for each query, in order."""
+        index = await self._index(ref)
+        return await asyncio.to_thread(index.search, list(queries), k)
 
 
 def load_dense_shard(path: str, shard: int, use_gpu: bool | None = None) -> Any:
@@ -139,7 +150,11 @@ class DenseShard(_VersionedShard):
         return load_dense_shard(path, self.shard, self.use_gpu)
 
     async def search(self, vector: np.ndarray, k: int, ref: IndexRef) -> Hits:
-        index = await asyncio.to_thread(self._get, ref)
+        return (await self.search_many(np.asarray(vector, np.float32)[None, :], k, ref))[0]
+
+    async def search_many(self, vectors: np.ndarray, k: int, ref: IndexRef) -> list[Hits]:
+        """Exact top-``k`` of this shard for each row of ``vectors`` (``float32 [n, dim]``), in order."""
+        index = await self._index(ref)
         if len(index) == 0:
-            return []
-        return (await asyncio.to_thread(index.search, np.asarray(vector, np.float32)[None, :], k))[0]
+            return [[] for _ in range(len(vectors))]
+        return await asyncio.to_thread(index.search, np.asarray(vectors, np.float32), k)

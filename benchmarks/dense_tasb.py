@@ -1,0 +1,122 @@
+"""TAS-Balanced ablation on BEIR SciFact: each arm trained with the same budget and seed, scored on test.
+
+    python benchmarks/dense_tasb.py --data ../shared/data/scifact --out runs/dense-tasb --minutes 12 \\
+        [--arms baseline topic balanced tasb] [--json runs/dense-tasb/results.json]
+
+Arms add one TAS-B part at a time (every other setting is ``retrec train dense``'s default):
+
+- ``baseline``  random batches, one uniform BM25 hard negative, in-batch cross-entropy on the judgements;
+- ``topic``     + topic-aware sampling (batches from k-means clusters of the training queries);
+- ``balanced``  + balanced margin sampling of negatives (BM25 ∪ zero-shot dense candidates);
+- ``tasb``      + dual-teacher distillation (pairwise + in-batch Margin-MSE to the ensemble teacher).
+
+A finished arm (bundle with a manifest) is reused, so an interrupted benchmark continues where it stopped.
+Each arm is evaluated through the serving path (ONNX Runtime fp32 + FAISS Flat, k=1000). The best arm is
+compared with the zero-shot MiniLM and BM25 (paired t-test, win/tie/loss on nDCG@10), and TREC runs of
+all systems are written under ``--out`` for ``retrec eval --run ... --compare``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from retrec.process_env import available_cpus, configure_process
+
+ARMS: dict[str, dict[str, Any]] = {
+    "baseline": {"sampling": "random", "negatives": "bm25", "distill_weight": 0.0},
+    "topic": {"sampling": "topic", "negatives": "bm25", "distill_weight": 0.0},
+    "balanced": {"sampling": "topic", "negatives": "balanced", "distill_weight": 0.0},
+    "tasb": {"sampling": "topic", "negatives": "balanced"},  # distill_weight: the default
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/scifact")
+    parser.add_argument("--out", type=Path, default=Path("runs/dense-tasb"))
+    parser.add_argument("--minutes", type=float, default=12.0, help="training budget of every arm")
+    parser.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--int8", action="store_true", help="also score the best arm's int8 model")
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    threads = configure_process()
+    load_before = os.getloadavg()
+
+    from rich.console import Console
+
+    from retrec.console import comparison_table, metrics_table
+    from retrec.data.beir import load_retrieval_data
+    from retrec.data.trec import write_run
+    from retrec.index.bm25_index import BM25Index
+    from retrec.index.dense_retriever import DenseRetriever
+    from retrec.models.text_encoder import zero_shot_bundle
+    from retrec.pipelines.compare import compare
+    from retrec.pipelines.evaluate import EvalResult, evaluate_retriever
+    from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
+    from retrec.runtime import cache_dir
+    from retrec.runtime.onnx_encoder import OnnxEncoder
+
+    console = Console()
+    test = load_retrieval_data(args.data, split="test")
+    ids, texts = test.doc_texts(with_title=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+
+    def score(name: str, bundle: Path, variant: str = "fp32") -> EvalResult:
+        encoder = OnnxEncoder(bundle, variant=variant)
+        retriever = DenseRetriever.build(encoder, ids, texts, factory="Flat", cache=cache_dir() / "embeddings")
+        result = evaluate_retriever(retriever, test, progress=False)
+        result.name = name
+        write_run(args.out / f"{name}.run", result.run, tag=name)
+        return result
+
+    rows: dict[str, dict[str, Any]] = {}
+    results: dict[str, EvalResult] = {}
+    for arm in args.arms:
+        bundle = args.out / arm
+        if not (bundle / "manifest.json").is_file():
+            cfg = DenseTrainConfig(max_minutes=args.minutes, seed=args.seed, **ARMS[arm])
+            console.print(f"[bold]{arm}[/]: {ARMS[arm]}")
+            train_dense(args.data, bundle, cfg, command=f"benchmarks/dense_tasb.py --minutes {args.minutes} ({arm})")
+        started = time.perf_counter()
+        results[arm] = score(arm, bundle)
+        manifest = json.loads((bundle / "manifest.json").read_text())
+        m = manifest["metrics"]
+        rows[arm] = {**results[arm].metrics, "dev nDCG@10": m["dev_nDCG@10"] or 0.0, "steps": m["steps"],
+                     "train min": m["train_seconds"] / 60, "eval s": time.perf_counter() - started}
+    best = max(results, key=lambda a: results[a].metrics["nDCG@10"])
+    results["zero-shot"] = score("zero-shot", zero_shot_bundle())
+    rows["zero-shot"] = dict(results["zero-shot"].metrics)
+    bm25 = evaluate_retriever(BM25Index.build(ids, texts), test, progress=False)
+    bm25.name = "bm25"
+    write_run(args.out / "bm25.run", bm25.run, tag="bm25")
+    results["bm25"] = bm25
+    rows["bm25"] = dict(bm25.metrics)
+    if args.int8:
+        results[f"{best}-int8"] = score(f"{best}-int8", args.out / best, variant="int8")
+        rows[f"{best}-int8"] = dict(results[f"{best}-int8"].metrics)
+    comparisons = compare({n: results[n].per_query for n in ("zero-shot", best, "bm25")}, "nDCG@10")
+    comparisons += compare({n: results[n].per_query for n in ("bm25", best)}, "nDCG@10")
+
+    columns = ["nDCG@10", "R@100", "RR@10", "dev nDCG@10", "steps", "train min", "eval s"]
+    console.print(metrics_table(f"SciFact test — TAS-B ablation, {args.minutes:g} min per arm, seed {args.seed}, "
+                                f"{threads} threads", rows, columns))
+    console.print(comparison_table(comparisons))
+    out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {available_cpus()} cpus",
+           "threads": threads, "load_before": [round(x, 2) for x in load_before],
+           "load_after": [round(x, 2) for x in os.getloadavg()], "minutes_per_arm": args.minutes,
+           "seed": args.seed, "best": best, "rows": rows,
+           "comparisons": [{**c.__dict__, "delta": c.delta} for c in comparisons]}
+    print(json.dumps(out))
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,190 @@
+"""TAS-Balanced dense training: losses, batch composition, teachers, and a tiny end-to-end run with resume."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+import torch.nn.functional as F  # noqa: N812
+
+from retrec.bundle import load_bundle
+from retrec.data.errors import DataError
+from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
+from retrec.pipelines.dense_teachers import LabelMember, ScoreTableMember, Teacher
+from retrec.pipelines.lr_schedule import scheduled_lr
+from retrec.pipelines.tas_sampling import balanced_margin_pick, random_batches, topic_batches, topic_clusters
+from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
+from retrec.runtime.onnx_encoder import OnnxEncoder
+
+# ---------------------------------------------------------------- losses
+
+
+def test_in_batch_cross_entropy_matches_manual_softmax() -> None:
+    scores = torch.tensor([[0.9, 0.1, 0.3, 0.2], [0.2, 0.8, 0.1, 0.4]])
+    mask = torch.tensor([[False, False, True, False], [False, False, False, False]])
+    got = in_batch_cross_entropy(scores, 20.0, mask)
+    logits = scores * 20
+    l0 = -torch.log_softmax(logits[0, [0, 1, 3]], 0)[0]
+    l1 = -torch.log_softmax(logits[1], 0)[1]
+    assert torch.isclose(got, (l0 + l1) / 2)
+
+
+def test_margin_losses_are_zero_when_student_margins_equal_teachers() -> None:
+    teacher = torch.rand(3, 6)
+    student = teacher + 0.37  # same margins, shifted scores
+    assert margin_mse(student, teacher).item() < 1e-10
+    assert in_batch_margin_mse(student, teacher).item() < 1e-10
+    worse = student.clone()
+    worse[0, 3] += 0.5  # query 0's own negative (column B + 0 = 3)
+    assert margin_mse(worse, teacher).item() == pytest.approx(0.25 / 3)
+
+
+def test_in_batch_margin_mse_skips_diagonal_and_masked_pairs() -> None:
+    teacher = torch.zeros(2, 4)
+    student = torch.zeros(2, 4)
+    student[0, 2] = 1.0  # query 0 vs doc 2: margin −1 where the teacher says 0
+    mask = torch.zeros(2, 4, dtype=torch.bool)
+    assert in_batch_margin_mse(student, teacher).item() == pytest.approx(1.0 / 6)
+    mask[0, 2] = True
+    assert in_batch_margin_mse(student, teacher, mask).item() == 0.0
+    assert F.mse_loss(torch.zeros(1), torch.zeros(1)).item() == 0.0
+
+
+def test_learning_rate_schedule_warms_up_and_decays() -> None:
+    assert scheduled_lr(1.0, 0, 0.0, "linear", warmup_steps=10) == pytest.approx(0.1)
+    assert scheduled_lr(1.0, 50, 0.5, "linear", warmup_steps=10) == pytest.approx(0.5)
+    assert scheduled_lr(1.0, 50, 1.0, "cosine") == pytest.approx(0.0)
+    assert scheduled_lr(1.0, 50, 0.7, "constant") == 1.0
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        scheduled_lr(1.0, 0, 0.0, "step")
+
+
+# ---------------------------------------------------------------- sampling
+
+
+def test_topic_clusters_separate_obvious_topics() -> None:
+    rng = np.random.default_rng(0)
+    a = rng.normal(0, 0.01, (20, 8)) + np.eye(8)[0]
+    b = rng.normal(0, 0.01, (20, 8)) + np.eye(8)[1]
+    labels = topic_clusters(np.vstack([a, b]).astype(np.float32), 2, seed=0)
+    assert len(set(labels[:20])) == 1 and len(set(labels[20:])) == 1 and labels[0] != labels[20]
+
+
+def test_topic_batches_use_every_query_once_and_few_clusters() -> None:
+    labels = np.repeat(np.arange(6), [40, 33, 20, 17, 9, 1])
+    batches = topic_batches(labels, 8, 1, np.random.default_rng(1))
+    flat = np.concatenate(batches)
+    assert sorted(flat.tolist()) == list(range(len(labels)))
+    assert all(len(b) <= 8 for b in batches)
+    single = sum(len(set(labels[b])) == 1 for b in batches)
+    assert single >= len(batches) - 6  # only batches that drain a cluster mix topics
+    random = random_batches(len(labels), 8, np.random.default_rng(1))
+    assert sum(len(set(labels[b])) == 1 for b in random) < single
+
+
+def test_balanced_margin_pick_is_uniform_over_non_empty_bins() -> None:
+    margins = np.array([0.0] * 9 + [1.0])  # nine easy-to-confuse negatives, one far one
+    rng = np.random.default_rng(0)
+    picks = np.array([balanced_margin_pick(margins, 10, rng) for _ in range(4000)])
+    assert abs((picks == 9).mean() - 0.5) < 0.03  # uniform over candidates would give 0.1
+    assert balanced_margin_pick(np.array([0.3, 0.3]), 10, rng) in (0, 1)
+    with pytest.raises(ValueError):
+        balanced_margin_pick(np.array([]), 10, rng)
+
+
+# ---------------------------------------------------------------- teachers
+
+
+def test_score_table_teacher_normalises_per_query_and_counts_unknown_docs(tmp_path: Path) -> None:
+    path = tmp_path / "teacher.parquet"
+    pq.write_table(pa.table({"query_id": ["q1", "q1", "q1", "q2"], "doc_id": ["a", "b", "zz", "a"],
+                             "score": [10.0, 5.0, 7.0, 3.0]}), path)
+    member = ScoreTableMember(path, {"a": 0, "b": 1, "c": 2})
+    assert member.unknown_docs == 1
+    assert member.scores("q1", np.array([0, 1, 2])).tolist() == [1.0, 0.0, 0.0]  # missing pair = query's lowest
+    assert member.scores("nope", np.array([0])).tolist() == [0.0]
+    teacher = Teacher([(member, 1.0), (LabelMember({"q1": {1: 2}}), 3.0)])
+    assert teacher.scores("q1", np.array([0, 1])).tolist() == pytest.approx([0.25, 0.75])
+
+
+def test_score_table_teacher_rejects_bad_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.parquet"
+    pq.write_table(pa.table({"query_id": ["q1"], "doc": ["a"], "score": [1.0]}), bad)
+    with pytest.raises(DataError, match="missing"):
+        ScoreTableMember(bad, {"a": 0})
+    text = tmp_path / "scores.parquet"
+    text.write_text("q1\ta\t1.0\n")
+    with pytest.raises(DataError, match="not a readable Parquet"):
+        ScoreTableMember(text, {"a": 0})
+    nan = tmp_path / "nan.parquet"
+    pq.write_table(pa.table({"query_id": ["q1"], "doc_id": ["a"], "score": [float("nan")]}), nan)
+    with pytest.raises(DataError, match="non-finite"):
+        ScoreTableMember(nan, {"a": 0})
+
+
+def test_config_rejects_unknown_options() -> None:
+    with pytest.raises(ValueError, match="sampling"):
+        DenseTrainConfig(sampling="clusters")
+    with pytest.raises(ValueError, match="negatives"):
+        DenseTrainConfig(negatives="hard")
+    with pytest.raises(ValueError, match="batch_size"):
+        DenseTrainConfig(batch_size=1)
+
+
+# ---------------------------------------------------------------- end to end
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("retrec-cache-dense")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETREC_CACHE", str(root))
+        yield root
+
+
+TINY = {"batch_size": 4, "epochs": 1, "max_query_length": 16, "max_doc_length": 32, "quantize": False,
+        "dev_max_queries": 4, "dev_candidates": 5, "queries_per_cluster": 8, "checkpoint_every": 1,
+        "max_minutes": None}
+
+
+def test_tiny_training_writes_a_verified_onnx_bundle_and_resumes(tiny_data: Path, tmp_path: Path,
+                                                                 private_cache: Path) -> None:
+    out = tmp_path / "dense"
+    train_dense(tiny_data, out, DenseTrainConfig(**TINY, max_steps=2), progress=False)
+    manifest = load_bundle(out, kind="model/dense")
+    assert manifest.metrics["steps"] == 2
+    assert manifest.metrics["onnx_max_abs_diff"] <= 1e-4
+    assert manifest.config["train"]["sampling"] == "topic" and manifest.config["teacher"]["labels"] == 1.0
+    assert manifest.config["max_doc_length"] == 32 and manifest.config["similarity"] == "cosine"
+    curve = json.loads((out / "training_curve.json").read_text())
+    assert [c["step"] for c in curve if "loss" in c] == [1, 2]
+    assert all(np.isfinite(c["loss"]) and c["margin_mse"] >= 0 for c in curve if "loss" in c)
+    vectors = OnnxEncoder(out).encode_queries(["a query about genes"])
+    assert vectors.shape == (1, 384) and abs(float(np.linalg.norm(vectors)) - 1.0) < 1e-5
+
+    # Resume: the checkpoint after step 2 continues to step 3 instead of starting over.
+    train_dense(tiny_data, out, DenseTrainConfig(**TINY, max_steps=3), resume=True, progress=False)
+    curve = json.loads((out / "training_curve.json").read_text())
+    assert [c["step"] for c in curve if "loss" in c] == [1, 2, 3]
+
+
+def test_baseline_arm_trains_without_a_teacher_term(tiny_data: Path, tmp_path: Path, private_cache: Path) -> None:
+    cfg = DenseTrainConfig(**{**TINY, "dev_max_queries": 0}, max_steps=1, sampling="random", negatives="bm25",
+                           distill_weight=0.0)
+    out = train_dense(tiny_data, tmp_path / "base", cfg, progress=False)
+    curve = json.loads((out / "training_curve.json").read_text())
+    step = next(c for c in curve if "loss" in c)
+    assert "margin_mse" not in step and step["loss"] == pytest.approx(step["ce"])
+    assert load_bundle(out).metrics["dev_queries"] == 0
+
+
+def test_missing_teacher_file_is_a_clear_error(tiny_data: Path, tmp_path: Path, private_cache: Path) -> None:
+    with pytest.raises(ValueError, match="does not exist"):
+        train_dense(tiny_data, tmp_path / "x", DenseTrainConfig(**TINY, max_steps=1, teacher=str(tmp_path / "t.pq")),
+                    progress=False)
