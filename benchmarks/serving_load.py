@@ -1,9 +1,13 @@
 """Load test of the Ray Serve app on 127.0.0.1: p50/p99 latency and QPS for dense and hybrid search.
 
 Builds (once, cached) a SciFact BM25 index and a zero-shot MiniLM dense index (the dense retriever's
-export/encoding cache), starts the app with dynamic batching on and off, and drives it with an async httpx
-load generator at each concurrency — bounded by a request count and a time limit per cell. Also reports the
-HTTP path's overhead over the in-process pipeline (median ms, c=1).
+export/encoding cache), starts the app with dynamic batching on and off (off: ``max_batch_size: 1``, i.e.
+one ONNX call and one call per shard for every request), and drives it with an async httpx load generator
+at each concurrency — bounded by a request count and a time limit per cell. Each cell also reports the CPU
+milliseconds per request spent by all Ray processes (proxy, ingress, shards, ...; from ``/proc``) and by
+the load generator. Also reports the HTTP path's overhead over the in-process pipeline (median ms, c=1),
+the in-process ONNX encoder's cost per query at batch 1 and at ``--max-batch-size`` (what batching can
+save in the encoder itself), and the mean encoder batch and shard-call batch per batching mode.
 
 Example::
 
@@ -16,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import statistics
 import time
 from pathlib import Path
@@ -50,7 +55,8 @@ def build_bundles(data: Path, out: Path, encoder: Path | None = None) -> dict[st
     return paths
 
 
-def app_config(paths: dict[str, Path], port: int, batch: int, threads: int) -> dict[str, Any]:
+def app_config(paths: dict[str, Path], port: int, batch: int, threads: int,
+               placement: str = "ingress") -> dict[str, Any]:
     light = {"replicas": 1, "num_cpus": 0, "max_ongoing_requests": 64, "max_queued_requests": 1024}
     return {"http_options": {"host": "127.0.0.1", "port": port},
             "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
@@ -58,11 +64,32 @@ def app_config(paths: dict[str, Path], port: int, batch: int, threads: int) -> d
                                   "retrievers": {"bm25": {"index": str(paths["bm25"]), "shards": light},
                                                  "dense": {"index": str(paths["dense"]),
                                                            "encoder": str(paths["encoder"]), "shards": light}},
-                                  "encoder": {"max_batch_size": batch, "batch_wait_timeout_s": 0.003,
+                                  "encoder": {"placement": placement, "max_batch_size": batch,
+                                              "batch_wait_timeout_s": 0.003,
                                               "threads": threads, "replicas": {**light, "max_ongoing_requests": 128}},
                                   "ingress": {**light, "max_ongoing_requests": 256},
                                   "limits": {"max_inflight": 256, "shard_timeout_s": 5, "request_timeout_s": 30},
                                   "auth": {"api_keys_env": None}, "use_gpu": False}}]}
+
+
+def ray_cpu_ms() -> float | None:
+    """CPU milliseconds used so far by this machine's Ray processes (``ray::*`` workers, raylet, GCS)."""
+    total, tick = 0, os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return None
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            if not (cmd.startswith(b"ray::") or b"raylet" in cmd or b"gcs_server" in cmd):
+                continue
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime + stime
+        except (OSError, IndexError, ValueError):
+            continue
+    return total * 1000.0 / tick
 
 
 async def drive(url: str, retriever: str, queries: list[str], concurrency: int, requests: int,
@@ -85,23 +112,61 @@ async def drive(url: str, retriever: str, queries: list[str], concurrency: int, 
                 latencies.append(time.perf_counter() - t)
                 errors += r.status_code != 200
 
+        cpu0, own0 = ray_cpu_ms(), time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
+        cpu1, own1 = ray_cpu_ms(), time.process_time()
     ms = np.array(latencies) * 1000
+    n = max(1, len(latencies))
     return {"requests": len(latencies), "errors": errors, "qps": round(len(latencies) / wall, 1),
-            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2)}
+            "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
+            "ray_cpu_ms_per_req": round((cpu1 - cpu0) / n, 2) if cpu0 is not None and cpu1 is not None else None,
+            "client_cpu_ms_per_req": round((own1 - own0) * 1000 / n, 2)}
 
 
-def mean_batch(url: str) -> float:
-    """Mean query-encoder batch size seen by requests, from the app's Prometheus metrics."""
-    values = {}
+BATCH_METRICS = {"encoder_batch": "retrec_encoder_batch_size", "shard_batch": "retrec_shard_batch_size"}
+
+
+def batch_totals(url: str) -> dict[str, tuple[float, float]]:
+    """``(sum, count)`` of each batch-size histogram (summed over labels) from the app's Prometheus metrics.
+
+    ``encoder_batch``: the encoder batch each request was in; ``shard_batch``: queries per batched shard call.
+    """
+    totals = {key: [0.0, 0.0] for key in BATCH_METRICS}
     for line in httpx.get(f"{url}/metrics", timeout=10).text.splitlines():
-        if line.startswith(("retrec_encoder_batch_size_sum", "retrec_encoder_batch_size_count")):
-            name, value = line.split()
-            values[name] = float(value)
-    count = values.get("retrec_encoder_batch_size_count", 0.0)
-    return round(values.get("retrec_encoder_batch_size_sum", 0.0) / count, 2) if count else 0.0
+        for key, metric in BATCH_METRICS.items():
+            for i, suffix in enumerate(("_sum", "_count")):
+                if line.startswith(metric + suffix):
+                    totals[key][i] += float(line.rsplit(" ", 1)[1])
+    return {key: (total[0], total[1]) for key, total in totals.items()}
+
+
+def mean_batches(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]) -> dict[str, float]:
+    """Mean batch sizes between two :func:`batch_totals` snapshots."""
+    out = {}
+    for key in BATCH_METRICS:
+        count = after[key][1] - before[key][1]
+        out[f"mean_{key}"] = round((after[key][0] - before[key][0]) / count, 2) if count else 0.0
+    return out
+
+
+def encoder_ms_per_query(paths: dict[str, Path], queries: list[str], threads: int, batch: int) -> dict[str, float]:
+    """In-process ONNX cost per query at batch 1 and at ``batch`` (run the way the server runs a batch)."""
+    from retrec.runtime.onnx_encoder import OnnxEncoder
+    from retrec.serving.encoders import CPU_ONNX_BATCH
+
+    encoder = OnnxEncoder(paths["encoder"], num_threads=threads, providers=["CPUExecutionProvider"],
+                          batch_size=min(CPU_ONNX_BATCH, batch))
+    encoder.encode_queries(queries[:batch])
+    out = {}
+    for size in (1, batch):
+        n = (len(queries) // size) * size
+        started = time.perf_counter()
+        for i in range(0, n, size):
+            encoder.encode_queries(queries[i:i + size])
+        out[f"batch_{size}"] = round((time.perf_counter() - started) * 1000 / n, 2)
+    return out
 
 
 def in_process_median_ms(paths: dict[str, Path], queries: list[str], threads: int) -> float:
@@ -125,7 +190,9 @@ def main() -> None:
     parser.add_argument("--retrievers", nargs="+", default=["dense", "hybrid"])
     parser.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=2, help="ONNX threads of the encoder replica")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads of the query encoder")
+    parser.add_argument("--placement", default="ingress", choices=["ingress", "deployment"],
+                        help="where the query encoder runs (encoder.placement)")
     parser.add_argument("--requests", type=int, default=400, help="per cell (bounded)")
     parser.add_argument("--seconds", type=float, default=20.0, help="per cell (bounded)")
     parser.add_argument("--encoder", type=Path, default=None, help="model/dense bundle (default: zero-shot MiniLM)")
@@ -143,22 +210,25 @@ def main() -> None:
     queries = load_retrieval_data(args.data, split="test").queries.column("text").to_pylist()
     results: dict[str, Any] = {"cells": []}
     results["in_process_dense_p50_ms"] = in_process_median_ms(paths, queries[:100], args.threads)
+    results["encoder_ms_per_query"] = encoder_ms_per_query(paths, queries[:256], args.threads, args.max_batch_size)
+    results["placement"], results["threads"] = args.placement, args.threads
+    print(json.dumps({k: results[k] for k in ("in_process_dense_p50_ms", "encoder_ms_per_query")}), flush=True)
     if not args.serve_defaults:
         apply_serve_env()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
         for batching in args.batching:
             batch = args.max_batch_size if batching == "on" else 1
-            url = start(app_config(paths, free_port(), batch, args.threads))
+            url = start(app_config(paths, free_port(), batch, args.threads, args.placement))
             asyncio.run(drive(url, "dense", queries, 4, 40, 10))  # warm-up
             for retriever in args.retrievers:
                 for c in args.concurrency:
+                    before = batch_totals(url)
                     cell = asyncio.run(drive(url, retriever, queries, c, args.requests, args.seconds))
-                    cell = {"retriever": retriever, "batching": batching, "concurrency": c, **cell}
+                    cell = {"retriever": retriever, "batching": batching, "concurrency": c, **cell,
+                            **mean_batches(before, batch_totals(url))}
                     results["cells"].append(cell)
                     print(json.dumps(cell), flush=True)
-            results[f"mean_encoder_batch_{batching}"] = mean_batch(url)
-            print(json.dumps({"batching": batching, "mean_encoder_batch": results[f"mean_encoder_batch_{batching}"]}))
             if batching == args.batching[0]:
                 one = [x for x in results["cells"] if x["retriever"] == "dense" and x["concurrency"] == 1
                        and x["batching"] == batching]
@@ -169,6 +239,12 @@ def main() -> None:
             serve.shutdown()
     finally:
         stop()
+    top = max(args.concurrency)
+    for retriever in args.retrievers:
+        qps = {x["batching"]: x["qps"] for x in results["cells"] if x["retriever"] == retriever
+               and x["concurrency"] == top}
+        if qps.get("off"):
+            results[f"batching_speedup_{retriever}_c{top}"] = round(qps.get("on", 0.0) / qps["off"], 2)
     print(json.dumps({k: v for k, v in results.items() if k != "cells"}))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

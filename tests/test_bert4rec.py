@@ -73,3 +73,13 @@ def test_cloze_masks_only_real_positions_and_at_least_one() -> None:
 def test_windows_cover_long_sequences() -> None:
     w = windows([np.arange(25)], max_len=10)
     assert [x.tolist()[-1] for x in w] == [24, 14, 4] and all(len(x) <= 10 for x in w)
+
+
+def test_cosine_schedule_decays_over_the_epochs(tiny_data: Path, tmp_path: Path) -> None:
+    cfg = TrainConfig(**{**TINY.__dict__, "epochs": 2, "patience": 10, "lr_schedule": "cosine", "warmup_steps": 1})
+    train_bert4rec(tiny_data, tmp_path / "cos", cfg, progress=False)
+    lrs = [c["lr"] for c in json.loads((tmp_path / "cos" / "training_curve.json").read_text())]
+    assert 0 < lrs[1] < 0.1 * cfg.lr < lrs[0] <= cfg.lr
+    with pytest.raises(ValueError, match="unknown lr schedule"):
+        train_bert4rec(tiny_data, tmp_path / "bad", TrainConfig(**{**TINY.__dict__, "lr_schedule": "step"}),
+                       progress=False)

@@ -491,8 +491,8 @@ def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bu
               "route_prefix": "/dep"}
     deploy({**_config(bundles, port), "applications": [main_app, second]})
     names = [a["name"] for a in ray.util.list_named_actors(all_namespaces=True)]
-    assert any("#retrec-dep#QueryEncoder#" in n for n in names)
-    assert not any("#retrec#QueryEncoder#" in n for n in names)
+    assert any("::retrec-dep#QueryEncoder#" in n for n in names), names
+    assert not any("::retrec#QueryEncoder#" in n for n in names)
     with httpx.Client(base_url=f"{url}/dep", headers={"X-API-Key": API_KEY}, timeout=10.0) as dep:
         deadline = time.monotonic() + 60
         while dep.get("/readyz").status_code != 200 and time.monotonic() < deadline:

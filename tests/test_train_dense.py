@@ -188,3 +188,16 @@ def test_missing_teacher_file_is_a_clear_error(tiny_data: Path, tmp_path: Path, 
     with pytest.raises(ValueError, match="does not exist"):
         train_dense(tiny_data, tmp_path / "x", DenseTrainConfig(**TINY, max_steps=1, teacher=str(tmp_path / "t.pq")),
                     progress=False)
+
+
+def test_cli_rejects_bad_options_with_a_clear_message(tiny_data: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from retrec.cli import app
+
+    result = CliRunner().invoke(app, ["train", "dense", "--data", str(tiny_data), "--out", str(tmp_path / "x"),
+                                      "--sampling", "clusters"])
+    assert result.exit_code == 2 and "unknown sampling 'clusters'" in result.output
+    result = CliRunner().invoke(app, ["train", "dense", "--data", str(tmp_path / "missing"), "--out",
+                                      str(tmp_path / "x")])
+    assert result.exit_code == 2 and "missing" in result.output
