@@ -34,7 +34,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "baseline": {"sampling": "random", "negatives": "bm25", "distill_weight": 0.0},
     "topic": {"sampling": "topic", "negatives": "bm25", "distill_weight": 0.0},
     "balanced": {"sampling": "topic", "negatives": "balanced", "distill_weight": 0.0},
-    "tasb": {"sampling": "topic", "negatives": "balanced"},  # distill_weight: the default
+    "tasb": {"sampling": "topic", "negatives": "balanced", "distill_weight": 10.0},
     "default": {},  # `retrec train dense` as shipped, with its own (full) budget: --default-minutes
 }
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path(__file__).resolve().parents[2] / "shared/data/scifact")
     parser.add_argument("--out", type=Path, default=Path("runs/dense-tasb"))
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget of every arm")
-    parser.add_argument("--default-minutes", type=float, default=40.0, help="budget of the 'default' arm")
+    parser.add_argument("--default-minutes", type=float, default=30.0, help="budget of the 'default' arm")
     parser.add_argument("--arms", nargs="+", default=[a for a in ARMS if a != "default"], choices=list(ARMS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--int8", action="store_true", help="also score the best arm's int8 model")

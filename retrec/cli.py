@@ -251,7 +251,7 @@ def train_dense_cmd(
     data: Annotated[Path, typer.Option(help="BEIR folder (train qrels; dev qrels used for evaluation when present)")],
     out: Annotated[Path, typer.Option(help="bundle folder to write (checkpoints go to OUT.ckpt/)")],
     max_minutes: Annotated[float | None, typer.Option(help="training time budget (the schedule decays over it)")]
-    = 40.0,
+    = 30.0,
     epochs: int = 6,
     batch_size: int = 32,
     lr: float = 3e-5,
@@ -263,7 +263,7 @@ def train_dense_cmd(
     = "balanced",
     teacher: Annotated[str, typer.Option(help="ensemble (BM25 + zero-shot dense + labels) | PATH.parquet")]
     = "ensemble",
-    distill_weight: Annotated[float, typer.Option(help="weight of the Margin-MSE terms (0: labels only)")] = 10.0,
+    distill_weight: Annotated[float, typer.Option(help="weight of the Margin-MSE terms (0: labels only)")] = 0.0,
     seed: int = 0,
     resume: Annotated[bool, typer.Option(help="continue from OUT.ckpt/last.pt")] = False,
     no_quantize: Annotated[bool, typer.Option("--no-int8", help="skip the int8 model")] = False,

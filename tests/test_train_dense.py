@@ -156,7 +156,7 @@ TINY = {"batch_size": 4, "epochs": 1, "max_query_length": 16, "max_doc_length": 
 def test_tiny_training_writes_a_verified_onnx_bundle_and_resumes(tiny_data: Path, tmp_path: Path,
                                                                  private_cache: Path) -> None:
     out = tmp_path / "dense"
-    train_dense(tiny_data, out, DenseTrainConfig(**TINY, max_steps=2), progress=False)
+    train_dense(tiny_data, out, DenseTrainConfig(**TINY, max_steps=2, distill_weight=10.0), progress=False)
     manifest = load_bundle(out, kind="model/dense")
     assert manifest.metrics["steps"] == 2
     assert manifest.metrics["onnx_max_abs_diff"] <= 1e-4
@@ -169,7 +169,8 @@ def test_tiny_training_writes_a_verified_onnx_bundle_and_resumes(tiny_data: Path
     assert vectors.shape == (1, 384) and abs(float(np.linalg.norm(vectors)) - 1.0) < 1e-5
 
     # Resume: the checkpoint after step 2 continues to step 3 instead of starting over.
-    train_dense(tiny_data, out, DenseTrainConfig(**TINY, max_steps=3), resume=True, progress=False)
+    train_dense(tiny_data, out, DenseTrainConfig(**TINY, max_steps=3, distill_weight=10.0), resume=True,
+                progress=False)
     curve = json.loads((out / "training_curve.json").read_text())
     assert [c["step"] for c in curve if "loss" in c] == [1, 2, 3]
 
