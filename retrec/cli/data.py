@@ -1,0 +1,48 @@
+"""`retrec data`: the embedded default dataset, format conversion."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from retrec.cli.common import _fail, data_app
+from retrec.data.errors import DataError
+
+
+@data_app.command("default")
+def data_default(out: Annotated[Path, typer.Argument(help="output folder")]) -> None:
+    """Write the embedded default dataset (corpus, queries, qrels, interactions) as Parquet."""
+    from retrec.data.synthetic import write_default_dataset
+
+    write_default_dataset(out)
+    typer.echo(f"wrote {out}")
+
+
+@data_app.command("convert")
+def data_convert(
+    source: Annotated[Path, typer.Argument(help="BEIR folder, or an interactions file/folder")],
+    out: Annotated[Path, typer.Argument(help="output folder (canonical Parquet)")],
+    split: Annotated[list[str] | None, typer.Option(help="qrels splits to convert (repeatable)")] = None,
+) -> None:
+    """Convert BEIR / sequential / MovieLens data into the canonical Parquet tables."""
+    import pyarrow.parquet as pq
+
+    from retrec.data.beir import load_retrieval_data, write_retrieval_data
+    from retrec.data.interactions import load_interactions
+
+    try:
+        if (source / "corpus.jsonl").is_file():
+            splits = split or [p.stem for p in sorted((source / "qrels").glob("*.tsv"))]
+            for s in splits:
+                d = load_retrieval_data(source, split=s)
+                write_retrieval_data(d, out)
+                typer.echo(f"{s}: {d.report.summary()}")
+        else:
+            table = load_interactions(source)
+            out.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, out / "interactions.parquet")
+            typer.echo(f"interactions: {table.num_rows} rows")
+    except DataError as exc:
+        raise _fail(str(exc)) from exc

@@ -1,0 +1,51 @@
+"""`retrec serve` and `retrec demo`."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from retrec.bundle import BundleError
+from retrec.cli.common import _fail, app
+
+
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Path, typer.Option(help="Ray Serve config YAML (e.g. configs/serve.yaml)")],
+    host: Annotated[str | None, typer.Option(help="bind address (default: the file's, else 127.0.0.1)")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default: the file's, else 8000)")] = None,
+) -> None:
+    """Serve search and recommendation over HTTP (Ray Serve) until interrupted."""
+    from retrec.serving.launch import load_serve_config, start, stop
+
+    try:
+        url = start(load_serve_config(config), host=host, port=port)
+    except (BundleError, ValueError, OSError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"serving at {url}  (OpenAPI: {url}/docs; Ctrl-C stops)")
+    import signal
+
+    def _interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, _interrupt)  # `kill` / k8s stop: shut Serve and Ray down cleanly too
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        stop()
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="where data, bundles and runs are written")] = Path("runs/demo"),
+) -> None:
+    """Run the whole product end to end on the embedded default dataset (no download)."""
+    from retrec.pipelines.demo import run_demo
+
+    run_demo(workdir)

@@ -1,0 +1,197 @@
+"""One registry of bundle kinds: what each kind is for and where its code lives (named, never imported here).
+
+Every artifact bundle has a ``kind`` in its manifest (``index/bm25``, ``model/dense``, ...). This module is the
+one place that says, for each kind: its **role** (an index, a query encoder, a recommender, a table, a
+re-ranker), its **payload** (what an index searches with, or what a query encoder produces: text, a dense
+vector, sparse term weights, a variable-length token matrix), and its code as ``"module:attr"`` strings that
+are imported only when used (this module imports nothing of retrec, so every layer may read it):
+
+- ``load``: ``load(path, **options) -> object`` — an index (``search(payloads, k) -> list[Hits]``; with
+  ``shard=i`` one shard of it), a query encoder (``encode_queries(texts) -> payloads``), a recommender
+  (:class:`retrec.runtime.recommender.Recommender`) or a table;
+- ``build``: index kinds only — ``build(doc_ids, texts, *, encoder, factory, shards, progress) -> index``
+  (an object with ``save(directory, name=...)``); what ``retrec index KIND`` and ``retrec eval --retriever``
+  call;
+- ``check``: index kinds only — ``check(index_manifest, encoder_manifest) -> None`` raising
+  :class:`retrec.bundle.BundleError` when the pair does not fit (before a swap, an eval or a load);
+- ``serve``: the Ray Serve deployment of one shard / one recommender replica (default: the generic one);
+- ``default_model``: a callable giving the query-encoder bundle used when none is named (e.g. zero-shot MiniLM).
+
+``eval_names`` are the names ``retrec eval --retriever NAME`` and ``/v1/search {"retriever": NAME}`` know the
+kind by. Adding a model family is its own modules plus one :func:`register` call — built in below, or in a
+plugin module named in ``$RETREC_PLUGINS`` (comma-separated module names, imported on first use of the
+registry, also in Ray workers, which inherit the variable) or in the ``retrec.kinds`` entry-point group.
+
+Example::
+
+    from retrec import kinds
+    kinds.get("index/dense").payload              # "dense"
+    kinds.by_eval_name("bm25").kind               # "index/bm25"
+    index = kinds.resolve(kinds.get("index/bm25").load)("artifacts/scifact-bm25")
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import threading
+from dataclasses import dataclass, field
+from importlib.metadata import entry_points
+from typing import Any, Literal
+
+Role = Literal["index", "query_encoder", "recommender", "table", "reranker"]
+Payload = Literal["text", "dense", "sparse", "tokens"]
+ROLES: tuple[str, ...] = ("index", "query_encoder", "recommender", "table", "reranker")
+PAYLOADS: tuple[str, ...] = ("text", "dense", "sparse", "tokens")
+PLUGINS_ENV = "RETREC_PLUGINS"
+ENTRY_POINT_GROUP = "retrec.kinds"
+
+# Every kind string, defined once.
+BM25_INDEX = "index/bm25"
+DENSE_INDEX = "index/dense"
+DENSE_MODEL = "model/dense"
+BERT4REC_MODEL = "model/bert4rec"
+EMBEDDING_TABLE = "table/embedding"
+EMBEDDING_TABLE_DELTA = "table/embedding-delta"
+
+
+class UnknownKindError(ValueError):
+    """A bundle kind, eval name or role that the registry does not know."""
+
+
+@dataclass(frozen=True)
+class Kind:
+    """How retrec treats one bundle kind (see the module docstring for each field's contract)."""
+
+    kind: str
+    role: Role
+    description: str
+    load: str | None = None
+    payload: Payload | None = None
+    build: str | None = None
+    check: str | None = None
+    serve: str | None = None
+    default_model: str | None = None
+    encoder_kinds: tuple[str, ...] = ()  # index kinds searched with encoded queries: the encoders that fit
+    eval_names: tuple[str, ...] = ()
+    options: dict[str, Any] = field(default_factory=dict)  # kind-specific defaults (e.g. {"factory": "Flat"})
+
+    def __post_init__(self) -> None:
+        if "/" not in self.kind:
+            raise ValueError(f"kind {self.kind!r}: expected 'role/name', e.g. 'index/bm25'")
+        if self.role not in ROLES:
+            raise ValueError(f"kind {self.kind!r}: role {self.role!r} is not one of {', '.join(ROLES)}")
+        if self.payload is not None and self.payload not in PAYLOADS:
+            raise ValueError(f"kind {self.kind!r}: payload {self.payload!r} is not one of {', '.join(PAYLOADS)}")
+        if self.role == "index" and self.payload is None:
+            raise ValueError(f"kind {self.kind!r}: an index kind names the payload it searches with")
+        for ref in (self.load, self.build, self.check, self.serve, self.default_model):
+            if ref is not None and ref.count(":") != 1:
+                raise ValueError(f"kind {self.kind!r}: {ref!r} is not 'module:attr'")
+
+    @property
+    def needs_encoder(self) -> bool:
+        """True for index kinds whose queries are encoded by a query-encoder bundle first."""
+        return self.role == "index" and self.payload != "text"
+
+
+BUILTIN: tuple[Kind, ...] = (
+    Kind(BM25_INDEX, "index", "BM25 (Lucene variant, bm25s) over title + text", payload="text",
+         load="retrec.index.bm25_index:load_index", build="retrec.index.bm25_index:build_index",
+         eval_names=("bm25",)),
+    Kind(DENSE_INDEX, "index", "dense vectors in FAISS shards (any index_factory string), inner product",
+         payload="dense", load="retrec.index.faiss_index:load_index", build="retrec.index.faiss_index:build_index",
+         check="retrec.index.faiss_index:check_index", default_model="retrec.models.text_encoder:zero_shot_bundle",
+         encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "Flat"}),
+    Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",
+         load="retrec.runtime.onnx_encoder:OnnxEncoder"),
+    Kind(BERT4REC_MODEL, "recommender", "BERT4Rec: ONNX user encoder over a collisionless item table",
+         load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("bert4rec",)),
+    Kind(EMBEDDING_TABLE, "table", "collisionless embedding table snapshot (Parquet + safetensors)",
+         load="retrec.tables:FrozenTable.load"),
+    Kind(EMBEDDING_TABLE_DELTA, "table", "collisionless embedding table delta since a snapshot"),
+)
+
+_registry: dict[str, Kind] = {}
+_plugins_loaded = False
+_lock = threading.RLock()
+
+
+def register(kind: Kind, *, replace: bool = False) -> Kind:
+    """Add a kind (plugins call this on import). Registering another definition of a known kind is refused."""
+    with _lock:
+        known = _registry.get(kind.kind)
+        if known is not None and known != kind and not replace:
+            raise ValueError(f"kind {kind.kind!r} is registered already")
+        taken = {n: k.kind for k in _registry.values() if k.kind != kind.kind for n in k.eval_names}
+        clash = sorted(n for n in kind.eval_names if n in taken)
+        if clash:
+            raise ValueError(f"kind {kind.kind!r}: eval name(s) {clash} already name {taken[clash[0]]!r}")
+        _registry[kind.kind] = kind
+        return kind
+
+
+def unregister(kind: str) -> None:
+    """Remove a kind (tests that register a toy kind for one test)."""
+    with _lock:
+        _registry.pop(kind, None)
+
+
+def _load_plugins() -> None:
+    global _plugins_loaded
+    with _lock:
+        if _plugins_loaded:
+            return
+        _plugins_loaded = True
+        for k in BUILTIN:
+            _registry.setdefault(k.kind, k)
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            ep.load()  # the plugin registers its kinds on import
+        for module in filter(None, (m.strip() for m in os.environ.get(PLUGINS_ENV, "").split(","))):
+            importlib.import_module(module)
+
+
+def registry() -> dict[str, Kind]:
+    """Every known kind by kind string (built-ins, entry points, ``$RETREC_PLUGINS`` modules)."""
+    _load_plugins()
+    return dict(_registry)
+
+
+def get(kind: str) -> Kind:
+    """The registered :class:`Kind` of a bundle kind string."""
+    known = registry()
+    if kind not in known:
+        raise UnknownKindError(f"unknown bundle kind {kind!r}; known kinds: {', '.join(sorted(known))}")
+    return known[kind]
+
+
+def by_role(role: str) -> list[Kind]:
+    """Kinds of one role, in registration order."""
+    if role not in ROLES:
+        raise UnknownKindError(f"unknown role {role!r}; roles: {', '.join(ROLES)}")
+    return [k for k in registry().values() if k.role == role]
+
+
+def eval_names(role: str) -> list[str]:
+    """Every eval name of the kinds of ``role`` (e.g. the retrievers ``retrec eval`` accepts)."""
+    return [n for k in by_role(role) for n in k.eval_names]
+
+
+def by_eval_name(name: str, role: str | None = None) -> Kind:
+    """The kind an eval name (``bm25``, ``dense``, ``bert4rec``) stands for."""
+    for k in registry().values():
+        if name in k.eval_names and (role is None or k.role == role):
+            return k
+    names = eval_names(role) if role else [n for k in registry().values() for n in k.eval_names]
+    raise UnknownKindError(f"unknown name {name!r}; available: {', '.join(sorted(names))}")
+
+
+def resolve(ref: str) -> Any:
+    """Import ``"package.module:attr.attr"`` and return the attribute."""
+    module, _, attr = ref.partition(":")
+    if not module or not attr:
+        raise ValueError(f"{ref!r} is not 'module:attr'")
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
