@@ -100,7 +100,7 @@ BUILTIN: tuple[Kind, ...] = (
          load="retrec.index.bm25_index:load_index", build="retrec.index.bm25_index:build_index",
          eval_names=("bm25",)),
     Kind(DENSE_INDEX, "index", "dense vectors in FAISS shards (any index_factory string), inner product",
-         payload="dense", load="retrec.index.faiss_index:load_index", build="retrec.index.faiss_index:build_index",
+         payload="dense", load="retrec.index.faiss_index:load_index", build="retrec.index.dense_retriever:build_index",
          check="retrec.index.faiss_index:check_index", default_model="retrec.models.text_encoder:zero_shot_bundle",
          encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "Flat"}),
     Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",
@@ -108,7 +108,7 @@ BUILTIN: tuple[Kind, ...] = (
     Kind(BERT4REC_MODEL, "recommender", "BERT4Rec: ONNX user encoder over a collisionless item table",
          load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("bert4rec",)),
     Kind(EMBEDDING_TABLE, "table", "collisionless embedding table snapshot (Parquet + safetensors)",
-         load="retrec.tables:FrozenTable.load"),
+         load="retrec.index.embedding_table:FrozenTable.load"),
     Kind(EMBEDDING_TABLE_DELTA, "table", "collisionless embedding table delta since a snapshot"),
 )
 

@@ -203,7 +203,7 @@ def test_concurrent_batched_searches_equal_offline(url: str, bundles: dict[str, 
         elif body["retriever"] == "bm25":
             assert [(h["doc_id"], h["score"]) for h in got["hits"]] == bm25.search([body["query"]], body["k"])[0]
         else:
-            from retrec.serving.fusion import rrf
+            from retrec.index.fusion import rrf
 
             q = body["query"]
             want = rrf({"bm25": bm25.search([q], 100)[0], "dense": offline.search([q], 100)[0]}, body["k"])
@@ -213,7 +213,7 @@ def test_concurrent_batched_searches_equal_offline(url: str, bundles: dict[str, 
 
 
 def test_hybrid_fuses_both(client: httpx.Client, bundles: dict[str, Path]) -> None:
-    from retrec.serving.fusion import minmax, rrf
+    from retrec.index.fusion import minmax, rrf
 
     q = _queries(bundles)[0]
     bm25 = client.post("/v1/search", json={"query": q, "k": 100, "retriever": "bm25"}).json()["hits"]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
+from retrec.index.fusion import merge_hits, minmax, rrf
 from retrec.index.retriever import top_k
 from retrec.serving.config import AuthConfig, ServingConfig
 from retrec.serving.errors import install_error_handlers
-from retrec.serving.fusion import merge_hits, minmax, rrf
 from retrec.serving.middleware import GUARD, GuardMiddleware, load_api_keys
 
 

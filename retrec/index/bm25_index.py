@@ -20,10 +20,11 @@ import numpy as np
 import Stemmer
 from safetensors.numpy import load_file, save_file
 
-from retrec.bundle import load_bundle, write_manifest
+from retrec.bundle import BundleError, load_bundle, write_manifest
 from retrec.index.retriever import Hits, top_k
+from retrec.kinds import BM25_INDEX
 
-KIND = "index/bm25"
+KIND = BM25_INDEX
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
@@ -105,3 +106,19 @@ class BM25Index:
         model.unique_token_ids_set = set(model.vocab_dict.values())
         model.nonoccurrence_array = None
         return cls(model, doc_ids, config)
+
+
+def build_index(doc_ids: Sequence[str], texts: Sequence[str], *, shards: int = 1, progress: bool = False,
+                **options: object) -> BM25Index:
+    """Registry builder (``retrec index bm25``): one shard; ``k1``/``b`` options override the defaults."""
+    if shards != 1:
+        raise ValueError(f"a BM25 index is one shard (asked for {shards})")
+    known = {k: v for k, v in options.items() if k in ("k1", "b") and v is not None}
+    return BM25Index.build(doc_ids, texts, BM25Config(**known))  # type: ignore[arg-type]
+
+
+def load_index(path: str | Path, *, shard: int | None = None, verify: bool = True, **_: object) -> BM25Index:
+    """Registry loader: the BM25 index version at ``path`` (it has one shard, number 0)."""
+    if shard not in (None, 0):
+        raise BundleError(f"{path}: a BM25 index has one shard, not shard {shard}")
+    return BM25Index.load(path)

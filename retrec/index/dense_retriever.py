@@ -115,3 +115,16 @@ class DenseRetriever:
         """Load an encoder bundle and an index version, refusing a pair that does not match."""
         encoder = OnnxEncoder(model, **encoder_options)
         return cls(encoder, FaissIndex.load(index, encoder=encoder.manifest))
+
+
+def build_index(
+    doc_ids: Sequence[str], texts: Sequence[str], *, encoder: OnnxEncoder, factory: str | None = None,
+    shards: int = 1, progress: bool = False, cache: str | Path | None = None, use_gpu: bool | None = None,
+    **_: object,
+) -> FaissIndex:
+    """Registry builder (``retrec index dense``): encode the documents with ``encoder``, index them in FAISS."""
+    if len(doc_ids) != len(texts):
+        raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
+    vectors = encode_corpus(encoder, texts, cache=cache, progress=progress)
+    return FaissIndex.build(vectors, doc_ids, factory=factory or "Flat", shards=shards, encoder=encoder.manifest,
+                            use_gpu=use_gpu)

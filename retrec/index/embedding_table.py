@@ -51,6 +51,7 @@ from numpy.typing import NDArray
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, Manifest, load_bundle, write_manifest
+from retrec.kinds import EMBEDDING_TABLE, EMBEDDING_TABLE_DELTA
 
 __all__ = [
     "DELTA_KIND",
@@ -63,8 +64,8 @@ __all__ = [
     "fingerprint",
 ]
 
-KIND = "table/embedding"
-DELTA_KIND = "table/embedding-delta"
+KIND = EMBEDDING_TABLE
+DELTA_KIND = EMBEDDING_TABLE_DELTA
 KEYS_FILE = "keys.parquet"
 ROWS_FILE = "rows.safetensors"
 EVICTED_FILE = "evicted.parquet"

@@ -36,8 +36,9 @@ import pyarrow.parquet as pq
 
 from retrec.bundle import BundleError, Manifest, load_bundle, write_manifest
 from retrec.index.retriever import Hits
+from retrec.kinds import DENSE_INDEX
 
-KIND = "index/dense"
+KIND = DENSE_INDEX
 METRIC = "inner_product"
 SIMILARITIES = ("cosine", "dot")
 SHARD_HASH = "blake2b-64 mod shards"
@@ -273,27 +274,55 @@ class FaissIndex:
     @classmethod
     def load(
         cls, directory: str | Path, encoder: Manifest | Mapping[str, Any] | None = None, *, mmap: bool = True,
-        use_gpu: bool | None = None, verify: bool = True,
+        use_gpu: bool | None = None, verify: bool = True, shards: Sequence[int] | None = None,
     ) -> FaissIndex:
-        """Load (checksums verified) and, given the encoder's manifest, refuse an incompatible one."""
+        """Load (checksums verified) and, given the encoder's manifest, refuse an incompatible one.
+
+        ``shards`` loads only those shard numbers (a serving replica holds one); default: all of them.
+        """
         manifest = load_bundle(directory, kind=KIND, verify=verify)
         config, dims = manifest.config, manifest.dims
         if config.get("metric") != METRIC:
             raise BundleError(f"{directory}: metric {config.get('metric')!r} is not supported ({METRIC!r} is)")
-        enc = config.get("encoder") or {}
-        ref = {"dim": dims["dim"], "similarity": config["similarity"],
-               "encoder_name": enc.get("name"), "encoder_version": enc.get("version")}
+        ref = index_check_ref(manifest)
         if encoder is not None:
             check_encoder(ref, encoder, where=str(directory))
-        shards, id_lists = [], []
-        for s in range(int(config["shards"])):
+        count = int(config["shards"])
+        wanted = list(range(count)) if shards is None else list(shards)
+        bad = [s for s in wanted if not 0 <= s < count]
+        if bad or not wanted:
+            raise BundleError(f"{directory}: has {count} shards, cannot load shard(s) {bad or wanted}")
+        enc = config.get("encoder") or {}
+        shard_indices, id_lists = [], []
+        for s in wanted:
             index = _read_index(manifest.file(f"shards/{s:03d}.faiss"), mmap)
             if index.d != int(dims["dim"]) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
                 raise BundleError(f"{directory}: shard {s} has dim {index.d} / metric {index.metric_type}, "
                                   f"manifest says dim {dims['dim']} / {METRIC}")
-            shards.append(index)
+            shard_indices.append(index)
             id_lists.append(pq.read_table(manifest.file(f"shards/{s:03d}.ids.parquet")).column("doc_id").to_pylist())
         encoder_info = ({"name": enc.get("name"), "version": enc.get("version"), "dim": dims["dim"],
                          "similarity": config["similarity"]} if enc.get("name") is not None else None)
-        return cls(shards, id_lists, factory=config["factory"], similarity=config["similarity"],
+        return cls(shard_indices, id_lists, factory=config["factory"], similarity=config["similarity"],
                    encoder=encoder_info, search_params=config.get("search_params"), use_gpu=use_gpu)
+
+
+def index_check_ref(manifest: Manifest) -> dict[str, Any]:
+    """What :func:`check_encoder` compares, read from an ``index/dense`` manifest."""
+    enc = manifest.config.get("encoder") or {}
+    return {"dim": manifest.dims["dim"], "similarity": manifest.config["similarity"],
+            "encoder_name": enc.get("name"), "encoder_version": enc.get("version")}
+
+
+def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any]) -> None:
+    """Registry hook: refuse a query encoder that this index version's vectors did not come from."""
+    check_encoder(index_check_ref(index), encoder, where=str(index.path or index.name))
+
+
+def load_index(
+    path: str | Path, *, shard: int | None = None, encoder: Manifest | Mapping[str, Any] | None = None,
+    use_gpu: bool | None = None, verify: bool = True,
+) -> FaissIndex:
+    """Registry loader: the whole index version, or one shard of it (``shard=i``), with every check."""
+    return FaissIndex.load(path, encoder, use_gpu=use_gpu, verify=verify,
+                           shards=None if shard is None else [shard])

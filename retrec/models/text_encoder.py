@@ -33,10 +33,11 @@ import torch
 from torch import nn
 
 from retrec.bundle import BundleError, Manifest, load_bundle, sha256_file, write_manifest
+from retrec.kinds import DENSE_MODEL
 from retrec.models.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer, minilm_dir
 from retrec.runtime import cache_dir
 
-KIND = "model/dense"
+KIND = DENSE_MODEL
 EXPORT_FORMAT = 1  # bump when the graph's inputs/outputs or the bundle layout change
 INPUT_NAMES = ("input_ids", "attention_mask")
 OUTPUT_NAME = "embeddings"

@@ -24,10 +24,11 @@ from rich.console import Console
 from rich.progress import Progress
 
 from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.kinds import DENSE_MODEL
 from retrec.models.tokenizer import load_tokenizer
 from retrec.process_env import available_cpus
 
-KIND = "model/dense"
+KIND = DENSE_MODEL
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
 

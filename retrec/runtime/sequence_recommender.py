@@ -12,30 +12,20 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from retrec.bundle import BundleError, Manifest, load_bundle
 from retrec.index.embedding_table import FrozenTable
+from retrec.kinds import BERT4REC_MODEL
 from retrec.runtime.onnx_session import create_session
+from retrec.runtime.recommender import ScoringRecommender, SkipReport
 
-KIND = "model/bert4rec"
-
-
-@dataclass
-class SkipReport:
-    unknown_items: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, item: str) -> None:
-        self.unknown_items += 1
-        if len(self.examples) < 5:
-            self.examples.append(item)
+KIND = BERT4REC_MODEL
 
 
-class SequenceRecommender:
+class SequenceRecommender(ScoringRecommender):
     def __init__(self, manifest: Manifest, table: FrozenTable, threads: int | None = None) -> None:
         self.manifest = manifest
         self.table = table
@@ -84,17 +74,6 @@ class SequenceRecommender:
             return np.zeros((0, self.matrix.shape[0]), np.float32)
         return self.user_vectors(row_histories) @ self.matrix.T
 
-    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True,
-                  report: SkipReport | None = None) -> list[list[tuple[str, float]]]:
-        rows = self.rows(histories, report)
-        scores = self.score_rows(rows)
-        out = []
-        for i, r in enumerate(rows):
-            s = scores[i]
-            if exclude_seen and len(r):
-                s[r] = -np.inf
-            kk = min(k, s.shape[0])
-            top = np.argpartition(-s, kk - 1)[:kk]
-            top = top[np.lexsort((top, -s[top]))]
-            out.append([(self.item_ids[j], float(s[j])) for j in top if np.isfinite(s[j])])
-        return out
+    def score(self, histories: Sequence[Sequence[str]], report: SkipReport | None = None) -> np.ndarray:
+        """Scores ``[B, items]`` over the catalogue (``item_ids``, the table's row order)."""
+        return self.score_rows(self.rows(histories, report))

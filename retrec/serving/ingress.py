@@ -36,11 +36,11 @@ from ray.serve.exceptions import BackPressureError
 
 from retrec.bundle import BundleError
 from retrec.index.faiss_index import check_encoder
+from retrec.index.fusion import FUSIONS, merge_hits
 from retrec.serving import metrics as serving_metrics
 from retrec.serving import middleware as guard
 from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
-from retrec.serving.fusion import FUSIONS, merge_hits
 from retrec.serving.metrics import MetricsMiddleware
 from retrec.serving.middleware import GuardMiddleware, load_api_keys
 from retrec.serving.schemas import (
