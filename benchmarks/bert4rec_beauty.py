@@ -26,9 +26,9 @@ def parity(bundle: Path, data: Path, users: int = 1000) -> float | None:
 
     from retrec.bundle import load_bundle
     from retrec.data.interactions import load_interactions, user_sequences
-    from retrec.index.embedding_table import EmbeddingTable
     from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig
     from retrec.pipelines.train_bert4rec import onnx_parity, prepare
+    from retrec.tables import EmbeddingTable
 
     weights = bundle.with_name(bundle.name + ".ckpt") / "best.safetensors"
     if not weights.is_file():

@@ -27,7 +27,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 
-from retrec.index.embedding_table import EmbeddingTable  # noqa: E402
+from retrec.tables import EmbeddingTable  # noqa: E402
 
 
 def distinct_keys(n: int, seed: int) -> np.ndarray:

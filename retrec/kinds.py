@@ -108,7 +108,7 @@ BUILTIN: tuple[Kind, ...] = (
     Kind(BERT4REC_MODEL, "recommender", "BERT4Rec: ONNX user encoder over a collisionless item table",
          load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("bert4rec",)),
     Kind(EMBEDDING_TABLE, "table", "collisionless embedding table snapshot (Parquet + safetensors)",
-         load="retrec.index.embedding_table:FrozenTable.load"),
+         load="retrec.tables:FrozenTable.load"),
     Kind(EMBEDDING_TABLE_DELTA, "table", "collisionless embedding table delta since a snapshot"),
 )
 

@@ -30,11 +30,11 @@ from safetensors.torch import load_file, save_file
 
 from retrec.bundle import write_manifest
 from retrec.data.interactions import Sequences, load_interactions, user_sequences
-from retrec.index.embedding_table import EmbeddingTable
 from retrec.kinds import BERT4REC_MODEL
 from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder
 from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks, target_ranks
+from retrec.tables import EmbeddingTable
 
 log = logging.getLogger("retrec.train.bert4rec")
 KIND = BERT4REC_MODEL

@@ -17,10 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from retrec.bundle import BundleError, Manifest, load_bundle
-from retrec.index.embedding_table import FrozenTable
 from retrec.kinds import BERT4REC_MODEL
 from retrec.runtime.onnx_session import create_session
 from retrec.runtime.recommender import ScoringRecommender, SkipReport
+from retrec.tables import FrozenTable
 
 KIND = BERT4REC_MODEL
 
