@@ -55,16 +55,16 @@ def main() -> None:
 
     from rich.console import Console
 
-    from retrec.console import comparison_table, metrics_table
+    from retrec.console import metrics_table
     from retrec.data.beir import load_retrieval_data
     from retrec.data.trec import write_run
     from retrec.index.bm25_index import BM25Index
     from retrec.index.dense_retriever import DenseRetriever
     from retrec.models.text_encoder import zero_shot_bundle
-    from retrec.pipelines.compare import compare
+    from retrec.pipelines.compare import compare, comparison_table
     from retrec.pipelines.evaluate import EvalResult, evaluate_retriever
     from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
-    from retrec.runtime import cache_dir
+    from retrec.process_env import cache_dir
     from retrec.runtime.onnx_encoder import OnnxEncoder
 
     console = Console()

@@ -40,7 +40,7 @@ def build_bundles(data: Path, out: Path, encoder: Path | None = None) -> dict[st
     from retrec.index.bm25_index import BM25Index
     from retrec.index.dense_retriever import DenseRetriever
     from retrec.models.text_encoder import zero_shot_bundle
-    from retrec.runtime import cache_dir
+    from retrec.process_env import cache_dir
     from retrec.runtime.onnx_encoder import OnnxEncoder
 
     collection = load_retrieval_data(data, split="test")

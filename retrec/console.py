@@ -1,13 +1,19 @@
-"""Rich terminal rendering of results (the data itself stays plain dicts)."""
+"""Generic rich terminal rendering of results (the data itself stays plain dicts).
+
+Tables specific to one concept live beside it (e.g. the paired comparison table in
+:mod:`retrec.pipelines.compare`).
+
+Example::
+
+    console.print(metrics_table("SciFact test", {"bm25": {"nDCG@10": 0.6762}}, ["nDCG@10"]))
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 from rich.console import Console
 from rich.table import Table
-
-from retrec.pipelines.compare import Comparison
 
 console = Console(stderr=False)
 
@@ -19,17 +25,6 @@ def metrics_table(title: str, rows: Mapping[str, Mapping[str, float]], columns: 
         table.add_column(col, justify="right")
     for name, values in rows.items():
         table.add_row(name, *(_fmt(values.get(col)) for col in columns))
-    return table
-
-
-def comparison_table(comparisons: Iterable[Comparison]) -> Table:
-    table = Table(title="paired comparison (two-sided paired t-test)")
-    for col in ("baseline", "system", "measure", "baseline", "system", "Δ", "p", "win/tie/loss"):
-        table.add_column(col, justify="right" if col not in ("baseline", "system", "measure") else "left")
-    for c in comparisons:
-        mark = " *" if c.p_value < 0.05 else ""
-        table.add_row(c.baseline, c.system, c.measure, f"{c.baseline_mean:.4f}", f"{c.system_mean:.4f}",
-                      f"{c.delta:+.4f}", f"{c.p_value:.3g}{mark}", f"{c.wins}/{c.ties}/{c.losses}")
     return table
 
 

@@ -3,6 +3,12 @@
 Offline by default (no model-hub lookups), no Ray usage reporting, and thread pools of
 torch / ONNX Runtime / FAISS / BLAS capped to the CPUs this process was actually given
 (affinity mask and cgroup quota), so that replicas sharing a machine do not oversubscribe it.
+Also the one place that names retrec's cache folder.
+
+Example::
+
+    configure_process()            # at the start of a command, a test session or a Ray worker
+    cache_dir() / "embeddings"     # ~/.cache/retrec/embeddings unless RETREC_CACHE is set
 """
 
 from __future__ import annotations
@@ -20,6 +26,12 @@ OFFLINE_DEFAULTS = {
     "TOKENIZERS_PARALLELISM": "false",
 }
 _THREAD_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def cache_dir() -> Path:
+    """retrec's cache root: ``$RETREC_CACHE``, else ``~/.cache/retrec`` (exported models, corpus encodings)."""
+    value = os.environ.get("RETREC_CACHE")
+    return Path(value).expanduser() if value else Path.home() / ".cache" / "retrec"
 
 
 def available_cpus() -> int:

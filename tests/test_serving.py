@@ -41,7 +41,7 @@ def tiny_dense_encoder(out: Path, dim: int = DIM, seed: int = 0) -> Path:
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
-    from retrec.models.tokenizer import load_tokenizer
+    from retrec.runtime.tokenizer import load_tokenizer
 
     tok = load_tokenizer()
     out.mkdir(parents=True)

@@ -30,10 +30,11 @@ def eval_cmd(
     strict: Annotated[bool, typer.Option(help="unknown ids in qrels are errors, not skips")] = False,
 ) -> None:
     """Evaluate a retriever and/or TREC run files: nDCG@10, RR@10, R@100, R@1000, AP (ir-measures)."""
-    from retrec.console import comparison_table, console, metrics_table
+    from retrec.console import console, metrics_table
     from retrec.data.beir import load_retrieval_data
     from retrec.data.trec import read_run, write_run
     from retrec.pipelines.compare import compare as paired
+    from retrec.pipelines.compare import comparison_table
     from retrec.pipelines.evaluate import QueryMismatchError, evaluate_hits, evaluate_retriever
     from retrec.pipelines.metrics import RETRIEVAL_MEASURES
     from retrec.pipelines.retrievers import build_retriever

@@ -34,8 +34,8 @@ from torch import nn
 
 from retrec.bundle import BundleError, Manifest, load_bundle, sha256_file, write_manifest
 from retrec.kinds import DENSE_MODEL
-from retrec.models.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer, minilm_dir
-from retrec.runtime import cache_dir
+from retrec.process_env import cache_dir
+from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer, minilm_dir
 
 KIND = DENSE_MODEL
 EXPORT_FORMAT = 1  # bump when the graph's inputs/outputs or the bundle layout change

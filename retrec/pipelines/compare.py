@@ -1,11 +1,18 @@
-"""Paired comparison of runs on per-query values: mean delta, paired t-test, win/tie/loss."""
+"""Paired comparison of runs on per-query values: mean delta, paired t-test, win/tie/loss, and its table.
+
+Example::
+
+    comparisons = compare({"bm25": per_query_a, "dense": per_query_b}, "nDCG@10")   # bm25 is the baseline
+    console.print(comparison_table(comparisons))
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from rich.table import Table
 from scipy import stats
 
 
@@ -53,3 +60,15 @@ def compare(
                               int((diff > tie_tolerance).sum()), int((np.abs(diff) <= tie_tolerance).sum()),
                               int((diff < -tie_tolerance).sum())))
     return out
+
+
+def comparison_table(comparisons: Iterable[Comparison]) -> Table:
+    """A rich table of :func:`compare` results; p-values below 0.05 are starred."""
+    table = Table(title="paired comparison (two-sided paired t-test)")
+    for col in ("baseline", "system", "measure", "baseline", "system", "Δ", "p", "win/tie/loss"):
+        table.add_column(col, justify="right" if col not in ("baseline", "system", "measure") else "left")
+    for c in comparisons:
+        mark = " *" if c.p_value < 0.05 else ""
+        table.add_row(c.baseline, c.system, c.measure, f"{c.baseline_mean:.4f}", f"{c.system_mean:.4f}",
+                      f"{c.delta:+.4f}", f"{c.p_value:.3g}{mark}", f"{c.wins}/{c.ties}/{c.losses}")
+    return table

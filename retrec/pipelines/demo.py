@@ -21,7 +21,7 @@ from retrec.pipelines.metrics import RETRIEVAL_MEASURES
 from retrec.pipelines.recommenders import BUILDERS, build_recommender, vocabulary_of
 from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
 from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
-from retrec.runtime import cache_dir
+from retrec.process_env import cache_dir
 from retrec.runtime.onnx_encoder import OnnxEncoder
 
 # Small and quick: the demo shows the pipeline end to end, it makes no claims.

@@ -29,7 +29,7 @@ def _bm25(data: RetrievalData, model: Path | None) -> Retriever:
 def _dense(data: RetrievalData, model: Path | None) -> Retriever:
     """``--model`` a ``model/dense`` bundle, else the packaged MiniLM (exported to ONNX once, cached); Flat."""
     from retrec.index.dense_retriever import DenseRetriever
-    from retrec.runtime import cache_dir
+    from retrec.process_env import cache_dir
     from retrec.runtime.onnx_encoder import OnnxEncoder
 
     if model is None:

@@ -37,13 +37,13 @@ from retrec.index.bm25_index import BM25Index
 from retrec.index.dense_retriever import encode_corpus
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
 from retrec.models.text_encoder import KIND, EncoderConfig, TextEncoder, encode_texts, export_onnx, zero_shot_bundle
-from retrec.models.tokenizer import TextTokenizer, load_tokenizer
 from retrec.pipelines.dense_teachers import BM25Member, DenseMember, LabelMember, ScoreTableMember, Teacher
 from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.metrics import evaluate_run
 from retrec.pipelines.tas_sampling import balanced_margin_pick, random_batches, topic_batches, topic_clusters
-from retrec.runtime import cache_dir
+from retrec.process_env import cache_dir
 from retrec.runtime.onnx_encoder import OnnxEncoder
+from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
 
 log = logging.getLogger("retrec.train.dense")
 SAMPLINGS = ("random", "topic")

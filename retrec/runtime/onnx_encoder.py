@@ -25,8 +25,8 @@ from rich.progress import Progress
 
 from retrec.bundle import BundleError, Manifest, load_bundle
 from retrec.kinds import DENSE_MODEL
-from retrec.models.tokenizer import load_tokenizer
 from retrec.process_env import available_cpus
+from retrec.runtime.tokenizer import load_tokenizer
 
 KIND = DENSE_MODEL
 CUDA = "CUDAExecutionProvider"
