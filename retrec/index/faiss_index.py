@@ -37,6 +37,7 @@ import pyarrow.parquet as pq
 from retrec.bundle import BundleError, Manifest, load_bundle, write_manifest
 from retrec.index.retriever import Hits
 from retrec.kinds import DENSE_INDEX
+from retrec.runtime.vectors import l2_normalize
 
 KIND = DENSE_INDEX
 METRIC = "inner_product"
@@ -168,8 +169,7 @@ class FaissIndex:
                 raise ValueError(f"vectors have dim {vectors.shape[1]}, encoder {ref['name']!r} has {ref['dim']}")
             similarity = ref["similarity"] or similarity
         if similarity == "cosine":
-            vectors = vectors.copy()
-            faiss.normalize_L2(vectors)
+            vectors = l2_normalize(vectors)
         assignment = np.fromiter((shard_of(d, shards) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
         indices, id_lists = [], []
         for s in range(shards):
@@ -232,8 +232,7 @@ class FaissIndex:
         if k <= 0 or not len(queries):
             return [[] for _ in range(len(queries))]
         if self.similarity == "cosine":
-            queries = queries.copy()
-            faiss.normalize_L2(queries)
+            queries = l2_normalize(queries)
         score_parts, key_parts = [], []
         for s in range(len(self.cpu_shards)):
             if self.cpu_shards[s].ntotal == 0:

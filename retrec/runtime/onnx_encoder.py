@@ -27,6 +27,7 @@ from retrec.bundle import BundleError, Manifest, load_bundle
 from retrec.kinds import DENSE_MODEL
 from retrec.process_env import available_cpus
 from retrec.runtime.tokenizer import load_tokenizer
+from retrec.runtime.vectors import l2_normalize
 
 KIND = DENSE_MODEL
 CUDA = "CUDAExecutionProvider"
@@ -129,7 +130,7 @@ class OnnxEncoder:
                 out[positions] = vectors
                 bar.advance(task, len(positions))
         if self.similarity == "cosine":  # idempotent when the graph already normalises
-            out /= np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+            l2_normalize(out, copy=False)
         return out
 
     def encode_queries(self, texts: Sequence[str], batch_size: int | None = None) -> np.ndarray:
