@@ -1,0 +1,226 @@
+"""House order: lower layers never import higher ones, serving stays torch-free, modules stay small.
+
+Layers (a module may import its own layer and the ones below it, never above):
+
+    0  data, bundle, process_env, kinds, console      (kinds names loaders as "module:attr" strings only)
+    1  models, tables
+    2  runtime                                        (torch-free inference)
+    3  index
+    4  pipelines, serving
+    5  cli, pipelines/demo.py
+
+``retrec/pipelines/demo.py`` lives in pipelines/ but drives the whole stack end to end (data → train → index →
+serve) the way a CLI command does, so it is mapped to layer 5 by a longer-prefix entry below: no other pipelines
+module may import it. Every import statement counts, at module level or inside a function (lazy imports), and under
+``TYPE_CHECKING`` too; loader strings ("module:attr") are not imports. A module under retrec/ that no entry maps
+fails the test, so a new top-level package has to declare its layer here.
+
+The package root (``retrec/__init__.py``) runs before any submodule is imported, so it is layer 0 (every module may
+import ``retrec.__version__``) and its module-level imports must be layer 0; as the public API facade it may reach
+higher layers only lazily, inside a function (e.g. ``def load(path): from retrec.api import load ...``).
+
+Example::
+
+    PYTHONPATH=$PWD python -m pytest -q tests/test_layers.py
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1] / "retrec"
+MAX_LINES = 450  # the house rule is "~400"; serving/ingress.py (413) and train_dense.py (400) sit just above/at it
+
+ROOT_LAYER = 0  # retrec/__init__.py itself (exact name only); its lazy imports inside functions are not limited
+
+# Longest matching dotted prefix wins.
+LAYERS: dict[str, int] = {
+    "retrec.data": 0,
+    "retrec.bundle": 0,
+    "retrec.process_env": 0,
+    "retrec.kinds": 0,
+    "retrec.console": 0,
+    "retrec.models": 1,
+    "retrec.tables": 1,
+    "retrec.runtime": 2,
+    "retrec.index": 3,
+    "retrec.pipelines": 4,
+    "retrec.serving": 4,
+    "retrec.cli": 5,
+    "retrec.pipelines.demo": 5,
+}
+
+# Upward imports that are allowed, each with its reason: (importing module prefix, imported module) -> reason.
+ALLOWED_UPWARD: dict[tuple[str, str], str] = {
+    # The tokenizer loader is torch-free and used at inference, so it lives in runtime/ (issue 11, item 9);
+    # training and ONNX export in models/ must tokenise exactly as inference does, so they use the same loader.
+    ("retrec.models", "retrec.runtime.tokenizer"): "one tokenizer loader, shared by training and inference",
+}
+
+# Direct imports that these packages must never make (whatever their layers would allow).
+FORBIDDEN: dict[str, tuple[str, ...]] = {
+    "retrec.serving": ("torch", "retrec.models", "retrec.pipelines"),  # serving never imports torch or training code
+    "retrec.runtime": ("torch",),  # the inference runtime is torch-free
+}
+
+
+def module_files(root: Path = ROOT) -> dict[str, Path]:
+    """``{dotted module name: file}`` for every ``.py`` file under ``root`` (a package directory)."""
+    out = {}
+    for path in sorted(root.rglob("*.py")):
+        parts = [root.name, *path.relative_to(root).with_suffix("").parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        out[".".join(parts)] = path
+    return out
+
+
+def _match(name: str, table: dict[str, int] | dict[str, tuple[str, ...]]) -> str | None:
+    """The longest key of ``table`` that is ``name`` or a dotted prefix of it."""
+    best = None
+    for key in table:
+        if (name == key or name.startswith(key + ".")) and (best is None or len(key) > len(best)):
+            best = key
+    return best
+
+
+def layer_of(name: str) -> int | None:
+    """The layer of a dotted module name under retrec, None when no entry maps it."""
+    if name == "retrec":
+        return ROOT_LAYER
+    key = _match(name, LAYERS)
+    return None if key is None else LAYERS[key]
+
+
+def imports_of(name: str, path: Path, known: set[str], *, nested: bool = True) -> list[tuple[int, str]]:
+    """``(line, imported module)`` for every import statement in the file (with ``nested``: inside functions too).
+
+    ``from a.b import c`` yields ``a.b.c`` when that is a known module, else ``a.b``; relative imports are
+    resolved against the importing module's package.
+    """
+    tree = ast.parse(path.read_text(), filename=str(path))
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: list[tuple[int, str]] = []
+    nodes = list(ast.walk(tree))
+    if not nested:
+        nodes = []
+        todo: list[ast.AST] = [tree]
+        while todo:  # everything except the bodies of functions (and lambdas)
+            node = todo.pop()
+            nodes.append(node)
+            todo.extend(c for c in ast.iter_child_nodes(node)
+                        if not isinstance(c, ast.FunctionDef | ast.AsyncFunctionDef | ast.Lambda))
+    for node in nodes:
+        if isinstance(node, ast.Import):
+            found.extend((node.lineno, alias.name) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                module = ".".join([*base, node.module] if node.module else base)
+            else:
+                module = node.module or ""
+            for alias in node.names:
+                sub = f"{module}.{alias.name}"
+                found.append((node.lineno, sub if sub in known else module))
+    return found
+
+
+def upward_imports(files: dict[str, Path]) -> list[str]:
+    """One line per import of a higher layer (not allow-listed), and per module that maps to no layer."""
+    known = set(files)
+    problems = []
+    for name, path in files.items():
+        src_layer = layer_of(name)
+        if src_layer is None:
+            problems.append(f"{path}: module {name} maps to no layer (add it to LAYERS in tests/test_layers.py)")
+            continue
+        for line, target in imports_of(name, path, known, nested=name != "retrec"):
+            dst_layer = layer_of(target)
+            if not target.startswith("retrec") or dst_layer is None or dst_layer <= src_layer:
+                continue
+            if any(name.startswith(src) and target == dst for src, dst in ALLOWED_UPWARD):
+                continue
+            problems.append(f"{path}:{line}: {name} (layer {src_layer}) imports {target} (layer {dst_layer})")
+    return problems
+
+
+def forbidden_imports(files: dict[str, Path]) -> list[str]:
+    """One line per direct import that :data:`FORBIDDEN` rules out."""
+    known = set(files)
+    problems = []
+    for name, path in files.items():
+        key = _match(name, FORBIDDEN)
+        if key is None:
+            continue
+        for line, target in imports_of(name, path, known):
+            for banned in FORBIDDEN[key]:
+                if target == banned or target.startswith(banned + "."):
+                    problems.append(f"{path}:{line}: {name} imports {target} ({key} must never import {banned})")
+    return problems
+
+
+def test_lower_layers_never_import_higher_ones() -> None:
+    problems = upward_imports(module_files())
+    assert not problems, "upward imports:\n" + "\n".join(problems)
+
+
+def test_serving_and_runtime_stay_torch_free() -> None:
+    problems = forbidden_imports(module_files())
+    assert not problems, "forbidden imports:\n" + "\n".join(problems)
+
+
+def test_no_module_over_the_line_limit() -> None:
+    too_long = [
+        f"{path}: {n} lines"
+        for path in sorted(ROOT.rglob("*.py"))
+        if (n := len(path.read_text().splitlines())) > MAX_LINES
+    ]
+    assert not too_long, f"modules over {MAX_LINES} lines:\n" + "\n".join(too_long)
+
+
+def test_allow_list_entries_are_still_needed() -> None:
+    """An allow-list entry that no import uses any more must be removed, so the list cannot go stale."""
+    files = module_files()
+    known = set(files)
+    used = set()
+    for name, path in files.items():
+        for _, target in imports_of(name, path, known):
+            used.update((src, dst) for src, dst in ALLOWED_UPWARD if name.startswith(src) and target == dst)
+    assert set(ALLOWED_UPWARD) <= used, f"stale allow-list entries: {sorted(set(ALLOWED_UPWARD) - used)}"
+
+
+def test_checker_sees_nested_relative_and_from_imports(tmp_path: Path) -> None:
+    """The checks themselves: a lazy import in a function, a relative import and ``from pkg import module``."""
+    pkg = tmp_path / "retrec"
+    for sub in ("data", "index", "serving"):
+        (pkg / sub).mkdir(parents=True)
+        (pkg / sub / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("def load():\n    from retrec.index import faiss_index\n")  # lazy: allowed
+    (pkg / "index" / "faiss_index.py").write_text("X = 1\n")
+    (pkg / "data" / "lazy.py").write_text("def f():\n    from retrec.index import faiss_index\n")
+    (pkg / "data" / "rel.py").write_text("from ..index.faiss_index import X\n")
+    (pkg / "data" / "fine.py").write_text("from . import lazy\nimport numpy\n")
+    (pkg / "serving" / "bad.py").write_text("import torch.nn\n")
+    files = module_files(pkg)
+    problems = upward_imports(files)
+    assert len(problems) == 2, problems
+    assert any("retrec.data.lazy (layer 0) imports retrec.index.faiss_index (layer 3)" in p for p in problems)
+    assert any(p.startswith(f"{pkg / 'data' / 'rel.py'}:1:") for p in problems)
+    assert forbidden_imports(files) == [
+        f"{pkg / 'serving' / 'bad.py'}:1: retrec.serving.bad imports torch.nn (retrec.serving must never import torch)"
+    ]
+    (pkg / "__init__.py").write_text("from retrec.index import faiss_index\n")  # eager in the root: refused
+    assert any(p.startswith(f"{pkg / '__init__.py'}:1: retrec (layer 0)") for p in upward_imports(module_files(pkg)))
+    (pkg / "newthing.py").write_text("")  # a new top-level module must declare its layer
+    assert upward_imports(module_files(pkg))[-1].endswith("module retrec.newthing maps to no layer "
+                                                           "(add it to LAYERS in tests/test_layers.py)")
+
+
+@pytest.mark.parametrize("name, layer", [("retrec.pipelines.demo", 5), ("retrec.pipelines.compare", 4),
+                                         ("retrec.tables.live", 1), ("retrec", 0), ("retrec.kinds", 0)])
+def test_layer_map(name: str, layer: int) -> None:
+    assert layer_of(name) == layer
