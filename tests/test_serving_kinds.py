@@ -230,3 +230,20 @@ def test_build_refuses_a_mismatched_encoder(bundles: dict[str, Path]) -> None:
         build_app({"retrievers": {"d": {"index": str(bundles["dense_a"]), "encoder": str(bundles["bm25"])}}})
     with pytest.raises(BundleError, match="fused ranking"):
         build_app({"retrievers": {"hybrid": {"index": str(bundles["bm25"])}}})
+
+
+def test_demo_config_serves_bundles_by_kind(bundles: dict[str, Path]) -> None:
+    """The demo's config comes from the bundles' kinds: every index (a dense one with the encoder bundle its
+    kind's check accepts), every recommender; folder names become the served names."""
+    from retrec.serving.config import ServingConfig
+    from retrec.serving.launch import demo_config, servable_bundles
+
+    retrievers, recommenders = servable_bundles(bundles["toy"].parent)
+    assert retrievers == {"bm25": {"index": str(bundles["bm25"].resolve())},
+                          "dense-a": {"index": str(bundles["dense_a"].resolve()),
+                                      "encoder": str(bundles["enc_a"].resolve())},
+                          "dense-b": {"index": str(bundles["dense_b"].resolve()),
+                                      "encoder": str(bundles["enc_b"].resolve())},
+                          "toy": {"index": str(bundles["toy"].resolve())}}
+    assert recommenders == {"toypop": {"bundle": str(bundles["toypop"].resolve())}}
+    ServingConfig.model_validate(demo_config(bundles["toy"].parent, 8000)["applications"][0]["args"])
