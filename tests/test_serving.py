@@ -166,6 +166,14 @@ def _offline_dense(bundles: dict[str, Path]) -> DenseRetriever:
     return DenseRetriever(OnnxEncoder(bundles["encoder"], num_threads=1), FaissIndex.load(bundles["dense"]))
 
 
+def _encoder_info(models: dict[str, Any], bundles: dict[str, Path]) -> dict[str, Any]:
+    """The one encoder of the application, keyed by its bundle path (what the dense retriever names)."""
+    key = str(Path(bundles["encoder"]).resolve())
+    assert list(models["encoders"]) == [key] and models["retrievers"]["dense"]["encoder"] == key
+    assert models["retrievers"]["bm25"]["encoder"] is None
+    return models["encoders"][key]
+
+
 def _assert_same_hits(got: list[dict[str, Any]], want: list[tuple[str, float]]) -> None:
     assert [h["doc_id"] for h in got] == [d for d, _ in want]
     np.testing.assert_allclose([h["score"] for h in got], [s for _, s in want], rtol=0, atol=1e-6)
@@ -173,7 +181,7 @@ def _assert_same_hits(got: list[dict[str, Any]], want: list[tuple[str, float]]) 
 
 def test_dense_http_equals_offline(client: httpx.Client, bundles: dict[str, Path]) -> None:
     """Encoder inside the ingress (the default placement): same ids and scores as the offline retriever."""
-    assert client.get("/v1/models").json()["encoder"]["placement"] == "ingress"
+    assert _encoder_info(client.get("/v1/models").json(), bundles)["placement"] == "ingress"
     offline = _offline_dense(bundles)
     for q in _queries(bundles):
         r = client.post("/v1/search", json={"query": q, "k": 15, "retriever": "dense"})
@@ -246,11 +254,14 @@ def test_recommend_http_equals_offline(client: httpx.Client, bundles: dict[str, 
     assert [(i["item_id"], i["score"]) for i in body["items"]] == want
 
 
-def test_models_health_metrics(client: httpx.Client, url: str) -> None:
+def test_models_health_metrics(client: httpx.Client, url: str, bundles: dict[str, Path]) -> None:
     models = client.get("/v1/models").json()
     assert models["retrievers"]["dense"]["shards"] == 2
-    assert models["encoder"]["version"] == "enc-v1" and "bert4rec" in models["recommenders"]
-    assert models["encoder"]["placement"] == "ingress" and models["encoder"]["threads"] == 1
+    encoder = _encoder_info(models, bundles)
+    assert encoder["version"] == "enc-v1" and encoder["kind"] == "model/dense" and "bert4rec" in models["recommenders"]
+    assert encoder["placement"] == "ingress" and encoder["threads"] == 1
+    assert models["recommenders"]["bert4rec"]["kind"] == "model/bert4rec"
+    assert {"bm25", "dense"} <= set(models["registered"]["retrievers"])
     assert httpx.get(f"{url}/healthz").json() == {"status": "ok"}
     assert httpx.get(f"{url}/readyz").status_code == 200
     text = httpx.get(f"{url}/metrics").text
@@ -259,6 +270,12 @@ def test_models_health_metrics(client: httpx.Client, url: str) -> None:
         assert name in text
     spec = httpx.get(f"{url}/openapi.json").json()
     assert {"/v1/search", "/v1/recommend"} <= set(spec["paths"])
+    props = spec["components"]["schemas"]
+    retriever = props["SearchRequest"]["properties"]["retriever"]
+    assert retriever["enum"] == ["bm25", "dense", "hybrid"] and retriever["default"] == "bm25"
+    assert "bm25 (index/bm25" in retriever["description"]  # registered kinds, from the registry
+    assert props["RecommendRequest"]["properties"]["model"]["enum"] == ["bert4rec"]
+    assert props["SwapRequest"]["properties"]["retriever"]["enum"] == ["bm25", "dense"]
 
 
 # ---- 2. bad input --------------------------------------------------------------------------------------
@@ -281,8 +298,7 @@ BAD_CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
     ("k-string", "/v1/search", {**GOOD, "k": "ten"}, J, 422, "invalid_request"),
     ("k-float", "/v1/search", {**GOOD, "k": 2.5}, J, 422, "invalid_request"),
     ("unknown-retriever", "/v1/search", {**GOOD, "retriever": "tfidf"}, J, 422, "unknown_retriever"),
-    ("sparse-reserved", "/v1/search", {**GOOD, "retriever": "sparse"}, J, 400, "not_deployed"),
-    ("muvera-reserved", "/v1/search", {**GOOD, "retriever": "muvera"}, J, 400, "not_deployed"),
+    ("unregistered-kind-name", "/v1/search", {**GOOD, "retriever": "sparse"}, J, 422, "unknown_retriever"),
     ("extra-field", "/v1/search", {**GOOD, "debug": True}, J, 422, "invalid_request"),
     ("nan-weight", "/v1/search", '{"query": "x", "retriever": "hybrid", "fusion": {"weights": {"bm25": NaN}}}',
      J, 422, "invalid_request"),
@@ -497,7 +513,7 @@ def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bu
         deadline = time.monotonic() + 60
         while dep.get("/readyz").status_code != 200 and time.monotonic() < deadline:
             time.sleep(0.25)
-        assert dep.get("/v1/models").json()["encoder"]["placement"] == "deployment"
+        assert _encoder_info(dep.get("/v1/models").json(), bundles)["placement"] == "deployment"
         offline = _offline_dense(bundles)
         for q in _queries(bundles)[:4]:
             r = dep.post("/v1/search", json={"query": q, "k": 10, "retriever": "dense"})

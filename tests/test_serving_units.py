@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterator
-from types import SimpleNamespace
 
 import httpx
 import numpy as np
@@ -127,18 +126,81 @@ class _FakeShard:
 
 
 def test_batched_scatter_groups_by_retriever_version_and_k() -> None:
-    from retrec.serving.ingress import Ingress
+    from retrec.serving.scatter import RetrieverSpec, Scatter
 
     shards = [_FakeShard(0), _FakeShard(1, fail=True)]
-    ingress = SimpleNamespace(cfg=ServingConfig.model_validate({"retrievers": {"bm25": {"index": "x"}}}),
-                              retrievers={"bm25": {"input": "text", "shards": shards}})  # what the batch uses
+    scatter = Scatter({"bm25": RetrieverSpec("bm25", "index/bm25", "text", shards)}, shard_timeout_s=1.0,
+                      retry_after_s=1, max_batch_size=8)
     v1, v2 = {"version": "v1", "path": "/a"}, {"version": "v2", "path": "/b"}
     items = [("bm25", "q0", 5, v1), ("bm25", "q1", 5, v1), ("bm25", "q2", 9, v1), ("bm25", "q3", 5, v2)]
-    scatter = Ingress.func_or_class._scatter_batch.__wrapped__  # the undecorated batch function
-    out = asyncio.run(scatter(ingress, items))
+    out = asyncio.run(scatter.scatter(items))  # the undecorated batch function
     assert shards[0].calls == [(["q0", "q1"], 5, "v1"), (["q2"], 9, "v1"), (["q3"], 5, "v2")]
     assert [row[0] for row in out] == [[("0:q0", 5.0)], [("0:q1", 5.0)], [("0:q2", 9.0)], [("0:q3", 5.0)]]
     assert all(isinstance(row[1], RuntimeError) for row in out)  # the failed shard, for every item
+
+
+class _PayloadShard:
+    """A shard handle recording the packed payload of each ``search_many`` call."""
+
+    def __init__(self) -> None:
+        self.payloads: list[object] = []
+        self.search_many = self
+
+    def remote(self, payloads: object, k: int, ref: dict[str, str]) -> asyncio.Future:
+        self.payloads.append(payloads)
+        future = asyncio.get_running_loop().create_future()
+        future.set_result([[("d", 1.0)] for _ in range(len(payloads))])  # type: ignore[arg-type]
+        return future
+
+
+def test_scatter_packs_each_payload_type() -> None:
+    """One batched call per retriever packs its own payload: dense rows stacked, token matrices of different
+    lengths kept apart, sparse (ids, weights) pairs typed."""
+    from retrec.serving.scatter import RetrieverSpec, Scatter
+
+    shards = {p: _PayloadShard() for p in ("dense", "tokens", "sparse", "text")}
+    scatter = Scatter({p: RetrieverSpec(p, f"index/{p}", p, [shards[p]], None if p == "text" else "enc")
+                       for p in shards}, shard_timeout_s=1.0, retry_after_s=1, max_batch_size=8)
+    ref = {"version": "v1", "path": "/a"}
+    rng = np.random.default_rng(0)
+    items = [("dense", rng.standard_normal(4), 3, ref), ("dense", rng.standard_normal(4), 3, ref),
+             ("tokens", rng.standard_normal((2, 8)), 3, ref), ("tokens", rng.standard_normal((5, 8)), 3, ref),
+             ("sparse", ([3, 9], [0.5, 1.5]), 3, ref), ("text", "q", 3, ref)]
+    out = asyncio.run(scatter.scatter(items))
+    assert [row[0] for row in out] == [[("d", 1.0)]] * 6
+    dense = shards["dense"].payloads[0]
+    assert isinstance(dense, np.ndarray) and dense.dtype == np.float32 and dense.shape == (2, 4)
+    np.testing.assert_allclose(dense[1], items[1][1].astype(np.float32))
+    tokens = shards["tokens"].payloads[0]
+    assert [m.shape for m in tokens] == [(2, 8), (5, 8)] and all(m.dtype == np.float32 for m in tokens)
+    (ids, weights), = shards["sparse"].payloads[0]
+    assert ids.dtype == np.int64 and weights.dtype == np.float32 and ids.tolist() == [3, 9]
+    assert shards["text"].payloads[0] == ["q"]
+
+
+def test_payload_packers_refuse_bad_shapes() -> None:
+    from retrec.serving.payloads import PACKERS, pack, packer
+
+    assert set(PACKERS) == {"text", "dense", "sparse", "tokens"}
+    with pytest.raises(ValueError, match="tokens payload"):
+        pack("tokens", [np.ones((2, 8)), np.ones((2, 4))])
+    with pytest.raises(ValueError, match="sparse payload"):
+        pack("sparse", [([1, 2], [0.5])])
+    with pytest.raises(ValueError, match="no pack function"):
+        packer("audio")
+
+
+def test_call_supported_passes_only_accepted_options() -> None:
+    from retrec.serving.registry import call_supported
+
+    def explicit(path: str, *, shard: int | None = None) -> tuple:
+        return path, shard
+
+    def catch_all(path: str, **options: object) -> tuple:
+        return path, options
+
+    assert call_supported(explicit, "p", shard=2, use_gpu=False, threads=3) == ("p", 2)
+    assert call_supported(catch_all, "p", shard=2, use_gpu=False) == ("p", {"shard": 2, "use_gpu": False})
 
 
 def test_config_validation() -> None:

@@ -1,9 +1,12 @@
-"""Ray Serve application: search (BM25, dense, hybrid) and sequential recommendation over HTTP.
+"""Ray Serve application: search (every registered retriever kind, hybrid fusion) and recommendation over HTTP.
 
-Modules: ``app`` (``build_app`` + the bundle-kind registries), ``ingress`` (FastAPI routes, scatter/gather,
-index swaps), ``shards`` / ``encoders`` / ``recommenders`` (one deployment class per role), ``fusion``,
-``schemas`` (HTTP models), ``config`` (the ``args`` schema), ``middleware`` / ``errors`` / ``metrics``,
-``launch`` (start/stop from a serve config). Imports index and inference runtimes only — never torch.
+Modules: ``app`` (``build_app``: deployments chosen by bundle kind from :mod:`retrec.kinds`), ``registry``
+(what serving reads from the registry), ``ingress`` (FastAPI routes), ``scatter`` (batched scatter/gather
+over shards), ``payloads`` (per payload type batch packing), ``versions`` (index versions and swaps),
+``shards`` / ``encoders`` / ``recommenders`` (one deployment class per role), ``placement`` (where a query
+encoder runs), ``schemas`` (HTTP models), ``config`` (the ``args`` schema), ``middleware`` / ``errors`` /
+``metrics``, ``launch`` (start/stop from a serve config). Imports index and inference runtimes only — never
+torch.
 
 Example::
 

@@ -1,10 +1,21 @@
-"""``build_app(args)``: the whole Ray Serve application, composed with deployment handles.
+"""``build_app(args)``: the whole Ray Serve application, composed with deployment handles, by bundle kind.
 
-Deployments: ``Ingress`` (FastAPI; by default it also runs the ONNX query encoder with dynamic batching,
-``encoder.placement: deployment`` moves that to a ``QueryEncoder`` deployment), one deployment per index
-shard (``bm25-shard-0``, ``dense-shard-N``), one per recommender (``recommender-NAME``). Which deployment
-serves a bundle is decided by the bundle's ``kind`` — adding a retriever or recommender is one entry in
-:data:`RETRIEVER_KINDS` / :data:`RECOMMENDER_KINDS`.
+Every configured bundle's ``kind`` (its manifest) is looked up in the one registry, :mod:`retrec.kinds`:
+
+- an **index** kind is served as one deployment per shard (``NAME-shard-i``; ``manifest.config["shards"]``
+  of them): :class:`~retrec.serving.shards.IndexShard`, which loads shard ``i`` through the kind's registry
+  loader, or the kind's own ``serve`` deployment. A kind whose payload is not ``text`` needs ``encoder:``,
+  a query-encoder bundle whose kind produces that payload (and is one of the index kind's
+  ``encoder_kinds``, when it names any); the pair is checked with the kind's ``check`` hook here, and again
+  on every swap.
+- **query encoders** are keyed by their bundle: retrievers naming the same bundle share one encoder, and an
+  application may use several. ``encoder.placement: ingress`` (default) runs each inside the ``Ingress``
+  replica; ``deployment`` serves each as a ``QueryEncoder`` deployment (the first as ``QueryEncoder``,
+  others as ``QueryEncoder-NAME`` after the first retriever using them).
+- a **recommender** kind is served by :class:`~retrec.serving.recommenders.Recommender` (or its ``serve``
+  deployment) as ``recommender-NAME``.
+
+Adding a retriever or recommender kind is a registry entry; nothing here changes.
 
 Example (also what ``configs/serve.yaml`` holds under ``args:``)::
 
@@ -19,40 +30,22 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from ray.serve import Application
-from ray.serve.deployment import Deployment
 
+from retrec import kinds
 from retrec.bundle import BundleError, read_manifest
 from retrec.serving.config import RetrieverConfig, ServingConfig
 from retrec.serving.encoders import QueryEncoder
 from retrec.serving.ingress import Ingress
 from retrec.serving.recommenders import Recommender
-from retrec.serving.shards import BM25Shard, DenseShard, IndexRef, index_ref
+from retrec.serving.registry import check_hook, deployment, kind_of
+from retrec.serving.schemas import HYBRID
+from retrec.serving.shards import IndexShard, index_ref
 
 log = logging.getLogger("retrec.serving")
-
-
-@dataclass(frozen=True)
-class RetrieverKind:
-    """How to serve an index bundle kind: the shard deployment, its input, its shard count and args."""
-
-    deployment: Deployment
-    input: str  # "text": the query string goes to the shards; "vector": the encoder's query vector does
-    shard_count: Callable[[dict[str, Any]], int]
-    shard_args: Callable[[int, IndexRef, ServingConfig], dict[str, Any]]
-
-
-RETRIEVER_KINDS: dict[str, RetrieverKind] = {
-    "index/bm25": RetrieverKind(BM25Shard, "text", lambda config: 1, lambda i, ref, cfg: {"initial": ref}),
-    "index/dense": RetrieverKind(DenseShard, "vector", lambda config: int(config["shards"]),
-                                 lambda i, ref, cfg: {"shard": i, "initial": ref, "use_gpu": cfg.use_gpu}),
-}
-RECOMMENDER_KINDS: dict[str, Deployment] = {"model/bert4rec": Recommender}
 
 
 def _exists(path: str) -> bool:
@@ -69,21 +62,33 @@ def _deployable(role: str, name: str, path: str, optional: bool) -> bool:
     raise BundleError(f"{role} {name!r}: no bundle at {path}")
 
 
-def _encoder(cfg: ServingConfig, name: str, rc: RetrieverConfig) -> dict[str, Any]:
-    """The query encoder: ``{"bundle", "kwargs"}`` built inside the ingress, or a ``QueryEncoder`` deployment."""
+def _encoder_bundle(cfg: ServingConfig, name: str, rc: RetrieverConfig, index: kinds.Kind) -> str:
+    """The retriever's query-encoder bundle path, refused unless its kind produces the index's payload."""
     if rc.encoder is None:
-        raise BundleError(f"retriever {name!r}: a dense index needs 'encoder: <model/dense bundle>'")
+        fits = ", ".join(index.encoder_kinds) or f"a query encoder with payload {index.payload!r}"
+        raise BundleError(f"retriever {name!r}: a {index.kind} index needs 'encoder: <bundle>' ({fits})")
     path = cfg.resolve(rc.encoder)
     if not _exists(path):
         raise BundleError(f"retriever {name!r}: encoder bundle {path} not found")
+    kind = read_manifest(path).kind
+    enc = kind_of(kind, "query_encoder", f"retriever {name!r}: encoder bundle {path}")
+    if (index.encoder_kinds and kind not in index.encoder_kinds) or enc.payload != index.payload:
+        raise BundleError(f"retriever {name!r}: encoder bundle {path} is a {kind} (payload {enc.payload!r}); "
+                          f"a {index.kind} index is searched with {', '.join(index.encoder_kinds) or 'a'} "
+                          f"encoder of payload {index.payload!r}")
+    return path
+
+
+def _encoder_spec(cfg: ServingConfig, path: str, deployment_name: str) -> dict[str, Any]:
+    """One query encoder: ``{"placement": "ingress", "bundle", "kwargs"}`` or a ``QueryEncoder`` deployment."""
     e = cfg.encoder
     kwargs = {"variant": e.variant, "max_batch_size": e.max_batch_size, "batch_wait_timeout_s": e.batch_wait_timeout_s,
               "threads": e.threads, "use_gpu": cfg.use_gpu}
     if e.placement == "ingress":
         return {"placement": "ingress", "bundle": path, "kwargs": kwargs}
     max_ongoing = max(e.replicas.max_ongoing_requests, e.max_batch_size)
-    options = {**e.replicas.deployment_options("QueryEncoder"), "max_ongoing_requests": max_ongoing}
-    return {"placement": "deployment", "handle": QueryEncoder.options(**options).bind(path, **kwargs)}
+    options = {**e.replicas.deployment_options(deployment_name), "max_ongoing_requests": max_ongoing}
+    return {"placement": "deployment", "bundle": path, "handle": QueryEncoder.options(**options).bind(path, **kwargs)}
 
 
 def build_app(args: dict[str, Any]) -> Application:
@@ -91,43 +96,42 @@ def build_app(args: dict[str, Any]) -> Application:
     cfg = ServingConfig.model_validate(args)
     if cfg.base_dir is None:  # swaps resolve relative paths the way this build did
         cfg = cfg.model_copy(update={"base_dir": os.getcwd()})
+    if HYBRID in cfg.retrievers:
+        raise BundleError(f"retriever name {HYBRID!r} is the fused ranking of all retrievers; rename it")
     retrievers: dict[str, dict[str, Any]] = {}
-    encoder: dict[str, Any] | None = None
-    encoder_path: str | None = None
+    encoders: dict[str, dict[str, Any]] = {}
     for name, rc in cfg.retrievers.items():
         path = cfg.resolve(rc.index)
         if not _deployable("retriever", name, path, rc.optional):
             continue
         manifest = read_manifest(path)
-        kind = RETRIEVER_KINDS.get(manifest.kind)
-        if kind is None:
-            raise BundleError(f"retriever {name!r}: bundle kind {manifest.kind!r} cannot be served "
-                              f"(servable: {', '.join(RETRIEVER_KINDS)})")
-        if kind.input == "vector":
-            if encoder is None:
-                encoder, encoder_path = _encoder(cfg, name, rc), cfg.resolve(rc.encoder or "")
-            elif cfg.resolve(rc.encoder or "") != encoder_path:
-                raise BundleError(f"retriever {name!r}: one query encoder per application ({encoder_path})")
+        kind = kind_of(manifest.kind, "index", f"retriever {name!r} ({path})")
+        encoder = None
+        if kind.needs_encoder:
+            encoder = _encoder_bundle(cfg, name, rc, kind)
+            check = check_hook(kind.kind)
+            if check is not None:
+                check(manifest, read_manifest(encoder))  # refuse a mismatched pair now, not at the first query
+            if encoder not in encoders:
+                encoders[encoder] = _encoder_spec(cfg, encoder, "QueryEncoder" if not encoders
+                                                  else f"QueryEncoder-{name}")
         ref = index_ref(path)
-        shards = []
-        for i in range(kind.shard_count(manifest.config)):
-            shard_args = kind.shard_args(i, ref, cfg)
-            shards.append(kind.deployment.options(**rc.shards.deployment_options(f"{name}-shard-{i}")
-                                                  ).bind(**shard_args))
-        retrievers[name] = {"input": kind.input, "kind": manifest.kind, "shards": shards, "ref": ref}
+        shard_deployment = deployment(kind.kind, IndexShard)
+        shards = [shard_deployment.options(**rc.shards.deployment_options(f"{name}-shard-{i}")).bind(
+                      kind=kind.kind, shard=i, initial=ref, use_gpu=cfg.use_gpu)
+                  for i in range(int(manifest.config.get("shards", 1)))]
+        retrievers[name] = {"kind": kind.kind, "payload": kind.payload, "shards": shards, "ref": ref,
+                            "encoder": encoder}
     recommenders: dict[str, Any] = {}
     for name, mc in cfg.recommenders.items():
         path = cfg.resolve(mc.bundle)
         if not _deployable("recommender", name, path, mc.optional):
             continue
-        kind = read_manifest(path).kind
-        if kind not in RECOMMENDER_KINDS:
-            raise BundleError(f"recommender {name!r}: bundle kind {kind!r} cannot be served "
-                              f"(servable: {', '.join(RECOMMENDER_KINDS)})")
-        recommenders[name] = RECOMMENDER_KINDS[kind].options(
-            **mc.replicas.deployment_options(f"recommender-{name}")).bind(path)
+        kind = kind_of(read_manifest(path).kind, "recommender", f"recommender {name!r} ({path})")
+        recommenders[name] = deployment(kind.kind, Recommender).options(
+            **mc.replicas.deployment_options(f"recommender-{name}")).bind(path, kind=kind.kind)
     if not retrievers and not recommenders:
         raise BundleError("nothing to serve: every configured bundle is missing")
     # Index swaps without restarts: a `deployments: [{name: Ingress, user_config: {indexes: {...}}}]` override.
     return Ingress.options(**cfg.ingress.deployment_options("Ingress")).bind(
-        cfg.model_dump(), retrievers, encoder, recommenders)
+        cfg.model_dump(), retrievers, encoders, recommenders)

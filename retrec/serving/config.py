@@ -48,7 +48,8 @@ class ReplicaOptions(_Strict):
 
 
 class RetrieverConfig(_Strict):
-    """One retriever: its index version (and, for dense, the encoder bundle it was built with)."""
+    """One retriever: its index version (any registered index kind) and, for kinds searched with encoded
+    queries (payload other than text, e.g. ``index/dense``), the query-encoder bundle it was built with."""
 
     index: str
     encoder: str | None = None
@@ -63,12 +64,12 @@ class RecommenderConfig(_Strict):
 
 
 class EncoderConfig(_Strict):
-    """Query encoder: where it runs, ONNX variant, dynamic batching, threads.
+    """Query encoders (one per encoder bundle the retrievers name): where they run, variant, batching, threads.
 
-    ``placement: ingress`` (default) runs the ONNX session inside each ingress replica (no deployment hop
-    per query; ``replicas`` is then unused); ``deployment`` serves it as the ``QueryEncoder`` deployment with
-    ``replicas``. ``max_batch_size`` bounds both the encoder's batches and the ingress's batched shard calls
-    (``1`` turns dynamic batching off: one ONNX call and one call per shard for every request).
+    ``placement: ingress`` (default) runs each encoder inside each ingress replica (no deployment hop
+    per query; ``replicas`` is then unused); ``deployment`` serves each as a ``QueryEncoder`` deployment with
+    ``replicas``. ``max_batch_size`` bounds both the encoders' batches and the ingress's batched shard calls
+    (``1`` turns dynamic batching off: one encoder call and one call per shard for every request).
     """
 
     placement: Literal["ingress", "deployment"] = "ingress"

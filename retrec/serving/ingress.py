@@ -1,20 +1,17 @@
-"""The HTTP ingress (FastAPI via ``@serve.ingress``): validation, scatter/gather over shards, fusion, swaps.
+"""The HTTP ingress (FastAPI via ``@serve.ingress``): request validation, routing, fusion, introspection.
 
-A search picks the active index version of each retriever when it starts, sends the query (BM25) or
-its vector (dense) to every shard of that version, and merges the shard top-k lists deterministically.
-A shard that fails or exceeds ``shard_timeout_s`` is dropped and the response says ``partial: true``;
-when every shard fails the request fails fast with 503.
+A search picks the active index version of each retriever when it starts (:mod:`retrec.serving.versions`),
+encodes the query once per distinct query encoder the chosen retrievers need (encoders are keyed by their
+bundle; :mod:`retrec.serving.placement`), sends each retriever its payload — the query text, or its
+encoder's output — through the batched scatter (:mod:`retrec.serving.scatter`) and fuses retrievers for
+``hybrid`` (:mod:`retrec.index.fusion`). A shard that fails or times out makes the response ``partial``.
+Recommendations go to the named recommender deployment. Names: the configured retriever / recommender
+names; a registered kind's eval name that this application does not deploy is a 400 ``not_deployed``,
+any other unknown name a 422.
 
-Dynamic batching, end to end: query vectors come from the ONNX encoder running in this replica
-(``encoder.placement: ingress``, ``@serve.batch``) or from the ``QueryEncoder`` deployment; then the
-shard scatter is batched too (``@serve.batch``, no added wait): the requests ready at the same moment
-(e.g. one encoder batch) go to each shard as one ``search_many`` call per (retriever, index version, k),
-so at high concurrency the deployment hops are paid per batch, not per request. ``encoder.max_batch_size``
-bounds both; ``1`` makes every request its own ONNX call and its own call per shard.
-
-Index versions swap atomically: ``POST /v1/admin/indexes`` (or a new ``user_config``) loads the new
-version on every shard beside the old one, then flips the active reference; requests already running
-finish on the version they started with, and every response names the versions it searched.
+Dynamic batching, end to end: query payloads come from encoders with their own ``@serve.batch`` queues;
+the shard scatter is batched too, so the requests ready together go to each shard as one call.
+``encoder.max_batch_size`` bounds both; ``1`` makes every request its own encoder call and shard call.
 
 Example::
 
@@ -24,27 +21,30 @@ Example::
 
 # No ``from __future__ import annotations``: FastAPI reads the endpoint annotations at runtime.
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable
 from typing import Any
 
-import numpy as np
 from fastapi import FastAPI, Response
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
-from retrec.bundle import BundleError
-from retrec.index.faiss_index import check_encoder
-from retrec.index.fusion import FUSIONS, merge_hits
+from retrec.bundle import read_manifest
+from retrec.index.fusion import FUSIONS
 from retrec.serving import metrics as serving_metrics
 from retrec.serving import middleware as guard
+from retrec.serving import schemas
 from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
 from retrec.serving.metrics import MetricsMiddleware
 from retrec.serving.middleware import GuardMiddleware, load_api_keys
+from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder
+from retrec.serving.registry import recommender_names, retriever_names
+from retrec.serving.scatter import RetrieverSpec, Scatter, call_handle
 from retrec.serving.schemas import (
-    RESERVED_RETRIEVERS,
+    HYBRID,
     ErrorResponse,
     Hit,
     Item,
@@ -54,97 +54,63 @@ from retrec.serving.schemas import (
     SearchResponse,
     SwapRequest,
 )
-from retrec.serving.shards import IndexRef, index_ref
+from retrec.serving.versions import IndexVersions
 
 log = logging.getLogger("retrec.serving")
-# Ray pickles the deployment class by value, so process-wide state (metrics, guard settings) is reached
-# through its module (``serving_metrics.METRICS``, ``guard.GUARD``), never through a copied global.
-HYBRID = "hybrid"
-KNOWN_RETRIEVERS = ("bm25", "dense", HYBRID)  # part of the API even when a config does not deploy them
+# Ray pickles the deployment class by value, so process-wide state (metrics, guard settings, published names)
+# is reached through its module (``serving_metrics.METRICS``, ``guard.GUARD``, ``schemas.PUBLISHED``).
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503, 504)
 }
-SCATTER_CONCURRENT_BATCHES = 8  # batched shard calls in flight per ingress replica (x max_batch_size <= max_ongoing)
-# One shard query of the batched scatter: (retriever, query text or vector, k, index version).
-ScatterItem = tuple[str, Any, int, IndexRef]
-
 
 api = FastAPI(
-    title="retrec serving API", version="1.0.0",
-    description="Search (BM25, dense, hybrid) and sequential recommendation over versioned index bundles.",
+    title="retrec serving API", version="1.1.0",
+    description="Search (any registered retriever kind, hybrid fusion) and sequential recommendation over "
+                "versioned index bundles.",
 )
+api.openapi = functools.partial(schemas.openapi_schema, api)  # type: ignore[method-assign]
 install_error_handlers(api)
 api.add_middleware(GuardMiddleware)
 api.add_middleware(MetricsMiddleware)  # outermost: sees the guard's 401/413/415/503 too
-
-
-async def _call(response: Any, timeout: float) -> Any:
-    """Await a handle response, cancelling it after ``timeout`` seconds."""
-    try:
-        return await asyncio.wait_for(response, timeout)
-    except TimeoutError:
-        response.cancel()
-        raise
-
-
-class _RemoteEncoder:
-    """The ``QueryEncoder`` deployment behind the same two calls as :class:`BatchingEncoder`."""
-
-    def __init__(self, handle: Any, timeout_s: float) -> None:
-        self.handle, self.timeout_s = handle, timeout_s
-
-    async def encode(self, text: str) -> tuple[np.ndarray, int]:
-        return await _call(self.handle.encode.remote(text), self.timeout_s)
-
-    async def info(self) -> dict[str, Any]:
-        return await _call(self.handle.info.remote(), 30.0)
-
-
-class _LocalEncoder:
-    """A :class:`BatchingEncoder` inside this ingress replica (``encoder.placement: ingress``)."""
-
-    def __init__(self, bundle: str, kwargs: dict[str, Any], timeout_s: float) -> None:
-        from retrec.serving.encoders import BatchingEncoder
-
-        self.batcher, self.timeout_s = BatchingEncoder(bundle, **kwargs), timeout_s
-        self.batcher.encode_now(["warm up"])  # first ONNX run allocates; keep it out of the first request
-
-    async def encode(self, text: str) -> tuple[np.ndarray, int]:
-        return await asyncio.wait_for(self.batcher.encode(text), self.timeout_s)
-
-    async def info(self) -> dict[str, Any]:
-        return self.batcher.info()
 
 
 @serve.deployment
 @serve.ingress(api)
 class Ingress:
     """Routes ``/v1`` requests to shard and recommender deployments (handles given by ``build_app``); encodes
-    queries in-process or through the ``QueryEncoder`` deployment (``encoder.placement``)."""
+    queries with one encoder per encoder bundle, in-process or through ``QueryEncoder`` deployments."""
 
     def __init__(self, config: dict[str, Any], retrievers: dict[str, dict[str, Any]],
-                 encoder: dict[str, Any] | None, recommenders: dict[str, Any]) -> None:
+                 encoders: dict[str, dict[str, Any]], recommenders: dict[str, Any]) -> None:
         self.cfg = ServingConfig.model_validate(config)
         limits = self.cfg.limits
         guard.GUARD.configure(max_body_bytes=limits.max_body_bytes, max_inflight=limits.max_inflight,
-                        retry_after_s=limits.retry_after_s, api_keys=load_api_keys(self.cfg.auth))
-        # retrievers: name -> {"input": "text" | "vector", "kind": bundle kind, "shards": [handles], "ref": IndexRef}
-        self.retrievers = retrievers
-        self.active: dict[str, IndexRef] = {name: r["ref"] for name, r in retrievers.items()}
-        # encoder: {"placement": "ingress", "bundle", "kwargs"} | {"placement": "deployment", "handle"} | None
-        self.encoder: _LocalEncoder | _RemoteEncoder | None = None
-        if encoder is not None and encoder["placement"] == "ingress":
-            self.encoder = _LocalEncoder(encoder["bundle"], encoder["kwargs"], limits.encoder_timeout_s)
-        elif encoder is not None:
-            self.encoder = _RemoteEncoder(encoder["handle"], limits.encoder_timeout_s)
-        self._scatter_batch.set_max_batch_size(self.cfg.encoder.max_batch_size)
-        self._scatter_batch.set_batch_wait_timeout_s(0.0)  # batch what is ready; never wait for more
+                              retry_after_s=limits.retry_after_s, api_keys=load_api_keys(self.cfg.auth))
+        # retrievers: name -> {"kind", "payload", "shards": [handles], "ref": IndexRef, "encoder": bundle | None}
+        self.retrievers = {name: RetrieverSpec.from_args(name, r) for name, r in retrievers.items()}
+        # encoders: bundle path -> {"placement": "ingress", "bundle", "kwargs"} | {"placement": "deployment", ...}
+        self.encoders: dict[str, LocalEncoder | RemoteEncoder] = {
+            key: make_encoder(spec, limits.encoder_timeout_s) for key, spec in encoders.items()}
+        self.scatter = Scatter(self.retrievers, shard_timeout_s=limits.shard_timeout_s,
+                               retry_after_s=limits.retry_after_s, max_batch_size=self.cfg.encoder.max_batch_size)
+        self.versions = IndexVersions(self.retrievers, {name: r["ref"] for name, r in retrievers.items()},
+                                      {key: read_manifest(key) for key in encoders}, self.cfg.resolve)
         self.recommenders = recommenders
-        self._swap_lock = asyncio.Lock()
-        self._encoder_info: dict[str, Any] | None = None
+        # Resolved once: what each search name needs (no registry or config lookups per request).
+        names = list(self.retrievers)
+        self._targets: dict[str, list[str]] = {name: [name] for name in names}
+        if len(names) > 1:
+            self._targets[HYBRID] = names
+        self._encoders_for = {name: list(dict.fromkeys(self.retrievers[n].encoder for n in targets
+                                                       if self.retrievers[n].encoder is not None))
+                              for name, targets in self._targets.items()}
+        self._known_retrievers = frozenset([*retriever_names(), HYBRID])
+        self._known_models = frozenset(recommender_names())
+        self._encoder_info: dict[str, dict[str, Any]] = {}
         self._model_info: dict[str, dict[str, Any]] = {}
-        for name, ref in self.active.items():
-            serving_metrics.METRICS.set_version(name, ref["version"])
+        schemas.PUBLISHED.retrievers = list(self._targets)
+        schemas.PUBLISHED.swappable = names
+        schemas.PUBLISHED.recommenders = list(recommenders)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``user_config: {"indexes": {retriever: path}}`` swaps to those index versions (see ``swap``)."""
@@ -152,92 +118,51 @@ class Ingress:
             await self.swap(name, path)
 
     # ---- searching -------------------------------------------------------------------------------------
-    async def _encode(self, query: str) -> Any:
-        if self.encoder is None:
-            raise ApiError(503, "unavailable", "no query encoder deployed")
+    async def _encode(self, key: str, query: str) -> Any:
         try:
-            vector, batch = await self.encoder.encode(query)
+            payload, batch = await self.encoders[key].encode(query)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"query encoder busy: {exc}",
                            {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
         except Exception as exc:
             raise ApiError(503, "unavailable", f"query encoder failed: {type(exc).__name__}") from exc
         serving_metrics.METRICS.batch_size.observe(batch)
-        return vector
+        return payload
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0, max_concurrent_batches=SCATTER_CONCURRENT_BATCHES)
-    async def _scatter_batch(self, items: list[ScatterItem]) -> list[list[Any]]:
-        """Per item, every shard's hits (or the exception of its shard call), as one call per shard and group.
+    async def _retrieve(self, name: str, query: str, k: int,
+                        payloads: dict[str, asyncio.Future]) -> tuple[list, str, list]:
+        """One retriever on its active version → (hits, version, failed shards)."""
+        spec, ref = self.retrievers[name], self.versions.active[name]
+        payload = query if spec.encoder is None else await payloads[spec.encoder]
+        hits, failed = await self.scatter.retrieve(name, payload, k, ref)
+        return hits, ref["version"], failed
 
-        A group is the items of one retriever, index version and ``k``: its shards get one ``search_many``.
-        """
-        groups: dict[tuple[str, str, str, int], list[int]] = {}
-        for i, (name, _, k, ref) in enumerate(items):
-            groups.setdefault((name, ref["version"], ref["path"], k), []).append(i)
-        timeout = self.cfg.limits.shard_timeout_s
-        calls, targets = [], []
-        for (name, _, _, k), rows in groups.items():
-            spec, ref = self.retrievers[name], items[rows[0]][3]
-            payloads: Any = [items[i][1] for i in rows]
-            if spec["input"] == "vector":
-                payloads = np.stack(payloads).astype(np.float32, copy=False)
-            serving_metrics.METRICS.shard_batch_size.labels(retriever=name).observe(len(rows))
-            for shard, handle in enumerate(spec["shards"]):
-                calls.append(_call(handle.search_many.remote(payloads, k, ref), timeout))
-                targets.append((rows, shard))
-        results = await asyncio.gather(*calls, return_exceptions=True)
-        out: list[list[Any]] = [[None] * len(self.retrievers[name]["shards"]) for name, *_ in items]
-        for (rows, shard), res in zip(targets, results):
-            for j, i in enumerate(rows):
-                out[i][shard] = res if isinstance(res, BaseException) else res[j]
-        return out
-
-    async def _retrieve(self, name: str, query: str, k: int, vector: asyncio.Task | None) -> tuple[list, str, list]:
-        """Scatter to every shard of the active version, gather, merge → (hits, version, failed shards)."""
-        spec, ref = self.retrievers[name], self.active[name]
-        payload: Any = query if spec["input"] == "text" else await vector  # type: ignore[misc]
-        results = await self._scatter_batch((name, payload, k, ref))
-        parts, failed, backpressure, reasons = [], [], False, set()
-        for i, res in enumerate(results):
-            if isinstance(res, BaseException):
-                shard = f"{name}-{i}"
-                failed.append(shard)
-                backpressure |= isinstance(res, BackPressureError)
-                reasons.add(type(res).__name__)
-                serving_metrics.METRICS.shard_failures.labels(retriever=name, shard=str(i)).inc()
-                log.warning("shard %s failed: %s", shard, type(res).__name__)
-            else:
-                parts.append(res)
-        if not parts:
-            if backpressure:
-                raise ApiError(503, "overloaded", f"{name} shards busy; retry later",
-                               {"Retry-After": str(self.cfg.limits.retry_after_s)})
-            raise ApiError(503, "unavailable", f"every {name} shard failed or timed out "
-                           f"({', '.join(sorted(reasons))})", {"Retry-After": str(self.cfg.limits.retry_after_s)})
-        return merge_hits(parts, k), ref["version"], failed
+    def _targets_of(self, name: str) -> list[str]:
+        targets = self._targets.get(name)
+        if targets is not None:
+            return targets
+        deployed = ", ".join(self._targets) or "none"
+        if not self._targets:
+            raise ApiError(400, "not_deployed", "no retriever is deployed in this application")
+        if name == HYBRID:
+            raise ApiError(400, "not_deployed", f"hybrid needs at least two deployed retrievers (deployed: {deployed})")
+        if name in self._known_retrievers:
+            raise ApiError(400, "not_deployed", f"retriever {name!r} is not deployed in this application "
+                           f"(deployed: {deployed})")
+        raise ApiError(422, "unknown_retriever", f"unknown retriever {name!r}; available: {deployed}")
 
     async def _search(self, req: SearchRequest) -> SearchResponse:
         started = time.perf_counter()
-        name = req.retriever
-        if name in RESERVED_RETRIEVERS or (name in KNOWN_RETRIEVERS and name not in self.available()):
-            raise ApiError(400, "not_deployed", f"retriever {name!r} is not deployed in this application "
-                           f"(deployed: {', '.join(self.available())})")
-        if name != HYBRID and name not in self.retrievers:
-            raise ApiError(422, "unknown_retriever", f"unknown retriever {name!r}; available: "
-                           f"{', '.join(self.available())}")
-        names = list(self.retrievers) if name == HYBRID else [name]
-        if name == HYBRID and len(names) < 2:
-            raise ApiError(400, "not_deployed", "hybrid needs at least two deployed retrievers "
-                           f"(deployed: {', '.join(self.retrievers)})")
-        if name == HYBRID and req.fusion.weights:
+        name = req.retriever or next(iter(self._targets), "")
+        names = self._targets_of(name)
+        hybrid = name == HYBRID
+        if hybrid and req.fusion.weights:
             unknown = sorted(set(req.fusion.weights) - set(names))
             if unknown:
                 raise ApiError(422, "invalid_request", f"fusion.weights names unknown retrievers {unknown}")
-        depth = max(req.k, req.fusion.depth) if name == HYBRID else req.k
-        vector = None
-        if any(self.retrievers[n]["input"] == "vector" for n in names):
-            vector = asyncio.ensure_future(self._encode(req.query))
-        outcomes = await asyncio.gather(*(self._retrieve(n, req.query, depth, vector) for n in names),
+        depth = max(req.k, req.fusion.depth) if hybrid else req.k
+        payloads = {key: asyncio.ensure_future(self._encode(key, req.query)) for key in self._encoders_for[name]}
+        outcomes = await asyncio.gather(*(self._retrieve(n, req.query, depth, payloads) for n in names),
                                         return_exceptions=True)
         rankings, versions, failed = {}, {}, []
         for n, out in zip(names, outcomes):
@@ -250,7 +175,7 @@ class Ingress:
             failed += shard_failures
         if not rankings:
             raise ApiError(503, "unavailable", f"every retriever failed: {', '.join(failed)}")
-        if name == HYBRID:
+        if hybrid:
             fuse = FUSIONS[req.fusion.method]
             kwargs = {"rrf_k": req.fusion.rrf_k} if req.fusion.method == "rrf" else {}
             hits = fuse(rankings, req.k, weights=req.fusion.weights, **kwargs)
@@ -264,7 +189,7 @@ class Ingress:
             took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     def available(self) -> list[str]:
-        return [*self.retrievers, *([HYBRID] if len(self.retrievers) > 1 else [])]
+        return list(self._targets)
 
     async def _bounded(self, work: Awaitable[Any]) -> Any:
         try:
@@ -274,19 +199,25 @@ class Ingress:
 
     @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS)
     async def search(self, req: SearchRequest) -> SearchResponse:
-        """Top-k documents for a query: ``bm25``, ``dense`` or ``hybrid`` (fused), with the index versions used."""
+        """Top-k documents for a query from a deployed retriever or ``hybrid`` (fused), with the versions used."""
         return await self._bounded(self._search(req))
 
     # ---- recommending ----------------------------------------------------------------------------------
     async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
         started = time.perf_counter()
-        handle = self.recommenders.get(req.model)
+        model = req.model or next(iter(self.recommenders), "")
+        handle = self.recommenders.get(model)
         if handle is None:
-            raise ApiError(422, "unknown_model", f"unknown model {req.model!r}; available: "
-                           f"{', '.join(sorted(self.recommenders)) or 'none'}")
+            deployed = ", ".join(self.recommenders) or "none"
+            if not self.recommenders:
+                raise ApiError(400, "not_deployed", "no recommender is deployed in this application")
+            if model in self._known_models:
+                raise ApiError(400, "not_deployed", f"model {model!r} is not deployed in this application "
+                               f"(deployed: {deployed})")
+            raise ApiError(422, "unknown_model", f"unknown model {model!r}; available: {deployed}")
         try:
-            out = await _call(handle.recommend.remote(req.history, req.k, req.exclude_seen),
-                              self.cfg.limits.request_timeout_s)
+            out = await call_handle(handle.recommend.remote(req.history, req.k, req.exclude_seen),
+                                    self.cfg.limits.request_timeout_s)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"recommender busy: {exc}",
                            {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
@@ -295,7 +226,7 @@ class Ingress:
         except Exception as exc:
             raise ApiError(503, "unavailable", f"recommender failed: {type(exc).__name__}") from exc
         return RecommendResponse(
-            model=req.model, model_version=out["version"], skipped_unknown=out["skipped_unknown"],
+            model=model, model_version=out["version"], skipped_unknown=out["skipped_unknown"],
             unknown_examples=out["unknown_examples"],
             items=[Item(item_id=i, score=s, rank=r) for r, (i, s) in enumerate(out["items"], start=1)],
             took_ms=round((time.perf_counter() - started) * 1000, 3))
@@ -308,44 +239,7 @@ class Ingress:
     # ---- index versions --------------------------------------------------------------------------------
     async def swap(self, name: str, path: str) -> dict[str, Any]:
         """Load the index version at ``path`` on every shard of ``name``, then make it the active one."""
-        if name not in self.retrievers:
-            raise ApiError(422, "unknown_retriever", f"retriever {name!r} is not deployed")
-        spec = self.retrievers[name]
-        resolved = self.cfg.resolve(path)
-        try:
-            ref = index_ref(resolved)
-        except BundleError as exc:
-            raise ApiError(400, "bad_bundle", str(exc)) from exc
-        if ref["kind"] != spec["kind"]:
-            raise ApiError(400, "bad_bundle", f"{resolved}: kind {ref['kind']!r}, {name} needs {spec['kind']!r}")
-        if spec["kind"] == "index/dense":
-            from retrec.bundle import read_manifest
-
-            manifest = read_manifest(resolved)
-            if int(manifest.config["shards"]) != len(spec["shards"]):
-                raise ApiError(400, "bad_bundle", f"{resolved}: {manifest.config['shards']} shards, this "
-                               f"deployment has {len(spec['shards'])}; redeploy to change the shard count")
-            enc = manifest.config.get("encoder") or {}
-            try:
-                check_encoder({"dim": manifest.dims["dim"], "similarity": manifest.config["similarity"],
-                               "encoder_name": enc.get("name"), "encoder_version": enc.get("version")},
-                              await self.encoder_info(), where=resolved)
-            except BundleError as exc:
-                raise ApiError(400, "bad_bundle", str(exc)) from exc
-        async with self._swap_lock:
-            previous = self.active[name]
-            if previous["version"] == ref["version"] and previous["path"] == ref["path"]:
-                return {"retriever": name, "version": ref["version"], "previous": previous["version"]}
-            try:
-                await asyncio.gather(*(h.load.remote(ref) for h in spec["shards"]))
-            except Exception as exc:
-                raise ApiError(503, "swap_failed", f"loading {resolved} failed on a shard ({exc}); "
-                               f"still serving {previous['version']}") from exc
-            self.active = {**self.active, name: ref}  # the flip: new requests see the new version
-            serving_metrics.METRICS.set_version(name, ref["version"])
-            serving_metrics.METRICS.swaps.labels(retriever=name).inc()
-            log.info("retriever %s: index version %s -> %s", name, previous["version"], ref["version"])
-        return {"retriever": name, "version": ref["version"], "previous": previous["version"]}
+        return await self.versions.swap(name, path)
 
     @api.post("/v1/admin/indexes", responses=_ERRORS)
     async def admin_swap(self, req: SwapRequest) -> dict[str, Any]:
@@ -355,25 +249,25 @@ class Ingress:
         return await self.swap(req.retriever, req.path)
 
     # ---- introspection ---------------------------------------------------------------------------------
-    async def encoder_info(self) -> dict[str, Any]:
-        if self._encoder_info is None and self.encoder is not None:
-            self._encoder_info = {**await self.encoder.info(), "placement": self.cfg.encoder.placement}
-        return self._encoder_info or {}
+    async def encoder_info(self) -> dict[str, dict[str, Any]]:
+        """Per encoder bundle: its kind, name, version, dim, how it runs, and its placement."""
+        for key, encoder in self.encoders.items():
+            if key not in self._encoder_info:
+                self._encoder_info[key] = {**await encoder.info(), "bundle": key, "placement": encoder.placement}
+        return self._encoder_info
 
     @api.get("/v1/models")
     async def models(self) -> dict[str, Any]:
-        """Versions loaded: index version per retriever, the encoder bundle, recommender bundles."""
+        """Versions loaded: index version per retriever, the encoder bundles, recommender bundles."""
         for name, handle in self.recommenders.items():
             if name not in self._model_info:
                 try:
-                    self._model_info[name] = await _call(handle.info.remote(), 5.0)
+                    self._model_info[name] = await call_handle(handle.info.remote(), 5.0)
                 except Exception as exc:
                     raise ApiError(503, "unavailable", f"recommender {name} failed: {type(exc).__name__}") from exc
-        retrievers = {name: {"index_version": ref["version"], "index_path": ref["path"], "kind": ref["kind"],
-                             "shards": len(self.retrievers[name]["shards"])} for name, ref in self.active.items()}
-        return {"retrievers": retrievers, "hybrid": len(retrievers) > 1, "reserved": list(RESERVED_RETRIEVERS),
-                "encoder": await self.encoder_info() if self.encoder is not None else None,
-                "recommenders": self._model_info}
+        return {"retrievers": self.versions.describe(), "hybrid": HYBRID in self._targets,
+                "encoders": await self.encoder_info(), "recommenders": self._model_info,
+                "registered": {"retrievers": retriever_names(), "recommenders": recommender_names()}}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
@@ -382,25 +276,14 @@ class Ingress:
 
     @api.get("/readyz", responses=_ERRORS)
     async def readyz(self) -> Any:
-        """Readiness: every shard has the active index version loaded (and the encoder answers)."""
-        checks: dict[str, bool] = {}
-
-        async def shard_ok(handle: Any, version: str) -> bool:
+        """Readiness: every shard has the active index version loaded (and every encoder answers)."""
+        checks = await self.versions.readiness()
+        for key, encoder in self.encoders.items():
             try:
-                return version in await _call(handle.versions.remote(), 2.0)
+                await asyncio.wait_for(encoder.info(), 2.0)
+                checks[f"encoder:{key}"] = True
             except Exception:
-                return False
-
-        for name, spec in self.retrievers.items():
-            version = self.active[name]["version"]
-            oks = await asyncio.gather(*(shard_ok(h, version) for h in spec["shards"]))
-            checks.update({f"{name}-{i}": ok for i, ok in enumerate(oks)})
-        if self.encoder is not None:
-            try:
-                await asyncio.wait_for(self.encoder.info(), 2.0)
-                checks["encoder"] = True
-            except Exception:
-                checks["encoder"] = False
+                checks[f"encoder:{key}"] = False
         ready = all(checks.values())
         if not ready:
             raise ApiError(503, "not_ready", "not ready: " + ", ".join(k for k, ok in checks.items() if not ok))

@@ -4,6 +4,11 @@ The YAML is Ray Serve's own config format (``http_options``, ``applications`` wi
 retrec.serving.app:build_app`` and ``args``), so the same file also works with ``serve run`` and
 ``serve deploy``. HTTP binds 127.0.0.1 unless the file or ``host`` says otherwise.
 
+Plugin kinds (``$RETREC_PLUGINS``, see :mod:`retrec.kinds`): the local Ray that :func:`start` launches
+inherits this process's environment, and Ray puts the driver's working directory on its workers' path, so
+set the variable (and run from the folder the plugin modules import from, or set ``PYTHONPATH``) before
+starting; on a cluster, set it in the nodes' environment or the job's ``runtime_env.env_vars``.
+
 Example::
 
     url = start(load_serve_config("configs/serve.yaml"), port=free_port())
@@ -137,18 +142,61 @@ def stop() -> None:
             ray.shutdown()
 
 
+def servable_bundles(bundles: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(retrievers, recommenders)`` config entries for the bundles directly under ``bundles``, by kind.
+
+    Each sub-folder with a manifest is looked up in :mod:`retrec.kinds`: an index kind becomes a retriever
+    named after its folder (one searched with encoded queries only when a query-encoder bundle there fits it:
+    the right kind and payload, and the kind's ``check`` hook passes), a recommender kind a recommender;
+    other kinds are not served.
+    """
+    from retrec import kinds
+    from retrec.bundle import BundleError, read_manifest
+
+    found = []
+    for folder in sorted(p for p in Path(bundles).resolve().iterdir() if (p / "manifest.json").is_file()):
+        manifest = read_manifest(folder)
+        try:
+            found.append((folder, manifest, kinds.get(manifest.kind)))
+        except kinds.UnknownKindError:
+            continue
+    encoders = [(f, m, k) for f, m, k in found if k.role == "query_encoder"]
+    retrievers: dict[str, Any] = {}
+    recommenders: dict[str, Any] = {}
+    for folder, manifest, kind in found:
+        if kind.role == "recommender":
+            recommenders[folder.name] = {"bundle": str(folder)}
+        if kind.role != "index":
+            continue
+        if not kind.needs_encoder:
+            retrievers[folder.name] = {"index": str(folder)}
+            continue
+        check = kinds.resolve(kind.check) if kind.check else None
+        for enc_folder, enc_manifest, enc_kind in encoders:
+            if enc_kind.payload != kind.payload or (kind.encoder_kinds and enc_kind.kind not in kind.encoder_kinds):
+                continue
+            try:
+                if check is not None:
+                    check(manifest, enc_manifest)
+            except BundleError:
+                continue
+            retrievers[folder.name] = {"index": str(folder), "encoder": str(enc_folder)}
+            break
+    return retrievers, recommenders
+
+
 def demo_config(bundles: str | os.PathLike[str], port: int) -> dict[str, Any]:
-    """A one-machine serve config for the demo bundles (dense only when its bundles exist), zero-CPU replicas."""
-    root = Path(bundles).resolve()
+    """A one-machine serve config for every servable bundle under ``bundles`` (see :func:`servable_bundles`),
+    zero-CPU replicas."""
     light = {"replicas": 1, "num_cpus": 0}
-    retrievers: dict[str, Any] = {"bm25": {"index": str(root / "bm25"), "shards": light}}
-    if (root / "dense" / "manifest.json").is_file() and (root / "encoder" / "manifest.json").is_file():
-        retrievers["dense"] = {"index": str(root / "dense"), "encoder": str(root / "encoder"), "shards": light}
+    retrievers, recommenders = servable_bundles(bundles)
+    for r in retrievers.values():
+        r["shards"] = light
+    for r in recommenders.values():
+        r["replicas"] = light
     return {"http_options": {"host": DEFAULT_HOST, "port": port},
             "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
-                              "args": {"retrievers": retrievers,
-                                       "recommenders": {"bert4rec": {"bundle": str(root / "bert4rec"),
-                                                                     "optional": True, "replicas": light}},
+                              "args": {"retrievers": retrievers, "recommenders": recommenders,
                                        "encoder": {"replicas": {**light, "max_ongoing_requests": 64}},
                                        "ingress": light, "auth": {"api_keys_env": None}}}]}
 
@@ -156,17 +204,18 @@ def demo_config(bundles: str | os.PathLike[str], port: int) -> dict[str, Any]:
 def demo_round_trip(bundles: str | os.PathLike[str], query: str, history: list[str], k: int = 3) -> list[dict]:
     """Start the app on a free 127.0.0.1 port, send real requests, shut down; returns (request, response) pairs."""
     config = demo_config(bundles, free_port())
+    args = config["applications"][0]["args"]
     url = start(config)
     exchanges = []
     try:
         with httpx.Client(base_url=url, timeout=30.0) as client:
-            retrievers = config["applications"][0]["args"]["retrievers"]
+            retrievers = args["retrievers"]
             for retriever in [*retrievers, *(["hybrid"] if len(retrievers) > 1 else [])]:
                 body = {"query": query, "k": k, "retriever": retriever}
                 exchanges.append({"request": ["POST /v1/search", body],
                                   "response": client.post("/v1/search", json=body).json()})
-            if (Path(bundles) / "bert4rec" / "manifest.json").is_file():
-                body = {"history": history, "k": k, "model": "bert4rec"}
+            for model in args["recommenders"]:
+                body = {"history": history, "k": k, "model": model}
                 exchanges.append({"request": ["POST /v1/recommend", body],
                                   "response": client.post("/v1/recommend", json=body).json()})
     finally:

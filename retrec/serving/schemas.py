@@ -1,7 +1,10 @@
 """HTTP request/response models of the serving API (``/v1``), validated with bounds.
 
 Every request model forbids unknown fields and refuses NaN/inf, so a typo or a poisoned number is a
-422 rather than a silently different answer.
+422 rather than a silently different answer. Retriever and model names are the application's: the
+descriptions list the registered kinds' eval names (:mod:`retrec.kinds`), and each ingress replica
+publishes its deployed names as enums (and the default, the first configured) in its OpenAPI schema
+(:func:`openapi_schema`).
 
 Example::
 
@@ -12,16 +15,20 @@ Example::
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
+from fastapi import FastAPI
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+from retrec.serving.registry import describe
 
 MAX_K = 1000
 MAX_QUERY_CHARS = 2000
 MAX_HISTORY = 1000
 MAX_ITEM_ID_CHARS = 256
 MAX_BODY_BYTES = 64 * 1024
-RESERVED_RETRIEVERS = ("sparse", "muvera")  # part of the API, not deployed by this build
+HYBRID = "hybrid"  # the fused ranking of every deployed retriever; no retriever may take this name
 
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ITEM_ID_CHARS)]
 Weight = Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
@@ -48,8 +55,9 @@ class FusionOptions(_Strict):
 class SearchRequest(_Strict):
     query: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)]
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
-    retriever: Annotated[str, StringConstraints(min_length=1, max_length=32)] = Field(
-        default="bm25", description="bm25 | dense | hybrid (sparse, muvera: reserved, not deployed)")
+    retriever: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
+        default=None, description="a deployed retriever, or hybrid (all of them fused); default: the first "
+        f"configured. Registered retriever kinds: {describe('index')}")
     fusion: FusionOptions = Field(default_factory=FusionOptions)
 
 
@@ -71,7 +79,9 @@ class SearchResponse(BaseModel):
 class RecommendRequest(_Strict):
     history: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)]
     k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
-    model: Annotated[str, StringConstraints(min_length=1, max_length=64)] = "bert4rec"
+    model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="a deployed recommender; default: the first configured. Registered "
+        f"recommender kinds: {describe('recommender')}")
     exclude_seen: bool = True
 
 
@@ -106,3 +116,38 @@ class ErrorResponse(BaseModel):
     """The one error shape: ``{"error": {"code": ..., "message": ...}}``."""
 
     error: ErrorBody
+
+
+@dataclass
+class PublishedNames:
+    """The names one ingress replica serves (set when it starts; one ingress per process)."""
+
+    retrievers: list[str] = field(default_factory=list)  # deployed, in config order (plus hybrid when > 1)
+    recommenders: list[str] = field(default_factory=list)
+    swappable: list[str] = field(default_factory=list)  # deployed retrievers (no hybrid)
+
+
+PUBLISHED = PublishedNames()
+
+
+def _enum(schema: dict[str, Any], model: str, prop: str, names: list[str], default: bool) -> None:
+    """``model.prop`` becomes a string enum of ``names`` (defaulting to the first when optional)."""
+    props = schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {})
+    if prop not in props or not names:
+        return
+    old = props[prop]
+    props[prop] = {"type": "string", "enum": list(names), "title": old.get("title", prop.title())}
+    if default:
+        props[prop]["default"] = names[0]
+    if "description" in old:
+        props[prop]["description"] = old["description"]
+
+
+def openapi_schema(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema of ``app`` with this replica's retriever and model names as enums (install it as
+    ``app.openapi = functools.partial(openapi_schema, app)``)."""
+    schema = FastAPI.openapi(app)  # generated once, cached by FastAPI
+    _enum(schema, "SearchRequest", "retriever", PUBLISHED.retrievers, default=True)
+    _enum(schema, "RecommendRequest", "model", PUBLISHED.recommenders, default=True)
+    _enum(schema, "SwapRequest", "retriever", PUBLISHED.swappable, default=False)
+    return schema

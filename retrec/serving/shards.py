@@ -1,16 +1,23 @@
-"""Index shard deployments: each replica holds one shard of one or two index versions.
+"""The index shard deployment: each replica holds one shard of one or two versions of any index kind.
 
-A request names the index version it searches (``{"version", "path"}``, chosen by the ingress when the
-request starts), so one request never mixes versions. A replica keeps the two most recent versions
-loaded; a version it lacks (e.g. a replica restarted after a swap) is loaded on first use. Results are
-``[(doc_id, score)]`` lists — ids and scores, never arrays. ``search_many`` answers a batch of queries
-(the ingress's batched scatter) in one call: one hit list per query, in order.
+:class:`IndexShard` loads shard ``i`` of an index version through its kind's registry loader
+(``kinds.get(kind).load``, called with ``shard=i`` and ``use_gpu``: for ``index/dense`` that is
+``FaissIndex.load(path, shards=[i])`` with its dimension and metric checks) and answers
+``search_many(payloads, k, ref)`` — a packed batch of queries (see :mod:`retrec.serving.payloads`) — with
+``index.search(payloads, k)``. A kind whose registry entry names a ``serve`` deployment is served by that
+one instead; it is bound with the same arguments and answers the same calls (``search_many``, ``load``,
+``versions``).
+
+A request names the index version it searches (``{"version", "path", "kind"}``, chosen by the ingress
+when the request starts), so one request never mixes versions. A replica keeps the two most recent
+versions loaded; a version it lacks (e.g. a replica restarted after a swap) is loaded on first use.
+Results are ``[(doc_id, score)]`` lists — ids and scores, never arrays.
 
 Example::
 
-    shard = DenseShard.bind(shard=0, initial={"version": "v1", "path": "/idx/v1"}, use_gpu=None)
-    await handle.search.remote(query_vector, 10, {"version": "v1", "path": "/idx/v1"})
-    await handle.search_many.remote(query_vectors, 10, {"version": "v1", "path": "/idx/v1"})  # [n, dim]
+    ref = index_ref("/idx/v1")                                  # {"version", "path", "kind"}
+    shard = IndexShard.bind(kind=ref["kind"], shard=0, initial=ref, use_gpu=None)
+    await handle.search_many.remote(query_vectors, 10, ref)     # dense: float32 [n, dim] -> [hits, ...]
 """
 
 from __future__ import annotations
@@ -22,12 +29,13 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ray import serve
 
 from retrec.bundle import BundleError, load_bundle, read_manifest
 from retrec.index.retriever import Hits
 from retrec.process_env import configure_process
+from retrec.serving.payloads import packer
+from retrec.serving.registry import call_supported, loader
 from retrec.serving.resources import replica_threads
 
 log = logging.getLogger("retrec.serving")
@@ -92,69 +100,28 @@ class _VersionedShard:
 
 
 @serve.deployment
-class BM25Shard(_VersionedShard):
-    """The BM25 index as one shard (bm25s sparse scores); ``search(query, k, ref)``."""
+class IndexShard(_VersionedShard):
+    """Shard ``shard`` of an index of any registered kind, loaded by the kind's registry loader."""
 
-    kind = "index/bm25"
+    def __init__(self, kind: str, shard: int, initial: IndexRef, use_gpu: bool | None = None) -> None:
+        from retrec import kinds
 
-    def _load(self, path: str) -> Any:
-        from retrec.index.bm25_index import BM25Index
-
-        return BM25Index.load(path)  # verifies checksums
-
-    async def search(self, query: str, k: int, ref: IndexRef) -> Hits:
-        return (await self.search_many([query], k, ref))[0]
-
-    async def search_many(self, queries: list[str], k: int, ref: IndexRef) -> list[Hits]:
-        """Top-``k`` of this shard for each query, in order."""
-        index = await self._index(ref)
-        return await asyncio.to_thread(index.search, list(queries), k)
-
-
-def load_dense_shard(path: str, shard: int, use_gpu: bool | None = None) -> Any:
-    """Shard ``shard`` of a dense index version as a one-shard :class:`FaissIndex` (checksums verified)."""
-    import faiss
-    import pyarrow.parquet as pq
-
-    from retrec.index.faiss_index import KIND, FaissIndex
-
-    manifest = load_bundle(path, kind=KIND)
-    config, dims = manifest.config, manifest.dims
-    if not 0 <= shard < int(config["shards"]):
-        raise BundleError(f"{path}: has {config['shards']} shards, no shard {shard}")
-    file = manifest.file(f"shards/{shard:03d}.faiss")
-    try:
-        index = faiss.read_index(str(file), faiss.IO_FLAG_MMAP)
-    except RuntimeError:
-        index = faiss.read_index(str(file))
-    ids = pq.read_table(manifest.file(f"shards/{shard:03d}.ids.parquet")).column("doc_id").to_pylist()
-    enc = config.get("encoder") or {}
-    encoder = ({"name": enc.get("name"), "version": enc.get("version"), "dim": dims["dim"],
-                "similarity": config["similarity"]} if enc.get("name") is not None else None)
-    return FaissIndex([index], [ids], factory=config["factory"], similarity=config["similarity"],
-                      encoder=encoder, search_params=config.get("search_params"), use_gpu=use_gpu)
-
-
-@serve.deployment
-class DenseShard(_VersionedShard):
-    """One FAISS shard of a dense index version; ``search(query_vector, k, ref)`` → its exact top-k."""
-
-    kind = "index/dense"
-
-    def __init__(self, shard: int, initial: IndexRef, use_gpu: bool | None = None) -> None:
-        self.shard = shard
-        self.use_gpu = use_gpu
+        self.kind, self.shard, self.use_gpu = kind, shard, use_gpu
+        self._loader = loader(kind)  # resolved once per replica
+        self._pack = packer(kinds.get(kind).payload or "text")
         super().__init__(initial)
 
     def _load(self, path: str) -> Any:
-        return load_dense_shard(path, self.shard, self.use_gpu)
+        """Shard ``self.shard`` of the version at ``path`` (checksums verified by the kind's loader)."""
+        return call_supported(self._loader, path, shard=self.shard, use_gpu=self.use_gpu)
 
-    async def search(self, vector: np.ndarray, k: int, ref: IndexRef) -> Hits:
-        return (await self.search_many(np.asarray(vector, np.float32)[None, :], k, ref))[0]
+    async def search(self, payload: Any, k: int, ref: IndexRef) -> Hits:
+        """Top-``k`` of this shard for one query payload."""
+        return (await self.search_many(self._pack([payload]), k, ref))[0]
 
-    async def search_many(self, vectors: np.ndarray, k: int, ref: IndexRef) -> list[Hits]:
-        """Exact top-``k`` of this shard for each row of ``vectors`` (``float32 [n, dim]``), in order."""
+    async def search_many(self, payloads: Any, k: int, ref: IndexRef) -> list[Hits]:
+        """Top-``k`` of this shard for each query of a packed batch, in order (an empty shard: no hits)."""
         index = await self._index(ref)
-        if len(index) == 0:
-            return [[] for _ in range(len(vectors))]
-        return await asyncio.to_thread(index.search, np.asarray(vectors, np.float32), k)
+        if hasattr(index, "__len__") and len(index) == 0:
+            return [[] for _ in range(len(payloads))]
+        return await asyncio.to_thread(index.search, payloads, k)

@@ -1,0 +1,123 @@
+"""Scatter a query to every shard of a retriever's index version, gather and merge the shard top-k lists.
+
+The scatter is batched (``@serve.batch`` on each :class:`Scatter`, no added wait): the requests ready at the
+same moment (e.g. one encoder batch) go to each shard as one ``search_many`` call per (retriever, index
+version, k), their payloads packed by the retriever's payload type (:mod:`retrec.serving.payloads`), so at
+high concurrency the deployment hops are paid per batch, not per request. A shard that fails or exceeds
+``shard_timeout_s`` is dropped and the result names it; when every shard fails the request fails fast with
+503 (``Retry-After``).
+
+Example::
+
+    scatter = Scatter({"bm25": RetrieverSpec("bm25", "index/bm25", "text", [shard0], None)},
+                      shard_timeout_s=2.0, retry_after_s=1, max_batch_size=16)
+    hits, failed = await scatter.retrieve("bm25", "what causes scurvy", 10, ref)   # inside a replica
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+from typing import Any
+
+from ray import serve
+from ray.serve.exceptions import BackPressureError
+
+from retrec.index.fusion import merge_hits
+from retrec.index.retriever import Hits
+from retrec.serving import metrics as serving_metrics
+from retrec.serving.errors import ApiError
+from retrec.serving.payloads import Packer, packer
+
+log = logging.getLogger("retrec.serving")
+SCATTER_CONCURRENT_BATCHES = 8  # batched shard calls in flight per ingress replica (x max_batch_size <= max_ongoing)
+IndexRef = dict[str, str]
+# One shard query of the batched scatter: (retriever, query payload, k, index version).
+ScatterItem = tuple[str, Any, int, IndexRef]
+
+
+async def call_handle(response: Any, timeout: float) -> Any:
+    """Await a deployment handle response, cancelling it after ``timeout`` seconds."""
+    try:
+        return await asyncio.wait_for(response, timeout)
+    except TimeoutError:
+        response.cancel()
+        raise
+
+
+@dataclass
+class RetrieverSpec:
+    """One deployed retriever: its index kind, payload type, shard handles and query encoder (bundle path)."""
+
+    name: str
+    kind: str
+    payload: str
+    shards: list[Any]
+    encoder: str | None = None  # the encoder bundle producing its payload; None: the query text itself
+    pack: Packer = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.pack = packer(self.payload)
+
+    @classmethod
+    def from_args(cls, name: str, args: dict[str, Any]) -> RetrieverSpec:
+        """From ``build_app``'s description ``{"kind", "payload", "shards", "encoder", "ref"}``."""
+        return cls(name, args["kind"], args["payload"], list(args["shards"]), args.get("encoder"))
+
+
+class Scatter:
+    """The batched shard calls of one ingress replica and the merge of their results."""
+
+    def __init__(self, retrievers: dict[str, RetrieverSpec], *, shard_timeout_s: float, retry_after_s: int,
+                 max_batch_size: int) -> None:
+        self.retrievers = retrievers
+        self.shard_timeout_s, self.retry_after_s = shard_timeout_s, retry_after_s
+        # This instance's own batch queue; batch what is ready, never wait for more.
+        self.batch = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=0.0,
+                                 max_concurrent_batches=SCATTER_CONCURRENT_BATCHES)(self.scatter)
+
+    async def scatter(self, items: list[ScatterItem]) -> list[list[Any]]:
+        """Per item, every shard's hits (or the exception of its shard call), as one call per shard and group.
+
+        A group is the items of one retriever, index version and ``k``: its shards get one ``search_many``.
+        """
+        groups: dict[tuple[str, str, str, int], list[int]] = {}
+        for i, (name, _, k, ref) in enumerate(items):
+            groups.setdefault((name, ref["version"], ref["path"], k), []).append(i)
+        calls, targets = [], []
+        for (name, _, _, k), rows in groups.items():
+            spec, ref = self.retrievers[name], items[rows[0]][3]
+            payloads = spec.pack([items[i][1] for i in rows])
+            serving_metrics.METRICS.shard_batch_size.labels(retriever=name).observe(len(rows))
+            for shard, handle in enumerate(spec.shards):
+                calls.append(call_handle(handle.search_many.remote(payloads, k, ref), self.shard_timeout_s))
+                targets.append((rows, shard))
+        results = await asyncio.gather(*calls, return_exceptions=True)
+        out: list[list[Any]] = [[None] * len(self.retrievers[name].shards) for name, *_ in items]
+        for (rows, shard), res in zip(targets, results):
+            for j, i in enumerate(rows):
+                out[i][shard] = res if isinstance(res, BaseException) else res[j]
+        return out
+
+    async def retrieve(self, name: str, payload: Any, k: int, ref: IndexRef) -> tuple[Hits, list[str]]:
+        """Scatter to every shard of version ``ref``, gather, merge → (top-``k`` hits, failed shard names)."""
+        results = await self.batch((name, payload, k, ref))
+        parts, failed, backpressure, reasons = [], [], False, set()
+        for i, res in enumerate(results):
+            if isinstance(res, BaseException):
+                shard = f"{name}-{i}"
+                failed.append(shard)
+                backpressure |= isinstance(res, BackPressureError)
+                reasons.add(type(res).__name__)
+                serving_metrics.METRICS.shard_failures.labels(retriever=name, shard=str(i)).inc()
+                log.warning("shard %s failed: %s", shard, type(res).__name__)
+            else:
+                parts.append(res)
+        if not parts:
+            retry = {"Retry-After": str(self.retry_after_s)}
+            if backpressure:
+                raise ApiError(503, "overloaded", f"{name} shards busy; retry later", retry)
+            raise ApiError(503, "unavailable", f"every {name} shard failed or timed out "
+                           f"({', '.join(sorted(reasons))})", retry)
+        return merge_hits(parts, k), failed
