@@ -292,7 +292,13 @@ def publish(final_dir: str | os.PathLike[str], *, replace: bool = True) -> Itera
         else:
             if final.is_dir():
                 final.rmdir()  # an empty placeholder
-            os.rename(tmp, final)
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:  # another writer published first: replace theirs (or refuse)
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _check_replaceable(final, replace):
+                    raise
+                if not _exchange(tmp, final):
+                    raise
         _fsync_dir(final.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)  # the failed attempt, or the version swapped out
