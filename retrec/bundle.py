@@ -4,23 +4,38 @@ A manifest records kind, name, version, schema version, creation time, the produ
 config, dimensions/vocabulary facts, a metrics snapshot and the sha256 of every file. Loading
 verifies the schema version and every checksum and refuses on any mismatch.
 
+Publishing is atomic: :func:`publish` hands out a hidden temporary sibling of the target, writes
+the manifest last, fsyncs every file and directory, then renames it into place (an existing version
+is swapped out in one ``renameat2(RENAME_EXCHANGE)`` and removed). A reader sees the old version or
+the new one, never a partial one; a writer that fails publishes nothing. Single files (checkpoints,
+curves) go through :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`atomic_open`.
+
 Example::
 
-    write_manifest(out_dir, kind="index/bm25", name="scifact-bm25", config={"k1": 0.9})
-    manifest = load_bundle(out_dir, kind="index/bm25")   # raises BundleError if tampered
+    with publish("artifacts/bm25") as pub:            # pub.path: the temporary directory
+        (pub.path / "vocab.json").write_text("{}")
+        pub.set_manifest(kind="index/bm25", name="scifact-bm25", config={"k1": 0.9})
+    manifest = load_bundle("artifacts/bm25", kind="index/bm25")   # raises BundleError if tampered
+    atomic_write_text("run.ckpt/curve.json", "[]")     # temp + fsync + rename
 """
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import datetime as _dt
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shlex
+import shutil
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from retrec import __version__
 
@@ -75,19 +90,9 @@ def _bundle_files(directory: Path) -> list[Path]:
     )
 
 
-def write_manifest(
-    directory: str | os.PathLike[str],
-    *,
-    kind: str,
-    name: str,
-    version: str | None = None,
-    config: dict[str, Any] | None = None,
-    dims: dict[str, Any] | None = None,
-    metrics: dict[str, Any] | None = None,
-    command: str | None = None,
-) -> Manifest:
-    """Checksum every file under ``directory`` and write its ``manifest.json``."""
-    root = Path(directory)
+def _make_manifest(root: Path, *, kind: str, name: str, version: str | None = None,
+                   config: dict[str, Any] | None = None, dims: dict[str, Any] | None = None,
+                   metrics: dict[str, Any] | None = None, command: str | None = None) -> Manifest:
     if not root.is_dir():
         raise BundleError(f"{root}: not a directory")
     now = _dt.datetime.now(_dt.UTC)
@@ -95,7 +100,7 @@ def write_manifest(
         p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
         for p in _bundle_files(root)
     }
-    manifest = Manifest(
+    return Manifest(
         kind=kind,
         name=name,
         version=version or now.strftime("%Y%m%dT%H%M%SZ"),
@@ -108,10 +113,197 @@ def write_manifest(
         files=files,
         path=root,
     )
-    tmp = root / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
-    tmp.replace(root / MANIFEST)  # atomic publish: a reader sees the old or the new manifest
+
+
+def write_manifest(
+    directory: str | os.PathLike[str],
+    *,
+    kind: str,
+    name: str,
+    version: str | None = None,
+    config: dict[str, Any] | None = None,
+    dims: dict[str, Any] | None = None,
+    metrics: dict[str, Any] | None = None,
+    command: str | None = None,
+) -> Manifest:
+    """Checksum every file under ``directory`` and write its ``manifest.json`` (atomically, fsynced).
+
+    This writes in place; to publish a whole new version atomically use :func:`publish`.
+    """
+    root = Path(directory)
+    manifest = _make_manifest(root, kind=kind, name=name, version=version, config=config, dims=dims,
+                              metrics=metrics, command=command)
+    atomic_write_text(root / MANIFEST, json.dumps(manifest.to_json(), indent=2, sort_keys=True) + "\n")
     return manifest
+
+
+# ---------------------------------------------------------------- atomic writes
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Write ``path`` through a hidden temporary sibling: flush, fsync, ``os.replace``, fsync the folder.
+
+    On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes whole files: mode 'wb' or 'w', not {mode!r}")
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
+    try:
+        with open(tmp, mode, encoding=encoding if mode == "w" else None) as fh:
+            yield fh
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    _fsync_dir(target.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
+    """Replace ``path`` with ``data`` atomically (a reader sees the old or the new content)."""
+    with atomic_open(path, "wb") as fh:
+        fh.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
+    """Replace ``path`` with ``text`` atomically (a reader sees the old or the new content)."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file and directory under ``root`` (deepest first), ``root`` included."""
+    for folder, _, names in os.walk(root, topdown=False):
+        for name in names:
+            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        _fsync_dir(Path(folder))
+
+
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two directories in one atomic step (Linux ``renameat2``); False where unsupported."""
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, f"cannot swap {b} with its new version: {os.strerror(err)}")
+
+
+def _recover(final: Path) -> None:
+    """Put back a version left aside by a writer that died between the two renames of the fallback swap."""
+    if final.exists():
+        return
+    aside = sorted(final.parent.glob(f".{final.name}.old-*"), key=lambda p: p.stat().st_mtime)
+    for candidate in reversed(aside):
+        if (candidate / MANIFEST).is_file():
+            os.rename(candidate, final)
+            return
+
+
+class Publication:
+    """A version being written: files go under :attr:`path`; :meth:`set_manifest` says what to record."""
+
+    def __init__(self, final: Path, path: Path) -> None:
+        self.final = final
+        self.path = path
+        self.manifest: Manifest | None = None  # the published manifest, after the ``with`` block
+        self._fields: dict[str, Any] | None = None
+
+    def set_manifest(self, *, kind: str, name: str, version: str | None = None, config: dict[str, Any] | None = None,
+                     dims: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
+                     command: str | None = None) -> None:
+        """The manifest fields (see :func:`write_manifest`); the manifest itself is written last, on publishing."""
+        self._fields = {"kind": kind, "name": name, "version": version, "config": config, "dims": dims,
+                        "metrics": metrics, "command": command}
+
+    def draft(self, **fields: Any) -> Manifest:
+        """An in-memory manifest of the files written so far (nothing written): for self-checks before publishing."""
+        return _make_manifest(self.path, **{**(self._fields or {}), **fields})
+
+
+def _check_replaceable(final: Path, replace: bool) -> bool:
+    """Whether ``final`` holds a version to swap out; refuses what must not be replaced."""
+    if not final.exists():
+        return False
+    if not final.is_dir():
+        raise FileExistsError(f"{final}: exists and is not a directory")
+    if not any(final.iterdir()):
+        return False
+    if not replace:
+        raise FileExistsError(f"{final}: not empty; a version is published into a new or empty directory")
+    if not (final / MANIFEST).is_file():
+        raise FileExistsError(f"{final}: exists and is not a retrec bundle (no {MANIFEST}); refusing to replace it")
+    return True
+
+
+@contextlib.contextmanager
+def publish(final_dir: str | os.PathLike[str], *, replace: bool = True) -> Iterator[Publication]:
+    """Write a bundle into a hidden temporary sibling and publish it atomically at ``final_dir``.
+
+    Inside the block write files under ``pub.path`` and call ``pub.set_manifest(...)``. On leaving it
+    the manifest is written last, every file and folder fsynced, and the directory renamed into place;
+    an existing version (a bundle) is swapped out atomically and removed (``replace=False`` refuses a
+    non-empty target). On any exception, or without ``set_manifest``, nothing is published and the
+    temporary directory is removed. ``pub.manifest`` holds the published manifest afterwards.
+    """
+    final = Path(final_dir)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    _recover(final)
+    _check_replaceable(final, replace)
+    tmp = final.parent / f".{final.name}.publish-{secrets.token_hex(4)}"
+    tmp.mkdir()
+    pub = Publication(final, tmp)
+    try:
+        yield pub
+        if pub._fields is None:
+            raise BundleError(f"{final}: nothing published (the writer set no manifest)")
+        manifest = write_manifest(tmp, **pub._fields)
+        fsync_tree(tmp)
+        if _check_replaceable(final, replace):
+            if not _exchange(tmp, final):  # fallback: two renames (_recover repairs a crash between them)
+                aside = final.parent / f".{final.name}.old-{secrets.token_hex(4)}"
+                os.rename(final, aside)
+                os.rename(tmp, final)
+                os.rename(aside, tmp)
+        else:
+            if final.is_dir():
+                final.rmdir()  # an empty placeholder
+            try:
+                os.rename(tmp, final)
+            except OSError as exc:  # another writer published first: replace theirs (or refuse)
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST) or not _check_replaceable(final, replace):
+                    raise
+                if not _exchange(tmp, final):
+                    raise
+        _fsync_dir(final.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)  # the failed attempt, or the version swapped out
+    manifest.path = final
+    pub.manifest = manifest
 
 
 def read_manifest(directory: str | os.PathLike[str]) -> Manifest:

@@ -11,7 +11,14 @@ import torch
 
 from retrec.bundle import BundleError, load_bundle
 from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig
-from retrec.pipelines.train_bert4rec import TrainConfig, cloze_batch, train_bert4rec, windows
+from retrec.pipelines.train_bert4rec import (
+    TrainConfig,
+    batch_count,
+    cloze_batch,
+    length_batches,
+    train_bert4rec,
+    windows,
+)
 from retrec.runtime.sequence_recommender import SequenceRecommender, SkipReport
 
 TINY = TrainConfig(max_len=12, mask_prob=0.4, hidden=16, layers=1, heads=2, batch_size=64, epochs=2, patience=2,
@@ -68,6 +75,13 @@ def test_cloze_masks_only_real_positions_and_at_least_one() -> None:
     inputs, masked, targets = cloze_batch(rows, model, 0.0, gen)  # p=0: only the forced last position
     assert masked.sum(dim=1).tolist() == [1, 1] and targets.tolist() == [6, 7]
     assert (inputs[masked] == model.mask).all() and (inputs[rows == model.pad] == model.pad).all()
+
+
+def test_batch_count_is_the_number_of_length_batches() -> None:
+    gen = torch.Generator().manual_seed(0)
+    for n, size in ((1, 4), (7, 4), (400, 3), (1000, 7), (4000, 2)):
+        lengths = np.random.default_rng(n).integers(1, 20, n)
+        assert batch_count(n, size) == len(length_batches(lengths, size, gen))
 
 
 def test_windows_cover_long_sequences() -> None:

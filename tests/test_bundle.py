@@ -5,7 +5,15 @@ from pathlib import Path
 
 import pytest
 
-from retrec.bundle import BundleError, load_bundle, write_manifest
+from retrec.bundle import (
+    BundleError,
+    atomic_open,
+    atomic_write_bytes,
+    atomic_write_text,
+    load_bundle,
+    publish,
+    write_manifest,
+)
 
 
 def _bundle(tmp_path: Path) -> Path:
@@ -57,3 +65,137 @@ def test_wrong_kind_schema_and_no_manifest(tmp_path: Path) -> None:
         load_bundle(root)
     with pytest.raises(BundleError, match=r"no manifest\.json"):
         load_bundle(tmp_path)
+
+
+# ---------------------------------------------------------------- atomic publishing
+
+
+def _publish_version(target: Path, tag: str, files: int = 3) -> None:
+    with publish(target) as pub:
+        for i in range(files):
+            (pub.path / f"part{i}.bin").write_bytes(tag.encode() * (100 + i))
+        pub.set_manifest(kind="model/test", name=tag)
+
+
+def _siblings(target: Path) -> list[str]:
+    return sorted(p.name for p in target.parent.iterdir() if p != target)
+
+
+def test_publish_writes_a_verified_version_and_replaces_it(tmp_path: Path) -> None:
+    target = tmp_path / "v"
+    _publish_version(target, "old")
+    assert load_bundle(target).name == "old" and (target / "part0.bin").read_bytes().startswith(b"old")
+    _publish_version(target, "new", files=2)
+    m = load_bundle(target)
+    assert m.name == "new" and set(m.files) == {"part0.bin", "part1.bin"} and m.path == target
+    assert _siblings(target) == []  # the old version and the temporary directory are gone
+
+
+def test_failing_writer_publishes_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "v"
+    _publish_version(target, "old")
+    with pytest.raises(RuntimeError, match="midway"), publish(target) as pub:
+        (pub.path / "part0.bin").write_bytes(b"half")
+        raise RuntimeError("writer failed midway")
+    assert load_bundle(target).name == "old" and _siblings(target) == []
+    with pytest.raises(RuntimeError), publish(tmp_path / "fresh") as pub:
+        raise RuntimeError("before any file")
+    assert not (tmp_path / "fresh").exists() and _siblings(target) == []
+    with pytest.raises(BundleError, match="nothing published"), publish(tmp_path / "fresh"):
+        pass
+    assert not (tmp_path / "fresh").exists()
+
+
+def test_publish_refuses_what_it_must_not_replace(tmp_path: Path) -> None:
+    target = tmp_path / "v"
+    _publish_version(target, "old")
+    with pytest.raises(FileExistsError, match="not empty"), publish(target, replace=False):
+        pass
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "mine.txt").write_text("keep me")
+    with pytest.raises(FileExistsError, match="not a retrec bundle"), publish(other):
+        pass
+    assert (other / "mine.txt").read_text() == "keep me"
+    (tmp_path / "empty").mkdir()
+    _publish_version(tmp_path / "empty", "first")  # an empty placeholder directory is fine
+    assert load_bundle(tmp_path / "empty").name == "first"
+
+
+def test_fallback_swap_is_recovered_after_a_crash_between_renames(tmp_path: Path) -> None:
+    target = tmp_path / "v"
+    _publish_version(target, "old")
+    target.rename(tmp_path / ".v.old-dead")  # what a writer killed between the two renames leaves
+    _publish_version(target, "new")
+    assert load_bundle(target).name == "new" and _siblings(target) == []
+
+
+def test_atomic_write_replaces_whole_files_or_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "ckpt" / "curve.json"
+    atomic_write_text(path, "[1]")
+    atomic_write_bytes(path, b"[1, 2]")
+    assert path.read_text() == "[1, 2]"
+    with pytest.raises(ValueError, match="boom"), atomic_open(path) as fh:
+        fh.write(b"[1, 2, 3")
+        raise ValueError("boom")
+    assert path.read_text() == "[1, 2]" and sorted(p.name for p in path.parent.iterdir()) == ["curve.json"]
+
+
+_KILLED_WRITER = """
+import os, sys
+from pathlib import Path
+import retrec.bundle as b
+
+target, kill_at = Path(sys.argv[1]), int(sys.argv[2])
+events = [0]
+
+def tick():
+    events[0] += 1
+    if events[0] == kill_at:
+        os._exit(17)
+
+def counted(fn):
+    def wrapper(*args, **kwargs):
+        tick()
+        out = fn(*args, **kwargs)
+        tick()
+        return out
+    return wrapper
+
+os.fsync, os.rename, os.replace = counted(os.fsync), counted(os.rename), counted(os.replace)
+b._exchange, b.shutil.rmtree = counted(b._exchange), counted(b.shutil.rmtree)
+with b.publish(target) as pub:
+    for i in range(4):
+        (pub.path / f"part{i}.bin").write_bytes(b"new" * (100 + i))
+        tick()
+    pub.set_manifest(kind="model/test", name="new")
+print(events[0])
+"""
+
+
+def test_a_writer_killed_at_any_point_leaves_the_old_or_the_new_version(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def run(target: Path, kill_at: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", _KILLED_WRITER, str(target), str(kill_at)],
+                              capture_output=True, text=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+
+    probe = tmp_path / "probe"
+    _publish_version(probe, "old")
+    done = run(probe, 0)
+    assert done.returncode == 0, done.stderr
+    total = int(done.stdout)
+    assert total > 10 and load_bundle(probe).name == "new"
+    seen = set()
+    for kill_at in range(1, total + 1):  # every file write, fsync, rename and the swap
+        target = tmp_path / f"t{kill_at}" / "v"
+        _publish_version(target, "old")
+        assert run(target, kill_at).returncode == 17
+        manifest = load_bundle(target)  # verifies every checksum: never a mix of versions
+        assert manifest.name in ("old", "new")
+        assert (target / "part0.bin").read_bytes().startswith(manifest.name.encode())
+        seen.add(manifest.name)
+        _publish_version(target, "next")  # the next writer is not blocked by the leftovers
+        assert load_bundle(target).name == "next"
+    assert seen == {"old", "new"}

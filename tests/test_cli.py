@@ -79,3 +79,44 @@ def test_bm25_bundle_via_cli(tiny_data: Path, tmp_path: Path) -> None:
     (bundle / "doc_ids.json").write_text("[]")
     result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "bm25", "--model", str(bundle)])
     assert result.exit_code == 2 and "checksum mismatch for doc_ids.json" in result.output
+
+
+def test_train_options_come_from_the_config_dataclasses(monkeypatch, tmp_path: Path) -> None:
+    import dataclasses
+
+    import retrec.pipelines.train_bert4rec as b4r
+    import retrec.pipelines.train_dense as dense
+    from retrec.pipelines.train_config import DenseTrainConfig, TrainConfig
+
+    seen: dict = {}
+
+    def fake_train(data: Path, out: Path, cfg: object, *, resume: bool, command: str) -> Path:
+        seen.update(cfg=cfg, resume=resume)
+        return out
+
+    monkeypatch.setattr(b4r, "train_bert4rec", fake_train)
+    monkeypatch.setattr(dense, "train_dense", fake_train)
+    base = ["--data", str(tmp_path), "--out", str(tmp_path / "o")]
+    for command, config in (("bert4rec", TrainConfig), ("dense", DenseTrainConfig)):
+        help_text = runner.invoke(app, ["train", command, "--help"], env={"COLUMNS": "200"}).stdout
+        for f in dataclasses.fields(config):
+            flag = f.metadata.get("flag", "--" + f.name.replace("_", "-")).split("/")[0]
+            assert flag in help_text, flag
+        assert runner.invoke(app, ["train", command, *base]).exit_code == 0
+        assert seen == {"cfg": config(), "resume": False}  # the CLI defaults are the dataclass defaults
+    help_text = runner.invoke(app, ["train", "dense", "--help"], env={"COLUMNS": "200"}).stdout
+    for choices in ("[cosine|dot]", "[topic|random]", "[balanced|bm25]", "[constant|cosine|linear]"):
+        assert choices in help_text
+    assert "[ce|sampled]" in runner.invoke(app, ["train", "bert4rec", "--help"], env={"COLUMNS": "200"}).stdout
+    # The defaults scripts rely on, pinned.
+    assert (DenseTrainConfig().max_minutes, DenseTrainConfig().epochs, TrainConfig().max_minutes) == (30.0, 6, None)
+
+    result = runner.invoke(app, ["train", "bert4rec", *base, "--max-len", "20", "--mask-prob", "0.6", "--resume",
+                                 "--loss", "sampled", "--lr-schedule", "cosine"])
+    assert result.exit_code == 0, result.output
+    assert seen == {"cfg": TrainConfig(max_len=20, mask_prob=0.6, loss="sampled", lr_schedule="cosine"), "resume": True}
+    result = runner.invoke(app, ["train", "dense", *base, "--no-int8", "--max-minutes", "5", "--base-model", "m"])
+    assert result.exit_code == 0, result.output
+    assert seen["cfg"] == DenseTrainConfig(quantize=False, max_minutes=5.0, base_model="m")
+    result = runner.invoke(app, ["train", "bert4rec", *base, "--loss", "focal"])
+    assert result.exit_code == 2 and "unknown loss 'focal'; choose one of ce, sampled" in result.output

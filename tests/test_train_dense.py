@@ -202,3 +202,85 @@ def test_cli_rejects_bad_options_with_a_clear_message(tiny_data: Path, tmp_path:
     result = CliRunner().invoke(app, ["train", "dense", "--data", str(tmp_path / "missing"), "--out",
                                       str(tmp_path / "x")])
     assert result.exit_code == 2 and "missing" in result.output
+
+
+# ---------------------------------------------------------------- base model
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A one-layer, 32-wide BERT with the packaged MiniLM's tokenizer, saved as an HF folder."""
+    import shutil
+
+    from transformers import BertConfig, BertModel
+
+    from retrec.runtime.tokenizer import TOKENIZER_FILES, minilm_dir
+
+    folder = tmp_path_factory.mktemp("base") / "tiny-bert"
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64), add_pooling_layer=False).save_pretrained(folder)
+    for name in TOKENIZER_FILES:
+        shutil.copyfile(minilm_dir() / name, folder / name)
+    return folder
+
+
+def test_base_model_folders_are_resolved_or_refused(tiny_bert: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from retrec.bundle import sha256_file
+    from retrec.models.text_encoder import resolve_base_model
+
+    packaged = resolve_base_model()
+    assert packaged.name == "sentence-transformers/all-MiniLM-L6-v2" and packaged.pooling == "mean"
+    assert packaged.revision == "sha256:" + sha256_file(packaged.folder / "model.safetensors")
+    local = resolve_base_model(tiny_bert)
+    assert (local.name, local.pooling) == ("tiny-bert", "mean")
+    assert local.revision == "sha256:" + sha256_file(tiny_bert / "model.safetensors")
+    snapshot = tmp_path / "models--org--tiny" / "snapshots" / ("ab" * 20)
+    shutil.copytree(tiny_bert, snapshot)
+    (snapshot / "1_Pooling").mkdir()
+    (snapshot / "1_Pooling" / "config.json").write_text('{"pooling_mode_cls_token": true}')
+    hub = resolve_base_model(snapshot)
+    assert (hub.name, hub.revision, hub.pooling) == ("org/tiny", "ab" * 20, "cls")
+    with pytest.raises(ValueError, match="not a model folder"):
+        resolve_base_model(tmp_path)
+    with pytest.raises(ValueError, match="not a folder"):
+        resolve_base_model(tmp_path / "missing")
+    (snapshot / "config.json").write_text('{"model_type": "t5"}')
+    with pytest.raises(ValueError, match="model_type 't5'"):
+        resolve_base_model(snapshot)
+
+
+def test_training_from_a_local_base_model_records_it(tiny_data: Path, tiny_bert: Path, tmp_path: Path,
+                                                     private_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrec.pipelines.train_dense as train_module
+    from retrec.bundle import sha256_file
+
+    out = tmp_path / "dense"
+    cfg = DenseTrainConfig(**{**TINY, "dev_max_queries": 0}, max_steps=1, base_model=str(tiny_bert))
+    train_dense(tiny_data, out, cfg, progress=False)
+    manifest = load_bundle(out, kind="model/dense")
+    assert manifest.dims["dim"] == 32 and manifest.config["base_model"] == "tiny-bert"
+    assert manifest.config["base_model_revision"] == "sha256:" + sha256_file(tiny_bert / "model.safetensors")
+    assert manifest.config["train"]["base_model"] == str(tiny_bert)
+    assert OnnxEncoder(out).encode_queries(["a query about genes"]).shape == (1, 32)
+
+    # An export whose ONNX parity check fails publishes nothing: the previous version stays.
+    monkeypatch.setattr(train_module, "onnx_max_abs_diff", lambda *args, **kwargs: 1.0)
+    with pytest.raises(RuntimeError, match="ONNX export differs from torch"):
+        train_dense(tiny_data, out, cfg, resume=True, progress=False)
+    assert load_bundle(out).version == manifest.version
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense", "dense.ckpt"]
+
+
+def test_cli_refuses_a_base_model_that_is_not_a_model(tiny_data: Path, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from retrec.cli import app
+
+    (tmp_path / "notes").mkdir()
+    result = CliRunner().invoke(app, ["train", "dense", "--data", str(tiny_data), "--out", str(tmp_path / "x"),
+                                      "--base-model", str(tmp_path / "notes")])
+    assert result.exit_code == 2 and "not a model folder (no config.json)" in result.output
+    assert not (tmp_path / "x").exists()

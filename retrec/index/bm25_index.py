@@ -20,7 +20,7 @@ import numpy as np
 import Stemmer
 from safetensors.numpy import load_file, save_file
 
-from retrec.bundle import BundleError, load_bundle, write_manifest
+from retrec.bundle import BundleError, load_bundle, publish
 from retrec.index.retriever import Hits, top_k
 from retrec.kinds import BM25_INDEX
 
@@ -82,16 +82,16 @@ class BM25Index:
         return out
 
     def save(self, directory: str | Path, name: str = "bm25", metrics: dict | None = None) -> Path:
+        """Publish the index at ``directory`` atomically (an existing BM25 bundle there is replaced)."""
         root = Path(directory)
-        root.mkdir(parents=True, exist_ok=True)
-        s = self.model.scores
-        save_file({"data": np.asarray(s["data"]), "indices": np.asarray(s["indices"]),
-                   "indptr": np.asarray(s["indptr"])}, str(root / "scores.safetensors"))
-        (root / "vocab.json").write_text(json.dumps(self.model.vocab_dict, ensure_ascii=False))
-        (root / "doc_ids.json").write_text(json.dumps(self.doc_ids, ensure_ascii=False))
-        write_manifest(root, kind=KIND, name=name, config=asdict(self.config),
-                       dims={"documents": len(self.doc_ids), "vocabulary": len(self.model.vocab_dict)},
-                       metrics=metrics)
+        with publish(root) as pub:
+            s = self.model.scores
+            save_file({"data": np.asarray(s["data"]), "indices": np.asarray(s["indices"]),
+                       "indptr": np.asarray(s["indptr"])}, str(pub.path / "scores.safetensors"))
+            (pub.path / "vocab.json").write_text(json.dumps(self.model.vocab_dict, ensure_ascii=False))
+            (pub.path / "doc_ids.json").write_text(json.dumps(self.doc_ids, ensure_ascii=False))
+            pub.set_manifest(kind=KIND, name=name, config=asdict(self.config), metrics=metrics,
+                             dims={"documents": len(self.doc_ids), "vocabulary": len(self.model.vocab_dict)})
         return root
 
     @classmethod

@@ -34,7 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from retrec.bundle import BundleError, Manifest, load_bundle, write_manifest
+from retrec.bundle import BundleError, Manifest, load_bundle, publish
 from retrec.index.retriever import Hits
 from retrec.kinds import DENSE_INDEX
 from retrec.runtime.vectors import l2_normalize
@@ -253,22 +253,26 @@ class FaissIndex:
         return out
 
     def save(self, directory: str | Path, name: str = "dense", metrics: dict[str, Any] | None = None) -> Manifest:
-        """Write the index version: ``shards/NNN.faiss`` + ``shards/NNN.ids.parquet`` and the manifest."""
-        root = Path(directory)
-        if root.exists() and any(root.iterdir()):
-            raise FileExistsError(f"{root}: not empty; an index version is written into a new or empty directory")
-        (root / "shards").mkdir(parents=True, exist_ok=True)
-        for s, (index, ids) in enumerate(zip(self.cpu_shards, self.shard_ids)):
-            faiss.write_index(index, str(root / "shards" / f"{s:03d}.faiss"))
-            pq.write_table(pa.table({"doc_id": pa.array(ids, pa.string())}), root / "shards" / f"{s:03d}.ids.parquet")
+        """Publish the index version atomically: ``shards/NNN.faiss`` + ``shards/NNN.ids.parquet``, manifest.
+
+        Index versions are immutable: a non-empty ``directory`` is refused (FileExistsError).
+        """
         encoder = self.encoder or {}
-        return write_manifest(
-            root, kind=KIND, name=name, metrics=metrics,
-            config={"factory": self.factory, "metric": METRIC, "similarity": self.similarity,
-                    "shards": len(self.cpu_shards), "shard_hash": SHARD_HASH, "search_params": self.search_params,
-                    "encoder": {"name": encoder.get("name"), "version": encoder.get("version")}},
-            dims={"dim": self.dim, "documents": len(self), "shard_documents": [len(i) for i in self.shard_ids]},
-        )
+        with publish(directory, replace=False) as pub:
+            (pub.path / "shards").mkdir()
+            for s, (index, ids) in enumerate(zip(self.cpu_shards, self.shard_ids)):
+                faiss.write_index(index, str(pub.path / "shards" / f"{s:03d}.faiss"))
+                pq.write_table(pa.table({"doc_id": pa.array(ids, pa.string())}),
+                               pub.path / "shards" / f"{s:03d}.ids.parquet")
+            pub.set_manifest(
+                kind=KIND, name=name, metrics=metrics,
+                config={"factory": self.factory, "metric": METRIC, "similarity": self.similarity,
+                        "shards": len(self.cpu_shards), "shard_hash": SHARD_HASH, "search_params": self.search_params,
+                        "encoder": {"name": encoder.get("name"), "version": encoder.get("version")}},
+                dims={"dim": self.dim, "documents": len(self), "shard_documents": [len(i) for i in self.shard_ids]},
+            )
+        assert pub.manifest is not None
+        return pub.manifest
 
     @classmethod
     def load(

@@ -70,6 +70,77 @@ class EncoderConfig:
             raise ValueError("maximum lengths must leave room for the special tokens (>= 2)")
 
 
+@dataclass(frozen=True)
+class BaseModel:
+    """The encoder a training run starts from: its folder, name, revision and pooling."""
+
+    folder: Path
+    name: str
+    revision: str  # the HF snapshot's commit, else "sha256:" of the weights file
+    pooling: str
+
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def _st_pooling(root: Path) -> str:
+    """Pooling of a sentence-transformers folder (``modules.json`` → Pooling config); mean when absent."""
+    modules = root / "modules.json"
+    pooling_dir = root / "1_Pooling"
+    if modules.is_file():
+        try:
+            entries = json.loads(modules.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{modules}: unreadable ({exc})") from exc
+        for entry in entries if isinstance(entries, list) else []:
+            if str(entry.get("type", "")).endswith("Pooling"):
+                pooling_dir = root / str(entry.get("path", "1_Pooling"))
+    config = pooling_dir / "config.json"
+    if not config.is_file():
+        return "mean"
+    modes = {k for k, v in json.loads(config.read_text(encoding="utf-8")).items() if k.startswith("pooling_mode") and v}
+    if modes <= {"pooling_mode_mean_tokens"}:
+        return "mean"
+    if modes == {"pooling_mode_cls_token"}:
+        return "cls"
+    raise ValueError(f"{config}: pooling {sorted(modes)} is not supported (mean or CLS token)")
+
+
+def resolve_base_model(folder: str | Path | None = None) -> BaseModel:
+    """The packaged all-MiniLM-L6-v2 (``None``) or a local sentence-transformers / HF folder of a BERT encoder.
+
+    A folder needs ``config.json`` (``model_type`` bert), ``model.safetensors`` or ``pytorch_model.bin``
+    and a fast ``tokenizer.json``; anything else is refused naming the folder and what is missing.
+    """
+    root = minilm_dir() if folder is None else Path(folder)
+    if not root.is_dir():
+        raise ValueError(f"base model {root}: not a folder (a local sentence-transformers/HF model folder)")
+    config_path = root / "config.json"
+    if not config_path.is_file():
+        raise ValueError(f"base model {root}: not a model folder (no config.json)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{config_path}: unreadable model config ({exc})") from exc
+    if not isinstance(config, dict) or config.get("model_type") != "bert":
+        kind = config.get("model_type") if isinstance(config, dict) else None
+        raise ValueError(f"{config_path}: model_type {kind!r}; only BERT-architecture encoders can be fine-tuned")
+    weights = next((root / w for w in WEIGHT_FILES if (root / w).is_file()), None)
+    if weights is None:
+        raise ValueError(f"base model {root}: no weights ({' or '.join(WEIGHT_FILES)})")
+    if not (root / "tokenizer.json").is_file():
+        raise ValueError(f"base model {root}: no tokenizer.json (a fast tokenizer is required)")
+    resolved = root.resolve()
+    commit = None
+    if resolved.parent.name == "snapshots" and resolved.parent.parent.name.startswith("models--"):
+        name = resolved.parent.parent.name.removeprefix("models--").replace("--", "/")  # the HF cache layout
+        commit = resolved.name
+    else:
+        name = MINILM_NAME if folder is None else resolved.name
+    revision = commit or "sha256:" + sha256_file(weights)
+    return BaseModel(folder=root, name=name, revision=revision, pooling=_st_pooling(root))
+
+
 @contextlib.contextmanager
 def _quiet_transformers() -> Iterator[None]:
     """Silence transformers' load report (the unused pooler head) and weight-loading progress bar."""
@@ -194,6 +265,32 @@ def _quantize(fp32: Path, int8: Path) -> None:
         root.setLevel(level)
 
 
+def write_onnx_files(
+    encoder: TextEncoder, out: Path, *, tokenizer: TextTokenizer, config: EncoderConfig, quantize: bool = False,
+    opset: int = 17,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write ``encoder.onnx`` (+ ``encoder-int8.onnx``) and ``tokenizer/`` into ``out``; no manifest.
+
+    Returns the manifest ``config`` and ``dims`` of the ``model/dense`` bundle these files make.
+    """
+    if opset < 17:
+        raise ValueError(f"opset must be >= 17, got {opset}")
+    if (config.pooling, config.normalize) != (encoder.pooling, encoder.normalize):
+        raise ValueError(f"config pooling/normalize {config.pooling}/{config.normalize} differ from the "
+                         f"encoder's {encoder.pooling}/{encoder.normalize}")
+    tokenizer.save(out / TOKENIZER_DIR)
+    _export_graph(encoder, tokenizer, out / FP32_FILE, opset)
+    variants = {"fp32": FP32_FILE}
+    extra: dict[str, Any] = {}
+    if quantize:
+        _quantize(out / FP32_FILE, out / INT8_FILE)
+        variants["int8"] = INT8_FILE
+        extra["quantization"] = QUANTIZATION
+    config_json = {**asdict(config), "variants": variants, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
+                   "opset": opset, "export_format": EXPORT_FORMAT, "tokenizer": TOKENIZER_DIR, **extra}
+    return config_json, {"dim": encoder.dim}
+
+
 def export_onnx(
     encoder: TextEncoder,
     out_dir: str | Path,
@@ -212,33 +309,17 @@ def export_onnx(
     ``config`` defaults to the encoder's pooling/normalisation with cosine similarity when normalised
     (dot product otherwise), queries truncated to 64 tokens and documents to 256.
     """
-    if opset < 17:
-        raise ValueError(f"opset must be >= 17, got {opset}")
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out}: not empty; a bundle is written into a new or empty directory")
-    out.mkdir(parents=True, exist_ok=True)
     if config is None:
         config = EncoderConfig(pooling=encoder.pooling, normalize=encoder.normalize,
                                similarity="cosine" if encoder.normalize else "dot")
-    elif (config.pooling, config.normalize) != (encoder.pooling, encoder.normalize):
-        raise ValueError(f"config pooling/normalize {config.pooling}/{config.normalize} differ from the "
-                         f"encoder's {encoder.pooling}/{encoder.normalize}")
     tok = tokenizer if isinstance(tokenizer, TextTokenizer) else load_tokenizer(tokenizer)
-    tok.save(out / TOKENIZER_DIR)
-    _export_graph(encoder, tok, out / FP32_FILE, opset)
-    variants = {"fp32": FP32_FILE}
-    extra: dict[str, Any] = {}
-    if quantize:
-        _quantize(out / FP32_FILE, out / INT8_FILE)
-        variants["int8"] = INT8_FILE
-        extra["quantization"] = QUANTIZATION
-    return write_manifest(
-        out, kind=KIND, name=name, version=version, dims={"dim": encoder.dim},
-        config={**asdict(config), "variants": variants, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
-                "opset": opset, "export_format": EXPORT_FORMAT, "tokenizer": TOKENIZER_DIR, **extra},
-        metrics=metrics, command=command,
-    )
+    out.mkdir(parents=True, exist_ok=True)
+    config_json, dims = write_onnx_files(encoder, out, tokenizer=tok, config=config, quantize=quantize, opset=opset)
+    return write_manifest(out, kind=KIND, name=name, version=version, dims=dims, config=config_json, metrics=metrics,
+                          command=command)
 
 
 def _zero_shot_version(config: EncoderConfig, quantize: bool) -> str:

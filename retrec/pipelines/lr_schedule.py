@@ -12,8 +12,10 @@ Example::
 from __future__ import annotations
 
 import math
+from typing import Literal, get_args
 
-SCHEDULES = ("constant", "cosine", "linear")
+Schedule = Literal["constant", "cosine", "linear"]
+SCHEDULES: tuple[str, ...] = get_args(Schedule)
 
 
 def check_schedule(schedule: str) -> None:

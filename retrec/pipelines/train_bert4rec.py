@@ -9,59 +9,40 @@ the train parts with the Cloze task → best-on-validation weights → bundle:
     <out>/items/                   frozen table snapshot: raw ids → rows [e, bias] (table/embedding)
     <out>/training_curve.json      loss and validation NDCG@10 per epoch
 
-Checkpoints (model + optimizer + progress, loaded with ``weights_only=True``) live beside the bundle
-in ``<out>.ckpt/`` so an interrupted run resumes with ``--resume``.
+Training runs in :func:`retrec.pipelines.train_loop.run_training` (epochs, early stopping on the
+validation NDCG@10, best epoch exported). Checkpoints (model + optimizer + generator + progress,
+loaded with ``weights_only=True``) live beside the bundle in ``<out>.ckpt/`` so an interrupted run
+resumes with ``--resume``.
+
+Example::
+
+    train_bert4rec("../shared/data/beauty", "artifacts/bert4rec-beauty", TrainConfig(mask_prob=0.6))
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import shutil
-import time
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from safetensors.torch import load_file, save_file
 
-from retrec.bundle import write_manifest
+from retrec.bundle import Manifest, Publication
 from retrec.data.interactions import Sequences, load_interactions, user_sequences
 from retrec.kinds import BERT4REC_MODEL
 from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder
-from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks, target_ranks
-from retrec.tables import EmbeddingTable
+from retrec.pipelines.train_config import TrainConfig
+from retrec.pipelines.train_loop import LoopConfig, TorchAdapter, TrainRun, run_training
+from retrec.tables import EmbeddingTable, FrozenTable
 
 log = logging.getLogger("retrec.train.bert4rec")
 KIND = BERT4REC_MODEL
-
-
-@dataclass
-class TrainConfig:
-    max_len: int = 50
-    mask_prob: float = 0.2
-    hidden: int = 64
-    layers: int = 2
-    heads: int = 2
-    dropout: float = 0.1
-    loss: str = "ce"  # "ce": Cloze cross-entropy over all items; "sampled": sampled softmax
-    negatives: int = 256  # for loss="sampled"
-    batch_size: int = 128
-    lr: float = 1e-3
-    lr_schedule: str = "constant"  # constant | cosine | linear: decay to 0 over the budget (time or epochs)
-    warmup_steps: int = 0
-    weight_decay: float = 0.01
-    epochs: int = 200
-    patience: int = 8
-    eval_users: int = 10_000  # validation users held out for early stopping (at most)
-    valid_fraction: float = 0.2  # ... as a fraction of the evaluable users
-    max_minutes: float | None = None
-    admit_threshold: int = 1
-    seed: int = 0
+__all__ = ["TrainConfig", "train_bert4rec"]
 
 
 @dataclass
@@ -145,6 +126,12 @@ def length_batches(lengths: np.ndarray, batch_size: int, gen: torch.Generator, p
     return [batches[i] for i in perm]
 
 
+def batch_count(n: int, batch_size: int, pool: int = 50) -> int:
+    """How many batches :func:`length_batches` makes of ``n`` sequences (the same every epoch)."""
+    span = batch_size * pool
+    return sum(math.ceil(min(span, n - start) / batch_size) for start in range(0, n, span))
+
+
 def left_pad(seqs: list[np.ndarray], length: int, pad: int) -> torch.Tensor:
     batch = np.full((len(seqs), length), pad, dtype=np.int64)
     for i, s in enumerate(seqs):
@@ -200,117 +187,102 @@ def validate(model: BERT4Rec, histories: list[np.ndarray], targets: np.ndarray, 
     return mean_metrics(per_user)
 
 
-def _save_checkpoint(path: Path, model: BERT4Rec, opt: torch.optim.Optimizer, state: dict) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "last.pt.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "state": {k: torch.tensor(v) for k, v in state.items()}}, tmp)
-    tmp.replace(path / "last.pt")
+class Bert4RecAdapter(TorchAdapter):
+    """Cloze steps for :func:`~retrec.pipelines.train_loop.run_training`; exports the ONNX bundle."""
+
+    name = "bert4rec"
+
+    def __init__(self, prep: PreparedData, table: EmbeddingTable, cfg: TrainConfig) -> None:
+        self.prep, self.table, self.cfg = prep, table, cfg
+        torch.manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.model = BERT4Rec(BERT4RecConfig(num_items=len(prep.item_keys), max_len=cfg.max_len, hidden=cfg.hidden,
+                                             layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout,
+                                             attention_dropout=cfg.dropout))
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.windows = windows(prep.train, cfg.max_len)
+        self.lengths = np.array([len(w) for w in self.windows])
+
+    def steps_per_epoch(self) -> int:
+        return batch_count(len(self.windows), self.cfg.batch_size)
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        return length_batches(self.lengths, self.cfg.batch_size, self.gen)
+
+    def step(self, batch: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        chunk = [self.windows[i] for i in batch]
+        rows = left_pad(chunk, max(len(w) for w in chunk), self.model.pad)
+        inputs, masked, targets = cloze_batch(rows, self.model, self.cfg.mask_prob, self.gen)
+        return loss_fn(self.model, self.model(inputs)[masked], targets, self.cfg, self.gen), {}
+
+    def evaluate(self) -> dict[str, float | None]:
+        metrics = validate(self.model, self.prep.valid_history, self.prep.valid_target)
+        return {"valid_NDCG@10": metrics["NDCG@10"], "valid_HR@10": metrics["HR@10"]}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "rng": self.gen.get_state()}
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        super().load_state_dict(checkpoint)
+        if "rng" in checkpoint:  # resume continues the uninterrupted run's random stream
+            self.gen.set_state(checkpoint["rng"])
+        else:  # checkpoints written before the generator was saved
+            self.gen.manual_seed(self.cfg.seed + int(checkpoint["state"]["epoch"].item()))
+
+    def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
+        model, prep, state = self.model, self.prep, run.state
+        with torch.no_grad():
+            rows = model.table_rows().numpy()
+        self.table.update(prep.item_keys, rows, now=0.0)
+        self.table.snapshot(pub.path / "items", name="bert4rec-items")
+        export_user_encoder(model, pub.path / "user_encoder.onnx")
+        bundle = {"kind": KIND, "name": "bert4rec", "config": {"model": model.cfg.to_json(), "train": asdict(self.cfg)},
+                  "dims": {"hidden": model.cfg.hidden, "row_dim": model.cfg.hidden + 1, "items": model.cfg.num_items,
+                           "max_len": model.cfg.max_len}}
+        metrics = {"valid_NDCG@10": state.best, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
+                   "train_seconds": round(state.seconds, 1)}
+        metrics["onnx_top10_identical"] = onnx_parity(model, pub.draft(**bundle), prep.item_keys,
+                                                      prep.valid_history[:1000])
+        return {**bundle, "metrics": {**metrics, **prep.stats}}
+
+
+def loop_config(cfg: TrainConfig) -> LoopConfig:
+    """Epochs with early stopping on the validation NDCG@10; the best epoch's weights are exported."""
+    return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, lr_schedule=cfg.lr_schedule,
+                      warmup_steps=cfg.warmup_steps, seed=cfg.seed, stop_within_epoch=False, step_curve=False,
+                      monitor="valid_NDCG@10", keep_best=True, patience=cfg.patience)
 
 
 def train_bert4rec(
     data: str | Path, out: str | Path, cfg: TrainConfig | None = None, resume: bool = False,
     progress: bool = True, command: str | None = None,
 ) -> Path:
+    """Train on ``data``'s interactions and write a ``model/bert4rec`` bundle to ``out``."""
     cfg = cfg or TrainConfig()
-    out = Path(out)
-    ckpt_dir = out.with_name(out.name + ".ckpt")
-    torch.manual_seed(cfg.seed)
-    gen = torch.Generator().manual_seed(cfg.seed)
-
+    loop = loop_config(cfg)  # rejects a bad configuration before any work
     seqs = user_sequences(load_interactions(data))
     table = EmbeddingTable(cfg.hidden + 1, admit_threshold=cfg.admit_threshold, seed=cfg.seed,
                            initial_capacity=2 * max(16, len({i for s in seqs.items for i in s})))
     prep = prepare(seqs, table, cfg.eval_users, cfg.valid_fraction, cfg.seed)
-    model_cfg = BERT4RecConfig(num_items=len(prep.item_keys), max_len=cfg.max_len, hidden=cfg.hidden,
-                               layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout,
-                               attention_dropout=cfg.dropout)
-    model = BERT4Rec(model_cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    train_windows = windows(prep.train, cfg.max_len)
-    lengths = np.array([len(w) for w in train_windows])
-    v_hist, v_tgt = prep.valid_history, prep.valid_target
-
-    check_schedule(cfg.lr_schedule)  # reject an unknown schedule before any work
-    state = {"epoch": 0, "best": -1.0, "best_epoch": -1, "bad_epochs": 0, "seconds": 0.0, "step": 0}
-    curve: list[dict] = []
-    if resume and (ckpt_dir / "last.pt").is_file():
-        ckpt = torch.load(ckpt_dir / "last.pt", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = {"step": 0, **{k: v.item() for k, v in ckpt["state"].items()}}
-        curve = json.loads((ckpt_dir / "curve.json").read_text())
-        gen.manual_seed(cfg.seed + int(state["epoch"]))
-        log.warning("resumed from %s at epoch %d", ckpt_dir, state["epoch"])
-    elif not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    ckpt_dir.mkdir(parents=True, exist_ok=True)
-
-    started = time.perf_counter() - state["seconds"]
-    columns = [TextColumn("[bold]bert4rec[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f} best NDCG@10 {task.fields[best]:.4f}"), TimeElapsedColumn()]
-    with Progress(*columns, disable=not progress, transient=False) as bar:
-        task = bar.add_task("train", total=None, epoch=0, loss=0.0, best=max(state["best"], 0.0))
-        while state["epoch"] < cfg.epochs:
-            epoch = int(state["epoch"]) + 1
-            batches = length_batches(lengths, cfg.batch_size, gen)
-            bar.update(task, completed=0, total=len(batches), epoch=epoch)
-            model.train()
-            total, count = 0.0, 0
-            for b, idx in enumerate(batches):
-                progress = budget_progress(time.perf_counter() - started, cfg.max_minutes,
-                                           epoch - 1 + b / len(batches), cfg.epochs)
-                lr = scheduled_lr(cfg.lr, int(state["step"]), progress, cfg.lr_schedule, cfg.warmup_steps)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                batch = [train_windows[i] for i in idx]
-                rows = left_pad(batch, max(len(w) for w in batch), model.pad)
-                inputs, masked, targets = cloze_batch(rows, model, cfg.mask_prob, gen)
-                hidden = model(inputs)[masked]
-                loss = loss_fn(model, hidden, targets, cfg, gen)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                state["step"] += 1
-                total += loss.item()
-                count += 1
-                bar.update(task, advance=1, loss=total / count)
-            metrics = validate(model, v_hist, v_tgt)
-            state["epoch"] = epoch
-            state["seconds"] = time.perf_counter() - started
-            curve.append({"epoch": epoch, "loss": total / max(count, 1), "lr": lr, "valid_NDCG@10": metrics["NDCG@10"],
-                          "valid_HR@10": metrics["HR@10"], "seconds": round(state["seconds"], 1)})
-            if metrics["NDCG@10"] > state["best"]:
-                state.update(best=metrics["NDCG@10"], best_epoch=epoch, bad_epochs=0)
-                weights = {k: v.contiguous() for k, v in model.state_dict().items()}
-                save_file(weights, str(ckpt_dir / "best.safetensors"))
-            else:
-                state["bad_epochs"] += 1
-            bar.update(task, best=state["best"])
-            bar.console.print(f"epoch {epoch}: loss {curve[-1]['loss']:.4f} valid NDCG@10 {metrics['NDCG@10']:.4f} "
-                              f"HR@10 {metrics['HR@10']:.4f} ({state['seconds'] / 60:.1f} min)")
-            (ckpt_dir / "curve.json").write_text(json.dumps(curve))
-            _save_checkpoint(ckpt_dir, model, opt, state)
-            if state["bad_epochs"] >= cfg.patience:
-                log.warning("early stop at epoch %d (best %d)", epoch, state["best_epoch"])
-                break
-            if cfg.max_minutes is not None and state["seconds"] > 60 * cfg.max_minutes:
-                log.warning("time budget of %.1f min reached at epoch %d", cfg.max_minutes, epoch)
-                break
-
-    model.load_state_dict(load_file(str(ckpt_dir / "best.safetensors")))
-    model.eval()
-    return export_bundle(model, prep, table, cfg, curve, state, out, command)
+    return run_training(Bert4RecAdapter(prep, table, cfg), loop, out, resume=resume, progress=progress,
+                        command=command)
 
 
-def onnx_parity(model: BERT4Rec, bundle_dir: Path, item_keys: list[str], histories: list[np.ndarray],
+def onnx_parity(model: BERT4Rec, bundle: Path | Manifest, item_keys: list[str], histories: list[np.ndarray],
                 k: int = 10) -> float:
-    """Fraction of users whose top-``k`` through the ONNX runtime equals torch's, in the same order."""
+    """Fraction of users whose top-``k`` through the ONNX runtime equals torch's, in the same order.
+
+    ``bundle``: a bundle folder or its (draft) manifest, for a check before publishing.
+    """
     from retrec.runtime.sequence_recommender import SequenceRecommender
 
     if not histories:
         return 1.0
-    runtime = SequenceRecommender.load(bundle_dir)
+    if isinstance(bundle, Manifest):
+        assert bundle.path is not None
+        runtime = SequenceRecommender(bundle, FrozenTable.load(bundle.path / "items"))
+    else:
+        runtime = SequenceRecommender.load(bundle)
     snapshot_row = runtime.table.lookup(item_keys)  # model row → snapshot row
     with torch.no_grad():
         rows = left_pad([np.append(h[-(model.cfg.max_len - 1):], model.mask) for h in histories],
@@ -323,26 +295,3 @@ def onnx_parity(model: BERT4Rec, bundle_dir: Path, item_keys: list[str], histori
         top_ort = np.argsort(-ort_scores[i], kind="stable")[:k]
         same += int(np.array_equal(top_torch, top_ort))
     return same / len(histories)
-
-
-def export_bundle(model: BERT4Rec, prep: PreparedData, table: EmbeddingTable, cfg: TrainConfig, curve: list[dict],
-                  state: dict, out: Path, command: str | None) -> Path:
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    with torch.no_grad():
-        rows = model.table_rows().numpy()
-    table.update(prep.item_keys, rows, now=0.0)
-    table.snapshot(out / "items", name="bert4rec-items")
-    export_user_encoder(model, out / "user_encoder.onnx")
-    (out / "training_curve.json").write_text(json.dumps(curve, indent=1))
-    metrics = {"valid_NDCG@10": state["best"], "best_epoch": state["best_epoch"],
-               "epochs_run": state["epoch"], "train_seconds": round(state["seconds"], 1)}
-    dims = {"hidden": model.cfg.hidden, "row_dim": model.cfg.hidden + 1, "items": model.cfg.num_items,
-                         "max_len": model.cfg.max_len}
-    config = {"model": model.cfg.to_json(), "train": asdict(cfg)}
-    write_manifest(out, kind=KIND, name="bert4rec", config=config, dims=dims, metrics=metrics, command=command)
-    metrics["onnx_top10_identical"] = onnx_parity(model, out, prep.item_keys, prep.valid_history[:1000])
-    write_manifest(out, kind=KIND, name="bert4rec", config=config, dims=dims, metrics={**metrics, **prep.stats},
-                   command=command)
-    return out

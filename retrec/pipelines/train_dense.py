@@ -1,4 +1,4 @@
-"""``retrec train dense``: a TAS-Balanced bi-encoder fine-tuned from the packaged MiniLM, exported to ONNX.
+"""``retrec train dense``: a TAS-Balanced bi-encoder fine-tuned from MiniLM (or ``base_model``), exported to ONNX.
 
 Flow: collection (train split) → zero-shot MiniLM embeddings of queries and corpus (ONNX, cached) and a
 BM25 index → hard-negative candidates from both → a teacher (ensemble of normalised BM25, zero-shot dense
@@ -14,83 +14,54 @@ Bundle (kind ``model/dense``, read by :class:`retrec.runtime.onnx_encoder.OnnxEn
     <out>/encoder.onnx, encoder-int8.onnx, tokenizer/, manifest.json (config, dev metrics, ONNX parity)
     <out>/training_curve.json        loss and dev nDCG@10 over steps
 
-Checkpoints (model + optimizer + progress) go to ``<out>.ckpt/``; ``resume=True`` continues from them.
+The base encoder is the packaged all-MiniLM-L6-v2 unless ``base_model`` names a local
+sentence-transformers/HF folder (BERT architecture); the manifest records its name and revision
+(``config.base_model``, ``config.base_model_revision``). The miners and the ensemble teacher always use
+the packaged MiniLM. Training runs in :func:`retrec.pipelines.train_loop.run_training`; checkpoints
+(model + optimizer + progress) go to ``<out>.ckpt/`` and ``resume=True`` continues from them.
+
+Example::
+
+    train_dense("../shared/data/scifact", "artifacts/scifact-dense", DenseTrainConfig(max_minutes=30))
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
-import shutil
-import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from retrec.bundle import write_manifest
+from retrec.bundle import Publication
 from retrec.data.beir import RetrievalData, load_retrieval_data
 from retrec.index.bm25_index import BM25Index
 from retrec.index.dense_retriever import encode_corpus
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
-from retrec.models.text_encoder import KIND, EncoderConfig, TextEncoder, encode_texts, export_onnx, zero_shot_bundle
+from retrec.models.text_encoder import (
+    KIND,
+    BaseModel,
+    EncoderConfig,
+    TextEncoder,
+    encode_texts,
+    resolve_base_model,
+    write_onnx_files,
+    zero_shot_bundle,
+)
 from retrec.pipelines.dense_teachers import BM25Member, DenseMember, LabelMember, ScoreTableMember, Teacher
-from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.metrics import evaluate_run
 from retrec.pipelines.tas_sampling import balanced_margin_pick, random_batches, topic_batches, topic_clusters
+from retrec.pipelines.train_config import DenseTrainConfig
+from retrec.pipelines.train_loop import LoopConfig, TorchAdapter, TrainRun, run_training
 from retrec.process_env import cache_dir
 from retrec.runtime.onnx_encoder import OnnxEncoder
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
 
 log = logging.getLogger("retrec.train.dense")
-SAMPLINGS = ("random", "topic")
-NEGATIVES = ("bm25", "balanced")
-
-
-@dataclass
-class DenseTrainConfig:
-    batch_size: int = 32
-    epochs: int = 6
-    max_minutes: float | None = 30.0  # wall-clock budget for the training loop (dev evaluation included)
-    lr: float = 3e-5
-    lr_schedule: str = "linear"
-    warmup_fraction: float = 0.1
-    weight_decay: float = 0.01
-    max_query_length: int = 64
-    max_doc_length: int = 256
-    similarity: str = "cosine"  # cosine (normalised embeddings) | dot
-    scale: float = 20.0  # logit scale of cosine scores in the cross-entropy
-    sampling: str = "topic"  # random | topic (TAS)
-    queries_per_cluster: int = 0  # 0: 4 × batch_size
-    clusters_per_batch: int = 1
-    negatives: str = "balanced"  # bm25 (one uniform BM25 hard negative) | balanced (margin bins over BM25 ∪ dense)
-    negative_depth: int = 50  # candidates per query from each miner
-    margin_bins: int = 10
-    teacher: str = "ensemble"  # ensemble (BM25 + zero-shot dense) | path to a Parquet (query_id, doc_id, score)
-    label_weight: float = 1.0  # the judgements' weight as a teacher member
-    distill_weight: float = 0.0  # 0: labels only (the default: distilling the ensemble did not help, see RESULTS)
-    inbatch_weight: float = 1.0
-    dev_fraction: float = 0.05  # of the training queries held out for dev nDCG@10 (when there is no dev split)
-    dev_max_queries: int = 100
-    dev_candidates: int = 15  # per dev query from each miner; the dev metric re-ranks their union
-    checkpoint_every: int = 20
-    seed: int = 0
-    quantize: bool = True
-    max_steps: int | None = None  # hard cap (tests, smoke runs)
-
-    def __post_init__(self) -> None:
-        check_schedule(self.lr_schedule)
-        if self.sampling not in SAMPLINGS:
-            raise ValueError(f"unknown sampling {self.sampling!r}; choose one of {', '.join(SAMPLINGS)}")
-        if self.negatives not in NEGATIVES:
-            raise ValueError(f"unknown negatives {self.negatives!r}; choose one of {', '.join(NEGATIVES)}")
-        if self.similarity not in ("cosine", "dot"):
-            raise ValueError(f"similarity must be cosine or dot, got {self.similarity!r}")
-        if self.batch_size < 2:
-            raise ValueError("batch_size must be at least 2 (in-batch negatives)")
+__all__ = ["DenseTrainConfig", "train_dense"]
 
 
 @dataclass
@@ -264,14 +235,74 @@ def dev_ndcg(model: TextEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cand
     return mean["nDCG@10"]
 
 
-def _save_checkpoint(path: Path, model: TextEncoder, opt: torch.optim.Optimizer, state: dict,
-                     curve: list[dict]) -> None:
-    path.mkdir(parents=True, exist_ok=True)
-    tmp = path / "last.pt.tmp"
-    torch.save({"model": model.state_dict(), "optimizer": opt.state_dict(),
-                "state": {k: torch.tensor(v) for k, v in state.items()}}, tmp)
-    tmp.replace(path / "last.pt")
-    (path / "curve.json").write_text(json.dumps(curve))
+def onnx_max_abs_diff(model: TextEncoder, tokenizer: TextTokenizer, bundle: Any, texts: list[str],
+                      max_length: int) -> float:
+    """Largest absolute difference between torch and ONNX Runtime embeddings of ``texts``.
+
+    ``bundle``: a bundle folder or its (draft) :class:`~retrec.bundle.Manifest`.
+    """
+    torch_vecs = encode_texts(model, tokenizer, texts, max_length)
+    onnx_vecs = OnnxEncoder(bundle).encode(texts, max_length=max_length)
+    return float(np.abs(torch_vecs - onnx_vecs).max())
+
+
+class DenseAdapter(TorchAdapter):
+    """TAS-B steps for :func:`~retrec.pipelines.train_loop.run_training`; exports the ONNX bundle."""
+
+    name = "dense"
+
+    def __init__(self, ts: TrainingSet, cfg: DenseTrainConfig, miners: Miners, teacher: Teacher,
+                 labels: np.ndarray | None, base: BaseModel, bundle_name: str) -> None:
+        self.ts, self.cfg, self.miners, self.teacher, self.labels = ts, cfg, miners, teacher, labels
+        self.base, self.bundle_name = base, bundle_name
+        self.dev_cands = dev_candidates(ts, miners, cfg.dev_candidates)
+        torch.manual_seed(cfg.seed)
+        self.tokenizer = load_tokenizer(base.folder)
+        self.model = TextEncoder.from_pretrained(base.folder, pooling=base.pooling,
+                                                 normalize=cfg.similarity == "cosine").train()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.ts.query_ids) / self.cfg.batch_size)
+
+    def batches(self, epoch: int) -> list[Step]:
+        return plan_epoch(epoch, self.ts, self.cfg, self.labels, self.miners, self.teacher)
+
+    def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
+        return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg)
+
+    def evaluate(self) -> dict[str, float | None]:
+        return {"dev_nDCG@10": dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg)}
+
+    def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
+        cfg, ts = self.cfg, self.ts
+        enc_cfg = EncoderConfig(pooling=self.base.pooling, normalize=cfg.similarity == "cosine",
+                                similarity=cfg.similarity, max_query_length=cfg.max_query_length,
+                                max_doc_length=cfg.max_doc_length, base_model=self.base.name)
+        config, dims = write_onnx_files(self.model, pub.path, tokenizer=self.tokenizer, config=enc_cfg,
+                                        quantize=cfg.quantize)
+        fields: dict[str, Any] = {"kind": KIND, "name": self.bundle_name, "dims": dims}
+        sample = [ts.doc_texts[i] for i in range(0, len(ts.doc_texts), max(1, len(ts.doc_texts) // 32))][:32]
+        diff = onnx_max_abs_diff(self.model, self.tokenizer, pub.draft(**fields, config=config), sample,
+                                 cfg.max_doc_length)
+        if diff > 1e-4:  # raised inside the publication: nothing is published
+            raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> 1e-4) on corpus documents")
+        devs = [c["dev_nDCG@10"] for c in run.curve if c.get("dev_nDCG@10") is not None]
+        state = run.state
+        metrics = {"dev_nDCG@10": devs[-1] if devs else None, "dev_nDCG@10_zero_shot": devs[0] if devs else None,
+                   "dev_queries": len(ts.dev_ids), "train_queries": len(ts.query_ids), "steps": state.step,
+                   "epochs_completed": state.epoch, "train_seconds": round(state.seconds, 1),
+                   "onnx_max_abs_diff": diff}
+        config = {**config, "base_model_revision": self.base.revision, "train": asdict(cfg),
+                  "teacher": self.teacher.description}
+        return {**fields, "config": config, "metrics": metrics}
+
+
+def loop_config(cfg: DenseTrainConfig) -> LoopConfig:
+    """Budget, schedule and checkpoints of a dense run: steps, per-step curve, the last weights exported."""
+    return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, max_steps=cfg.max_steps,
+                      lr_schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction, grad_clip=1.0,
+                      checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True)
 
 
 def train_dense(
@@ -280,8 +311,7 @@ def train_dense(
 ) -> Path:
     """Train on ``data``'s train split (dev split when present), write a ``model/dense`` bundle to ``out``."""
     cfg = cfg or DenseTrainConfig()
-    out = Path(out)
-    ckpt_dir = out.with_name(out.name + ".ckpt")
+    base = resolve_base_model(cfg.base_model)  # a bad folder is refused before any work
     train = load_retrieval_data(data, split="train")
     dev = load_retrieval_data(data, split="dev") if (Path(data) / "qrels" / "dev.tsv").is_file() else None
     ts = prepare(train, dev, cfg)
@@ -290,111 +320,5 @@ def train_dense(
     per_cluster = cfg.queries_per_cluster or 4 * cfg.batch_size
     labels = topic_clusters(qvec, max(1, round(len(ts.query_ids) / per_cluster)), cfg.seed) \
         if cfg.sampling == "topic" else None
-    dev_cands = dev_candidates(ts, miners, cfg.dev_candidates)
-
-    torch.manual_seed(cfg.seed)
-    tokenizer = load_tokenizer()
-    model = TextEncoder.from_pretrained(pooling="mean", normalize=cfg.similarity == "cosine").train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(ts.query_ids) / cfg.batch_size)
-    total_steps = cfg.epochs * steps_per_epoch if cfg.max_steps is None else min(cfg.max_steps,
-                                                                                 cfg.epochs * steps_per_epoch)
-    warmup = int(cfg.warmup_fraction * total_steps)
-
-    state = {"epoch": 0, "batch": 0, "step": 0, "seconds": 0.0}
-    curve: list[dict] = []
-    if resume and (ckpt_dir / "last.pt").is_file():
-        ckpt = torch.load(ckpt_dir / "last.pt", weights_only=True)
-        model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
-        state = {k: v.item() for k, v in ckpt["state"].items()}
-        curve = json.loads((ckpt_dir / "curve.json").read_text())
-        log.warning("resumed from %s at step %d", ckpt_dir, state["step"])
-    elif not resume and ckpt_dir.exists():
-        shutil.rmtree(ckpt_dir)
-    if not curve:
-        curve.append({"step": 0, "epoch": 0, "seconds": 0.0, "dev_nDCG@10": dev_ndcg(model, tokenizer, ts, dev_cands,
-                                                                                      cfg)})
-    started = time.perf_counter() - state["seconds"]
-
-    def elapsed() -> float:
-        return time.perf_counter() - started
-
-    def out_of_budget() -> bool:
-        return (cfg.max_minutes is not None and elapsed() > 60 * cfg.max_minutes) or state["step"] >= total_steps
-
-    columns = [TextColumn("[bold]dense[/] epoch {task.fields[epoch]}"), BarColumn(), MofNCompleteColumn(),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn()]
-    window: list[float] = []
-    with Progress(*columns, disable=not progress) as bar:
-        task = bar.add_task("train", total=total_steps, completed=int(state["step"]), epoch=0, loss=0.0)
-        while state["epoch"] < cfg.epochs and not out_of_budget():
-            epoch = int(state["epoch"]) + 1
-            plan = plan_epoch(epoch, ts, cfg, labels, miners, teacher)
-            bar.update(task, epoch=epoch)
-            for b in range(int(state["batch"]), len(plan)):
-                progress_now = budget_progress(elapsed(), cfg.max_minutes, state["step"], total_steps)
-                lr = scheduled_lr(cfg.lr, int(state["step"]), progress_now, cfg.lr_schedule, warmup)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                torch.manual_seed(cfg.seed * 1_000_003 + int(state["step"]))  # dropout, reproducible on resume
-                loss, parts = step_loss(model, tokenizer, plan[b], ts, teacher, cfg)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-                opt.step()
-                state.update(step=state["step"] + 1, batch=b + 1, seconds=elapsed())
-                window = [*window, float(loss.detach())][-20:]
-                bar.update(task, advance=1, loss=sum(window) / len(window))
-                curve.append({"step": int(state["step"]), "epoch": epoch, "lr": lr, "loss": float(loss.detach()),
-                              **parts, "seconds": round(state["seconds"], 1)})
-                if state["step"] % cfg.checkpoint_every == 0:
-                    _save_checkpoint(ckpt_dir, model, opt, state, curve)
-                if out_of_budget():
-                    break
-            if state["batch"] >= len(plan):
-                state.update(epoch=epoch, batch=0)
-            dev = dev_ndcg(model, tokenizer, ts, dev_cands, cfg)
-            state["seconds"] = elapsed()
-            curve.append({"step": int(state["step"]), "epoch": epoch, "seconds": round(state["seconds"], 1),
-                          "dev_nDCG@10": dev})
-            mean_loss = sum(window) / max(len(window), 1)
-            bar.console.print(f"epoch {epoch}: step {state['step']}/{total_steps} loss {mean_loss:.4f} "
-                              f"dev nDCG@10 {dev if dev is None else round(dev, 4)} ({state['seconds'] / 60:.1f} min)")
-            _save_checkpoint(ckpt_dir, model, opt, state, curve)
-    model.eval()
-    return export_bundle(model, tokenizer, ts, cfg, curve, state, teacher, out, command,
-                         name or f"{Path(data).name}-dense")
-
-
-def onnx_max_abs_diff(model: TextEncoder, tokenizer: TextTokenizer, bundle: Path, texts: list[str],
-                      max_length: int) -> float:
-    """Largest absolute difference between torch and ONNX Runtime embeddings of ``texts``."""
-    torch_vecs = encode_texts(model, tokenizer, texts, max_length)
-    onnx_vecs = OnnxEncoder(bundle).encode(texts, max_length=max_length)
-    return float(np.abs(torch_vecs - onnx_vecs).max())
-
-
-def export_bundle(model: TextEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cfg: DenseTrainConfig,
-                  curve: list[dict], state: dict, teacher: Teacher, out: Path, command: str | None,
-                  name: str) -> Path:
-    if out.exists():
-        shutil.rmtree(out)
-    enc_cfg = EncoderConfig(pooling="mean", normalize=cfg.similarity == "cosine", similarity=cfg.similarity,
-                            max_query_length=cfg.max_query_length, max_doc_length=cfg.max_doc_length)
-    manifest = export_onnx(model, out, tokenizer=tokenizer, name=name, config=enc_cfg, quantize=cfg.quantize,
-                           command=command)
-    sample = [ts.doc_texts[i] for i in range(0, len(ts.doc_texts), max(1, len(ts.doc_texts) // 32))][:32]
-    diff = onnx_max_abs_diff(model, tokenizer, out, sample, cfg.max_doc_length)
-    if diff > 1e-4:
-        raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> 1e-4) on corpus documents")
-    (out / "training_curve.json").write_text(json.dumps(curve, indent=1))
-    devs = [c["dev_nDCG@10"] for c in curve if c.get("dev_nDCG@10") is not None]
-    metrics = {"dev_nDCG@10": devs[-1] if devs else None, "dev_nDCG@10_zero_shot": devs[0] if devs else None,
-               "dev_queries": len(ts.dev_ids), "train_queries": len(ts.query_ids), "steps": int(state["step"]),
-               "epochs_completed": int(state["epoch"]), "train_seconds": round(state["seconds"], 1),
-               "onnx_max_abs_diff": diff}
-    config = {**manifest.config, "train": asdict(cfg), "teacher": teacher.description}
-    write_manifest(out, kind=KIND, name=manifest.name, version=manifest.version, config=config, dims=manifest.dims,
-                   metrics=metrics, command=manifest.command)
-    return out
+    adapter = DenseAdapter(ts, cfg, miners, teacher, labels, base, name or f"{Path(data).name}-dense")
+    return run_training(adapter, loop_config(cfg), out, resume=resume, progress=progress, command=command)

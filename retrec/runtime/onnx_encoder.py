@@ -50,7 +50,7 @@ class OnnxEncoder:
 
     def __init__(
         self,
-        bundle: str | Path,
+        bundle: str | Path | Manifest,
         *,
         variant: str = "fp32",
         num_threads: int | None = None,
@@ -59,7 +59,10 @@ class OnnxEncoder:
         max_query_length: int | None = None,
         max_doc_length: int | None = None,
     ) -> None:
-        self.manifest: Manifest = load_bundle(bundle, kind=KIND)
+        # A Manifest (already verified, e.g. a draft before publishing) or a bundle folder to verify.
+        self.manifest: Manifest = bundle if isinstance(bundle, Manifest) else load_bundle(bundle, kind=KIND)
+        if self.manifest.kind != KIND or self.manifest.path is None:
+            raise BundleError(f"{self.manifest.path}: bundle kind is {self.manifest.kind!r}, expected {KIND!r}")
         config = self.manifest.config
         variants = config.get("variants", {})
         if variant not in variants:
@@ -72,7 +75,7 @@ class OnnxEncoder:
         self.batch_size = batch_size
         tokenizer_dir = config.get("tokenizer", "tokenizer")
         self.manifest.file(f"{tokenizer_dir}/tokenizer.json")  # listed, hence verified
-        self.tokenizer = load_tokenizer(Path(bundle) / tokenizer_dir)
+        self.tokenizer = load_tokenizer(self.manifest.path / tokenizer_dir)
         self.threads = default_threads(num_threads)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads

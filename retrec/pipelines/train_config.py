@@ -1,0 +1,95 @@
+"""The training configs of ``retrec train dense`` and ``retrec train bert4rec``: one place per option.
+
+Each field carries its default, its ``--help`` text and, for a ``Literal`` type, its choices; the CLI
+generates its options from these dataclasses (retrec/cli/train.py). No torch here, so ``retrec --help``
+stays light.
+
+Example::
+
+    cfg = DenseTrainConfig(batch_size=16, max_steps=8, base_model="models/my-minilm")
+    TrainConfig(loss="sampled", negatives=128)
+    DenseTrainConfig(sampling="clusters")   # ValueError: unknown sampling 'clusters'; choose one of topic, random
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from retrec.pipelines.lr_schedule import Schedule
+from retrec.pipelines.options import check_choices, option
+
+
+@dataclass
+class DenseTrainConfig:
+    """TAS-Balanced bi-encoder fine-tuning (see retrec/pipelines/train_dense.py)."""
+
+    batch_size: int = option(32, "queries per batch (in-batch negatives: at least 2)")
+    epochs: int = option(6, "passes over the training queries")
+    max_minutes: float | None = option(30.0, "training time budget, dev evaluation included "
+                                             "(the schedule decays over it)")
+    lr: float = option(3e-5, "peak learning rate (AdamW)")
+    lr_schedule: Schedule = option(  # noqa: RUF009 (a Literal alias)
+        "linear", "decay after the warm-up, over the budget (time or steps)")
+    warmup_fraction: float = option(0.1, "share of the steps spent in linear warm-up")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    max_query_length: int = option(64, "query tokens kept (training and the bundle's default)")
+    max_doc_length: int = option(256, "document tokens kept (training and the bundle's default)")
+    similarity: Literal["cosine", "dot"] = option("cosine", "cosine (normalised embeddings) | dot")
+    scale: float = option(20.0, "logit scale of cosine scores in the cross-entropy")
+    sampling: Literal["topic", "random"] = option("topic", "topic (TAS query clusters) | random")
+    queries_per_cluster: int = option(0, "topic clusters' mean size (0: 4 x batch size)")
+    clusters_per_batch: int = option(1, "topic clusters drawn per batch")
+    negatives: Literal["balanced", "bm25"] = option(
+        "balanced", "balanced (margin bins over BM25+dense) | bm25 (one uniform BM25 hard negative)")
+    negative_depth: int = option(50, "candidates per query from each miner")
+    margin_bins: int = option(10, "teacher-margin bins of balanced sampling")
+    teacher: str = option("ensemble", "ensemble (BM25 + zero-shot dense + labels) | PATH.parquet "
+                                      "(query_id, doc_id, score)")
+    label_weight: float = option(1.0, "the judgements' weight as a teacher member")
+    distill_weight: float = option(0.0, "weight of the Margin-MSE terms (0: labels only)")
+    inbatch_weight: float = option(1.0, "weight of in-batch Margin-MSE within the distillation term")
+    dev_fraction: float = option(0.05, "training queries held out for dev nDCG@10 when there is no dev split")
+    dev_max_queries: int = option(100, "at most this many dev queries")
+    dev_candidates: int = option(15, "per dev query from each miner; the dev metric re-ranks their union")
+    checkpoint_every: int = option(20, "steps between checkpoints in OUT.ckpt/ (and at every epoch end)")
+    seed: int = option(0, "random seed (batches, negatives, dropout)")
+    quantize: bool = option(True, "also write the int8 model", flag="--int8/--no-int8")
+    max_steps: int | None = option(None, "hard cap on optimizer steps (smoke runs)")
+    base_model: str | None = option(None, "local sentence-transformers/HF folder (BERT architecture) to "
+                                          "fine-tune; default: the packaged all-MiniLM-L6-v2")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.batch_size < 2:
+            raise ValueError("batch_size must be at least 2 (in-batch negatives)")
+
+
+@dataclass
+class TrainConfig:
+    """BERT4Rec Cloze training (see retrec/pipelines/train_bert4rec.py)."""
+
+    max_len: int = option(50, "sequence length (paper: Beauty 50, ML-1m 200)")
+    mask_prob: float = option(0.2, "Cloze mask probability (paper: Beauty 0.6, ML-1m 0.2)")
+    hidden: int = option(64, "transformer width")
+    layers: int = option(2, "transformer layers")
+    heads: int = option(2, "attention heads")
+    dropout: float = option(0.1, "dropout (hidden and attention)")
+    loss: Literal["ce", "sampled"] = option("ce", "ce (Cloze cross-entropy over all items) | sampled")
+    negatives: int = option(256, "negatives per batch for --loss sampled")
+    batch_size: int = option(128, "training windows per batch")
+    lr: float = option(1e-3, "peak learning rate (AdamW)")
+    lr_schedule: Schedule = option(  # noqa: RUF009 (a Literal alias)
+        "constant", "decay to 0 over the budget (time or epochs)")
+    warmup_steps: int = option(0, "linear learning-rate warm-up steps")
+    weight_decay: float = option(0.01, "AdamW weight decay")
+    epochs: int = option(200, "at most this many epochs")
+    patience: int = option(8, "epochs without validation gain before stopping")
+    eval_users: int = option(10_000, "at most this many users held out for early stopping")
+    valid_fraction: float = option(0.2, "share of the evaluable users held out for early stopping")
+    max_minutes: float | None = option(None, "training time budget")
+    admit_threshold: int = option(1, "occurrences before an item gets a table row")
+    seed: int = option(0, "random seed")
+
+    def __post_init__(self) -> None:
+        check_choices(self)

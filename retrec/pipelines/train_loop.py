@@ -1,0 +1,292 @@
+"""One training loop for every trainable kind, driven by a small per-model :class:`TrainAdapter`.
+
+The loop owns what every trainer needs: the budget (epochs, ``max_steps``, ``max_minutes``), the
+learning-rate schedule (:mod:`retrec.pipelines.lr_schedule`), checkpoints every N steps and at each
+epoch end with ``resume``, a progress bar (periodic plain lines when the output is not a terminal),
+the training curve, dev scoring each epoch with best tracking and early stopping, and the export:
+the adapter writes its files into a :func:`retrec.bundle.publish` directory, the loop adds
+``training_curve.json`` and the manifest is written once, last, and published atomically.
+
+Checkpoints live beside the bundle in ``<out>.ckpt/``: ``last.pt`` (``{"model", "optimizer",
+"state", …}``, loaded with ``weights_only=True``), ``curve.json`` and, when the best epoch is kept,
+``best.safetensors``. Every checkpoint file is written atomically.
+
+Example::
+
+    loop = LoopConfig(lr=3e-5, epochs=3, max_minutes=10, lr_schedule="linear", checkpoint_every=50)
+    bundle = run_training(MyAdapter(...), loop, "artifacts/model", resume=False)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from safetensors.torch import load_file, save
+
+from retrec.bundle import Publication, atomic_open, atomic_write_bytes, atomic_write_text, publish
+from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
+
+log = logging.getLogger("retrec.train")
+LAST, CURVE, BEST = "last.pt", "curve.json", "best.safetensors"
+CURVE_FILE = "training_curve.json"  # in the bundle
+
+
+@dataclass
+class LoopConfig:
+    """How long and how to train; the model-specific parts stay in the adapter."""
+
+    lr: float
+    epochs: int
+    max_minutes: float | None = None
+    max_steps: int | None = None
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    warmup_fraction: float = 0.0  # added to warmup_steps, as a share of the planned steps
+    grad_clip: float | None = None
+    checkpoint_every: int = 0  # steps between checkpoints within an epoch (0: at epoch ends only)
+    seed: int = 0
+    reseed_steps: bool = False  # torch.manual_seed per step: dropout reproducible across a resume
+    stop_within_epoch: bool = True  # check the budget after every step (else at epoch ends)
+    step_curve: bool = True  # one curve point per step (else per epoch, with the epoch's mean loss)
+    eval_at_start: bool = False  # a curve point for the untrained model
+    monitor: str | None = None  # evaluate() key tracked for the best epoch
+    keep_best: bool = False  # export the best epoch's weights instead of the last
+    patience: int | None = None  # epochs without a better ``monitor`` before stopping
+
+    def __post_init__(self) -> None:
+        check_schedule(self.lr_schedule)
+        if (self.keep_best or self.patience is not None) and self.monitor is None:
+            raise ValueError("keep_best and patience need a monitored metric (monitor=...)")
+
+
+@dataclass
+class LoopState:
+    """The loop's counters, saved in every checkpoint under ``"state"``."""
+
+    epoch: int = 0  # completed epochs
+    batch: int = 0  # batches done in the current epoch
+    step: int = 0
+    seconds: float = 0.0
+    best: float = -1.0
+    best_epoch: int = -1
+    bad_epochs: int = 0
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {k: torch.tensor(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_tensors(cls, state: dict[str, torch.Tensor]) -> LoopState:
+        known = {f.name: f.type for f in fields(cls)}
+        values = {k: v.item() for k, v in state.items() if k in known}
+        return cls(**{k: (float(v) if known[k] == "float" else int(v)) for k, v in values.items()})
+
+
+@dataclass
+class TrainRun:
+    """What the adapter's export gets: the curve, the final counters and the planned steps."""
+
+    curve: list[dict[str, Any]]
+    state: LoopState
+    total_steps: int
+
+
+class TrainAdapter(Protocol):
+    """The per-model part of training. ``model`` and ``optimizer`` are the loop's to step."""
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def steps_per_epoch(self) -> int:
+        """Planned optimizer steps per epoch (the budget and the schedule's length)."""
+
+    def batches(self, epoch: int) -> list[Any]:
+        """Epoch ``epoch``'s batches (1-based); the same list on a resume when ``stop_within_epoch``."""
+
+    def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Loss of one batch (the loop back-propagates and steps) and any parts to record in the curve."""
+
+    def evaluate(self) -> dict[str, float | None]:
+        """Dev metrics after each epoch (keys go into the curve; ``monitor`` is one of them)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """What a checkpoint holds besides the loop's state (tensors only: loaded with weights_only)."""
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        """Restore from a checkpoint; ``checkpoint["state"]`` has the loop's counters."""
+
+    def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
+        """Write the bundle's files under ``pub.path``; return its manifest fields (kind, name, config, …)."""
+
+
+class TorchAdapter:
+    """Checkpoint defaults for adapters: the model's and the optimizer's state."""
+
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, checkpoint: dict[str, Any]) -> None:
+        self.model.load_state_dict(checkpoint["model"])
+        self.optimizer.load_state_dict(checkpoint["optimizer"])
+
+
+class _Reporter:
+    """A rich progress bar on a terminal; otherwise a plain line every ``every_s`` seconds."""
+
+    def __init__(self, name: str, total: int, enabled: bool, every_s: float = 30.0) -> None:
+        self.console = Console()
+        self.name, self.total, self.every_s = name, total, every_s
+        self.bar: Progress | None = None
+        self.lines = enabled and not self.console.is_terminal
+        self._last = -math.inf
+        if enabled and self.console.is_terminal:
+            self.bar = Progress(TextColumn(f"[bold]{name}[/] epoch {{task.fields[epoch]}}"), BarColumn(),
+                                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
+                                console=self.console)
+            self.task = self.bar.add_task("train", total=total, epoch=0, loss=0.0)
+
+    def __enter__(self) -> _Reporter:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def update(self, step: int, epoch: int, loss: float, lr: float, seconds: float) -> None:
+        if self.bar is not None:
+            self.bar.update(self.task, completed=step, epoch=epoch, loss=loss)
+        elif self.lines and (time.monotonic() - self._last >= self.every_s or step == self.total):
+            self._last = time.monotonic()
+            self.say(f"{self.name}: epoch {epoch} step {step}/{self.total} loss {loss:.4f} lr {lr:.3g} "
+                     f"({seconds / 60:.1f} min)")
+
+    def say(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)
+
+
+def _fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
+def _save_checkpoint(ckpt_dir: Path, adapter: TrainAdapter, state: LoopState, curve: list[dict]) -> None:
+    with atomic_open(ckpt_dir / LAST) as fh:
+        torch.save({**adapter.state_dict(), "state": state.tensors()}, fh)
+    atomic_write_text(ckpt_dir / CURVE, json.dumps(curve))
+
+
+def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, resume: bool = False,
+                 progress: bool = True, command: str | None = None) -> Path:
+    """Train ``adapter`` within ``loop``'s budget and publish its bundle at ``out`` (checkpoints: ``out.ckpt/``)."""
+    out = Path(out)
+    ckpt_dir = out.with_name(out.name + ".ckpt")
+    per_epoch = max(1, adapter.steps_per_epoch())
+    total = loop.epochs * per_epoch if loop.max_steps is None else min(loop.max_steps, loop.epochs * per_epoch)
+    warmup = loop.warmup_steps + int(loop.warmup_fraction * total)
+    state, curve = LoopState(), []
+    if resume and (ckpt_dir / LAST).is_file():
+        checkpoint = torch.load(ckpt_dir / LAST, weights_only=True)
+        state = LoopState.from_tensors(checkpoint["state"])
+        adapter.load_state_dict(checkpoint)
+        curve = json.loads((ckpt_dir / CURVE).read_text()) if (ckpt_dir / CURVE).is_file() else []
+        log.warning("resumed from %s at epoch %d, step %d", ckpt_dir, state.epoch, state.step)
+    elif not resume and ckpt_dir.exists():
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    if loop.eval_at_start and not curve:
+        curve.append({"step": 0, "epoch": 0, "seconds": 0.0, **adapter.evaluate()})
+    started = time.perf_counter() - state.seconds
+
+    def elapsed() -> float:
+        return time.perf_counter() - started
+
+    def out_of_time() -> bool:
+        return loop.max_minutes is not None and elapsed() > 60 * loop.max_minutes
+
+    model, opt = adapter.model, adapter.optimizer
+    with _Reporter(adapter.name, total, progress) as report:
+        while state.epoch < loop.epochs and state.step < total and not out_of_time():
+            epoch = state.epoch + 1
+            batches = adapter.batches(epoch)
+            model.train()
+            window: list[float] = []
+            epoch_loss, count, lr = 0.0, 0, loop.lr
+            for b in range(state.batch, len(batches)):
+                lr = scheduled_lr(loop.lr, state.step, budget_progress(elapsed(), loop.max_minutes, state.step, total),
+                                  loop.lr_schedule, warmup)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                if loop.reseed_steps:
+                    torch.manual_seed(loop.seed * 1_000_003 + state.step)
+                loss, parts = adapter.step(batches[b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                if loop.grad_clip is not None:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
+                opt.step()
+                value = float(loss.detach())
+                state.step, state.batch, state.seconds = state.step + 1, b + 1, elapsed()
+                epoch_loss, count, window = epoch_loss + value, count + 1, [*window, value][-20:]
+                if loop.step_curve:
+                    curve.append({"step": state.step, "epoch": epoch, "lr": lr, "loss": value, **parts,
+                                  "seconds": round(state.seconds, 1)})
+                report.update(state.step, epoch, sum(window) / len(window), lr, state.seconds)
+                if loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
+                    _save_checkpoint(ckpt_dir, adapter, state, curve)
+                if loop.stop_within_epoch and (state.step >= total or out_of_time()):
+                    break
+            if state.batch >= len(batches):
+                state.epoch, state.batch = epoch, 0
+            metrics = adapter.evaluate()
+            state.seconds = elapsed()
+            point: dict[str, Any] = {"step": state.step, "epoch": epoch}
+            if not loop.step_curve:
+                point.update(loss=epoch_loss / max(count, 1), lr=lr)
+            curve.append({**point, **metrics, "seconds": round(state.seconds, 1)})
+            improved = _track_best(loop, state, metrics, epoch)
+            if improved and loop.keep_best:
+                atomic_write_bytes(ckpt_dir / BEST, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+            report.say(f"epoch {epoch}: step {state.step}/{total} loss {epoch_loss / max(count, 1):.4f} "
+                       + " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
+                       + f" ({state.seconds / 60:.1f} min)")
+            _save_checkpoint(ckpt_dir, adapter, state, curve)
+            if loop.patience is not None and state.bad_epochs >= loop.patience:
+                log.warning("early stop at epoch %d (best epoch %d)", epoch, state.best_epoch)
+                break
+    if out_of_time():
+        log.warning("time budget of %.1f min reached at epoch %d, step %d", loop.max_minutes, state.epoch, state.step)
+    if loop.keep_best and (ckpt_dir / BEST).is_file():
+        model.load_state_dict(load_file(str(ckpt_dir / BEST)))
+    model.eval()
+    run = TrainRun(curve, state, total)
+    with publish(out) as pub:
+        manifest_fields = adapter.export(pub, run)
+        (pub.path / CURVE_FILE).write_text(json.dumps(curve, indent=1))
+        pub.set_manifest(**{"command": command, **manifest_fields})
+    return out
+
+
+def _track_best(loop: LoopConfig, state: LoopState, metrics: dict[str, float | None], epoch: int) -> bool:
+    """Update best / best_epoch / bad_epochs from the monitored metric; True when this epoch is the best."""
+    if loop.monitor is None:
+        return False
+    value = metrics.get(loop.monitor)
+    if value is not None and value > state.best:
+        state.best, state.best_epoch, state.bad_epochs = float(value), epoch, 0
+        return True
+    state.bad_epochs += 1
+    return False
