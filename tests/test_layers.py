@@ -42,6 +42,7 @@ LAYERS: dict[str, int] = {
     "retrec.bundle": 0,
     "retrec.process_env": 0,
     "retrec.kinds": 0,
+    "retrec.extras": 0,
     "retrec.console": 0,
     "retrec.models": 1,
     "retrec.tables": 1,

@@ -53,13 +53,13 @@ def config_command(config_type: type, train: str, data_help: str, doc: str) -> C
     """
 
     def command(**options: Any) -> None:
+        module, _, function = train.partition(":")
+        run = getattr(importlib.import_module(module), function)  # torch first: a missing [train] extra is named
         from retrec.runtime.tokenizer import ModelFilesError
 
         data, out, resume = options.pop("data"), options.pop("out"), options.pop("resume")
-        module, _, function = train.partition(":")
         try:
             cfg = config_type(**options)
-            run = getattr(importlib.import_module(module), function)
             bundle = run(data, out, cfg, resume=resume, command=shlex.join(["retrec", *sys.argv[1:]]))
         except (DataError, BundleError, ValueError, ModelFilesError) as exc:
             raise _fail(str(exc)) from exc
