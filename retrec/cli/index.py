@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -14,26 +11,6 @@ from retrec.bundle import BundleError
 from retrec.cli.choices import index_kind_choice
 from retrec.cli.common import _fail, app
 from retrec.data.errors import DataError
-
-
-def publish_index(index: Any, out: Path, name: str) -> Path:
-    """Save ``index`` into a temp sibling of ``out``, then rename it into place (readers never see a half).
-
-    ``out`` must not exist or be an empty folder: an index version is never overwritten.
-    """
-    out = out.absolute()
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise FileExistsError(f"{out}: exists and is not an empty folder; an index version is written once — "
-                              "choose a new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        index.save(work, name=name)
-        os.replace(work, out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
-    return out
 
 
 @app.command("index")
@@ -57,7 +34,7 @@ def index_cmd(
     and `retrec.load` open it alone.
     """
     from retrec.data.corpus import corpus_texts, read_corpus
-    from retrec.index.generic import display_name
+    from retrec.index.generic import display_name, publish_index
     from retrec.pipelines.retrievers import build_from_texts, resolve_kind
 
     options = {key: value for key, value in (("k1", k1), ("b", b)) if value is not None}

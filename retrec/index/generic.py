@@ -16,11 +16,15 @@ Example::
     encoder = load_query_encoder(kind, None)                       # the kind's default_model (zero-shot MiniLM)
     index = build_index(kind, doc_ids, texts, encoder=encoder, shards=2)
     IndexRetriever("dense", index, encoder).search(["what causes scurvy"], k=10)
+    publish_index(index, "artifacts/scifact-dense", name="scifact-dense")   # temp sibling, then rename
     retriever = open_index("artifacts/scifact-dense")              # encoder from the recorded path
 """
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -146,3 +150,23 @@ def open_index(
         args["encoder"] = encoder.manifest
     index = kinds.resolve(kind.load)(path, **args)
     return IndexRetriever(display_name(kind), index, encoder, manifest)
+
+
+def publish_index(index: Any, out: str | Path, name: str) -> Path:
+    """Save ``index`` into a temp sibling of ``out``, then rename it into place (readers never see a half).
+
+    ``out`` must not exist or be an empty folder: an index version is written once, never overwritten.
+    """
+    out = Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an empty folder; an index version is written once — "
+                              "choose a new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        index.save(work, name=name)
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return out
