@@ -87,6 +87,9 @@ def test_bm25_bundle_via_cli(tiny_data: Path, tmp_path: Path) -> None:
     assert runner.invoke(app, ["index", "index/bm25", "--data", str(tiny_data), "--out", str(other), "--k1", "1.2",
                                "--b", "0.75"]).exit_code == 0
     assert _json(["eval", "--data", str(tiny_data), "--index", str(other), "--json"])["nDCG@10"] != built["nDCG@10"]
+    both = _json(["eval", "--data", str(tiny_data), "--index", str(bundle), "--index", str(other), "--compare",
+                  "--json"])
+    assert list(both["systems"]) == ["bm25", "other"] and both["comparisons"][0]["system"] == "other"
     (bundle / "doc_ids.json").write_text("[]")
     result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--index", str(bundle)])
     assert result.exit_code == 2 and "checksum mismatch for doc_ids.json" in result.output

@@ -71,7 +71,8 @@ def eval_cmd(
         help="build this retriever over the collection in memory")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
     index: Annotated[list[Path] | None, typer.Option(
-        help="evaluate a built index version (`retrec index`; its kind from the manifest; repeatable)")] = None,
+        help="evaluate a built index version (`retrec index`; its kind from the manifest; repeatable: "
+             "then named by folder)")] = None,
     component: Annotated[list[str] | None, typer.Option(
         help="--retriever hybrid: a retriever name or an index folder (repeatable, at least two)")] = None,
     fusion: Annotated[fusion_choice(), typer.Option(help="how --retriever hybrid combines rankings")] = "rrf",
@@ -139,6 +140,8 @@ def eval_cmd(
         for path in index or []:
             started = time.perf_counter()
             opened = open_retriever(path, collection, model)
+            if len(index or []) > 1 or retriever is not None:
+                opened.name = path.name  # several systems: each index version by its folder
             load_seconds = time.perf_counter() - started
             result = evaluate_retriever(opened, collection, k=k, progress=not as_json, measures=measures)
             result.index_seconds = load_seconds
