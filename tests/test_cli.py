@@ -63,7 +63,8 @@ def test_bad_inputs_are_clear_errors(tiny_data: Path, tmp_path: Path) -> None:
     result = runner.invoke(app, ["eval", "--data", str(tmp_path / "nope"), "--retriever", "bm25"])
     assert result.exit_code == 2 and "dataset folder not found" in result.output
     result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "nosuch"])
-    assert result.exit_code == 2 and "'nosuch' is not one of 'bm25', 'dense'" in _flat(result.output)
+    flat = _flat(result.output)
+    assert result.exit_code == 2 and "'nosuch' is not one of" in flat and "'bm25', 'dense'" in flat
     result = runner.invoke(app, ["eval-rec", "--data", str(tiny_data), "--model", "markov", "--protocol", "x"])
     assert result.exit_code == 2 and "'x' is not one of 'full', 'pop100', 'uni100'" in _flat(result.output)
 

@@ -57,6 +57,10 @@ class IndexRetriever:
         shards = getattr(self.index, "shard_ids", None)
         return None if shards is None else [d for part in shards for d in part]
 
+    def save(self, directory: str | Path, name: str | None = None, metrics: dict[str, Any] | None = None) -> Any:
+        """Save the index version in place (the encoder bundle stays where it is; see :func:`publish_index`)."""
+        return self.index.save(directory, name=name or self.name, metrics=metrics)
+
 
 def index_kind(name: str) -> kinds.Kind:
     """The index kind an eval name (``bm25``) or kind string (``index/bm25``) stands for."""
