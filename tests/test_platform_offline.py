@@ -157,6 +157,9 @@ def test_run_files_missing_queries_qrels_file_measures_and_fuse(default_data: Pa
     assert system["nDCG@10"] == base["nDCG@10"] and 0.0 < system["P@5"] <= 1.0 and "nDCG@20" in system
     assert alone["comparisons"][0]["measure"] == "P@5"
     _fails(["eval", "--run", full], "--qrels FILE")
+    train = _json(["eval", "--data", default_data, "--qrels", default_data / "qrels" / "train.parquet",
+                   "--retriever", "bm25", "--json"])
+    assert train["queries"] == 300 and train["nDCG@10"] != base["nDCG@10"]  # the file's queries, not the split's
     _fails(["eval", "--qrels", qrels, "--run", full, "--measure", "nosuch@3"], "unknown measure 'nosuch@3'")
 
     runs = {p.name: _ranked(p) for p in (full, cut)}
