@@ -74,6 +74,12 @@ def test_toy_retriever_kind_through_index_eval_hybrid_and_load(default_data: Pat
     assert [[d for d, _ in got[q]] for q in qids] == [[d for d, _ in want[q]] for q in qids]
     assert all(np.allclose([s for _, s in got[q]], [s for _, s in want[q]], atol=1e-9) for q in qids)
 
+    folder = _json(["eval", "--data", default_data, "--retriever", "hybrid", "--component", out, "--component",
+                    "bm25", "--k", 50, "--json", "--run-out", tmp_path / "h2.run"])
+    assert folder["components"] == ["toy-index", "bm25"] and _ranked(tmp_path / "h2.run") == got
+    _fails(["eval", "--data", default_data, "--retriever", "hybrid", "--component", "bm25", "--component",
+            tmp_path / "nope"], "is neither a retriever")
+
     loaded = retrec.load(out)
     assert loaded.search([queries[qids[0]]], 10)[0] == toy_hits[0][:10]
 

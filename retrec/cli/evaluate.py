@@ -151,10 +151,10 @@ def eval_cmd(
             assert collection is not None and data is not None
             parts = {}
             for spec_name in component or []:
-                label = Path(spec_name).name if Path(spec_name).is_dir() else spec_name
+                label, part = make_component(spec_name, collection, model)
                 if label in parts:
                     raise ValueError(f"two components are called {label!r}; give index folders distinct names")
-                parts[label] = make_component(spec_name, collection, model)
+                parts[label] = part
             tune_on = _tune_collection(data, tune_split, strict) if tune_weights else None
             hybrid = evaluate_hybrid(parts, collection, spec, k=k, measures=measures, tune_on=tune_on,
                                      tune_measure=primary, progress=not as_json)

@@ -80,10 +80,14 @@ def open_retriever(path: str | Path, data: RetrievalData | None = None,
     return retriever
 
 
-def component(spec: str, data: RetrievalData, model: str | Path | None = None) -> IndexRetriever:
-    """A hybrid component: an index folder (opened) or a retriever name (built over the collection)."""
-    if Path(spec).is_dir():
-        return open_retriever(spec, data, model)
+def component(spec: str, data: RetrievalData, model: str | Path | None = None) -> tuple[str, IndexRetriever]:
+    """A hybrid component and its name: a retriever name (built over the collection; named so) or an index
+    folder (opened; named by the folder). A bare registered name wins over a folder of that name (``./bm25``)."""
     if spec == HYBRID:
         raise ValueError("a hybrid component cannot itself be hybrid")
-    return build_retriever(spec, data, model)
+    if "/" in spec or spec not in retriever_names():
+        if not Path(spec).is_dir():
+            raise ValueError(f"component {spec!r} is neither a retriever ({', '.join(retriever_names()[:-1])}) "
+                             "nor an index folder")
+        return Path(spec).name, open_retriever(spec, data, model)
+    return spec, build_retriever(spec, data, model)
