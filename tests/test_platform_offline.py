@@ -171,7 +171,7 @@ def test_run_files_missing_queries_qrels_file_measures_and_fuse(default_data: Pa
     runs = {p.name: _ranked(p) for p in (full, cut)}
     for method, fn, extra in (("rrf", rrf, {"rrf_k": 60.0}), ("minmax", minmax, {})):
         fused = _json(["eval", "--qrels", qrels, "--run", full, "--run", cut, "--fuse", method, "--weight",
-                       "cut.run=0.5", "--k", 100, "--json", "--per-query", tmp_path / "f.json"])
+                       "cut.run=0.5", "--k", 100, "--json", "--run-out", tmp_path / "f.run"])
         weights = {"cut.run": 0.5}
         want = {q: fn({n: r.get(q, []) for n, r in runs.items()}, 100, weights=weights, **extra)
                 for q in sorted({q for r in runs.values() for q in r})}
@@ -181,6 +181,8 @@ def test_run_files_missing_queries_qrels_file_measures_and_fuse(default_data: Pa
         mean, _ = evaluate_run(judged, {q: dict(h) for q, h in want.items()})
         assert fused["nDCG@10"] == pytest.approx(mean["nDCG@10"], abs=1e-12)
         assert fused["fusion"]["method"] == method and fused["fusion"]["weights"] == weights
+        written = _ranked(tmp_path / "f.run")
+        assert all([d for d, _ in written[q]] == [d for d, _ in want[q]] for q in want)
 
 
 def test_hybrid_weights_tuned_on_train_when_there_is_no_dev(default_data: Path) -> None:

@@ -92,7 +92,8 @@ def eval_cmd(
         help="paired test of every system against the first (a hybrid's components are systems too)")] = False,
     measure: Annotated[list[str] | None, typer.Option(
         help="extra measure (repeatable); the first is what --compare and --tune-weights use (nDCG@10)")] = None,
-    run_out: Annotated[Path | None, typer.Option(help="write the first built system's TREC run here")] = None,
+    run_out: Annotated[Path | None, typer.Option(
+        help="write the TREC run of the first --index, --retriever or --fuse system here")] = None,
     per_query: Annotated[Path | None, typer.Option(help="write per-query values (JSON) here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     strict: Annotated[bool, typer.Option(help="unknown ids in qrels are errors, not skips")] = False,
@@ -136,7 +137,7 @@ def eval_cmd(
         else:
             judged = qrels_to_dict(read_qrels(qrels)[0])  # type: ignore[arg-type]
         results = []
-        built_first = None  # what --run-out writes: the first system built from --index / --retriever
+        built_first = None  # what --run-out writes: the first system from --index / --retriever / --fuse
         for path in index or []:
             started = time.perf_counter()
             opened = open_retriever(path, collection, model)
@@ -169,8 +170,6 @@ def eval_cmd(
             result.index_seconds = index_seconds
             results.append(result)
             built_first = built_first or result
-        if run_out and built_first is not None:
-            write_run(run_out, built_first.run, tag=built_first.name)
         read = {path.name: read_run(path) for path in run or []}
         if fuse:
             ranked = {name: {q: rank_scores(docs) for q, docs in r.items()} for name, r in read.items()}
@@ -180,8 +179,11 @@ def eval_cmd(
             fused = evaluate_hits(f"{fuse}({'+'.join(ranked)})", fuse_runs(ranked, k, run_spec), judged, measures)
             fused.extra = {"fusion": run_spec.to_json(), "components": list(ranked)}
             results.append(fused)
+            built_first = built_first or fused
         else:
             results += [evaluate_hits(name, r, judged, measures) for name, r in read.items()]
+        if run_out and built_first is not None:
+            write_run(run_out, built_first.run, tag=built_first.name)
     except QueryMismatchError as exc:
         raise _fail(f"query ids do not match the qrels of split {split!r}: {exc}") from exc
     except (DataError, BundleError, ValueError, FileNotFoundError) as exc:
