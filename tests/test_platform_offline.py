@@ -97,6 +97,12 @@ def test_toy_recommender_kind_through_eval_rec_and_load(default_data: Path, tmp_
         listed = [i for i in rec.ranked[:rec.generate_k] if i not in seen]
         hits.append(test in listed[:10])
     assert out["users"] == len(loo.users) and out["HR@10"] == pytest.approx(np.mean(hits), abs=1e-12)
+    from retrec.pipelines.recommenders import catalogue_scorer, vocabulary_of
+
+    vocab = vocabulary_of(loo)
+    seen = vocab.encode([rec.ranked[0], rec.ranked[2]])
+    masked, kept = (catalogue_scorer(rec, vocab, exclude_seen=e)([seen])[0] for e in (True, False))
+    assert np.isneginf(masked[seen]).all() and np.isfinite(kept[seen]).all()  # exclude_seen reaches the model
     history = [rec.ranked[0], rec.ranked[2]]
     top = rec.recommend([history], k=3)[0]
     assert [i for i, _ in top] == [rec.ranked[1], *rec.ranked[3:5]]
@@ -132,6 +138,7 @@ def test_dense_index_version_equals_in_memory_build(default_data: Path, tmp_path
     _fails(["eval", "--data", default_data, "--retriever", "bm25", "--model", encoder], "bm25 takes no model")
     _fails(["index", "dense", "--data", default_data, "--model", encoder, "--out", index], "written once")
     query = next(iter(load_retrieval_data(default_data).query_texts().items()))
+    assert retrec.load(encoder, num_threads=1).encode_queries(["scurvy"]).shape == (1, 16)
     loaded = retrec.load(index, num_threads=1).search([query[1]], 5)[0]
     assert [d for d, _ in loaded] == [d for d, _ in a[query[0]][:5]]
     np.testing.assert_allclose([s for _, s in loaded], [s for _, s in a[query[0]][:5]], rtol=0, atol=1e-6)
