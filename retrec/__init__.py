@@ -1,3 +1,24 @@
-"""retrec — retrieval and recommendation serving stack."""
+"""retrec — retrieval and recommendation serving stack.
+
+``retrec.load(path)`` opens any bundle by its kind (see :mod:`retrec.api`); importing ``retrec`` stays light
+(no torch, FAISS or Ray until a bundle needs them).
+
+Example::
+
+    import retrec
+    retrec.load("artifacts/scifact-bm25").search(["what causes scurvy"], k=10)
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+__all__ = ["__version__", "load"]
+
+
+def load(path: Any, **options: Any) -> Any:
+    """Open a bundle by its kind: an index → retriever, a recommender, a query encoder (:func:`retrec.api.load`)."""
+    from retrec.api import load as _load
+
+    return _load(path, **options)

@@ -119,6 +119,7 @@ _lock = threading.RLock()
 
 def register(kind: Kind, *, replace: bool = False) -> Kind:
     """Add a kind (plugins call this on import). Registering another definition of a known kind is refused."""
+    _load_plugins()  # built-ins first, so listings keep their order whoever registers first
     with _lock:
         known = _registry.get(kind.kind)
         if known is not None and known != kind and not replace:

@@ -81,7 +81,8 @@ def test_save_load_round_trip(tmp_path: Path) -> None:
     encoder = _encoder_manifest(tmp_path, 16)
     index = FaissIndex.build(x, ids, factory="Flat", shards=3, encoder=encoder)
     manifest = index.save(tmp_path / "idx", name="toy")
-    assert manifest.kind == "index/dense" and manifest.config["encoder"] == {"name": "enc", "version": "v1"}
+    assert manifest.kind == "index/dense"
+    assert manifest.config["encoder"] == {"name": "enc", "version": "v1", "path": str(encoder.path.resolve())}
     assert manifest.config["factory"] == "Flat" and manifest.config["metric"] == "inner_product"
     assert manifest.dims["dim"] == 16 and manifest.dims["documents"] == len(ids)
     assert sum(manifest.dims["shard_documents"]) == len(ids)

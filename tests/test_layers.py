@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "retrec.pipelines": 4,
     "retrec.serving": 4,
     "retrec.cli": 5,
+    "retrec.api": 5,
     "retrec.pipelines.demo": 5,
 }
 

@@ -28,51 +28,13 @@ from retrec.index.dense_retriever import DenseRetriever
 from retrec.index.faiss_index import FaissIndex
 from retrec.runtime.onnx_encoder import OnnxEncoder
 from retrec.runtime.sequence_recommender import SequenceRecommender, SkipReport
+from tests.tiny_models import tiny_dense_encoder
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 API_KEY = "test-key-0123456789"
 DIM = 16
-
-
-def tiny_dense_encoder(out: Path, dim: int = DIM, seed: int = 0) -> Path:
-    """A ``model/dense`` bundle: masked mean of random token embeddings (ONNX), MiniLM's tokenizer."""
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from retrec.runtime.tokenizer import load_tokenizer
-
-    tok = load_tokenizer()
-    out.mkdir(parents=True)
-    tok.save(out / "tokenizer")
-    vocab = tok._base.get_vocab_size()
-    table = np.random.default_rng(seed).standard_normal((vocab, dim)).astype(np.float32)
-    nodes = [
-        helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
-        helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
-        helper.make_node("Unsqueeze", ["maskf", "axis2"], ["mask3"]),
-        helper.make_node("Mul", ["emb", "mask3"], ["masked"]),
-        helper.make_node("ReduceSum", ["masked", "axis1"], ["total"], keepdims=0),
-        helper.make_node("ReduceSum", ["mask3", "axis1"], ["count"], keepdims=0),
-        helper.make_node("Max", ["count", "one"], ["safe"]),
-        helper.make_node("Div", ["total", "safe"], ["embeddings"]),
-    ]
-    graph = helper.make_graph(
-        nodes, "tiny", [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["b", "t"]),
-                        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["b", "t"])],
-        [helper.make_tensor_value_info("embeddings", TensorProto.FLOAT, ["b", dim])],
-        initializer=[numpy_helper.from_array(table, "table"),
-                     numpy_helper.from_array(np.array([2], np.int64), "axis2"),
-                     numpy_helper.from_array(np.array([1], np.int64), "axis1"),
-                     numpy_helper.from_array(np.ones((1, 1), np.float32), "one")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.save(model, str(out / "model.onnx"))
-    write_manifest(out, kind="model/dense", name="tiny-dense", version="enc-v1", dims={"dim": dim},
-                   config={"variants": {"fp32": "model.onnx"}, "similarity": "cosine", "max_query_length": 32,
-                           "max_doc_length": 64, "tokenizer": "tokenizer", "output": "embeddings"})
-    return out
 
 
 def _with_version(directory: Path, version: str) -> Path:

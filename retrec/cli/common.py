@@ -6,10 +6,8 @@ import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval and recommendation stack.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded default, format conversion.")
-index_app = typer.Typer(no_args_is_help=True, help="Build index versions (bundles) from a corpus.")
 train_app = typer.Typer(no_args_is_help=True, help="Train models into bundles.")
 app.add_typer(data_app, name="data")
-app.add_typer(index_app, name="index")
 app.add_typer(train_app, name="train")
 
 EXIT_BAD_INPUT = 2

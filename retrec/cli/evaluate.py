@@ -1,62 +1,190 @@
-"""`retrec eval` (retrieval) and `retrec eval-rec` (recommendation)."""
+"""`retrec eval` (retrieval: retrievers, index versions, hybrids, run files) and `retrec eval-rec`."""
 
 from __future__ import annotations
 
 import json
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from retrec.bundle import BundleError
+from retrec.cli.choices import fusion_choice, protocol_choice, retriever_choice
 from retrec.cli.common import _fail, app
 from retrec.data.errors import DataError
+
+MODEL_HELP = ("the model bundle of --retriever / --index / --component: the query encoder of encoded kinds "
+              "(dense; default: the kind's zero-shot encoder, or the one an index recorded). bm25 has none — "
+              "a built index goes to --index")
+
+
+def _measures(given: list[str] | None) -> tuple[tuple[str, ...], str]:
+    """Reported measures (the defaults, then any others given) and the one --compare / tuning use."""
+    import ir_measures
+
+    from retrec.pipelines.metrics import RETRIEVAL_MEASURES
+
+    names = []
+    for m in given or []:
+        try:
+            names.append(str(ir_measures.parse_measure(m)))
+        except Exception as exc:  # ir-measures raises several types for a bad name
+            raise _fail(f"unknown measure {m!r} (ir-measures names, e.g. nDCG@10, RR@10, R@100, AP, P@5)") from exc
+    extra = tuple(n for n in dict.fromkeys(names) if n not in RETRIEVAL_MEASURES)
+    return (*RETRIEVAL_MEASURES, *extra), (names[0] if names else "nDCG@10")
+
+
+def _weights(given: list[str] | None) -> dict[str, float] | None:
+    if not given:
+        return None
+    out = {}
+    for item in given:
+        name, sep, value = item.partition("=")
+        try:
+            out[name.strip()] = float(value)
+        except ValueError:
+            raise _fail(f"--weight {item!r}: expected NAME=NUMBER, e.g. bm25=0.3") from None
+        if not sep or not name.strip():
+            raise _fail(f"--weight {item!r}: expected NAME=NUMBER, e.g. bm25=0.3")
+    return out
+
+
+def _tune_collection(data: Path, split: str, strict: bool) -> Any:
+    """The tuning split's collection; without dev judgements, train (the split used is reported)."""
+    from retrec.data.beir import load_retrieval_data
+
+    try:
+        return load_retrieval_data(data, split=split, strict=strict)
+    except DataError as exc:
+        if split != "dev" or "no qrels for split" not in str(exc):
+            raise
+        typer.secho("note: no dev judgements; fusion weights are tuned on the train split", err=True)
+        return load_retrieval_data(data, split="train", strict=strict)
 
 
 @app.command("eval")
 def eval_cmd(
-    data: Annotated[Path, typer.Option(help="BEIR folder or canonical Parquet folder")],
-    retriever: Annotated[str | None, typer.Option(help="retriever name, e.g. bm25")] = None,
-    model: Annotated[Path | None, typer.Option(help="model or index bundle for the retriever")] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="BEIR or canonical Parquet folder (for --retriever/--index; optional with --run + --qrels)")] = None,
+    retriever: Annotated[retriever_choice() | None, typer.Option(
+        help="build this retriever over the collection in memory")] = None,
+    model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
+    index: Annotated[list[Path] | None, typer.Option(
+        help="evaluate a built index version (`retrec index`; its kind from the manifest; repeatable: "
+             "then named by folder)")] = None,
+    component: Annotated[list[str] | None, typer.Option(
+        help="--retriever hybrid: a retriever name or an index folder (repeatable, at least two)")] = None,
+    fusion: Annotated[fusion_choice(), typer.Option(help="how --retriever hybrid combines rankings")] = "rrf",
+    weight: Annotated[list[str] | None, typer.Option(
+        help="fusion weight NAME=W (component name, index folder name or run file name; default 1)")] = None,
+    rrf_k: Annotated[float, typer.Option(min=0.0, help="RRF constant")] = 60.0,
+    depth: Annotated[int, typer.Option(min=1, help="hits fetched per component: max(k, depth), as served")] = 100,
+    tune_weights: Annotated[bool, typer.Option(help="choose hybrid weights on --tune-split (grid, step 0.1)")] = False,
+    tune_split: Annotated[str, typer.Option(help="split whose qrels tune the weights (no dev: train)")] = "dev",
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
+    qrels: Annotated[Path | None, typer.Option(
+        help="qrels file (BEIR/TREC TSV or Parquet) instead of the folder's qrels/SPLIT")] = None,
     k: Annotated[int, typer.Option(min=1, help="documents retrieved per query")] = 1000,
     run: Annotated[list[Path] | None, typer.Option(help="evaluate TREC run file(s) (repeatable)")] = None,
-    compare: Annotated[bool, typer.Option(help="paired test of every system against the first")] = False,
-    measure: Annotated[str, typer.Option(help="measure used by --compare")] = "nDCG@10",
-    run_out: Annotated[Path | None, typer.Option(help="write the retriever's TREC run here")] = None,
+    fuse: Annotated[fusion_choice() | None, typer.Option(help="fuse the --run files into one system")] = None,
+    compare: Annotated[bool, typer.Option(
+        help="paired test of every system against the first (a hybrid's components are systems too)")] = False,
+    measure: Annotated[list[str] | None, typer.Option(
+        help="extra measure (repeatable); the first is what --compare and --tune-weights use (nDCG@10)")] = None,
+    run_out: Annotated[Path | None, typer.Option(
+        help="write the TREC run of the first --index, --retriever or --fuse system here")] = None,
     per_query: Annotated[Path | None, typer.Option(help="write per-query values (JSON) here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     strict: Annotated[bool, typer.Option(help="unknown ids in qrels are errors, not skips")] = False,
 ) -> None:
-    """Evaluate a retriever and/or TREC run files: nDCG@10, RR@10, R@100, R@1000, AP (ir-measures)."""
+    """Evaluate retrievers, index versions, hybrids and/or TREC run files: nDCG@10, RR@10, R@100, R@1000, AP.
+
+    A judged query with no hits in a run scores 0 (trec_eval -c) and queries without judgements are ignored,
+    each with a warning; a run sharing no query with the qrels is refused.
+    """
     from retrec.console import console, metrics_table
-    from retrec.data.beir import load_retrieval_data
-    from retrec.data.trec import read_run, write_run
+    from retrec.data.beir import load_retrieval_data, qrels_to_dict, read_qrels
+    from retrec.data.trec import rank_scores, read_run, write_run
     from retrec.pipelines.compare import compare as paired
     from retrec.pipelines.compare import comparison_table
     from retrec.pipelines.evaluate import QueryMismatchError, evaluate_hits, evaluate_retriever
-    from retrec.pipelines.metrics import RETRIEVAL_MEASURES
-    from retrec.pipelines.retrievers import build_retriever
+    from retrec.pipelines.hybrid import FusionSpec, evaluate_hybrid, fuse_runs
+    from retrec.pipelines.retrievers import HYBRID, build_retriever, open_retriever
+    from retrec.pipelines.retrievers import component as make_component
 
-    if retriever is None and not run:
-        raise _fail("give --retriever NAME and/or --run FILE")
-    measures = RETRIEVAL_MEASURES if measure in RETRIEVAL_MEASURES else (*RETRIEVAL_MEASURES, measure)
+    if retriever is None and not index and not run:
+        raise _fail("give --retriever NAME, --index DIR and/or --run FILE")
+    if (retriever is not None or index) and data is None:
+        raise _fail("--retriever and --index need --data (the collection's documents and queries)")
+    if data is None and qrels is None:
+        raise _fail("give --data (a collection) or --qrels FILE to evaluate run files against")
+    if component and retriever != HYBRID:
+        raise _fail("--component is for --retriever hybrid")
+    if retriever == HYBRID and len(component or []) < 2:
+        raise _fail("--retriever hybrid needs at least two --component (names or index folders)")
+    if fuse and len(run or []) < 2:
+        raise _fail("--fuse needs at least two --run files")
+    if tune_weights and (retriever != HYBRID or data is None):
+        raise _fail("--tune-weights is for --retriever hybrid with --data")
+    measures, primary = _measures(measure)
+    weights = _weights(weight)
     try:
-        collection = load_retrieval_data(data, split=split, strict=strict)
+        spec = FusionSpec(method=fusion, rrf_k=rrf_k, weights=weights, depth=depth)
+        collection = None
+        if data is not None:
+            collection = load_retrieval_data(data, split=split, strict=strict, qrels_file=qrels)
+            judged = collection.qrels_dict()
+        else:
+            judged = qrels_to_dict(read_qrels(qrels)[0])  # type: ignore[arg-type]
         results = []
-        if retriever is not None:
+        built_first = None  # what --run-out writes: the first system from --index / --retriever / --fuse
+        for path in index or []:
             started = time.perf_counter()
-            r = build_retriever(retriever, collection, model)
+            opened = open_retriever(path, collection, model)
+            if len(index or []) > 1 or retriever is not None:
+                opened.name = path.name  # several systems: each index version by its folder
+            load_seconds = time.perf_counter() - started
+            result = evaluate_retriever(opened, collection, k=k, progress=not as_json, measures=measures)
+            result.index_seconds = load_seconds
+            results.append(result)
+            built_first = built_first or result
+        if retriever == HYBRID:
+            assert collection is not None and data is not None
+            parts = {}
+            for spec_name in component or []:
+                label, part = make_component(spec_name, collection, model)
+                if label in parts:
+                    raise ValueError(f"two components are called {label!r}; give index folders distinct names")
+                parts[label] = part
+            tune_on = _tune_collection(data, tune_split, strict) if tune_weights else None
+            hybrid = evaluate_hybrid(parts, collection, spec, k=k, measures=measures, tune_on=tune_on,
+                                     tune_measure=primary, progress=not as_json)
+            results += [*(hybrid.components if compare else []), hybrid.hybrid]
+            built_first = built_first or hybrid.hybrid
+        elif retriever is not None:
+            assert collection is not None
+            started = time.perf_counter()
+            built = build_retriever(retriever, collection, model, progress=not as_json)
             index_seconds = time.perf_counter() - started
-            result = evaluate_retriever(r, collection, k=k, progress=not as_json, measures=measures)
+            result = evaluate_retriever(built, collection, k=k, progress=not as_json, measures=measures)
             result.index_seconds = index_seconds
             results.append(result)
-            if run_out:
-                write_run(run_out, result.run, tag=retriever)
-        qrels = collection.qrels_dict()
-        for path in run or []:
-            results.append(evaluate_hits(path.name, read_run(path), qrels, measures))
+            built_first = built_first or result
+        read = {path.name: read_run(path) for path in run or []}
+        if fuse:
+            ranked = {name: {q: rank_scores(docs) for q, docs in r.items()} for name, r in read.items()}
+            if compare:
+                results += [evaluate_hits(name, r, judged, measures) for name, r in ranked.items()]
+            run_spec = FusionSpec(method=fuse, rrf_k=rrf_k, weights=weights, depth=depth)
+            fused = evaluate_hits(f"{fuse}({'+'.join(ranked)})", fuse_runs(ranked, k, run_spec), judged, measures)
+            fused.extra = {"fusion": run_spec.to_json(), "components": list(ranked)}
+            results.append(fused)
+            built_first = built_first or fused
+        else:
+            results += [evaluate_hits(name, r, judged, measures) for name, r in read.items()]
+        if run_out and built_first is not None:
+            write_run(run_out, built_first.run, tag=built_first.name)
     except QueryMismatchError as exc:
         raise _fail(f"query ids do not match the qrels of split {split!r}: {exc}") from exc
     except (DataError, BundleError, ValueError, FileNotFoundError) as exc:
@@ -64,11 +192,14 @@ def eval_cmd(
     names = [res.name for res in results]
     if len(set(names)) != len(names):
         raise _fail(f"systems need distinct names, got {names}")
+    for res in results:
+        for warning in res.warnings:
+            typer.secho(f"warning: {res.name}: {warning}", err=True, fg="yellow")
     comparisons = []
     if compare:
         if len(results) < 2:
-            raise _fail("--compare needs at least two systems (a retriever and/or --run files)")
-        comparisons = paired({res.name: res.per_query for res in results}, measure)
+            raise _fail("--compare needs at least two systems (retrievers, indexes, a hybrid, run files)")
+        comparisons = paired({res.name: res.per_query for res in results}, primary)
     if per_query:
         per_query.write_text(json.dumps({res.name: res.per_query for res in results}, indent=1))
     if as_json:
@@ -79,10 +210,16 @@ def eval_cmd(
                    "comparisons": [{**c.__dict__, "delta": c.delta} for c in comparisons]}
         print(json.dumps(out))
         return
-    skipped = collection.report.skipped
-    title = f"{data} [{split}] — {collection.report.summary()}" + (f" (skips: {skipped})" if skipped else "")
+    if collection is not None:
+        skipped = collection.report.skipped
+        title = f"{data} [{split}] — {collection.report.summary()}" + (f" (skips: {skipped})" if skipped else "")
+    else:
+        title = f"qrels {qrels} — {len(judged)} judged queries"
     rows = {res.name: {**res.metrics, "queries": len(res.per_query)} for res in results}
     console.print(metrics_table(title, rows, [*measures, "queries"]))
+    for res in results:
+        if "fusion" in res.extra:
+            console.print(f"{res.name}: {json.dumps(res.extra)}", markup=False, highlight=False)
     if comparisons:
         console.print(comparison_table(comparisons))
 
@@ -90,8 +227,9 @@ def eval_cmd(
 @app.command("eval-rec")
 def eval_rec_cmd(
     data: Annotated[Path, typer.Option(help="interactions: folder or file (Parquet, sequential, MovieLens)")],
-    model: Annotated[list[str], typer.Option(help="recommender name or bundle (repeatable)")],
-    protocol: Annotated[str, typer.Option(help="full | pop100 | uni100")] = "full",
+    model: Annotated[list[str], typer.Option(
+        help="popularity | markov (fitted here) or a recommender bundle folder of any kind (repeatable)")],
+    protocol: Annotated[protocol_choice(), typer.Option(help="full ranking, or 100 sampled negatives")] = "full",
     split: Annotated[str, typer.Option(help="held-out item: test or valid")] = "test",
     seed: Annotated[int, typer.Option(help="seed for sampled negatives")] = 0,
     include_seen: Annotated[bool, typer.Option(help="rank already-seen items too")] = False,
@@ -100,21 +238,21 @@ def eval_rec_cmd(
     """Leave-one-out evaluation of recommenders: HR@k, NDCG@k, MRR."""
     from retrec.console import console, metrics_table
     from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
-    from retrec.pipelines.evaluate_rec import PROTOCOLS, evaluate_recommender
+    from retrec.pipelines.evaluate_rec import evaluate_recommender
     from retrec.pipelines.recommenders import build_recommender, vocabulary_of
 
-    if protocol not in PROTOCOLS:
-        raise _fail(f"unknown protocol {protocol!r}; choose one of {', '.join(PROTOCOLS)}")
     if split not in ("test", "valid"):
         raise _fail(f"split must be 'test' or 'valid', got {split!r}")
+    exclude_seen = not include_seen
     try:
         loo = leave_one_out(user_sequences(load_interactions(data)))
         vocab = vocabulary_of(loo)
         results = {}
         for name in model:
-            score = build_recommender(name, loo, vocab, target=split)
+            # the model masks seen items exactly when the evaluation ranks without them (full ranking)
+            score = build_recommender(name, loo, vocab, target=split, exclude_seen=exclude_seen and protocol == "full")
             res = evaluate_recommender(score, loo, vocab, protocol=protocol, target=split, seed=seed,
-                                       exclude_seen=not include_seen, progress=not as_json)
+                                       exclude_seen=exclude_seen, progress=not as_json)
             results[name] = {**res.metrics, "users": int(res.metrics["users"])}
     except (DataError, BundleError, ValueError) as exc:
         raise _fail(str(exc)) from exc

@@ -1,4 +1,4 @@
-"""`retrec index KIND`: build index versions."""
+"""`retrec index KIND`: build an index version of any registered index kind from a corpus."""
 
 from __future__ import annotations
 
@@ -7,25 +7,44 @@ from typing import Annotated
 
 import typer
 
-from retrec.cli.common import _fail, index_app
+from retrec.bundle import BundleError
+from retrec.cli.choices import index_kind_choice
+from retrec.cli.common import _fail, app
 from retrec.data.errors import DataError
 
 
-@index_app.command("bm25")
-def index_bm25(
-    data: Annotated[Path, typer.Option(help="BEIR folder or canonical Parquet folder")],
-    out: Annotated[Path, typer.Option(help="bundle folder to write")],
-    k1: float = 0.9,
-    b: float = 0.4,
+@app.command("index")
+def index_cmd(
+    kind: Annotated[index_kind_choice(), typer.Argument(help="index kind: eval name or kind string")],
+    data: Annotated[Path, typer.Option(help="corpus: a BEIR/canonical folder, corpus.jsonl or corpus.parquet")],
+    out: Annotated[Path, typer.Option(help="index version folder to write (new or empty)")],
+    model: Annotated[Path | None, typer.Option(
+        help="query-encoder bundle for encoded kinds (default: the kind's, e.g. zero-shot MiniLM); "
+             "bm25 has none")] = None,
+    factory: Annotated[str | None, typer.Option(help="index structure (dense: a FAISS index_factory string; "
+                                                     "default: the kind's, Flat)")] = None,
+    shards: Annotated[int, typer.Option(min=1, help="shards (documents by a stable hash of doc_id)")] = 1,
+    k1: Annotated[float | None, typer.Option(help="bm25: term saturation (default 0.9)")] = None,
+    b: Annotated[float | None, typer.Option(help="bm25: length normalisation (default 0.4)")] = None,
+    name: Annotated[str | None, typer.Option(help="bundle name (default: CORPUS-KIND)")] = None,
 ) -> None:
-    """Build a BM25 index bundle over the collection's title + text."""
-    from retrec.data.beir import load_retrieval_data
-    from retrec.index.bm25_index import BM25Config, BM25Index
+    """Build an index version (bundle) over a corpus's title + text; no queries or judgements needed.
 
+    An encoded kind's version records its query encoder (name, version, absolute path), so `retrec eval --index`
+    and `retrec.load` open it alone.
+    """
+    from retrec.data.corpus import corpus_texts, read_corpus
+    from retrec.index.generic import display_name, publish_index
+    from retrec.pipelines.retrievers import build_from_texts, resolve_kind
+
+    options = {key: value for key, value in (("k1", k1), ("b", b)) if value is not None}
     try:
-        collection = load_retrieval_data(data)
-    except DataError as exc:
+        resolved = resolve_kind(kind)
+        doc_ids, texts = corpus_texts(read_corpus(data))
+        built = build_from_texts(resolved, doc_ids, texts, model=model, factory=factory, shards=shards,
+                                 progress=True, **options)
+        label = (data if data.is_dir() else data.absolute().parent).name
+        path = publish_index(built.index, out, name or f"{label}-{display_name(resolved)}")
+    except (DataError, BundleError, ValueError, FileExistsError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
-    ids, texts = collection.doc_texts()
-    BM25Index.build(ids, texts, BM25Config(k1=k1, b=b)).save(out, name=f"{data.name}-bm25")
-    typer.echo(f"wrote {out}")
+    typer.echo(f"wrote {path}")

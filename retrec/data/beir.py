@@ -34,22 +34,24 @@ class RetrievalData:
     report: LoadReport = field(default_factory=LoadReport)
 
     def qrels_dict(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {}
-        for q, d, r in zip(*(self.qrels.column(c).to_pylist() for c in ("query_id", "doc_id", "relevance"))):
-            out.setdefault(q, {})[d] = int(r)
-        return out
+        return qrels_to_dict(self.qrels)
 
     def query_texts(self) -> dict[str, str]:
         return dict(zip(self.queries.column("query_id").to_pylist(), self.queries.column("text").to_pylist()))
 
     def doc_texts(self, with_title: bool = True) -> tuple[list[str], list[str]]:
         """``(doc_ids, texts)`` with title and text joined by a space when ``with_title``."""
-        ids = self.corpus.column("doc_id").to_pylist()
-        texts = self.corpus.column("text").to_pylist()
-        if with_title:
-            titles = self.corpus.column("title").to_pylist()
-            texts = [f"{t} {x}".strip() if t else x for t, x in zip(titles, texts)]
-        return ids, texts
+        return corpus_texts(self.corpus, with_title)
+
+
+def corpus_texts(corpus: pa.Table, with_title: bool = True) -> tuple[list[str], list[str]]:
+    """``(doc_ids, texts)`` of a corpus table, title and text joined by a space when ``with_title``."""
+    ids = corpus.column("doc_id").to_pylist()
+    texts = corpus.column("text").to_pylist()
+    if with_title:
+        titles = corpus.column("title").to_pylist()
+        texts = [f"{t} {x}".strip() if t else x for t, x in zip(titles, texts)]
+    return ids, texts
 
 
 def _jsonl_records(path: Path, required: tuple[str, ...]) -> list[tuple[int, dict]]:
@@ -96,6 +98,17 @@ def read_beir_queries(path: str | Path) -> pa.Table:
     ids = [str(o["_id"]) for _, o in records]
     _check_unique(path, ids, [n for n, _ in records], "query id")
     return pa.table([ids, [str(o["text"]) for _, o in records]], schema=QUERIES)
+
+
+def read_parquet_corpus(path: str | Path) -> pa.Table:
+    """A canonical ``corpus.parquet``: schema checked, non-empty, unique doc ids (errors name the row)."""
+    path = Path(path)
+    corpus = _read_parquet(path, CORPUS)
+    if corpus.num_rows == 0:
+        raise DataError(path, "empty corpus: no documents")
+    ids = corpus.column("doc_id").to_pylist()
+    _check_unique(path, ids, list(range(1, len(ids) + 1)), "document id")
+    return corpus
 
 
 def read_qrels_tsv(path: str | Path) -> tuple[pa.Table, list[int]]:
@@ -147,6 +160,24 @@ def _read_parquet(path: Path, schema: pa.Schema) -> pa.Table:
         raise DataError(path, f"columns do not match the schema {schema} ({exc})") from exc
 
 
+def read_qrels(path: str | Path) -> tuple[pa.Table, list[int] | None]:
+    """A qrels file: ``.parquet`` (canonical schema) or text (BEIR TSV or TREC ``qid iter docid rel``)."""
+    path = Path(path)
+    if path.suffix == ".parquet":
+        return _read_parquet(path, QRELS), None
+    if not path.is_file():
+        raise DataError(path, "qrels file not found")
+    return read_qrels_tsv(path)
+
+
+def qrels_to_dict(qrels: pa.Table) -> dict[str, dict[str, int]]:
+    """``{query_id: {doc_id: relevance}}`` of a qrels table."""
+    out: dict[str, dict[str, int]] = {}
+    for q, d, r in zip(*(qrels.column(c).to_pylist() for c in ("query_id", "doc_id", "relevance"))):
+        out.setdefault(q, {})[d] = int(r)
+    return out
+
+
 def validate_qrels(
     qrels: pa.Table, corpus: pa.Table, queries: pa.Table, source: Path, lines: list[int] | None,
     report: LoadReport, strict: bool,
@@ -175,8 +206,13 @@ def validate_qrels(
     return qrels.take(pa.array(keep, pa.int64()))
 
 
-def load_retrieval_data(directory: str | Path, split: str = "test", strict: bool = False) -> RetrievalData:
-    """Load a BEIR or canonical Parquet folder; queries are those judged in ``split``."""
+def load_retrieval_data(
+    directory: str | Path, split: str = "test", strict: bool = False, qrels_file: str | Path | None = None,
+) -> RetrievalData:
+    """Load a BEIR or canonical Parquet folder; queries are those judged in ``split``.
+
+    ``qrels_file`` (a BEIR/TREC TSV or a Parquet file) replaces the folder's ``qrels/{split}``.
+    """
     root = Path(directory)
     if not root.is_dir():
         raise DataError(root, "dataset folder not found")
@@ -185,23 +221,19 @@ def load_retrieval_data(directory: str | Path, split: str = "test", strict: bool
         corpus = read_beir_corpus(root / "corpus.jsonl")
         queries = read_beir_queries(root / "queries.jsonl")
         qrels_path = root / "qrels" / f"{split}.tsv"
-        if not qrels_path.is_file():
-            raise DataError(qrels_path, f"no qrels for split {split!r}")
-        qrels, lines = read_qrels_tsv(qrels_path)
     elif (root / "corpus.parquet").is_file():
-        corpus = _read_parquet(root / "corpus.parquet", CORPUS)
+        corpus = read_parquet_corpus(root / "corpus.parquet")
         queries = _read_parquet(root / "queries.parquet", QUERIES)
+        ids = queries.column("query_id").to_pylist()
+        _check_unique(root / "queries.parquet", ids, list(range(1, len(ids) + 1)), "query id")
         qrels_path = root / "qrels" / f"{split}.parquet"
-        qrels = _read_parquet(qrels_path, QRELS)
-        lines = None
-        if corpus.num_rows == 0:
-            raise DataError(root / "corpus.parquet", "empty corpus: no documents")
-        for table, col, path, what in ((corpus, "doc_id", "corpus.parquet", "document id"),
-                                       (queries, "query_id", "queries.parquet", "query id")):
-            ids = table.column(col).to_pylist()
-            _check_unique(root / path, ids, list(range(1, len(ids) + 1)), what)
     else:
         raise DataError(root, "neither a BEIR folder (corpus.jsonl) nor a canonical one (corpus.parquet)")
+    if qrels_file is not None:
+        qrels_path = Path(qrels_file)
+    elif not qrels_path.is_file():
+        raise DataError(qrels_path, f"no qrels for split {split!r}")
+    qrels, lines = read_qrels(qrels_path)
     qrels = validate_qrels(qrels, corpus, queries, qrels_path, lines, report, strict)
     judged = set(qrels.column("query_id").to_pylist())
     mask = pa.array([q in judged for q in queries.column("query_id").to_pylist()])

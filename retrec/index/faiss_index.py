@@ -53,11 +53,12 @@ def shard_of(doc_id: str, shards: int) -> int:
 
 
 def encoder_ref(encoder: Manifest | Mapping[str, Any]) -> dict[str, Any]:
-    """What an index records about its encoder bundle: name, version, dim, similarity."""
+    """What an index records about its encoder bundle: name, version, dim, similarity and absolute path."""
     if isinstance(encoder, Manifest):
         return {"name": encoder.name, "version": encoder.version, "dim": int(encoder.dims["dim"]),
-                "similarity": encoder.config.get("similarity")}
-    return {k: encoder.get(k) for k in ("name", "version", "dim", "similarity")}
+                "similarity": encoder.config.get("similarity"),
+                "path": str(Path(encoder.path).resolve()) if encoder.path is not None else None}
+    return {k: encoder.get(k) for k in ("name", "version", "dim", "similarity", "path")}
 
 
 def check_encoder(index_ref: Mapping[str, Any], encoder: Manifest | Mapping[str, Any], where: str = "index") -> None:
@@ -268,7 +269,8 @@ class FaissIndex:
                 kind=KIND, name=name, metrics=metrics,
                 config={"factory": self.factory, "metric": METRIC, "similarity": self.similarity,
                         "shards": len(self.cpu_shards), "shard_hash": SHARD_HASH, "search_params": self.search_params,
-                        "encoder": {"name": encoder.get("name"), "version": encoder.get("version")}},
+                        "encoder": {"name": encoder.get("name"), "version": encoder.get("version"),
+                                    "path": encoder.get("path")}},
                 dims={"dim": self.dim, "documents": len(self), "shard_documents": [len(i) for i in self.shard_ids]},
             )
         assert pub.manifest is not None
@@ -305,7 +307,8 @@ class FaissIndex:
             shard_indices.append(index)
             id_lists.append(pq.read_table(manifest.file(f"shards/{s:03d}.ids.parquet")).column("doc_id").to_pylist())
         encoder_info = ({"name": enc.get("name"), "version": enc.get("version"), "dim": dims["dim"],
-                         "similarity": config["similarity"]} if enc.get("name") is not None else None)
+                         "similarity": config["similarity"], "path": enc.get("path")}
+                        if enc.get("name") is not None else None)
         return cls(shard_indices, id_lists, factory=config["factory"], similarity=config["similarity"],
                    encoder=encoder_info, search_params=config.get("search_params"), use_gpu=use_gpu)
 

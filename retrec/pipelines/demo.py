@@ -1,28 +1,36 @@
-"""``retrec demo``: every capability of the product, end to end, on the embedded dataset.
+"""``retrec demo``: every capability of the product, end to end, on the embedded default dataset.
 
-Each capability adds its step here, so the demo always shows the whole product.
+The demo is the list :data:`STEPS` of step functions, numbered when run; each capability adds its step there,
+so the demo always shows the whole product. Indexes are built, published and opened through the registry of
+kinds (as ``retrec index`` / ``retrec eval --index`` do), recommenders evaluated through it (as ``eval-rec``).
+It writes ``WORKDIR/data``, ``WORKDIR/runs/bm25.run`` and the bundles ``WORKDIR/bundles/{bm25,encoder,dense,
+bert4rec}`` that the serving step (:func:`retrec.serving.launch.demo_config`) serves.
+
+Example::
+
+    run_demo(Path("runs/demo"))        # {"bm25": {...}, "dense zero-shot": {...}, ..., "bert4rec": {...}}
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from retrec.console import console, metrics_table
-from retrec.data.beir import load_retrieval_data
+from retrec.data.beir import RetrievalData, load_retrieval_data
 from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
 from retrec.data.synthetic import write_default_dataset
 from retrec.data.trec import write_run
-from retrec.index.bm25_index import BM25Index
-from retrec.index.dense_retriever import DenseRetriever
-from retrec.models.text_encoder import zero_shot_bundle
+from retrec.index.generic import IndexRetriever, index_kind, open_index, publish_index
 from retrec.pipelines.evaluate import evaluate_retriever
 from retrec.pipelines.evaluate_rec import evaluate_recommender
 from retrec.pipelines.metrics import RETRIEVAL_MEASURES
-from retrec.pipelines.recommenders import BUILDERS, build_recommender, vocabulary_of
+from retrec.pipelines.recommenders import BASELINES, build_recommender, vocabulary_of
+from retrec.pipelines.retrievers import build_from_texts
 from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
 from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
-from retrec.process_env import cache_dir
-from retrec.runtime.onnx_encoder import OnnxEncoder
 
 # Small and quick: the demo shows the pipeline end to end, it makes no claims.
 DEMO_BERT4REC = TrainConfig(max_len=20, mask_prob=0.2, hidden=64, layers=2, heads=2, batch_size=16, lr=1e-3,
@@ -32,56 +40,116 @@ DEMO_DENSE = DenseTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=
                               checkpoint_every=1_000)
 
 
-def run_demo(workdir: Path) -> dict[str, dict[str, float]]:
-    console.rule("retrec demo — embedded default dataset")
-    data_dir = write_default_dataset(workdir / "data")
-    console.print(f"[bold]1. data[/]: generated {data_dir}")
+@dataclass
+class Demo:
+    """What the steps share: the work folder and what earlier steps made."""
 
-    collection = load_retrieval_data(data_dir, split="test")
-    ids, texts = collection.doc_texts()
-    bundle = BM25Index.build(ids, texts).save(workdir / "bundles" / "bm25", name="demo-bm25")
-    index = BM25Index.load(bundle)  # verified load: checksums, schema, kind
-    console.print(f"[bold]2. index[/]: BM25 bundle at {bundle} ({len(index.doc_ids)} documents)")
+    workdir: Path
+    data_dir: Path | None = None
+    collection: RetrievalData | None = None
+    retrievers: dict[str, IndexRetriever] = field(default_factory=dict)
+    rows: dict[str, dict[str, float]] = field(default_factory=dict)
+    bundles: dict[str, Path] = field(default_factory=dict)
 
-    console.print("[bold]3. dense[/]: TAS-B fine-tuning of MiniLM on the embedded training queries (short budget)")
-    encoder_bundle = train_dense(data_dir, workdir / "bundles" / "encoder", DEMO_DENSE, command="retrec demo")
-    dense = DenseRetriever.build(OnnxEncoder(encoder_bundle), ids, texts, factory="Flat", shards=2)
-    dense.save(workdir / "bundles" / "dense", name="demo-dense")
-    zero_shot = DenseRetriever.build(OnnxEncoder(zero_shot_bundle()), ids, texts, factory="Flat",
-                                     cache=cache_dir() / "embeddings")
+    @property
+    def bundle_dir(self) -> Path:
+        return self.workdir / "bundles"
 
-    result = evaluate_retriever(index, collection, k=1000)
-    write_run(workdir / "runs" / "bm25.run", result.run, tag="bm25")
-    rows = {"bm25": {**result.metrics, "queries": len(result.per_query)}}
-    for name, retriever in (("dense zero-shot", zero_shot), ("dense trained", dense)):
-        res = evaluate_retriever(retriever, collection, k=1000, progress=False)
-        rows[name] = {**res.metrics, "queries": len(res.per_query)}
-    console.print(metrics_table(f"4. retrieval — {collection.report.summary()}", rows,
+    def documents(self) -> tuple[list[str], list[str]]:
+        assert self.collection is not None
+        return self.collection.doc_texts()
+
+
+def step_data(demo: Demo, title: str) -> None:
+    demo.data_dir = write_default_dataset(demo.workdir / "data")
+    demo.collection = load_retrieval_data(demo.data_dir, split="test")
+    console.print(f"[bold]{title}[/]: generated {demo.data_dir}")
+
+
+def step_index(demo: Demo, title: str) -> None:
+    ids, texts = demo.documents()
+    built = build_from_texts(index_kind("bm25"), ids, texts)
+    bundle = publish_index(built.index, demo.bundle_dir / "bm25", name="demo-bm25")
+    demo.retrievers["bm25"] = open_index(bundle)  # verified load: checksums, schema, kind
+    count = len(demo.retrievers["bm25"].doc_ids or [])
+    console.print(f"[bold]{title}[/]: BM25 bundle at {bundle} ({count} documents)")
+
+
+def step_dense(demo: Demo, title: str) -> None:
+    console.print(f"[bold]{title}[/]: TAS-B fine-tuning of MiniLM on the embedded training queries (short budget)")
+    assert demo.data_dir is not None
+    encoder = train_dense(demo.data_dir, demo.bundle_dir / "encoder", DEMO_DENSE, command="retrec demo")
+    ids, texts = demo.documents()
+    dense = index_kind("dense")
+    trained = build_from_texts(dense, ids, texts, model=encoder, shards=2, cache=None)
+    publish_index(trained.index, demo.bundle_dir / "dense", name="demo-dense")
+    demo.retrievers["dense zero-shot"] = build_from_texts(dense, ids, texts)  # the kind's default encoder
+    demo.retrievers["dense trained"] = trained
+
+
+def step_retrieval(demo: Demo, title: str) -> None:
+    assert demo.collection is not None
+    for name, retriever in demo.retrievers.items():
+        res = evaluate_retriever(retriever, demo.collection, k=1000, progress=name == "bm25")
+        if name == "bm25":
+            write_run(demo.workdir / "runs" / "bm25.run", res.run, tag="bm25")
+        demo.rows[name] = {**res.metrics, "queries": len(res.per_query)}
+    console.print(metrics_table(f"{title} — {demo.collection.report.summary()}", demo.rows,
                                 [*RETRIEVAL_MEASURES, "queries"]))
 
-    console.print("[bold]5. BERT4Rec[/]: Cloze training on the embedded interactions (short budget)")
-    b4r = train_bert4rec(data_dir, workdir / "bundles" / "bert4rec", DEMO_BERT4REC, command="retrec demo")
-    loo = leave_one_out(user_sequences(load_interactions(data_dir)))
+
+def step_bert4rec(demo: Demo, title: str) -> None:
+    console.print(f"[bold]{title}[/]: Cloze training on the embedded interactions (short budget)")
+    assert demo.data_dir is not None
+    demo.bundles["bert4rec"] = train_bert4rec(demo.data_dir, demo.bundle_dir / "bert4rec", DEMO_BERT4REC,
+                                              command="retrec demo")
+
+
+def step_recommendation(demo: Demo, title: str) -> None:
+    assert demo.data_dir is not None
+    loo = leave_one_out(user_sequences(load_interactions(demo.data_dir)))
     vocab = vocabulary_of(loo)
     rec_rows = {}
-    for name in [*BUILDERS, str(b4r)]:
+    for name in [*BASELINES, *(str(p) for p in demo.bundles.values())]:
         res = evaluate_recommender(build_recommender(name, loo, vocab), loo, vocab, protocol="full")
         rec_rows[Path(name).name] = res.metrics
-    console.print(metrics_table(f"6. recommendation — leave-one-out, full ranking over {len(vocab)} items",
+    demo.rows.update(rec_rows)
+    console.print(metrics_table(f"{title} — leave-one-out, full ranking over {len(vocab)} items",
                                 rec_rows, ["HR@10", "NDCG@10", "MRR", "users"]))
-    serving_step(workdir, collection.queries.column("text")[0].as_py(), [str(i) for i in loo.train[0]][-10:])
-    console.rule("done")
-    return {**rows, **rec_rows}
 
 
-def serving_step(workdir: Path, query: str, history: list[str]) -> None:
-    """Last step: the Ray Serve app on 127.0.0.1 answers a search and a recommendation, then shuts down."""
+def step_serving(demo: Demo, title: str) -> None:
+    """The Ray Serve app on 127.0.0.1 answers a search and a recommendation, then shuts down."""
     import json
 
     from retrec.serving.launch import demo_round_trip
 
-    console.print("[bold]7. serving[/]: Ray Serve app on 127.0.0.1 (free port), real HTTP requests")
-    for exchange in demo_round_trip(workdir / "bundles", query, history):
+    assert demo.collection is not None and demo.data_dir is not None
+    query = demo.collection.queries.column("text")[0].as_py()
+    history = [str(i) for i in leave_one_out(user_sequences(load_interactions(demo.data_dir))).train[0]][-10:]
+    console.print(f"[bold]{title}[/]: Ray Serve app on 127.0.0.1 (free port), real HTTP requests")
+    for exchange in demo_round_trip(demo.bundle_dir, query, history):
         method, body = exchange["request"]
         console.print(f"  {method} {json.dumps(body)}")
         console.print(f"  → {json.dumps(exchange['response'])[:400]}", markup=False, highlight=False)
+
+
+STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
+    ("data", step_data),
+    ("index", step_index),
+    ("dense", step_dense),
+    ("retrieval", step_retrieval),
+    ("BERT4Rec", step_bert4rec),
+    ("recommendation", step_recommendation),
+    ("serving", step_serving),
+]
+
+
+def run_demo(workdir: Path) -> dict[str, dict[str, float]]:
+    """Run every step of :data:`STEPS` in order, numbered from 1; returns the evaluation rows."""
+    console.rule("retrec demo — embedded default dataset")
+    demo = Demo(Path(workdir))
+    for number, (name, step) in enumerate(STEPS, start=1):
+        step(demo, f"{number}. {name}")
+    console.rule("done")
+    return demo.rows

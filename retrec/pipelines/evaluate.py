@@ -15,20 +15,27 @@ from retrec.pipelines.metrics import RETRIEVAL_MEASURES, evaluate_run
 
 
 class QueryMismatchError(ValueError):
-    """A run's query ids do not match the qrels' query ids."""
+    """A run that shares no query id with the qrels (most likely another split's or collection's run)."""
 
 
-def check_query_ids(qrels: Mapping[str, object], run: Mapping[str, object]) -> None:
-    """Refuse runs whose queries differ from the judged ones (extra or missing ids)."""
+def check_query_ids(qrels: Mapping[str, object], run: Mapping[str, object]) -> list[str]:
+    """Warnings for a run whose queries differ from the judged ones, as trec_eval -c treats them.
+
+    A judged query missing from the run scores 0 on every measure; a run query without judgements is
+    ignored. A run with no judged query at all is refused (:class:`QueryMismatchError`).
+    """
     extra = sorted(set(run) - set(qrels))
     missing = sorted(set(qrels) - set(run))
-    if extra or missing:
-        parts = []
-        if extra:
-            parts.append(f"{len(extra)} run queries are not in the qrels (e.g. {', '.join(extra[:3])})")
-        if missing:
-            parts.append(f"{len(missing)} judged queries are missing from the run (e.g. {', '.join(missing[:3])})")
-        raise QueryMismatchError("; ".join(parts))
+    if run and len(extra) == len(run):
+        raise QueryMismatchError(f"none of the run's {len(run)} queries is judged in the qrels "
+                                 f"(e.g. {', '.join(extra[:3])})")
+    warnings = []
+    if missing:
+        warnings.append(f"{len(missing)} judged queries have no hits in the run and score 0 "
+                        f"(e.g. {', '.join(missing[:3])})")
+    if extra:
+        warnings.append(f"{len(extra)} run queries are not in the qrels and are ignored (e.g. {', '.join(extra[:3])})")
+    return warnings
 
 
 def run_retriever(
@@ -53,11 +60,17 @@ class EvalResult:
     run: dict[str, Hits] = field(repr=False)
     seconds: float = 0.0
     index_seconds: float = 0.0
+    warnings: list[str] = field(default_factory=list)
+    extra: dict[str, object] = field(default_factory=dict)  # e.g. a hybrid's fusion settings
 
-    def to_json(self) -> dict[str, float | int | str]:
-        return {"retriever": self.name, **self.metrics, "queries": len(self.per_query),
-                "index_seconds": round(self.index_seconds, 4), "search_seconds": round(self.seconds, 4),
-                "qps": round(len(self.per_query) / self.seconds, 2) if self.seconds else 0.0}
+    def to_json(self) -> dict[str, object]:
+        out: dict[str, object] = {
+            "retriever": self.name, **self.metrics, "queries": len(self.per_query),
+            "index_seconds": round(self.index_seconds, 4), "search_seconds": round(self.seconds, 4),
+            "qps": round(len(self.per_query) / self.seconds, 2) if self.seconds else 0.0, **self.extra}
+        if self.warnings:
+            out["warnings"] = self.warnings
+        return out
 
 
 def evaluate_retriever(
@@ -75,8 +88,12 @@ def evaluate_hits(
     qrels: Mapping[str, Mapping[str, int]], measures: tuple[str, ...] = RETRIEVAL_MEASURES,
     seconds: float = 0.0,
 ) -> EvalResult:
-    """Score ranked hits or ``{qid: {doc_id: score}}`` (as read from a run file) against qrels."""
-    check_query_ids(qrels, run)
+    """Score ranked hits or ``{qid: {doc_id: score}}`` (as read from a run file) against qrels.
+
+    Judged queries missing from the run score 0 and unjudged run queries are ignored, each with a warning
+    in the result (see :func:`check_query_ids`).
+    """
+    warnings = check_query_ids(qrels, run)
     hits = {q: rank_scores(v) if isinstance(v, Mapping) else list(v) for q, v in run.items()}
     mean, per_query = evaluate_run(qrels, {q: dict(h) for q, h in hits.items()}, measures)
-    return EvalResult(name, mean, per_query, hits, seconds)
+    return EvalResult(name, mean, per_query, hits, seconds, warnings=warnings)

@@ -1,21 +1,38 @@
-"""Recommender registry for ``retrec eval-rec --model NAME|BUNDLE``.
+"""Recommenders for ``retrec eval-rec --model NAME|BUNDLE``: fitted baselines by name, any bundle by its kind.
 
-A builder takes the leave-one-out split and the item vocabulary and returns a scoring function
-over the vocabulary. Models are fitted on the histories visible at evaluation time (train for
-the validation target, train + validation item for the test target).
+- ``popularity`` / ``markov``: count baselines fitted on the histories visible at evaluation time (train for
+  the validation target, train + validation item for the test target).
+- a bundle folder: its manifest's kind → the registry's loader → a
+  :class:`~retrec.runtime.recommender.Recommender`, adapted to the evaluation vocabulary by
+  :func:`catalogue_scorer` (one adapter for every kind; items the model lacks score ``-inf``).
+
+Both give a :data:`~retrec.pipelines.evaluate_rec.ScoreFn` over the vocabulary's dense indices.
+
+Example::
+
+    loo = leave_one_out(user_sequences(load_interactions("../shared/data/beauty")))
+    vocab = vocabulary_of(loo)
+    score = build_recommender("artifacts/bert4rec-beauty", loo, vocab)     # or "markov"
+    evaluate_recommender(score, loo, vocab, protocol="full")
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from retrec import kinds
+from retrec.bundle import BundleError, read_manifest
 from retrec.data.interactions import LeaveOneOut
 from retrec.models.count_recommenders import MarkovRecommender, PopularityRecommender
 from retrec.pipelines.evaluate_rec import ItemVocabulary, ScoreFn
-from retrec.runtime.sequence_recommender import SequenceRecommender
+from retrec.runtime.recommender import Recommender, SkipReport
+
+log = logging.getLogger(__name__)
 
 
 def _histories(split: LeaveOneOut, vocab: ItemVocabulary, target: str) -> list[list[int]]:
@@ -32,30 +49,67 @@ def _markov(split: LeaveOneOut, vocab: ItemVocabulary, target: str) -> ScoreFn:
     return MarkovRecommender(len(vocab)).fit(_histories(split, vocab, target)).score
 
 
-BUILDERS: dict[str, Callable[[LeaveOneOut, ItemVocabulary, str], ScoreFn]] = {
+BASELINES: dict[str, Callable[[LeaveOneOut, ItemVocabulary, str], ScoreFn]] = {
     "popularity": _popularity,
     "markov": _markov,
 }
+BUILDERS = BASELINES  # the fitted-by-name recommenders (older name)
 
 
-def build_recommender(name: str, split: LeaveOneOut, vocab: ItemVocabulary, target: str = "test") -> ScoreFn:
-    if name in BUILDERS:
-        return BUILDERS[name](split, vocab, target)
+def load_recommender(path: str | Path, **options: Any) -> Recommender:
+    """A recommender bundle of any registered kind, through the registry's loader."""
+    manifest = read_manifest(path)
+    try:
+        kind = kinds.get(manifest.kind)
+    except kinds.UnknownKindError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    if kind.role != "recommender" or kind.load is None:
+        raise BundleError(f"{path}: a {kind.kind} bundle ({kind.role}), not a recommender")
+    return kinds.resolve(kind.load)(path, **options)
+
+
+def build_recommender(
+    name: str, split: LeaveOneOut, vocab: ItemVocabulary, target: str = "test", exclude_seen: bool = True,
+) -> ScoreFn:
+    """A baseline by name, or a bundle folder of any recommender kind, as scores over ``vocab``."""
+    if name in BASELINES:
+        return BASELINES[name](split, vocab, target)  # evaluation masks seen items for these
     if Path(name).is_dir():
-        return bundle_scorer(SequenceRecommender.load(name), vocab)
-    raise ValueError(f"unknown recommender {name!r}; available: {', '.join(sorted(BUILDERS))} or a bundle path")
+        return catalogue_scorer(load_recommender(name), vocab, exclude_seen=exclude_seen)
+    bundle_kinds = [k.kind for k in kinds.by_role("recommender")]
+    if any(name in k.eval_names or name == k.kind for k in kinds.by_role("recommender")):
+        raise ValueError(f"{name!r} is a bundle kind: give the bundle's folder (e.g. one `retrec train` wrote)")
+    raise ValueError(f"unknown recommender {name!r}; available: {', '.join(BASELINES)}, or a bundle folder of kind "
+                     f"{', '.join(bundle_kinds)}")
 
 
-def bundle_scorer(rec: SequenceRecommender, vocab: ItemVocabulary) -> ScoreFn:
-    """Adapt a bundle's row space to the evaluation vocabulary (items it lacks score -inf)."""
-    row_of_vocab = rec.table.lookup(vocab.items)
-    known = row_of_vocab >= 0
+def catalogue_scorer(rec: Recommender, vocab: ItemVocabulary, exclude_seen: bool = True) -> ScoreFn:
+    """Adapt a recommender's catalogue scores to the evaluation vocabulary (items it lacks score -inf).
+
+    Histories go to the model as raw ids; with ``exclude_seen`` the model's own seen items are masked as its
+    ``recommend(..., exclude_seen=True)`` masks them. History ids the model does not know are counted and
+    logged once per call.
+    """
+    catalogue = {str(item): j for j, item in enumerate(rec.item_ids)}
+    column = np.fromiter((catalogue.get(item, -1) for item in vocab.items), np.int64, count=len(vocab))
+    known = column >= 0
 
     def score(histories: Sequence[Sequence[int]]) -> np.ndarray:
-        rows = [row_of_vocab[np.asarray(h, dtype=np.int64)] for h in histories]
-        row_scores = rec.score_rows([r[r >= 0] for r in rows])
-        out = np.full((len(histories), len(vocab)), -np.inf, dtype=np.float32)
-        out[:, known] = row_scores[:, row_of_vocab[known]]
+        raw = [[vocab.items[i] for i in h] for h in histories]
+        report = SkipReport()
+        scores = np.asarray(rec.score(raw, report), dtype=np.float32)
+        if scores.shape != (len(raw), len(catalogue)):
+            raise ValueError(f"{rec.name}: score() gave shape {scores.shape}, expected {(len(raw), len(catalogue))}")
+        if exclude_seen:
+            scores = scores.copy()
+            for row, history in enumerate(histories):
+                seen = column[np.asarray(history, dtype=np.int64)] if len(history) else column[:0]
+                scores[row, seen[seen >= 0]] = -np.inf
+        if report.unknown_items:
+            log.info("%s: %d history items not in its catalogue (e.g. %s)", rec.name, report.unknown_items,
+                     ", ".join(report.examples))
+        out = np.full((len(raw), len(vocab)), -np.inf, dtype=np.float32)
+        out[:, known] = scores[:, column[known]]
         return out
 
     return score

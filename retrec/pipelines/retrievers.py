@@ -1,50 +1,93 @@
-"""Retriever registry: ``--retriever NAME [--model BUNDLE]`` → a :class:`Retriever`.
+"""Retrievers for ``retrec eval``, read from the registry of kinds (no list of names here).
 
-Adding a retriever is one entry in ``BUILDERS``: a function of the collection and an optional
-bundle path. Without a bundle, a retriever builds what it needs from the collection itself.
+- ``--retriever NAME [--model BUNDLE]``: an index kind known by eval name NAME (``bm25``, ``dense``, a plugin's
+  ``toy``) built in memory over the collection's documents. ``--model`` is always the *query-encoder* bundle
+  (encoded kinds; default: the kind's ``default_model``); text kinds such as bm25 take none.
+- ``--index DIR [--model BUNDLE]``: a saved index version of any kind (its encoder: ``--model`` or the path the
+  index recorded), checked to cover the collection.
+- ``hybrid`` (:data:`HYBRID`): the fusion of components (see :mod:`retrec.pipelines.hybrid`).
+
+Example::
+
+    build_retriever("bm25", collection).search(["what causes scurvy"], k=10)
+    build_retriever("dense", collection, model="artifacts/tasb-scifact")
+    open_retriever("artifacts/scifact-dense", collection)
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
+from retrec import kinds
 from retrec.data.beir import RetrievalData
-from retrec.index.bm25_index import BM25Index
-from retrec.index.retriever import Retriever
+from retrec.index.generic import IndexRetriever, build_index, display_name, index_kind, load_query_encoder, open_index
+
+HYBRID = "hybrid"
 
 
-def _bm25(data: RetrievalData, model: Path | None) -> Retriever:
-    if model is not None:
-        index = BM25Index.load(model)
-        missing = set(data.corpus.column("doc_id").to_pylist()) - set(index.doc_ids)
+def retriever_names() -> list[str]:
+    """What ``--retriever`` accepts: every index kind's eval names, then ``hybrid``."""
+    return [*kinds.eval_names("index"), HYBRID]
+
+
+def resolve_kind(name: str) -> kinds.Kind:
+    """The index kind of a retriever name (eval name or kind string); ValueError naming the choices."""
+    try:
+        return index_kind(name)
+    except kinds.UnknownKindError as exc:
+        raise ValueError(f"unknown retriever {name!r}; available: {', '.join(retriever_names())}") from exc
+
+
+def build_from_texts(
+    kind: kinds.Kind, doc_ids: list[str], texts: list[str], *, model: str | Path | None = None,
+    factory: str | None = None, shards: int = 1, progress: bool = False, **options: Any,
+) -> IndexRetriever:
+    """Build an index of ``kind`` (encoded kinds: documents encoded by ``model`` or the default encoder)."""
+    encoder = None
+    if kind.needs_encoder:
+        encoder = load_query_encoder(kind, model)
+        from retrec.process_env import cache_dir
+
+        options.setdefault("cache", cache_dir() / "embeddings")
+    elif model is not None:
+        name = display_name(kind)
+        raise ValueError(f"{name} takes no model: it searches with the query text (a built {name} index "
+                         "goes to --index DIR)")
+    index = build_index(kind, doc_ids, texts, encoder=encoder, factory=factory, shards=shards, progress=progress,
+                        **options)
+    return IndexRetriever(display_name(kind), index, encoder)
+
+
+def build_retriever(name: str, data: RetrievalData, model: str | Path | None = None,
+                    progress: bool = True) -> IndexRetriever:
+    """``--retriever NAME``: the kind built in memory over the collection's title + text."""
+    kind = resolve_kind(name)
+    ids, texts = data.doc_texts(with_title=True)
+    return build_from_texts(kind, ids, texts, model=model, progress=progress)
+
+
+def open_retriever(path: str | Path, data: RetrievalData | None = None,
+                   model: str | Path | None = None) -> IndexRetriever:
+    """``--index DIR``: a saved index version; refused when it lacks documents of ``data``'s corpus."""
+    retriever = open_index(path, model=model)
+    indexed = retriever.doc_ids
+    if data is not None and indexed is not None:
+        missing = set(data.corpus.column("doc_id").to_pylist()) - set(indexed)
         if missing:
-            raise ValueError(f"{model}: index lacks {len(missing)} documents of this collection "
+            raise ValueError(f"{path}: index lacks {len(missing)} documents of this collection "
                              f"(e.g. {sorted(missing)[:3]}); rebuild it")
-        return index
-    ids, texts = data.doc_texts(with_title=True)
-    return BM25Index.build(ids, texts)
+    return retriever
 
 
-def _dense(data: RetrievalData, model: Path | None) -> Retriever:
-    """``--model`` a ``model/dense`` bundle, else the packaged MiniLM (exported to ONNX once, cached); Flat."""
-    from retrec.index.dense_retriever import DenseRetriever
-    from retrec.process_env import cache_dir
-    from retrec.runtime.onnx_encoder import OnnxEncoder
-
-    if model is None:
-        from retrec.models.text_encoder import zero_shot_bundle
-
-        model = zero_shot_bundle()
-    ids, texts = data.doc_texts(with_title=True)
-    return DenseRetriever.build(OnnxEncoder(model), ids, texts, factory="Flat", cache=cache_dir() / "embeddings",
-                                progress=True)
-
-
-BUILDERS: dict[str, Callable[[RetrievalData, Path | None], Retriever]] = {"bm25": _bm25, "dense": _dense}
-
-
-def build_retriever(name: str, data: RetrievalData, model: str | Path | None = None) -> Retriever:
-    if name not in BUILDERS:
-        raise ValueError(f"unknown retriever {name!r}; available: {', '.join(sorted(BUILDERS))}")
-    return BUILDERS[name](data, Path(model) if model is not None else None)
+def component(spec: str, data: RetrievalData, model: str | Path | None = None) -> tuple[str, IndexRetriever]:
+    """A hybrid component and its name: a retriever name (built over the collection; named so) or an index
+    folder (opened; named by the folder). A bare registered name wins over a folder of that name (``./bm25``)."""
+    if spec == HYBRID:
+        raise ValueError("a hybrid component cannot itself be hybrid")
+    if "/" in spec or spec not in retriever_names():
+        if not Path(spec).is_dir():
+            raise ValueError(f"component {spec!r} is neither a retriever ({', '.join(retriever_names()[:-1])}) "
+                             "nor an index folder")
+        return Path(spec).name, open_retriever(spec, data, model)
+    return spec, build_retriever(spec, data, model)

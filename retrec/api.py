@@ -1,0 +1,51 @@
+"""The Python API: ``retrec.load(path)`` opens any bundle by its kind, for notebooks and scripts.
+
+- an index version (``index/*``) → a retriever: ``search(queries, k) -> [[(doc_id, score), ...]]``; encoded kinds
+  use the query encoder the index recorded, or ``model=`` (refused when the index's vectors did not come from it);
+- a recommender (``model/bert4rec``, a plugin's kind) → the
+  :class:`~retrec.runtime.recommender.Recommender`: ``recommend(histories, k)``, ``score(histories)``;
+- a query encoder (``model/dense``) → the encoder: ``encode_queries(texts)``.
+
+Tables (embedding-table snapshots and deltas) are training/serving state, not something to query: they are
+refused with the reason, as are kinds the registry does not know (a plugin not imported: ``$RETREC_PLUGINS``).
+
+Example::
+
+    import retrec
+    bm25 = retrec.load("artifacts/scifact-bm25")                  # built by `retrec index bm25`
+    bm25.search(["what causes scurvy"], k=10)                     # [[(doc_id, score), ...]]
+    dense = retrec.load("artifacts/scifact-dense", model="artifacts/tasb-scifact")
+    rec = retrec.load("artifacts/bert4rec-beauty")
+    rec.recommend([["B0001", "B0002"]], k=10)                     # [[(item_id, score), ...]]
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from retrec import kinds
+from retrec.bundle import BundleError, read_manifest
+
+
+def load(path: str | os.PathLike[str], **options: Any) -> Any:
+    """The object a bundle's kind stands for (retriever, recommender or query encoder); see the module doc.
+
+    ``options`` go to the kind's loader; an index also takes ``model=`` (query-encoder bundle), ``verify=`` and
+    ``use_gpu=``, and passes the rest to its query encoder (e.g. ``num_threads=1``).
+    """
+    manifest = read_manifest(path)
+    try:
+        kind = kinds.get(manifest.kind)
+    except kinds.UnknownKindError as exc:
+        raise BundleError(f"{path}: {exc} (a plugin's kind? name its module in ${kinds.PLUGINS_ENV})") from exc
+    if kind.role == "index":
+        from retrec.index.generic import open_index
+
+        return open_index(path, **options)
+    if kind.role in ("recommender", "query_encoder") and kind.load is not None:
+        if "model" in options:
+            raise TypeError(f"model= is for index bundles; {path} is a {kind.kind} bundle")
+        return kinds.resolve(kind.load)(path, **options)
+    raise BundleError(f"{path}: a {kind.kind} bundle ({kind.role}) has nothing to load for search or "
+                      "recommendation; retrec.load opens index versions, recommenders and query encoders")

@@ -1,0 +1,176 @@
+"""Any registered index kind, read through the registry: build it, open a saved version, search it.
+
+One wrapper, :class:`IndexRetriever`, turns an index of any kind into a :class:`~retrec.index.retriever.
+Retriever`: query texts go straight to a text-payload index (bm25) or through the kind's query encoder first
+(dense, and later sparse / multi-vector kinds). Nothing here names a kind: the registry says what each one
+needs (``payload``, ``encoder_kinds``, ``default_model``, ``build``, ``load``, ``check``).
+
+An index version of an encoded kind records its query encoder in ``config.encoder`` (name, version and the
+absolute ``path``), so :func:`open_index` can load it alone; another encoder may be named instead and is
+refused by the kind's ``check`` hook when the index's vectors did not come from it.
+
+Example::
+
+    from retrec import kinds
+    kind = index_kind("dense")                                     # eval name or "index/dense"
+    encoder = load_query_encoder(kind, None)                       # the kind's default_model (zero-shot MiniLM)
+    index = build_index(kind, doc_ids, texts, encoder=encoder, shards=2)
+    IndexRetriever("dense", index, encoder).search(["what causes scurvy"], k=10)
+    publish_index(index, "artifacts/scifact-dense", name="scifact-dense")   # temp sibling, then rename
+    retriever = open_index("artifacts/scifact-dense")              # encoder from the recorded path
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from retrec import kinds
+from retrec.bundle import BundleError, Manifest, read_manifest
+from retrec.index.retriever import Hits
+
+
+class IndexRetriever:
+    """``search(queries, k)`` over an index of any kind; ``encoder`` encodes the queries of encoded kinds."""
+
+    def __init__(self, name: str, index: Any, encoder: Any | None = None, manifest: Manifest | None = None) -> None:
+        self.name = name
+        self.index = index
+        self.encoder = encoder
+        self.manifest = manifest  # the index version's manifest when opened from a folder
+
+    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        """Top-``k`` hits for each query text, best first."""
+        payloads = list(queries) if self.encoder is None else self.encoder.encode_queries(list(queries))
+        return self.index.search(payloads, k)
+
+    @property
+    def doc_ids(self) -> list[str] | None:
+        """The indexed document ids when the index exposes them (``doc_ids`` or per-shard ``shard_ids``)."""
+        ids = getattr(self.index, "doc_ids", None)
+        if ids is not None:
+            return list(ids)
+        shards = getattr(self.index, "shard_ids", None)
+        return None if shards is None else [d for part in shards for d in part]
+
+    def save(self, directory: str | Path, name: str | None = None, metrics: dict[str, Any] | None = None) -> Any:
+        """Save the index version in place (the encoder bundle stays where it is; see :func:`publish_index`)."""
+        return self.index.save(directory, name=name or self.name, metrics=metrics)
+
+
+def index_kind(name: str) -> kinds.Kind:
+    """The index kind an eval name (``bm25``) or kind string (``index/bm25``) stands for."""
+    kind = kinds.get(name) if "/" in name else kinds.by_eval_name(name, "index")
+    if kind.role != "index":
+        raise kinds.UnknownKindError(f"{name!r} is a {kind.role} kind, not an index; index kinds: "
+                                     f"{', '.join(k.kind for k in kinds.by_role('index'))}")
+    return kind
+
+
+def display_name(kind: kinds.Kind) -> str:
+    """What results call a retriever of this kind: its first eval name, else the kind string."""
+    return kind.eval_names[0] if kind.eval_names else kind.kind
+
+
+def load_query_encoder(kind: kinds.Kind, model: str | Path | None, **options: Any) -> Any:
+    """The query encoder of an encoded index kind: bundle ``model``, else the kind's ``default_model``."""
+    if not kind.needs_encoder:
+        raise ValueError(f"{kind.kind} searches with text: it has no query encoder")
+    if model is None:
+        if kind.default_model is None:
+            raise ValueError(f"{kind.kind} has no default query encoder; name a bundle of kind "
+                             f"{' or '.join(kind.encoder_kinds)}")
+        model = kinds.resolve(kind.default_model)()
+    manifest = read_manifest(model)
+    if manifest.kind not in kind.encoder_kinds:
+        raise BundleError(f"{model}: a {manifest.kind!r} bundle; {kind.kind} queries are encoded by "
+                          f"{' or '.join(kind.encoder_kinds) or 'no registered kind'} bundles")
+    return kinds.resolve(kinds.get(manifest.kind).load)(model, **options)
+
+
+def build_index(
+    kind: kinds.Kind, doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any | None = None,
+    factory: str | None = None, shards: int = 1, progress: bool = False, **options: Any,
+) -> Any:
+    """The kind's ``build`` over the documents (``encoder`` for encoded kinds; factory default from the kind)."""
+    if kind.build is None:
+        raise ValueError(f"{kind.kind} cannot be built from a corpus (no build hook registered)")
+    if kind.needs_encoder and encoder is None:
+        raise ValueError(f"{kind.kind} needs a query encoder to encode the documents")
+    args: dict[str, Any] = {"factory": factory or kind.options.get("factory"), "shards": shards,
+                            "progress": progress, **options}
+    if kind.needs_encoder:
+        args["encoder"] = encoder
+    return kinds.resolve(kind.build)(list(doc_ids), list(texts), **args)
+
+
+def recorded_encoder(manifest: Manifest) -> str | None:
+    """The query-encoder bundle path an index version recorded (``config.encoder.path``), if any."""
+    encoder = manifest.config.get("encoder")
+    return encoder.get("path") if isinstance(encoder, dict) else None
+
+
+def open_index(
+    path: str | Path, *, model: str | Path | None = None, verify: bool = True, use_gpu: bool | None = None,
+    **encoder_options: Any,
+) -> IndexRetriever:
+    """A saved index version of any kind as a retriever; ``model`` overrides the recorded query encoder.
+
+    Raises :class:`BundleError` for a bundle that is not an index, an encoded index with no encoder to use,
+    or an encoder the kind's ``check`` hook refuses.
+    """
+    manifest = read_manifest(path)
+    try:
+        kind = kinds.get(manifest.kind)
+    except kinds.UnknownKindError as exc:
+        raise BundleError(f"{path}: {exc}") from exc
+    if kind.role != "index":
+        raise BundleError(f"{path}: a {kind.kind} bundle ({kind.role}), not an index version")
+    if kind.load is None:
+        raise BundleError(f"{path}: kind {kind.kind} has no registered loader")
+    encoder = None
+    if kind.needs_encoder:
+        encoder_path = model if model is not None else recorded_encoder(manifest)
+        if encoder_path is None:
+            raise BundleError(f"{path}: this index records no query-encoder path; name the encoder bundle "
+                              "(--model BUNDLE, or model= in retrec.load)")
+        if model is None and not Path(encoder_path).is_dir():
+            raise BundleError(f"{path}: its query encoder {encoder_path} is not there any more; name the encoder "
+                              "bundle (--model BUNDLE, or model= in retrec.load)")
+        encoder = load_query_encoder(kind, encoder_path, **encoder_options)
+        if kind.check is not None:
+            try:
+                kinds.resolve(kind.check)(manifest, encoder.manifest)
+            except BundleError as exc:
+                raise BundleError(f"query encoder {encoder_path} does not fit index {path}: {exc}") from exc
+    elif model is not None:
+        raise BundleError(f"{path}: a {kind.kind} index searches with the query text; it takes no model")
+    args: dict[str, Any] = {"verify": verify, "use_gpu": use_gpu}
+    if encoder is not None:
+        args["encoder"] = encoder.manifest
+    index = kinds.resolve(kind.load)(path, **args)
+    return IndexRetriever(display_name(kind), index, encoder, manifest)
+
+
+def publish_index(index: Any, out: str | Path, name: str) -> Path:
+    """Save ``index`` into a temp sibling of ``out``, then rename it into place (readers never see a half).
+
+    ``out`` must not exist or be an empty folder: an index version is written once, never overwritten.
+    """
+    out = Path(out).absolute()
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise FileExistsError(f"{out}: exists and is not an empty folder; an index version is written once — "
+                              "choose a new --out")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    try:
+        index.save(work, name=name)
+        os.replace(work, out)
+    finally:
+        if work.exists():
+            shutil.rmtree(work, ignore_errors=True)
+    return out
