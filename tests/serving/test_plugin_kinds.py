@@ -33,7 +33,7 @@ from retrec.index.fusion import rrf
 from retrec.kinds import PLUGINS_ENV
 from retrec.runtime.onnx_encoder import OnnxEncoder
 from tests import toy_kinds
-from tests.test_serving import tiny_dense_encoder
+from tests.tiny_models import tiny_dense_encoder
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")

@@ -230,7 +230,7 @@ def test_k8s_manifests_embed_a_valid_config() -> None:
 
     import yaml
 
-    root = Path(__file__).resolve().parents[1] / "k8s"
+    root = Path(__file__).resolve().parents[2] / "k8s"
     service = next(d for d in yaml.safe_load_all((root / "rayservice.yaml").read_text()) if d["kind"] == "RayService")
     serve_config = yaml.safe_load(service["spec"]["serveConfigV2"])
     from ray.serve.schema import ServeDeploySchema
