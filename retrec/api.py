@@ -46,6 +46,6 @@ def load(path: str | os.PathLike[str], **options: Any) -> Any:
     if kind.role in ("recommender", "query_encoder") and kind.load is not None:
         if "model" in options:
             raise TypeError(f"model= is for index bundles; {path} is a {kind.kind} bundle")
-        return kinds.resolve(kind.load)(path, **options)
+        return kinds.call(kind.load, path, **options)
     raise BundleError(f"{path}: a {kind.kind} bundle ({kind.role}) has nothing to load for search or "
                       "recommendation; retrec.load opens index versions, recommenders and query encoders")

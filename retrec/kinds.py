@@ -27,14 +27,16 @@ Example::
     from retrec import kinds
     kinds.get("index/dense").payload              # "dense"
     kinds.by_eval_name("bm25").kind               # "index/bm25"
-    index = kinds.resolve(kinds.get("index/bm25").load)("artifacts/scifact-bm25")
+    index = kinds.call(kinds.get("index/bm25").load, "artifacts/scifact-bm25", shard=0, use_gpu=False)
 """
 
 from __future__ import annotations
 
 import importlib
+import inspect
 import os
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from typing import Any, Literal
@@ -196,3 +198,25 @@ def resolve(ref: str) -> Any:
     for part in attr.split("."):
         obj = getattr(obj, part)
     return obj
+
+
+def call_supported(fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
+    """``fn(*args, **options)`` with only the options ``fn`` accepts (every one if it takes ``**kwargs``).
+
+    The one rule for calling a kind's hooks with a caller's options (``shard``, ``use_gpu``, ``threads``,
+    ``verify``, ...): a hook states what it understands by its signature.
+    """
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):  # a builtin without a signature: pass nothing optional
+        return fn(*args)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return fn(*args, **options)
+    names = {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY,
+                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)}
+    return fn(*args, **{k: v for k, v in options.items() if k in names})
+
+
+def call(ref: str, *args: Any, **options: Any) -> Any:
+    """Resolve a kind's ``"module:attr"`` hook and call it with the options it accepts."""
+    return call_supported(resolve(ref), *args, **options)

@@ -89,7 +89,7 @@ def load_query_encoder(kind: kinds.Kind, model: str | Path | None, **options: An
     if manifest.kind not in kind.encoder_kinds:
         raise BundleError(f"{model}: a {manifest.kind!r} bundle; {kind.kind} queries are encoded by "
                           f"{' or '.join(kind.encoder_kinds) or 'no registered kind'} bundles")
-    return kinds.resolve(kinds.get(manifest.kind).load)(model, **options)
+    return kinds.call(kinds.get(manifest.kind).load, model, **options)
 
 
 def build_index(
@@ -105,7 +105,7 @@ def build_index(
                             "progress": progress, **options}
     if kind.needs_encoder:
         args["encoder"] = encoder
-    return kinds.resolve(kind.build)(list(doc_ids), list(texts), **args)
+    return kinds.call(kind.build, list(doc_ids), list(texts), **args)
 
 
 def recorded_encoder(manifest: Manifest) -> str | None:
@@ -152,7 +152,7 @@ def open_index(
     args: dict[str, Any] = {"verify": verify, "use_gpu": use_gpu}
     if encoder is not None:
         args["encoder"] = encoder.manifest
-    index = kinds.resolve(kind.load)(path, **args)
+    index = kinds.call(kind.load, path, **args)
     return IndexRetriever(display_name(kind), index, encoder, manifest)
 
 

@@ -65,7 +65,7 @@ def load_recommender(path: str | Path, **options: Any) -> Recommender:
         raise BundleError(f"{path}: {exc}") from exc
     if kind.role != "recommender" or kind.load is None:
         raise BundleError(f"{path}: a {kind.kind} bundle ({kind.role}), not a recommender")
-    return kinds.resolve(kind.load)(path, **options)
+    return kinds.call(kind.load, path, **options)
 
 
 def build_recommender(

@@ -38,8 +38,9 @@ from typing import Any
 from ray import serve
 
 from retrec.bundle import read_manifest
+from retrec.kinds import call_supported
 from retrec.process_env import configure_process
-from retrec.serving.registry import call_supported, kind_of, loader
+from retrec.serving.registry import kind_of, loader
 from retrec.serving.resources import replica_threads
 
 CPU_ONNX_BATCH = 4  # on CPU, a batch runs as length-sorted runs of 4: less padding, ~15% less time per query

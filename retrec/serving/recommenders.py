@@ -21,9 +21,10 @@ from typing import Any
 from ray import serve
 
 from retrec.bundle import read_manifest
+from retrec.kinds import call_supported
 from retrec.process_env import configure_process
 from retrec.runtime.recommender import SkipReport
-from retrec.serving.registry import call_supported, kind_of, loader
+from retrec.serving.registry import kind_of, loader
 from retrec.serving.resources import replica_threads
 
 

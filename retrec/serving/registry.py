@@ -1,9 +1,8 @@
 """What serving reads from :mod:`retrec.kinds`: loaders, deployments, checks and the names the API knows.
 
 Everything here runs when the application is built or a replica starts (``build_app``, ``__init__``),
-never per request. The one rule for calling a registry loader with serving's options (``shard``,
-``use_gpu``, ``threads``, ``variant``, ...): :func:`call_supported` passes only the keyword arguments the
-loader accepts (all of them when it takes ``**options``), so a kind's loader states what it understands.
+never per request. Loaders are called with serving's options (``shard``, ``use_gpu``, ``threads``,
+``variant``, ...) through :func:`retrec.kinds.call_supported`: only the ones a loader accepts are passed.
 
 Example::
 
@@ -14,25 +13,11 @@ Example::
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable
 from typing import Any
 
 from retrec import kinds
 from retrec.bundle import BundleError
-
-
-def call_supported(fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
-    """``fn(*args, **options)`` with only the options ``fn`` accepts (every one if it takes ``**kwargs``)."""
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):  # a builtin without a signature: pass nothing optional
-        return fn(*args)
-    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
-        return fn(*args, **options)
-    names = {p.name for p in params if p.kind in (inspect.Parameter.KEYWORD_ONLY,
-                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD)}
-    return fn(*args, **{k: v for k, v in options.items() if k in names})
 
 
 def kind_of(kind: str, role: str, where: str) -> kinds.Kind:

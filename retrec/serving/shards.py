@@ -33,9 +33,10 @@ from ray import serve
 
 from retrec.bundle import BundleError, load_bundle, read_manifest
 from retrec.index.retriever import Hits
+from retrec.kinds import call_supported
 from retrec.process_env import configure_process
 from retrec.serving.payloads import packer
-from retrec.serving.registry import call_supported, loader
+from retrec.serving.registry import loader
 from retrec.serving.resources import replica_threads
 
 log = logging.getLogger("retrec.serving")

@@ -191,7 +191,7 @@ def test_payload_packers_refuse_bad_shapes() -> None:
 
 
 def test_call_supported_passes_only_accepted_options() -> None:
-    from retrec.serving.registry import call_supported
+    from retrec.kinds import call_supported
 
     def explicit(path: str, *, shard: int | None = None) -> tuple:
         return path, shard
