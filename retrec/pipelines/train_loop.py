@@ -268,7 +268,8 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                 log.warning("early stop at epoch %d (best epoch %d)", epoch, state.best_epoch)
                 break
     if out_of_time():
-        log.warning("time budget of %.1f min reached at epoch %d, step %d", loop.max_minutes, state.epoch, state.step)
+        log.warning("time budget of %.1f min reached in epoch %d, step %d", loop.max_minutes,
+                    state.epoch + (1 if state.batch else 0), state.step)  # a cut epoch is the next one
     if loop.keep_best and (ckpt_dir / BEST).is_file():
         model.load_state_dict(load_file(str(ckpt_dir / BEST)))
     model.eval()
