@@ -100,7 +100,9 @@ async def load(url: str, queries: list[str], histories: list[list[str]], concurr
                 except httpx.HTTPError as exc:
                     status, data = 599, {"error": type(exc).__name__}
                 log.append({"t": t0 - started, "ms": (time.monotonic() - t0) * 1000, "path": path, "status": status,
-                            "versions": data.get("index_versions") or {}, "partial": bool(data.get("partial"))})
+                            "versions": data.get("index_versions") or {}, "partial": bool(data.get("partial")),
+                            "error": data.get("error") if status != 200 else None,
+                            "retriever": body.get("retriever", "")})
         await asyncio.gather(*(worker() for _ in range(concurrency)))
 
 
@@ -144,7 +146,9 @@ def summarize(log: list[dict[str, Any]], events: list[dict[str, Any]], seconds: 
         recovery.append(round((max(failed_after) - k) if failed_after else 0.0, 2))
     outside = [x for x in log if x["status"] >= 500 and not any(k <= x["t"] < k + KILL_WINDOW_S for k in kills)]
     versions = sorted({f"{r}={v}" for x in log for r, v in x["versions"].items()})
-    return {"requests": len(log), "phases": phases, "recovery_s": recovery, "5xx_outside_kill_windows": len(outside),
+    errors = [{k: x[k] for k in ("t", "path", "retriever", "status", "error")} for x in log if x["status"] != 200][:10]
+    return {"requests": len(log), "phases": phases, "first_errors": errors, "recovery_s": recovery,
+            "5xx_outside_kill_windows": len(outside),
             "versions_seen": versions, "events": events}
 
 
