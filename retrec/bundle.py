@@ -2,7 +2,11 @@
 
 A manifest records kind, name, version, schema version, creation time, the producing command and
 config, dimensions/vocabulary facts, a metrics snapshot and the sha256 of every file. Loading
-verifies the schema version and every checksum and refuses on any mismatch.
+verifies the schema version and every checksum and refuses on any mismatch. ``manifest.json`` is
+validated by one pydantic model (:class:`ManifestDoc`); a file entry is a relative POSIX path inside the
+bundle (no absolute path, ``..``, backslash, drive letter or empty part), and a bundle holds regular files
+and folders only: a symlink inside it is refused (the bundle folder itself may be a link, e.g. a model
+store), so nothing outside a bundle is ever read, checksummed or named in an error.
 
 Publishing is atomic: :func:`publish` hands out a hidden temporary sibling of the target, writes
 the manifest last, fsyncs every file and directory, then renames it into place (an existing version
@@ -35,7 +39,9 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retrec import __version__
 
@@ -69,11 +75,65 @@ class Manifest:
         return data
 
     def file(self, relpath: str) -> Path:
-        """Absolute path of a file listed in the manifest (refuses unlisted files)."""
+        """Path of a file listed in the manifest (refuses unlisted files and paths through a symlink)."""
         if relpath not in self.files:
-            raise BundleError(f"{self.path}: manifest lists no file {relpath!r}")
+            raise BundleError(f"{self.path}: manifest lists no file {relpath[:80]!r}")
         assert self.path is not None
-        return self.path / relpath
+        return _inside(self.path, relpath)
+
+
+class _FileEntry(BaseModel):
+    model_config = ConfigDict(strict=True, populate_by_name=True)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Field(ge=0, alias="bytes")]
+
+
+class ManifestDoc(BaseModel):
+    """``manifest.json`` as :func:`write_manifest` writes it: the one schema every reader validates.
+
+    Example::
+
+        ManifestDoc.model_validate(json.loads(Path("b/manifest.json").read_text()))  # ValidationError if malformed
+    """
+
+    model_config = ConfigDict(strict=True)
+    schema_version: int
+    kind: str
+    name: str
+    version: str
+    created: str
+    command: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    dims: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, _FileEntry] = Field(default_factory=dict)
+    retrec_version: str = "unknown"
+
+    @field_validator("files")
+    @classmethod
+    def _entries_inside(cls, files: dict[str, _FileEntry]) -> dict[str, _FileEntry]:
+        for rel in files:
+            if not _relative(rel):
+                raise ValueError(f"file entry {rel[:80]!r} is not a relative path inside the bundle")
+        return files
+
+
+def _relative(rel: str) -> bool:
+    """Whether a manifest entry is a plain relative POSIX path below the bundle folder (not the manifest)."""
+    return bool(rel) and rel != MANIFEST and "\\" not in rel and "\x00" not in rel and ":" not in rel[:2] \
+        and all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``root / rel``, refusing an entry that leaves the bundle or passes through a symlink."""
+    if not _relative(rel):
+        raise BundleError(f"{root}: file entry {rel[:80]!r} is not a relative path inside the bundle")
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise BundleError(f"{root}: {rel} is or passes through a symlink; a bundle holds regular files only")
+    return path
 
 
 def sha256_file(path: Path) -> str:
@@ -85,9 +145,17 @@ def sha256_file(path: Path) -> str:
 
 
 def _bundle_files(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST
-    )
+    """Every regular file under ``directory`` but the manifest; a symlink anywhere below it is refused."""
+    found = []
+    for folder, dirs, names in os.walk(directory):
+        for name in dirs + names:
+            path = Path(folder, name)
+            if path.is_symlink():
+                raise BundleError(f"{directory}: {path.relative_to(directory).as_posix()} is a symlink; "
+                                  "a bundle holds regular files only")
+            if name in names and path.is_file() and path.relative_to(directory).as_posix() != MANIFEST:
+                found.append(path)
+    return sorted(found)
 
 
 def _make_manifest(root: Path, *, kind: str, name: str, version: str | None = None,
@@ -310,21 +378,27 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """Parse ``manifest.json`` without checking file contents (see :func:`load_bundle`)."""
     root = Path(directory)
     path = root / MANIFEST
+    if path.is_symlink():
+        raise BundleError(f"{root}: {MANIFEST} is a symlink; a bundle holds regular files only")
     if not path.is_file():
         raise BundleError(f"{root}: no {MANIFEST}; not a retrec bundle")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: unreadable manifest ({exc})") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: malformed manifest (a JSON object expected, got {type(data).__name__})")
     schema = data.get("schema_version")
-    if schema != SCHEMA_VERSION:
+    if schema != SCHEMA_VERSION or isinstance(schema, bool):
         raise BundleError(
             f"{path}: schema_version {schema!r} is not supported (this retrec reads {SCHEMA_VERSION})"
         )
     try:
-        return Manifest(**data, path=root)
-    except TypeError as exc:
-        raise BundleError(f"{path}: malformed manifest ({exc})") from exc
+        doc = ManifestDoc.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors()[:5])
+        raise BundleError(f"{path}: malformed manifest ({problems})") from exc
+    return Manifest(**doc.model_dump(by_alias=True), path=root)
 
 
 def load_bundle(
@@ -337,7 +411,7 @@ def load_bundle(
         raise BundleError(f"{root}: bundle kind is {manifest.kind!r}, expected {kind!r}")
     if verify:
         for rel, info in manifest.files.items():
-            path = root / rel
+            path = _inside(root, rel)
             if not path.is_file():
                 raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
             actual = sha256_file(path)
