@@ -378,14 +378,16 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """Parse ``manifest.json`` without checking file contents (see :func:`load_bundle`)."""
     root = Path(directory)
     path = root / MANIFEST
-    if path.is_symlink():
-        raise BundleError(f"{root}: {MANIFEST} is a symlink; a bundle holds regular files only")
-    if not path.is_file():
-        raise BundleError(f"{root}: no {MANIFEST}; not a retrec bundle")
     try:
+        if path.is_symlink():
+            raise BundleError(f"{root}: {MANIFEST} is a symlink; a bundle holds regular files only")
+        if not path.is_file():
+            raise BundleError(f"{root}: no {MANIFEST}; not a retrec bundle")
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: unreadable manifest ({exc})") from exc
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission: not a bundle we can read
+        raise BundleError(f"{str(root)[:200]}: not a readable retrec bundle ({type(exc).__name__})") from exc
     if not isinstance(data, dict):
         raise BundleError(f"{path}: malformed manifest (a JSON object expected, got {type(data).__name__})")
     schema = data.get("schema_version")

@@ -304,3 +304,9 @@ def test_malformed_manifests_are_a_clear_bundle_error(tmp_path: Path, doc: objec
     (root / "manifest.json").write_text(json.dumps(doc))
     with pytest.raises(BundleError, match="manifest"):
         load_bundle(root)
+
+
+@pytest.mark.parametrize("name", ["x" * 5000, "a\x00b"])
+def test_unreadable_bundle_names_are_a_bundle_error(tmp_path: Path, name: str) -> None:
+    with pytest.raises(BundleError, match=r"not a (readable )?retrec bundle"):
+        load_bundle(tmp_path / name)
