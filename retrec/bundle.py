@@ -300,6 +300,7 @@ class Publication:
         self.path = path
         self.manifest: Manifest | None = None  # the published manifest, after the ``with`` block
         self._fields: dict[str, Any] | None = None
+        self._adopted = False
 
     def set_manifest(self, *, kind: str, name: str, version: str | None = None, config: dict[str, Any] | None = None,
                      dims: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
@@ -307,6 +308,12 @@ class Publication:
         """The manifest fields (see :func:`write_manifest`); the manifest itself is written last, on publishing."""
         self._fields = {"kind": kind, "name": name, "version": version, "config": config, "dims": dims,
                         "metrics": metrics, "command": command}
+
+    def adopt(self) -> None:
+        """Publish what :attr:`path` holds as it is: a whole bundle whose writer wrote its own manifest (a kind's
+        ``save``, an exporter). It is verified (every checksum) instead of re-manifested; a bad one publishes
+        nothing."""
+        self._adopted = True
 
     def draft(self, **fields: Any) -> Manifest:
         """An in-memory manifest of the files written so far (nothing written): for self-checks before publishing."""
@@ -332,7 +339,8 @@ def _check_replaceable(final: Path, replace: bool) -> bool:
 def publish(final_dir: str | os.PathLike[str], *, replace: bool = True) -> Iterator[Publication]:
     """Write a bundle into a hidden temporary sibling and publish it atomically at ``final_dir``.
 
-    Inside the block write files under ``pub.path`` and call ``pub.set_manifest(...)``. On leaving it
+    Inside the block write files under ``pub.path`` and call ``pub.set_manifest(...)`` (or ``pub.adopt()`` when
+    the writer wrote a whole bundle, manifest included). On leaving it
     the manifest is written last, every file and folder fsynced, and the directory renamed into place;
     an existing version (a bundle) is swapped out atomically and removed (``replace=False`` refuses a
     non-empty target). On any exception, or without ``set_manifest``, nothing is published and the
@@ -347,9 +355,12 @@ def publish(final_dir: str | os.PathLike[str], *, replace: bool = True) -> Itera
     pub = Publication(final, tmp)
     try:
         yield pub
-        if pub._fields is None:
+        if pub._adopted:
+            manifest = load_bundle(tmp)
+        elif pub._fields is None:
             raise BundleError(f"{final}: nothing published (the writer set no manifest)")
-        manifest = write_manifest(tmp, **pub._fields)
+        else:
+            manifest = write_manifest(tmp, **pub._fields)
         fsync_tree(tmp)
         if _check_replaceable(final, replace):
             if not _exchange(tmp, final):  # fallback: two renames (_recover repairs a crash between them)
