@@ -12,7 +12,8 @@ Publishing is atomic: :func:`publish` hands out a hidden temporary sibling of th
 the manifest last, fsyncs every file and directory, then renames it into place (an existing version
 is swapped out in one ``renameat2(RENAME_EXCHANGE)`` and removed). A reader sees the old version or
 the new one, never a partial one; a writer that fails publishes nothing. Single files (checkpoints,
-curves) go through :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`atomic_open`.
+curves, run files, caches) go through :func:`atomic_write_bytes` / :func:`atomic_write_text` /
+:func:`atomic_open`, or :func:`atomic_path` for writers that take a file name.
 
 Example::
 
@@ -217,26 +218,36 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
-    """Write ``path`` through a hidden temporary sibling: flush, fsync, ``os.replace``, fsync the folder.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_open writes whole files: mode 'wb' or 'w', not {mode!r}")
+def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A hidden temporary sibling of ``path`` for writers that take a file name (safetensors, parquet, FAISS):
+    on leaving, it is fsynced and renamed onto ``path`` and the folder fsynced; on an exception it is removed
+    and ``path`` is left as it was."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
     try:
-        with open(tmp, mode, encoding=encoding if mode == "w" else None) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
     _fsync_dir(target.parent)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
+    """Write ``path`` through a hidden temporary sibling (:func:`atomic_path`): fsync, ``os.replace``, fsync the
+    folder. On an exception the temporary file is removed and ``path`` is left as it was.
+    """
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes whole files: mode 'wb' or 'w', not {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode, encoding=encoding if mode == "w" else None) as fh:
+        yield fh
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:

@@ -9,6 +9,7 @@ import pytest
 from retrec.bundle import (
     BundleError,
     atomic_open,
+    atomic_path,
     atomic_write_bytes,
     atomic_write_text,
     load_bundle,
@@ -140,6 +141,17 @@ def test_atomic_write_replaces_whole_files_or_nothing(tmp_path: Path) -> None:
         fh.write(b"[1, 2, 3")
         raise ValueError("boom")
     assert path.read_text() == "[1, 2]" and sorted(p.name for p in path.parent.iterdir()) == ["curve.json"]
+
+
+def test_atomic_path_for_writers_that_take_a_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "emb.safetensors"
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"v1")
+        assert not path.exists()
+    with pytest.raises(OSError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"v2 partial")
+        raise OSError("disk full")
+    assert path.read_bytes() == b"v1" and [p.name for p in path.parent.iterdir()] == ["emb.safetensors"]
 
 
 _KILLED_WRITER = """
