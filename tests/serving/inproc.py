@@ -68,21 +68,15 @@ class FakeRecommender:
                       "unknown_examples": skipped[:5]})
 
 
-def _batch_per_loop(obj: Any) -> None:
-    """``@serve.batch`` queues live on the event loop of their first call; give every loop its own ``Scatter``
-    (same retrievers and settings), so one app serves several ``asyncio.run`` calls or test clients."""
-    from retrec.serving.scatter import Scatter
-
-    first, scatters = obj.scatter, {}
+def _unbatched(obj: Any) -> None:
+    """``@serve.batch`` queues are tasks bound to the event loop of their first call (and left pending when it
+    closes); here each shard call is its own batch of one — the same ``Scatter.scatter`` code, on any loop."""
+    scatter = obj.scatter
 
     async def batch(item: Any) -> Any:
-        loop = asyncio.get_running_loop()
-        if loop not in scatters:
-            scatters[loop] = Scatter(first.retrievers, shard_timeout_s=first.shard_timeout_s,
-                                     retry_after_s=first.retry_after_s, max_batch_size=obj.cfg.encoder.max_batch_size)
-        return await scatters[loop].batch(item)
+        return (await scatter.scatter([item]))[0]
 
-    first.batch = batch
+    scatter.batch = batch
 
 
 def _retriever(name: str) -> dict[str, Any]:
@@ -110,7 +104,7 @@ def ingress_app(config: dict[str, Any] | None = None) -> Iterator[FastAPI]:
     saved_names = (schemas.PUBLISHED.retrievers, schemas.PUBLISHED.recommenders, schemas.PUBLISHED.swappable)
     user_class.__init__(obj, cfg, {name: _retriever(name) for name in cfg["retrievers"]}, {},
                         {name: FakeRecommender() for name in cfg.get("recommenders", {})})
-    _batch_per_loop(obj)
+    _unbatched(obj)
     context = types.SimpleNamespace(servable_object=obj,  # what @serve.batch asks of a replica, too
                                     _deployment_config=types.SimpleNamespace(max_ongoing_requests=1024))
     original = serve.get_replica_context
