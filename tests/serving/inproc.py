@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import types
+import zlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -48,8 +49,9 @@ class FakeShard:
 
     def _search_many(self, payloads: list[str], k: int, ref: dict[str, str]) -> asyncio.Future:
         def hits(q: str) -> list[tuple[str, float]]:
-            ranked = [(d, float((hash(q) + i * 7919 + self.shard) % 97)) for i, d in enumerate(DOCS[self.shard::2])]
-            return sorted(ranked, key=lambda h: (-h[1], h[0]), reverse=False)[:k]
+            seed = zlib.crc32(q.encode("utf-8", "surrogatepass"))  # stable across processes, any JSON string
+            ranked = [(d, float((seed + i * 7919 + self.shard) % 97)) for i, d in enumerate(DOCS[self.shard::2])]
+            return sorted(ranked, key=lambda h: (-h[1], h[0]))[:k]
         return _done([hits(q) for q in payloads])
 
 
