@@ -63,3 +63,12 @@ def test_openapi_declares_content_types_and_published_names() -> None:
     assert weights["propertyNames"] == {"type": "string", "enum": ["bm25", "bm25-title"]}
     metrics, = _call([("GET", "/metrics", {})])
     assert metrics.headers["content-type"].startswith("text/plain")
+
+
+@pytest.mark.parametrize("manifest", ["[]", '{"schema_version": 1}', '{"schema_version": 1, "kind": "index/bm25", '
+                                      '"name": "x", "version": "v", "created": "c", "command": "c", "files": []}'])
+def test_a_malformed_manifest_is_a_400_not_a_500(tmp_path: Any, manifest: str) -> None:
+    (tmp_path / "manifest.json").write_text(manifest)
+    r, = _call([("POST", "/v1/admin/indexes", {"json": {"retriever": "bm25", "path": str(tmp_path)}})])
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_bundle", r.text
+    assert "malformed manifest" in r.json()["error"]["message"]
