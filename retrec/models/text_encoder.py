@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retrec.bundle import MANIFEST, BundleError, Manifest, load_bundle, publish, sha256_file, write_manifest
+from retrec.bundle import MANIFEST, BundleError, Manifest, load_bundle, publish, sha256_file
 from retrec.kinds import DENSE_MODEL
 from retrec.process_env import cache_dir
 from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer, minilm_dir
@@ -304,22 +304,23 @@ def export_onnx(
     metrics: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> Manifest:
-    """Write a ``model/dense`` bundle: ``encoder.onnx`` (+ ``encoder-int8.onnx``), ``tokenizer/``, manifest.
+    """Publish a ``model/dense`` bundle: ``encoder.onnx`` (+ ``encoder-int8.onnx``), ``tokenizer/``, manifest.
 
-    ``config`` defaults to the encoder's pooling/normalisation with cosine similarity when normalised
-    (dot product otherwise), queries truncated to 64 tokens and documents to 256.
+    Atomically (:func:`retrec.bundle.publish`) into a new or empty ``out_dir`` (else FileExistsError); a failed
+    export publishes nothing. ``config`` defaults to the encoder's pooling/normalisation with cosine similarity
+    when normalised (dot product otherwise), queries truncated to 64 tokens and documents to 256.
     """
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: not empty; a bundle is written into a new or empty directory")
     if config is None:
         config = EncoderConfig(pooling=encoder.pooling, normalize=encoder.normalize,
                                similarity="cosine" if encoder.normalize else "dot")
     tok = tokenizer if isinstance(tokenizer, TextTokenizer) else load_tokenizer(tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    config_json, dims = write_onnx_files(encoder, out, tokenizer=tok, config=config, quantize=quantize, opset=opset)
-    return write_manifest(out, kind=KIND, name=name, version=version, dims=dims, config=config_json, metrics=metrics,
-                          command=command)
+    with publish(out_dir, replace=False) as pub:
+        config_json, dims = write_onnx_files(encoder, pub.path, tokenizer=tok, config=config, quantize=quantize,
+                                             opset=opset)
+        pub.set_manifest(kind=KIND, name=name, version=version, dims=dims, config=config_json, metrics=metrics,
+                         command=command)
+    assert pub.manifest is not None
+    return pub.manifest
 
 
 def _zero_shot_version(config: EncoderConfig, quantize: bool) -> str:
