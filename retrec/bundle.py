@@ -2,13 +2,18 @@
 
 A manifest records kind, name, version, schema version, creation time, the producing command and
 config, dimensions/vocabulary facts, a metrics snapshot and the sha256 of every file. Loading
-verifies the schema version and every checksum and refuses on any mismatch.
+verifies the schema version and every checksum and refuses on any mismatch. ``manifest.json`` is
+validated by one pydantic model (:class:`ManifestDoc`); a file entry is a relative POSIX path inside the
+bundle (no absolute path, ``..``, backslash, drive letter or empty part), and a bundle holds regular files
+and folders only: a symlink inside it is refused (the bundle folder itself may be a link, e.g. a model
+store), so nothing outside a bundle is ever read, checksummed or named in an error.
 
 Publishing is atomic: :func:`publish` hands out a hidden temporary sibling of the target, writes
 the manifest last, fsyncs every file and directory, then renames it into place (an existing version
 is swapped out in one ``renameat2(RENAME_EXCHANGE)`` and removed). A reader sees the old version or
 the new one, never a partial one; a writer that fails publishes nothing. Single files (checkpoints,
-curves) go through :func:`atomic_write_bytes` / :func:`atomic_write_text` / :func:`atomic_open`.
+curves, run files, caches) go through :func:`atomic_write_bytes` / :func:`atomic_write_text` /
+:func:`atomic_open`, or :func:`atomic_path` for writers that take a file name.
 
 Example::
 
@@ -35,9 +40,16 @@ import sys
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from retrec import __version__
+from retrec.atomic import _fsync_dir, atomic_open, atomic_path, atomic_write_bytes, atomic_write_text, fsync_tree
+
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "BundleError", "Manifest", "ManifestDoc", "Publication", "atomic_open",
+           "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_tree", "load_bundle", "publish",
+           "read_manifest", "sha256_file", "write_manifest"]
 
 MANIFEST = "manifest.json"
 SCHEMA_VERSION = 1
@@ -69,11 +81,65 @@ class Manifest:
         return data
 
     def file(self, relpath: str) -> Path:
-        """Absolute path of a file listed in the manifest (refuses unlisted files)."""
+        """Path of a file listed in the manifest (refuses unlisted files and paths through a symlink)."""
         if relpath not in self.files:
-            raise BundleError(f"{self.path}: manifest lists no file {relpath!r}")
+            raise BundleError(f"{self.path}: manifest lists no file {relpath[:80]!r}")
         assert self.path is not None
-        return self.path / relpath
+        return _inside(self.path, relpath)
+
+
+class _FileEntry(BaseModel):
+    model_config = ConfigDict(strict=True, populate_by_name=True)
+    sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    size: Annotated[int, Field(ge=0, alias="bytes")]
+
+
+class ManifestDoc(BaseModel):
+    """``manifest.json`` as :func:`write_manifest` writes it: the one schema every reader validates.
+
+    Example::
+
+        ManifestDoc.model_validate(json.loads(Path("b/manifest.json").read_text()))  # ValidationError if malformed
+    """
+
+    model_config = ConfigDict(strict=True)
+    schema_version: int
+    kind: str
+    name: str
+    version: str
+    created: str
+    command: str
+    config: dict[str, Any] = Field(default_factory=dict)
+    dims: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, _FileEntry] = Field(default_factory=dict)
+    retrec_version: str = "unknown"
+
+    @field_validator("files")
+    @classmethod
+    def _entries_inside(cls, files: dict[str, _FileEntry]) -> dict[str, _FileEntry]:
+        for rel in files:
+            if not _relative(rel):
+                raise ValueError(f"file entry {rel[:80]!r} is not a relative path inside the bundle")
+        return files
+
+
+def _relative(rel: str) -> bool:
+    """Whether a manifest entry is a plain relative POSIX path below the bundle folder (not the manifest)."""
+    return bool(rel) and rel != MANIFEST and "\\" not in rel and "\x00" not in rel and ":" not in rel[:2] \
+        and all(part not in ("", ".", "..") for part in rel.split("/"))
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """``root / rel``, refusing an entry that leaves the bundle or passes through a symlink."""
+    if not _relative(rel):
+        raise BundleError(f"{root}: file entry {rel[:80]!r} is not a relative path inside the bundle")
+    path = root
+    for part in rel.split("/"):
+        path = path / part
+        if path.is_symlink():
+            raise BundleError(f"{root}: {rel} is or passes through a symlink; a bundle holds regular files only")
+    return path
 
 
 def sha256_file(path: Path) -> str:
@@ -85,9 +151,17 @@ def sha256_file(path: Path) -> str:
 
 
 def _bundle_files(directory: Path) -> list[Path]:
-    return sorted(
-        p for p in directory.rglob("*") if p.is_file() and p.relative_to(directory).as_posix() != MANIFEST
-    )
+    """Every regular file under ``directory`` but the manifest; a symlink anywhere below it is refused."""
+    found = []
+    for folder, dirs, names in os.walk(directory):
+        for name in dirs + names:
+            path = Path(folder, name)
+            if path.is_symlink():
+                raise BundleError(f"{directory}: {path.relative_to(directory).as_posix()} is a symlink; "
+                                  "a bundle holds regular files only")
+            if name in names and path.is_file() and path.relative_to(directory).as_posix() != MANIFEST:
+                found.append(path)
+    return sorted(found)
 
 
 def _make_manifest(root: Path, *, kind: str, name: str, version: str | None = None,
@@ -137,64 +211,6 @@ def write_manifest(
     return manifest
 
 
-# ---------------------------------------------------------------- atomic writes
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_DIRECTORY", 0))
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-@contextlib.contextmanager
-def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | None = None) -> Iterator[IO[Any]]:
-    """Write ``path`` through a hidden temporary sibling: flush, fsync, ``os.replace``, fsync the folder.
-
-    On an exception the temporary file is removed and ``path`` is left as it was.
-    """
-    if mode not in ("wb", "w"):
-        raise ValueError(f"atomic_open writes whole files: mode 'wb' or 'w', not {mode!r}")
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
-    try:
-        with open(tmp, mode, encoding=encoding if mode == "w" else None) as fh:
-            yield fh
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(target.parent)
-
-
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically (a reader sees the old or the new content)."""
-    with atomic_open(path, "wb") as fh:
-        fh.write(data)
-    return Path(path)
-
-
-def atomic_write_text(path: str | os.PathLike[str], text: str, encoding: str = "utf-8") -> Path:
-    """Replace ``path`` with ``text`` atomically (a reader sees the old or the new content)."""
-    return atomic_write_bytes(path, text.encode(encoding))
-
-
-def fsync_tree(root: Path) -> None:
-    """fsync every file and directory under ``root`` (deepest first), ``root`` included."""
-    for folder, _, names in os.walk(root, topdown=False):
-        for name in names:
-            fd = os.open(os.path.join(folder, name), os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-        _fsync_dir(Path(folder))
-
-
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -232,6 +248,7 @@ class Publication:
         self.path = path
         self.manifest: Manifest | None = None  # the published manifest, after the ``with`` block
         self._fields: dict[str, Any] | None = None
+        self._adopted = False
 
     def set_manifest(self, *, kind: str, name: str, version: str | None = None, config: dict[str, Any] | None = None,
                      dims: dict[str, Any] | None = None, metrics: dict[str, Any] | None = None,
@@ -239,6 +256,12 @@ class Publication:
         """The manifest fields (see :func:`write_manifest`); the manifest itself is written last, on publishing."""
         self._fields = {"kind": kind, "name": name, "version": version, "config": config, "dims": dims,
                         "metrics": metrics, "command": command}
+
+    def adopt(self) -> None:
+        """Publish what :attr:`path` holds as it is: a whole bundle whose writer wrote its own manifest (a kind's
+        ``save``, an exporter). It is verified (every checksum) instead of re-manifested; a bad one publishes
+        nothing."""
+        self._adopted = True
 
     def draft(self, **fields: Any) -> Manifest:
         """An in-memory manifest of the files written so far (nothing written): for self-checks before publishing."""
@@ -264,7 +287,8 @@ def _check_replaceable(final: Path, replace: bool) -> bool:
 def publish(final_dir: str | os.PathLike[str], *, replace: bool = True) -> Iterator[Publication]:
     """Write a bundle into a hidden temporary sibling and publish it atomically at ``final_dir``.
 
-    Inside the block write files under ``pub.path`` and call ``pub.set_manifest(...)``. On leaving it
+    Inside the block write files under ``pub.path`` and call ``pub.set_manifest(...)`` (or ``pub.adopt()`` when
+    the writer wrote a whole bundle, manifest included). On leaving it
     the manifest is written last, every file and folder fsynced, and the directory renamed into place;
     an existing version (a bundle) is swapped out atomically and removed (``replace=False`` refuses a
     non-empty target). On any exception, or without ``set_manifest``, nothing is published and the
@@ -279,9 +303,12 @@ def publish(final_dir: str | os.PathLike[str], *, replace: bool = True) -> Itera
     pub = Publication(final, tmp)
     try:
         yield pub
-        if pub._fields is None:
+        if pub._adopted:
+            manifest = load_bundle(tmp)
+        elif pub._fields is None:
             raise BundleError(f"{final}: nothing published (the writer set no manifest)")
-        manifest = write_manifest(tmp, **pub._fields)
+        else:
+            manifest = write_manifest(tmp, **pub._fields)
         fsync_tree(tmp)
         if _check_replaceable(final, replace):
             if not _exchange(tmp, final):  # fallback: two renames (_recover repairs a crash between them)
@@ -310,21 +337,29 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """Parse ``manifest.json`` without checking file contents (see :func:`load_bundle`)."""
     root = Path(directory)
     path = root / MANIFEST
-    if not path.is_file():
-        raise BundleError(f"{root}: no {MANIFEST}; not a retrec bundle")
     try:
+        if path.is_symlink():
+            raise BundleError(f"{root}: {MANIFEST} is a symlink; a bundle holds regular files only")
+        if not path.is_file():
+            raise BundleError(f"{root}: no {MANIFEST}; not a retrec bundle")
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: unreadable manifest ({exc})") from exc
+    except (OSError, ValueError) as exc:  # a name too long, a NUL byte, no permission: not a bundle we can read
+        raise BundleError(f"{str(root)[:200]}: not a readable retrec bundle ({type(exc).__name__})") from exc
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: malformed manifest (a JSON object expected, got {type(data).__name__})")
     schema = data.get("schema_version")
-    if schema != SCHEMA_VERSION:
+    if schema != SCHEMA_VERSION or isinstance(schema, bool):
         raise BundleError(
             f"{path}: schema_version {schema!r} is not supported (this retrec reads {SCHEMA_VERSION})"
         )
     try:
-        return Manifest(**data, path=root)
-    except TypeError as exc:
-        raise BundleError(f"{path}: malformed manifest ({exc})") from exc
+        doc = ManifestDoc.model_validate(data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors()[:5])
+        raise BundleError(f"{path}: malformed manifest ({problems})") from exc
+    return Manifest(**doc.model_dump(by_alias=True), path=root)
 
 
 def load_bundle(
@@ -337,7 +372,7 @@ def load_bundle(
         raise BundleError(f"{root}: bundle kind is {manifest.kind!r}, expected {kind!r}")
     if verify:
         for rel, info in manifest.files.items():
-            path = root / rel
+            path = _inside(root, rel)
             if not path.is_file():
                 raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
             actual = sha256_file(path)

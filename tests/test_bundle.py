@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 from retrec.bundle import (
     BundleError,
     atomic_open,
+    atomic_path,
     atomic_write_bytes,
     atomic_write_text,
     load_bundle,
@@ -141,6 +143,17 @@ def test_atomic_write_replaces_whole_files_or_nothing(tmp_path: Path) -> None:
     assert path.read_text() == "[1, 2]" and sorted(p.name for p in path.parent.iterdir()) == ["curve.json"]
 
 
+def test_atomic_path_for_writers_that_take_a_file_name(tmp_path: Path) -> None:
+    path = tmp_path / "cache" / "emb.safetensors"
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(b"v1")
+        assert not path.exists()
+    with pytest.raises(OSError), atomic_path(path) as tmp:
+        tmp.write_bytes(b"v2 partial")
+        raise OSError("disk full")
+    assert path.read_bytes() == b"v1" and [p.name for p in path.parent.iterdir()] == ["emb.safetensors"]
+
+
 _KILLED_WRITER = """
 import os, sys
 from pathlib import Path
@@ -199,3 +212,113 @@ def test_a_writer_killed_at_any_point_leaves_the_old_or_the_new_version(tmp_path
         _publish_version(target, "next")  # the next writer is not blocked by the leftovers
         assert load_bundle(target).name == "next"
     assert seen == {"old", "new"}
+
+
+# ---------------------------------------------------------------- entries stay inside the bundle
+
+
+def _edit_manifest(root: Path, edit: object) -> None:
+    path = root / "manifest.json"
+    data = json.loads(path.read_text())
+    data = edit(data)  # type: ignore[operator]
+    path.write_text(json.dumps(data))
+
+
+@pytest.mark.parametrize("entry", ["../secret.txt", "sub/../../secret.txt", "/etc/hostname", "sub\\..\\x",
+                                   "C:/x", "c:x", "", "sub//vocab.json", "./weights.bin", "sub/", "a\x00b",
+                                   "manifest.json"])
+def test_entries_outside_the_bundle_are_refused(tmp_path: Path, entry: str) -> None:
+    root = _bundle(tmp_path)
+    secret = tmp_path / "secret.txt"
+    secret.write_text("top secret")
+    digest = hashlib.sha256(secret.read_bytes()).hexdigest()
+
+    def add(data: dict) -> dict:
+        data["files"][entry] = {"sha256": "0" * 64, "bytes": 10}
+        return data
+
+    _edit_manifest(root, add)
+    for verify in (True, False):
+        with pytest.raises(BundleError, match="manifest") as info:
+            load_bundle(root, verify=verify)
+        assert digest[:12] not in str(info.value) and "top secret" not in str(info.value)
+
+
+def test_manifest_file_refuses_what_is_not_listed_or_escapes(tmp_path: Path) -> None:
+    root = _bundle(tmp_path)
+    m = load_bundle(root)
+    for rel in ("../secret.txt", "/etc/hostname", "nope.bin"):
+        with pytest.raises(BundleError):
+            m.file(rel)
+
+
+def test_symlinks_inside_the_bundle_are_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "weights.bin").write_bytes(bytes(range(256)) * 4)
+    (outside / "vocab.json").write_text('{"a": 1}')
+    # a listed file replaced by a link to an identical file outside: checksums match, still refused
+    root = _bundle(tmp_path / "1")
+    (root / "weights.bin").unlink()
+    (root / "weights.bin").symlink_to(outside / "weights.bin")
+    with pytest.raises(BundleError, match="symlink"):
+        load_bundle(root)
+    with pytest.raises(BundleError, match="symlink"):
+        load_bundle(root, verify=False).file("weights.bin")
+    # a directory replaced by a link
+    root = _bundle(tmp_path / "2")
+    (root / "sub" / "vocab.json").unlink()
+    (root / "sub").rmdir()
+    (root / "sub").symlink_to(outside)
+    with pytest.raises(BundleError, match="symlink"):
+        load_bundle(root)
+    with pytest.raises(BundleError, match="symlink"):
+        load_bundle(root, verify=False).file("sub/vocab.json")
+    # an unlisted dangling or escaping link is refused too, and a manifest that is a link
+    root = _bundle(tmp_path / "3")
+    (root / "extra").symlink_to(tmp_path / "nowhere")
+    with pytest.raises(BundleError, match="symlink"):
+        load_bundle(root)
+    root = _bundle(tmp_path / "4")
+    (root / "manifest.json").rename(tmp_path / "4" / "m.json")
+    (root / "manifest.json").symlink_to(tmp_path / "4" / "m.json")
+    with pytest.raises(BundleError, match="symlink"):
+        load_bundle(root)
+    # publishing a folder with a link in it is refused (it could not be loaded)
+    with pytest.raises(BundleError, match="symlink"), publish(tmp_path / "5") as pub:
+        (pub.path / "w.bin").symlink_to(outside / "weights.bin")
+        pub.set_manifest(kind="model/test", name="t")
+    assert not (tmp_path / "5").exists()
+
+
+def test_a_symlinked_bundle_root_is_allowed(tmp_path: Path) -> None:
+    root = _bundle(tmp_path)
+    (tmp_path / "store").symlink_to(root)  # a model store that links versions by name
+    assert load_bundle(tmp_path / "store").file("weights.bin").read_bytes() == (root / "weights.bin").read_bytes()
+
+
+@pytest.mark.parametrize("doc", [
+    [], "x", 3, None, {"schema_version": 1},
+    {"schema_version": 1, "kind": "model/test", "name": "t", "version": "v", "created": "c", "command": "c",
+     "files": []},
+    {"schema_version": 1, "kind": "model/test", "name": "t", "version": "v", "created": "c", "command": "c",
+     "files": {"w.bin": {"sha256": 5}}},
+    {"schema_version": 1, "kind": "model/test", "name": "t", "version": "v", "created": "c", "command": "c",
+     "files": {"w.bin": "abc"}},
+    {"schema_version": 1, "kind": ["model/test"], "name": "t", "version": "v", "created": "c", "command": "c"},
+    {"schema_version": 1, "kind": "model/test", "name": "t", "version": "v", "created": "c", "command": "c",
+     "config": []},
+    {"schema_version": True, "kind": "model/test", "name": "t", "version": "v", "created": "c", "command": "c"},
+])
+def test_malformed_manifests_are_a_clear_bundle_error(tmp_path: Path, doc: object) -> None:
+    root = tmp_path / "b"
+    root.mkdir()
+    (root / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="manifest"):
+        load_bundle(root)
+
+
+@pytest.mark.parametrize("name", ["x" * 5000, "a\x00b"])
+def test_unreadable_bundle_names_are_a_bundle_error(tmp_path: Path, name: str) -> None:
+    with pytest.raises(BundleError, match=r"not a (readable )?retrec bundle"):
+        load_bundle(tmp_path / name)

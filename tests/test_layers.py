@@ -2,7 +2,7 @@
 
 Layers (a module may import its own layer and the ones below it, never above):
 
-    0  data, bundle, process_env, kinds, console      (kinds names loaders as "module:attr" strings only)
+    0  data, atomic, bundle, process_env, kinds, console   (kinds names loaders as "module:attr" strings only)
     1  models, tables
     2  runtime                                        (torch-free inference)
     3  index
@@ -39,6 +39,7 @@ ROOT_LAYER = 0  # retrec/__init__.py itself (exact name only); its lazy imports 
 # Longest matching dotted prefix wins.
 LAYERS: dict[str, int] = {
     "retrec.data": 0,
+    "retrec.atomic": 0,
     "retrec.bundle": 0,
     "retrec.process_env": 0,
     "retrec.kinds": 0,

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 
 import typer
 
-from retrec.bundle import BundleError
+from retrec.bundle import BundleError, atomic_write_text
 from retrec.cli.choices import fusion_choice, protocol_choice, retriever_choice
 from retrec.cli.common import _fail, app
 from retrec.data.errors import DataError
@@ -201,7 +201,7 @@ def eval_cmd(
             raise _fail("--compare needs at least two systems (retrievers, indexes, a hybrid, run files)")
         comparisons = paired({res.name: res.per_query for res in results}, primary)
     if per_query:
-        per_query.write_text(json.dumps({res.name: res.per_query for res in results}, indent=1))
+        atomic_write_text(per_query, json.dumps({res.name: res.per_query for res in results}, indent=1))
     if as_json:
         if len(results) == 1 and not compare:
             out: dict = results[0].to_json()

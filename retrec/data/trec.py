@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from retrec.bundle import atomic_open
 from retrec.data.errors import DataError
 from retrec.data.lines import iter_lines
 
@@ -17,7 +18,7 @@ def write_run(path: str | Path, run: Mapping[str, Hits], tag: str = "retrec") ->
     path.parent.mkdir(parents=True, exist_ok=True)
     if any(c.isspace() for c in tag) or not tag:
         raise ValueError(f"run tag must be one non-empty word, got {tag!r}")
-    with open(path, "w", encoding="utf-8") as fh:
+    with atomic_open(path, "w", encoding="utf-8") as fh:  # a killed writer leaves the old run file or none
         for qid in sorted(run):
             for rank, (doc_id, score) in enumerate(run[qid], 1):
                 fh.write(f"{qid} Q0 {doc_id} {rank} {float(score)!r} {tag}\n")

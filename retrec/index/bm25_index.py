@@ -21,7 +21,7 @@ import Stemmer
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, load_bundle, publish
-from retrec.index.retriever import Hits, top_k
+from retrec.index.retriever import Hits, top_k_rows
 from retrec.kinds import BM25_INDEX
 
 KIND = BM25_INDEX
@@ -74,11 +74,12 @@ class BM25Index:
         return self.model.get_scores_from_ids(ids)
 
     def search(self, queries: Sequence[str], k: int) -> list[Hits]:
+        """Top-``k`` documents per query; only documents sharing a term with it (score > 0) are ranked."""
         out = []
         for q in queries:
             s = self.scores(q)
-            hits = top_k(s, self.doc_ids, k, self._order_key)
-            out.append([h for h in hits if h[1] > 0.0])  # no term overlap: not retrieved
+            rows = top_k_rows(s, k, self._order_key, rows=np.flatnonzero(s > 0.0))  # no term overlap: not retrieved
+            out.append([(self.doc_ids[i], float(s[i])) for i in rows])
         return out
 
     def save(self, directory: str | Path, name: str = "bm25", metrics: dict | None = None) -> Path:

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +23,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save_file
 
-from retrec.bundle import Manifest
+from retrec.bundle import Manifest, atomic_path
 from retrec.index.faiss_index import FaissIndex
 from retrec.index.retriever import Hits
 from retrec.runtime.onnx_encoder import OnnxEncoder
@@ -63,15 +61,8 @@ def encode_corpus(
             log.warning("ignoring unreadable encoding cache %s: %s", path, exc)
     vectors = encoder.encode_documents(texts, batch_size=batch_size, progress=progress)
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=path.name, suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        try:
-            save_file({"embeddings": vectors}, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path) as tmp:
+            save_file({"embeddings": vectors}, str(tmp))
     return vectors
 
 

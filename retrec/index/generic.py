@@ -16,21 +16,18 @@ Example::
     encoder = load_query_encoder(kind, None)                       # the kind's default_model (zero-shot MiniLM)
     index = build_index(kind, doc_ids, texts, encoder=encoder, shards=2)
     IndexRetriever("dense", index, encoder).search(["what causes scurvy"], k=10)
-    publish_index(index, "artifacts/scifact-dense", name="scifact-dense")   # temp sibling, then rename
+    publish_index(index, "artifacts/scifact-dense", name="scifact-dense")   # temp sibling, fsync, rename
     retriever = open_index("artifacts/scifact-dense")              # encoder from the recorded path
 """
 
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from retrec import kinds
-from retrec.bundle import BundleError, Manifest, read_manifest
+from retrec.bundle import BundleError, Manifest, publish, read_manifest
 from retrec.index.retriever import Hits
 
 
@@ -157,20 +154,17 @@ def open_index(
 
 
 def publish_index(index: Any, out: str | Path, name: str) -> Path:
-    """Save ``index`` into a temp sibling of ``out``, then rename it into place (readers never see a half).
+    """Save ``index`` (its kind's ``save``, which writes a whole bundle) and publish it at ``out`` atomically.
 
-    ``out`` must not exist or be an empty folder: an index version is written once, never overwritten.
+    Through :func:`retrec.bundle.publish` with :meth:`~retrec.bundle.Publication.adopt`: the kind saves into a
+    temporary sibling, the bundle is verified and fsynced, then renamed into place; a failed or killed save
+    publishes nothing. ``out`` must not exist or be an empty folder: an index version is written once.
     """
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise FileExistsError(f"{out}: exists and is not an empty folder; an index version is written once — "
                               "choose a new --out")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
-    try:
-        index.save(work, name=name)
-        os.replace(work, out)
-    finally:
-        if work.exists():
-            shutil.rmtree(work, ignore_errors=True)
+    with publish(out, replace=False) as pub:
+        index.save(pub.path, name=name)
+        pub.adopt()
     return out

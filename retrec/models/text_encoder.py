@@ -32,7 +32,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from retrec.bundle import BundleError, Manifest, load_bundle, sha256_file, write_manifest
+from retrec.bundle import MANIFEST, BundleError, Manifest, load_bundle, publish, sha256_file
 from retrec.kinds import DENSE_MODEL
 from retrec.process_env import cache_dir
 from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer, minilm_dir
@@ -304,22 +304,23 @@ def export_onnx(
     metrics: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> Manifest:
-    """Write a ``model/dense`` bundle: ``encoder.onnx`` (+ ``encoder-int8.onnx``), ``tokenizer/``, manifest.
+    """Publish a ``model/dense`` bundle: ``encoder.onnx`` (+ ``encoder-int8.onnx``), ``tokenizer/``, manifest.
 
-    ``config`` defaults to the encoder's pooling/normalisation with cosine similarity when normalised
-    (dot product otherwise), queries truncated to 64 tokens and documents to 256.
+    Atomically (:func:`retrec.bundle.publish`) into a new or empty ``out_dir`` (else FileExistsError); a failed
+    export publishes nothing. ``config`` defaults to the encoder's pooling/normalisation with cosine similarity
+    when normalised (dot product otherwise), queries truncated to 64 tokens and documents to 256.
     """
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()):
-        raise FileExistsError(f"{out}: not empty; a bundle is written into a new or empty directory")
     if config is None:
         config = EncoderConfig(pooling=encoder.pooling, normalize=encoder.normalize,
                                similarity="cosine" if encoder.normalize else "dot")
     tok = tokenizer if isinstance(tokenizer, TextTokenizer) else load_tokenizer(tokenizer)
-    out.mkdir(parents=True, exist_ok=True)
-    config_json, dims = write_onnx_files(encoder, out, tokenizer=tok, config=config, quantize=quantize, opset=opset)
-    return write_manifest(out, kind=KIND, name=name, version=version, dims=dims, config=config_json, metrics=metrics,
-                          command=command)
+    with publish(out_dir, replace=False) as pub:
+        config_json, dims = write_onnx_files(encoder, pub.path, tokenizer=tok, config=config, quantize=quantize,
+                                             opset=opset)
+        pub.set_manifest(kind=KIND, name=name, version=version, dims=dims, config=config_json, metrics=metrics,
+                         command=command)
+    assert pub.manifest is not None
+    return pub.manifest
 
 
 def _zero_shot_version(config: EncoderConfig, quantize: bool) -> str:
@@ -335,8 +336,9 @@ def zero_shot_bundle(cache: str | Path | None = None, quantize: bool = True,
     """The packaged MiniLM as a verified ``model/dense`` bundle, exported once and cached.
 
     Lives at ``<cache>/minilm-onnx`` (default cache ``${RETREC_CACHE:-~/.cache/retrec}``). A cached
-    bundle that fails verification or was made from other weights/config is exported again; the new
-    bundle is published with an atomic rename, so concurrent first uses are safe.
+    bundle that fails verification or was made from other weights/config is exported again and published with
+    :func:`retrec.bundle.publish` (temporary sibling, verified, fsynced, swapped in atomically), so readers and
+    concurrent first uses always see a whole bundle, and an export that fails or is killed leaves the old one.
     """
     config = config or EncoderConfig()
     root = Path(cache) if cache is not None else cache_dir()
@@ -350,21 +352,14 @@ def zero_shot_bundle(cache: str | Path | None = None, quantize: bool = True,
         except BundleError as exc:
             reason = str(exc)
         log.warning("re-exporting the zero-shot encoder at %s: %s", target, reason)
-        stale = Path(tempfile.mkdtemp(prefix="minilm-onnx.stale.", dir=root))
-        target.rename(stale / "old")
-        shutil.rmtree(stale, ignore_errors=True)
-    root.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix="minilm-onnx.tmp.", dir=root))
-    try:
-        encoder = TextEncoder.from_pretrained(pooling=config.pooling, normalize=config.normalize)
-        export_onnx(encoder, work / "bundle", name="minilm-zero-shot", version=version, config=config,
+        if not (target / MANIFEST).is_file():  # not a bundle at all (publish replaces bundles only): set it aside
+            stale = Path(tempfile.mkdtemp(prefix="minilm-onnx.stale.", dir=root))
+            target.rename(stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+    encoder = TextEncoder.from_pretrained(pooling=config.pooling, normalize=config.normalize)
+    with publish(target) as pub:
+        export_onnx(encoder, pub.path, name="minilm-zero-shot", version=version, config=config,
                     quantize=quantize, command="retrec zero-shot export (automatic)")
-        try:
-            (work / "bundle").rename(target)
-        except OSError:  # another process published first: use theirs
-            if not target.exists():
-                raise
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        pub.adopt()
     load_bundle(target, kind=KIND)
     return target

@@ -27,7 +27,8 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from fastapi import FastAPI, Response
+from fastapi import Depends, FastAPI, Request, Response
+from fastapi.responses import PlainTextResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
@@ -60,8 +61,19 @@ log = logging.getLogger("retrec.serving")
 # Ray pickles the deployment class by value, so process-wide state (metrics, guard settings, published names)
 # is reached through its module (``serving_metrics.METRICS``, ``guard.GUARD``, ``schemas.PUBLISHED``).
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503, 504)
 }
+
+
+async def _json_body(request: Request) -> None:
+    """A body-taking route accepts ``application/json`` only (415); checked after routing, so a method a path
+    does not declare is a 405 whatever its content type."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype or 'none'!r}")
+
+
+_JSON_BODY = [Depends(_json_body)]
 
 api = FastAPI(
     title="retrec serving API", version="1.1.0",
@@ -156,10 +168,9 @@ class Ingress:
         name = req.retriever or next(iter(self._targets), "")
         names = self._targets_of(name)
         hybrid = name == HYBRID
-        if hybrid and req.fusion.weights:
-            unknown = sorted(set(req.fusion.weights) - set(names))
-            if unknown:
-                raise ApiError(422, "invalid_request", f"fusion.weights names unknown retrievers {unknown}")
+        if req.fusion.weights and not self.retrievers.keys() >= req.fusion.weights.keys():
+            unknown = sorted(set(req.fusion.weights) - set(self.retrievers))
+            raise ApiError(422, "invalid_request", f"fusion.weights names retrievers not deployed: {unknown}")
         depth = max(req.k, req.fusion.depth) if hybrid else req.k
         payloads = {key: asyncio.ensure_future(self._encode(key, req.query)) for key in self._encoders_for[name]}
         outcomes = await asyncio.gather(*(self._retrieve(n, req.query, depth, payloads) for n in names),
@@ -197,7 +208,7 @@ class Ingress:
         except TimeoutError as exc:
             raise ApiError(504, "timeout", f"request exceeded {self.cfg.limits.request_timeout_s} s") from exc
 
-    @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS)
+    @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS, dependencies=_JSON_BODY)
     async def search(self, req: SearchRequest) -> SearchResponse:
         """Top-k documents for a query from a deployed retriever or ``hybrid`` (fused), with the versions used."""
         return await self._bounded(self._search(req))
@@ -231,7 +242,7 @@ class Ingress:
             items=[Item(item_id=i, score=s, rank=r) for r, (i, s) in enumerate(out["items"], start=1)],
             took_ms=round((time.perf_counter() - started) * 1000, 3))
 
-    @api.post("/v1/recommend", response_model=RecommendResponse, responses=_ERRORS)
+    @api.post("/v1/recommend", response_model=RecommendResponse, responses=_ERRORS, dependencies=_JSON_BODY)
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
         """Next items for a history of raw item ids; unknown ids are skipped and counted."""
         return await self._bounded(self._recommend(req))
@@ -241,7 +252,7 @@ class Ingress:
         """Load the index version at ``path`` on every shard of ``name``, then make it the active one."""
         return await self.versions.swap(name, path)
 
-    @api.post("/v1/admin/indexes", responses=_ERRORS)
+    @api.post("/v1/admin/indexes", responses=_ERRORS, dependencies=_JSON_BODY)
     async def admin_swap(self, req: SwapRequest) -> dict[str, Any]:
         """Swap a retriever to a published index version (every shard loads it first; then traffic moves)."""
         if not self.cfg.admin:
@@ -289,7 +300,7 @@ class Ingress:
             raise ApiError(503, "not_ready", "not ready: " + ", ".join(k for k, ok in checks.items() if not ok))
         return {"status": "ready", "checks": checks}
 
-    @api.get("/metrics")
+    @api.get("/metrics", response_class=PlainTextResponse)
     async def metrics(self) -> Response:
         """Prometheus text: requests, latency, encoder batch sizes, shard failures, index versions."""
         body, ctype = serving_metrics.METRICS.render()

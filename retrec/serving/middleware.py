@@ -1,9 +1,10 @@
-"""ASGI guard in front of the API: load shedding, body limit, content type and API keys.
+"""ASGI guard in front of the API: load shedding, body limit and API keys.
 
 In order: more than ``max_inflight`` requests in progress → 503 with ``Retry-After``; ``/v1/*`` without a
-valid API key (when keys are configured) → 401; a POST that is not ``application/json`` → 415; a body over
-``max_body_bytes`` (declared or streamed) → 413. Keys are compared with :func:`hmac.compare_digest` and
-never logged. Settings live in :data:`GUARD`, set by the ingress replica at start (one replica per process).
+valid API key (when keys are configured) → 401; a POST body over ``max_body_bytes`` (declared or streamed)
+→ 413. (A POST that is not ``application/json`` is a 415 from the routes that take a body, after routing, so
+an undeclared method is a 405 first.) Keys are compared with :func:`hmac.compare_digest` and never logged.
+Settings live in :data:`GUARD`, set by the ingress replica at start (one replica per process).
 
 Example::
 
@@ -104,12 +105,7 @@ class GuardMiddleware:
             await _reply(send, 401, "unauthorized", "missing or invalid API key (Authorization: Bearer KEY "
                          "or X-API-Key)", [(b"www-authenticate", b"Bearer")])
             return
-        if scope.get("method") == "POST":
-            ctype = headers.get(b"content-type", b"").split(b";")[0].strip().lower()
-            if ctype != b"application/json":
-                await _reply(send, 415, "unsupported_media_type",
-                             f"Content-Type must be application/json, got {ctype.decode('latin-1') or 'none'!r}")
-                return
+        if scope.get("method") == "POST":  # the content type is checked by the routes (after routing: 405 first)
             declared = headers.get(b"content-length")
             try:
                 too_big = declared is not None and int(declared) > g.max_body_bytes

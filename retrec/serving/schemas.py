@@ -1,10 +1,14 @@
 """HTTP request/response models of the serving API (``/v1``), validated with bounds.
 
-Every request model forbids unknown fields and refuses NaN/inf, so a typo or a poisoned number is a
-422 rather than a silently different answer. Retriever and model names are the application's: the
-descriptions list the registered kinds' eval names (:mod:`retrec.kinds`), and each ingress replica
+Every request model forbids unknown fields, refuses NaN/inf and is strict about JSON types (``k: true``,
+``k: 5.5``, ``k: "5"``, ``rrf_k: false`` or ``exclude_seen: 1`` are refused), so a typo or a poisoned value is
+a 422 rather than a silently different answer. Two JSON spellings of one number stay one number, as the
+OpenAPI 3.1 document (JSON Schema) says: ``k: 5.0`` is the integer 5 and ``rrf_k: 60`` the number 60.0.
+
+Retriever and model names are the application's: the descriptions list the registered kinds' eval names
+(:mod:`retrec.kinds`), and each ingress replica
 publishes its deployed names as enums (and the default, the first configured) in its OpenAPI schema
-(:func:`openapi_schema`).
+(:func:`openapi_schema`), fusion weight keys included.
 
 Example::
 
@@ -19,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 
 from retrec.serving.registry import describe
 
@@ -30,12 +34,20 @@ MAX_ITEM_ID_CHARS = 256
 MAX_BODY_BYTES = 64 * 1024
 HYBRID = "hybrid"  # the fused ranking of every deployed retriever; no retriever may take this name
 
+
+
+def _whole_number(value: Any) -> Any:
+    """A JSON number with no fraction (``5.0``) is that integer; anything else goes to strict validation."""
+    return int(value) if type(value) is float and value.is_integer() else value
+
+
+_WHOLE = BeforeValidator(_whole_number)  # after the bounds in Annotated, so they stay JSON Schema bounds
 ItemId = Annotated[str, StringConstraints(min_length=1, max_length=MAX_ITEM_ID_CHARS)]
 Weight = Annotated[float, Field(ge=0.0, le=1000.0, allow_inf_nan=False)]
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, strict=True)
 
 
 class FusionOptions(_Strict):
@@ -49,12 +61,12 @@ class FusionOptions(_Strict):
     rrf_k: Annotated[float, Field(ge=0.0, le=10_000.0, allow_inf_nan=False)] = 60.0
     weights: dict[Annotated[str, StringConstraints(max_length=32)], Weight] | None = Field(
         default=None, max_length=8, description="per retriever, e.g. {'bm25': 0.3, 'dense': 0.7}; default 1 each")
-    depth: Annotated[int, Field(ge=1, le=MAX_K)] = 100
+    depth: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 100
 
 
 class SearchRequest(_Strict):
     query: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)]
-    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+    k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
     retriever: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
         default=None, description="a deployed retriever, or hybrid (all of them fused); default: the first "
         f"configured. Registered retriever kinds: {describe('index')}")
@@ -78,7 +90,7 @@ class SearchResponse(BaseModel):
 
 class RecommendRequest(_Strict):
     history: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)]
-    k: Annotated[int, Field(ge=1, le=MAX_K)] = 10
+    k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
     model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
         default=None, description="a deployed recommender; default: the first configured. Registered "
         f"recommender kinds: {describe('recommender')}")
@@ -104,7 +116,8 @@ class SwapRequest(_Strict):
     """Admin: move ``retriever`` to the index version at ``path`` once every shard has loaded it."""
 
     retriever: Annotated[str, StringConstraints(min_length=1, max_length=32)]
-    path: Annotated[str, StringConstraints(min_length=1, max_length=4096)]
+    path: Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$")] = Field(
+        description="the index version's folder; no control characters")
 
 
 class ErrorBody(BaseModel):
@@ -131,16 +144,27 @@ PUBLISHED = PublishedNames()
 
 
 def _enum(schema: dict[str, Any], model: str, prop: str, names: list[str], default: bool) -> None:
-    """``model.prop`` becomes a string enum of ``names`` (defaulting to the first when optional)."""
+    """``model.prop`` becomes a string enum of ``names`` (still nullable when optional; documented default: the
+    first name, which is what the server uses for null or a missing field)."""
     props = schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {})
     if prop not in props or not names:
         return
     old = props[prop]
-    props[prop] = {"type": "string", "enum": list(names), "title": old.get("title", prop.title())}
+    enum = {"type": "string", "enum": list(names)}
+    props[prop] = {"anyOf": [enum, {"type": "null"}]} if default else dict(enum)
+    props[prop]["title"] = old.get("title", prop.title())
     if default:
         props[prop]["default"] = names[0]
     if "description" in old:
         props[prop]["description"] = old["description"]
+
+
+def _enum_keys(schema: dict[str, Any], model: str, prop: str, names: list[str]) -> None:
+    """The keys of the (optional) mapping ``model.prop`` become an enum of ``names``."""
+    prop_schema = schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {}).get(prop, {})
+    for option in prop_schema.get("anyOf", [prop_schema]):
+        if option.get("type") == "object" and names:
+            option["propertyNames"] = {"type": "string", "enum": list(names)}
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
@@ -150,4 +174,5 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     _enum(schema, "SearchRequest", "retriever", PUBLISHED.retrievers, default=True)
     _enum(schema, "RecommendRequest", "model", PUBLISHED.recommenders, default=True)
     _enum(schema, "SwapRequest", "retriever", PUBLISHED.swappable, default=False)
+    _enum_keys(schema, "FusionOptions", "weights", PUBLISHED.swappable)
     return schema

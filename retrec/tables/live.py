@@ -300,10 +300,15 @@ class EmbeddingTable(KeyedRows):
         return admit
 
     # -- snapshots
-    def snapshot(self, out_dir: str | os.PathLike[str], name: str = "embedding-table") -> Manifest:
-        """Write a frozen snapshot bundle (kind ``table/embedding``) and start a new delta window."""
+    def snapshot(self, out_dir: str | os.PathLike[str], name: str = "embedding-table", *,
+                 replace: bool = False) -> Manifest:
+        """Publish a frozen snapshot bundle (kind ``table/embedding``) and start a new delta window.
+
+        Atomic (:func:`retrec.bundle.publish`): ``out_dir`` must be new or empty, or with ``replace=True`` hold
+        the previous table bundle, which readers keep seeing until the new one is complete.
+        """
         keys, rows = self._index.items()
-        return self._publish(Path(out_dir), KIND, name, keys, rows, evicted=None, base=None)
+        return self._publish(Path(out_dir), KIND, name, keys, rows, evicted=None, base=None, replace=replace)
 
     def export_delta(self, out_dir: str | os.PathLike[str], name: str = "embedding-table") -> Manifest:
         """Write the keys touched (admitted, observed, updated) or evicted since the last snapshot/delta.
@@ -326,7 +331,7 @@ class EmbeddingTable(KeyedRows):
                              base=self._base_version)
 
     def _publish(self, out_dir: Path, kind: str, name: str, keys: NDArray[np.uint64], rows: NDArray[np.int64],
-                 evicted: NDArray[np.int64] | None, base: str | None) -> Manifest:
+                 evicted: NDArray[np.int64] | None, base: str | None, replace: bool = False) -> Manifest:
         """Write ``rows`` as a bundle of ``kind`` and start a new delta window on its version."""
         version = new_version()
         manifest = write_bundle(
@@ -342,6 +347,7 @@ class EmbeddingTable(KeyedRows):
             evicted=evicted,
             config={**self.config, "base_version": base},
             metrics=self.stats.as_dict(),
+            replace=replace,
         )
         self._dirty[:] = False
         self._evicted_log.clear()

@@ -3,7 +3,8 @@
 A snapshot (kind ``table/embedding``) holds ``keys.parquet`` (key, row, raw_id, last_update),
 ``rows.safetensors`` (``embeddings``, ``default``) and ``manifest.json``; a delta
 (``table/embedding-delta``) adds ``evicted.parquet`` and names its base version in
-``config.base_version``. Bundles are written into a temporary sibling and renamed into place.
+``config.base_version``. Bundles are published with :func:`retrec.bundle.publish` (temporary sibling, fsync,
+manifest last, rename): a reader, or a writer killed at any point, leaves the previous version or the new one.
 
 Example::
 
@@ -17,7 +18,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import secrets
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from numpy.typing import NDArray
 from safetensors.numpy import load_file, save_file
 
-from retrec.bundle import BundleError, Manifest, write_manifest
+from retrec.bundle import BundleError, Manifest, publish
 from retrec.kinds import EMBEDDING_TABLE, EMBEDDING_TABLE_DELTA
 
 __all__ = ["DELTA_KIND", "FORMAT_VERSION", "KIND", "new_version", "read_bundle", "write_bundle"]
@@ -60,14 +60,12 @@ def write_bundle(
     evicted: NDArray[np.int64] | None,
     config: dict[str, Any],
     metrics: dict[str, Any],
+    replace: bool = False,
 ) -> Manifest:
-    """Write files into a temporary sibling directory, checksum them, then rename into place."""
-    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
-        raise FileExistsError(f"{out_dir} exists and is not an empty directory")
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_dir.parent / f".{out_dir.name}.tmp-{secrets.token_hex(4)}"
-    tmp.mkdir()
-    try:
+    """Publish the bundle at ``out_dir`` atomically; ``replace=False`` refuses a non-empty ``out_dir``
+    (FileExistsError), ``replace=True`` swaps out the table bundle there in one step."""
+    with publish(out_dir, replace=replace) as pub:
+        tmp = pub.path
         n = keys.shape[0]
         if raw:
             raw_col = pa.array([raw.get(k) for k in keys.tolist()], type=pa.string())
@@ -95,17 +93,9 @@ def write_bundle(
         if evicted is not None:
             pq.write_table(pa.table({"key": pa.array(evicted, type=pa.int64())}), tmp / EVICTED_FILE)
             dims["evicted"] = int(evicted.size)
-        manifest = write_manifest(
-            tmp, kind=kind, name=name, version=version, config=config, dims=dims, metrics=metrics
-        )
-        if out_dir.exists():
-            out_dir.rmdir()  # empty (checked above)
-        tmp.rename(out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    manifest.path = out_dir
-    return manifest
+        pub.set_manifest(kind=kind, name=name, version=version, config=config, dims=dims, metrics=metrics)
+    assert pub.manifest is not None
+    return pub.manifest
 
 
 def read_bundle(
