@@ -101,6 +101,7 @@ class LocalController:
     def __init__(self) -> None:
         self.replicas: dict[str, list[Any]] = {}
         self.published: list[dict[str, Any]] = []
+        self.ingress: list[IndexVersions] = []
 
     async def publish(self, user_configs: dict[str, Any]) -> None:
         self.published.append(user_configs)
@@ -109,17 +110,32 @@ class LocalController:
                 await replica.reconfigure(user_config)
 
 
+class IngressReplica:
+    """What ``Ingress.reconfigure`` does with its ``user_config``."""
+
+    def __init__(self, versions: IndexVersions) -> None:
+        self.versions = versions
+
+    async def reconfigure(self, user_config: dict[str, Any]) -> None:
+        await self.versions.apply(user_config.get("indexes") or {})
+
+
 def _versions(name: str, kind: str, payload: str, path: Path, replicas: int = 2,
               encoder: dict[str, Any] | None = None) -> tuple[IndexVersions, LocalController, list[Any]]:
+    """The ingress replica that takes the admin call (plus a second one), ``replicas`` shard replicas."""
     ref = index_ref(path)
     shards = [Shard(kind=kind, shard=0, initial=ref, use_gpu=False) for _ in range(replicas)]
     controller = LocalController()
     controller.replicas[f"{name}-shard-0"] = shards
-    spec = RetrieverSpec(name, kind, payload, [LocalHandle(shards[0])], "enc" if encoder else None)
-    versions = IndexVersions({name: spec}, {name: ref}, {"enc": encoder} if encoder else {}, resolve=str)
-    versions.publish = controller.publish  # in Ray: the Serve controller's user_config update
-    controller.replicas["Ingress"] = [versions]
-    return versions, controller, shards
+    ingress = []
+    for _ in range(2):
+        spec = RetrieverSpec(name, kind, payload, [LocalHandle(shards[-1])], "enc" if encoder else None)
+        versions = IndexVersions({name: spec}, {name: ref}, {"enc": encoder} if encoder else {}, resolve=str)
+        versions.publish = controller.publish  # in Ray: the Serve controller's user_config update
+        ingress.append(versions)
+    controller.replicas["Ingress"] = [IngressReplica(v) for v in ingress]
+    controller.ingress = ingress
+    return ingress[0], controller, shards
 
 
 # ---- item 5: identity is the manifest digest -------------------------------------------------------------
@@ -156,7 +172,8 @@ def test_swap_reaches_every_shard_replica_before_the_flip(bm25_same_version: lis
     asyncio.run(versions.swap("bm25", str(b)))
     digest = versions.active["bm25"]["digest"]
     assert all(digest in shard.versions() for shard in shards)
-    shard_phase, ingress_phase = controller.published
+    assert all(v.active["bm25"]["digest"] == digest for v in controller.ingress)  # ingress replicas agree
+    shard_phase, ingress_phase = controller.published[:2]
     assert set(shard_phase) == {"bm25-shard-0"} and set(ingress_phase) == {"Ingress"}
     assert [r["digest"] for r in shard_phase["bm25-shard-0"]["versions"]] == [index_ref(a)["digest"], digest]
 
