@@ -118,7 +118,8 @@ class Ingress:
         """``user_config: {"indexes": {retriever: path}}``: those index versions are the active ones on this
         replica (every shard replica loads them first); Serve applies it to every ingress replica, and again
         to each one it restarts (see :mod:`retrec.serving.versions`)."""
-        await self.versions.apply((user_config or {}).get("indexes") or {})
+        user_config = user_config or {}
+        await self.versions.apply(user_config.get("indexes") or {}, user_config.get("digests"))
 
     # ---- searching -------------------------------------------------------------------------------------
     async def _encode(self, key: str, query: str) -> Any:

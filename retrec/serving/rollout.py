@@ -91,7 +91,7 @@ class ServeRollout:
                 if target == user_config and d.get("status") == "HEALTHY":
                     continue
                 pending.append(name)
-                if target == user_config and d.get("status") in ("UNHEALTHY", "DEPLOY_FAILED"):
+                if target == user_config and d.get("status") == "DEPLOY_FAILED":  # UNHEALTHY may recover
                     failed.append(name)
             if not pending:
                 return

@@ -151,9 +151,12 @@ class IndexVersions:
                 await self._prepare(name, ref)
                 await self._publish_shards(name, previous, ref)
                 if everywhere:
-                    indexes = {n: r["path"] for n, r in self.active.items()} | {name: ref["path"]}
+                    active = {**self.active, name: ref}
+                    # digests: these versions are on every shard replica already (a restarted replica flips at once)
+                    user_config = {"indexes": {n: r["path"] for n, r in active.items()},
+                                   "digests": {n: r["digest"] for n, r in active.items()}}
                     try:
-                        await self.publish({INGRESS: {"indexes": indexes}})
+                        await self.publish({INGRESS: user_config})
                     except Exception as exc:
                         log.error("retriever %s: publishing the active version to the ingress failed", name,
                                   exc_info=exc)
@@ -162,15 +165,17 @@ class IndexVersions:
                 self._flip(name, ref)
         return {"retriever": name, "version": ref["version"], "previous": previous["version"]}
 
-    async def apply(self, indexes: dict[str, str]) -> None:
-        """An ``Ingress`` ``user_config``'s ``{retriever: path}``: make each this replica's active version,
-        loading it on every shard replica first unless that is done; a refused one is logged, not applied."""
+    async def apply(self, indexes: dict[str, str], digests: dict[str, str] | None = None) -> None:
+        """An ``Ingress`` ``user_config`` (``indexes: {retriever: path}``): make each this replica's active
+        version. One whose ``digests`` entry (written by a swap once every shard replica holds it) matches is
+        flipped at once; any other is swapped to on this replica (checks, every shard replica loads it, then
+        the flip). A refused one is logged and not applied."""
         for name, path in indexes.items():
             try:
                 ref = index_ref(self.resolve(path))
                 if ref["digest"] == self.active.get(name, {}).get("digest"):
                     continue
-                if self._published.get(name) == ref["digest"]:  # this replica's own swap, shards done
+                if ref["digest"] in (self._published.get(name), (digests or {}).get(name)):
                     self._flip(name, ref)
                     continue
                 await self.swap(name, path, everywhere=False)

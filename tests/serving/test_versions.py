@@ -117,7 +117,7 @@ class IngressReplica:
         self.versions = versions
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        await self.versions.apply(user_config.get("indexes") or {})
+        await self.versions.apply(user_config.get("indexes") or {}, user_config.get("digests"))
 
 
 def _versions(name: str, kind: str, payload: str, path: Path, replicas: int = 2,
@@ -173,7 +173,7 @@ def test_swap_reaches_every_shard_replica_before_the_flip(bm25_same_version: lis
     digest = versions.active["bm25"]["digest"]
     assert all(digest in shard.versions() for shard in shards)
     assert all(v.active["bm25"]["digest"] == digest for v in controller.ingress)  # ingress replicas agree
-    shard_phase, ingress_phase = controller.published[:2]
+    shard_phase, ingress_phase = controller.published
     assert set(shard_phase) == {"bm25-shard-0"} and set(ingress_phase) == {"Ingress"}
     assert [r["digest"] for r in shard_phase["bm25-shard-0"]["versions"]] == [index_ref(a)["digest"], digest]
 
@@ -222,6 +222,19 @@ def test_restarted_shard_replica_holds_the_published_versions(bm25_same_version:
     fresh = Shard(kind="index/bm25", shard=0, initial=index_ref(a), use_gpu=False)  # built with the old args
     asyncio.run(fresh.reconfigure(user_config))
     assert fresh.versions()[-1] == versions.active["bm25"]["digest"]
+
+
+def test_restarted_ingress_replica_takes_the_published_version(bm25_same_version: list[Path]) -> None:
+    """A new ingress replica starts from the build's versions; Serve then applies the current user_config."""
+    a, b = bm25_same_version
+    versions, controller, _ = _versions("bm25", "index/bm25", "text", a)
+    asyncio.run(versions.swap("bm25", str(b)))
+    published = len(controller.published)
+    fresh = IndexVersions({"bm25": versions.retrievers["bm25"]}, {"bm25": index_ref(a)}, {}, resolve=str)
+    fresh.publish = controller.publish
+    asyncio.run(IngressReplica(fresh).reconfigure(controller.published[1]["Ingress"]))
+    assert fresh.active["bm25"]["digest"] == index_ref(b)["digest"]
+    assert len(controller.published) == published  # the shards hold it already: nothing republished
 
 
 # ---- item 7: the loader's checks run before anything flips -----------------------------------------------
