@@ -4,6 +4,7 @@ manifest digest, not its version string."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 import time
 from collections.abc import Iterator
@@ -157,3 +158,23 @@ def test_same_version_string_other_bundle_is_swapped_in(client: httpx.Client, bu
         body = client.post("/v1/search", json={"query": query, "k": 5, "retriever": "bm25"}).json()
         assert body["index_versions"]["bm25"] == "bm25-v2"
         assert [(h["doc_id"], round(h["score"], 4)) for h in body["hits"]] == _offline(bundles["v2b"], query)
+
+
+def test_refused_version_is_a_400_before_anything_flips(client: httpx.Client, url: str,
+                                                        bundles: dict[str, Any], tmp_path: Path) -> None:
+    """The manifest fits but a shard's loader refuses the files (a checksum): 400, no replica changes."""
+    bad = tmp_path / "bm25-corrupt"
+    shutil.copytree(bundles["v1"], bad)
+    scores = bad / "scores.safetensors"
+    scores.write_bytes(scores.read_bytes()[:-8] + b"\0" * 8)
+    before = client.get("/v1/models").json()["retrievers"]["bm25"]
+    with Load(url, bundles["query"], threads=2) as load:
+        time.sleep(0.5)
+        r = client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": str(bad)}, timeout=120)
+        time.sleep(0.5)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "bad_bundle", r.text
+    assert "checksum" in r.text and str(bad) not in r.text
+    assert {s for _, s, _, _ in load.results} == {200}
+    assert {v for _, _, v, _ in load.results} == {before["index_version"]}
+    for _ in range(10):
+        assert client.get("/v1/models").json()["retrievers"]["bm25"] == before
