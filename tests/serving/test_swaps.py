@@ -178,3 +178,22 @@ def test_refused_version_is_a_400_before_anything_flips(client: httpx.Client, ur
     assert {v for _, _, v, _ in load.results} == {before["index_version"]}
     for _ in range(10):
         assert client.get("/v1/models").json()["retrievers"]["bm25"] == before
+
+
+def test_user_config_swap_reaches_every_replica(client: httpx.Client, url: str, bundles: dict[str, Any]) -> None:
+    """An operator's redeploy naming another version in the Ingress user_config: in place, every replica."""
+    from retrec.serving.launch import deploy
+
+    config = _config(bundles, int(url.rsplit(":", 1)[1]))
+    config["applications"][0]["deployments"] = [{"name": "Ingress",
+                                                 "user_config": {"indexes": {"bm25": str(bundles["v1"])}}}]
+    replicas = _replicas("Ingress") + _replicas("bm25-shard-0")
+    with Load(url, bundles["query"], threads=3) as load:
+        time.sleep(1.0)
+        deploy(config)
+        deployed_at = time.monotonic()
+        time.sleep(1.5)
+    assert _replicas("Ingress") + _replicas("bm25-shard-0") == replicas, "replicas were restarted"
+    assert {s for _, s, _, _ in load.results} == {200}
+    after = [(v, tuple(h)) for started, _, v, h in load.results if started > deployed_at]
+    assert after and set(after) == {("bm25-v1", tuple(_offline(bundles["v1"], bundles["query"])))}
