@@ -108,21 +108,26 @@ class _VersionedShard:
                 raise BundleError(f"{ref['path']}: republished while loading; retry the swap")
             self._versions = {**self._versions, ref["digest"]: index}
 
-    def _keep(self, extra: str | None = None) -> None:
-        keep = {*self._held, self._previous, extra}
-        self._versions = {d: i for d, i in self._versions.items() if d in keep}
+    def _keep(self, held: list[str] | None = None, extra: str | None = None) -> None:
+        """Drop what is not held (on a worker thread: it waits for a load in progress, searches never do)."""
+        with self._load_lock:
+            if held is not None:
+                self._previous = self._held[-1] if self._held else None
+                self._held = [d for d in held if d in self._versions]
+            keep = {*self._held, self._previous, extra}
+            self._versions = {d: i for d, i in self._versions.items() if d in keep}
 
     def _index(self, ref: IndexRef) -> Any:
         index = self._versions.get(ref["digest"])
         if index is None:
             raise UnknownVersionError(f"this replica does not hold index version {ref['version']!r} "
-                                 f"({ref['digest'][:12]})")
+                                      f"({ref['digest'][:12]})")
         return index
 
     async def load(self, ref: IndexRef) -> str:
         """Load and check ``ref`` beside the held versions (a swap's check on one replica); returns the version."""
         await asyncio.to_thread(self._ensure, ref)
-        self._keep(extra=ref["digest"])  # until the next reconfigure names (or drops) it
+        await asyncio.to_thread(self._keep, None, ref["digest"])  # until the next reconfigure names (or drops) it
         return ref["version"]
 
     async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
@@ -138,9 +143,7 @@ class _VersionedShard:
                 if i == 0:
                     raise  # the active version: this replica cannot serve without it
                 log.warning("older index version %s not loaded; holding the newer ones", ref["version"], exc_info=True)
-        self._previous = self._held[-1] if self._held else None
-        self._held = [r["digest"] for r in refs if r["digest"] in self._versions]
-        self._keep()
+        await asyncio.to_thread(self._keep, [r["digest"] for r in refs])
 
     def versions(self) -> list[str]:
         """Digests of the versions loaded, oldest first."""
