@@ -43,7 +43,8 @@ from retrec.serving.ingress import Ingress
 from retrec.serving.recommenders import Recommender
 from retrec.serving.registry import check_hook, deployment, kind_of
 from retrec.serving.schemas import HYBRID
-from retrec.serving.shards import IndexShard, index_ref
+from retrec.serving.shards import IndexShard, index_ref, shard_deployment
+from retrec.serving.versions import INGRESS
 
 log = logging.getLogger("retrec.serving")
 
@@ -116,8 +117,10 @@ def build_app(args: dict[str, Any]) -> Application:
                 encoders[encoder] = _encoder_spec(cfg, encoder, "QueryEncoder" if not encoders
                                                   else f"QueryEncoder-{name}")
         ref = index_ref(path)
-        shard_deployment = deployment(kind.kind, IndexShard)
-        shards = [shard_deployment.options(**rc.shards.deployment_options(f"{name}-shard-{i}")).bind(
+        shard_class = deployment(kind.kind, IndexShard)
+        # The versions each shard replica holds: its user_config, which index swaps update (versions.py).
+        shards = [shard_class.options(**rc.shards.deployment_options(shard_deployment(name, i)),
+                                      user_config={"versions": [ref]}).bind(
                       kind=kind.kind, shard=i, initial=ref, use_gpu=cfg.use_gpu)
                   for i in range(int(manifest.config.get("shards", 1)))]
         retrievers[name] = {"kind": kind.kind, "payload": kind.payload, "shards": shards, "ref": ref,
@@ -132,6 +135,8 @@ def build_app(args: dict[str, Any]) -> Application:
             **mc.replicas.deployment_options(f"recommender-{name}")).bind(path, kind=kind.kind)
     if not retrievers and not recommenders:
         raise BundleError("nothing to serve: every configured bundle is missing")
-    # Index swaps without restarts: a `deployments: [{name: Ingress, user_config: {indexes: {...}}}]` override.
-    return Ingress.options(**cfg.ingress.deployment_options("Ingress")).bind(
+    # The active index versions: the Ingress user_config (swaps, or a `deployments: [{name: Ingress,
+    # user_config: {indexes: {NAME: PATH}}}]` override, update it on every replica; versions.py).
+    indexes = {name: r["ref"]["path"] for name, r in retrievers.items()}
+    return Ingress.options(**cfg.ingress.deployment_options(INGRESS), user_config={"indexes": indexes}).bind(
         cfg.model_dump(), retrievers, encoders, recommenders)

@@ -43,6 +43,7 @@ from retrec.serving.metrics import MetricsMiddleware
 from retrec.serving.middleware import GuardMiddleware, load_api_keys
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder
 from retrec.serving.registry import recommender_names, retriever_names
+from retrec.serving.rollout import ServeRollout
 from retrec.serving.scatter import RetrieverSpec, Scatter, call_handle
 from retrec.serving.schemas import (
     HYBRID,
@@ -106,7 +107,8 @@ class Ingress:
         self.scatter = Scatter(self.retrievers, shard_timeout_s=limits.shard_timeout_s,
                                retry_after_s=limits.retry_after_s, max_batch_size=self.cfg.encoder.max_batch_size)
         self.versions = IndexVersions(self.retrievers, {name: r["ref"] for name, r in retrievers.items()},
-                                      {key: read_manifest(key) for key in encoders}, self.cfg.resolve)
+                                      {key: read_manifest(key) for key in encoders}, self.cfg.resolve,
+                                      publish=ServeRollout().publish)
         self.recommenders = recommenders
         # Resolved once: what each search name needs (no registry or config lookups per request).
         names = list(self.retrievers)
@@ -125,9 +127,11 @@ class Ingress:
         schemas.PUBLISHED.recommenders = list(recommenders)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """``user_config: {"indexes": {retriever: path}}`` swaps to those index versions (see ``swap``)."""
-        for name, path in (user_config or {}).get("indexes", {}).items():
-            await self.swap(name, path)
+        """``user_config: {"indexes": {retriever: path}}``: those index versions are the active ones on this
+        replica (every shard replica loads them first); Serve applies it to every ingress replica, and again
+        to each one it restarts (see :mod:`retrec.serving.versions`)."""
+        user_config = user_config or {}
+        await self.versions.apply(user_config.get("indexes") or {}, user_config.get("digests"))
 
     # ---- searching -------------------------------------------------------------------------------------
     async def _encode(self, key: str, query: str) -> Any:
@@ -249,7 +253,8 @@ class Ingress:
 
     # ---- index versions --------------------------------------------------------------------------------
     async def swap(self, name: str, path: str) -> dict[str, Any]:
-        """Load the index version at ``path`` on every shard of ``name``, then make it the active one."""
+        """Check the index version at ``path``, load it on every shard replica of ``name``, then make it the
+        active one on every ingress replica."""
         return await self.versions.swap(name, path)
 
     @api.post("/v1/admin/indexes", responses=_ERRORS, dependencies=_JSON_BODY)

@@ -32,7 +32,7 @@ from retrec.serving.payloads import Packer, packer
 
 log = logging.getLogger("retrec.serving")
 SCATTER_CONCURRENT_BATCHES = 8  # batched shard calls in flight per ingress replica (x max_batch_size <= max_ongoing)
-IndexRef = dict[str, str]
+IndexRef = dict[str, str]  # {"version", "digest", "path", "kind"}: see retrec.serving.shards
 # One shard query of the batched scatter: (retriever, query payload, k, index version).
 ScatterItem = tuple[str, Any, int, IndexRef]
 
@@ -80,13 +80,14 @@ class Scatter:
     async def scatter(self, items: list[ScatterItem]) -> list[list[Any]]:
         """Per item, every shard's hits (or the exception of its shard call), as one call per shard and group.
 
-        A group is the items of one retriever, index version and ``k``: its shards get one ``search_many``.
+        A group is the items of one retriever, index version (its digest) and ``k``: its shards get one
+        ``search_many``.
         """
-        groups: dict[tuple[str, str, str, int], list[int]] = {}
+        groups: dict[tuple[str, str, int], list[int]] = {}
         for i, (name, _, k, ref) in enumerate(items):
-            groups.setdefault((name, ref["version"], ref["path"], k), []).append(i)
+            groups.setdefault((name, ref["digest"], k), []).append(i)
         calls, targets = [], []
-        for (name, _, _, k), rows in groups.items():
+        for (name, _, k), rows in groups.items():
             spec, ref = self.retrievers[name], items[rows[0]][3]
             payloads = spec.pack([items[i][1] for i in rows])
             serving_metrics.METRICS.shard_batch_size.labels(retriever=name).observe(len(rows))

@@ -8,30 +8,37 @@
 one instead; it is bound with the same arguments and answers the same calls (``search_many``, ``load``,
 ``versions``).
 
-A request names the index version it searches (``{"version", "path", "kind"}``, chosen by the ingress
-when the request starts), so one request never mixes versions. A replica keeps the two most recent
-versions loaded; a version it lacks (e.g. a replica restarted after a swap) is loaded on first use.
+A request names the index version it searches (an :data:`IndexRef`, chosen by the ingress when the
+request starts), so one request never mixes versions. A version's identity is its ``digest`` (sha256 of
+its ``manifest.json``, which lists the sha256 of every file); ``version`` is the human label responses show.
+
+Which versions a replica holds is its deployment's ``user_config`` (``{"versions": [IndexRef, ...]}``,
+newest last), which the Serve controller applies to every replica through :meth:`reconfigure` — on a
+change, and again to each replica it (re)starts — so every replica holds the versions the swap published
+(:mod:`retrec.serving.versions`). Loads run on a worker thread under a lock that only loads take; searches
+of held versions never wait for them. A search of a version the replica does not hold fails at once
+(:class:`UnknownVersionError`; the shard counts as failed for that request) — nothing is loaded on the search path.
 Results are ``[(doc_id, score)]`` lists — ids and scores, never arrays.
 
 Example::
 
-    ref = index_ref("/idx/v1")                                  # {"version", "path", "kind"}
-    shard = IndexShard.bind(kind=ref["kind"], shard=0, initial=ref, use_gpu=None)
+    ref = index_ref("/idx/v1")                          # {"version", "digest", "path", "kind"}
+    shard = IndexShard.options(user_config={"versions": [ref]}).bind(kind=ref["kind"], shard=0, initial=ref)
     await handle.search_many.remote(query_vectors, 10, ref)     # dense: float32 [n, dim] -> [hits, ...]
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from retrec.bundle import BundleError, load_bundle, read_manifest
+from retrec.bundle import MANIFEST, BundleError, read_manifest
 from retrec.index.retriever import Hits
 from retrec.kinds import call_supported
 from retrec.process_env import configure_process
@@ -40,60 +47,106 @@ from retrec.serving.registry import loader
 from retrec.serving.resources import replica_threads
 
 log = logging.getLogger("retrec.serving")
-KEEP_VERSIONS = 2
 IndexRef = dict[str, str]
 
 
+class UnknownVersionError(LookupError):
+    """A search named an index version this replica was not told to hold."""
+
+
+def shard_deployment(retriever: str, shard: int) -> str:
+    """The deployment name of shard ``shard`` of ``retriever``'s index."""
+    return f"{retriever}-shard-{shard}"
+
+
+def manifest_digest(path: str | Path) -> str:
+    """sha256 of the version's ``manifest.json`` bytes: its identity (the manifest lists every file's sha256)."""
+    try:
+        return hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()
+    except OSError as exc:
+        raise BundleError(f"{path}: no readable {MANIFEST}; not a retrec bundle") from exc
+
+
 def index_ref(path: str | Path) -> IndexRef:
-    """``{"version", "path", "kind"}`` of a published index version (manifest read, not verified)."""
+    """``{"version", "digest", "path", "kind"}`` of a published index version (manifest read, not verified)."""
+    digest = manifest_digest(path)
     manifest = read_manifest(path)
-    return {"version": manifest.version, "path": str(Path(path).resolve()), "kind": manifest.kind}
+    if manifest_digest(path) != digest:
+        raise BundleError(f"{path}: the manifest changed while it was read; retry")
+    return {"version": manifest.version, "digest": digest, "path": str(Path(path).resolve()), "kind": manifest.kind}
 
 
 class _VersionedShard:
-    """Loads index versions on demand, keeps the newest ``KEEP_VERSIONS``; subclasses load one shard."""
+    """Holds the index versions its ``user_config`` names; subclasses load one shard of a version."""
 
     kind = ""
 
     def __init__(self, initial: IndexRef) -> None:
         configure_process(replica_threads())
-        self._versions: OrderedDict[str, Any] = OrderedDict()
-        self._lock = threading.Lock()
-        self._get(initial)
+        self._versions: dict[str, Any] = {}  # digest -> loaded index; replaced whole, never mutated
+        self._held: list[str] = []  # digests the user_config names, newest last
+        self._previous: str | None = None  # the newest version held before the last reconfigure
+        self._load_lock = threading.Lock()  # taken by loads only
+        self._ensure(initial)
+        self._held = [initial["digest"]]
 
     def _load(self, path: str) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def _get(self, ref: IndexRef) -> Any:
-        index = self._versions.get(ref["version"])  # fast path: no lock, loads never block searches
-        if index is not None:
-            return index
-        with self._lock:
-            index = self._versions.get(ref["version"])
-            if index is not None:
-                return index
-            manifest = load_bundle(ref["path"], kind=self.kind, verify=False)
-            if manifest.version != ref["version"]:
-                raise BundleError(f"{ref['path']}: holds version {manifest.version!r}, not {ref['version']!r}")
+    def _ensure(self, ref: IndexRef) -> None:
+        """Load ``ref`` unless held (on the caller's thread): its digest, kind, then the kind's loader checks."""
+        with self._load_lock:
+            if ref["digest"] in self._versions:
+                return
+            if manifest_digest(ref["path"]) != ref["digest"]:
+                raise BundleError(f"{ref['path']}: manifest differs from index version {ref['version']!r} "
+                                  "that the swap checked (republished in place?)")
+            if read_manifest(ref["path"]).kind != self.kind:
+                raise BundleError(f"{ref['path']}: not a {self.kind} bundle")
             index = self._load(ref["path"])
-            versions = OrderedDict(self._versions)
-            versions[ref["version"]] = index
-            while len(versions) > KEEP_VERSIONS:  # in-flight searches keep their object alive
-                versions.popitem(last=False)
-            self._versions = versions  # one atomic swap of the map
-            return index
+            if manifest_digest(ref["path"]) != ref["digest"]:
+                raise BundleError(f"{ref['path']}: republished while loading; retry the swap")
+            self._versions = {**self._versions, ref["digest"]: index}
 
-    async def _index(self, ref: IndexRef) -> Any:
-        """The loaded index of ``ref``: no thread hop when loaded, else loaded on a worker thread."""
-        index = self._versions.get(ref["version"])
-        return index if index is not None else await asyncio.to_thread(self._get, ref)
+    def _keep(self, held: list[str] | None = None, extra: str | None = None) -> None:
+        """Drop what is not held (on a worker thread: it waits for a load in progress, searches never do)."""
+        with self._load_lock:
+            if held is not None:
+                self._previous = self._held[-1] if self._held else None
+                self._held = [d for d in held if d in self._versions]
+            keep = {*self._held, self._previous, extra}
+            self._versions = {d: i for d, i in self._versions.items() if d in keep}
+
+    def _index(self, ref: IndexRef) -> Any:
+        index = self._versions.get(ref["digest"])
+        if index is None:
+            raise UnknownVersionError(f"this replica does not hold index version {ref['version']!r} "
+                                      f"({ref['digest'][:12]})")
+        return index
 
     async def load(self, ref: IndexRef) -> str:
-        """Load ``ref`` beside the current version(s); returns the version once ready."""
-        await asyncio.to_thread(self._get, ref)
+        """Load and check ``ref`` beside the held versions (a swap's check on one replica); returns the version."""
+        await asyncio.to_thread(self._ensure, ref)
+        await asyncio.to_thread(self._keep, None, ref["digest"])  # until the next reconfigure names (or drops) it
         return ref["version"]
 
+    async def reconfigure(self, user_config: dict[str, Any] | None) -> None:
+        """``{"versions": [IndexRef, ...]}`` (newest last): load the ones missing, newest first, then hold
+        exactly those plus the newest one held before (requests already routed to it finish)."""
+        refs = list((user_config or {}).get("versions") or [])
+        if not refs:
+            return
+        for i, ref in enumerate(reversed(refs)):
+            try:
+                await asyncio.to_thread(self._ensure, ref)
+            except Exception:
+                if i == 0:
+                    raise  # the active version: this replica cannot serve without it
+                log.warning("older index version %s not loaded; holding the newer ones", ref["version"], exc_info=True)
+        await asyncio.to_thread(self._keep, [r["digest"] for r in refs])
+
     def versions(self) -> list[str]:
+        """Digests of the versions loaded, oldest first."""
         return list(self._versions)
 
     def ready(self) -> bool:
@@ -122,7 +175,7 @@ class IndexShard(_VersionedShard):
 
     async def search_many(self, payloads: Any, k: int, ref: IndexRef) -> list[Hits]:
         """Top-``k`` of this shard for each query of a packed batch, in order (an empty shard: no hits)."""
-        index = await self._index(ref)
+        index = self._index(ref)
         if hasattr(index, "__len__") and len(index) == 0:
             return [[] for _ in range(len(payloads))]
         return await asyncio.to_thread(index.search, payloads, k)

@@ -1,14 +1,26 @@
 """Index versions of the deployed retrievers: the active version of each, swaps, shard readiness.
 
-A swap (``POST /v1/admin/indexes`` or a new ``user_config``) is checked first — same bundle kind, the
-deployment's shard count (``manifest.config["shards"]``), and the kind's own registry ``check`` hook against
-the retriever's query encoder (for ``index/dense``: dimension, similarity and encoder version) — then loads
-the new version on every shard beside the old one and flips the active reference. Requests already running
-finish on the version they started with; every response names the versions it searched.
+A version is an :data:`~retrec.serving.shards.IndexRef`; its identity is the ``digest`` of its manifest
+(two bundles with the same version string are different versions), ``version`` is the label responses show.
+
+A swap (``POST /v1/admin/indexes``, or an ``Ingress`` ``user_config: {indexes: {NAME: PATH}}``) runs:
+
+1. **checks**, before anything changes: the manifest (same kind, the deployment's shard count, the kind's
+   registry ``check`` hook against the retriever's query encoder), then one replica of every shard loads
+   the version with its kind's registry loader and every check of it (``FaissIndex.load``: dimension and
+   metric against the manifest). A refused version is a 400 and the old one keeps serving.
+2. **shards**: every replica of every shard deployment holds ``[previous, new]`` (its ``user_config``,
+   broadcast by the Serve controller, :mod:`retrec.serving.rollout`), loaded beside the old one.
+3. **ingress**: every ``Ingress`` replica flips its active reference (its ``user_config``); the admin call
+   returns after all of them have, so every request that starts after it returns searches the new version.
+
+Requests already running finish on the version they started with; every response names the versions it
+searched. A replica that (re)starts gets the current ``user_config`` before it takes traffic, so a restart
+keeps the swapped version. One swap at a time per application.
 
 Example::
 
-    versions = IndexVersions(specs, refs, encoder_manifests, resolve=cfg.resolve)
+    versions = IndexVersions(specs, refs, encoder_manifests, resolve=cfg.resolve, publish=ServeRollout().publish)
     await versions.swap("bm25", "runs/demo/bundles/bm25-v2")   # {"retriever", "version", "previous"}
     versions.active["bm25"]["version"]                          # "bm25-v2"
 """
@@ -17,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from retrec.bundle import BundleError, Manifest, read_manifest
@@ -25,18 +37,39 @@ from retrec.serving import metrics as serving_metrics
 from retrec.serving.errors import ApiError
 from retrec.serving.registry import check_hook
 from retrec.serving.scatter import IndexRef, RetrieverSpec, call_handle
-from retrec.serving.shards import index_ref
+from retrec.serving.shards import index_ref, shard_deployment
 
 log = logging.getLogger("retrec.serving")
+INGRESS = "Ingress"  # the ingress deployment's name (build_app)
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
+
+
+def _refusal(exc: BaseException, resolved: str) -> str:
+    """The refusal's message without the resolved bundle path."""
+    return str(exc).replace(f"{resolved}: ", "").replace(resolved, "the bundle")
+
+
+def _cause(exc: BaseException) -> BaseException:
+    """The exception raised inside a replica (Ray wraps it in a ``RayTaskError``)."""
+    cause = getattr(exc, "cause", None)
+    return cause if isinstance(cause, BaseException) else exc
+
+
+async def _unpublished(_: dict[str, Any]) -> None:
+    raise RuntimeError("no rollout configured: index swaps need the Serve controller (ServeRollout)")
 
 
 class IndexVersions:
-    """The active index version per retriever and the swap that changes it."""
+    """The active index version per retriever and the swap that changes it on every replica."""
 
     def __init__(self, retrievers: dict[str, RetrieverSpec], active: dict[str, IndexRef],
-                 encoders: dict[str, Manifest], resolve: Callable[[str], str]) -> None:
+                 encoders: dict[str, Manifest], resolve: Callable[[str], str], publish: Publish | None = None,
+                 load_timeout_s: float = 300.0) -> None:
         self.retrievers, self.encoders, self.resolve = retrievers, encoders, resolve
+        self.publish: Publish = publish or _unpublished
+        self.load_timeout_s = load_timeout_s
         self.active = dict(active)
+        self._published: dict[str, str] = {}  # retriever -> digest every shard replica holds (this replica's swaps)
         self._checks = {name: check_hook(spec.kind) for name, spec in retrievers.items()}
         self._lock = asyncio.Lock()
         for name, ref in self.active.items():
@@ -49,61 +82,126 @@ class IndexVersions:
             ref = index_ref(path)
             manifest = read_manifest(path)
         except BundleError as exc:
-            raise ApiError(400, "bad_bundle", str(exc)) from exc
+            raise ApiError(400, "bad_bundle", _refusal(exc, path)) from exc
         if ref["kind"] != spec.kind:
-            raise ApiError(400, "bad_bundle", f"{path}: kind {ref['kind']!r}, {name} needs {spec.kind!r}")
-        shards = int(manifest.config.get("shards", 1))
-        if shards != len(spec.shards):
-            raise ApiError(400, "bad_bundle", f"{path}: {shards} shards, this deployment has {len(spec.shards)}; "
+            raise ApiError(400, "bad_bundle", f"bundle kind {ref['kind']!r}, {name} needs {spec.kind!r}")
+        shards = manifest.config.get("shards", 1)
+        if not isinstance(shards, int) or shards != len(spec.shards):
+            raise ApiError(400, "bad_bundle", f"{shards} shards, this deployment has {len(spec.shards)}; "
                            "redeploy to change the shard count")
         check = self._checks[name]
         if check is not None:
             try:
                 check(manifest, self.encoders.get(spec.encoder) if spec.encoder else None)
             except BundleError as exc:
-                raise ApiError(400, "bad_bundle", str(exc)) from exc
+                raise ApiError(400, "bad_bundle", _refusal(exc, path)) from exc
         return ref
 
-    async def swap(self, name: str, path: str) -> dict[str, Any]:
-        """Load the index version at ``path`` on every shard of ``name``, then make it the active one."""
+    async def _prepare(self, name: str, ref: IndexRef) -> None:
+        """One replica of every shard loads ``ref`` with all its kind's checks: a refusal is a 400."""
+        spec = self.retrievers[name]
+        results = await asyncio.gather(*(call_handle(h.load.remote(ref), self.load_timeout_s) for h in spec.shards),
+                                       return_exceptions=True)
+        for shard, res in enumerate(results):
+            if not isinstance(res, BaseException):
+                continue
+            cause = _cause(res)
+            if isinstance(cause, BundleError):
+                raise ApiError(400, "bad_bundle", f"shard {shard}: {_refusal(cause, ref['path'])}") from res
+            log.error("retriever %s: loading %s on shard %d failed", name, ref["path"], shard, exc_info=res)
+            raise ApiError(503, "swap_failed", f"loading the new version failed on shard {shard} "
+                           f"({type(cause).__name__}); still serving {self.active[name]['version']}") from res
+
+    async def _publish_shards(self, name: str, previous: IndexRef, ref: IndexRef) -> None:
+        """Every replica of every shard of ``name`` holds ``[previous, ref]`` (undone if that fails)."""
+        n = len(self.retrievers[name].shards)
+        held = [previous, ref] if previous["digest"] != ref["digest"] else [ref]
+        try:
+            await self.publish({shard_deployment(name, i): {"versions": held} for i in range(n)})
+        except Exception as exc:
+            log.error("retriever %s: publishing index version %s to its shards failed", name, ref["path"],
+                      exc_info=exc)
+            try:
+                await self.publish({shard_deployment(name, i): {"versions": [previous]} for i in range(n)})
+            except Exception:
+                log.exception("retriever %s: restoring the shards' versions failed", name)
+            raise ApiError(503, "swap_failed", f"the shards did not load the new version ({type(exc).__name__}); "
+                           f"still serving {previous['version']}") from exc
+        self._published[name] = ref["digest"]
+
+    def _flip(self, name: str, ref: IndexRef) -> None:
+        previous = self.active[name]
+        if previous["digest"] == ref["digest"]:
+            return
+        self.active = {**self.active, name: ref}  # new requests on this replica see the new version
+        serving_metrics.METRICS.set_version(name, ref["version"])
+        serving_metrics.METRICS.swaps.labels(retriever=name).inc()
+        log.info("retriever %s: index version %s -> %s (%s)", name, previous["version"], ref["version"],
+                 ref["digest"][:12])
+
+    async def swap(self, name: str, path: str, *, everywhere: bool = True) -> dict[str, Any]:
+        """Check the version at ``path``, load it on every shard replica, then make it the active one on
+        every ingress replica (``everywhere=False``: on this one only, as its ``reconfigure`` does)."""
         if name not in self.retrievers:
             raise ApiError(422, "unknown_retriever", f"retriever {name!r} is not deployed")
-        spec = self.retrievers[name]
-        resolved = self.resolve(path)
-        ref = self.check(name, resolved)
+        ref = self.check(name, self.resolve(path))
         async with self._lock:
             previous = self.active[name]
-            if previous["version"] == ref["version"] and previous["path"] == ref["path"]:
-                return {"retriever": name, "version": ref["version"], "previous": previous["version"]}
-            try:
-                await asyncio.gather(*(h.load.remote(ref) for h in spec.shards))
-            except Exception as exc:
-                raise ApiError(503, "swap_failed", f"loading {resolved} failed on a shard ({exc}); "
-                               f"still serving {previous['version']}") from exc
-            self.active = {**self.active, name: ref}  # the flip: new requests see the new version
-            serving_metrics.METRICS.set_version(name, ref["version"])
-            serving_metrics.METRICS.swaps.labels(retriever=name).inc()
-            log.info("retriever %s: index version %s -> %s", name, previous["version"], ref["version"])
+            if ref["digest"] != previous["digest"]:
+                await self._prepare(name, ref)
+                await self._publish_shards(name, previous, ref)
+                if everywhere:
+                    active = {**self.active, name: ref}
+                    # digests: these versions are on every shard replica already (a restarted replica flips at once)
+                    user_config = {"indexes": {n: r["path"] for n, r in active.items()},
+                                   "digests": {n: r["digest"] for n, r in active.items()}}
+                    try:
+                        await self.publish({INGRESS: user_config})
+                    except Exception as exc:
+                        log.error("retriever %s: publishing the active version to the ingress failed", name,
+                                  exc_info=exc)
+                        raise ApiError(503, "swap_failed", "the ingress replicas did not take the new version "
+                                       f"({type(exc).__name__})") from exc
+                self._flip(name, ref)
         return {"retriever": name, "version": ref["version"], "previous": previous["version"]}
+
+    async def apply(self, indexes: dict[str, str], digests: dict[str, str] | None = None) -> None:
+        """An ``Ingress`` ``user_config`` (``indexes: {retriever: path}``): make each this replica's active
+        version. One whose ``digests`` entry (written by a swap once every shard replica holds it) matches is
+        flipped at once; any other is swapped to on this replica (checks, every shard replica loads it, then
+        the flip). A refused one is logged and not applied."""
+        for name, path in indexes.items():
+            try:
+                ref = index_ref(self.resolve(path))
+                if ref["digest"] == self.active.get(name, {}).get("digest"):
+                    continue
+                if ref["digest"] in (self._published.get(name), (digests or {}).get(name)):
+                    self._flip(name, ref)
+                    continue
+                await self.swap(name, path, everywhere=False)
+            except (ApiError, BundleError) as exc:
+                log.error("retriever %s: not swapping to the configured index version: %s", name,
+                          exc.message if isinstance(exc, ApiError) else _refusal(exc, path))
 
     async def readiness(self) -> dict[str, bool]:
         """Per shard (``NAME-i``): does it have its retriever's active version loaded?"""
 
-        async def shard_ok(handle: Any, version: str) -> bool:
+        async def shard_ok(handle: Any, digest: str) -> bool:
             try:
-                return version in await call_handle(handle.versions.remote(), 2.0)
+                return digest in await call_handle(handle.versions.remote(), 2.0)
             except Exception:
                 return False
 
         checks: dict[str, bool] = {}
         for name, spec in self.retrievers.items():
-            version = self.active[name]["version"]
-            oks = await asyncio.gather(*(shard_ok(h, version) for h in spec.shards))
+            digest = self.active[name]["digest"]
+            oks = await asyncio.gather(*(shard_ok(h, digest) for h in spec.shards))
             checks.update({f"{name}-{i}": ok for i, ok in enumerate(oks)})
         return checks
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """``/v1/models`` entries: active version, path, kind, shard count, encoder bundle per retriever."""
-        return {name: {"index_version": ref["version"], "index_path": ref["path"], "kind": ref["kind"],
-                       "shards": len(self.retrievers[name].shards), "encoder": self.retrievers[name].encoder}
+        """``/v1/models`` entries: active version, digest, path, kind, shard count, encoder bundle per retriever."""
+        return {name: {"index_version": ref["version"], "index_digest": ref["digest"], "index_path": ref["path"],
+                       "kind": ref["kind"], "shards": len(self.retrievers[name].shards),
+                       "encoder": self.retrievers[name].encoder}
                 for name, ref in self.active.items()}

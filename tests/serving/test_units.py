@@ -131,7 +131,7 @@ def test_batched_scatter_groups_by_retriever_version_and_k() -> None:
     shards = [_FakeShard(0), _FakeShard(1, fail=True)]
     scatter = Scatter({"bm25": RetrieverSpec("bm25", "index/bm25", "text", shards)}, shard_timeout_s=1.0,
                       retry_after_s=1, max_batch_size=8)
-    v1, v2 = {"version": "v1", "path": "/a"}, {"version": "v2", "path": "/b"}
+    v1, v2 = {"version": "v1", "digest": "d1", "path": "/a"}, {"version": "v2", "digest": "d2", "path": "/b"}
     items = [("bm25", "q0", 5, v1), ("bm25", "q1", 5, v1), ("bm25", "q2", 9, v1), ("bm25", "q3", 5, v2)]
     out = asyncio.run(scatter.scatter(items))  # the undecorated batch function
     assert shards[0].calls == [(["q0", "q1"], 5, "v1"), (["q2"], 9, "v1"), (["q3"], 5, "v2")]
@@ -161,7 +161,7 @@ def test_scatter_packs_each_payload_type() -> None:
     shards = {p: _PayloadShard() for p in ("dense", "tokens", "sparse", "text")}
     scatter = Scatter({p: RetrieverSpec(p, f"index/{p}", p, [shards[p]], None if p == "text" else "enc")
                        for p in shards}, shard_timeout_s=1.0, retry_after_s=1, max_batch_size=8)
-    ref = {"version": "v1", "path": "/a"}
+    ref = {"version": "v1", "digest": "d1", "path": "/a"}
     rng = np.random.default_rng(0)
     items = [("dense", rng.standard_normal(4), 3, ref), ("dense", rng.standard_normal(4), 3, ref),
              ("tokens", rng.standard_normal((2, 8)), 3, ref), ("tokens", rng.standard_normal((5, 8)), 3, ref),
