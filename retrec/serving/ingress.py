@@ -36,10 +36,11 @@ from retrec.index.fusion import FUSIONS
 from retrec.serving import metrics as serving_metrics
 from retrec.serving import middleware as guard
 from retrec.serving import schemas
+from retrec.serving.admin import bundle_under_root, shown
 from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
 from retrec.serving.metrics import MetricsMiddleware
-from retrec.serving.middleware import GuardMiddleware, load_api_keys
+from retrec.serving.middleware import GuardMiddleware, guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.scatter import RetrieverSpec, Scatter, call_handle
@@ -62,6 +63,7 @@ log = logging.getLogger("retrec.serving")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 413, 415, 422, 503, 504)
 }
+_ADMIN_ERRORS = {**_ERRORS, 403: {"model": ErrorResponse}}
 
 api = FastAPI(
     title="retrec serving API", version="1.1.0",
@@ -84,8 +86,9 @@ class Ingress:
                  encoders: dict[str, dict[str, Any]], recommenders: dict[str, Any]) -> None:
         self.cfg = ServingConfig.model_validate(config)
         limits = self.cfg.limits
-        guard.GUARD.configure(max_body_bytes=limits.max_body_bytes, max_inflight=limits.max_inflight,
-                              retry_after_s=limits.retry_after_s, api_keys=load_api_keys(self.cfg.auth))
+        guard.GUARD.configure(**guard_settings(self.cfg))  # fails closed: keys mode without keys does not start
+        if self.cfg.auth.mode == "none":
+            log.warning("auth.mode is 'none': every endpoint answers without an API key")
         # retrievers: name -> {"kind", "payload", "shards": [handles], "ref": IndexRef, "encoder": bundle | None}
         self.retrievers = {name: RetrieverSpec.from_args(name, r) for name, r in retrievers.items()}
         # encoders: bundle path -> {"placement": "ingress", "bundle", "kwargs"} | {"placement": "deployment", ...}
@@ -94,7 +97,7 @@ class Ingress:
         self.scatter = Scatter(self.retrievers, shard_timeout_s=limits.shard_timeout_s,
                                retry_after_s=limits.retry_after_s, max_batch_size=self.cfg.encoder.max_batch_size)
         self.versions = IndexVersions(self.retrievers, {name: r["ref"] for name, r in retrievers.items()},
-                                      {key: read_manifest(key) for key in encoders}, self.cfg.resolve)
+                                      {key: read_manifest(key) for key in encoders})
         self.recommenders = recommenders
         # Resolved once: what each search name needs (no registry or config lookups per request).
         names = list(self.retrievers)
@@ -113,7 +116,8 @@ class Ingress:
         schemas.PUBLISHED.recommenders = list(recommenders)
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """``user_config: {"indexes": {retriever: path}}`` swaps to those index versions (see ``swap``)."""
+        """``user_config: {"indexes": {retriever: path}}`` swaps to those index versions (see ``swap``); the paths
+        come from the operator's config, so they resolve as the config's own (``cfg.resolve``)."""
         for name, path in (user_config or {}).get("indexes", {}).items():
             await self.swap(name, path)
 
@@ -238,15 +242,21 @@ class Ingress:
 
     # ---- index versions --------------------------------------------------------------------------------
     async def swap(self, name: str, path: str) -> dict[str, Any]:
-        """Load the index version at ``path`` on every shard of ``name``, then make it the active one."""
-        return await self.versions.swap(name, path)
+        """Load the index version at ``path`` (an operator's path: the config's resolution) on every shard of
+        ``name``, then make it the active one."""
+        return await self.versions.swap(name, self.cfg.resolve(path), label=path)
 
-    @api.post("/v1/admin/indexes", responses=_ERRORS)
+    @api.post("/v1/admin/indexes", responses=_ADMIN_ERRORS)
     async def admin_swap(self, req: SwapRequest) -> dict[str, Any]:
-        """Swap a retriever to a published index version (every shard loads it first; then traffic moves)."""
-        if not self.cfg.admin:
-            raise ApiError(403, "forbidden", "admin endpoints are disabled (admin: false)")
-        return await self.swap(req.retriever, req.path)
+        """Swap a retriever to a published index version named relative to ``admin.models_root`` (every shard
+        loads it first; then traffic moves). Needs an admin key; off unless ``admin.enabled``."""
+        admin = self.cfg.admin
+        if not admin.enabled or admin.models_root is None:
+            raise ApiError(403, "forbidden", "admin endpoints are disabled (admin.enabled: false)")
+        if req.retriever not in self.retrievers:
+            raise ApiError(422, "unknown_retriever", f"retriever {req.retriever!r} is not deployed")
+        path = bundle_under_root(self.cfg.resolve(admin.models_root), req.path)
+        return await self.versions.swap(req.retriever, path, label=shown(req.path))
 
     # ---- introspection ---------------------------------------------------------------------------------
     async def encoder_info(self) -> dict[str, dict[str, Any]]:

@@ -27,7 +27,7 @@ from typing import Any
 import httpx
 import yaml
 
-from retrec.serving.config import ServingConfig
+from retrec.serving.config import ServingConfig, check_exposure
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve.yaml"
@@ -93,6 +93,7 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
     http = dict(config.get("http_options") or {})
     http["host"] = host or http.get("host") or DEFAULT_HOST
     http["port"] = int(port or http.get("port") or 8000)
+    preflight(config, http["host"], local=not ray.is_initialized())
     if not ray.is_initialized():
         apply_serve_env()
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
@@ -102,6 +103,19 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
         for prefix in prefixes:
             wait_ready(url + prefix)
     return url + (prefixes[0] if len(prefixes) == 1 else "")
+
+
+def preflight(config: dict[str, Any], host: str, *, local: bool) -> None:
+    """Refuse, before Ray starts, what the application would refuse later: ``auth.mode: none`` on a host that is
+    not loopback and, when Ray runs here (``local``: keys are read from this environment), ``auth.mode:
+    keys`` without a key or an enabled admin plane without an admin key."""
+    from retrec.serving.middleware import guard_settings
+
+    for spec in config.get("applications") or []:
+        cfg = ServingConfig.model_validate({"base_dir": os.getcwd(), **(spec.get("args") or {})})
+        check_exposure(cfg, host)
+        if local:
+            guard_settings(cfg)
 
 
 def deploy(config: dict[str, Any]) -> list[str]:
@@ -198,7 +212,7 @@ def demo_config(bundles: str | os.PathLike[str], port: int) -> dict[str, Any]:
             "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
                               "args": {"retrievers": retrievers, "recommenders": recommenders,
                                        "encoder": {"replicas": {**light, "max_ongoing_requests": 64}},
-                                       "ingress": light, "auth": {"api_keys_env": None}}}]}
+                                       "ingress": light, "auth": {"mode": "none"}}}]}
 
 
 def demo_round_trip(bundles: str | os.PathLike[str], query: str, history: list[str], k: int = 3) -> list[dict]:

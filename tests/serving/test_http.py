@@ -34,6 +34,8 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 API_KEY = "test-key-0123456789"
+ADMIN_KEY = "test-admin-key-9876543210"
+ADMIN = {"X-API-Key": ADMIN_KEY}
 DIM = 16
 
 
@@ -63,6 +65,9 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         max_len=12, hidden=16, layers=1, heads=2, epochs=1, eval_users=50), progress=False)
     (root / "keys.txt").write_text(f"# test keys\n{API_KEY}\n")
     out["keys"] = root / "keys.txt"
+    (root / "admin-keys.txt").write_text(f"{ADMIN_KEY}\n")
+    out["admin_keys"] = root / "admin-keys.txt"
+    out["root"] = root
     return out
 
 
@@ -82,6 +87,8 @@ def _config(bundles: dict[str, Path], port: int, placement: str = "ingress") -> 
                 "ingress": {**zero, "max_ongoing_requests": 64},
                 "limits": {"shard_timeout_s": 0.75, "request_timeout_s": 5},
                 "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])},
+                "admin": {"enabled": True, "keys_env": None, "keys_file": str(bundles["admin_keys"]),
+                          "models_root": str(bundles["root"])},
                 "use_gpu": False,
             },
         }],
@@ -282,9 +289,13 @@ BAD_CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
     ("rec-k-zero", "/v1/recommend", {"history": ["1"], "k": 0}, J, 422, "invalid_request"),
     ("exclude-seen-string", "/v1/recommend", {"history": ["1"], "exclude_seen": "maybe"}, J, 422,
      "invalid_request"),
-    ("swap-unknown-retriever", "/v1/admin/indexes", {"retriever": "x", "path": "/tmp"}, J, 422,
+    ("swap-unknown-retriever", "/v1/admin/indexes", {"retriever": "x", "path": "bm25-v2"}, {**J, **ADMIN}, 422,
      "unknown_retriever"),
-    ("swap-not-a-bundle", "/v1/admin/indexes", {"retriever": "bm25", "path": "/nonexistent"}, J, 400, "bad_bundle"),
+    ("swap-absolute-path", "/v1/admin/indexes", {"retriever": "bm25", "path": "/tmp"}, {**J, **ADMIN}, 400,
+     "bad_path"),
+    ("swap-not-a-bundle", "/v1/admin/indexes", {"retriever": "bm25", "path": "nonexistent"}, {**J, **ADMIN}, 400,
+     "bad_bundle"),
+    ("swap-with-api-key", "/v1/admin/indexes", {"retriever": "bm25", "path": "bm25-v2"}, J, 401, "unauthorized"),
     ("unknown-path", "/v1/nothing", GOOD, J, 404, "not_found"),
 ]
 
@@ -340,7 +351,8 @@ def test_index_swap_under_load(client: httpx.Client, url: str, bundles: dict[str
     for t in threads:
         t.start()
     time.sleep(1.0)
-    r = client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": str(bundles["bm25_v2"])}, timeout=60)
+    r = client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": bundles["bm25_v2"].name}, headers=ADMIN,
+                    timeout=60)
     swapped_at = time.monotonic()
     assert r.status_code == 200, r.text
     assert r.json() == {"retriever": "bm25", "version": "bm25-v2", "previous": "bm25-v1"}
