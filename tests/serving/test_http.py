@@ -494,3 +494,37 @@ def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bu
             assert r.status_code == 200, r.text
             _assert_same_hits(r.json()["hits"], offline.search([q], 10)[0])
         assert "retrec_encoder_batch_size_count" in dep.get("/metrics").text
+
+
+# ---- 6. auth follows routing (issue 12, acceptance 4) --------------------------------------------------------
+
+def test_every_route_needs_a_key_under_root_and_a_route_prefix(client: httpx.Client, url: str,
+                                                               bundles: dict[str, Path]) -> None:
+    """Real Ray Serve HTTP: this module's application at "/" and a second one at ``route_prefix: /api`` (deployed the
+    way ``retrec serve`` deploys); every operation of each OpenAPI document and the docs routes, without a key, with
+    a wrong one and with the right one (the admin key for the admin endpoint)."""
+    from retrec.serving.launch import deploy, wait_ready
+    from tests.serving.routes import walk_routes
+
+    port = int(url.rsplit(":", 1)[1])
+    main_app = _config(bundles, port)["applications"][0]
+    current = client.get("/v1/models").json()["retrievers"]["bm25"]["index_path"]
+    main_app["deployments"] = [{"name": "Ingress", "user_config": {"indexes": {"bm25": current}}}]  # unchanged
+    api_app = _config(bundles, port)["applications"][0]
+    api_app = {**api_app, "name": "retrec-api", "route_prefix": "/api",
+               "args": {**api_app["args"], "retrievers": {"bm25": api_app["args"]["retrievers"]["bm25"]}}}
+    deploy({**_config(bundles, port), "applications": [main_app, api_app]})
+    wait_ready(f"{url}/api")
+
+    def send(method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, str | None]:
+        r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=30.0)
+        code = r.json().get("error", {}).get("code") if r.status_code >= 400 \
+            and r.headers.get("content-type") == "application/json" else None
+        return r.status_code, code
+
+    swap_to_current = {"/v1/admin/indexes": {"retriever": "bm25", "path": Path(current).name}}
+    for prefix in ("", "/api"):
+        schema = httpx.get(f"{url}{prefix}/openapi.json", timeout=30.0)
+        assert schema.status_code == 200, schema.text
+        assert walk_routes(send, prefix, schema.json(), api_key=API_KEY, admin_key=ADMIN_KEY,
+                           bodies=swap_to_current) == []
