@@ -400,3 +400,28 @@ def test_build_app_refuses_no_auth_on_a_routable_serve_host(monkeypatch: pytest.
     monkeypatch.setattr(app, "serve_http_host", lambda: "0.0.0.0")
     with pytest.raises(ValueError, match="loopback"):
         app.build_app({"retrievers": {"bm25": {"index": str(models_root / "bm25-v1")}}, "auth": {"mode": "none"}})
+
+
+# ---- 13: a local Ray binds loopback ---------------------------------------------------------------------------
+
+def test_start_pins_the_local_ray_node_to_loopback(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    import ray
+    from ray._private import ray_constants
+
+    from retrec.serving import launch
+
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)  # restored after the test
+    monkeypatch.setenv(launch.RAY_CLUSTER_ENV, "1")
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr(ray, "is_initialized", lambda: bool(calls))
+    monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
+    monkeypatch.setattr(launch, "deploy", lambda config: ["/"])
+    config = {"http_options": {"host": "127.0.0.1", "port": 8000},
+              "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
+                                "args": {"retrievers": {"bm25": {"index": str(tmp_path)}}, "auth": {"mode": "none"}}}]}
+    launch.start(config, wait=False)
+    (kwargs,) = calls
+    assert kwargs.get("_node_ip_address") == "127.0.0.1"
+    # without these Ray turns 127.0.0.1 into the routable address (GCS and raylet then listen on every interface)
+    assert ray_constants.ENABLE_RAY_CLUSTER is False and os.environ[launch.RAY_CLUSTER_ENV] == "0"
+    assert os.environ.get("RAY_AUTH_MODE", "token") == "token"  # Ray's token auth stays on for the local cluster

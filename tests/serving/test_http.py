@@ -101,9 +101,8 @@ def url(bundles: dict[str, Path]) -> Iterator[str]:
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        yield start(_config(bundles, free_port()))
+        yield start(_config(bundles, free_port()), num_cpus=2)  # the local Ray `retrec serve` starts
     finally:
         stop()
 
@@ -496,7 +495,27 @@ def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bu
         assert "retrec_encoder_batch_size_count" in dep.get("/metrics").text
 
 
-# ---- 6. auth follows routing (issue 12, acceptance 4) --------------------------------------------------------
+# ---- 6. auth follows routing (issue 12, acceptance 4); a loopback-only local Ray (item 13) --------------------
+
+def test_local_ray_listens_on_loopback_only(url: str) -> None:
+    """Every TCP port the local Ray of ``start`` listens on (GCS, raylet, workers, agents, Serve) is loopback."""
+    import ipaddress
+
+    import psutil  # Ray's dependency
+
+    assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+    listening = []
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="tcp")
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        listening += [(proc.name(), c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 3, listening  # GCS, raylet, Serve's proxy at least
+    exposed = [entry for entry in listening
+               if not ipaddress.ip_address(entry[1].removeprefix("::ffff:")).is_loopback]
+    assert not exposed, exposed
+
 
 def test_every_route_needs_a_key_under_root_and_a_route_prefix(client: httpx.Client, url: str,
                                                                bundles: dict[str, Path]) -> None:
