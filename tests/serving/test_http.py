@@ -498,23 +498,32 @@ def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bu
 # ---- 6. auth follows routing (issue 12, acceptance 4); a loopback-only local Ray (item 13) --------------------
 
 def test_local_ray_listens_on_loopback_only(url: str) -> None:
-    """Every TCP port the local Ray of ``start`` listens on (GCS, raylet, workers, agents, Serve) is loopback."""
+    """Every TCP port the local Ray of ``start`` listens on (GCS, raylet, workers, agents, Serve's proxy) is loopback
+    — but the Serve replicas' inter-deployment gRPC servers, which Ray Serve 2.60 binds to ``[::]`` (hard-coded):
+    those must refuse a call without Ray's token (token auth is on for the local cluster)."""
     import ipaddress
 
+    import grpc
     import psutil  # Ray's dependency
+    from ray._raylet import AuthenticationMode, get_authentication_mode
 
     assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
     listening = []
     for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
         try:
             conns = proc.net_connections(kind="tcp")
+            name = proc.name()
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
-        listening += [(proc.name(), c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+        listening += [(name, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
     assert len(listening) >= 3, listening  # GCS, raylet, Serve's proxy at least
-    exposed = [entry for entry in listening
-               if not ipaddress.ip_address(entry[1].removeprefix("::ffff:")).is_loopback]
-    assert not exposed, exposed
+    exposed = [e for e in listening if not ipaddress.ip_address(e[1].removeprefix("::ffff:")).is_loopback]
+    assert exposed and all(name.startswith("ray::ServeReplica:") for name, _, _ in exposed), exposed
+    for _, _, port in exposed:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 
 def test_every_route_needs_a_key_under_root_and_a_route_prefix(client: httpx.Client, url: str,
