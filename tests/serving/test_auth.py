@@ -21,6 +21,7 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi import WebSocket  # at module level: FastAPI resolves the endpoint's string annotations here
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
@@ -208,6 +209,8 @@ def test_unknown_paths_and_the_other_credential_are_refused(ingress: Any, prefix
 def test_guard_checks_the_routed_path_under_a_mount(guard_state: None) -> None:
     """The guard alone, on a small app mounted under a prefix (Serve's route_prefix sets root_path the same way)."""
     from fastapi import FastAPI
+    from starlette.testclient import TestClient
+    from starlette.websockets import WebSocketDisconnect
 
     from retrec.serving.errors import install_error_handlers
 
@@ -223,6 +226,12 @@ def test_guard_checks_the_routed_path_under_a_mount(guard_state: None) -> None:
     async def healthz() -> dict:
         return {"status": "ok"}
 
+    @app.websocket("/v1/ws")
+    async def ws(socket: WebSocket) -> None:
+        await socket.accept()
+        await socket.send_text("hi")
+        await socket.close()
+
     middleware.GUARD.configure(api_keys=(b"k1",), max_inflight=8)
     outer = Starlette(routes=[Mount("/api", app=app)])
     anon, keyed, health = _run(outer, [("POST", "/api/v1/echo", {"a": 1}, {}),
@@ -230,6 +239,12 @@ def test_guard_checks_the_routed_path_under_a_mount(guard_state: None) -> None:
                                        ("GET", "/api/healthz", None, {})])
     assert anon.status_code == 401, anon.text
     assert keyed.status_code == 200 and health.status_code == 200
+    with TestClient(outer) as client:
+        with pytest.raises(WebSocketDisconnect) as closed, client.websocket_connect("/api/v1/ws") as socket:
+            socket.receive_text()
+        assert closed.value.code == 1008
+        with client.websocket_connect("/api/v1/ws", headers={"X-API-Key": "k1"}) as socket:
+            assert socket.receive_text() == "hi"
 
 
 # ---- 2: a safe admin plane -------------------------------------------------------------------------------
