@@ -4,7 +4,9 @@ The YAML is Ray Serve's own config format (``http_options``, ``applications`` wi
 retrec.serving.app:build_app`` and ``args``), so the same file also works with ``serve run`` and
 ``serve deploy``. HTTP binds 127.0.0.1 unless the file or ``host`` says otherwise, and the local Ray that
 :func:`start` launches is a loopback-only node (:func:`init_local_ray`): its GCS, raylet, workers and agents
-listen on 127.0.0.1, with Ray's token auth (on by default for a local Ray 2.60 cluster).
+listen on 127.0.0.1, with Ray's token auth (on by default for a local Ray 2.60 cluster). Ray Serve 2.60 binds
+each replica's inter-deployment gRPC server to ``[::]`` itself (not configurable); it refuses calls without
+the cluster's token.
 
 Plugin kinds (``$RETREC_PLUGINS``, see :mod:`retrec.kinds`): the local Ray that :func:`start` launches
 inherits this process's environment, and Ray puts the driver's working directory on its workers' path, so
