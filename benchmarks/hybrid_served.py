@@ -78,7 +78,7 @@ def main() -> None:
     config = {"http_options": {"host": "127.0.0.1", "port": port},
               "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
                                 "args": {"retrievers": retrievers, "ingress": {"replicas": 1, "num_cpus": 0},
-                                         "auth": {"api_keys_env": None}}}]}
+                                         "auth": {"mode": "none"}}}]}
     url = start(config, num_cpus=2)
     fusion: dict[str, object] = {"method": args.fusion, "depth": args.depth}
     if args.fusion == "rrf":

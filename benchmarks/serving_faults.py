@@ -57,7 +57,7 @@ def app_config(bundles: Path, port: int, admin_root: Path) -> dict[str, Any]:
         "encoder": {"placement": "deployment", "replicas": {"replicas": 1, "num_cpus": 0,
                                                             "max_ongoing_requests": 64}},
         "ingress": {**two, "max_ongoing_requests": 128},
-        "auth": {"api_keys_env": None},
+        "auth": {"mode": "none"},
         "limits": {"request_timeout_s": 10.0},
     }
     return {"http_options": {"host": "127.0.0.1", "port": port},

@@ -69,7 +69,7 @@ def app_config(paths: dict[str, Path], port: int, batch: int, threads: int,
                                               "threads": threads, "replicas": {**light, "max_ongoing_requests": 128}},
                                   "ingress": {**light, "max_ongoing_requests": 256},
                                   "limits": {"max_inflight": 256, "shard_timeout_s": 5, "request_timeout_s": 30},
-                                  "auth": {"api_keys_env": None}, "use_gpu": False}}]}
+                                  "auth": {"mode": "none"}, "use_gpu": False}}]}
 
 
 def ray_cpu_ms() -> float | None:

@@ -5,8 +5,8 @@ Modules: ``app`` (``build_app``: deployments chosen by bundle kind from :mod:`re
 over shards), ``payloads`` (per payload type batch packing), ``versions`` (index versions and swaps),
 ``shards`` / ``encoders`` / ``recommenders`` (one deployment class per role), ``placement`` (where a query
 encoder runs), ``schemas`` (HTTP models), ``config`` (the ``args`` schema), ``middleware`` / ``errors`` /
-``metrics``, ``launch`` (start/stop from a serve config). Imports index and inference runtimes only — never
-torch.
+``metrics``, ``admin`` (request paths under the models root, errors with request ids), ``launch``
+(start/stop from a serve config). Imports index and inference runtimes only — never torch.
 
 Example::
 

@@ -17,6 +17,10 @@ Every configured bundle's ``kind`` (its manifest) is looked up in the one regist
 
 Adding a retriever or recommender kind is a registry entry; nothing here changes.
 
+Exposure: ``auth.mode: none`` is refused here (whichever path deploys: ``retrec serve``, ``serve run``,
+``serve deploy``, KubeRay) when the HTTP host Serve binds is not loopback (:func:`serve_http_host`,
+:func:`~retrec.serving.config.check_exposure`); the ingress replica refuses ``mode: keys`` without keys.
+
 Example (also what ``configs/serve.yaml`` holds under ``args:``)::
 
     app = build_app({"retrievers": {"bm25": {"index": "runs/demo/bundles/bm25"}},
@@ -37,7 +41,7 @@ from ray.serve import Application
 
 from retrec import kinds
 from retrec.bundle import BundleError, read_manifest
-from retrec.serving.config import RetrieverConfig, ServingConfig
+from retrec.serving.config import RetrieverConfig, ServingConfig, check_exposure
 from retrec.serving.encoders import QueryEncoder
 from retrec.serving.ingress import Ingress
 from retrec.serving.recommenders import Recommender
@@ -92,9 +96,28 @@ def _encoder_spec(cfg: ServingConfig, path: str, deployment_name: str) -> dict[s
     return {"placement": "deployment", "bundle": path, "handle": QueryEncoder.options(**options).bind(path, **kwargs)}
 
 
+def serve_http_host() -> str | None:
+    """The host Serve's HTTP proxies bind: the running controller's ``http_options.host``; with no controller
+    yet, the host Serve would start with; HTTP disabled: ``127.0.0.1`` (nothing is exposed); ``None`` when
+    it cannot be read (treated as not loopback)."""
+    try:
+        import ray
+        from ray.serve.config import HTTPOptions
+        from ray.serve.context import _get_global_client
+
+        client = _get_global_client(raise_if_no_controller_running=False) if ray.is_initialized() else None
+        host = (client.http_config if client is not None else HTTPOptions()).host
+        return "127.0.0.1" if host is None else str(host)
+    except Exception:  # an unreadable host fails closed in check_exposure
+        log.warning("could not read Serve's HTTP host", exc_info=True)
+        return None
+
+
 def build_app(args: dict[str, Any]) -> Application:
     """The application for a serve config's ``args`` (see :class:`retrec.serving.config.ServingConfig`)."""
     cfg = ServingConfig.model_validate(args)
+    if cfg.auth.mode == "none":
+        check_exposure(cfg, serve_http_host())
     if cfg.base_dir is None:  # swaps resolve relative paths the way this build did
         cfg = cfg.model_copy(update={"base_dir": os.getcwd()})
     if HYBRID in cfg.retrievers:

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -90,10 +91,65 @@ class LimitsConfig(_Strict):
 
 
 class AuthConfig(_Strict):
-    """Optional API keys (``Authorization: Bearer KEY`` or ``X-API-Key``); off when no key is configured."""
+    """API keys (``Authorization: Bearer KEY`` or ``X-API-Key``) on every route but health, readiness, docs
+    and (``public_metrics``) metrics.
 
+    ``mode: keys`` (default) needs at least one key (from ``api_keys_env``, comma-separated, and/or
+    ``api_keys_file``, one per line): an application with none refuses to start. ``mode: none`` turns keys
+    off, and only on a loopback bind unless ``allow_unauthenticated_network`` says an authenticating
+    gateway is in front.
+    """
+
+    mode: Literal["keys", "none"] = "keys"
     api_keys_env: str | None = "RETREC_API_KEYS"
     api_keys_file: str | None = None
+    public_metrics: bool = Field(True, description="/metrics answers without a key (for Prometheus)")
+    allow_unauthenticated_network: bool = Field(
+        False, description="mode none on a non-loopback HTTP host (only behind an authenticating gateway)")
+
+
+class AdminConfig(_Strict):
+    """``POST /v1/admin/indexes`` (index version swaps): off unless ``enabled``; its own keys (``keys_env``,
+    comma-separated, and/or ``keys_file``; API keys do not open it); a swap names a bundle relative to
+    ``models_root`` (no ``~``/``$VAR`` expansion, no ``..``, no symlink out of the root)."""
+
+    enabled: bool = False
+    keys_env: str | None = "RETREC_ADMIN_KEYS"
+    keys_file: str | None = None
+    models_root: str | None = Field(None, description="the folder swaps may name bundles under")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        if value is False:
+            return {"enabled": False}
+        if value is True:
+            return {"enabled": True}  # refused below: enabling needs models_root (and keys)
+        return value
+
+    @model_validator(mode="after")
+    def _root_when_enabled(self) -> AdminConfig:
+        if self.enabled and not self.models_root:
+            raise ValueError("admin: enabled needs models_root (the folder swap requests name bundles under) "
+                             "and admin keys (keys_env / keys_file)")
+        if self.enabled and not (self.keys_env or self.keys_file):
+            raise ValueError("admin: enabled needs keys_env or keys_file (admin keys; API keys do not open it)")
+        return self
+
+
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
+
+
+def is_loopback(host: str | None) -> bool:
+    """True for a loopback address (``127.0.0.0/8``, ``::1``, ``localhost``); ``None`` (unknown) is not."""
+    if host is None:
+        return False
+    if host in LOOPBACK_HOSTS:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 class ServingConfig(_Strict):
@@ -104,7 +160,7 @@ class ServingConfig(_Strict):
     limits: LimitsConfig = Field(default_factory=LimitsConfig)
     auth: AuthConfig = Field(default_factory=AuthConfig)
     use_gpu: bool | None = Field(None, description="null: use a GPU when FAISS/ONNX Runtime see one")
-    admin: bool = Field(True, description="enable POST /v1/admin/indexes (index version swaps)")
+    admin: AdminConfig = Field(default_factory=AdminConfig)
     base_dir: str | None = None
 
     @model_validator(mode="after")
@@ -114,8 +170,24 @@ class ServingConfig(_Strict):
         return self
 
     def resolve(self, path: str) -> str:
-        """An absolute path for a configured bundle path."""
+        """An absolute path for a bundle path from the operator's config (``~`` and ``$VAR`` expand; relative
+        to ``base_dir``). Never for paths from requests: see :func:`retrec.serving.admin.bundle_under_root`."""
         p = Path(os.path.expandvars(path)).expanduser()
         if not p.is_absolute():
             p = Path(self.base_dir or os.getcwd()) / p
         return str(p.resolve())
+
+
+def check_exposure(cfg: ServingConfig, host: str | None) -> None:
+    """Refuse ``auth.mode: none`` on an HTTP host that is not loopback (``None``: unknown, refused too), unless
+    ``auth.allow_unauthenticated_network``.
+
+    Example::
+
+        check_exposure(cfg, "0.0.0.0")   # ValueError when cfg.auth.mode == "none"
+    """
+    if cfg.auth.mode == "none" and not cfg.auth.allow_unauthenticated_network and not is_loopback(host):
+        where = f"HTTP host {host!r}" if host is not None else "an HTTP host that could not be determined"
+        raise ValueError(f"auth: {{mode: none}} on {where}, which is not loopback: configure API keys "
+                         "(auth.mode: keys), bind 127.0.0.1, or set auth.allow_unauthenticated_network: true "
+                         "if an authenticating gateway is in front")

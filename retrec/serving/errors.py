@@ -1,4 +1,6 @@
-"""The one error shape of the HTTP API — ``{"error": {"code", "message"}}`` — and its FastAPI handlers.
+"""The one error shape of the HTTP API — ``{"error": {"code", "message"}}``, plus ``request_id`` when the
+details went to the server log — and its FastAPI handlers. Messages never carry resolved paths,
+environment values or remote tracebacks.
 
 Example::
 
@@ -23,13 +25,17 @@ STATUS_CODES = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: 
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None) -> None:
+    def __init__(self, status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                 request_id: str | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
+        self.request_id = request_id
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
+                   request_id: str | None = None) -> JSONResponse:
+    error = {"code": code, "message": message, **({"request_id": request_id} if request_id else {})}
+    return JSONResponse({"error": error}, status_code=status, headers=headers)
 
 
 def _describe(errors: list[dict[str, Any]]) -> str:
@@ -55,7 +61,7 @@ async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
 
 
 async def _api(request: Request, exc: ApiError) -> JSONResponse:
-    return error_response(exc.status, exc.code, exc.message, exc.headers)
+    return error_response(exc.status, exc.code, exc.message, exc.headers, exc.request_id)
 
 
 async def _internal(request: Request, exc: Exception) -> JSONResponse:

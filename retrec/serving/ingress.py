@@ -37,10 +37,11 @@ from retrec.index.fusion import FUSIONS
 from retrec.serving import metrics as serving_metrics
 from retrec.serving import middleware as guard
 from retrec.serving import schemas
+from retrec.serving.admin import bundle_under_root, shown
 from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
 from retrec.serving.metrics import MetricsMiddleware
-from retrec.serving.middleware import GuardMiddleware, load_api_keys
+from retrec.serving.middleware import GuardMiddleware, guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.rollout import ServeRollout
@@ -64,6 +65,7 @@ log = logging.getLogger("retrec.serving")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503, 504)
 }
+_ADMIN_ERRORS = {**_ERRORS, 403: {"model": ErrorResponse}}
 
 
 async def _json_body(request: Request) -> None:
@@ -97,8 +99,9 @@ class Ingress:
                  encoders: dict[str, dict[str, Any]], recommenders: dict[str, Any]) -> None:
         self.cfg = ServingConfig.model_validate(config)
         limits = self.cfg.limits
-        guard.GUARD.configure(max_body_bytes=limits.max_body_bytes, max_inflight=limits.max_inflight,
-                              retry_after_s=limits.retry_after_s, api_keys=load_api_keys(self.cfg.auth))
+        guard.GUARD.configure(**guard_settings(self.cfg))  # fails closed: keys mode without keys does not start
+        if self.cfg.auth.mode == "none":
+            log.warning("auth.mode is 'none': every endpoint answers without an API key")
         # retrievers: name -> {"kind", "payload", "shards": [handles], "ref": IndexRef, "encoder": bundle | None}
         self.retrievers = {name: RetrieverSpec.from_args(name, r) for name, r in retrievers.items()}
         # encoders: bundle path -> {"placement": "ingress", "bundle", "kwargs"} | {"placement": "deployment", ...}
@@ -253,16 +256,21 @@ class Ingress:
 
     # ---- index versions --------------------------------------------------------------------------------
     async def swap(self, name: str, path: str) -> dict[str, Any]:
-        """Check the index version at ``path``, load it on every shard replica of ``name``, then make it the
-        active one on every ingress replica."""
-        return await self.versions.swap(name, path)
+        """Load the index version at ``path`` (an operator's path: the config's resolution) on every shard of
+        ``name``, then make it the active one."""
+        return await self.versions.swap(name, self.cfg.resolve(path), label=path)
 
-    @api.post("/v1/admin/indexes", responses=_ERRORS, dependencies=_JSON_BODY)
+    @api.post("/v1/admin/indexes", responses=_ADMIN_ERRORS, dependencies=_JSON_BODY)
     async def admin_swap(self, req: SwapRequest) -> dict[str, Any]:
-        """Swap a retriever to a published index version (every shard loads it first; then traffic moves)."""
-        if not self.cfg.admin:
-            raise ApiError(403, "forbidden", "admin endpoints are disabled (admin: false)")
-        return await self.swap(req.retriever, req.path)
+        """Swap a retriever to a published index version named relative to ``admin.models_root`` (every shard
+        loads it first; then traffic moves). Needs an admin key; off unless ``admin.enabled``."""
+        admin = self.cfg.admin
+        if not admin.enabled or admin.models_root is None:
+            raise ApiError(403, "forbidden", "admin endpoints are disabled (admin.enabled: false)")
+        if req.retriever not in self.retrievers:
+            raise ApiError(422, "unknown_retriever", f"retriever {req.retriever!r} is not deployed")
+        path = bundle_under_root(self.cfg.resolve(admin.models_root), req.path)
+        return await self.versions.swap(req.retriever, path, label=shown(req.path))
 
     # ---- introspection ---------------------------------------------------------------------------------
     async def encoder_info(self) -> dict[str, dict[str, Any]]:

@@ -2,7 +2,11 @@
 
 The YAML is Ray Serve's own config format (``http_options``, ``applications`` with ``import_path:
 retrec.serving.app:build_app`` and ``args``), so the same file also works with ``serve run`` and
-``serve deploy``. HTTP binds 127.0.0.1 unless the file or ``host`` says otherwise.
+``serve deploy``. HTTP binds 127.0.0.1 unless the file or ``host`` says otherwise, and the local Ray that
+:func:`start` launches is a loopback-only node (:func:`init_local_ray`): its GCS, raylet, workers and agents
+listen on 127.0.0.1, with Ray's token auth (on by default for a local Ray 2.60 cluster). Ray Serve 2.60 binds
+each replica's inter-deployment gRPC server to ``[::]`` itself (not configurable); it refuses calls without
+the cluster's token.
 
 Plugin kinds (``$RETREC_PLUGINS``, see :mod:`retrec.kinds`): the local Ray that :func:`start` launches
 inherits this process's environment, and Ray puts the driver's working directory on its workers' path, so
@@ -27,7 +31,7 @@ from typing import Any
 import httpx
 import yaml
 
-from retrec.serving.config import ServingConfig
+from retrec.serving.config import ServingConfig, check_exposure
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve.yaml"
@@ -42,6 +46,26 @@ SERVE_ENV = {
     "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
     "RAY_USAGE_STATS_ENABLED": "0",
 }
+
+
+LOCAL_NODE_IP = "127.0.0.1"
+# Ray resolves a node address of 127.0.0.1 to the machine's routable address (then GCS, raylet and workers
+# listen on every interface) unless this is "0", which makes its node address the loopback one.
+RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def init_local_ray(num_cpus: int | None = None) -> None:
+    """Start a one-machine Ray whose node address is 127.0.0.1, so none of its ports (GCS, raylet, object
+    manager, workers, dashboard agent, runtime-env agent) listens on a routable address; with
+    :data:`SERVE_ENV`. Ray's token auth stays as Ray sets it (``RAY_AUTH_MODE``; on by default)."""
+    import ray
+    from ray._private import ray_constants
+
+    apply_serve_env()
+    os.environ[RAY_CLUSTER_ENV] = "0"  # for processes importing Ray from now on
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already (the flag is read at import)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             _node_ip_address=LOCAL_NODE_IP)
 
 
 def apply_serve_env() -> None:
@@ -93,15 +117,28 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
     http = dict(config.get("http_options") or {})
     http["host"] = host or http.get("host") or DEFAULT_HOST
     http["port"] = int(port or http.get("port") or 8000)
+    preflight(config, http["host"], local=not ray.is_initialized())
     if not ray.is_initialized():
-        apply_serve_env()
-        ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        init_local_ray(num_cpus)
     prefixes = deploy({**config, "http_options": http})
     url = f"http://{http['host']}:{http['port']}"
     if wait:
         for prefix in prefixes:
             wait_ready(url + prefix)
     return url + (prefixes[0] if len(prefixes) == 1 else "")
+
+
+def preflight(config: dict[str, Any], host: str, *, local: bool) -> None:
+    """Refuse, before Ray starts, what the application would refuse later: ``auth.mode: none`` on a host that is
+    not loopback and, when Ray runs here (``local``: keys are read from this environment), ``auth.mode:
+    keys`` without a key or an enabled admin plane without an admin key."""
+    from retrec.serving.middleware import guard_settings
+
+    for spec in config.get("applications") or []:
+        cfg = ServingConfig.model_validate({"base_dir": os.getcwd(), **(spec.get("args") or {})})
+        check_exposure(cfg, host)
+        if local:
+            guard_settings(cfg)
 
 
 def deploy(config: dict[str, Any]) -> list[str]:
@@ -198,7 +235,7 @@ def demo_config(bundles: str | os.PathLike[str], port: int) -> dict[str, Any]:
             "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
                               "args": {"retrievers": retrievers, "recommenders": recommenders,
                                        "encoder": {"replicas": {**light, "max_ongoing_requests": 64}},
-                                       "ingress": light, "auth": {"api_keys_env": None}}}]}
+                                       "ingress": light, "auth": {"mode": "none"}}}]}
 
 
 def demo_round_trip(bundles: str | os.PathLike[str], query: str, history: list[str], k: int = 3) -> list[dict]:

@@ -1,14 +1,21 @@
-"""ASGI guard in front of the API: load shedding, body limit and API keys.
+"""ASGI guard in front of the API: load shedding, body limit, API and admin keys.
 
-In order: more than ``max_inflight`` requests in progress → 503 with ``Retry-After``; ``/v1/*`` without a
-valid API key (when keys are configured) → 401; a POST body over ``max_body_bytes`` (declared or streamed)
-→ 413. (A POST that is not ``application/json`` is a 415 from the routes that take a body, after routing, so
-an undeclared method is a 405 first.) Keys are compared with :func:`hmac.compare_digest` and never logged.
-Settings live in :data:`GUARD`, set by the ingress replica at start (one replica per process).
+In order: more than ``max_inflight`` requests in progress → 503 with ``Retry-After``; a request without
+a valid key → 401; a body over ``max_body_bytes`` (declared or streamed) → 413. (A POST that is not
+``application/json`` is a 415 from the routes that take a body, after routing, so an undeclared method is a
+405 first.)
+
+Keys follow routing, deny by default: the guard reads the path the way Starlette's router does (relative
+to ``root_path``, which Ray Serve's ``route_prefix``, a ``Mount`` or ``--root-path`` set), so no mount point
+skips it. Only :data:`PUBLIC_PATHS` (health, readiness, docs; ``/metrics`` unless configured otherwise)
+answer without a key; ``/v1/admin/*`` needs an admin key (API keys do not open it); every other path,
+unknown ones included, needs an API key — unless ``auth.mode: none``. Keys are compared with
+:func:`hmac.compare_digest` and never logged. Settings live in :data:`GUARD`, set by the ingress replica
+at start (one replica per process) from :func:`guard_settings`.
 
 Example::
 
-    GUARD.configure(max_body_bytes=65536, max_inflight=64, retry_after_s=1, api_keys=load_api_keys(auth))
+    GUARD.configure(**guard_settings(cfg))   # ValueError when auth.mode is keys and no key is found
     app.add_middleware(GuardMiddleware)
 """
 
@@ -23,25 +30,64 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from retrec.serving.config import AuthConfig
+from starlette._utils import get_route_path
+
+from retrec.serving.config import AdminConfig, AuthConfig, ServingConfig
 
 log = logging.getLogger("retrec.serving")
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
+PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
+                          "/redoc"})
+ADMIN_PREFIX = "/v1/admin/"
+
+
+def _load_keys(env: str | None, file: str | None) -> tuple[bytes, ...]:
+    """Keys from the environment variable (comma-separated) and/or the file (one per line, ``#`` comments)."""
+    keys: list[str] = []
+    if env and os.environ.get(env):
+        keys += os.environ[env].split(",")
+    if file:
+        lines = Path(file).read_text(encoding="utf-8").splitlines()
+        keys += [line for line in lines if not line.lstrip().startswith("#")]
+    return tuple(k.strip().encode() for k in keys if k.strip())
 
 
 def load_api_keys(auth: AuthConfig) -> tuple[bytes, ...]:
-    """Keys from the environment variable (comma-separated) and/or the file (one per line, ``#`` comments)."""
-    keys: list[str] = []
-    if auth.api_keys_env and os.environ.get(auth.api_keys_env):
-        keys += os.environ[auth.api_keys_env].split(",")
-    if auth.api_keys_file:
-        lines = Path(auth.api_keys_file).read_text(encoding="utf-8").splitlines()
-        keys += [line for line in lines if not line.lstrip().startswith("#")]
-    return tuple(k.strip().encode() for k in keys if k.strip())
+    """The API keys of ``auth`` (``api_keys_env`` and/or ``api_keys_file``)."""
+    return _load_keys(auth.api_keys_env, auth.api_keys_file)
+
+
+def load_admin_keys(admin: AdminConfig) -> tuple[bytes, ...]:
+    """The admin keys of ``admin`` (``keys_env`` and/or ``keys_file``)."""
+    return _load_keys(admin.keys_env, admin.keys_file)
+
+
+def _where(env: str | None, file: str | None) -> str:
+    return " or ".join([*([f"${env}"] if env else []), *(["the keys file"] if file else [])]) or "nowhere"
+
+
+def guard_settings(cfg: ServingConfig) -> dict[str, Any]:
+    """:data:`GUARD` settings for ``cfg``; fails closed: keys mode without an API key, or an enabled admin
+    plane without an admin key (or sharing one with the API), is a ``ValueError`` naming where keys were
+    looked for (never their values)."""
+    auth, admin, limits = cfg.auth, cfg.admin, cfg.limits
+    api_keys = load_api_keys(auth) if auth.mode == "keys" else ()
+    if auth.mode == "keys" and not api_keys:
+        where = _where(auth.api_keys_env, auth.api_keys_file)
+        raise ValueError(f"auth.mode is 'keys' but no API key was found in {where}; set keys, or "
+                         "auth: {mode: none} to serve without them")
+    admin_keys = load_admin_keys(admin) if admin.enabled else ()
+    if admin.enabled and not admin_keys:
+        raise ValueError(f"admin is enabled but no admin key was found in {_where(admin.keys_env, admin.keys_file)}")
+    if set(admin_keys) & set(api_keys):
+        raise ValueError("an admin key is also an API key; admin keys must be separate")
+    public = PUBLIC_PATHS if auth.public_metrics else PUBLIC_PATHS - {"/metrics"}
+    return {"max_body_bytes": limits.max_body_bytes, "max_inflight": limits.max_inflight,
+            "retry_after_s": limits.retry_after_s, "require_keys": auth.mode == "keys", "api_keys": api_keys,
+            "admin_keys": admin_keys, "public_paths": public}
 
 
 @dataclass
@@ -49,22 +95,37 @@ class GuardSettings:
     max_body_bytes: int = 64 * 1024
     max_inflight: int = 64
     retry_after_s: int = 1
+    require_keys: bool = True  # False only for auth.mode: none
     api_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    admin_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    public_paths: frozenset[str] = PUBLIC_PATHS
     inflight: int = 0
 
     def configure(self, **values: Any) -> None:
         for key, value in values.items():
             setattr(self, key, value)
 
-    def key_ok(self, presented: bytes | None) -> bool:
-        if not self.api_keys:
+    def allowed(self, route: str, presented: bytes | None) -> bool:
+        """May a request to ``route`` (the path as routing sees it) with key ``presented`` go on?
+
+        Public paths: yes. ``/v1/admin/*``: an admin key when admin keys are configured (the admin plane is
+        on), else as any other path (the endpoint then answers 403). Any other path: an API key, unless
+        keys are off. No keys configured while required: nothing but public paths.
+        """
+        if route in self.public_paths:
             return True
-        if not presented:
-            return False
-        ok = False
-        for key in self.api_keys:  # constant time per key, no early exit
-            ok |= hmac.compare_digest(presented, key)
-        return ok
+        if self.admin_keys and route.startswith(ADMIN_PREFIX):
+            return _match(presented, self.admin_keys)
+        return not self.require_keys or _match(presented, self.api_keys)
+
+
+def _match(presented: bytes | None, keys: tuple[bytes, ...]) -> bool:
+    if not presented or not keys:
+        return False
+    ok = False
+    for key in keys:  # constant time per key, no early exit
+        ok |= hmac.compare_digest(presented, key)
+    return ok
 
 
 GUARD = GuardSettings()
@@ -91,17 +152,23 @@ class GuardMiddleware:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        kind = scope["type"]
+        if kind not in ("http", "websocket"):  # lifespan
             await self.app(scope, receive, send)
             return
         g = GUARD
-        path: str = scope.get("path", "")
         headers = dict(scope.get("headers") or [])
+        if kind == "websocket":  # none are served; still, no key, no connection
+            if not g.allowed(get_route_path(scope), _presented_key(headers)):
+                await send({"type": "websocket.close", "code": 1008})
+                return
+            await self.app(scope, receive, send)
+            return
         if g.inflight >= g.max_inflight:
             await _reply(send, 503, "overloaded", f"server busy ({g.max_inflight} requests in progress); retry later",
                          [(b"retry-after", str(g.retry_after_s).encode())])
             return
-        if path.startswith("/v1/") and not g.key_ok(_presented_key(headers)):
+        if not g.allowed(get_route_path(scope), _presented_key(headers)):
             await _reply(send, 401, "unauthorized", "missing or invalid API key (Authorization: Bearer KEY "
                          "or X-API-Key)", [(b"www-authenticate", b"Bearer")])
             return

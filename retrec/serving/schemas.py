@@ -116,13 +116,15 @@ class SwapRequest(_Strict):
     """Admin: move ``retriever`` to the index version at ``path`` once every shard has loaded it."""
 
     retriever: Annotated[str, StringConstraints(min_length=1, max_length=32)]
-    path: Annotated[str, StringConstraints(min_length=1, max_length=4096, pattern=r"^[^\x00-\x1f\x7f]+$")] = Field(
-        description="the index version's folder; no control characters")
+    path: Annotated[str, StringConstraints(min_length=1, max_length=1024, pattern=r"^[^\x00-\x1f\x7f]+$")] = Field(
+        description="the bundle folder, relative to the configured admin.models_root (taken literally: no '~', "
+        "'$VAR', '..' or absolute paths; symlinks must stay inside the root; no control characters)")
 
 
 class ErrorBody(BaseModel):
     code: str
     message: str
+    request_id: str | None = Field(None, description="quote it to the operator: the details are in the server log")
 
 
 class ErrorResponse(BaseModel):

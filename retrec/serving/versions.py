@@ -21,8 +21,13 @@ keeps the swapped version. One swap at a time per application.
 Example::
 
     versions = IndexVersions(specs, refs, encoder_manifests, resolve=cfg.resolve, publish=ServeRollout().publish)
-    await versions.swap("bm25", "runs/demo/bundles/bm25-v2")   # {"retriever", "version", "previous"}
-    versions.active["bm25"]["version"]                          # "bm25-v2"
+    await versions.swap("bm25", "/srv/bundles/bm25-v2", label="bm25-v2")   # {"retriever", "version", "previous"}
+    versions.active["bm25"]["version"]                                       # "bm25-v2"
+
+``swap`` takes a path its caller resolved — :func:`retrec.serving.admin.bundle_under_root` for admin requests,
+``cfg.resolve`` for the operator's config — and the name to show in errors (``label``): messages never carry
+the resolved path, and a failure is logged with a request id while the client gets the code, a short message
+and that id. ``apply`` (the operator's ``user_config``) resolves with ``resolve``.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ from typing import Any
 
 from retrec.bundle import BundleError, Manifest, read_manifest
 from retrec.serving import metrics as serving_metrics
+from retrec.serving.admin import failure
 from retrec.serving.errors import ApiError
 from retrec.serving.registry import check_hook
 from retrec.serving.scatter import IndexRef, RetrieverSpec, call_handle
@@ -44,9 +50,9 @@ INGRESS = "Ingress"  # the ingress deployment's name (build_app)
 Publish = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def _refusal(exc: BaseException, resolved: str) -> str:
-    """The refusal's message without the resolved bundle path."""
-    return str(exc).replace(f"{resolved}: ", "").replace(resolved, "the bundle")
+def _refusal(exc: BaseException, resolved: str, label: str = "the bundle") -> str:
+    """The refusal's message with ``label`` in place of the resolved bundle path."""
+    return str(exc).replace(resolved, label)
 
 
 def _cause(exc: BaseException) -> BaseException:
@@ -75,14 +81,14 @@ class IndexVersions:
         for name, ref in self.active.items():
             serving_metrics.METRICS.set_version(name, ref["version"])
 
-    def check(self, name: str, path: str) -> IndexRef:
+    def check(self, name: str, path: str, label: str = "the bundle") -> IndexRef:
         """The version at ``path`` if ``name`` may swap to it, else a 400 naming what does not fit."""
         spec = self.retrievers[name]
         try:
             ref = index_ref(path)
             manifest = read_manifest(path)
         except BundleError as exc:
-            raise ApiError(400, "bad_bundle", _refusal(exc, path)) from exc
+            raise ApiError(400, "bad_bundle", _refusal(exc, path, label)) from exc
         if ref["kind"] != spec.kind:
             raise ApiError(400, "bad_bundle", f"bundle kind {ref['kind']!r}, {name} needs {spec.kind!r}")
         shards = manifest.config.get("shards", 1)
@@ -94,7 +100,7 @@ class IndexVersions:
             try:
                 check(manifest, self.encoders.get(spec.encoder) if spec.encoder else None)
             except BundleError as exc:
-                raise ApiError(400, "bad_bundle", _refusal(exc, path)) from exc
+                raise ApiError(400, "bad_bundle", _refusal(exc, path, label)) from exc
         return ref
 
     async def _prepare(self, name: str, ref: IndexRef) -> None:
@@ -108,9 +114,9 @@ class IndexVersions:
             cause = _cause(res)
             if isinstance(cause, BundleError):
                 raise ApiError(400, "bad_bundle", f"shard {shard}: {_refusal(cause, ref['path'])}") from res
-            log.error("retriever %s: loading %s on shard %d failed", name, ref["path"], shard, exc_info=res)
-            raise ApiError(503, "swap_failed", f"loading the new version failed on shard {shard} "
-                           f"({type(cause).__name__}); still serving {self.active[name]['version']}") from res
+            raise failure(503, "swap_failed", f"loading the new version failed on shard {shard} "
+                          f"({type(cause).__name__}); still serving {self.active[name]['version']}",
+                          f"retriever {name}: loading on shard {shard}", res) from res
 
     async def _publish_shards(self, name: str, previous: IndexRef, ref: IndexRef) -> None:
         """Every replica of every shard of ``name`` holds ``[previous, ref]`` (undone if that fails)."""
@@ -119,14 +125,13 @@ class IndexVersions:
         try:
             await self.publish({shard_deployment(name, i): {"versions": held} for i in range(n)})
         except Exception as exc:
-            log.error("retriever %s: publishing index version %s to its shards failed", name, ref["path"],
-                      exc_info=exc)
+            error = failure(503, "swap_failed", f"the shards did not load the new version ({type(exc).__name__}); "
+                            f"still serving {previous['version']}", f"retriever {name}: publishing to its shards", exc)
             try:
                 await self.publish({shard_deployment(name, i): {"versions": [previous]} for i in range(n)})
             except Exception:
                 log.exception("retriever %s: restoring the shards' versions failed", name)
-            raise ApiError(503, "swap_failed", f"the shards did not load the new version ({type(exc).__name__}); "
-                           f"still serving {previous['version']}") from exc
+            raise error from exc
         self._published[name] = ref["digest"]
 
     def _flip(self, name: str, ref: IndexRef) -> None:
@@ -139,12 +144,14 @@ class IndexVersions:
         log.info("retriever %s: index version %s -> %s (%s)", name, previous["version"], ref["version"],
                  ref["digest"][:12])
 
-    async def swap(self, name: str, path: str, *, everywhere: bool = True) -> dict[str, Any]:
-        """Check the version at ``path``, load it on every shard replica, then make it the active one on
-        every ingress replica (``everywhere=False``: on this one only, as its ``reconfigure`` does)."""
+    async def swap(self, name: str, path: str, label: str | None = None, *, everywhere: bool = True
+                   ) -> dict[str, Any]:
+        """Check the version at ``path`` (resolved by the caller; errors show ``label``), load it on every shard
+        replica, then make it the active one on every ingress replica (``everywhere=False``: on this one only,
+        as its ``reconfigure`` does)."""
         if name not in self.retrievers:
             raise ApiError(422, "unknown_retriever", f"retriever {name!r} is not deployed")
-        ref = self.check(name, self.resolve(path))
+        ref = self.check(name, path, path if label is None else label)
         async with self._lock:
             previous = self.active[name]
             if ref["digest"] != previous["digest"]:
@@ -158,10 +165,9 @@ class IndexVersions:
                     try:
                         await self.publish({INGRESS: user_config})
                     except Exception as exc:
-                        log.error("retriever %s: publishing the active version to the ingress failed", name,
-                                  exc_info=exc)
-                        raise ApiError(503, "swap_failed", "the ingress replicas did not take the new version "
-                                       f"({type(exc).__name__})") from exc
+                        raise failure(503, "swap_failed", "the ingress replicas did not take the new version "
+                                      f"({type(exc).__name__})", f"retriever {name}: publishing to the ingress",
+                                      exc) from exc
                 self._flip(name, ref)
         return {"retriever": name, "version": ref["version"], "previous": previous["version"]}
 
@@ -178,7 +184,7 @@ class IndexVersions:
                 if ref["digest"] in (self._published.get(name), (digests or {}).get(name)):
                     self._flip(name, ref)
                     continue
-                await self.swap(name, path, everywhere=False)
+                await self.swap(name, self.resolve(path), path, everywhere=False)
             except (ApiError, BundleError) as exc:
                 log.error("retriever %s: not swapping to the configured index version: %s", name,
                           exc.message if isinstance(exc, ApiError) else _refusal(exc, path))

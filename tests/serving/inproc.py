@@ -41,11 +41,11 @@ class _Method:
 class FakeShard:
     """A text shard handle: ``search_many`` ranks a fixed document list by a query-derived score."""
 
-    def __init__(self, shard: int, version: str) -> None:
-        self.shard, self.loaded = shard, {version}
+    def __init__(self, shard: int, digest: str) -> None:
+        self.shard, self.loaded = shard, {digest}
         self.search_many = _Method(self._search_many)
         self.versions = _Method(lambda: _done(sorted(self.loaded)))
-        self.load = _Method(lambda ref: _done(self.loaded.add(ref["version"])))
+        self.load = _Method(lambda ref: _done(self.loaded.add(ref["digest"])))
 
     def _search_many(self, payloads: list[str], k: int, ref: dict[str, str]) -> asyncio.Future:
         def hits(q: str) -> list[tuple[str, float]]:
@@ -70,6 +70,10 @@ class FakeRecommender:
                       "unknown_examples": skipped[:5]})
 
 
+async def _no_controller(user_configs: dict[str, Any]) -> None:
+    """Stands in for the Serve controller's ``user_config`` broadcast (one in-process replica)."""
+
+
 def _unbatched(obj: Any) -> None:
     """``@serve.batch`` queues are tasks bound to the event loop of their first call (and left pending when it
     closes); here each shard call is its own batch of one — the same ``Scatter.scatter`` code, on any loop."""
@@ -82,8 +86,9 @@ def _unbatched(obj: Any) -> None:
 
 
 def _retriever(name: str) -> dict[str, Any]:
-    ref = {"version": f"{name}-v1", "path": f"/indexes/{name}-v1", "kind": "index/bm25"}
-    return {"kind": "index/bm25", "payload": "text", "shards": [FakeShard(i, ref["version"]) for i in range(2)],
+    ref = {"version": f"{name}-v1", "digest": f"sha256-of-{name}-v1", "path": f"/indexes/{name}-v1",
+           "kind": "index/bm25"}
+    return {"kind": "index/bm25", "payload": "text", "shards": [FakeShard(i, ref["digest"]) for i in range(2)],
             "ref": ref, "encoder": None}
 
 
@@ -100,14 +105,15 @@ def ingress_app(config: dict[str, Any] | None = None) -> Iterator[FastAPI]:
     cfg = config or {"retrievers": {"bm25": {"index": "/indexes/bm25-v1"},
                                     "bm25-title": {"index": "/indexes/bm25-title-v1"}},
                      "recommenders": {"bert4rec": {"bundle": "/models/bert4rec"}},
-                     "auth": {"api_keys_env": None}}
+                     "auth": {"mode": "none"}}
     obj = user_class.__new__(user_class)
     saved_guard = dict(vars(GUARD))
     saved_names = (schemas.PUBLISHED.retrievers, schemas.PUBLISHED.recommenders, schemas.PUBLISHED.swappable)
     user_class.__init__(obj, cfg, {name: _retriever(name) for name in cfg["retrievers"]}, {},
                         {name: FakeRecommender() for name in cfg.get("recommenders", {})})
     _unbatched(obj)
-    context = types.SimpleNamespace(servable_object=obj,  # what @serve.batch asks of a replica, too
+    obj.versions.publish = _no_controller  # no Serve controller here: a swap flips this replica only
+    context = types.SimpleNamespace(servable_object=obj, app_name="retrec",  # what @serve.batch asks, too
                                     _deployment_config=types.SimpleNamespace(max_ongoing_requests=1024))
     original = serve.get_replica_context
     serve.get_replica_context = lambda: context  # type: ignore[assignment]

@@ -34,6 +34,8 @@ ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
 API_KEY = "test-key-0123456789"
+ADMIN_KEY = "test-admin-key-9876543210"
+ADMIN = {"X-API-Key": ADMIN_KEY}
 DIM = 16
 
 
@@ -63,6 +65,9 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         max_len=12, hidden=16, layers=1, heads=2, epochs=1, eval_users=50), progress=False)
     (root / "keys.txt").write_text(f"# test keys\n{API_KEY}\n")
     out["keys"] = root / "keys.txt"
+    (root / "admin-keys.txt").write_text(f"{ADMIN_KEY}\n")
+    out["admin_keys"] = root / "admin-keys.txt"
+    out["root"] = root
     return out
 
 
@@ -82,6 +87,8 @@ def _config(bundles: dict[str, Path], port: int, placement: str = "ingress") -> 
                 "ingress": {**zero, "max_ongoing_requests": 64},
                 "limits": {"shard_timeout_s": 0.75, "request_timeout_s": 5},
                 "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])},
+                "admin": {"enabled": True, "keys_env": None, "keys_file": str(bundles["admin_keys"]),
+                          "models_root": str(bundles["root"])},
                 "use_gpu": False,
             },
         }],
@@ -94,9 +101,8 @@ def url(bundles: dict[str, Path]) -> Iterator[str]:
 
     if ray.is_initialized():
         ray.shutdown()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        yield start(_config(bundles, free_port()))
+        yield start(_config(bundles, free_port()), num_cpus=2)  # the local Ray `retrec serve` starts
     finally:
         stop()
 
@@ -283,9 +289,13 @@ BAD_CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
     ("rec-k-zero", "/v1/recommend", {"history": ["1"], "k": 0}, J, 422, "invalid_request"),
     ("exclude-seen-string", "/v1/recommend", {"history": ["1"], "exclude_seen": "maybe"}, J, 422,
      "invalid_request"),
-    ("swap-unknown-retriever", "/v1/admin/indexes", {"retriever": "x", "path": "/tmp"}, J, 422,
+    ("swap-unknown-retriever", "/v1/admin/indexes", {"retriever": "x", "path": "bm25-v2"}, {**J, **ADMIN}, 422,
      "unknown_retriever"),
-    ("swap-not-a-bundle", "/v1/admin/indexes", {"retriever": "bm25", "path": "/nonexistent"}, J, 400, "bad_bundle"),
+    ("swap-absolute-path", "/v1/admin/indexes", {"retriever": "bm25", "path": "/tmp"}, {**J, **ADMIN}, 400,
+     "bad_path"),
+    ("swap-not-a-bundle", "/v1/admin/indexes", {"retriever": "bm25", "path": "nonexistent"}, {**J, **ADMIN}, 400,
+     "bad_bundle"),
+    ("swap-with-api-key", "/v1/admin/indexes", {"retriever": "bm25", "path": "bm25-v2"}, J, 401, "unauthorized"),
     ("unknown-path", "/v1/nothing", GOOD, J, 404, "not_found"),
 ]
 
@@ -341,7 +351,8 @@ def test_index_swap_under_load(client: httpx.Client, url: str, bundles: dict[str
     for t in threads:
         t.start()
     time.sleep(1.0)
-    r = client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": str(bundles["bm25_v2"])}, timeout=60)
+    r = client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": bundles["bm25_v2"].name}, headers=ADMIN,
+                    timeout=60)
     swapped_at = time.monotonic()
     assert r.status_code == 200, r.text
     assert r.json() == {"retriever": "bm25", "version": "bm25-v2", "previous": "bm25-v1"}
@@ -483,3 +494,66 @@ def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bu
             assert r.status_code == 200, r.text
             _assert_same_hits(r.json()["hits"], offline.search([q], 10)[0])
         assert "retrec_encoder_batch_size_count" in dep.get("/metrics").text
+
+
+# ---- 6. auth follows routing (issue 12, acceptance 4); a loopback-only local Ray (item 13) --------------------
+
+def test_local_ray_listens_on_loopback_only(url: str) -> None:
+    """Every TCP port the local Ray of ``start`` listens on (GCS, raylet, workers, agents, Serve's proxy) is loopback
+    — but the Serve replicas' inter-deployment gRPC servers, which Ray Serve 2.60 binds to ``[::]`` (hard-coded):
+    those must refuse a call without Ray's token (token auth is on for the local cluster)."""
+    import ipaddress
+
+    import grpc
+    import psutil  # Ray's dependency
+    from ray._raylet import AuthenticationMode, get_authentication_mode
+
+    assert ray._private.worker._global_node.node_ip_address == "127.0.0.1"
+    assert get_authentication_mode() == AuthenticationMode.TOKEN
+    listening = []
+    for proc in [psutil.Process(), *psutil.Process().children(recursive=True)]:
+        try:
+            conns = proc.net_connections(kind="tcp")
+            name = proc.name()
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        listening += [(name, c.laddr.ip, c.laddr.port) for c in conns if c.status == psutil.CONN_LISTEN]
+    assert len(listening) >= 3, listening  # GCS, raylet, Serve's proxy at least
+    exposed = [e for e in listening if not ipaddress.ip_address(e[1].removeprefix("::ffff:")).is_loopback]
+    assert exposed and all(name.startswith("ray::ServeReplica:") for name, _, _ in exposed), exposed
+    for _, _, port in exposed:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel, pytest.raises(grpc.RpcError) as err:
+            channel.unary_unary("/ray.serve.ASGIService/HandleRequest")(b"", timeout=10)
+        assert err.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_every_route_needs_a_key_under_root_and_a_route_prefix(client: httpx.Client, url: str,
+                                                               bundles: dict[str, Path]) -> None:
+    """Real Ray Serve HTTP: this module's application at "/" and a second one at ``route_prefix: /api`` (deployed the
+    way ``retrec serve`` deploys); every operation of each OpenAPI document and the docs routes, without a key, with
+    a wrong one and with the right one (the admin key for the admin endpoint)."""
+    from retrec.serving.launch import deploy, wait_ready
+    from tests.serving.routes import walk_routes
+
+    port = int(url.rsplit(":", 1)[1])
+    main_app = _config(bundles, port)["applications"][0]
+    current = client.get("/v1/models").json()["retrievers"]["bm25"]["index_path"]
+    main_app["deployments"] = [{"name": "Ingress", "user_config": {"indexes": {"bm25": current}}}]  # unchanged
+    api_app = _config(bundles, port)["applications"][0]
+    api_app = {**api_app, "name": "retrec-api", "route_prefix": "/api",
+               "args": {**api_app["args"], "retrievers": {"bm25": api_app["args"]["retrievers"]["bm25"]}}}
+    deploy({**_config(bundles, port), "applications": [main_app, api_app]})
+    wait_ready(f"{url}/api")
+
+    def send(method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, str | None]:
+        r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=30.0)
+        code = r.json().get("error", {}).get("code") if r.status_code >= 400 \
+            and r.headers.get("content-type") == "application/json" else None
+        return r.status_code, code
+
+    swap_to_current = {"/v1/admin/indexes": {"retriever": "bm25", "path": Path(current).name}}
+    for prefix in ("", "/api"):
+        schema = httpx.get(f"{url}{prefix}/openapi.json", timeout=30.0)
+        assert schema.status_code == 200, schema.text
+        assert walk_routes(send, prefix, schema.json(), api_key=API_KEY, admin_key=ADMIN_KEY,
+                           bodies=swap_to_current) == []

@@ -12,9 +12,10 @@ import pytest
 from tests.serving.inproc import ingress_app
 
 
-def _call(requests: list[tuple[str, str, dict[str, Any]]]) -> list[httpx.Response]:
+def _call(requests: list[tuple[str, str, dict[str, Any]]], config: dict[str, Any] | None = None
+          ) -> list[httpx.Response]:
     async def run() -> list[httpx.Response]:
-        with ingress_app() as app:
+        with ingress_app(config) as app:
             async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
                 return [await client.request(method, path, **kw) for method, path, kw in requests]
     return asyncio.run(run())
@@ -67,8 +68,14 @@ def test_openapi_declares_content_types_and_published_names() -> None:
 
 @pytest.mark.parametrize("manifest", ["[]", '{"schema_version": 1}', '{"schema_version": 1, "kind": "index/bm25", '
                                       '"name": "x", "version": "v", "created": "c", "command": "c", "files": []}'])
-def test_a_malformed_manifest_is_a_400_not_a_500(tmp_path: Any, manifest: str) -> None:
-    (tmp_path / "manifest.json").write_text(manifest)
-    r, = _call([("POST", "/v1/admin/indexes", {"json": {"retriever": "bm25", "path": str(tmp_path)}})])
+def test_a_malformed_manifest_is_a_400_not_a_500(tmp_path: Any, manifest: str,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "v2").mkdir()
+    (tmp_path / "v2" / "manifest.json").write_text(manifest)
+    monkeypatch.setenv("TEST_ADMIN_KEYS", "admin-key-0123456789")
+    config = {"retrievers": {"bm25": {"index": "/indexes/bm25-v1"}}, "auth": {"mode": "none"},
+              "admin": {"enabled": True, "keys_env": "TEST_ADMIN_KEYS", "models_root": str(tmp_path)}}
+    r, = _call([("POST", "/v1/admin/indexes", {"json": {"retriever": "bm25", "path": "v2"},
+                                                "headers": {"X-API-Key": "admin-key-0123456789"}})], config)
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_bundle", r.text
     assert "malformed manifest" in r.json()["error"]["message"]

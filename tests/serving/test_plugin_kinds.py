@@ -37,13 +37,16 @@ from tests.tiny_models import tiny_dense_encoder
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
+ADMIN_KEY = "plugin-admin-key-0123456789"
+ADMIN = {"X-API-Key": ADMIN_KEY}
 
 
 @pytest.fixture(scope="module")
 def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serving-kinds")
     ids, texts = load_retrieval_data(tiny_data, split="test").doc_texts()
-    out = {"data": tiny_data}
+    out = {"data": tiny_data, "root": root}
+    (root / "admin-keys.txt").write_text(f"{ADMIN_KEY}\n")
     toy_kinds.build_toy_index(ids, texts).save(root / "toy", name="toy")
     out["toy"] = root / "toy"
     out["bm25"] = BM25Index.build(ids, texts).save(root / "bm25")
@@ -57,10 +60,11 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return out
 
 
-def _app(name: str, prefix: str, args: dict[str, Any]) -> dict[str, Any]:
+def _app(name: str, prefix: str, args: dict[str, Any], root: Path) -> dict[str, Any]:
     zero = {"replicas": 1, "num_cpus": 0, "max_ongoing_requests": 32}
     base = {"encoder": {"max_batch_size": 8, "threads": 1, "replicas": {**zero, "max_ongoing_requests": 64}},
-            "ingress": {**zero, "max_ongoing_requests": 64}, "auth": {"api_keys_env": None}, "use_gpu": False}
+            "ingress": {**zero, "max_ongoing_requests": 64}, "auth": {"mode": "none"}, "use_gpu": False,
+            "admin": {"enabled": True, "keys_file": str(root / "admin-keys.txt"), "models_root": str(root)}}
     for r in args.get("retrievers", {}).values():
         r["shards"] = zero
     for r in args.get("recommenders", {}).values():
@@ -87,9 +91,9 @@ def url(bundles: dict[str, Path]) -> Iterator[str]:
     config = {"http_options": {"host": "127.0.0.1", "port": free_port()}, "applications": [
         _app("toys", "/", {"retrievers": {"toy": {"index": str(bundles["toy"])},
                                           "bm25": {"index": str(bundles["bm25"])}},
-                           "recommenders": {"toypop": {"bundle": str(bundles["toypop"])}}}),
-        _app("dense", "/dense", _dense_args(bundles, "ingress")),
-        _app("dep", "/dep", _dense_args(bundles, "deployment")),
+                           "recommenders": {"toypop": {"bundle": str(bundles["toypop"])}}}, bundles["root"]),
+        _app("dense", "/dense", _dense_args(bundles, "ingress"), bundles["root"]),
+        _app("dep", "/dep", _dense_args(bundles, "deployment"), bundles["root"]),
     ]}
     try:
         yield start(config)
@@ -210,11 +214,12 @@ def test_two_dense_retrievers_with_their_own_encoders(url: str, bundles: dict[st
 
 def test_swap_is_checked_by_the_kind(url: str, bundles: dict[str, Path]) -> None:
     """A dense version built with another encoder is refused by the kind's check hook; another kind too."""
-    r = httpx.post(f"{url}/dense/v1/admin/indexes", json={"retriever": "dense_a", "path": str(bundles["dense_b"])})
+    r = httpx.post(f"{url}/dense/v1/admin/indexes", json={"retriever": "dense_a", "path": "dense-b"}, headers=ADMIN)
     assert r.status_code == 400 and "dimension" in r.json()["error"]["message"], r.text
-    r = httpx.post(f"{url}/v1/admin/indexes", json={"retriever": "toy", "path": str(bundles["bm25"])})
+    assert str(bundles["root"]) not in r.text
+    r = httpx.post(f"{url}/v1/admin/indexes", json={"retriever": "toy", "path": "bm25"}, headers=ADMIN)
     assert r.status_code == 400 and "index/bm25" in r.json()["error"]["message"], r.text
-    r = httpx.post(f"{url}/v1/admin/indexes", json={"retriever": "toy", "path": str(bundles["toy"])})
+    r = httpx.post(f"{url}/v1/admin/indexes", json={"retriever": "toy", "path": "toy"}, headers=ADMIN)
     assert r.status_code == 200 and r.json()["version"] == r.json()["previous"]
 
 

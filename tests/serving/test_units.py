@@ -56,13 +56,13 @@ def guarded() -> Iterator[FastAPI]:
         return body
 
     app.state.gate = gate
-    saved = (GUARD.max_inflight, GUARD.api_keys, GUARD.max_body_bytes)
+    saved = dict(vars(GUARD))
     yield app
-    GUARD.max_inflight, GUARD.api_keys, GUARD.max_body_bytes = saved
+    vars(GUARD).update(saved)
 
 
 def test_backpressure_is_503_with_retry_after(guarded: FastAPI) -> None:
-    GUARD.configure(max_inflight=1, retry_after_s=2, api_keys=())
+    GUARD.configure(max_inflight=1, retry_after_s=2, require_keys=False)
 
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded), base_url="http://t") as c:

@@ -1,0 +1,57 @@
+"""Every route of the serving API, with and without keys: the walk behind acceptance 4 of issue 12, shared by the
+in-process test (tests/serving/test_auth.py) and the served one (tests/serving/test_http.py).
+
+Example::
+
+    failures = walk_routes(send, "/api", schema, api_key="k", admin_key="a")   # [] when auth holds
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
+BODIES: dict[str, Any] = {  # a valid body for every POST route (a new route must add one here)
+    "/v1/search": {"query": "vitamin", "k": 3},
+    "/v1/recommend": {"history": ["1", "2"], "k": 3},
+    "/v1/admin/indexes": {"retriever": "bm25", "path": "bm25-v2"},
+}
+# send(method, path, json_body, headers) -> (status, error code or None)
+Send = Callable[[str, str, Any, dict[str, str]], tuple[int, str | None]]
+
+
+def routes(schema: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(METHOD, path)`` of every operation in the OpenAPI document, plus FastAPI's docs routes."""
+    return [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops] + [("GET", p) for p in DOCS]
+
+
+def walk_routes(send: Send, prefix: str, schema: dict[str, Any], *, api_key: str, admin_key: str,
+                bodies: dict[str, Any] | None = None) -> list[str]:
+    """What breaks the rule "no endpoint but health, readiness, docs and metrics answers without a key, and
+    every endpoint answers with one" (the admin endpoint with the admin key), as readable lines."""
+    bodies = {**BODIES, **(bodies or {})}
+    failures: list[str] = []
+    for method, path in routes(schema):
+        if method == "POST" and path not in bodies:
+            failures.append(f"{method} {path}: no example body in tests/serving/routes.py")
+            continue
+        body = bodies.get(path) if method == "POST" else None
+        key = admin_key if path.startswith("/v1/admin/") else api_key
+        where = f"{method} {prefix}{path}"
+        anon = send(method, prefix + path, body, {})
+        if path in PUBLIC:
+            if anon[0] != 200:
+                failures.append(f"{where}: public, answered {anon[0]} without a key")
+            continue
+        if anon != (401, "unauthorized"):
+            failures.append(f"{where}: answered {anon} without a key")
+        wrong = send(method, prefix + path, body, {"X-API-Key": key + "x"})
+        if wrong[0] != 401:
+            failures.append(f"{where}: answered {wrong} with a wrong key")
+        for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
+            status = send(method, prefix + path, body, headers)
+            if status[0] != 200:
+                failures.append(f"{where}: answered {status} with the key ({next(iter(headers))})")
+    return failures
