@@ -18,6 +18,8 @@ from retrec.data.beir import load_retrieval_data
 from retrec.index.bm25_index import BM25Config, BM25Index
 from tests.serving.test_http import API_KEY, _with_version
 
+ADMIN_KEY = "admin-key-for-swaps-0123"
+
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
 
@@ -31,7 +33,8 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
         out[key] = _with_version(BM25Index.build(ids, texts, BM25Config(k1=k1, b=0.75)).save(root / key, name="bm25"),
                                  version)
     (root / "keys.txt").write_text(f"{API_KEY}\n")
-    out["keys"] = root / "keys.txt"
+    (root / "admin-keys.txt").write_text(f"{ADMIN_KEY}\n")
+    out["keys"], out["admin_keys"], out["root"] = root / "keys.txt", root / "admin-keys.txt", root
     out["query"] = " ".join(texts[0].split()[:3])  # type: ignore[assignment]
     return out
 
@@ -45,7 +48,9 @@ def _config(bundles: dict[str, Any], port: int) -> dict[str, Any]:
             "args": {"retrievers": {"bm25": {"index": str(bundles["v1"]), "shards": two}},
                      "ingress": {**two, "max_ongoing_requests": 64},
                      "limits": {"shard_timeout_s": 2.0, "request_timeout_s": 5},
-                     "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])}, "use_gpu": False},
+                     "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])}, "use_gpu": False,
+                     "admin": {"enabled": True, "keys_env": None, "keys_file": str(bundles["admin_keys"]),
+                               "models_root": str(bundles["root"])}},
         }],
     }
 
@@ -67,6 +72,12 @@ def url(bundles: dict[str, Any]) -> Iterator[str]:
 def client(url: str) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=30.0) as c:
         yield c
+
+
+def _swap(client: httpx.Client, path: Path) -> httpx.Response:
+    """The admin swap: a bundle named relative to the models root, with the admin key."""
+    return client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": path.name},
+                       headers={"X-API-Key": ADMIN_KEY}, timeout=120)
 
 
 def _replicas(deployment: str) -> list[str]:
@@ -112,7 +123,7 @@ def test_swap_reaches_every_replica_under_load(client: httpx.Client, url: str, b
     query = bundles["query"]
     with Load(url, query) as load:
         time.sleep(1.5)
-        r = client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": str(bundles["v2"])}, timeout=120)
+        r = _swap(client, bundles["v2"])
         swapped_at = time.monotonic()
         assert r.status_code == 200, r.text
         assert r.json() == {"retriever": "bm25", "version": "bm25-v2", "previous": "bm25-v1"}
@@ -152,7 +163,7 @@ def test_swap_survives_replica_restarts(client: httpx.Client, url: str, bundles:
 def test_same_version_string_other_bundle_is_swapped_in(client: httpx.Client, bundles: dict[str, Any]) -> None:
     query = bundles["query"]
     assert _offline(bundles["v2b"], query) != _offline(bundles["v2"], query)
-    r = client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": str(bundles["v2b"])}, timeout=120)
+    r = _swap(client, bundles["v2b"])
     assert r.status_code == 200, r.text
     for _ in range(10):
         body = client.post("/v1/search", json={"query": query, "k": 5, "retriever": "bm25"}).json()
@@ -163,14 +174,14 @@ def test_same_version_string_other_bundle_is_swapped_in(client: httpx.Client, bu
 def test_refused_version_is_a_400_before_anything_flips(client: httpx.Client, url: str,
                                                         bundles: dict[str, Any], tmp_path: Path) -> None:
     """The manifest fits but a shard's loader refuses the files (a checksum): 400, no replica changes."""
-    bad = tmp_path / "bm25-corrupt"
+    bad = bundles["root"] / "bm25-corrupt"
     shutil.copytree(bundles["v1"], bad)
     scores = bad / "scores.safetensors"
     scores.write_bytes(scores.read_bytes()[:-8] + b"\0" * 8)
     before = client.get("/v1/models").json()["retrievers"]["bm25"]
     with Load(url, bundles["query"], threads=2) as load:
         time.sleep(0.5)
-        r = client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": str(bad)}, timeout=120)
+        r = _swap(client, bad)
         time.sleep(0.5)
     assert r.status_code == 400 and r.json()["error"]["code"] == "bad_bundle", r.text
     assert "checksum" in r.text and str(bad) not in r.text
