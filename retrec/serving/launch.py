@@ -33,21 +33,31 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve.yaml"
 
 
-# Ray Serve latency knobs for small CPU-bound replicas (user code already offloads blocking work to threads):
-# run user code and the router on the replica's main loop (no extra thread hop per call) and buffer
-# request-path logs. Set before Ray starts; values already in the environment win.
-SERVE_ENV = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
+def serve_env(config: dict[str, Any] | None = None) -> dict[str, str]:
+    """The environment a serve config gives its replicas: its applications' ``runtime_env.env_vars``.
+
+    That is where the Ray Serve latency settings live (``configs/serve.yaml``; the one copy): Ray applies them
+    to every replica of the application under ``serve run``, ``serve deploy`` and KubeRay. ``None``: the
+    default config file's (``{}`` when this is not a source checkout). Two applications giving one variable
+    different values is an error (a local Ray has one environment).
+    """
+    if config is None:
+        if not DEFAULT_CONFIG.is_file():
+            return {}
+        config = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")) or {}
+    env: dict[str, str] = {}
+    for app in config.get("applications") or []:
+        for key, value in ((app.get("runtime_env") or {}).get("env_vars") or {}).items():
+            if env.get(key, str(value)) != str(value):
+                raise ValueError(f"runtime_env.env_vars.{key}: applications disagree ({env[key]!r}, {value!r})")
+            env[key] = str(value)
+    return env
 
 
-def apply_serve_env() -> None:
-    """Put :data:`SERVE_ENV` into this process's environment (inherited by a local Ray it starts)."""
-    for key, value in SERVE_ENV.items():
-        os.environ.setdefault(key, value)
+def apply_serve_env(config: dict[str, Any] | None = None) -> None:
+    """Export :func:`serve_env` into this process's environment, before it starts a local Ray: the Ray
+    processes outside the application (proxy, controller) then run with the same settings as its replicas."""
+    os.environ.update(serve_env(config))
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -94,7 +104,7 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
     http["host"] = host or http.get("host") or DEFAULT_HOST
     http["port"] = int(port or http.get("port") or 8000)
     if not ray.is_initialized():
-        apply_serve_env()
+        apply_serve_env(config)
         ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False)
     prefixes = deploy({**config, "http_options": http})
     url = f"http://{http['host']}:{http['port']}"
@@ -196,6 +206,7 @@ def demo_config(bundles: str | os.PathLike[str], port: int) -> dict[str, Any]:
         r["replicas"] = light
     return {"http_options": {"host": DEFAULT_HOST, "port": port},
             "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
+                              "runtime_env": {"env_vars": serve_env()},
                               "args": {"retrievers": retrievers, "recommenders": recommenders,
                                        "encoder": {"replicas": {**light, "max_ongoing_requests": 64}},
                                        "ingress": light, "auth": {"api_keys_env": None}}}]}

@@ -1,9 +1,12 @@
 """ASGI guard in front of the API: load shedding, body limit, content type and API keys.
 
-In order: more than ``max_inflight`` requests in progress → 503 with ``Retry-After``; ``/v1/*`` without a
-valid API key (when keys are configured) → 401; a POST that is not ``application/json`` → 415; a body over
-``max_body_bytes`` (declared or streamed) → 413. Keys are compared with :func:`hmac.compare_digest` and
-never logged. Settings live in :data:`GUARD`, set by the ingress replica at start (one replica per process).
+Probe paths (:data:`PROBE_PATHS`: health, readiness, metrics; matched on the route path, so under any
+``route_prefix``) pass straight through: never shed, never counted, no key — an overloaded replica still
+answers its probes. Other requests, in order: more than ``max_inflight`` in progress → 503 with
+``Retry-After``; ``/v1/*`` without a valid API key (when keys are configured) → 401; a POST that is not
+``application/json`` → 415; a body over ``max_body_bytes`` (declared or streamed) → 413. Keys are compared
+with :func:`hmac.compare_digest` and never logged. Settings live in :data:`GUARD`, set by the ingress replica
+at start (one replica per process).
 
 Example::
 
@@ -29,7 +32,15 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
-PUBLIC_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json", "/redoc")
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # never shed: cheap, answered from local state
+PUBLIC_PATHS = (*sorted(PROBE_PATHS), "/docs", "/openapi.json", "/redoc")
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on: the request path without the mount point (``root_path``, e.g. a route prefix)."""
+    path: str = scope.get("path", "")
+    root: str = scope.get("root_path", "")
+    return (path[len(root):] or "/") if root and path.startswith(root) else path
 
 
 def load_api_keys(auth: AuthConfig) -> tuple[bytes, ...]:
@@ -91,6 +102,9 @@ class GuardMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if route_path(scope) in PROBE_PATHS:
             await self.app(scope, receive, send)
             return
         g = GUARD
