@@ -25,6 +25,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from retrec.serving.middleware import route_path
+
 LATENCY_BUCKETS = (0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.075, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
 _LOCAL = {"counter": Counter, "gauge": Gauge, "histogram": Histogram}
@@ -158,7 +160,8 @@ class MetricsMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        endpoint = scope.get("path", "") if scope.get("path", "") in ENDPOINTS else "other"
+        path = route_path(scope)
+        endpoint = path if path in ENDPOINTS else "other"
         status = {"code": 500}
 
         async def capture(message: dict) -> None:
