@@ -2,7 +2,9 @@
 
 The YAML is Ray Serve's own config format (``http_options``, ``applications`` with ``import_path:
 retrec.serving.app:build_app`` and ``args``), so the same file also works with ``serve run`` and
-``serve deploy``. HTTP binds 127.0.0.1 unless the file or ``host`` says otherwise.
+``serve deploy``. HTTP binds 127.0.0.1 unless the file or ``host`` says otherwise. The Ray Serve latency
+settings are the applications' ``runtime_env.env_vars`` in that file (:func:`serve_env`): Ray gives them to
+every replica on any path, and :func:`start` exports them to the local Ray it starts (proxy, controller).
 
 Plugin kinds (``$RETREC_PLUGINS``, see :mod:`retrec.kinds`): the local Ray that :func:`start` launches
 inherits this process's environment, and Ray puts the driver's working directory on its workers' path, so
