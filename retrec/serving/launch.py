@@ -20,6 +20,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -33,6 +34,8 @@ from retrec.serving.config import ServingConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve.yaml"
+STOP_DRAIN_S = 5.0  # what in-flight requests get when serving stops (Ctrl-C, SIGTERM)
+log = logging.getLogger("retrec.serving")
 
 
 def serve_env(config: dict[str, Any] | None = None) -> dict[str, str]:
@@ -142,16 +145,33 @@ def deploy(config: dict[str, Any]) -> list[str]:
     return [app["route_prefix"].rstrip("/") for app in apps]
 
 
-def stop() -> None:
-    """Shut Serve and Ray down cleanly."""
-    import ray
-    from ray import serve
+def stop(drain_s: float = STOP_DRAIN_S) -> None:
+    """Shut Serve down, giving in-flight requests up to ``drain_s``, then Ray: a local Ray that :func:`start`
+    launched goes with all its processes (raylet, GCS, workers); a cluster it connected to keeps running.
 
-    if ray.is_initialized():
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    Serve's own shutdown waits up to 30 s for its controller (and longer when a worker it waits on was hit
+    by the same Ctrl-C); bounded here, so ``retrec serve`` stops within about ``drain_s`` + 3 s.
+    """
+    import ray
+    from ray.serve import context as serve_context
+
+    if not ray.is_initialized():
+        return
+    try:
+        client = serve_context._get_global_client(raise_if_no_controller_running=False)
+        if client is not None:
+            quiet = logging.getLogger("ray.serve")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # its "Controller failed to shut down within ..." is expected here
+            try:
+                client.shutdown(timeout_s=drain_s)
+            finally:
+                quiet.setLevel(level)
+        serve_context._set_global_client(None)
+    except Exception as exc:  # Serve already gone (e.g. its controller was killed): Ray still shuts down
+        log.warning("serve shutdown: %s", type(exc).__name__)
+    finally:
+        ray.shutdown()
 
 
 def servable_bundles(bundles: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
