@@ -34,7 +34,7 @@ from retrec.serving.config import ServingConfig
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve.yaml"
-STOP_DRAIN_S = 5.0  # what in-flight requests get when serving stops (Ctrl-C, SIGTERM)
+STOP_DRAIN_S = 2.0  # what in-flight requests get when serving stops (Ctrl-C, SIGTERM)
 log = logging.getLogger("retrec.serving")
 
 
