@@ -197,7 +197,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=20.0, help="per cell (bounded)")
     parser.add_argument("--encoder", type=Path, default=None, help="model/dense bundle (default: zero-shot MiniLM)")
     parser.add_argument("--serve-defaults", action="store_true",
-                        help="keep Ray Serve's default threading (not retrec's SERVE_ENV latency settings)")
+                        help="keep Ray Serve's default threading (not the runtime_env settings of configs/serve.yaml)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
 

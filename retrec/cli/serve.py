@@ -37,7 +37,10 @@ def serve_cmd(
             time.sleep(3600)
     except KeyboardInterrupt:
         pass
-    finally:
+    finally:  # bounded (launch.STOP_DRAIN_S + Ray's shutdown): a second Ctrl-C must not cut it short
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        typer.echo("stopping ...")
         stop()
 
 

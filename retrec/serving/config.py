@@ -88,6 +88,9 @@ class LimitsConfig(_Strict):
     request_timeout_s: float = Field(10.0, gt=0)
     shard_timeout_s: float = Field(2.0, gt=0, description="a shard slower than this is dropped: partial result")
     encoder_timeout_s: float = Field(5.0, gt=0, description="query encoding slower than this fails the request (503)")
+    swap_timeout_s: float = Field(25.0, gt=0, description="an admin index swap slower than this answers 504 and is "
+                                  "abandoned (the previous version stays active); keep it under the proxy's "
+                                  "http_options.request_timeout_s")
 
 
 class AuthConfig(_Strict):

@@ -43,6 +43,7 @@ from retrec.serving.errors import ApiError, install_error_handlers
 from retrec.serving.metrics import MetricsMiddleware
 from retrec.serving.middleware import GuardMiddleware, guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder
+from retrec.serving.readiness import ReadinessCache
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.rollout import ServeRollout
 from retrec.serving.scatter import RetrieverSpec, Scatter, call_handle
@@ -98,6 +99,7 @@ class Ingress:
     def __init__(self, config: dict[str, Any], retrievers: dict[str, dict[str, Any]],
                  encoders: dict[str, dict[str, Any]], recommenders: dict[str, Any]) -> None:
         self.cfg = ServingConfig.model_validate(config)
+        serving_metrics.METRICS.export_to_ray()  # inside the replica: series tagged with its deployment/replica
         limits = self.cfg.limits
         guard.GUARD.configure(**guard_settings(self.cfg))  # fails closed: keys mode without keys does not start
         if self.cfg.auth.mode == "none":
@@ -128,6 +130,8 @@ class Ingress:
         schemas.PUBLISHED.retrievers = list(self._targets)
         schemas.PUBLISHED.swappable = names
         schemas.PUBLISHED.recommenders = list(recommenders)
+        self.readiness = ReadinessCache(self._readiness_checks, period_s=1.0)
+        self.readiness.start()  # on the replica's loop when there is one; else with the first probe
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """``user_config: {"indexes": {retriever: path}}``: those index versions are the active ones on this
@@ -270,7 +274,12 @@ class Ingress:
         if req.retriever not in self.retrievers:
             raise ApiError(422, "unknown_retriever", f"retriever {req.retriever!r} is not deployed")
         path = bundle_under_root(self.cfg.resolve(admin.models_root), req.path)
-        return await self.versions.swap(req.retriever, path, label=shown(req.path))
+        timeout = self.cfg.limits.swap_timeout_s
+        try:
+            return await asyncio.wait_for(self.versions.swap(req.retriever, path, label=shown(req.path)), timeout)
+        except TimeoutError as exc:  # wait_for cancelled the swap: the previous version stays active
+            raise ApiError(504, "timeout", f"index swap not finished within {timeout:g} s (limits.swap_timeout_s); "
+                           "abandoned, the previous version stays active") from exc
 
     # ---- introspection ---------------------------------------------------------------------------------
     async def encoder_info(self) -> dict[str, dict[str, Any]]:
@@ -295,22 +304,31 @@ class Ingress:
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:
-        """Liveness: the ingress answers."""
+        """Liveness of this replica: it answers (no other call; never shed by the guard)."""
         return {"status": "ok"}
+
+    async def _readiness_checks(self) -> dict[str, bool]:
+        """Every shard has its retriever's active version loaded; every encoder answers (run in the background)."""
+        checks = await self.versions.readiness()
+
+        async def answers(encoder: LocalEncoder | RemoteEncoder) -> bool:
+            try:
+                await asyncio.wait_for(encoder.info(), 2.0)
+                return True
+            except Exception:
+                return False
+
+        oks = await asyncio.gather(*(answers(e) for e in self.encoders.values()))
+        checks.update({f"encoder:{key}": ok for key, ok in zip(self.encoders, oks)})
+        return checks
 
     @api.get("/readyz", responses=_ERRORS)
     async def readyz(self) -> Any:
-        """Readiness: every shard has the active index version loaded (and every encoder answers)."""
-        checks = await self.versions.readiness()
-        for key, encoder in self.encoders.items():
-            try:
-                await asyncio.wait_for(encoder.info(), 2.0)
-                checks[f"encoder:{key}"] = True
-            except Exception:
-                checks[f"encoder:{key}"] = False
-        ready = all(checks.values())
+        """Readiness from the cache that a background task refreshes every second (a probe never fans out)."""
+        ready, checks = self.readiness.answer()
         if not ready:
-            raise ApiError(503, "not_ready", "not ready: " + ", ".join(k for k, ok in checks.items() if not ok))
+            reason = checks.get("reason") or ", ".join(k for k, ok in checks.items() if not ok)
+            raise ApiError(503, "not_ready", f"not ready: {reason}")
         return {"status": "ready", "checks": checks}
 
     @api.get("/metrics", response_class=PlainTextResponse)

@@ -6,7 +6,9 @@ retrec.serving.app:build_app`` and ``args``), so the same file also works with `
 :func:`start` launches is a loopback-only node (:func:`init_local_ray`): its GCS, raylet, workers and agents
 listen on 127.0.0.1, with Ray's token auth (on by default for a local Ray 2.60 cluster). Ray Serve 2.60 binds
 each replica's inter-deployment gRPC server to ``[::]`` itself (not configurable); it refuses calls without
-the cluster's token.
+the cluster's token. The Ray Serve latency settings are the applications' ``runtime_env.env_vars`` in that
+file (:func:`serve_env`): Ray gives them to every replica on any path, and :func:`start` exports them to the
+local Ray it starts (proxy, controller).
 
 Plugin kinds (``$RETREC_PLUGINS``, see :mod:`retrec.kinds`): the local Ray that :func:`start` launches
 inherits this process's environment, and Ray puts the driver's working directory on its workers' path, so
@@ -22,6 +24,7 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import time
@@ -35,17 +38,29 @@ from retrec.serving.config import ServingConfig, check_exposure
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "serve.yaml"
+STOP_DRAIN_S = 2.0  # what in-flight requests get when serving stops (Ctrl-C, SIGTERM)
+log = logging.getLogger("retrec.serving")
 
 
-# Ray Serve latency knobs for small CPU-bound replicas (user code already offloads blocking work to threads):
-# run user code and the router on the replica's main loop (no extra thread hop per call) and buffer
-# request-path logs. Set before Ray starts; values already in the environment win.
-SERVE_ENV = {
-    "RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD": "0",
-    "RAY_SERVE_RUN_ROUTER_IN_SEPARATE_LOOP": "0",
-    "RAY_SERVE_REQUEST_PATH_LOG_BUFFER_SIZE": "1000",
-    "RAY_USAGE_STATS_ENABLED": "0",
-}
+def serve_env(config: dict[str, Any] | None = None) -> dict[str, str]:
+    """The environment a serve config gives its replicas: its applications' ``runtime_env.env_vars``.
+
+    That is where the Ray Serve latency settings live (``configs/serve.yaml``; the one copy): Ray applies them
+    to every replica of the application under ``serve run``, ``serve deploy`` and KubeRay. ``None``: the
+    default config file's (``{}`` when this is not a source checkout). Two applications giving one variable
+    different values is an error (a local Ray has one environment).
+    """
+    if config is None:
+        if not DEFAULT_CONFIG.is_file():
+            return {}
+        config = yaml.safe_load(DEFAULT_CONFIG.read_text(encoding="utf-8")) or {}
+    env: dict[str, str] = {}
+    for app in config.get("applications") or []:
+        for key, value in ((app.get("runtime_env") or {}).get("env_vars") or {}).items():
+            if env.get(key, str(value)) != str(value):
+                raise ValueError(f"runtime_env.env_vars.{key}: applications disagree ({env[key]!r}, {value!r})")
+            env[key] = str(value)
+    return env
 
 
 LOCAL_NODE_IP = "127.0.0.1"
@@ -54,24 +69,25 @@ LOCAL_NODE_IP = "127.0.0.1"
 RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def init_local_ray(num_cpus: int | None = None) -> None:
+def init_local_ray(num_cpus: int | None = None, config: dict[str, Any] | None = None) -> None:
     """Start a one-machine Ray whose node address is 127.0.0.1, so none of its ports (GCS, raylet, object
-    manager, workers, dashboard agent, runtime-env agent) listens on a routable address; with
-    :data:`SERVE_ENV`. Ray's token auth stays as Ray sets it (``RAY_AUTH_MODE``; on by default)."""
+    manager, workers, dashboard agent, runtime-env agent) listens on a routable address; with the config's
+    Serve settings (:func:`apply_serve_env`). Ray's token auth stays as Ray sets it (``RAY_AUTH_MODE``; on by
+    default)."""
     import ray
     from ray._private import ray_constants
 
-    apply_serve_env()
+    apply_serve_env(config)
     os.environ[RAY_CLUSTER_ENV] = "0"  # for processes importing Ray from now on
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already (the flag is read at import)
     ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _node_ip_address=LOCAL_NODE_IP)
 
 
-def apply_serve_env() -> None:
-    """Put :data:`SERVE_ENV` into this process's environment (inherited by a local Ray it starts)."""
-    for key, value in SERVE_ENV.items():
-        os.environ.setdefault(key, value)
+def apply_serve_env(config: dict[str, Any] | None = None) -> None:
+    """Export :func:`serve_env` into this process's environment, before it starts a local Ray: the Ray
+    processes outside the application (proxy, controller) then run with the same settings as its replicas."""
+    os.environ.update(serve_env(config))
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -119,7 +135,7 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
     http["port"] = int(port or http.get("port") or 8000)
     preflight(config, http["host"], local=not ray.is_initialized())
     if not ray.is_initialized():
-        init_local_ray(num_cpus)
+        init_local_ray(num_cpus, config)
     prefixes = deploy({**config, "http_options": http})
     url = f"http://{http['host']}:{http['port']}"
     if wait:
@@ -167,16 +183,33 @@ def deploy(config: dict[str, Any]) -> list[str]:
     return [app["route_prefix"].rstrip("/") for app in apps]
 
 
-def stop() -> None:
-    """Shut Serve and Ray down cleanly."""
-    import ray
-    from ray import serve
+def stop(drain_s: float = STOP_DRAIN_S) -> None:
+    """Shut Serve down, giving in-flight requests up to ``drain_s``, then Ray: a local Ray that :func:`start`
+    launched goes with all its processes (raylet, GCS, workers); a cluster it connected to keeps running.
 
-    if ray.is_initialized():
-        try:
-            serve.shutdown()
-        finally:
-            ray.shutdown()
+    Serve's own shutdown waits up to 30 s for its controller (and longer when a worker it waits on was hit
+    by the same Ctrl-C); bounded here, so ``retrec serve`` stops within about ``drain_s`` + 3 s.
+    """
+    import ray
+    from ray.serve import context as serve_context
+
+    if not ray.is_initialized():
+        return
+    try:
+        client = serve_context._get_global_client(raise_if_no_controller_running=False)
+        if client is not None:
+            quiet = logging.getLogger("ray.serve")
+            level = quiet.level
+            quiet.setLevel(logging.ERROR)  # its "Controller failed to shut down within ..." is expected here
+            try:
+                client.shutdown(timeout_s=drain_s)
+            finally:
+                quiet.setLevel(level)
+        serve_context._set_global_client(None)
+    except Exception as exc:  # Serve already gone (e.g. its controller was killed): Ray still shuts down
+        log.warning("serve shutdown: %s", type(exc).__name__)
+    finally:
+        ray.shutdown()
 
 
 def servable_bundles(bundles: str | os.PathLike[str]) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -233,6 +266,7 @@ def demo_config(bundles: str | os.PathLike[str], port: int) -> dict[str, Any]:
         r["replicas"] = light
     return {"http_options": {"host": DEFAULT_HOST, "port": port},
             "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
+                              "runtime_env": {"env_vars": serve_env()},
                               "args": {"retrievers": retrievers, "recommenders": recommenders,
                                        "encoder": {"replicas": {**light, "max_ongoing_requests": 64}},
                                        "ingress": light, "auth": {"mode": "none"}}}]}

@@ -13,6 +13,11 @@ unknown ones included, needs an API key — unless ``auth.mode: none``. Keys are
 :func:`hmac.compare_digest` and never logged. Settings live in :data:`GUARD`, set by the ingress replica
 at start (one replica per process) from :func:`guard_settings`.
 
+Probe paths (:data:`PROBE_PATHS`: health, readiness, metrics; matched on the route path, so under any
+``route_prefix``) are never shed and never counted in flight — an overloaded replica still answers its probes;
+the key rules above still apply to them (they are public unless ``auth.public_metrics: false`` closes
+``/metrics``).
+
 Example::
 
     GUARD.configure(**guard_settings(cfg))   # ValueError when auth.mode is keys and no key is found
@@ -53,6 +58,13 @@ def _load_keys(env: str | None, file: str | None) -> tuple[bytes, ...]:
         lines = Path(file).read_text(encoding="utf-8").splitlines()
         keys += [line for line in lines if not line.lstrip().startswith("#")]
     return tuple(k.strip().encode() for k in keys if k.strip())
+PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # never shed: cheap, answered from local state
+
+
+def route_path(scope: Scope) -> str:
+    """The path the app routes on (relative to ``root_path``: a route prefix or mount), as Starlette's router
+    computes it — what the guard's key rules and the metrics' endpoint labels use."""
+    return get_route_path(scope)
 
 
 def load_api_keys(auth: AuthConfig) -> tuple[bytes, ...]:
@@ -158,19 +170,24 @@ class GuardMiddleware:
             return
         g = GUARD
         headers = dict(scope.get("headers") or [])
+        route = route_path(scope)
         if kind == "websocket":  # none are served; still, no key, no connection
-            if not g.allowed(get_route_path(scope), _presented_key(headers)):
+            if not g.allowed(route, _presented_key(headers)):
                 await send({"type": "websocket.close", "code": 1008})
                 return
             await self.app(scope, receive, send)
             return
-        if g.inflight >= g.max_inflight:
+        probe = route in PROBE_PATHS
+        if not probe and g.inflight >= g.max_inflight:
             await _reply(send, 503, "overloaded", f"server busy ({g.max_inflight} requests in progress); retry later",
                          [(b"retry-after", str(g.retry_after_s).encode())])
             return
-        if not g.allowed(get_route_path(scope), _presented_key(headers)):
+        if not g.allowed(route, _presented_key(headers)):
             await _reply(send, 401, "unauthorized", "missing or invalid API key (Authorization: Bearer KEY "
                          "or X-API-Key)", [(b"www-authenticate", b"Bearer")])
+            return
+        if probe:  # not counted in flight: probes never shed, nor make others shed
+            await self.app(scope, receive, send)
             return
         if scope.get("method") == "POST":  # the content type is checked by the routes (after routing: 405 first)
             declared = headers.get(b"content-length")

@@ -70,6 +70,13 @@ class FakeRecommender:
                       "unknown_examples": skipped[:5]})
 
 
+class Started:
+    """Readiness of a started replica whose shards hold the active versions."""
+
+    def answer(self) -> tuple[bool, dict[str, Any]]:
+        return True, {"bm25-0": True, "bm25-1": True}
+
+
 async def _no_controller(user_configs: dict[str, Any]) -> None:
     """Stands in for the Serve controller's ``user_config`` broadcast (one in-process replica)."""
 
@@ -113,6 +120,8 @@ def ingress_app(config: dict[str, Any] | None = None) -> Iterator[FastAPI]:
                         {name: FakeRecommender() for name in cfg.get("recommenders", {})})
     _unbatched(obj)
     obj.versions.publish = _no_controller  # no Serve controller here: a swap flips this replica only
+    obj.readiness.stop()
+    obj.readiness = Started()  # a replica past its first readiness check (tests/serving/test_ops.py tests the cache)
     context = types.SimpleNamespace(servable_object=obj, app_name="retrec",  # what @serve.batch asks, too
                                     _deployment_config=types.SimpleNamespace(max_ongoing_requests=1024))
     original = serve.get_replica_context

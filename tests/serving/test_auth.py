@@ -28,6 +28,7 @@ from starlette.routing import Mount
 from retrec.bundle import write_manifest
 from retrec.serving import middleware
 from retrec.serving.config import ServingConfig
+from tests.serving.inproc import Started
 from tests.serving.routes import BODIES, walk_routes
 
 API_KEY = "api-key-0123456789"
@@ -139,6 +140,8 @@ def make_ingress(args: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple
         return None
 
     ingress.versions.publish = no_controller
+    ingress.readiness.stop()
+    ingress.readiness = Started()  # past its first readiness check (the cache is tested in test_ops.py)
     monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(
         servable_object=ingress, app_name="retrec", _deployment_config=SimpleNamespace(max_ongoing_requests=128)))
     return ingress, {"bm25": shard}

@@ -129,6 +129,9 @@ def test_network_policy_keeps_ray_ports_inside_and_the_dashboard_to_the_operator
                 else:
                     assert ports is not None and ports <= OPERATOR_ONLY, (component, peer)
                     assert namespaces.get("matchLabels") and pods and pods.get("matchLabels"), (component, peer)
+            elif ports == {8080}:  # Ray's metrics port: Prometheus in the monitoring namespace only
+                assert component == "serving" and namespaces == {
+                    "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}, (component, peer)
             else:
                 assert ports == {8000} and component == "serving", (component, ports)
 
