@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import random
 import shutil
 import statistics
@@ -35,6 +36,8 @@ from retrec.process_env import configure_process
 
 configure_process()
 
+ADMIN_KEYS_ENV = "RETREC_FAULTS_ADMIN_KEY"
+ADMIN_KEY = "faults-admin-" + os.urandom(8).hex()  # this run's admin key (Ray workers inherit the variable)
 KILL_WINDOW_S = 15.0  # after a kill, 5xx (and partial results) are allowed for this long
 
 
@@ -58,6 +61,7 @@ def app_config(bundles: Path, port: int, admin_root: Path) -> dict[str, Any]:
                                                             "max_ongoing_requests": 64}},
         "ingress": {**two, "max_ongoing_requests": 128},
         "auth": {"mode": "none"},
+        "admin": {"enabled": True, "keys_env": ADMIN_KEYS_ENV, "keys_file": None, "models_root": str(admin_root)},
         "limits": {"request_timeout_s": 10.0},
     }
     return {"http_options": {"host": "127.0.0.1", "port": port},
@@ -115,7 +119,8 @@ async def faults(url: str, plan: list[tuple[float, str]], new_index: Path, event
             await asyncio.sleep(max(0.0, at - (time.monotonic() - t0)))
             when = time.monotonic() - t0
             if action == "swap":
-                r = await client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": str(new_index)})
+                r = await client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": new_index.name},
+                                      headers={"X-API-Key": ADMIN_KEY})
                 events.append({"t": when, "action": "swap", "status": r.status_code, "answer": r.json(),
                                "seconds": round(time.monotonic() - t0 - when, 2)})
             else:
@@ -165,7 +170,8 @@ def main() -> None:
     from retrec.serving.launch import free_port, start, stop
 
     bundles = args.bundles.resolve()
-    new_index = new_bm25_version(bundles, bundles.parent / "faults-bm25-v2")
+    os.environ[ADMIN_KEYS_ENV] = ADMIN_KEY
+    new_index = new_bm25_version(bundles, bundles / "faults-bm25-v2")  # under admin.models_root
     queries = load_retrieval_data(bundles.parent / "data", split="test").queries.column("text").to_pylist()
     histories = [[str(i) for i in seq][-10:] for seq in user_sequences(load_interactions(bundles.parent / "data"))
                  .items[:200]]

@@ -30,7 +30,7 @@ def test_runtime_env_reaches_replicas_and_metrics_leave_through_ray(tiny_data: P
               "applications": [{"name": "retrec", "route_prefix": "/", "import_path": app["import_path"],
                                 "runtime_env": app["runtime_env"],
                                 "args": {"retrievers": {"bm25": {"index": str(bundle), "shards": light}},
-                                         "ingress": light, "auth": {"api_keys_env": None}}}]}
+                                         "ingress": light, "auth": {"mode": "none"}}}]}
     wanted = app["runtime_env"]["env_vars"]
     for key in wanted:  # only the application's runtime_env can deliver them (the serve run / KubeRay case)
         monkeypatch.delenv(key, raising=False)
