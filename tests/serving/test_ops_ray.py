@@ -48,11 +48,13 @@ def test_runtime_env_reaches_replicas_and_metrics_leave_through_ray(tiny_data: P
             env = ray.get(handle.__ray_call__.remote(lambda self, keys=tuple(wanted): {k: os.environ.get(k)
                                                                                         for k in keys}))
             assert env == wanted, actor["name"]
+        session = ray._private.worker.global_worker.node.session_name
         deadline, lines = time.monotonic() + 60, []
         while time.monotonic() < deadline and not lines:  # Ray's agent reports every few seconds
             text = httpx.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10).text
-            lines = [line for line in text.splitlines()
-                     if line.startswith("ray_retrec_requests_total") and 'endpoint="/v1/search"' in line]
+            lines = [line for line in text.splitlines()  # this session's Ingress (an earlier test's may linger)
+                     if line.startswith("ray_retrec_requests_total") and 'endpoint="/v1/search"' in line
+                     and 'deployment="Ingress"' in line and f'SessionName="{session}"' in line]
             time.sleep(1.0)
         assert lines, "ray_retrec_requests_total not exported on the node's metrics port"
         assert 'deployment="Ingress"' in lines[0] and "replica=" in lines[0]
