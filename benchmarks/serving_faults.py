@@ -3,11 +3,12 @@
 Serves the demo bundles (``retrec demo`` writes them: bm25, dense + its encoder, bert4rec) on 127.0.0.1 with two
 replicas per shard, two ingress replicas and the query encoder as its own deployment, drives a bounded mixed load
 (search bm25 / dense / hybrid and recommend, ``--concurrency`` workers) for ``--seconds`` and, in turn, kills a
-dense shard replica, an ingress replica and the encoder replica, then swaps the bm25 index to a new version.
-Reports per phase: requests, failures by status, p50/p99 latency; per kill: the time until requests succeed
-again; 5xx outside the kill windows; every index version seen (a response from a version that was never
-published, or a half-loaded one, would show up here); whether the server answers at the end. Exits 1 when a
-5xx falls outside a kill window or the server is not alive at the end.
+dense shard replica, an ingress replica and the encoder replica, then swaps the bm25 index to a new version
+through the admin endpoint. Reports per phase: requests, failures by status, p50/p99 latency; per kill: the time
+until requests succeed again (the end of the last failed or partial response); 5xx outside the kill windows (a
+request is inside one when it was in flight at the kill or started within ``KILL_WINDOW_S`` after it); every
+index version seen (a response from a half-loaded or never-published version would show up here); whether the
+server answers at the end. Exits 1 when a 5xx falls outside a kill window or the server is not alive at the end.
 
 Example::
 
@@ -145,13 +146,17 @@ def summarize(log: list[dict[str, Any]], events: list[dict[str, Any]], seconds: 
         phases.append({"phase": name, "from_s": round(a, 1), "to_s": round(b, 1), "requests": len(rows),
                        "statuses": statuses, "partial": sum(x["partial"] for x in rows),
                        "p50_ms": percentile(ok, 50), "p99_ms": percentile(ok, 99)})
+    def in_window(x: dict[str, Any], k: float) -> bool:  # in flight at the kill, or started in the window after it
+        return x["t"] + x["ms"] / 1000 >= k and x["t"] < k + KILL_WINDOW_S
+
     recovery = []
     for k in kills:
-        failed_after = [x["t"] for x in log if k <= x["t"] < k + KILL_WINDOW_S and (x["status"] >= 500 or x["partial"])]
-        recovery.append(round((max(failed_after) - k) if failed_after else 0.0, 2))
-    outside = [x for x in log if x["status"] >= 500 and not any(k <= x["t"] < k + KILL_WINDOW_S for k in kills)]
+        failed = [x["t"] + x["ms"] / 1000 for x in log if in_window(x, k) and (x["status"] >= 500 or x["partial"])]
+        recovery.append(round(max(0.0, max(failed) - k) if failed else 0.0, 2))
+    outside = [x for x in log if x["status"] >= 500 and not any(in_window(x, k) for k in kills)]
     versions = sorted({f"{r}={v}" for x in log for r, v in x["versions"].items()})
-    errors = [{k: x[k] for k in ("t", "path", "retriever", "status", "error")} for x in log if x["status"] != 200][:10]
+    errors = [{k: x[k] for k in ("t", "ms", "path", "retriever", "status", "error")} for x in log
+              if x["status"] != 200][:10]
     return {"requests": len(log), "phases": phases, "first_errors": errors, "recovery_s": recovery,
             "5xx_outside_kill_windows": len(outside),
             "versions_seen": versions, "events": events}
