@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrec.bundle import write_manifest
+from retrec.bundle import read_manifest, write_manifest
 
 DIM = 16
 
@@ -53,3 +53,11 @@ def tiny_dense_encoder(out: Path, dim: int = DIM, seed: int = 0) -> Path:
                    config={"variants": {"fp32": "model.onnx"}, "similarity": "cosine", "max_query_length": 32,
                            "max_doc_length": 64, "tokenizer": "tokenizer", "output": "embeddings"})
     return out
+
+
+def with_version(directory: Path, version: str) -> Path:
+    """Rewrite a bundle's manifest with another version string (everything else kept)."""
+    m = read_manifest(directory)
+    write_manifest(directory, kind=m.kind, name=m.name, version=version, config=m.config, dims=m.dims,
+                   metrics=m.metrics, command=m.command)
+    return directory

@@ -20,7 +20,6 @@ import httpx
 import numpy as np
 import pytest
 
-from retrec.bundle import read_manifest, write_manifest
 from retrec.data.beir import load_retrieval_data
 from retrec.data.interactions import load_interactions, user_sequences
 from retrec.index.bm25_index import BM25Config, BM25Index
@@ -28,7 +27,7 @@ from retrec.index.dense_retriever import DenseRetriever
 from retrec.index.faiss_index import FaissIndex
 from retrec.runtime.onnx_encoder import OnnxEncoder
 from retrec.runtime.sequence_recommender import SequenceRecommender, SkipReport
-from tests.tiny_models import tiny_dense_encoder
+from tests.tiny_models import tiny_dense_encoder, with_version
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -39,26 +38,19 @@ ADMIN = {"X-API-Key": ADMIN_KEY}
 DIM = 16
 
 
-def _with_version(directory: Path, version: str) -> Path:
-    m = read_manifest(directory)
-    write_manifest(directory, kind=m.kind, name=m.name, version=version, config=m.config, dims=m.dims,
-                   metrics=m.metrics, command=m.command)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("serving-bundles")
     collection = load_retrieval_data(tiny_data, split="test")
     ids, texts = collection.doc_texts()
     out = {"data": tiny_data}
-    out["bm25"] = _with_version(BM25Index.build(ids, texts).save(root / "bm25-v1", name="bm25"), "bm25-v1")
-    out["bm25_v2"] = _with_version(BM25Index.build(ids, texts, BM25Config(k1=1.5, b=0.75))
+    out["bm25"] = with_version(BM25Index.build(ids, texts).save(root / "bm25-v1", name="bm25"), "bm25-v1")
+    out["bm25_v2"] = with_version(BM25Index.build(ids, texts, BM25Config(k1=1.5, b=0.75))
                                    .save(root / "bm25-v2", name="bm25"), "bm25-v2")
     out["encoder"] = tiny_dense_encoder(root / "encoder")
     enc = OnnxEncoder(out["encoder"], num_threads=1)
     DenseRetriever.build(enc, ids, texts, shards=2).save(root / "dense-v1")
-    out["dense"] = _with_version(root / "dense-v1", "dense-v1")
+    out["dense"] = with_version(root / "dense-v1", "dense-v1")
     from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
 
     out["bert4rec"] = train_bert4rec(tiny_data, root / "bert4rec", TrainConfig(

@@ -15,7 +15,7 @@ import faiss
 import numpy as np
 import pytest
 
-from retrec.bundle import read_manifest, write_manifest
+from retrec.bundle import read_manifest
 from retrec.data.beir import load_retrieval_data
 from retrec.index.bm25_index import BM25Config, BM25Index
 from retrec.index.faiss_index import FaissIndex
@@ -23,17 +23,11 @@ from retrec.serving.errors import ApiError
 from retrec.serving.scatter import RetrieverSpec
 from retrec.serving.shards import IndexShard, index_ref
 from retrec.serving.versions import IndexVersions
+from tests.tiny_models import with_version
 
 pytest.importorskip("ray")
 Shard = IndexShard.func_or_class  # the replica class, constructed in-process
 ENCODER = {"name": "enc", "version": "e1", "dim": 16, "similarity": "cosine"}
-
-
-def _with_version(directory: Path, version: str) -> Path:
-    m = read_manifest(directory)
-    write_manifest(directory, kind=m.kind, name=m.name, version=version, config=m.config, dims=m.dims,
-                   metrics=m.metrics, command=m.command)
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +48,7 @@ def bm25_same_version(corpus: tuple[list[str], list[str]], tmp_path_factory: pyt
     ids, texts = corpus
     a = BM25Index.build(ids, texts, BM25Config(k1=0.9, b=0.4)).save(root / "a", name="bm25")
     b = BM25Index.build(ids, texts, BM25Config(k1=1.8, b=0.9)).save(root / "b", name="bm25")
-    return [_with_version(Path(a), "same"), _with_version(Path(b), "same")]
+    return [with_version(Path(a), "same"), with_version(Path(b), "same")]
 
 
 @pytest.fixture(scope="module")
@@ -64,12 +58,12 @@ def dense(corpus: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPath
     ids, _ = corpus
     rng = np.random.default_rng(0)
     FaissIndex.build(rng.normal(size=(len(ids), 16)), ids, shards=1, encoder=ENCODER).save(root / "v1")
-    good = _with_version(root / "v1", "dense-v1")
+    good = with_version(root / "v1", "dense-v1")
     bad = root / "v2-tampered"
     shutil.copytree(good, bad)
     faiss.write_index(FaissIndex.build(rng.normal(size=(len(ids), 8)), ids, shards=1).cpu_shards[0],
                       str(bad / "shards" / "000.faiss"))
-    _with_version(bad, "dense-v2")  # checksums rewritten: the manifest is consistent, its dim (16) is a lie
+    with_version(bad, "dense-v2")  # checksums rewritten: the manifest is consistent, its dim (16) is a lie
     assert read_manifest(bad).dims["dim"] == 16
     return {"good": good, "bad": bad}
 
