@@ -56,7 +56,7 @@ def app_config(bundles: Path, port: int, admin_root: Path) -> dict[str, Any]:
     args = {
         "retrievers": {"bm25": {"index": str(bundles / "bm25"), "shards": two},
                        "dense": {"index": str(bundles / "dense"), "encoder": str(bundles / "encoder"),
-                                 "shards": two}},
+                                 "placement": "deployment", "shards": two}},  # its shard replica is killed
         "recommenders": {"bert4rec": {"bundle": str(bundles / "bert4rec"), "replicas": two}},
         "encoder": {"placement": "deployment", "replicas": {"replicas": 1, "num_cpus": 0,
                                                             "max_ongoing_requests": 64}},

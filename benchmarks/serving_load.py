@@ -23,6 +23,7 @@ import json
 import os
 import statistics
 import time
+import urllib.parse
 from pathlib import Path
 from typing import Any
 
@@ -56,14 +57,15 @@ def build_bundles(data: Path, out: Path, encoder: Path | None = None) -> dict[st
 
 
 def app_config(paths: dict[str, Path], port: int, batch: int, threads: int,
-               placement: str = "ingress") -> dict[str, Any]:
+               placement: str = "ingress", shard_placement: str = "auto") -> dict[str, Any]:
     light = {"replicas": 1, "num_cpus": 0, "max_ongoing_requests": 64, "max_queued_requests": 1024}
+    shards = {"placement": shard_placement, "shards": light}
     return {"http_options": {"host": "127.0.0.1", "port": port},
             "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
                               "args": {
-                                  "retrievers": {"bm25": {"index": str(paths["bm25"]), "shards": light},
+                                  "retrievers": {"bm25": {"index": str(paths["bm25"]), **shards},
                                                  "dense": {"index": str(paths["dense"]),
-                                                           "encoder": str(paths["encoder"]), "shards": light}},
+                                                           "encoder": str(paths["encoder"]), **shards}},
                                   "encoder": {"placement": placement, "max_batch_size": batch,
                                               "batch_wait_timeout_s": 0.003,
                                               "threads": threads, "replicas": {**light, "max_ongoing_requests": 128}},
@@ -92,31 +94,83 @@ def ray_cpu_ms() -> float | None:
     return total * 1000.0 / tick
 
 
+class Connection:
+    """One keep-alive HTTP/1.1 connection that POSTs JSON and reads the status and body: a load generator lean
+    enough (~0.2 ms CPU per request) that on a 2-core machine the server, not the client, is what is measured."""
+
+    def __init__(self, url: str, headers: dict[str, str] | None = None) -> None:
+        parts = urllib.parse.urlsplit(url)
+        self.host, self.port = parts.hostname or "127.0.0.1", parts.port or 80
+        extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.head = f"Host: {self.host}:{self.port}\r\ncontent-type: application/json\r\n{extra}"
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def post(self, path: str, body: bytes) -> tuple[int, bytes]:
+        for attempt in (0, 1):  # a keep-alive connection the server closed: reconnect once
+            if self.writer is None:
+                self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+            try:
+                self.writer.write(f"POST {path} HTTP/1.1\r\n{self.head}content-length: {len(body)}\r\n\r\n"
+                                  .encode() + body)
+                return await self._response()
+            except (ConnectionError, asyncio.IncompleteReadError):
+                self.close()
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    async def _response(self) -> tuple[int, bytes]:
+        assert self.reader is not None
+        head = (await self.reader.readuntil(b"\r\n\r\n")).decode("latin-1").split("\r\n")
+        status = int(head[0].split(" ", 2)[1])
+        fields = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in head[1:] if line)}
+        if "content-length" in fields:
+            body = await self.reader.readexactly(int(fields["content-length"]))
+        else:  # chunked
+            chunks = []
+            while size := int((await self.reader.readuntil(b"\r\n")).strip(), 16):
+                chunks.append(await self.reader.readexactly(size + 2))
+            await self.reader.readuntil(b"\r\n")
+            body = b"".join(c[:-2] for c in chunks)
+        if fields.get("connection", "").lower() == "close":
+            self.close()
+        return status, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+        self.reader = self.writer = None
+
+
 async def drive(url: str, retriever: str, queries: list[str], concurrency: int, requests: int,
                 seconds: float) -> dict[str, float]:
-    """``concurrency`` workers send up to ``requests`` searches in at most ``seconds``; latency stats + QPS."""
+    """``concurrency`` connections send up to ``requests`` searches in at most ``seconds``; latency stats + QPS."""
     latencies: list[float] = []
     errors = 0
     counter = iter(range(requests))
     deadline = time.perf_counter() + seconds
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    async with httpx.AsyncClient(base_url=url, timeout=30.0, limits=limits) as client:
-        async def worker() -> None:
-            nonlocal errors
+    bodies = [json.dumps({"query": q, "k": 10, "retriever": retriever}).encode() for q in queries]
+
+    async def worker() -> None:
+        nonlocal errors
+        conn = Connection(url)
+        try:
             for i in counter:
                 if time.perf_counter() > deadline:
                     return
-                body = {"query": queries[i % len(queries)], "k": 10, "retriever": retriever}
                 t = time.perf_counter()
-                r = await client.post("/v1/search", json=body)
+                status, _ = await conn.post("/v1/search", bodies[i % len(bodies)])
                 latencies.append(time.perf_counter() - t)
-                errors += r.status_code != 200
+                errors += status != 200
+        finally:
+            conn.close()
 
-        cpu0, own0 = ray_cpu_ms(), time.process_time()
-        started = time.perf_counter()
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        wall = time.perf_counter() - started
-        cpu1, own1 = ray_cpu_ms(), time.process_time()
+    cpu0, own0 = ray_cpu_ms(), time.process_time()
+    started = time.perf_counter()
+    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    wall = time.perf_counter() - started
+    cpu1, own1 = ray_cpu_ms(), time.process_time()
     ms = np.array(latencies) * 1000
     n = max(1, len(latencies))
     return {"requests": len(latencies), "errors": errors, "qps": round(len(latencies) / wall, 1),
@@ -169,32 +223,46 @@ def encoder_ms_per_query(paths: dict[str, Path], queries: list[str], threads: in
     return out
 
 
-def in_process_median_ms(paths: dict[str, Path], queries: list[str], threads: int) -> float:
-    """Median latency of the same search in-process (DenseRetriever, one query at a time)."""
+def in_process(paths: dict[str, Path], queries: list[str], threads: int, batch: int) -> dict[str, float]:
+    """The same searches without serving: p50 of one query at a time (``RETRIEVER_p50_ms``) and queries/s of
+    the batched pipeline (``RETRIEVER_batched_qps``: ``batch`` queries per call; dense: encode + FAISS)."""
+    from retrec.index.bm25_index import BM25Index
     from retrec.index.dense_retriever import DenseRetriever
 
-    retriever = DenseRetriever.load(paths["encoder"], paths["dense"], num_threads=threads)
-    times = []
-    for q in queries:
-        t = time.perf_counter()
-        retriever.search([q], 10)
-        times.append((time.perf_counter() - t) * 1000)
-    return round(statistics.median(times), 2)
+    retrievers = {"bm25": BM25Index.load(paths["bm25"]),
+                  "dense": DenseRetriever.load(paths["encoder"], paths["dense"], num_threads=threads)}
+    out: dict[str, float] = {}
+    for name, retriever in retrievers.items():
+        retriever.search(queries[:batch], 10)  # warm-up
+        times = []
+        for q in queries[:200]:
+            t = time.perf_counter()
+            retriever.search([q], 10)
+            times.append((time.perf_counter() - t) * 1000)
+        out[f"{name}_p50_ms"] = round(statistics.median(times), 2)
+        n = (len(queries) // batch) * batch
+        started = time.perf_counter()
+        for i in range(0, n, batch):
+            retriever.search(queries[i:i + batch], 10)
+        out[f"{name}_batched_qps"] = round(n / (time.perf_counter() - started), 1)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
     parser.add_argument("--out", type=Path, default=Path("runs/bench-serving"))
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 32])
-    parser.add_argument("--retrievers", nargs="+", default=["dense", "hybrid"])
-    parser.add_argument("--batching", nargs="+", default=["on", "off"], choices=["on", "off"])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 32])
+    parser.add_argument("--retrievers", nargs="+", default=["bm25", "dense", "hybrid"])
+    parser.add_argument("--batching", nargs="+", default=["on"], choices=["on", "off"])
+    parser.add_argument("--shard-placement", nargs="+", default=["ingress", "deployment"],
+                        choices=["auto", "ingress", "deployment"], help="where index shards run (one app each)")
     parser.add_argument("--max-batch-size", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads of the query encoder")
     parser.add_argument("--placement", default="ingress", choices=["ingress", "deployment"],
                         help="where the query encoder runs (encoder.placement)")
-    parser.add_argument("--requests", type=int, default=400, help="per cell (bounded)")
-    parser.add_argument("--seconds", type=float, default=20.0, help="per cell (bounded)")
+    parser.add_argument("--requests", type=int, default=3000, help="per cell (bounded)")
+    parser.add_argument("--seconds", type=float, default=15.0, help="per cell (bounded)")
     parser.add_argument("--encoder", type=Path, default=None, help="model/dense bundle (default: zero-shot MiniLM)")
     parser.add_argument("--serve-defaults", action="store_true",
                         help="keep Ray Serve's default threading (not the runtime_env settings of configs/serve.yaml)")
@@ -208,47 +276,56 @@ def main() -> None:
 
     paths = build_bundles(args.data, args.out, args.encoder)
     queries = load_retrieval_data(args.data, split="test").queries.column("text").to_pylist()
-    results: dict[str, Any] = {"cells": []}
-    results["in_process_dense_p50_ms"] = in_process_median_ms(paths, queries[:100], args.threads)
+    results: dict[str, Any] = {"cells": [], "machine": f"{os.cpu_count()} CPUs", "threads": args.threads,
+                               "encoder_placement": args.placement}
+    results["in_process"] = in_process(paths, queries, args.threads, args.max_batch_size)
     results["encoder_ms_per_query"] = encoder_ms_per_query(paths, queries[:256], args.threads, args.max_batch_size)
-    results["placement"], results["threads"] = args.placement, args.threads
-    print(json.dumps({k: results[k] for k in ("in_process_dense_p50_ms", "encoder_ms_per_query")}), flush=True)
+    print(json.dumps({k: results[k] for k in ("in_process", "encoder_ms_per_query")}), flush=True)
     if not args.serve_defaults:
         apply_serve_env()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        for batching in args.batching:
-            batch = args.max_batch_size if batching == "on" else 1
-            url = start(app_config(paths, free_port(), batch, args.threads, args.placement))
-            asyncio.run(drive(url, "dense", queries, 4, 40, 10))  # warm-up
-            for retriever in args.retrievers:
-                for c in args.concurrency:
-                    before = batch_totals(url)
-                    cell = asyncio.run(drive(url, retriever, queries, c, args.requests, args.seconds))
-                    cell = {"retriever": retriever, "batching": batching, "concurrency": c, **cell,
-                            **mean_batches(before, batch_totals(url))}
-                    results["cells"].append(cell)
-                    print(json.dumps(cell), flush=True)
-            if batching == args.batching[0]:
-                one = [x for x in results["cells"] if x["retriever"] == "dense" and x["concurrency"] == 1
-                       and x["batching"] == batching]
-                if one:
-                    results["http_overhead_ms"] = round(one[0]["p50_ms"] - results["in_process_dense_p50_ms"], 2)
-            from ray import serve
+        for shard_placement in args.shard_placement:
+            for batching in args.batching:
+                batch = args.max_batch_size if batching == "on" else 1
+                url = start(app_config(paths, free_port(), batch, args.threads, args.placement, shard_placement))
+                asyncio.run(drive(url, "dense", queries, 4, 40, 10))  # warm-up
+                for retriever in args.retrievers:
+                    for c in args.concurrency:
+                        before = batch_totals(url)
+                        cell = asyncio.run(drive(url, retriever, queries, c, args.requests, args.seconds))
+                        cell = {"shard_placement": shard_placement, "retriever": retriever, "batching": batching,
+                                "concurrency": c, **cell, **mean_batches(before, batch_totals(url))}
+                        results["cells"].append(cell)
+                        print(json.dumps(cell), flush=True)
+                from ray import serve
 
-            serve.shutdown()
+                serve.shutdown()
     finally:
         stop()
-    top = max(args.concurrency)
-    for retriever in args.retrievers:
-        qps = {x["batching"]: x["qps"] for x in results["cells"] if x["retriever"] == retriever
-               and x["concurrency"] == top}
-        if qps.get("off"):
-            results[f"batching_speedup_{retriever}_c{top}"] = round(qps.get("on", 0.0) / qps["off"], 2)
-    print(json.dumps({k: v for k, v in results.items() if k != "cells"}))
+    results["summary"] = summary(results)
+    print(json.dumps(results["summary"], indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1))
+
+
+def summary(results: dict[str, Any]) -> dict[str, Any]:
+    """Per shard placement (batching on): c=1 p50 over the in-process p50, top-concurrency QPS and its ratio
+    to the in-process batched pipeline."""
+    inproc, out = results["in_process"], {}
+    cells = [c for c in results["cells"] if c["batching"] == "on"]
+    top = max((c["concurrency"] for c in cells), default=0)
+    for c in cells:
+        key, name = c["shard_placement"], c["retriever"]
+        row = out.setdefault(key, {})
+        if c["concurrency"] == 1 and f"{name}_p50_ms" in inproc:
+            row[f"{name}_c1_p50_over_in_process_ms"] = round(c["p50_ms"] - inproc[f"{name}_p50_ms"], 2)
+        if c["concurrency"] == top:
+            row[f"{name}_c{top}_qps"] = c["qps"]
+            if f"{name}_batched_qps" in inproc:
+                row[f"{name}_c{top}_over_in_process_batched"] = round(c["qps"] / inproc[f"{name}_batched_qps"], 2)
+    return out
 
 
 if __name__ == "__main__":

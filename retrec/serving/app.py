@@ -2,12 +2,14 @@
 
 Every configured bundle's ``kind`` (its manifest) is looked up in the one registry, :mod:`retrec.kinds`:
 
-- an **index** kind is served as one deployment per shard (``NAME-shard-i``; ``manifest.config["shards"]``
-  of them): :class:`~retrec.serving.shards.IndexShard`, which loads shard ``i`` through the kind's registry
-  loader, or the kind's own ``serve`` deployment. A kind whose payload is not ``text`` needs ``encoder:``,
-  a query-encoder bundle whose kind produces that payload (and is one of the index kind's
-  ``encoder_kinds``, when it names any); the pair is checked with the kind's ``check`` hook here, and again
-  on every swap.
+- an **index** kind is served as ``manifest.config["shards"]`` shards, each
+  :class:`~retrec.serving.shards.IndexShard` (which loads shard ``i`` through the kind's registry loader) or
+  the kind's own ``serve`` deployment class; ``placement`` (per retriever, :mod:`retrec.serving.placement`)
+  runs them inside each ingress replica (``ingress``: no hop; ``auto`` picks it for small indices) or as one
+  deployment per shard (``deployment``: ``NAME-shard-i``); the choice is logged. A kind whose payload is
+  not ``text`` needs ``encoder:``, a query-encoder bundle whose kind produces that payload (and is one of
+  the index kind's ``encoder_kinds``, when it names any); the pair is checked with the kind's ``check`` hook
+  here, and again on every swap.
 - **query encoders** are keyed by their bundle: retrievers naming the same bundle share one encoder, and an
   application may use several. ``encoder.placement: ingress`` (default) runs each inside the ``Ingress``
   replica; ``deployment`` serves each as a ``QueryEncoder`` deployment (the first as ``QueryEncoder``,
@@ -44,6 +46,7 @@ from retrec.bundle import BundleError, read_manifest
 from retrec.serving.config import RetrieverConfig, ServingConfig, check_exposure
 from retrec.serving.encoders import QueryEncoder
 from retrec.serving.ingress import Ingress
+from retrec.serving.placement import shard_placement
 from retrec.serving.recommenders import Recommender
 from retrec.serving.registry import check_hook, deployment, kind_of
 from retrec.serving.schemas import HYBRID
@@ -140,14 +143,22 @@ def build_app(args: dict[str, Any]) -> Application:
                 encoders[encoder] = _encoder_spec(cfg, encoder, "QueryEncoder" if not encoders
                                                   else f"QueryEncoder-{name}")
         ref = index_ref(path)
-        shard_class = deployment(kind.kind, IndexShard)
-        # The versions each shard replica holds: its user_config, which index swaps update (versions.py).
-        shards = [shard_class.options(**rc.shards.deployment_options(shard_deployment(name, i)),
-                                      user_config={"versions": [ref]}).bind(
-                      kind=kind.kind, shard=i, initial=ref, use_gpu=cfg.use_gpu)
-                  for i in range(int(manifest.config.get("shards", 1)))]
-        retrievers[name] = {"kind": kind.kind, "payload": kind.payload, "shards": shards, "ref": ref,
-                            "encoder": encoder}
+        n = int(manifest.config.get("shards", 1))
+        placement, why = shard_placement(rc.placement, manifest, cfg.use_gpu, rc.shards.num_gpus)
+        log.info("retriever %s: %d %s shard(s) served in %s (%s)", name, n, kind.kind,
+                 "each ingress replica" if placement == "ingress" else "their own deployments", why)
+        if placement == "ingress":
+            shards: list[Any] = [{"placement": "ingress", "kind": kind.kind, "shard": i, "use_gpu": cfg.use_gpu}
+                                 for i in range(n)]
+        else:
+            shard_class = deployment(kind.kind, IndexShard)
+            # The versions each shard replica holds: its user_config, which index swaps update (versions.py).
+            shards = [shard_class.options(**rc.shards.deployment_options(shard_deployment(name, i)),
+                                          user_config={"versions": [ref]}).bind(
+                          kind=kind.kind, shard=i, initial=ref, use_gpu=cfg.use_gpu)
+                      for i in range(n)]
+        retrievers[name] = {"kind": kind.kind, "payload": kind.payload, "placement": placement, "shards": shards,
+                            "ref": ref, "encoder": encoder}
     recommenders: dict[str, Any] = {}
     for name, mc in cfg.recommenders.items():
         path = cfg.resolve(mc.bundle)

@@ -55,7 +55,12 @@ class RetrieverConfig(_Strict):
     index: str
     encoder: str | None = None
     optional: bool = Field(False, description="skip this retriever (with a warning) when its bundle is missing")
-    shards: ReplicaOptions = Field(default_factory=ReplicaOptions)
+    placement: Literal["auto", "ingress", "deployment"] = Field(
+        "auto", description="where its shards run: inside each ingress replica (no hop per query; one copy of the "
+        "index per ingress replica), their own deployments (own memory, replicas, GPUs), or auto: ingress for "
+        "an index of at most 256 MiB that asks for no GPU (retrec.serving.placement)")
+    shards: ReplicaOptions = Field(default_factory=ReplicaOptions, description="shard deployments (placement: "
+                                   "deployment); unused in the ingress")
 
 
 class RecommenderConfig(_Strict):

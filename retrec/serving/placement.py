@@ -1,23 +1,42 @@
-"""Where a query encoder runs, behind one interface: ``encode(text) -> (payload, batch size)`` and ``info()``.
+"""Where query encoders and index shards run, each behind one small interface.
 
-``encoder.placement: ingress`` (default): :class:`LocalEncoder` — a :class:`BatchingEncoder` inside the
-ingress replica, one per encoder bundle (each with its own batch queue). ``deployment``:
-:class:`RemoteEncoder` — the bundle's ``QueryEncoder`` deployment, reached through its handle.
-``build_app`` describes each encoder as a spec; :func:`make_encoder` turns a spec into one of these inside
-the ingress replica.
+Query encoders — ``encode(text) -> (payload, batch size)`` and ``info()``. ``encoder.placement: ingress``
+(default): :class:`LocalEncoder`, a :class:`BatchingEncoder` inside the ingress replica, one per encoder
+bundle (each with its own batch queue). ``deployment``: :class:`RemoteEncoder`, the bundle's
+``QueryEncoder`` deployment, reached through its handle.
+
+Index shards — ``search_many(payloads, k, ref, timeout)``, ``load(ref, timeout)``, ``hold(refs)``,
+``versions()``. A retriever's ``placement`` (:func:`shard_placement`): ``ingress`` — :class:`LocalShard`, the
+shard's replica class (the kind's ``serve`` deployment class, else
+:class:`~retrec.serving.shards.IndexShard`'s) instantiated inside every ingress replica: no deployment hop
+per query, one copy of the index per ingress replica (two during a swap). ``deployment`` —
+:class:`RemoteShard`, one ``NAME-shard-i`` deployment per shard, for indices that need their own memory,
+replicas or GPUs. ``auto`` (default) is ``ingress`` for an index of at most :data:`AUTO_INGRESS_MAX_BYTES`
+on disk that asks for no GPU, else ``deployment``; ``build_app`` logs the choice.
+
+``build_app`` describes each encoder and shard as a spec; :func:`make_encoder` and :func:`make_shard` turn
+specs into these inside the ingress replica.
 
 Example::
 
     enc = make_encoder({"placement": "ingress", "bundle": "/models/minilm-onnx", "kwargs": {}}, timeout_s=5.0)
     payload, batch_size = await enc.encode("what causes scurvy")
+    shard = make_shard({"placement": "ingress", "kind": "index/bm25", "shard": 0, "use_gpu": False}, ref)
+    hits = (await shard.search_many(["what causes scurvy"], 10, ref, timeout=2.0))[0]
 """
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import Any, Literal
 
-from retrec.serving.scatter import call_handle
+from retrec.bundle import Manifest
+from retrec.serving.scatter import IndexRef, call_handle
+
+Placement = Literal["ingress", "deployment"]
+# An index this small (all its files, every shard) is served inside each ingress replica by default: each
+# replica holds a copy, and two during a swap, so the bound is a memory bound, not a speed one.
+AUTO_INGRESS_MAX_BYTES = 256 * 2**20
 
 
 class RemoteEncoder:
@@ -58,3 +77,74 @@ def make_encoder(spec: dict[str, Any], timeout_s: float) -> LocalEncoder | Remot
     if spec["placement"] == "ingress":
         return LocalEncoder(spec["bundle"], spec["kwargs"], timeout_s)
     return RemoteEncoder(spec["handle"], timeout_s)
+
+
+# ---- index shards ----------------------------------------------------------------------------------------
+
+def shard_placement(configured: str, manifest: Manifest, use_gpu: bool | None,
+                    num_gpus: float) -> tuple[Placement, str]:
+    """``(placement, why)`` of a retriever's shards: ``configured`` unless ``auto``, which is ``ingress`` for an
+    index of at most :data:`AUTO_INGRESS_MAX_BYTES` that asks for no GPU (``use_gpu: true`` or shard GPUs)."""
+    size = sum(int(f.get("bytes", 0)) for f in manifest.files.values())
+    mib = f"{size / 2**20:.1f} MiB"
+    if configured != "auto":
+        return configured, f"configured ({mib})"  # type: ignore[return-value]
+    if use_gpu or num_gpus > 0:
+        return "deployment", f"auto: GPU shards ({mib})"
+    if size > AUTO_INGRESS_MAX_BYTES:
+        return "deployment", f"auto: {mib} > {AUTO_INGRESS_MAX_BYTES / 2**20:.0f} MiB"
+    return "ingress", f"auto: {mib} <= {AUTO_INGRESS_MAX_BYTES / 2**20:.0f} MiB"
+
+
+class RemoteShard:
+    """One shard deployment (``NAME-shard-i``), reached through its handle."""
+
+    placement = "deployment"
+
+    def __init__(self, handle: Any) -> None:
+        self.handle = handle
+
+    async def search_many(self, payloads: Any, k: int, ref: IndexRef, timeout: float) -> list[Any]:
+        return await call_handle(self.handle.search_many.remote(payloads, k, ref), timeout)
+
+    async def load(self, ref: IndexRef, timeout: float) -> str:
+        """One replica loads and checks ``ref`` (the swap's check); every replica gets it through ``hold``'s
+        broadcast, which :class:`~retrec.serving.versions.IndexVersions` publishes for the deployment."""
+        return await call_handle(self.handle.load.remote(ref), timeout)
+
+    async def versions(self, timeout: float = 2.0) -> list[str]:
+        return await call_handle(self.handle.versions.remote(), timeout)
+
+
+class LocalShard:
+    """One shard's replica object inside this ingress replica: the same code as its deployment, no hop."""
+
+    placement = "ingress"
+
+    def __init__(self, replica: Any) -> None:
+        self.replica = replica
+
+    async def search_many(self, payloads: Any, k: int, ref: IndexRef, timeout: float) -> list[Any]:
+        return await asyncio.wait_for(self.replica.search_many(payloads, k, ref), timeout)
+
+    async def load(self, ref: IndexRef, timeout: float) -> str:
+        return await asyncio.wait_for(self.replica.load(ref), timeout)
+
+    async def hold(self, refs: list[IndexRef]) -> None:
+        """Hold exactly ``refs`` (newest last; loading any missing) plus the newest held before."""
+        await self.replica.reconfigure({"versions": refs})
+
+    async def versions(self, timeout: float = 2.0) -> list[str]:
+        return self.replica.versions()
+
+
+def make_shard(spec: Any, initial: IndexRef) -> LocalShard | RemoteShard:
+    """``{"placement": "ingress", "kind", "shard", "use_gpu"}`` → :class:`LocalShard` holding ``initial``
+    (loaded now); a shard deployment's handle → :class:`RemoteShard`."""
+    if isinstance(spec, dict) and spec.get("placement") == "ingress":
+        from retrec.serving.registry import deployment
+        from retrec.serving.shards import IndexShard
+
+        cls = deployment(spec["kind"], IndexShard).func_or_class
+        return LocalShard(cls(kind=spec["kind"], shard=spec["shard"], initial=initial, use_gpu=spec.get("use_gpu")))
+    return RemoteShard(spec)

@@ -48,13 +48,15 @@ async def call_handle(response: Any, timeout: float) -> Any:
 
 @dataclass
 class RetrieverSpec:
-    """One deployed retriever: its index kind, payload type, shard handles and query encoder (bundle path)."""
+    """One deployed retriever: its index kind, payload type, shards (:mod:`retrec.serving.placement`: in this
+    ingress replica or deployments, never mixed) and query encoder (bundle path)."""
 
     name: str
     kind: str
     payload: str
-    shards: list[Any]
+    shards: list[Any]  # LocalShard | RemoteShard
     encoder: str | None = None  # the encoder bundle producing its payload; None: the query text itself
+    placement: str = "deployment"
     pack: Packer = field(init=False)
 
     def __post_init__(self) -> None:
@@ -62,8 +64,13 @@ class RetrieverSpec:
 
     @classmethod
     def from_args(cls, name: str, args: dict[str, Any]) -> RetrieverSpec:
-        """From ``build_app``'s description ``{"kind", "payload", "shards", "encoder", "ref"}``."""
-        return cls(name, args["kind"], args["payload"], list(args["shards"]), args.get("encoder"))
+        """From ``build_app``'s description ``{"kind", "payload", "placement", "shards", "encoder", "ref"}``
+        (in-ingress shards load ``ref`` now)."""
+        from retrec.serving.placement import make_shard
+
+        shards = [make_shard(spec, args["ref"]) for spec in args["shards"]]
+        placement = shards[0].placement if shards else "deployment"
+        return cls(name, args["kind"], args["payload"], shards, args.get("encoder"), placement)
 
 
 class Scatter:
@@ -91,9 +98,9 @@ class Scatter:
             spec, ref = self.retrievers[name], items[rows[0]][3]
             payloads = spec.pack([items[i][1] for i in rows])
             serving_metrics.METRICS.shard_batch_size.labels(retriever=name).observe(len(rows))
-            for shard, handle in enumerate(spec.shards):
-                calls.append(call_handle(handle.search_many.remote(payloads, k, ref), self.shard_timeout_s))
-                targets.append((rows, shard))
+            for i, shard in enumerate(spec.shards):
+                calls.append(shard.search_many(payloads, k, ref, self.shard_timeout_s))
+                targets.append((rows, i))
         results = await asyncio.gather(*calls, return_exceptions=True)
         out: list[list[Any]] = [[None] * len(self.retrievers[name].shards) for name, *_ in items]
         for (rows, shard), res in zip(targets, results):

@@ -10,9 +10,11 @@ A swap (``POST /v1/admin/indexes``, or an ``Ingress`` ``user_config: {indexes: {
    the version with its kind's registry loader and every check of it (``FaissIndex.load``: dimension and
    metric against the manifest). A refused version is a 400 and the old one keeps serving.
 2. **shards**: every replica of every shard deployment holds ``[previous, new]`` (its ``user_config``,
-   broadcast by the Serve controller, :mod:`retrec.serving.rollout`), loaded beside the old one.
-3. **ingress**: every ``Ingress`` replica flips its active reference (its ``user_config``); the admin call
-   returns after all of them have, so every request that starts after it returns searches the new version.
+   broadcast by the Serve controller, :mod:`retrec.serving.rollout`), loaded beside the old one. Shards
+   placed in the ingress (:mod:`retrec.serving.placement`) are held by each ingress replica instead.
+3. **ingress**: every ``Ingress`` replica flips its active reference (its ``user_config``) — after loading
+   its own copy of in-ingress shards; the admin call returns after all of them have, so every request that
+   starts after it returns searches the new version.
 
 Requests already running finish on the version they started with; every response names the versions it
 searched. A replica that (re)starts gets the current ``user_config`` before it takes traffic, so a restart
@@ -42,7 +44,7 @@ from retrec.serving import metrics as serving_metrics
 from retrec.serving.admin import failure
 from retrec.serving.errors import ApiError
 from retrec.serving.registry import check_hook
-from retrec.serving.scatter import IndexRef, RetrieverSpec, call_handle
+from retrec.serving.scatter import IndexRef, RetrieverSpec
 from retrec.serving.shards import index_ref, shard_deployment
 
 log = logging.getLogger("retrec.serving")
@@ -104,9 +106,10 @@ class IndexVersions:
         return ref
 
     async def _prepare(self, name: str, ref: IndexRef) -> None:
-        """One replica of every shard loads ``ref`` with all its kind's checks: a refusal is a 400."""
+        """One replica of every shard (in-ingress shards: this replica's) loads ``ref`` with all its kind's
+        checks: a refusal is a 400."""
         spec = self.retrievers[name]
-        results = await asyncio.gather(*(call_handle(h.load.remote(ref), self.load_timeout_s) for h in spec.shards),
+        results = await asyncio.gather(*(shard.load(ref, self.load_timeout_s) for shard in spec.shards),
                                        return_exceptions=True)
         for shard, res in enumerate(results):
             if not isinstance(res, BaseException):
@@ -119,9 +122,16 @@ class IndexVersions:
                           f"retriever {name}: loading on shard {shard}", res) from res
 
     async def _publish_shards(self, name: str, previous: IndexRef, ref: IndexRef) -> None:
-        """Every replica of every shard of ``name`` holds ``[previous, ref]`` (undone if that fails)."""
-        n = len(self.retrievers[name].shards)
+        """Every replica of every shard of ``name`` holds ``[previous, ref]`` (undone if that fails). In-ingress
+        shards: this replica's hold them (loaded by ``_prepare``); other ingress replicas load ``ref`` when the
+        ingress ``user_config`` reaches them, before they flip (:meth:`apply`)."""
+        spec = self.retrievers[name]
+        n = len(spec.shards)
         held = [previous, ref] if previous["digest"] != ref["digest"] else [ref]
+        if spec.placement == "ingress":
+            await self._hold_local(name, held)
+            self._published[name] = ref["digest"]
+            return
         try:
             await self.publish({shard_deployment(name, i): {"versions": held} for i in range(n)})
         except Exception as exc:
@@ -133,6 +143,17 @@ class IndexVersions:
                 log.exception("retriever %s: restoring the shards' versions failed", name)
             raise error from exc
         self._published[name] = ref["digest"]
+
+    async def _hold_local(self, name: str, held: list[IndexRef]) -> None:
+        """This replica's in-ingress shards of ``name`` hold ``held`` (loading what is missing, with checks)."""
+        try:
+            await asyncio.gather(*(shard.hold(held) for shard in self.retrievers[name].shards))
+        except BundleError as exc:
+            raise ApiError(400, "bad_bundle", _refusal(exc, held[-1]["path"])) from exc
+        except Exception as exc:
+            raise failure(503, "swap_failed", f"loading the new version failed ({type(exc).__name__}); "
+                          f"still serving {self.active[name]['version']}", f"retriever {name}: loading in the ingress",
+                          exc) from exc
 
     def _flip(self, name: str, ref: IndexRef) -> None:
         previous = self.active[name]
@@ -182,6 +203,8 @@ class IndexVersions:
                 if ref["digest"] == self.active.get(name, {}).get("digest"):
                     continue
                 if ref["digest"] in (self._published.get(name), (digests or {}).get(name)):
+                    if self.retrievers[name].placement == "ingress":  # this replica's copy first
+                        await self._hold_local(name, [self.active[name], ref])
                     self._flip(name, ref)
                     continue
                 await self.swap(name, self.resolve(path), path, everywhere=False)
@@ -192,9 +215,9 @@ class IndexVersions:
     async def readiness(self) -> dict[str, bool]:
         """Per shard (``NAME-i``): does it have its retriever's active version loaded?"""
 
-        async def shard_ok(handle: Any, digest: str) -> bool:
+        async def shard_ok(shard: Any, digest: str) -> bool:
             try:
-                return digest in await call_handle(handle.versions.remote(), 2.0)
+                return digest in await shard.versions(2.0)
             except Exception:
                 return False
 
@@ -206,8 +229,9 @@ class IndexVersions:
         return checks
 
     def describe(self) -> dict[str, dict[str, Any]]:
-        """``/v1/models`` entries: active version, digest, path, kind, shard count, encoder bundle per retriever."""
+        """``/v1/models`` entries: active version, digest, path, kind, shard count and placement, encoder bundle
+        per retriever."""
         return {name: {"index_version": ref["version"], "index_digest": ref["digest"], "index_path": ref["path"],
                        "kind": ref["kind"], "shards": len(self.retrievers[name].shards),
-                       "encoder": self.retrievers[name].encoder}
+                       "placement": self.retrievers[name].placement, "encoder": self.retrievers[name].encoder}
                 for name, ref in self.active.items()}

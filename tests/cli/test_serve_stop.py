@@ -69,7 +69,8 @@ def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, t
     config.write_text(yaml.safe_dump({
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
-                          "args": {"retrievers": {"bm25": {"index": str(bundle), "shards": two}},
+                          "args": {"retrievers": {"bm25": {"index": str(bundle), "placement": "deployment",
+                                                                    "shards": two}},
                                    "ingress": two, "auth": {"mode": "none"}}}]}))
     ray_tmp = tempfile.mkdtemp(prefix="rr-stop-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}

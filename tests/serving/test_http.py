@@ -70,9 +70,10 @@ def _config(bundles: dict[str, Path], port: int, placement: str = "ingress") -> 
         "applications": [{
             "name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
             "args": {
+                # bm25: placement auto (a small index: inside the ingress); dense: its own shard deployments
                 "retrievers": {"bm25": {"index": str(bundles["bm25"]), "shards": zero},
                                "dense": {"index": str(bundles["dense"]), "encoder": str(bundles["encoder"]),
-                                         "shards": zero}},
+                                         "placement": "deployment", "shards": zero}},
                 "recommenders": {"bert4rec": {"bundle": str(bundles["bert4rec"]), "replicas": zero}},
                 "encoder": {"placement": placement, "max_batch_size": 8, "threads": 1,
                             "replicas": {**zero, "max_ongoing_requests": 64}},

@@ -29,7 +29,8 @@ def test_runtime_env_reaches_replicas_and_metrics_leave_through_ray(tiny_data: P
     config = {"http_options": {"host": "127.0.0.1", "port": launch.free_port()},
               "applications": [{"name": "retrec", "route_prefix": "/", "import_path": app["import_path"],
                                 "runtime_env": app["runtime_env"],
-                                "args": {"retrievers": {"bm25": {"index": str(bundle), "shards": light}},
+                                "args": {"retrievers": {"bm25": {"index": str(bundle), "placement": "deployment",
+                                                                  "shards": light}},
                                          "ingress": light, "auth": {"mode": "none"}}}]}
     wanted = app["runtime_env"]["env_vars"]
     for key in wanted:  # only the application's runtime_env can deliver them (the serve run / KubeRay case)

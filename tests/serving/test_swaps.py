@@ -1,6 +1,6 @@
 """Index swaps with replicated deployments over HTTP on 127.0.0.1 (its own Ray instance): 2 ingress replicas,
-2 replicas of the shard; a swap reaches every replica, survives replica restarts, and a version is its
-manifest digest, not its version string."""
+and the shard in both placements — 2 replicas of its own deployment, or inside each ingress replica; a swap
+reaches every replica, survives replica restarts, and a version is its manifest digest, not its version string."""
 
 from __future__ import annotations
 
@@ -40,13 +40,13 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     return out
 
 
-def _config(bundles: dict[str, Any], port: int) -> dict[str, Any]:
+def _config(bundles: dict[str, Any], port: int, placement: str) -> dict[str, Any]:
     two = {"replicas": 2, "num_cpus": 0, "max_ongoing_requests": 32, "max_queued_requests": 64}
     return {
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{
             "name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
-            "args": {"retrievers": {"bm25": {"index": str(bundles["v1"]), "shards": two}},
+            "args": {"retrievers": {"bm25": {"index": str(bundles["v1"]), "placement": placement, "shards": two}},
                      "ingress": {**two, "max_ongoing_requests": 64},
                      "limits": {"shard_timeout_s": 2.0, "request_timeout_s": 5},
                      "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])}, "use_gpu": False,
@@ -56,15 +56,20 @@ def _config(bundles: dict[str, Any], port: int) -> dict[str, Any]:
     }
 
 
+@pytest.fixture(scope="module", params=["deployment", "ingress"])
+def placement(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
 @pytest.fixture(scope="module")
-def url(bundles: dict[str, Any]) -> Iterator[str]:
+def url(bundles: dict[str, Any], placement: str) -> Iterator[str]:
     from retrec.serving.launch import free_port, start, stop
 
     if ray.is_initialized():
         ray.shutdown()
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     try:
-        yield start(_config(bundles, free_port()))
+        yield start(_config(bundles, free_port(), placement))
     finally:
         stop()
 
@@ -83,6 +88,11 @@ def _swap(client: httpx.Client, path: Path) -> httpx.Response:
 
 def _replicas(deployment: str) -> list[str]:
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"])
+
+
+def _shard_replicas() -> list[str]:
+    """The shard's own replicas (none when the shard runs inside the ingress replicas)."""
+    return _replicas("bm25-shard-0")
 
 
 class Load:
@@ -119,8 +129,10 @@ def _offline(path: Path, query: str) -> list[tuple[str, float]]:
     return [(d, round(s, 4)) for d, s in BM25Index.load(path).search([query], 5)[0]]
 
 
-def test_swap_reaches_every_replica_under_load(client: httpx.Client, url: str, bundles: dict[str, Any]) -> None:
-    assert len(_replicas("Ingress")) == 2 and len(_replicas("bm25-shard-0")) == 2
+def test_swap_reaches_every_replica_under_load(client: httpx.Client, url: str, bundles: dict[str, Any],
+                                              placement: str) -> None:
+    assert len(_replicas("Ingress")) == 2 and len(_shard_replicas()) == (2 if placement == "deployment" else 0)
+    assert client.get("/v1/models").json()["retrievers"]["bm25"]["placement"] == placement
     query = bundles["query"]
     with Load(url, query) as load:
         time.sleep(1.5)
@@ -142,13 +154,14 @@ def test_swap_reaches_every_replica_under_load(client: httpx.Client, url: str, b
 def test_swap_survives_replica_restarts(client: httpx.Client, url: str, bundles: dict[str, Any]) -> None:
     """Serve re-applies the swapped version to the replicas it starts in place of killed ones."""
     query = bundles["query"]
-    killed = {_replicas("Ingress")[0], _replicas("bm25-shard-0")[0]}
+    killed = {_replicas("Ingress")[0], *_shard_replicas()[:1]}
+    count = len(_replicas("Ingress")) + len(_shard_replicas())
     for name in killed:
         ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        now = set(_replicas("Ingress")) | set(_replicas("bm25-shard-0"))
-        if not killed & now and len(now) == 4 and client.get("/readyz").status_code == 200:
+        now = set(_replicas("Ingress")) | set(_shard_replicas())
+        if not killed & now and len(now) == count and client.get("/readyz").status_code == 200:
             break
         time.sleep(0.5)
     else:
@@ -173,9 +186,9 @@ def test_same_version_string_other_bundle_is_swapped_in(client: httpx.Client, bu
 
 
 def test_refused_version_is_a_400_before_anything_flips(client: httpx.Client, url: str,
-                                                        bundles: dict[str, Any], tmp_path: Path) -> None:
+                                                        bundles: dict[str, Any], placement: str) -> None:
     """The manifest fits but a shard's loader refuses the files (a checksum): 400, no replica changes."""
-    bad = bundles["root"] / "bm25-corrupt"
+    bad = bundles["root"] / f"bm25-corrupt-{placement}"
     shutil.copytree(bundles["v1"], bad)
     scores = bad / "scores.safetensors"
     scores.write_bytes(scores.read_bytes()[:-8] + b"\0" * 8)
@@ -192,20 +205,21 @@ def test_refused_version_is_a_400_before_anything_flips(client: httpx.Client, ur
         assert client.get("/v1/models").json()["retrievers"]["bm25"] == before
 
 
-def test_user_config_swap_reaches_every_replica(client: httpx.Client, url: str, bundles: dict[str, Any]) -> None:
+def test_user_config_swap_reaches_every_replica(client: httpx.Client, url: str, bundles: dict[str, Any],
+                                                placement: str) -> None:
     """An operator's redeploy naming another version in the Ingress user_config: in place, every replica."""
     from retrec.serving.launch import deploy
 
-    config = _config(bundles, int(url.rsplit(":", 1)[1]))
+    config = _config(bundles, int(url.rsplit(":", 1)[1]), placement)
     config["applications"][0]["deployments"] = [{"name": "Ingress",
                                                  "user_config": {"indexes": {"bm25": str(bundles["v1"])}}}]
-    replicas = _replicas("Ingress") + _replicas("bm25-shard-0")
+    replicas = _replicas("Ingress") + _shard_replicas()
     with Load(url, bundles["query"], threads=3) as load:
         time.sleep(1.0)
         deploy(config)
         deployed_at = time.monotonic()
         time.sleep(1.5)
-    assert _replicas("Ingress") + _replicas("bm25-shard-0") == replicas, "replicas were restarted"
+    assert _replicas("Ingress") + _shard_replicas() == replicas, "replicas were restarted"
     assert {s for _, s, _, _ in load.results} == {200}
     after = [(v, tuple(h)) for started, _, v, h in load.results if started > deployed_at]
     assert after and set(after) == {("bm25-v1", tuple(_offline(bundles["v1"], bundles["query"])))}

@@ -126,10 +126,12 @@ class _FakeShard:
 
 
 def test_batched_scatter_groups_by_retriever_version_and_k() -> None:
+    from retrec.serving.placement import RemoteShard
     from retrec.serving.scatter import RetrieverSpec, Scatter
 
     shards = [_FakeShard(0), _FakeShard(1, fail=True)]
-    scatter = Scatter({"bm25": RetrieverSpec("bm25", "index/bm25", "text", shards)}, shard_timeout_s=1.0,
+    scatter = Scatter({"bm25": RetrieverSpec("bm25", "index/bm25", "text", [RemoteShard(s) for s in shards])},
+                      shard_timeout_s=1.0,
                       retry_after_s=1, max_batch_size=8)
     v1, v2 = {"version": "v1", "digest": "d1", "path": "/a"}, {"version": "v2", "digest": "d2", "path": "/b"}
     items = [("bm25", "q0", 5, v1), ("bm25", "q1", 5, v1), ("bm25", "q2", 9, v1), ("bm25", "q3", 5, v2)]
@@ -156,10 +158,11 @@ class _PayloadShard:
 def test_scatter_packs_each_payload_type() -> None:
     """One batched call per retriever packs its own payload: dense rows stacked, token matrices of different
     lengths kept apart, sparse (ids, weights) pairs typed."""
+    from retrec.serving.placement import RemoteShard
     from retrec.serving.scatter import RetrieverSpec, Scatter
 
     shards = {p: _PayloadShard() for p in ("dense", "tokens", "sparse", "text")}
-    scatter = Scatter({p: RetrieverSpec(p, f"index/{p}", p, [shards[p]], None if p == "text" else "enc")
+    scatter = Scatter({p: RetrieverSpec(p, f"index/{p}", p, [RemoteShard(shards[p])], None if p == "text" else "enc")
                        for p in shards}, shard_timeout_s=1.0, retry_after_s=1, max_batch_size=8)
     ref = {"version": "v1", "digest": "d1", "path": "/a"}
     rng = np.random.default_rng(0)

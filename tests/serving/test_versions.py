@@ -20,6 +20,7 @@ from retrec.data.beir import load_retrieval_data
 from retrec.index.bm25_index import BM25Config, BM25Index
 from retrec.index.faiss_index import FaissIndex
 from retrec.serving.errors import ApiError
+from retrec.serving.placement import LocalShard, RemoteShard
 from retrec.serving.scatter import RetrieverSpec
 from retrec.serving.shards import IndexShard, index_ref
 from retrec.serving.versions import IndexVersions
@@ -115,15 +116,21 @@ class IngressReplica:
 
 
 def _versions(name: str, kind: str, payload: str, path: Path, replicas: int = 2,
-              encoder: dict[str, Any] | None = None) -> tuple[IndexVersions, LocalController, list[Any]]:
-    """The ingress replica that takes the admin call (plus a second one), ``replicas`` shard replicas."""
+              encoder: dict[str, Any] | None = None, placement: str = "deployment"
+              ) -> tuple[IndexVersions, LocalController, list[Any]]:
+    """The ingress replica that takes the admin call (plus a second one), ``replicas`` shard replicas; with
+    ``placement="ingress"``, each ingress replica holds its own shard replica (returned in the same order)."""
     ref = index_ref(path)
-    shards = [Shard(kind=kind, shard=0, initial=ref, use_gpu=False) for _ in range(replicas)]
     controller = LocalController()
-    controller.replicas[f"{name}-shard-0"] = shards
+    if placement == "deployment":
+        shards = [Shard(kind=kind, shard=0, initial=ref, use_gpu=False) for _ in range(replicas)]
+        controller.replicas[f"{name}-shard-0"] = shards
+    else:
+        shards = [Shard(kind=kind, shard=0, initial=ref, use_gpu=False) for _ in range(2)]
     ingress = []
-    for _ in range(2):
-        spec = RetrieverSpec(name, kind, payload, [LocalHandle(shards[-1])], "enc" if encoder else None)
+    for i in range(2):
+        shard = RemoteShard(LocalHandle(shards[-1])) if placement == "deployment" else LocalShard(shards[i])
+        spec = RetrieverSpec(name, kind, payload, [shard], "enc" if encoder else None, placement)
         versions = IndexVersions({name: spec}, {name: ref}, {"enc": encoder} if encoder else {}, resolve=str)
         versions.publish = controller.publish  # in Ray: the Serve controller's user_config update
         ingress.append(versions)
@@ -146,9 +153,11 @@ def test_same_version_string_other_index_is_another_version(bm25_same_version: l
     assert got == want, "a shard served the cached index of another version that has the same version string"
 
 
-def test_swap_to_same_version_string_at_other_path_serves_it(bm25_same_version: list[Path], query: str) -> None:
+@pytest.mark.parametrize("placement", ["deployment", "ingress"])
+def test_swap_to_same_version_string_at_other_path_serves_it(bm25_same_version: list[Path], query: str,
+                                                             placement: str) -> None:
     a, b = bm25_same_version
-    versions, _, shards = _versions("bm25", "index/bm25", "text", a)
+    versions, _, shards = _versions("bm25", "index/bm25", "text", a, placement=placement)
     out = asyncio.run(versions.swap("bm25", str(b)))
     assert out["version"] == "same"
     ref = versions.active["bm25"]
@@ -170,6 +179,34 @@ def test_swap_reaches_every_shard_replica_before_the_flip(bm25_same_version: lis
     shard_phase, ingress_phase = controller.published
     assert set(shard_phase) == {"bm25-shard-0"} and set(ingress_phase) == {"Ingress"}
     assert [r["digest"] for r in shard_phase["bm25-shard-0"]["versions"]] == [index_ref(a)["digest"], digest]
+
+
+def test_in_ingress_shards_swap_on_every_ingress_replica_before_its_flip(bm25_same_version: list[Path]) -> None:
+    """``placement: ingress``: nothing goes to shard deployments; each ingress replica loads its own copy of the
+    new version when the ingress user_config reaches it, then flips, and keeps the previous one for requests
+    in flight."""
+    a, b = bm25_same_version
+    versions, controller, shards = _versions("bm25", "index/bm25", "text", a, placement="ingress")
+    asyncio.run(versions.swap("bm25", str(b)))
+    digest = versions.active["bm25"]["digest"]
+    assert [set(p) for p in controller.published] == [{"Ingress"}]
+    assert controller.published[0]["Ingress"]["digests"] == {"bm25": digest}
+    assert all(v.active["bm25"]["digest"] == digest for v in controller.ingress)
+    assert all(shard.versions() == [index_ref(a)["digest"], digest] for shard in shards)
+    asyncio.run(versions.swap("bm25", str(a)))  # and back
+    assert all(v.active["bm25"]["digest"] == index_ref(a)["digest"] for v in controller.ingress)
+
+
+def test_restarted_ingress_replica_loads_its_in_ingress_shards(bm25_same_version: list[Path]) -> None:
+    a, b = bm25_same_version
+    versions, controller, _ = _versions("bm25", "index/bm25", "text", a, placement="ingress")
+    asyncio.run(versions.swap("bm25", str(b)))
+    fresh_shard = Shard(kind="index/bm25", shard=0, initial=index_ref(a), use_gpu=False)  # the build's version
+    spec = RetrieverSpec("bm25", "index/bm25", "text", [LocalShard(fresh_shard)], None, "ingress")
+    fresh = IndexVersions({"bm25": spec}, {"bm25": index_ref(a)}, {}, resolve=str)
+    asyncio.run(IngressReplica(fresh).reconfigure(controller.published[-1]["Ingress"]))
+    assert fresh.active["bm25"]["digest"] == index_ref(b)["digest"]
+    assert index_ref(b)["digest"] in fresh_shard.versions()
 
 
 def test_shard_never_loads_a_version_on_the_search_path(bm25_same_version: list[Path]) -> None:
@@ -233,8 +270,10 @@ def test_restarted_ingress_replica_takes_the_published_version(bm25_same_version
 
 # ---- item 7: the loader's checks run before anything flips -----------------------------------------------
 
-def test_tampered_dims_version_is_refused_before_the_flip(dense: dict[str, Path]) -> None:
-    versions, controller, shards = _versions("dense", "index/dense", "dense", dense["good"], encoder=ENCODER)
+@pytest.mark.parametrize("placement", ["deployment", "ingress"])
+def test_tampered_dims_version_is_refused_before_the_flip(dense: dict[str, Path], placement: str) -> None:
+    versions, controller, shards = _versions("dense", "index/dense", "dense", dense["good"], encoder=ENCODER,
+                                             placement=placement)
     before = dict(versions.active["dense"])
     with pytest.raises(ApiError) as err:
         asyncio.run(versions.swap("dense", str(dense["bad"])))
