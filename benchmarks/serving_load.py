@@ -1,18 +1,19 @@
-"""Load test of the Ray Serve app on 127.0.0.1: p50/p99 latency and QPS for dense and hybrid search.
+"""Load test of the Ray Serve app on 127.0.0.1: p50/p99 latency and QPS for BM25, dense and hybrid search.
 
-Builds (once, cached) a SciFact BM25 index and a zero-shot MiniLM dense index (the dense retriever's
-export/encoding cache), starts the app with dynamic batching on and off (off: ``max_batch_size: 1``, i.e.
-one ONNX call and one call per shard for every request), and drives it with an async httpx load generator
-at each concurrency — bounded by a request count and a time limit per cell. Each cell also reports the CPU
-milliseconds per request spent by all Ray processes (proxy, ingress, shards, ...; from ``/proc``) and by
-the load generator. Also reports the HTTP path's overhead over the in-process pipeline (median ms, c=1),
-the in-process ONNX encoder's cost per query at batch 1 and at ``--max-batch-size`` (what batching can
-save in the encoder itself), and the mean encoder batch and shard-call batch per batching mode.
+Builds (once, cached) a SciFact BM25 index and a zero-shot MiniLM dense index (2 shards), then, for each HTTP
+path (``proxy``: Serve's HTTP proxy; ``direct``: Ray Serve's direct ingress, each ingress replica's own HTTP
+server; a fresh Ray each) and each shard placement (``ingress``: shards inside the ingress replica;
+``deployment``: a deployment per shard), starts the app and drives it with a lean keep-alive HTTP/1.1 load
+generator (:class:`Connection`, ~0.1 ms CPU per request, so the 2 cores go to the server) at each
+concurrency — bounded by a request count and a time limit per cell. The same run measures the peers: the
+in-process pipeline (one query at a time: p50; batched: queries/s, with every CPU) and the floor of each HTTP
+path (a Serve app that answers a constant). Each cell also reports the CPU milliseconds per request of all
+Ray processes (from ``/proc``) and of the load generator, and the mean encoder and shard-call batch.
 
 Example::
 
-    .venv/bin/python benchmarks/serving_load.py --data ../shared/data/scifact --out runs/bench-serving \\
-        --concurrency 1 8 32 --requests 400 --seconds 20 --json runs/bench-serving/results.json
+    .venv/bin/python benchmarks/serving_load.py --data ../shared/data/scifact --out runs/bench-serving \
+        --json runs/bench-serving/results.json
 """
 
 from __future__ import annotations
@@ -248,6 +249,42 @@ def in_process(paths: dict[str, Path], queries: list[str], threads: int, batch: 
     return out
 
 
+def floor_app() -> Any:
+    """The floor of Ray Serve's HTTP path here: a FastAPI ingress that answers ``/v1/search`` with a constant."""
+    from fastapi import FastAPI
+    from ray import serve
+
+    api = FastAPI()
+
+    @serve.deployment(name="Floor", max_ongoing_requests=256, ray_actor_options={"num_cpus": 0})
+    @serve.ingress(api)
+    class Floor:
+        @api.post("/v1/search")
+        async def search(self, body: dict) -> dict:
+            return {"retriever": body.get("retriever"), "hits": []}
+
+        @api.get("/readyz")
+        async def readyz(self) -> dict:
+            return {"status": "ready"}
+
+    return Floor.bind()
+
+
+def find_direct(host: str = "127.0.0.1", first: int = 30000, tries: int = 60) -> str:
+    """The URL of the (one) ingress replica's direct-ingress server: Ray allocates ports from ``first`` upward
+    and may hold a released one back for a while, so the answering port is looked for."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        for port in range(first, first + tries):
+            try:
+                if httpx.get(f"http://{host}:{port}/readyz", timeout=1.0).status_code == 200:
+                    return f"http://{host}:{port}"
+            except httpx.HTTPError:
+                continue
+        time.sleep(0.5)
+    raise TimeoutError("no direct-ingress server answered")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
@@ -257,12 +294,17 @@ def main() -> None:
     parser.add_argument("--batching", nargs="+", default=["on"], choices=["on", "off"])
     parser.add_argument("--shard-placement", nargs="+", default=["ingress", "deployment"],
                         choices=["auto", "ingress", "deployment"], help="where index shards run (one app each)")
+    parser.add_argument("--http", nargs="+", default=["proxy", "direct"], choices=["proxy", "direct"],
+                        help="proxy: through Serve's HTTP proxy; direct: Ray Serve's direct ingress (each ingress "
+                             "replica's own HTTP server), a Ray instance each")
     parser.add_argument("--max-batch-size", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads of the query encoder")
+    parser.add_argument("--threads", type=int, default=1, help="ONNX intra-op threads of the served query encoder")
+    parser.add_argument("--in-process-threads", type=int, default=None,
+                        help="threads of the in-process peer (default: every CPU: its best)")
     parser.add_argument("--placement", default="ingress", choices=["ingress", "deployment"],
                         help="where the query encoder runs (encoder.placement)")
     parser.add_argument("--requests", type=int, default=3000, help="per cell (bounded)")
-    parser.add_argument("--seconds", type=float, default=15.0, help="per cell (bounded)")
+    parser.add_argument("--seconds", type=float, default=12.0, help="per cell (bounded)")
     parser.add_argument("--encoder", type=Path, default=None, help="model/dense bundle (default: zero-shot MiniLM)")
     parser.add_argument("--serve-defaults", action="store_true",
                         help="keep Ray Serve's default threading (not the runtime_env settings of configs/serve.yaml)")
@@ -270,39 +312,58 @@ def main() -> None:
     args = parser.parse_args()
 
     import ray
+    from ray import serve
 
     from retrec.data.beir import load_retrieval_data
-    from retrec.serving.launch import apply_serve_env, free_port, start, stop
+    from retrec.process_env import available_cpus
+    from retrec.serving.launch import DIRECT_INGRESS, apply_serve_env, free_port, start, stop
 
     paths = build_bundles(args.data, args.out, args.encoder)
     queries = load_retrieval_data(args.data, split="test").queries.column("text").to_pylist()
+    peer_threads = args.in_process_threads or available_cpus()
     results: dict[str, Any] = {"cells": [], "machine": f"{os.cpu_count()} CPUs", "threads": args.threads,
-                               "encoder_placement": args.placement}
-    results["in_process"] = in_process(paths, queries, args.threads, args.max_batch_size)
+                               "in_process_threads": peer_threads, "encoder_placement": args.placement}
+    results["in_process"] = in_process(paths, queries, peer_threads, args.max_batch_size)
     results["encoder_ms_per_query"] = encoder_ms_per_query(paths, queries[:256], args.threads, args.max_batch_size)
     print(json.dumps({k: results[k] for k in ("in_process", "encoder_ms_per_query")}), flush=True)
     if not args.serve_defaults:
         apply_serve_env()
-    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
-    try:
-        for shard_placement in args.shard_placement:
-            for batching in args.batching:
-                batch = args.max_batch_size if batching == "on" else 1
-                url = start(app_config(paths, free_port(), batch, args.threads, args.placement, shard_placement))
-                asyncio.run(drive(url, "dense", queries, 4, 40, 10))  # warm-up
-                for retriever in args.retrievers:
-                    for c in args.concurrency:
-                        before = batch_totals(url)
-                        cell = asyncio.run(drive(url, retriever, queries, c, args.requests, args.seconds))
-                        cell = {"shard_placement": shard_placement, "retriever": retriever, "batching": batching,
-                                "concurrency": c, **cell, **mean_batches(before, batch_totals(url))}
-                        results["cells"].append(cell)
-                        print(json.dumps(cell), flush=True)
-                from ray import serve
 
-                serve.shutdown()
-    finally:
-        stop()
+    def measure(url: str, retriever: str, row: dict[str, Any]) -> None:
+        for c in args.concurrency:
+            before = batch_totals(url) if retriever != "floor" else None
+            cell = asyncio.run(drive(url, retriever, queries, c, args.requests, args.seconds))
+            cell = {**row, "retriever": retriever, "concurrency": c, **cell,
+                    **(mean_batches(before, batch_totals(url)) if before else {})}
+            results["cells"].append(cell)
+            print(json.dumps(cell), flush=True)
+
+    for http in args.http:
+        os.environ[DIRECT_INGRESS] = "1" if http == "direct" else "0"  # read when Ray's Serve processes start
+        for shard_placement in args.shard_placement:
+            for batching in args.batching:  # a fresh Ray per app: Serve's processes start with this run's env
+                batch = args.max_batch_size if batching == "on" else 1
+                ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+                try:
+                    config = app_config(paths, free_port(), batch, args.threads, args.placement, shard_placement)
+                    url = start(config)
+                    url = find_direct() if http == "direct" else url
+                    asyncio.run(drive(url, "dense", queries, 4, 40, 10))  # warm-up
+                    for retriever in args.retrievers:
+                        measure(url, retriever, {"http": http, "shard_placement": shard_placement,
+                                                 "batching": batching})
+                finally:
+                    stop()
+        ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+        try:  # the floor: Serve's HTTP path around an app that does nothing
+            port = free_port()
+            serve.start(http_options={"host": "127.0.0.1", "port": port})
+            serve.run(floor_app(), name="floor", route_prefix="/")
+            url = find_direct() if http == "direct" else f"http://127.0.0.1:{port}"
+            asyncio.run(drive(url, "floor", queries, 4, 200, 5))
+            measure(url, "floor", {"http": http, "shard_placement": "-", "batching": "-"})
+        finally:
+            stop()
     results["summary"] = summary(results)
     print(json.dumps(results["summary"], indent=1))
     if args.json:
@@ -311,16 +372,18 @@ def main() -> None:
 
 
 def summary(results: dict[str, Any]) -> dict[str, Any]:
-    """Per shard placement (batching on): c=1 p50 over the in-process p50, top-concurrency QPS and its ratio
-    to the in-process batched pipeline."""
+    """Per HTTP path and shard placement (batching on): c=1 p50 minus the in-process p50, top-concurrency QPS
+    and its ratio to the in-process batched pipeline; the floor app's c=1 p50 and top QPS per HTTP path."""
     inproc, out = results["in_process"], {}
-    cells = [c for c in results["cells"] if c["batching"] == "on"]
+    cells = [c for c in results["cells"] if c["batching"] in ("on", "-")]
     top = max((c["concurrency"] for c in cells), default=0)
     for c in cells:
-        key, name = c["shard_placement"], c["retriever"]
-        row = out.setdefault(key, {})
-        if c["concurrency"] == 1 and f"{name}_p50_ms" in inproc:
-            row[f"{name}_c1_p50_over_in_process_ms"] = round(c["p50_ms"] - inproc[f"{name}_p50_ms"], 2)
+        row = out.setdefault(f"{c['http']}/{c['shard_placement']}", {})
+        name = c["retriever"]
+        if c["concurrency"] == 1:
+            row[f"{name}_c1_p50_ms"] = c["p50_ms"]
+            if f"{name}_p50_ms" in inproc:
+                row[f"{name}_c1_p50_over_in_process_ms"] = round(c["p50_ms"] - inproc[f"{name}_p50_ms"], 2)
         if c["concurrency"] == top:
             row[f"{name}_c{top}_qps"] = c["qps"]
             if f"{name}_batched_qps" in inproc:

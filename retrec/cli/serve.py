@@ -19,13 +19,17 @@ def serve_cmd(
     port: Annotated[int | None, typer.Option(help="HTTP port (default: the file's, else 8000)")] = None,
 ) -> None:
     """Serve search and recommendation over HTTP (Ray Serve) until interrupted."""
-    from retrec.serving.launch import load_serve_config, start, stop
+    from retrec.serving.launch import DEFAULT_HOST, direct_url, load_serve_config, start, stop
 
     try:
-        url = start(load_serve_config(config), host=host, port=port)
+        spec = load_serve_config(config)
+        url = start(spec, host=host, port=port)
     except (BundleError, ValueError, OSError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"serving at {url}  (OpenAPI: {url}/docs; Ctrl-C stops)")
+    direct = direct_url(spec, host or (spec.get("http_options") or {}).get("host") or DEFAULT_HOST)
+    if direct is not None:
+        typer.echo(f"direct ingress (no proxy hop): {direct} and up, one port per ingress replica")
     import signal
 
     def _interrupt(signum: int, frame: object) -> None:

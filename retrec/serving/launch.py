@@ -10,6 +10,14 @@ the cluster's token. The Ray Serve latency settings are the applications' ``runt
 file (:func:`serve_env`): Ray gives them to every replica on any path, and :func:`start` exports them to the
 local Ray it starts (proxy, controller).
 
+**Direct ingress** (opt-in): with ``RAY_SERVE_ENABLE_DIRECT_INGRESS: "1"`` in the application's
+``runtime_env.env_vars``, Ray Serve 2.60 also runs an HTTP server inside each ingress replica — on the same
+host as ``http_options``, ports from ``RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT`` (30000) upward, the application
+mounted at its ``route_prefix`` — so a request skips the proxy hop (measured: benchmarks/RESULTS.md, "Serving
+throughput"). The proxy URL keeps working; every route answers through the same app (keys, limits, metrics).
+A replica that restarts may come back on another port, so put a balancer that follows the replicas in front,
+or run one ingress replica and use :func:`direct_url`. Ray calls the flag experimental; it is off by default.
+
 Plugin kinds (``$RETREC_PLUGINS``, see :mod:`retrec.kinds`): the local Ray that :func:`start` launches
 inherits this process's environment, and Ray puts the driver's working directory on its workers' path, so
 set the variable (and run from the folder the plugin modules import from, or set ``PYTHONPATH``) before
@@ -61,6 +69,20 @@ def serve_env(config: dict[str, Any] | None = None) -> dict[str, str]:
                 raise ValueError(f"runtime_env.env_vars.{key}: applications disagree ({env[key]!r}, {value!r})")
             env[key] = str(value)
     return env
+
+
+DIRECT_INGRESS = "RAY_SERVE_ENABLE_DIRECT_INGRESS"
+DIRECT_INGRESS_PORT = "RAY_SERVE_DIRECT_INGRESS_MIN_HTTP_PORT"
+
+
+def direct_url(config: dict[str, Any], host: str = DEFAULT_HOST) -> str | None:
+    """The first ingress replica's own HTTP server (``http://HOST:PORT``) when the config turns direct ingress
+    on (its ``runtime_env.env_vars``, else this environment), else ``None``."""
+    env = {**{k: os.environ[k] for k in (DIRECT_INGRESS, DIRECT_INGRESS_PORT) if k in os.environ},
+           **serve_env(config)}
+    if env.get(DIRECT_INGRESS) != "1":
+        return None
+    return f"http://{host}:{int(env.get(DIRECT_INGRESS_PORT, '30000'))}"
 
 
 LOCAL_NODE_IP = "127.0.0.1"
@@ -141,6 +163,9 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
     if wait:
         for prefix in prefixes:
             wait_ready(url + prefix)
+        direct = direct_url(config, http["host"])
+        if direct is not None and len(prefixes) == 1:
+            wait_ready(direct + prefixes[0])
     return url + (prefixes[0] if len(prefixes) == 1 else "")
 
 
