@@ -22,6 +22,19 @@ BODIES: dict[str, Any] = {  # a valid body for every POST route (a new route mus
 Send = Callable[[str, str, Any, dict[str, str]], tuple[int, str | None]]
 
 
+def http_send(base: str) -> Send:
+    """A :data:`Send` over real HTTP to ``base`` (a served application's URL)."""
+    import httpx
+
+    def send(method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, str | None]:
+        r = httpx.request(method, f"{base}{path}", json=body, headers=headers, timeout=30.0)
+        code = r.json().get("error", {}).get("code") if r.status_code >= 400 \
+            and r.headers.get("content-type") == "application/json" else None
+        return r.status_code, code
+
+    return send
+
+
 def routes(schema: dict[str, Any]) -> list[tuple[str, str]]:
     """``(METHOD, path)`` of every operation in the OpenAPI document, plus FastAPI's docs routes."""
     return [(m.upper(), p) for p, ops in schema["paths"].items() for m in ops] + [("GET", p) for p in DOCS]

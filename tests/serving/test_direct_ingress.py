@@ -72,15 +72,11 @@ def test_direct_answers_like_the_proxy_and_needs_a_key(served: dict[str, Any]) -
 
 
 def test_every_route_needs_a_key_on_the_direct_port(served: dict[str, Any]) -> None:
-    from tests.serving.routes import walk_routes
+    from tests.serving.routes import http_send, walk_routes
 
     direct = served["direct"]
 
-    def send(method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, str | None]:
-        r = httpx.request(method, f"{direct}{path}", json=body, headers=headers, timeout=30.0)
-        code = r.json().get("error", {}).get("code") if r.status_code >= 400 \
-            and r.headers.get("content-type") == "application/json" else None
-        return r.status_code, code
+    send = http_send(direct)
 
     schema = httpx.get(f"{direct}/openapi.json", timeout=30.0).json()
     failures = walk_routes(send, "", schema, api_key=API_KEY, admin_key=ADMIN_KEY,

@@ -526,7 +526,7 @@ def test_every_route_needs_a_key_under_root_and_a_route_prefix(client: httpx.Cli
     way ``retrec serve`` deploys); every operation of each OpenAPI document and the docs routes, without a key, with
     a wrong one and with the right one (the admin key for the admin endpoint)."""
     from retrec.serving.launch import deploy, wait_ready
-    from tests.serving.routes import walk_routes
+    from tests.serving.routes import http_send, walk_routes
 
     port = int(url.rsplit(":", 1)[1])
     main_app = _config(bundles, port)["applications"][0]
@@ -538,11 +538,7 @@ def test_every_route_needs_a_key_under_root_and_a_route_prefix(client: httpx.Cli
     deploy({**_config(bundles, port), "applications": [main_app, api_app]})
     wait_ready(f"{url}/api")
 
-    def send(method: str, path: str, body: Any, headers: dict[str, str]) -> tuple[int, str | None]:
-        r = httpx.request(method, f"{url}{path}", json=body, headers=headers, timeout=30.0)
-        code = r.json().get("error", {}).get("code") if r.status_code >= 400 \
-            and r.headers.get("content-type") == "application/json" else None
-        return r.status_code, code
+    send = http_send(url)
 
     swap_to_current = {"/v1/admin/indexes": {"retriever": "bm25", "path": Path(current).name}}
     for prefix in ("", "/api"):
