@@ -58,6 +58,7 @@ class OnnxEncoder:
         batch_size: int = 32,
         max_query_length: int | None = None,
         max_doc_length: int | None = None,
+        spin: bool = True,
     ) -> None:
         # A Manifest (already verified, e.g. a draft before publishing) or a bundle folder to verify.
         self.manifest: Manifest = bundle if isinstance(bundle, Manifest) else load_bundle(bundle, kind=KIND)
@@ -83,6 +84,9 @@ class OnnxEncoder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
+        # Idle intra-op threads spin for work: lowest latency alone; CPU taken from whatever shares the cores
+        # (a server: spin=False, BatchingEncoder)
+        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.model_path = self.manifest.file(variants[variant])
         self.session = ort.InferenceSession(
             str(self.model_path), options, providers=list(providers) if providers else select_providers()

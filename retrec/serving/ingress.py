@@ -140,6 +140,12 @@ class Ingress:
         user_config = user_config or {}
         await self.versions.apply(user_config.get("indexes") or {}, user_config.get("digests"))
 
+    def check_health(self) -> None:
+        """Serve's health check: a replica that could not load an index version the other ingress replicas
+        flipped to (in-ingress shards; :mod:`retrec.serving.versions`) fails it, and Serve replaces it with one
+        that loads the published version before it takes traffic."""
+        self.versions.raise_if_stale()
+
     # ---- searching -------------------------------------------------------------------------------------
     async def _encode(self, key: str, query: str) -> Any:
         try:

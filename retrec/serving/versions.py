@@ -78,6 +78,9 @@ class IndexVersions:
         self.load_timeout_s = load_timeout_s
         self.active = dict(active)
         self._published: dict[str, str] = {}  # retriever -> digest every shard replica holds (this replica's swaps)
+        # retriever -> a version every other ingress replica flipped to that this one could not load (in-ingress
+        # shards): the replica fails Serve's health check until it has it, and Serve replaces it
+        self.stale: dict[str, IndexRef] = {}
         self._checks = {name: check_hook(spec.kind) for name, spec in retrievers.items()}
         self._lock = asyncio.Lock()
         for name, ref in self.active.items():
@@ -195,8 +198,10 @@ class IndexVersions:
     async def apply(self, indexes: dict[str, str], digests: dict[str, str] | None = None) -> None:
         """An ``Ingress`` ``user_config`` (``indexes: {retriever: path}``): make each this replica's active
         version. One whose ``digests`` entry (written by a swap once every shard replica holds it) matches is
-        flipped at once; any other is swapped to on this replica (checks, every shard replica loads it, then
-        the flip). A refused one is logged and not applied."""
+        flipped at once — with in-ingress shards once this replica has loaded it; if it cannot, the replica is
+        ``stale``: it keeps its version and fails Serve's health check, so Serve replaces it. Any other is
+        swapped to on this replica (checks, every shard replica loads it, then the flip). A refused one is
+        logged and not applied."""
         for name, path in indexes.items():
             try:
                 ref = index_ref(self.resolve(path))
@@ -204,13 +209,26 @@ class IndexVersions:
                     continue
                 if ref["digest"] in (self._published.get(name), (digests or {}).get(name)):
                     if self.retrievers[name].placement == "ingress":  # this replica's copy first
-                        await self._hold_local(name, [self.active[name], ref])
+                        try:
+                            await self._hold_local(name, [self.active[name], ref])
+                        except ApiError:  # checked and loaded elsewhere: a fault of this replica
+                            self.stale[name] = ref
+                            raise
+                    self.stale.pop(name, None)
                     self._flip(name, ref)
                     continue
                 await self.swap(name, self.resolve(path), path, everywhere=False)
             except (ApiError, BundleError) as exc:
+                if isinstance(exc, ApiError) and exc.status == 503 and self.retrievers[name].placement == "ingress":
+                    self.stale[name] = ref  # not a refusal of the version: this replica failed to load it
                 log.error("retriever %s: not swapping to the configured index version: %s", name,
                           exc.message if isinstance(exc, ApiError) else _refusal(exc, path))
+
+    def raise_if_stale(self) -> None:
+        """Raise when this replica could not load a version the other ingress replicas serve (see ``stale``)."""
+        if self.stale:
+            names = ", ".join(f"{n} {r['version']}" for n, r in self.stale.items())
+            raise RuntimeError(f"this ingress replica could not load the published index version(s): {names}")
 
     async def readiness(self) -> dict[str, bool]:
         """Per shard (``NAME-i``): does it have its retriever's active version loaded?"""

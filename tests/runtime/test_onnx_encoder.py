@@ -216,3 +216,17 @@ def test_dense_retriever_end_to_end(cache: Path, encoder: OnnxEncoder, monkeypat
     retriever.save(tmp_path / "index")
     loaded = DenseRetriever.load(cache / "minilm-onnx", tmp_path / "index")
     assert loaded.search(queries, 5) == retriever.search(queries, 5)
+
+
+def test_served_encoder_does_not_spin_and_encodes_the_same(bundle: Path, encoder: OnnxEncoder) -> None:
+    """Offline encoders keep ONNX Runtime's spinning threads; the serving encoder turns them off (they took the
+    cores the event loop and shards need) — same vectors either way."""
+    pytest.importorskip("ray")
+    from retrec.serving.encoders import BatchingEncoder
+
+    def spinning(session: object) -> str:
+        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+
+    served = BatchingEncoder(str(bundle), threads=1, use_gpu=False)
+    assert spinning(encoder.session) == "1" and spinning(served.encoder.session) == "0"
+    np.testing.assert_allclose(served.encode_now(SENTENCES), encoder.encode_queries(SENTENCES), atol=1e-5)

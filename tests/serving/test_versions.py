@@ -8,6 +8,7 @@ import asyncio
 import inspect
 import shutil
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -195,6 +196,36 @@ def test_in_ingress_shards_swap_on_every_ingress_replica_before_its_flip(bm25_sa
     assert all(shard.versions() == [index_ref(a)["digest"], digest] for shard in shards)
     asyncio.run(versions.swap("bm25", str(a)))  # and back
     assert all(v.active["bm25"]["digest"] == index_ref(a)["digest"] for v in controller.ingress)
+
+
+def test_ingress_replica_that_cannot_load_the_published_version_fails_its_health_check(
+        bm25_same_version: list[Path]) -> None:
+    """In-ingress shards: the swapping replica loaded and checked the version; another replica that then fails to
+    load it (its own fault: memory, disk) keeps serving its old, whole version, is ``stale`` and fails Serve's
+    health check, so Serve replaces it; once it has the version it is healthy again."""
+    from retrec.serving.ingress import Ingress
+
+    a, b = bm25_same_version
+    versions, controller, shards = _versions("bm25", "index/bm25", "text", a, placement="ingress")
+    other, broken = controller.ingress[1], shards[1]
+    load = broken._load
+
+    def fails(path: str) -> Any:
+        raise MemoryError("no room for another copy")
+
+    broken._load = fails
+    asyncio.run(versions.swap("bm25", str(b)))
+    assert versions.active["bm25"]["digest"] == index_ref(b)["digest"] and not versions.stale
+    assert other.active["bm25"]["digest"] == index_ref(a)["digest"]  # still its whole old version
+    assert set(other.stale) == {"bm25"}
+    check_health = Ingress.func_or_class.check_health
+    check_health(types.SimpleNamespace(versions=versions))
+    with pytest.raises(RuntimeError, match="could not load the published index version"):
+        check_health(types.SimpleNamespace(versions=other))
+    broken._load = load  # e.g. memory freed; the published user_config is applied again
+    asyncio.run(IngressReplica(other).reconfigure(controller.published[-1]["Ingress"]))
+    assert other.active["bm25"]["digest"] == index_ref(b)["digest"] and not other.stale
+    check_health(types.SimpleNamespace(versions=other))
 
 
 def test_restarted_ingress_replica_loads_its_in_ingress_shards(bm25_same_version: list[Path]) -> None:
