@@ -53,6 +53,8 @@ class DenseTrainConfig:
     dev_max_queries: int = option(100, "at most this many dev queries")
     dev_candidates: int = option(15, "per dev query from each miner; the dev metric re-ranks their union")
     checkpoint_every: int = option(20, "steps between checkpoints in OUT.ckpt/ (and at every epoch end)")
+    eval_every: int = option(0, "steps between dev evaluations inside an epoch (0: at the end of each epoch or of "
+                             "the budget); the exported model is the best evaluated, the starting model included")
     seed: int = option(0, "random seed (batches, negatives, dropout)")
     quantize: bool = option(True, "also write the int8 model", flag="--int8/--no-int8")
     max_steps: int | None = option(None, "hard cap on optimizer steps (smoke runs)")

@@ -62,6 +62,7 @@ from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
 
 log = logging.getLogger("retrec.train.dense")
 __all__ = ["DenseTrainConfig", "train_dense"]
+DEV_METRIC = "dev_nDCG@10"  # what the exported weights are chosen by
 
 
 @dataclass
@@ -272,7 +273,7 @@ class DenseAdapter(TorchAdapter):
         return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg)
 
     def evaluate(self) -> dict[str, float | None]:
-        return {"dev_nDCG@10": dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg)}
+        return {DEV_METRIC: dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg)}
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts
@@ -287,9 +288,13 @@ class DenseAdapter(TorchAdapter):
                                  cfg.max_doc_length)
         if diff > 1e-4:  # raised inside the publication: nothing is published
             raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> 1e-4) on corpus documents")
-        devs = [c["dev_nDCG@10"] for c in run.curve if c.get("dev_nDCG@10") is not None]
+        devs = [c[DEV_METRIC] for c in run.curve if c.get(DEV_METRIC) is not None]
         state = run.state
-        metrics = {"dev_nDCG@10": devs[-1] if devs else None, "dev_nDCG@10_zero_shot": devs[0] if devs else None,
+        start = devs[0] if devs else None
+        exported = state.best if devs and state.best_step >= 0 else (devs[-1] if devs else None)
+        metrics = {DEV_METRIC: exported, "dev_nDCG@10_zero_shot": start,
+                   "dev_gain": None if start is None or exported is None else round(exported - start, 6),
+                   "improved_on_start": None if not devs else state.best_step > 0, "best_step": state.best_step,
                    "dev_queries": len(ts.dev_ids), "train_queries": len(ts.query_ids), "steps": state.step,
                    "epochs_completed": state.epoch, "train_seconds": round(state.seconds, 1),
                    "onnx_max_abs_diff": diff}
@@ -299,10 +304,12 @@ class DenseAdapter(TorchAdapter):
 
 
 def loop_config(cfg: DenseTrainConfig) -> LoopConfig:
-    """Budget, schedule and checkpoints of a dense run: steps, per-step curve, the last weights exported."""
+    """Budget, schedule and checkpoints of a dense run: steps, per-step curve; the exported weights are the best
+    on dev nDCG@10 among the evaluated ones, the starting model's included (never silently worse than the start)."""
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, max_steps=cfg.max_steps,
                       lr_schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction, grad_clip=1.0,
-                      checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True)
+                      checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True,
+                      eval_every=cfg.eval_every, monitor=DEV_METRIC, keep_best=True)
 
 
 def train_dense(
@@ -313,7 +320,8 @@ def train_dense(
     cfg = cfg or DenseTrainConfig()
     base = resolve_base_model(cfg.base_model)  # a bad folder is refused before any work
     train = load_retrieval_data(data, split="train")
-    dev = load_retrieval_data(data, split="dev") if (Path(data) / "qrels" / "dev.tsv").is_file() else None
+    has_dev = any((Path(data) / "qrels" / f"dev.{ext}").is_file() for ext in ("tsv", "parquet"))
+    dev = load_retrieval_data(data, split="dev") if has_dev else None
     ts = prepare(train, dev, cfg)
     miners, qvec, _ = build_miners(ts, cfg, progress)
     teacher = build_teacher(cfg, miners, ts)

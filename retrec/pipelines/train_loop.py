@@ -58,9 +58,10 @@ class LoopConfig:
     reseed_steps: bool = False  # torch.manual_seed per step: dropout reproducible across a resume
     stop_within_epoch: bool = True  # check the budget after every step (else at epoch ends)
     step_curve: bool = True  # one curve point per step (else per epoch, with the epoch's mean loss)
-    eval_at_start: bool = False  # a curve point for the untrained model
+    eval_at_start: bool = False  # a curve point for the untrained model (with keep_best: a candidate too)
+    eval_every: int = 0  # steps between dev evaluations inside an epoch (0: at epoch ends only)
     monitor: str | None = None  # evaluate() key tracked for the best epoch
-    keep_best: bool = False  # export the best epoch's weights instead of the last
+    keep_best: bool = False  # export the best evaluated weights (the start's included) instead of the last
     patience: int | None = None  # epochs without a better ``monitor`` before stopping
 
     def __post_init__(self) -> None:
@@ -79,6 +80,7 @@ class LoopState:
     seconds: float = 0.0
     best: float = -1.0
     best_epoch: int = -1
+    best_step: int = -1  # 0: the starting weights (eval_at_start) are the best evaluated
     bad_epochs: int = 0
 
     def tensors(self) -> dict[str, torch.Tensor]:
@@ -207,9 +209,8 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     elif not resume and ckpt_dir.exists():
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    if loop.eval_at_start and not curve:
-        curve.append({"step": 0, "epoch": 0, "seconds": 0.0, **adapter.evaluate()})
     started = time.perf_counter() - state.seconds
+    model, opt = adapter.model, adapter.optimizer
 
     def elapsed() -> float:
         return time.perf_counter() - started
@@ -217,7 +218,19 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     def out_of_time() -> bool:
         return loop.max_minutes is not None and elapsed() > 60 * loop.max_minutes
 
-    model, opt = adapter.model, adapter.optimizer
+    def evaluate(point: dict[str, Any]) -> dict[str, float | None]:
+        """Dev metrics as a curve point; the best evaluated weights are kept (``keep_best``)."""
+        metrics = adapter.evaluate()
+        state.seconds = elapsed()
+        curve.append({**point, **metrics, "seconds": round(state.seconds, 1)})
+        if _track_best(loop, state, metrics, point["epoch"]) and loop.keep_best:
+            state.best_step = state.step
+            atomic_write_bytes(ckpt_dir / BEST, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+        return metrics
+
+    if loop.eval_at_start and not curve:
+        evaluate({"step": 0, "epoch": 0})
+        state.bad_epochs = 0
     with _Reporter(adapter.name, total, progress) as report:
         while state.epoch < loop.epochs and state.step < total and not out_of_time():
             epoch = state.epoch + 1
@@ -245,21 +258,21 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                     curve.append({"step": state.step, "epoch": epoch, "lr": lr, "loss": value, **parts,
                                   "seconds": round(state.seconds, 1)})
                 report.update(state.step, epoch, sum(window) / len(window), lr, state.seconds)
+                stopping = loop.stop_within_epoch and (state.step >= total or out_of_time())
+                if loop.eval_every and state.step % loop.eval_every == 0 and b + 1 < len(batches) and not stopping:
+                    metrics = evaluate({"step": state.step, "epoch": epoch})
+                    report.say(f"step {state.step}/{total}: " + " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+                    model.train()
                 if loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
                     _save_checkpoint(ckpt_dir, adapter, state, curve)
-                if loop.stop_within_epoch and (state.step >= total or out_of_time()):
+                if stopping:
                     break
             if state.batch >= len(batches):
                 state.epoch, state.batch = epoch, 0
-            metrics = adapter.evaluate()
-            state.seconds = elapsed()
             point: dict[str, Any] = {"step": state.step, "epoch": epoch}
             if not loop.step_curve:
                 point.update(loss=epoch_loss / max(count, 1), lr=lr)
-            curve.append({**point, **metrics, "seconds": round(state.seconds, 1)})
-            improved = _track_best(loop, state, metrics, epoch)
-            if improved and loop.keep_best:
-                atomic_write_bytes(ckpt_dir / BEST, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+            metrics = evaluate(point)
             report.say(f"epoch {epoch}: step {state.step}/{total} loss {epoch_loss / max(count, 1):.4f} "
                        + " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
                        + f" ({state.seconds / 60:.1f} min)")
@@ -272,6 +285,15 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                     state.epoch + (1 if state.batch else 0), state.step)  # a cut epoch is the next one
     if loop.keep_best and (ckpt_dir / BEST).is_file():
         model.load_state_dict(load_file(str(ckpt_dir / BEST)))
+        if state.best_step == 0:
+            trained = [c.get(loop.monitor) for c in curve if c.get("step") and c.get(loop.monitor) is not None]
+            message = (f"no gain on dev: training did not beat the starting model ({loop.monitor} "
+                       f"{_fmt(state.best)} at the start, best after training {_fmt(max(trained, default=None))}); "
+                       "exporting the starting model")
+            if progress:
+                report.say(message)
+            else:
+                log.warning(message)
     model.eval()
     run = TrainRun(curve, state, total)
     with publish(out) as pub:

@@ -284,3 +284,37 @@ def test_cli_refuses_a_base_model_that_is_not_a_model(tiny_data: Path, tmp_path:
                                       "--base-model", str(tmp_path / "notes")])
     assert result.exit_code == 2 and "not a model folder (no config.json)" in result.output
     assert not (tmp_path / "x").exists()
+
+
+def test_training_that_cannot_help_exports_the_start_and_says_so(tiny_data: Path, tmp_path: Path,
+                                                                  private_cache: Path,
+                                                                  caplog: pytest.LogCaptureFixture) -> None:
+    """Judgements shuffled across documents (nothing to learn; no teacher term) and a destructive learning rate;
+    dev keeps the real judgements (a dev split): the run reports no gain and exports the starting model, whose
+    dev score it records."""
+    import shutil
+
+    from retrec.models.text_encoder import zero_shot_bundle
+
+    data = tmp_path / "shuffled"
+    shutil.copytree(tiny_data, data)
+    train = pq.read_table(data / "qrels" / "train.parquet")
+    docs = np.random.default_rng(0).permutation(np.asarray(train.column("doc_id").to_pylist(), dtype=object))
+    shuffled = train.set_column(1, "doc_id", pa.array(docs.tolist(), pa.string()))
+    pq.write_table(shuffled, data / "qrels" / "train.parquet")
+    shutil.copy(data / "qrels" / "test.parquet", data / "qrels" / "dev.parquet")
+    out = tmp_path / "dense"
+    with caplog.at_level("WARNING", logger="retrec.train"):
+        cfg = DenseTrainConfig(**{**TINY, "lr": 1.0, "dev_candidates": 100}, max_steps=3, distill_weight=0.0)
+        train_dense(data, out, cfg, progress=False)
+    metrics = load_bundle(out, kind="model/dense").metrics
+    assert metrics["dev_queries"] == 30 and metrics["improved_on_start"] is False and metrics["best_step"] == 0, (
+        metrics, (out / "training_curve.json").read_text()[:3000])
+    assert metrics["dev_nDCG@10"] == metrics["dev_nDCG@10_zero_shot"] > 0 and metrics["dev_gain"] == 0
+    curve = json.loads((out / "training_curve.json").read_text())
+    trained = [c["dev_nDCG@10"] for c in curve if c.get("step") and c.get("dev_nDCG@10") is not None]
+    assert trained and max(trained) < metrics["dev_nDCG@10_zero_shot"]
+    assert any("no gain on dev" in r.getMessage() for r in caplog.records)
+    texts = ["a query about genes", "vitamin c and scurvy"]
+    np.testing.assert_allclose(OnnxEncoder(out).encode_queries(texts),
+                               OnnxEncoder(zero_shot_bundle()).encode_queries(texts), atol=1e-4)

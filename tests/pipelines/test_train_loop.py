@@ -139,3 +139,24 @@ def test_progress_prints_plain_lines_when_not_a_terminal(tmp_path: Path, capsys:
     out = capsys.readouterr().out
     assert "toy: epoch 1 step 1/4 loss" in out and "toy: epoch 1 step 4/4" in out
     assert "epoch 1: step 4/4 loss" in out and "\x1b[" not in out  # no terminal control codes in a log
+
+
+def test_the_start_is_a_candidate_and_is_exported_when_training_does_not_beat_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    adapter = ToyAdapter(scores=[0.5, 0.3, 0.4])  # the start, then two epochs that are worse
+    loop = LoopConfig(lr=0.1, epochs=2, monitor="dev", keep_best=True, eval_at_start=True, step_curve=False,
+                      stop_within_epoch=False)
+    out = run_training(adapter, loop, tmp_path / "start", progress=True)
+    for name, value in adapter.snapshots[0].items():  # the untrained weights
+        assert torch.equal(_weights(out)[name], value)
+    assert "no gain on dev" in capsys.readouterr().out
+
+
+def test_dev_evaluations_inside_an_epoch_pick_the_best_step(tmp_path: Path) -> None:
+    adapter = ToyAdapter(scores=[0.1, 0.2, 0.7, 0.3, 0.2])  # start, steps 1, 2, 3 and the epoch end (step 4)
+    loop = LoopConfig(lr=0.1, epochs=1, monitor="dev", keep_best=True, eval_at_start=True, eval_every=1)
+    out = run_training(adapter, loop, tmp_path / "steps", progress=False)
+    curve = json.loads((out / "training_curve.json").read_text())
+    assert [c["step"] for c in curve if "dev" in c] == [0, 1, 2, 3, 4]
+    for name, value in adapter.snapshots[2].items():  # after step 2
+        assert torch.equal(_weights(out)[name], value)
