@@ -87,3 +87,15 @@ def balanced_margin_pick(margins: np.ndarray, bins: int, rng: np.random.Generato
     b = occupied[rng.integers(occupied.size)]
     members = np.flatnonzero(which == b)
     return int(members[rng.integers(members.size)])
+
+
+def graded_pick(grades: np.ndarray, rng: np.random.Generator) -> int:
+    """Index of one positive, drawn with probability proportional to its relevance grade (higher grades more
+    often; over an epoch's redraws every positive gets its turn). Equal grades: a uniform draw, the same one
+    ``rng.integers(len(grades))`` makes, so binary judgements sample exactly as before."""
+    if grades.size == 0:
+        raise ValueError("no positive to pick from")
+    if np.all(grades == grades[0]):
+        return int(rng.integers(grades.size))
+    weights = np.clip(grades.astype(np.float64), 0.0, None)
+    return int(rng.choice(grades.size, p=weights / weights.sum()))

@@ -53,7 +53,13 @@ from retrec.models.text_encoder import (
 )
 from retrec.pipelines.dense_teachers import BM25Member, DenseMember, LabelMember, ScoreTableMember, Teacher
 from retrec.pipelines.metrics import evaluate_run
-from retrec.pipelines.tas_sampling import balanced_margin_pick, random_batches, topic_batches, topic_clusters
+from retrec.pipelines.tas_sampling import (
+    balanced_margin_pick,
+    graded_pick,
+    random_batches,
+    topic_batches,
+    topic_clusters,
+)
 from retrec.pipelines.train_config import DenseTrainConfig
 from retrec.pipelines.train_loop import LoopConfig, TorchAdapter, TrainRun, run_training
 from retrec.process_env import cache_dir
@@ -163,7 +169,8 @@ def plan_epoch(epoch: int, ts: TrainingSet, cfg: DenseTrainConfig, labels: np.nd
         qids = [ts.query_ids[i] for i in batch]
         pos, neg = [], []
         for q in qids:
-            p = ts.positives[q][rng.integers(len(ts.positives[q]))]
+            rows = ts.positives[q]
+            p = rows[graded_pick(np.array([ts.qrels_rows[q][int(r)] for r in rows]), rng)]
             if cfg.negatives == "bm25":
                 cands = miners.bm25.top(q, cfg.negative_depth)
                 cands = cands[~np.isin(cands, ts.positives[q])]
@@ -187,19 +194,26 @@ def _tensors(tokenizer: TextTokenizer, texts: list[str], max_length: int) -> tup
     return torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
 
 
+def judged_mask(step: Step, ts: TrainingSet) -> torch.Tensor:
+    """``[queries, positives + negatives]``: True where another query's positive or negative is judged relevant
+    (any grade > 0) to this query — not a negative for it, so the losses leave the pair out. Its sum per batch
+    goes into the training curve (``judged_negatives``)."""
+    docs = np.concatenate([step.positives, step.negatives])
+    mask = torch.tensor([[ts.qrels_rows.get(qid, {}).get(int(doc), 0) > 0 for doc in docs] for qid in step.queries])
+    mask.fill_diagonal_(False)  # the query's own positive
+    return mask
+
+
 def step_loss(model: TextEncoder, tokenizer: TextTokenizer, step: Step, ts: TrainingSet, teacher: Teacher,
               cfg: DenseTrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
     q = model(*_tensors(tokenizer, [ts.query_texts[x] for x in step.queries], cfg.max_query_length))
     docs = np.concatenate([step.positives, step.negatives])
     d = model(*_tensors(tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length))
     scores = q @ d.T
-    # Another query's positive or negative that is judged relevant to this query is not a negative.
-    mask = torch.tensor([[int(doc) in ts.qrels_rows.get(qid, {}) and ts.qrels_rows[qid][int(doc)] > 0
-                          for doc in docs] for qid in step.queries])
-    mask.fill_diagonal_(False)
+    mask = judged_mask(step, ts)
     scale = cfg.scale if cfg.similarity == "cosine" else 1.0
     ce = in_batch_cross_entropy(scores, scale, mask)
-    parts = {"ce": float(ce.detach())}
+    parts = {"ce": float(ce.detach()), "judged_negatives": float(mask.sum())}
     loss = ce
     if cfg.distill_weight > 0:
         target = torch.from_numpy(np.stack([teacher.scores(qid, docs) for qid in step.queries]))

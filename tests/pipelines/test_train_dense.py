@@ -18,8 +18,14 @@ from retrec.data.errors import DataError
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
 from retrec.pipelines.dense_teachers import LabelMember, ScoreTableMember, Teacher
 from retrec.pipelines.lr_schedule import scheduled_lr
-from retrec.pipelines.tas_sampling import balanced_margin_pick, random_batches, topic_batches, topic_clusters
-from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
+from retrec.pipelines.tas_sampling import (
+    balanced_margin_pick,
+    graded_pick,
+    random_batches,
+    topic_batches,
+    topic_clusters,
+)
+from retrec.pipelines.train_dense import DenseTrainConfig, Step, TrainingSet, judged_mask, train_dense
 from retrec.runtime.onnx_encoder import OnnxEncoder
 
 # ---------------------------------------------------------------- losses
@@ -137,6 +143,30 @@ def test_config_rejects_unknown_options() -> None:
         DenseTrainConfig(batch_size=1)
 
 
+def test_graded_pick_follows_grades_and_keeps_the_binary_stream() -> None:
+    rng = np.random.default_rng(0)
+    picks = np.bincount([graded_pick(np.array([1, 3]), rng) for _ in range(4000)], minlength=2) / 4000
+    assert abs(picks[1] - 0.75) < 0.03  # grade 3 drawn three times as often as grade 1
+    assert graded_pick(np.array([0, 2]), rng) == 1  # grade 0 never
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    assert [graded_pick(np.ones(5), a) for _ in range(30)] == [int(b.integers(5)) for _ in range(30)]
+    with pytest.raises(ValueError, match="no positive"):
+        graded_pick(np.array([]), rng)
+
+
+def test_judged_in_batch_documents_are_masked_and_counted() -> None:
+    """A batch built to hold, as query B's positive and query C's negative, documents judged relevant to query A."""
+    qrels = {"A": {0: 1, 1: 2, 4: 1}, "B": {1: 1}, "C": {2: 1}}
+    ts = TrainingSet(doc_ids=[f"d{i}" for i in range(6)], doc_texts=[""] * 6, query_ids=["A", "B", "C"],
+                     positives={}, dev_ids=[], dev_qrels={}, query_texts={}, qrels_rows=qrels)
+    step = Step(["A", "B", "C"], positives=np.array([0, 1, 2]), negatives=np.array([3, 4, 5]))
+    mask = judged_mask(step, ts)  # columns: positives 0 1 2, negatives 3 4 5
+    assert mask.tolist() == [[False, True, False, False, True, False],
+                             [False, False, False, False, False, False],
+                             [False, False, False, False, False, False]]
+    assert int(mask.sum()) == 2
+
+
 # ---------------------------------------------------------------- end to end
 
 
@@ -165,6 +195,7 @@ def test_tiny_training_writes_a_verified_onnx_bundle_and_resumes(tiny_data: Path
     curve = json.loads((out / "training_curve.json").read_text())
     assert [c["step"] for c in curve if "loss" in c] == [1, 2]
     assert all(np.isfinite(c["loss"]) and c["margin_mse"] >= 0 for c in curve if "loss" in c)
+    assert all(c["judged_negatives"] >= 0 for c in curve if "loss" in c)  # masked pairs per batch
     vectors = OnnxEncoder(out).encode_queries(["a query about genes"])
     assert vectors.shape == (1, 384) and abs(float(np.linalg.norm(vectors)) - 1.0) < 1e-5
 
