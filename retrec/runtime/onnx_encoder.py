@@ -17,6 +17,7 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Literal, get_args
 
 import numpy as np
 import onnxruntime as ort
@@ -32,6 +33,9 @@ from retrec.runtime.vectors import l2_normalize
 KIND = DENSE_MODEL
 CUDA = "CUDAExecutionProvider"
 CPU = "CPUExecutionProvider"
+# When ONNX Runtime's intra-op threads busy-wait for work: always, only inside a run, never.
+Spin = Literal["always", "run", "never"]
+SPIN: tuple[str, ...] = get_args(Spin)
 
 
 def select_providers(available: Sequence[str] | None = None) -> list[str]:
@@ -58,7 +62,7 @@ class OnnxEncoder:
         batch_size: int = 32,
         max_query_length: int | None = None,
         max_doc_length: int | None = None,
-        spin: bool = True,
+        spin: Spin = "always",
     ) -> None:
         # A Manifest (already verified, e.g. a draft before publishing) or a bundle folder to verify.
         self.manifest: Manifest = bundle if isinstance(bundle, Manifest) else load_bundle(bundle, kind=KIND)
@@ -84,9 +88,12 @@ class OnnxEncoder:
         options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         options.log_severity_level = 3
-        # Idle intra-op threads spin for work: lowest latency alone; CPU taken from whatever shares the cores
-        # (a server: spin=False, BatchingEncoder)
-        options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        # Intra-op threads spin for work ("always"): lowest latency alone, but idle spinning takes the CPU of
+        # whatever shares the cores. "run": spin inside a run, stop when it returns (a server: BatchingEncoder).
+        if spin not in SPIN:
+            raise ValueError(f"spin must be one of {SPIN}, not {spin!r}")
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0" if spin == "never" else "1")
+        options.add_session_config_entry("session.force_spinning_stop", "1" if spin == "run" else "0")
         self.model_path = self.manifest.file(variants[variant])
         self.session = ort.InferenceSession(
             str(self.model_path), options, providers=list(providers) if providers else select_providers()

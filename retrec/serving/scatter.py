@@ -1,11 +1,11 @@
 """Scatter a query to every shard of a retriever's index version, gather and merge the shard top-k lists.
 
-The scatter is batched (``@serve.batch`` on each :class:`Scatter`, no added wait): the requests ready at the
-same moment (e.g. one encoder batch) go to each shard as one ``search_many`` call per (retriever, index
-version, k), their payloads packed by the retriever's payload type (:mod:`retrec.serving.payloads`), so at
-high concurrency the deployment hops are paid per batch, not per request. A shard that fails or exceeds
-``shard_timeout_s`` is dropped and the result names it; when every shard fails the request fails fast with
-503 (``Retry-After``).
+The scatter is batched (``@serve.batch`` on each :class:`Scatter`, no added wait; a request alone skips the
+queue): the requests ready at the same moment (e.g. one encoder batch) go to each shard as one ``search_many``
+call per (retriever, index version, k), their payloads packed by the retriever's payload type
+(:mod:`retrec.serving.payloads`), so at high concurrency the deployment hops are paid per batch, not per
+request. A shard that fails or exceeds ``shard_timeout_s`` is dropped and the result names it; when every
+shard fails the request fails fast with 503 (``Retry-After``).
 
 Example::
 
@@ -83,6 +83,7 @@ class Scatter:
         # This instance's own batch queue; batch what is ready, never wait for more.
         self.batch = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=0.0,
                                  max_concurrent_batches=SCATTER_CONCURRENT_BATCHES)(self.scatter)
+        self._in_flight = 0
 
     async def scatter(self, items: list[ScatterItem]) -> list[list[Any]]:
         """Per item, every shard's hits (or the exception of its shard call), as one call per shard and group.
@@ -110,7 +111,13 @@ class Scatter:
 
     async def retrieve(self, name: str, payload: Any, k: int, ref: IndexRef) -> tuple[Hits, list[str]]:
         """Scatter to every shard of version ``ref``, gather, merge → (top-``k`` hits, failed shard names)."""
-        results = await self.batch((name, payload, k, ref))
+        item: ScatterItem = (name, payload, k, ref)
+        alone = not self._in_flight
+        self._in_flight += 1
+        try:  # alone: nothing to batch with, so no batch queue (~0.3 ms); else batched with what is ready
+            results = (await self.scatter([item]))[0] if alone else await self.batch(item)
+        finally:
+            self._in_flight -= 1
         parts, failed, backpressure, reasons = [], [], False, set()
         for i, res in enumerate(results):
             if isinstance(res, BaseException):

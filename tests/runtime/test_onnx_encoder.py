@@ -218,15 +218,23 @@ def test_dense_retriever_end_to_end(cache: Path, encoder: OnnxEncoder, monkeypat
     assert loaded.search(queries, 5) == retriever.search(queries, 5)
 
 
-def test_served_encoder_does_not_spin_and_encodes_the_same(bundle: Path, encoder: OnnxEncoder) -> None:
-    """Offline encoders keep ONNX Runtime's spinning threads; the serving encoder turns them off (they took the
-    cores the event loop and shards need) — same vectors either way."""
+def test_served_encoder_stops_spinning_between_runs_and_encodes_the_same(bundle: Path, encoder: OnnxEncoder) -> None:
+    """Offline encoders keep ONNX Runtime's idle-spinning threads; the serving encoder's threads spin inside a
+    run and stop when it returns (idle spinning took the cores the event loop and shards need; never spinning
+    cost latency alone) — same vectors either way; an unknown spin mode is refused."""
     pytest.importorskip("ray")
     from retrec.serving.encoders import BatchingEncoder
 
-    def spinning(session: object) -> str:
-        return session.get_session_options().get_session_config_entry("session.intra_op.allow_spinning")
+    def config(session: object) -> tuple[str, str]:
+        options = session.get_session_options()
+        return (options.get_session_config_entry("session.intra_op.allow_spinning"),
+                options.get_session_config_entry("session.force_spinning_stop"))
 
     served = BatchingEncoder(str(bundle), threads=1, use_gpu=False)
-    assert spinning(encoder.session) == "1" and spinning(served.encoder.session) == "0"
+    never = OnnxEncoder(bundle, num_threads=1, spin="never")
+    assert config(encoder.session) == ("1", "0")
+    assert config(served.encoder.session) == ("1", "1")
+    assert config(never.session)[0] == "0"
     np.testing.assert_allclose(served.encode_now(SENTENCES), encoder.encode_queries(SENTENCES), atol=1e-5)
+    with pytest.raises(ValueError, match="spin must be one of"):
+        OnnxEncoder(bundle, num_threads=1, spin=False)  # type: ignore[arg-type]

@@ -186,10 +186,11 @@ def _sender(app: Any) -> Iterator[Any]:
         yield send
     finally:
         loop.run_until_complete(client.aclose())
-        pending = asyncio.all_tasks(loop)  # the batch queues' workers
+        pending = asyncio.all_tasks(loop)  # the batch queues' workers, if any
         for task in pending:
             task.cancel()
-        loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        if pending:
+            loop.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
         loop.close()
 
 

@@ -460,6 +460,32 @@ def test_encoder_coalesces_pending_batches(bundles: dict[str, Path]) -> None:
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
 
 
+def test_encoder_alone_skips_the_batch_queue(bundles: dict[str, Path]) -> None:
+    """A query with none other in flight goes straight to the ONNX worker; queries arriving while one is in
+    flight go through the batch queue; every query gets its own vector."""
+    from retrec.serving.encoders import BatchingEncoder
+
+    enc = BatchingEncoder(str(bundles["encoder"]), max_batch_size=4, threads=1, use_gpu=False)
+    queries, queued = _queries(bundles)[:4], []
+    batch_queue = enc.encode_batch
+
+    async def recording(text: str) -> tuple[np.ndarray, int]:
+        queued.append(text)
+        return await batch_queue(text)
+
+    async def scenario() -> list[tuple[np.ndarray, int]]:
+        enc.encode_batch = recording
+        alone = await enc.encode(queries[0])
+        return [alone, *await asyncio.gather(*(enc.encode(q) for q in queries[1:]))]
+
+    from ray.serve import batching
+    with pytest.MonkeyPatch.context() as mp:  # @serve.batch outside a replica: skip its replica-config warning
+        mp.setattr(batching._BatchQueue, "_warn_if_max_batch_size_exceeds_max_ongoing_requests", lambda self: None)
+        results = asyncio.run(scenario())
+    assert queued == queries[2:] and enc._in_flight == 0
+    np.testing.assert_allclose(np.stack([v for v, _ in results]), enc.encode_now(queries), rtol=0, atol=1e-5)
+
+
 # ---- 5. encoder placement: deployment ------------------------------------------------------------------
 
 def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bundles: dict[str, Path]) -> None:

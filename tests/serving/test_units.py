@@ -141,6 +141,35 @@ def test_batched_scatter_groups_by_retriever_version_and_k() -> None:
     assert all(isinstance(row[1], RuntimeError) for row in out)  # the failed shard, for every item
 
 
+def test_scatter_alone_skips_the_batch_queue_and_concurrent_requests_use_it() -> None:
+    """A request with none other in flight goes straight to the shards (the batch queue's cost, nothing to batch
+    with); requests arriving while one is in flight go through the batch queue."""
+    from retrec.serving.placement import RemoteShard
+    from retrec.serving.scatter import RetrieverSpec, Scatter
+
+    scatter = Scatter({"bm25": RetrieverSpec("bm25", "index/bm25", "text", [RemoteShard(_FakeShard(0))])},
+                      shard_timeout_s=1.0, retry_after_s=1, max_batch_size=8)
+    queued: list[str] = []
+
+    async def batch(item: tuple) -> list:
+        queued.append(item[1])
+        await asyncio.sleep(0.01)
+        return (await scatter.scatter([item]))[0]
+
+    scatter.batch = batch
+    ref = {"version": "v1", "digest": "d1", "path": "/a"}
+
+    async def run() -> list:
+        alone = await scatter.retrieve("bm25", "q0", 5, ref)
+        together = await asyncio.gather(*(scatter.retrieve("bm25", f"q{i}", 5, ref) for i in (1, 2, 3)))
+        return [alone, *together]
+
+    out = asyncio.run(run())
+    assert queued == ["q2", "q3"]  # q0 alone and q1 (first of the burst) went direct
+    assert [hits for hits, _ in out] == [[(f"0:q{i}", 5.0)] for i in range(4)]
+    assert scatter._in_flight == 0
+
+
 class _PayloadShard:
     """A shard handle recording the packed payload of each ``search_many`` call."""
 
