@@ -4,11 +4,12 @@ Builds (once, cached) a SciFact BM25 index and a zero-shot MiniLM dense index (2
 path (``proxy``: Serve's HTTP proxy; ``direct``: Ray Serve's direct ingress, each ingress replica's own HTTP
 server; a fresh Ray each) and each shard placement (``ingress``: shards inside the ingress replica;
 ``deployment``: a deployment per shard), starts the app and drives it with a lean keep-alive HTTP/1.1 load
-generator (:class:`Connection`, ~0.1 ms CPU per request, so the 2 cores go to the server) at each
-concurrency — bounded by a request count and a time limit per cell. The same run measures the peers: the
-in-process pipeline (one query at a time: p50; batched: queries/s, with every CPU) and the floor of each HTTP
-path (a Serve app that answers a constant). Each cell also reports the CPU milliseconds per request of all
-Ray processes (from ``/proc``) and of the load generator, and the mean encoder and shard-call batch.
+generator (:class:`Connection`, ~0.1 ms CPU per request, so the 2 cores go to the server) at each concurrency —
+bounded by a request count and a time limit per cell. The same run measures the peers: the in-process pipeline
+(one query at a time: p50; batched: queries/s, with every CPU; in each c=1 cell also query by query, the in-
+process search of a query just before its request, so both are measured in the same seconds) and the floor of
+each HTTP path (a Serve app that answers a constant). Each cell also reports the CPU milliseconds per request of
+all Ray processes (from ``/proc``) and of the load generator, and the mean encoder and shard-call batch.
 
 Example::
 
@@ -145,9 +146,15 @@ class Connection:
 
 
 async def drive(url: str, retriever: str, queries: list[str], concurrency: int, requests: int,
-                seconds: float) -> dict[str, float]:
-    """``concurrency`` connections send up to ``requests`` searches in at most ``seconds``; latency stats + QPS."""
+                seconds: float, peer: Any = None) -> dict[str, float]:
+    """``concurrency`` connections send up to ``requests`` searches in at most ``seconds``; latency stats + QPS.
+
+    ``peer`` (one connection only): the in-process search of the same query runs just before each request, so
+    ``in_process_p50_ms`` is measured in the same seconds as the server (this host's speed drifts by minutes).
+    """
     latencies: list[float] = []
+    paired: list[float] = []
+    paired_cpu: list[float] = []
     errors = 0
     counter = iter(range(requests))
     deadline = time.perf_counter() + seconds
@@ -160,6 +167,11 @@ async def drive(url: str, retriever: str, queries: list[str], concurrency: int, 
             for i in counter:
                 if time.perf_counter() > deadline:
                     return
+                if peer is not None:
+                    t, cpu = time.perf_counter(), time.process_time()
+                    peer([queries[i % len(queries)]], 10)
+                    paired.append(time.perf_counter() - t)
+                    paired_cpu.append(time.process_time() - cpu)
                 t = time.perf_counter()
                 status, _ = await conn.post("/v1/search", bodies[i % len(bodies)])
                 latencies.append(time.perf_counter() - t)
@@ -167,17 +179,20 @@ async def drive(url: str, retriever: str, queries: list[str], concurrency: int, 
         finally:
             conn.close()
 
+    if peer is not None and concurrency != 1:
+        raise ValueError("a paired in-process peer needs concurrency 1")
     cpu0, own0 = ray_cpu_ms(), time.process_time()
     started = time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    wall = time.perf_counter() - started
+    wall = time.perf_counter() - started - sum(paired)
     cpu1, own1 = ray_cpu_ms(), time.process_time()
     ms = np.array(latencies) * 1000
     n = max(1, len(latencies))
-    return {"requests": len(latencies), "errors": errors, "qps": round(len(latencies) / wall, 1),
+    extra = {"in_process_p50_ms": round(float(np.percentile(np.array(paired) * 1000, 50)), 2)} if paired else {}
+    return {**extra, "requests": len(latencies), "errors": errors, "qps": round(len(latencies) / wall, 1),
             "p50_ms": round(float(np.percentile(ms, 50)), 2), "p99_ms": round(float(np.percentile(ms, 99)), 2),
             "ray_cpu_ms_per_req": round((cpu1 - cpu0) / n, 2) if cpu0 is not None and cpu1 is not None else None,
-            "client_cpu_ms_per_req": round((own1 - own0) * 1000 / n, 2)}
+            "client_cpu_ms_per_req": round((own1 - own0 - sum(paired_cpu)) * 1000 / n, 2)}
 
 
 BATCH_METRICS = {"encoder_batch": "retrec_encoder_batch_size", "shard_batch": "retrec_shard_batch_size"}
@@ -224,14 +239,19 @@ def encoder_ms_per_query(paths: dict[str, Path], queries: list[str], threads: in
     return out
 
 
-def in_process(paths: dict[str, Path], queries: list[str], threads: int, batch: int) -> dict[str, float]:
-    """The same searches without serving: p50 of one query at a time (``RETRIEVER_p50_ms``) and queries/s of
-    the batched pipeline (``RETRIEVER_batched_qps``: ``batch`` queries per call; dense: encode + FAISS)."""
+def peers(paths: dict[str, Path], threads: int) -> dict[str, Any]:
+    """The in-process pipelines (their threads spin inside a run only: idle spinning would slow the server the
+    paired c=1 cells measure right after each in-process query; alone it is as fast as spinning always)."""
     from retrec.index.bm25_index import BM25Index
     from retrec.index.dense_retriever import DenseRetriever
 
-    retrievers = {"bm25": BM25Index.load(paths["bm25"]),
-                  "dense": DenseRetriever.load(paths["encoder"], paths["dense"], num_threads=threads)}
+    return {"bm25": BM25Index.load(paths["bm25"]),
+            "dense": DenseRetriever.load(paths["encoder"], paths["dense"], num_threads=threads, spin="run")}
+
+
+def in_process(retrievers: dict[str, Any], queries: list[str], batch: int) -> dict[str, float]:
+    """The same searches without serving: p50 of one query at a time (``RETRIEVER_p50_ms``) and queries/s of
+    the batched pipeline (``RETRIEVER_batched_qps``: ``batch`` queries per call; dense: encode + FAISS)."""
     out: dict[str, float] = {}
     for name, retriever in retrievers.items():
         retriever.search(queries[:batch], 10)  # warm-up
@@ -323,7 +343,8 @@ def main() -> None:
     peer_threads = args.in_process_threads or available_cpus()
     results: dict[str, Any] = {"cells": [], "machine": f"{os.cpu_count()} CPUs", "threads": args.threads,
                                "in_process_threads": peer_threads, "encoder_placement": args.placement}
-    results["in_process"] = in_process(paths, queries, peer_threads, args.max_batch_size)
+    retrievers = peers(paths, peer_threads)
+    results["in_process"] = in_process(retrievers, queries, args.max_batch_size)
     results["encoder_ms_per_query"] = encoder_ms_per_query(paths, queries[:256], args.threads, args.max_batch_size)
     print(json.dumps({k: results[k] for k in ("in_process", "encoder_ms_per_query")}), flush=True)
     if not args.serve_defaults:
@@ -332,7 +353,8 @@ def main() -> None:
     def measure(url: str, retriever: str, row: dict[str, Any]) -> None:
         for c in args.concurrency:
             before = batch_totals(url) if retriever != "floor" else None
-            cell = asyncio.run(drive(url, retriever, queries, c, args.requests, args.seconds))
+            peer = retrievers[retriever].search if c == 1 and retriever in retrievers else None
+            cell = asyncio.run(drive(url, retriever, queries, c, args.requests, args.seconds, peer))
             cell = {**row, "retriever": retriever, "concurrency": c, **cell,
                     **(mean_batches(before, batch_totals(url)) if before else {})}
             results["cells"].append(cell)
@@ -382,8 +404,10 @@ def summary(results: dict[str, Any]) -> dict[str, Any]:
         name = c["retriever"]
         if c["concurrency"] == 1:
             row[f"{name}_c1_p50_ms"] = c["p50_ms"]
-            if f"{name}_p50_ms" in inproc:
-                row[f"{name}_c1_p50_over_in_process_ms"] = round(c["p50_ms"] - inproc[f"{name}_p50_ms"], 2)
+            peer = c.get("in_process_p50_ms", inproc.get(f"{name}_p50_ms"))  # paired in the cell, else the run's
+            if peer is not None:
+                row[f"{name}_c1_in_process_p50_ms"] = peer
+                row[f"{name}_c1_p50_over_in_process_ms"] = round(c["p50_ms"] - peer, 2)
         if c["concurrency"] == top:
             row[f"{name}_c{top}_qps"] = c["qps"]
             if f"{name}_batched_qps" in inproc:

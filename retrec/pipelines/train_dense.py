@@ -125,6 +125,7 @@ class Miners:
 
 def build_miners(ts: TrainingSet, cfg: DenseTrainConfig, progress: bool) -> tuple[Miners, np.ndarray, list[str]]:
     """BM25 and zero-shot dense members over the corpus; returns also the query vectors for clustering."""
+    log.info("dense: mining with BM25 and the zero-shot encoder")
     bm25 = BM25Index.build(ts.doc_ids, ts.doc_texts)
     encoder = OnnxEncoder(zero_shot_bundle())
     qids = ts.query_ids + ts.dev_ids
@@ -337,10 +338,15 @@ def train_dense(
     has_dev = any((Path(data) / "qrels" / f"dev.{ext}").is_file() for ext in ("tsv", "parquet"))
     dev = load_retrieval_data(data, split="dev") if has_dev else None
     ts = prepare(train, dev, cfg)
+    log.info("dense: %d training queries (%d judgements), %d dev queries, %d documents", len(ts.query_ids),
+             sum(len(v) for v in ts.qrels_rows.values()), len(ts.dev_ids), len(ts.doc_ids))
     miners, qvec, _ = build_miners(ts, cfg, progress)
+    log.info("dense: teacher %s", cfg.teacher)
     teacher = build_teacher(cfg, miners, ts)
     per_cluster = cfg.queries_per_cluster or 4 * cfg.batch_size
+    log.info("dense: topic clusters of the training queries")
     labels = topic_clusters(qvec, max(1, round(len(ts.query_ids) / per_cluster)), cfg.seed) \
         if cfg.sampling == "topic" else None
+    log.info("dense: model and dev candidates")
     adapter = DenseAdapter(ts, cfg, miners, teacher, labels, base, name or f"{Path(data).name}-dense")
     return run_training(adapter, loop_config(cfg), out, resume=resume, progress=progress, command=command)

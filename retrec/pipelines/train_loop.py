@@ -220,6 +220,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
 
     def evaluate(point: dict[str, Any]) -> dict[str, float | None]:
         """Dev metrics as a curve point; the best evaluated weights are kept (``keep_best``)."""
+        log.info("%s: dev evaluation at step %d", adapter.name, state.step)
         metrics = adapter.evaluate()
         state.seconds = elapsed()
         curve.append({**point, **metrics, "seconds": round(state.seconds, 1)})
@@ -231,10 +232,13 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     if loop.eval_at_start and not curve:
         evaluate({"step": 0, "epoch": 0})
         state.bad_epochs = 0
+    log.info("%s: training, %d steps at most (%d per epoch)", adapter.name, total, per_epoch)
     with _Reporter(adapter.name, total, progress) as report:
         while state.epoch < loop.epochs and state.step < total and not out_of_time():
             epoch = state.epoch + 1
+            log.info("%s: planning epoch %d", adapter.name, epoch)
             batches = adapter.batches(epoch)
+            log.info("%s: training epoch %d", adapter.name, epoch)
             model.train()
             window: list[float] = []
             epoch_loss, count, lr = 0.0, 0, loop.lr
@@ -262,6 +266,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                 if loop.eval_every and state.step % loop.eval_every == 0 and b + 1 < len(batches) and not stopping:
                     metrics = evaluate({"step": state.step, "epoch": epoch})
                     report.say(f"step {state.step}/{total}: " + " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
+                    log.info("%s: training", adapter.name)
                     model.train()
                 if loop.checkpoint_every and state.step % loop.checkpoint_every == 0:
                     _save_checkpoint(ckpt_dir, adapter, state, curve)
@@ -296,6 +301,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                 log.warning(message)
     model.eval()
     run = TrainRun(curve, state, total)
+    log.info("%s: exporting to %s", adapter.name, out)
     with publish(out) as pub:
         manifest_fields = adapter.export(pub, run)
         (pub.path / CURVE_FILE).write_text(json.dumps(curve, indent=1))

@@ -228,7 +228,8 @@ class Ingress:
     @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS, dependencies=_JSON_BODY)
     async def search(self, req: SearchRequest) -> SearchResponse:
         """Top-k documents for a query from a deployed retriever or ``hybrid`` (fused), with the versions used."""
-        return await self._bounded(self._search(req))
+        with self.scatter.request():
+            return await self._bounded(self._search(req))
 
     # ---- recommending ----------------------------------------------------------------------------------
     async def _recommend(self, req: RecommendRequest) -> RecommendResponse:

@@ -1,8 +1,8 @@
 """Scatter a query to every shard of a retriever's index version, gather and merge the shard top-k lists.
 
-The scatter is batched (``@serve.batch`` on each :class:`Scatter`, no added wait; a request alone skips the
-queue): the requests ready at the same moment (e.g. one encoder batch) go to each shard as one ``search_many``
-call per (retriever, index version, k), their payloads packed by the retriever's payload type
+The scatter is batched (``@serve.batch`` on each :class:`Scatter`, no added wait; the only request in flight
+skips the queue): the requests ready at the same moment (e.g. one encoder batch) go to each shard as one
+``search_many`` call per (retriever, index version, k), their payloads packed by the retriever's payload type
 (:mod:`retrec.serving.payloads`), so at high concurrency the deployment hops are paid per batch, not per
 request. A shard that fails or exceeds ``shard_timeout_s`` is dropped and the result names it; when every
 shard fails the request fails fast with 503 (``Retry-After``).
@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +85,7 @@ class Scatter:
         # This instance's own batch queue; batch what is ready, never wait for more.
         self.batch = serve.batch(max_batch_size=max_batch_size, batch_wait_timeout_s=0.0,
                                  max_concurrent_batches=SCATTER_CONCURRENT_BATCHES)(self.scatter)
-        self._in_flight = 0
+        self._requests = 0  # requests inside request(): what may still reach the scatter
 
     async def scatter(self, items: list[ScatterItem]) -> list[list[Any]]:
         """Per item, every shard's hits (or the exception of its shard call), as one call per shard and group.
@@ -109,15 +111,22 @@ class Scatter:
                 out[i][shard] = res if isinstance(res, BaseException) else res[j]
         return out
 
+    @contextmanager
+    def request(self) -> Iterator[None]:
+        """Marks one request's span (the ingress wraps each search): while it is the only one, its scatters
+        skip the batch queue; with others in flight, they are batched."""
+        self._requests += 1
+        try:
+            yield
+        finally:
+            self._requests -= 1
+
     async def retrieve(self, name: str, payload: Any, k: int, ref: IndexRef) -> tuple[Hits, list[str]]:
         """Scatter to every shard of version ``ref``, gather, merge → (top-``k`` hits, failed shard names)."""
         item: ScatterItem = (name, payload, k, ref)
-        alone = not self._in_flight
-        self._in_flight += 1
-        try:  # alone: nothing to batch with, so no batch queue (~0.3 ms); else batched with what is ready
-            results = (await self.scatter([item]))[0] if alone else await self.batch(item)
-        finally:
-            self._in_flight -= 1
+        # The only request in flight: nothing to batch with, so no batch queue (~0.3 ms); else batched with
+        # what is ready (requests of one encoder batch arrive together).
+        results = (await self.scatter([item]))[0] if self._requests <= 1 else await self.batch(item)
         parts, failed, backpressure, reasons = [], [], False, set()
         for i, res in enumerate(results):
             if isinstance(res, BaseException):

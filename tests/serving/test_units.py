@@ -142,8 +142,8 @@ def test_batched_scatter_groups_by_retriever_version_and_k() -> None:
 
 
 def test_scatter_alone_skips_the_batch_queue_and_concurrent_requests_use_it() -> None:
-    """A request with none other in flight goes straight to the shards (the batch queue's cost, nothing to batch
-    with); requests arriving while one is in flight go through the batch queue."""
+    """The only request in flight goes straight to the shards (the batch queue's cost, nothing to batch with);
+    requests in flight together go through the batch queue, the first of them included."""
     from retrec.serving.placement import RemoteShard
     from retrec.serving.scatter import RetrieverSpec, Scatter
 
@@ -159,15 +159,19 @@ def test_scatter_alone_skips_the_batch_queue_and_concurrent_requests_use_it() ->
     scatter.batch = batch
     ref = {"version": "v1", "digest": "d1", "path": "/a"}
 
+    async def request(query: str) -> tuple:
+        with scatter.request():
+            await asyncio.sleep(0)  # e.g. encoding: every request of the burst is in flight
+            return await scatter.retrieve("bm25", query, 5, ref)
+
     async def run() -> list:
-        alone = await scatter.retrieve("bm25", "q0", 5, ref)
-        together = await asyncio.gather(*(scatter.retrieve("bm25", f"q{i}", 5, ref) for i in (1, 2, 3)))
-        return [alone, *together]
+        alone = await request("q0")
+        return [alone, *await asyncio.gather(*(request(f"q{i}") for i in (1, 2, 3)))]
 
     out = asyncio.run(run())
-    assert queued == ["q2", "q3"]  # q0 alone and q1 (first of the burst) went direct
+    assert queued == ["q1", "q2", "q3"]
     assert [hits for hits, _ in out] == [[(f"0:q{i}", 5.0)] for i in range(4)]
-    assert scatter._in_flight == 0
+    assert scatter._requests == 0
 
 
 class _PayloadShard:
