@@ -213,6 +213,21 @@ def encode_texts(
     return out
 
 
+def embed_grouped(encoder: TextEncoder, tokenizer: TextTokenizer, texts: Sequence[str], max_length: int,
+                  chunk: int) -> torch.Tensor:
+    """Embeddings ``[n, dim]`` of ``texts`` in input order, with gradients: forward passes of ``chunk`` texts
+    grouped by token length (each padded to its own longest; 0: one pass), so short texts pad little."""
+    if chunk <= 0 or chunk >= len(texts):
+        feeds = tokenizer(texts, max_length)
+        return encoder(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
+    positions, parts = [], []
+    for rows, feeds in tokenizer.batches(texts, max_length, chunk):
+        positions.append(rows)
+        parts.append(encoder(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])))
+    order = torch.from_numpy(np.argsort(np.concatenate(positions)))
+    return torch.cat(parts)[order]
+
+
 @contextlib.contextmanager
 def _eager_attention(encoder: TextEncoder) -> Iterator[None]:
     """Export with eager attention: its ONNX graph runs faster in ONNX Runtime than the SDPA one."""

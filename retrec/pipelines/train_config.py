@@ -35,6 +35,12 @@ class DenseTrainConfig:
     weight_decay: float = option(0.01, "AdamW weight decay")
     max_query_length: int = option(64, "query tokens kept (training and the bundle's default)")
     max_doc_length: int = option(256, "document tokens kept (training and the bundle's default)")
+    precision: Literal["auto", "bf16", "fp32"] = option(
+        "auto", "auto (bf16 autocast where the hardware runs bf16 natively, else fp32) | bf16 | fp32")
+    doc_chunk: int = option(16, "documents per forward pass, grouped by length (less padding; 0: the whole batch)")
+    grad_checkpoint: bool = option(True, "recompute each layer's activations in the backward pass: a quarter of "
+                                         "the peak memory, steps ~1.4x slower",
+                                   flag="--grad-checkpoint/--no-grad-checkpoint")
     similarity: Literal["cosine", "dot"] = option("cosine", "cosine (normalised embeddings) | dot")
     scale: float = option(20.0, "logit scale of cosine scores in the cross-entropy")
     sampling: Literal["topic", "random"] = option("topic", "topic (TAS query clusters) | random")
@@ -49,12 +55,15 @@ class DenseTrainConfig:
     label_weight: float = option(1.0, "the judgements' weight as a teacher member")
     distill_weight: float = option(0.0, "weight of the Margin-MSE terms (0: labels only)")
     inbatch_weight: float = option(1.0, "weight of in-batch Margin-MSE within the distillation term")
-    dev_fraction: float = option(0.05, "training queries held out for dev nDCG@10 when there is no dev split")
-    dev_max_queries: int = option(100, "at most this many dev queries")
+    dev_fraction: float = option(0.2, "at most this share of the training queries is held out for dev nDCG@10 "
+                                 "when there is no dev split")
+    dev_max_queries: int = option(200, "held-out dev queries (fewer when dev_fraction caps them)")
     dev_candidates: int = option(15, "per dev query from each miner; the dev metric re-ranks their union")
     checkpoint_every: int = option(20, "steps between checkpoints in OUT.ckpt/ (and at every epoch end)")
     eval_every: int = option(0, "steps between dev evaluations inside an epoch (0: at the end of each epoch or of "
                              "the budget); the exported model is the best evaluated, the starting model included")
+    eval_share: float = option(0.15, "most of the elapsed time dev evaluations may take (a due one that would "
+                                     "exceed it is skipped; the start's and the last always run)")
     seed: int = option(0, "random seed (batches, negatives, dropout)")
     quantize: bool = option(True, "also write the int8 model", flag="--int8/--no-int8")
     max_steps: int | None = option(None, "hard cap on optimizer steps (smoke runs)")
@@ -65,6 +74,8 @@ class DenseTrainConfig:
         check_choices(self)
         if self.batch_size < 2:
             raise ValueError("batch_size must be at least 2 (in-batch negatives)")
+        if self.doc_chunk < 0:
+            raise ValueError("doc_chunk must be 0 (whole batch) or positive")
 
 
 @dataclass

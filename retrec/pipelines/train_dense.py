@@ -41,11 +41,13 @@ from retrec.data.beir import RetrievalData, load_retrieval_data
 from retrec.index.bm25_index import BM25Index
 from retrec.index.dense_retriever import encode_corpus
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
+from retrec.models.precision import autocast, resolve_precision
 from retrec.models.text_encoder import (
     KIND,
     BaseModel,
     EncoderConfig,
     TextEncoder,
+    embed_grouped,
     encode_texts,
     resolve_base_model,
     write_onnx_files,
@@ -81,6 +83,7 @@ class TrainingSet:
     dev_qrels: dict[str, dict[str, int]]
     query_texts: dict[str, str]
     qrels_rows: dict[str, dict[int, int]]
+    dev_source: str = "split"  # "split": the collection's dev split; "held-out": training queries set aside
 
 
 def prepare(train: RetrievalData, dev: RetrievalData | None, cfg: DenseTrainConfig) -> TrainingSet:
@@ -107,7 +110,8 @@ def prepare(train: RetrievalData, dev: RetrievalData | None, cfg: DenseTrainConf
         dev_qrels = {q: {doc_ids[r]: v for r, v in qrels_rows[q].items()} for q in dev_ids}
         judged = [q for q in judged if q not in held]
     positives = {q: np.array(sorted(r for r, v in qrels_rows[q].items() if v > 0), dtype=np.int64) for q in judged}
-    return TrainingSet(doc_ids, doc_texts, judged, positives, dev_ids, dev_qrels, texts, qrels_rows)
+    return TrainingSet(doc_ids, doc_texts, judged, positives, dev_ids, dev_qrels, texts, qrels_rows,
+                       "split" if dev is not None else "held-out")
 
 
 @dataclass
@@ -206,10 +210,12 @@ def judged_mask(step: Step, ts: TrainingSet) -> torch.Tensor:
 
 
 def step_loss(model: TextEncoder, tokenizer: TextTokenizer, step: Step, ts: TrainingSet, teacher: Teacher,
-              cfg: DenseTrainConfig) -> tuple[torch.Tensor, dict[str, float]]:
-    q = model(*_tensors(tokenizer, [ts.query_texts[x] for x in step.queries], cfg.max_query_length))
+              cfg: DenseTrainConfig, precision: str = "fp32") -> tuple[torch.Tensor, dict[str, float]]:
     docs = np.concatenate([step.positives, step.negatives])
-    d = model(*_tensors(tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length))
+    with autocast(precision):
+        q = model(*_tensors(tokenizer, [ts.query_texts[x] for x in step.queries], cfg.max_query_length))
+        d = embed_grouped(model, tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length, cfg.doc_chunk)
+    q, d = q.float(), d.float()  # the losses in fp32
     scores = q @ d.T
     mask = judged_mask(step, ts)
     scale = cfg.scale if cfg.similarity == "cosine" else 1.0
@@ -232,15 +238,17 @@ def dev_candidates(ts: TrainingSet, miners: Miners, depth: int) -> dict[str, np.
 
 
 def dev_ndcg(model: TextEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cands: dict[str, np.ndarray],
-             cfg: DenseTrainConfig) -> float | None:
-    """nDCG@10 of the model re-ranking the miners' candidates of the dev queries (torch, eval mode)."""
+             cfg: DenseTrainConfig, precision: str = "fp32") -> float | None:
+    """nDCG@10 of the model re-ranking the miners' candidates of the dev queries (torch, eval mode, the
+    training precision)."""
     if not cands:
         return None
     was = model.training
     model.eval()
     docs = np.unique(np.concatenate(list(cands.values())))
-    dvec = encode_texts(model, tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length)
-    qvec = encode_texts(model, tokenizer, [ts.query_texts[q] for q in cands], cfg.max_query_length)
+    with autocast(precision):
+        dvec = encode_texts(model, tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length)
+        qvec = encode_texts(model, tokenizer, [ts.query_texts[q] for q in cands], cfg.max_query_length)
     model.train(was)
     where = {int(r): i for i, r in enumerate(docs)}
     run = {}
@@ -271,11 +279,15 @@ class DenseAdapter(TorchAdapter):
                  labels: np.ndarray | None, base: BaseModel, bundle_name: str) -> None:
         self.ts, self.cfg, self.miners, self.teacher, self.labels = ts, cfg, miners, teacher, labels
         self.base, self.bundle_name = base, bundle_name
+        self.precision = resolve_precision(cfg.precision)
+        log.info("dense: %s training", self.precision)
         self.dev_cands = dev_candidates(ts, miners, cfg.dev_candidates)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(base.folder)
         self.model = TextEncoder.from_pretrained(base.folder, pooling=base.pooling,
                                                  normalize=cfg.similarity == "cosine").train()
+        if cfg.grad_checkpoint:  # peak memory of a step: 7.4 → 1.9 GiB on SciFact batches (RESULTS.md)
+            self.model.bert.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     def steps_per_epoch(self) -> int:
@@ -285,10 +297,10 @@ class DenseAdapter(TorchAdapter):
         return plan_epoch(epoch, self.ts, self.cfg, self.labels, self.miners, self.teacher)
 
     def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
-        return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg)
+        return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg, self.precision)
 
     def evaluate(self) -> dict[str, float | None]:
-        return {DEV_METRIC: dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg)}
+        return {DEV_METRIC: dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg, self.precision)}
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts
@@ -310,10 +322,12 @@ class DenseAdapter(TorchAdapter):
         metrics = {DEV_METRIC: exported, "dev_nDCG@10_zero_shot": start,
                    "dev_gain": None if start is None or exported is None else round(exported - start, 6),
                    "improved_on_start": None if not devs else state.best_step > 0, "best_step": state.best_step,
-                   "dev_queries": len(ts.dev_ids), "train_queries": len(ts.query_ids), "steps": state.step,
-                   "epochs_completed": state.epoch, "train_seconds": round(state.seconds, 1),
+                   "dev_queries": len(ts.dev_ids), "dev_source": ts.dev_source, "train_queries": len(ts.query_ids),
+                   "steps": state.step, "epochs_completed": state.epoch, "train_seconds": round(state.seconds, 1),
+                   "dev_seconds": round(state.eval_seconds, 1),
                    "onnx_max_abs_diff": diff}
         config = {**config, "base_model_revision": self.base.revision, "train": asdict(cfg),
+                  "train_precision": self.precision,
                   "teacher": self.teacher.description}
         return {**fields, "config": config, "metrics": metrics}
 
@@ -324,7 +338,7 @@ def loop_config(cfg: DenseTrainConfig) -> LoopConfig:
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, max_steps=cfg.max_steps,
                       lr_schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction, grad_clip=1.0,
                       checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True,
-                      eval_every=cfg.eval_every, monitor=DEV_METRIC, keep_best=True)
+                      eval_every=cfg.eval_every, eval_share=cfg.eval_share, monitor=DEV_METRIC, keep_best=True)
 
 
 def train_dense(
@@ -338,8 +352,8 @@ def train_dense(
     has_dev = any((Path(data) / "qrels" / f"dev.{ext}").is_file() for ext in ("tsv", "parquet"))
     dev = load_retrieval_data(data, split="dev") if has_dev else None
     ts = prepare(train, dev, cfg)
-    log.info("dense: %d training queries (%d judgements), %d dev queries, %d documents", len(ts.query_ids),
-             sum(len(v) for v in ts.qrels_rows.values()), len(ts.dev_ids), len(ts.doc_ids))
+    log.info("dense: %d training queries (%d judgements), %d dev queries (%s), %d documents", len(ts.query_ids),
+             sum(len(v) for v in ts.qrels_rows.values()), len(ts.dev_ids), ts.dev_source, len(ts.doc_ids))
     miners, qvec, _ = build_miners(ts, cfg, progress)
     log.info("dense: teacher %s", cfg.teacher)
     teacher = build_teacher(cfg, miners, ts)

@@ -60,6 +60,8 @@ class LoopConfig:
     step_curve: bool = True  # one curve point per step (else per epoch, with the epoch's mean loss)
     eval_at_start: bool = False  # a curve point for the untrained model (with keep_best: a candidate too)
     eval_every: int = 0  # steps between dev evaluations inside an epoch (0: at epoch ends only)
+    eval_share: float | None = None  # most of the elapsed time dev evaluation may take: a due evaluation that
+    # would exceed it is skipped (the start's and the last one always run)
     monitor: str | None = None  # evaluate() key tracked for the best epoch
     keep_best: bool = False  # export the best evaluated weights (the start's included) instead of the last
     patience: int | None = None  # epochs without a better ``monitor`` before stopping
@@ -82,6 +84,8 @@ class LoopState:
     best_epoch: int = -1
     best_step: int = -1  # 0: the starting weights (eval_at_start) are the best evaluated
     bad_epochs: int = 0
+    eval_seconds: float = 0.0  # spent in dev evaluation
+    eval_last: float = 0.0  # the last evaluation's duration
 
     def tensors(self) -> dict[str, torch.Tensor]:
         return {k: torch.tensor(v) for k, v in asdict(self).items()}
@@ -221,13 +225,22 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     def evaluate(point: dict[str, Any]) -> dict[str, float | None]:
         """Dev metrics as a curve point; the best evaluated weights are kept (``keep_best``)."""
         log.info("%s: dev evaluation at step %d", adapter.name, state.step)
+        began = time.perf_counter()
         metrics = adapter.evaluate()
+        state.eval_last = time.perf_counter() - began
+        state.eval_seconds += state.eval_last
         state.seconds = elapsed()
         curve.append({**point, **metrics, "seconds": round(state.seconds, 1)})
         if _track_best(loop, state, metrics, point["epoch"]) and loop.keep_best:
             state.best_step = state.step
             atomic_write_bytes(ckpt_dir / BEST, save({k: v.contiguous() for k, v in model.state_dict().items()}))
         return metrics
+
+    def eval_fits() -> bool:
+        """Whether one more evaluation (as long as the last) keeps evaluation within ``eval_share`` of the time."""
+        if loop.eval_share is None or not state.eval_last:
+            return True
+        return state.eval_seconds + state.eval_last <= loop.eval_share * (elapsed() + state.eval_last)
 
     if loop.eval_at_start and not curve:
         evaluate({"step": 0, "epoch": 0})
@@ -263,7 +276,8 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                                   "seconds": round(state.seconds, 1)})
                 report.update(state.step, epoch, sum(window) / len(window), lr, state.seconds)
                 stopping = loop.stop_within_epoch and (state.step >= total or out_of_time())
-                if loop.eval_every and state.step % loop.eval_every == 0 and b + 1 < len(batches) and not stopping:
+                if (loop.eval_every and state.step % loop.eval_every == 0 and b + 1 < len(batches) and not stopping
+                        and eval_fits()):
                     metrics = evaluate({"step": state.step, "epoch": epoch})
                     report.say(f"step {state.step}/{total}: " + " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items()))
                     log.info("%s: training", adapter.name)
@@ -277,7 +291,13 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
             point: dict[str, Any] = {"step": state.step, "epoch": epoch}
             if not loop.step_curve:
                 point.update(loss=epoch_loss / max(count, 1), lr=lr)
-            metrics = evaluate(point)
+            last = state.epoch >= loop.epochs or state.step >= total or out_of_time()
+            if last or eval_fits():
+                metrics = evaluate(point)
+            else:  # evaluation would take more than eval_share of the time: the next epoch end decides again
+                metrics = {}
+                if not loop.step_curve:
+                    curve.append({**point, "seconds": round(elapsed(), 1)})
             report.say(f"epoch {epoch}: step {state.step}/{total} loss {epoch_loss / max(count, 1):.4f} "
                        + " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
                        + f" ({state.seconds / 60:.1f} min)")

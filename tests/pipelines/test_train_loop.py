@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Any
 
@@ -160,3 +161,29 @@ def test_dev_evaluations_inside_an_epoch_pick_the_best_step(tmp_path: Path) -> N
     assert [c["step"] for c in curve if "dev" in c] == [0, 1, 2, 3, 4]
     for name, value in adapter.snapshots[2].items():  # after step 2
         assert torch.equal(_weights(out)[name], value)
+
+
+class SlowEvalAdapter(ToyAdapter):
+    """A step costs 10 ms, an evaluation 50 ms: evaluating after every step would take most of the time."""
+
+    def step(self, batch: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        time.sleep(0.01)
+        return super().step(batch)
+
+    def evaluate(self) -> dict[str, float | None]:
+        time.sleep(0.05)
+        return super().evaluate()
+
+
+def test_eval_share_skips_evaluations_that_would_take_too_much_of_the_time(tmp_path: Path) -> None:
+    adapter = SlowEvalAdapter()
+    loop = LoopConfig(lr=0.1, epochs=3, monitor="dev", keep_best=True, eval_at_start=True, eval_every=1,
+                      eval_share=0.5)
+    out = run_training(adapter, loop, tmp_path / "share", progress=False)
+    evaluated = [c["step"] for c in json.loads((out / "training_curve.json").read_text()) if "dev" in c]
+    assert evaluated[0] == 0 and evaluated[-1] == 12  # the start and the last always run
+    assert 2 < len(evaluated) < 13  # some, not all, of the 12 due evaluations ran
+    unlimited = run_training(SlowEvalAdapter(), LoopConfig(lr=0.1, epochs=3, monitor="dev", keep_best=True,
+                                                           eval_at_start=True, eval_every=1),
+                             tmp_path / "all", progress=False)
+    assert len([c for c in json.loads((unlimited / "training_curve.json").read_text()) if "dev" in c]) == 13

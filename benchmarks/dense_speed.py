@@ -1,0 +1,80 @@
+"""Steps per minute of ``retrec train dense`` before and after the step-cost changes, in one run (issue 13).
+
+    python benchmarks/dense_speed.py --data ../shared/data/scifact --out runs/dense-speed --steps 10 \\
+        [--rounds 2] [--json runs/dense-speed/results.json]
+
+Arms, each the real command with ``--max-steps`` and everything else at its default:
+
+- ``before``  ``--precision fp32 --doc-chunk 0 --no-grad-checkpoint``: fp32, every document of a batch in
+              one padded pass, activations kept (the recipe before this change);
+- ``after``   the defaults: bf16 autocast where the CPU runs it natively, documents in length-grouped passes,
+              activations recomputed in the backward pass (gradient checkpointing: bounded memory);
+- ``after-no-checkpoint``  the defaults with ``--no-grad-checkpoint`` (what the memory bound costs).
+
+Arms alternate (``before, after, before, after, …``) so a drift of the host's speed hits both. Steps per minute
+come from the training curve (seconds between the first and the last step, dev evaluation excluded); the dev
+evaluation at the start is timed separately. A step is ``batch_size`` queries and twice as many documents.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+ARMS: dict[str, dict[str, Any]] = {"before": {"precision": "fp32", "doc_chunk": 0, "grad_checkpoint": False},
+                                   "after": {}, "after-no-checkpoint": {"grad_checkpoint": False}}
+
+
+def run_arm(data: Path, out: Path, steps: int, overrides: dict[str, Any]) -> dict[str, Any]:
+    from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
+
+    cfg = DenseTrainConfig(max_steps=steps, max_minutes=None, quantize=False, **overrides)
+    started = time.perf_counter()
+    train_dense(data, out, cfg, progress=False)
+    curve = json.loads((out / "training_curve.json").read_text())
+    manifest = json.loads((out / "manifest.json").read_text())
+    steps_pts = [c for c in curve if "loss" in c]
+    evals = [c for c in curve if c.get("dev_nDCG@10") is not None]
+    span = steps_pts[-1]["seconds"] - steps_pts[0]["seconds"]
+    per_step = span / max(1, len(steps_pts) - 1)
+    return {"steps": len(steps_pts), "steps_per_min": round(60 / per_step, 2),
+            "examples_per_s": round(3 * cfg.batch_size / per_step, 2), "seconds_per_step": round(per_step, 2),
+            "dev_eval_start_s": evals[0]["seconds"] if evals else None,
+            "precision": manifest["config"]["train_precision"], "wall_s": round(time.perf_counter() - started, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
+    parser.add_argument("--out", type=Path, default=Path("runs/dense-speed"))
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--json", type=Path, default=None)
+    args = parser.parse_args()
+    from retrec.process_env import configure_process
+
+    threads = configure_process()
+    rows: list[dict[str, Any]] = []
+    for r in range(args.rounds):
+        for arm, overrides in ARMS.items():
+            row = {"arm": arm, "round": r, **run_arm(args.data, args.out / f"{arm}-{r}", args.steps, overrides)}
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    summary = {arm: statistics.mean(x["steps_per_min"] for x in rows if x["arm"] == arm) for arm in ARMS}
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
+              "cpus": os.cpu_count(), "threads": threads, "rows": rows, "steps_per_min": summary,
+              "speedup": round(summary["after"] / summary["before"], 2)}
+    print(json.dumps({"steps_per_min": summary, "speedup": result["speedup"]}))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()

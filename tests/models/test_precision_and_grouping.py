@@ -1,0 +1,40 @@
+"""Training precision (bf16 autocast where native) and length-grouped document passes."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from retrec.models.precision import autocast, native_bf16, resolve_precision
+from retrec.models.text_encoder import TextEncoder, embed_grouped
+from retrec.runtime.tokenizer import load_tokenizer
+
+TEXTS = ["short", "a somewhat longer text about vitamin c and scurvy in sailors of the eighteenth century",
+         "mid length text on protein folding", "x", "another long one " * 12, "gene expression in mice"]
+
+
+def test_precision_resolves_to_bf16_only_where_native() -> None:
+    assert resolve_precision("auto") == ("bf16" if native_bf16() else "fp32")
+    assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
+    with pytest.raises(ValueError, match="precision must be"):
+        resolve_precision("fp16")
+
+
+def test_autocast_runs_matrix_products_in_bf16_and_fp32_is_untouched() -> None:
+    a, b = torch.randn(4, 8), torch.randn(8, 3)
+    with autocast("bf16"):
+        assert (a @ b).dtype == torch.bfloat16
+    with autocast("fp32"):
+        assert (a @ b).dtype == torch.float32
+
+
+def test_grouped_passes_give_the_one_pass_embeddings_in_input_order_with_gradients() -> None:
+    torch.manual_seed(0)
+    model, tokenizer = TextEncoder.from_pretrained().eval(), load_tokenizer()
+    whole = embed_grouped(model, tokenizer, TEXTS, 64, chunk=0)
+    grouped = embed_grouped(model, tokenizer, TEXTS, 64, chunk=2)  # 3 passes, longest texts first
+    assert grouped.shape == whole.shape == (len(TEXTS), model.dim)
+    torch.testing.assert_close(grouped, whole, atol=1e-5, rtol=0)
+    grouped.sum().backward()
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
+    assert grads and any(float(g.abs().sum()) > 0 for g in grads)
