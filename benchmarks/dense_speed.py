@@ -13,7 +13,9 @@ Arms, each the real command with ``--max-steps`` and everything else at its defa
 
 Arms alternate (``before, after, before, after, …``) so a drift of the host's speed hits both. Steps per minute
 come from the training curve (seconds between the first and the last step, dev evaluation excluded); the dev
-evaluation at the start is timed separately. A step is ``batch_size`` queries and twice as many documents.
+evaluation at the start is timed separately. A step is ``batch_size`` queries and twice as many documents;
+tokens/s counts the mean truncated token length of the training queries and of the corpus documents per example
+(an estimate: the padding a batch adds is not counted, so it is the useful tokens a second).
 """
 
 from __future__ import annotations
@@ -49,6 +51,19 @@ def run_arm(data: Path, out: Path, steps: int, overrides: dict[str, Any]) -> dic
             "precision": manifest["config"]["train_precision"], "wall_s": round(time.perf_counter() - started, 1)}
 
 
+def mean_tokens(data: Path) -> tuple[float, float]:
+    """Mean token count of the training queries and the corpus documents, truncated as training truncates."""
+    from retrec.data.beir import load_retrieval_data
+    from retrec.pipelines.train_dense import DenseTrainConfig
+    from retrec.runtime.tokenizer import load_tokenizer
+
+    cfg, train, tok = DenseTrainConfig(), load_retrieval_data(data, split="train"), load_tokenizer()
+    _, docs = train.doc_texts(with_title=True)
+    queries = list(train.query_texts().values())
+    return (sum(map(len, tok.encode(queries, cfg.max_query_length))) / len(queries),
+            sum(map(len, tok.encode(docs, cfg.max_doc_length))) / len(docs))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
@@ -60,15 +75,18 @@ def main() -> None:
     from retrec.process_env import configure_process
 
     threads = configure_process()
+    q_tokens, d_tokens = mean_tokens(args.data)
     rows: list[dict[str, Any]] = []
     for r in range(args.rounds):
         for arm, overrides in ARMS.items():
             row = {"arm": arm, "round": r, **run_arm(args.data, args.out / f"{arm}-{r}", args.steps, overrides)}
+            row["tokens_per_s"] = round(row["examples_per_s"] * (q_tokens + 2 * d_tokens) / 3, 1)
             rows.append(row)
             print(json.dumps(row), flush=True)
     summary = {arm: statistics.mean(x["steps_per_min"] for x in rows if x["arm"] == arm) for arm in ARMS}
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
-              "cpus": os.cpu_count(), "threads": threads, "rows": rows, "steps_per_min": summary,
+              "cpus": os.cpu_count(), "threads": threads, "mean_tokens": [round(q_tokens, 1), round(d_tokens, 1)],
+              "rows": rows, "steps_per_min": summary,
               "speedup": round(summary["after"] / summary["before"], 2)}
     print(json.dumps({"steps_per_min": summary, "speedup": result["speedup"]}))
     if args.json:

@@ -38,3 +38,19 @@ def test_grouped_passes_give_the_one_pass_embeddings_in_input_order_with_gradien
     grouped.sum().backward()
     grads = [p.grad for p in model.parameters() if p.grad is not None]
     assert grads and any(float(g.abs().sum()) > 0 for g in grads)
+
+
+def test_activation_checkpointing_gives_the_same_gradients_in_training_mode() -> None:
+    """What ``--grad-checkpoint`` (the default) turns on: recomputed activations, dropout replayed — the same
+    gradients as keeping them."""
+    tokenizer = load_tokenizer()
+    grads = []
+    for checkpoint in (False, True):
+        model = TextEncoder.from_pretrained().train()
+        if checkpoint:
+            model.bert.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+            assert model.bert.is_activation_checkpointing
+        torch.manual_seed(3)  # the same dropout masks
+        embed_grouped(model, tokenizer, TEXTS, 32, chunk=2).pow(2).sum().backward()
+        grads.append(torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], atol=1e-5, rtol=1e-4)
