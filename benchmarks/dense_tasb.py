@@ -11,6 +11,9 @@ Arms add one TAS-B part at a time (every other setting is ``retrec train dense``
 - ``tasb``      + dual-teacher distillation (pairwise + in-batch Margin-MSE to the ensemble teacher);
 - ``default``   ``retrec train dense`` with its defaults and full budget (``--default-minutes``), not an
                 ablation arm: the acceptance run, scored in the same table.
+- ``fp32-step`` the defaults with the training step as it was before issue 13 (``--precision fp32
+                --doc-chunk 0 --no-grad-checkpoint``): what bf16, grouped passes and checkpointing change at the
+                same budget.
 
 A finished arm (bundle with a manifest) is reused, so an interrupted benchmark continues where it stopped.
 Each arm is evaluated through the serving path (ONNX Runtime fp32 + FAISS Flat, k=1000). The best arm is
@@ -36,6 +39,8 @@ ARMS: dict[str, dict[str, Any]] = {
     "balanced": {"sampling": "topic", "negatives": "balanced", "distill_weight": 0.0},
     "tasb": {"sampling": "topic", "negatives": "balanced", "distill_weight": 10.0},
     "default": {},  # `retrec train dense` as shipped, with its own (full) budget: --default-minutes
+    # the defaults with the step as it was before issue 13: fp32, one padded pass, activations kept
+    "fp32-step": {"precision": "fp32", "doc_chunk": 0, "grad_checkpoint": False},
 }
 
 
@@ -45,7 +50,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/dense-tasb"))
     parser.add_argument("--minutes", type=float, default=12.0, help="training budget of every arm")
     parser.add_argument("--default-minutes", type=float, default=30.0, help="budget of the 'default' arm")
-    parser.add_argument("--arms", nargs="+", default=[a for a in ARMS if a != "default"], choices=list(ARMS))
+    parser.add_argument("--arms", nargs="+", default=["baseline", "topic", "balanced", "tasb"],
+                        choices=list(ARMS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--int8", action="store_true", help="also score the best arm's int8 model")
     parser.add_argument("--json", type=Path, default=None)
