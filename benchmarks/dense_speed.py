@@ -11,11 +11,15 @@ Arms, each the real command with ``--max-steps`` and everything else at its defa
               activations recomputed in the backward pass (gradient checkpointing: bounded memory);
 - ``after-no-checkpoint``  the defaults with ``--no-grad-checkpoint`` (what the memory bound costs).
 
-Arms alternate (``before, after, before, after, …``) so a drift of the host's speed hits both. Steps per minute
-come from the training curve (seconds between the first and the last step, dev evaluation excluded); the dev
-evaluation at the start is timed separately. A step is ``batch_size`` queries and twice as many documents;
-tokens/s counts the mean truncated token length of the training queries and of the corpus documents per example
-(an estimate: the padding a batch adds is not counted, so it is the useful tokens a second).
+Two measurements. ``--mode interleaved`` (default): one process builds the training set, miners and teacher
+once, then runs the arms' real training steps (``DenseAdapter.step``, backward, clipping, AdamW) in turn on the
+same batches — ``before, after, after-no-checkpoint, before, …`` — so every arm sees the same host speed (this
+host's speed drifts by tens of percent within minutes; arms run minutes apart are not comparable). Steps per
+minute are the median step time's. ``--mode commands``: each arm is the whole command with ``--max-steps`` in
+turn; steps per minute from its training curve (dev evaluation excluded), and its first dev evaluation timed. A
+step is ``batch_size`` queries and twice as many documents; tokens/s counts the mean truncated token length of
+the training queries and of the corpus documents per example (an estimate: the padding a batch adds is not
+counted, so it is the useful tokens a second).
 """
 
 from __future__ import annotations
@@ -51,6 +55,44 @@ def run_arm(data: Path, out: Path, steps: int, overrides: dict[str, Any]) -> dic
             "precision": manifest["config"]["train_precision"], "wall_s": round(time.perf_counter() - started, 1)}
 
 
+def interleaved(data: Path, steps: int) -> list[dict[str, Any]]:
+    """Median seconds of each arm's training step, the arms alternating step by step on the same batches."""
+    import torch
+
+    from retrec.data.beir import load_retrieval_data
+    from retrec.models.text_encoder import resolve_base_model
+    from retrec.pipelines.tas_sampling import topic_clusters
+    from retrec.pipelines.train_dense import DenseAdapter, DenseTrainConfig, build_miners, build_teacher, prepare
+
+    cfg = DenseTrainConfig()
+    ts = prepare(load_retrieval_data(data, split="train"), None, cfg)
+    miners, qvec, _ = build_miners(ts, cfg, progress=False)
+    teacher = build_teacher(cfg, miners, ts)
+    labels = topic_clusters(qvec, max(1, round(len(ts.query_ids) / (4 * cfg.batch_size))), cfg.seed)
+    base = resolve_base_model(None)
+    adapters = {arm: DenseAdapter(ts, DenseTrainConfig(**o), miners, teacher, labels, base, arm)
+                for arm, o in ARMS.items()}
+    batches = next(iter(adapters.values())).batches(1)[: steps + 1]
+    times: dict[str, list[float]] = {arm: [] for arm in adapters}
+    for i, batch in enumerate(batches):
+        for arm, adapter in adapters.items():
+            started = time.perf_counter()
+            adapter.optimizer.zero_grad(set_to_none=True)
+            loss, _ = adapter.step(batch)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(adapter.model.parameters(), 1.0)
+            adapter.optimizer.step()
+            if i:  # the first step of each arm warms up
+                times[arm].append(time.perf_counter() - started)
+    out = []
+    for arm, adapter in adapters.items():
+        per_step = statistics.median(times[arm])
+        out.append({"arm": arm, "steps": len(times[arm]), "steps_per_min": round(60 / per_step, 2),
+                    "examples_per_s": round(3 * cfg.batch_size / per_step, 2), "seconds_per_step": round(per_step, 2),
+                    "precision": adapter.precision})
+    return out
+
+
 def mean_tokens(data: Path) -> tuple[float, float]:
     """Mean token count of the training queries and the corpus documents, truncated as training truncates."""
     from retrec.data.beir import load_retrieval_data
@@ -69,7 +111,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
     parser.add_argument("--out", type=Path, default=Path("runs/dense-speed"))
     parser.add_argument("--steps", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=1, help="--mode commands: passes over the arms")
+    parser.add_argument("--mode", choices=["interleaved", "commands"], default="interleaved")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from retrec.process_env import configure_process
@@ -77,14 +120,19 @@ def main() -> None:
     threads = configure_process()
     q_tokens, d_tokens = mean_tokens(args.data)
     rows: list[dict[str, Any]] = []
-    for r in range(args.rounds):
-        for arm, overrides in ARMS.items():
-            row = {"arm": arm, "round": r, **run_arm(args.data, args.out / f"{arm}-{r}", args.steps, overrides)}
-            row["tokens_per_s"] = round(row["examples_per_s"] * (q_tokens + 2 * d_tokens) / 3, 1)
-            rows.append(row)
-            print(json.dumps(row), flush=True)
+    if args.mode == "interleaved":
+        rows = interleaved(args.data, args.steps)
+    else:
+        for r in range(args.rounds):
+            for arm, overrides in ARMS.items():
+                rows.append({"arm": arm, "round": r,
+                             **run_arm(args.data, args.out / f"{arm}-{r}", args.steps, overrides)})
+                print(json.dumps(rows[-1]), flush=True)
+    for row in rows:
+        row["tokens_per_s"] = round(row["examples_per_s"] * (q_tokens + 2 * d_tokens) / 3, 1)
     summary = {arm: statistics.mean(x["steps_per_min"] for x in rows if x["arm"] == arm) for arm in ARMS}
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
+              "mode": args.mode,
               "cpus": os.cpu_count(), "threads": threads, "mean_tokens": [round(q_tokens, 1), round(d_tokens, 1)],
               "rows": rows, "steps_per_min": summary,
               "speedup": round(summary["after"] / summary["before"], 2)}
