@@ -3,7 +3,7 @@
 A manifest records kind, name, version, schema version, creation time, the producing command and
 config, dimensions/vocabulary facts, a metrics snapshot and the sha256 of every file. Loading
 verifies the schema version and every checksum and refuses on any mismatch. ``manifest.json`` is
-validated by one pydantic model (:class:`ManifestDoc`); a file entry is a relative POSIX path inside the
+validated by one pydantic model (:class:`Manifest`); a file entry is a relative POSIX path inside the
 bundle (no absolute path, ``..``, backslash, drive letter or empty part), and a bundle holds regular files
 and folders only: a symlink inside it is refused (the bundle folder itself may be a link, e.g. a model
 store), so nothing outside a bundle is ever read, checksummed or named in an error.
@@ -38,7 +38,6 @@ import shlex
 import shutil
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -47,7 +46,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from retrec import __version__
 from retrec.atomic import _fsync_dir, atomic_open, atomic_path, atomic_write_bytes, atomic_write_text, fsync_tree
 
-__all__ = ["MANIFEST", "SCHEMA_VERSION", "BundleError", "Manifest", "ManifestDoc", "Publication", "atomic_open",
+__all__ = ["MANIFEST", "SCHEMA_VERSION", "BundleError", "FileEntry", "Manifest", "Publication", "atomic_open",
            "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_tree", "load_bundle", "publish",
            "read_manifest", "sha256_file", "write_manifest"]
 
@@ -60,49 +59,25 @@ class BundleError(RuntimeError):
     """An artifact directory that cannot be used: missing, wrong kind/schema, or corrupted."""
 
 
-@dataclass
-class Manifest:
-    kind: str
-    name: str
-    version: str
-    schema_version: int
-    created: str
-    command: str
-    config: dict[str, Any] = field(default_factory=dict)
-    dims: dict[str, Any] = field(default_factory=dict)
-    metrics: dict[str, Any] = field(default_factory=dict)
-    files: dict[str, dict[str, Any]] = field(default_factory=dict)
-    retrec_version: str = __version__
-    path: Path | None = field(default=None, compare=False, repr=False)
+class FileEntry(BaseModel):
+    """One file of a bundle: its sha256 and size (``bytes`` in the JSON)."""
 
-    def to_json(self) -> dict[str, Any]:
-        data = asdict(self)
-        data.pop("path")
-        return data
-
-    def file(self, relpath: str) -> Path:
-        """Path of a file listed in the manifest (refuses unlisted files and paths through a symlink)."""
-        if relpath not in self.files:
-            raise BundleError(f"{self.path}: manifest lists no file {relpath[:80]!r}")
-        assert self.path is not None
-        return _inside(self.path, relpath)
-
-
-class _FileEntry(BaseModel):
     model_config = ConfigDict(strict=True, populate_by_name=True)
     sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
     size: Annotated[int, Field(ge=0, alias="bytes")]
 
 
-class ManifestDoc(BaseModel):
-    """``manifest.json`` as :func:`write_manifest` writes it: the one schema every reader validates.
+class Manifest(BaseModel):
+    """``manifest.json``: the one schema every reader validates and every writer writes; :attr:`path` is the
+    bundle folder it was read from or written to (not part of the JSON).
 
     Example::
 
-        ManifestDoc.model_validate(json.loads(Path("b/manifest.json").read_text()))  # ValidationError if malformed
+        Manifest.model_validate(json.loads(Path("b/manifest.json").read_text()))  # ValidationError if malformed
+        load_bundle("b").file("model.onnx")     # a listed file's path inside the bundle
     """
 
-    model_config = ConfigDict(strict=True)
+    model_config = ConfigDict(strict=True, arbitrary_types_allowed=True)
     schema_version: int
     kind: str
     name: str
@@ -112,16 +87,28 @@ class ManifestDoc(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)
     dims: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
-    files: dict[str, _FileEntry] = Field(default_factory=dict)
+    files: dict[str, FileEntry] = Field(default_factory=dict)
     retrec_version: str = "unknown"
+    path: Path | None = Field(default=None, exclude=True, repr=False)
 
     @field_validator("files")
     @classmethod
-    def _entries_inside(cls, files: dict[str, _FileEntry]) -> dict[str, _FileEntry]:
+    def _entries_inside(cls, files: dict[str, FileEntry]) -> dict[str, FileEntry]:
         for rel in files:
             if not _relative(rel):
                 raise ValueError(f"file entry {rel[:80]!r} is not a relative path inside the bundle")
         return files
+
+    def to_json(self) -> dict[str, Any]:
+        """The JSON document (``manifest.json``'s content)."""
+        return self.model_dump(mode="json", by_alias=True)
+
+    def file(self, relpath: str) -> Path:
+        """Path of a file listed in the manifest (refuses unlisted files and paths through a symlink)."""
+        if relpath not in self.files:
+            raise BundleError(f"{self.path}: manifest lists no file {relpath[:80]!r}")
+        assert self.path is not None
+        return _inside(self.path, relpath)
 
 
 def _relative(rel: str) -> bool:
@@ -171,7 +158,7 @@ def _make_manifest(root: Path, *, kind: str, name: str, version: str | None = No
         raise BundleError(f"{root}: not a directory")
     now = _dt.datetime.now(_dt.UTC)
     files = {
-        p.relative_to(root).as_posix(): {"sha256": sha256_file(p), "bytes": p.stat().st_size}
+        p.relative_to(root).as_posix(): FileEntry(sha256=sha256_file(p), size=p.stat().st_size)
         for p in _bundle_files(root)
     }
     return Manifest(
@@ -185,6 +172,7 @@ def _make_manifest(root: Path, *, kind: str, name: str, version: str | None = No
         dims=dims or {},
         metrics=metrics or {},
         files=files,
+        retrec_version=__version__,
         path=root,
     )
 
@@ -355,11 +343,12 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
             f"{path}: schema_version {schema!r} is not supported (this retrec reads {SCHEMA_VERSION})"
         )
     try:
-        doc = ManifestDoc.model_validate(data)
+        manifest = Manifest.model_validate({**data, "path": None})
     except ValidationError as exc:
         problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'manifest'}: {e['msg']}" for e in exc.errors()[:5])
         raise BundleError(f"{path}: malformed manifest ({problems})") from exc
-    return Manifest(**doc.model_dump(by_alias=True), path=root)
+    manifest.path = root
+    return manifest
 
 
 def load_bundle(
@@ -376,9 +365,9 @@ def load_bundle(
             if not path.is_file():
                 raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
             actual = sha256_file(path)
-            if actual != info["sha256"]:
+            if actual != info.sha256:
                 raise BundleError(
-                    f"{root}: checksum mismatch for {rel} (manifest {info['sha256'][:12]}…, "
+                    f"{root}: checksum mismatch for {rel} (manifest {info.sha256[:12]}…, "
                     f"file {actual[:12]}…); the file is corrupted or was changed after publishing"
                 )
         extra = {p.relative_to(root).as_posix() for p in _bundle_files(root)} - set(manifest.files)

@@ -36,7 +36,7 @@ def corpus_key(encoder: OnnxEncoder, texts: Sequence[str]) -> str:
     """sha256 naming one encoder's encodings of one list of texts."""
     model_file = encoder.manifest.config["variants"][encoder.variant]
     digest = hashlib.sha256()
-    for part in (CACHE_FORMAT, encoder.name, encoder.version, encoder.manifest.files[model_file]["sha256"],
+    for part in (CACHE_FORMAT, encoder.name, encoder.version, encoder.manifest.files[model_file].sha256,
                  encoder.variant, encoder.max_doc_length, encoder.similarity, encoder.dim, len(texts)):
         digest.update(f"{part}\x1f".encode())
     for text in texts:

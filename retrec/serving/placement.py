@@ -85,7 +85,7 @@ def shard_placement(configured: str, manifest: Manifest, use_gpu: bool | None,
                     num_gpus: float) -> tuple[Placement, str]:
     """``(placement, why)`` of a retriever's shards: ``configured`` unless ``auto``, which is ``ingress`` for an
     index of at most :data:`AUTO_INGRESS_MAX_BYTES` that asks for no GPU (``use_gpu: true`` or shard GPUs)."""
-    size = sum(int(f.get("bytes", 0)) for f in manifest.files.values())
+    size = sum(f.size for f in manifest.files.values())
     mib = f"{size / 2**20:.1f} MiB"
     if configured != "auto":
         return configured, f"configured ({mib})"  # type: ignore[return-value]

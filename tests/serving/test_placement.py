@@ -35,7 +35,7 @@ def test_auto_serves_small_cpu_indices_in_the_ingress(bm25: Path, monkeypatch: p
     assert shard_placement("auto", manifest, True, 0.0)[0] == "deployment"  # GPU shards: their own replicas
     assert shard_placement("auto", manifest, None, 0.5)[0] == "deployment"
     assert shard_placement("deployment", manifest, None, 0.0)[0] == "deployment"  # configured wins
-    size = sum(f["bytes"] for f in manifest.files.values())
+    size = sum(f.size for f in manifest.files.values())
     monkeypatch.setattr(placement, "AUTO_INGRESS_MAX_BYTES", size - 1)
     chosen, why = shard_placement("auto", manifest, None, 0.0)
     assert chosen == "deployment" and "MiB >" in why
