@@ -2,6 +2,7 @@
 
     python benchmarks/dense_tasb.py --data ../shared/data/scifact --out runs/dense-tasb --minutes 12 \\
         [--arms baseline topic balanced tasb] [--json runs/dense-tasb/results.json]
+    python benchmarks/dense_tasb.py --out runs/dense-tasb --arms default --reranker runs/reranker  # + re-ranking
 
 Arms add one TAS-B part at a time (every other setting is ``retrec train dense``'s default):
 
@@ -14,6 +15,9 @@ Arms add one TAS-B part at a time (every other setting is ``retrec train dense``
 - ``fp32-step`` the defaults with the training step as it was before issue 13 (``--precision fp32
                 --doc-chunk 0 --no-grad-checkpoint``): what bf16, grouped passes and checkpointing change at the
                 same budget.
+- ``no-mask``   the defaults without judged-negative masking (``--no-mask-judged``).
+- ``ce-teacher`` ``tasb`` with the cross-encoder ``--reranker BUNDLE`` (``retrec train reranker``) as the
+                teacher of the margins and the Margin-MSE terms (``--teacher BUNDLE``), not the ensemble.
 
 A finished arm (bundle with a manifest) is reused, so an interrupted benchmark continues where it stopped.
 Each arm is evaluated through the serving path (ONNX Runtime fp32 + FAISS Flat, k=1000). The best arm is
@@ -41,6 +45,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "default": {},  # `retrec train dense` as shipped, with its own (full) budget: --default-minutes
     # the defaults with the step as it was before issue 13: fp32, one padded pass, activations kept
     "fp32-step": {"precision": "fp32", "doc_chunk": 0, "grad_checkpoint": False},
+    # the defaults without judged-negative masking (issue 13's ablation row)
+    "no-mask": {"mask_judged": False},
+    # tasb with the cross-encoder of --reranker as its teacher instead of the BM25 + zero-shot ensemble
+    "ce-teacher": {"sampling": "topic", "negatives": "balanced", "distill_weight": 10.0},
 }
 
 
@@ -54,6 +62,11 @@ def main() -> None:
                         choices=list(ARMS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--int8", action="store_true", help="also score the best arm's int8 model")
+    parser.add_argument("--reranker", type=Path, default=None,
+                        help="a model/reranker bundle: the ce-teacher arm's teacher, and the best arm's test top "
+                             "--rerank-depth re-ranked by it (a row with its latency per query)")
+    parser.add_argument("--rerank-depth", type=int, default=100)
+    parser.add_argument("--rerank-variant", default="fp32", choices=["fp32", "int8"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     threads = configure_process()
@@ -92,7 +105,12 @@ def main() -> None:
         bundle = args.out / arm
         if not (bundle / "manifest.json").is_file():
             minutes = args.default_minutes if arm == "default" else args.minutes
-            cfg = DenseTrainConfig(max_minutes=minutes, seed=args.seed, **ARMS[arm])
+            options = dict(ARMS[arm])
+            if arm == "ce-teacher":
+                if args.reranker is None:
+                    parser.error("the ce-teacher arm needs --reranker BUNDLE")
+                options["teacher"] = str(args.reranker)
+            cfg = DenseTrainConfig(max_minutes=minutes, seed=args.seed, **options)
             console.print(f"[bold]{arm}[/]: {ARMS[arm]}, {minutes:g} min")
             train_dense(args.data, bundle, cfg, command=f"benchmarks/dense_tasb.py --minutes {minutes} ({arm})")
         started = time.perf_counter()
@@ -114,8 +132,22 @@ def main() -> None:
         rows[f"{best}-int8"] = dict(results[f"{best}-int8"].metrics)
     comparisons = compare({n: results[n].per_query for n in ("zero-shot", best, "bm25")}, "nDCG@10")
     comparisons += compare({n: results[n].per_query for n in ("bm25", best)}, "nDCG@10")
+    if args.reranker is not None:
+        from retrec.pipelines.rerank import rerank_result
+        from retrec.runtime.reranker import OnnxReranker
 
-    columns = ["nDCG@10", "R@100", "RR@10", "dev nDCG@10", "steps", "train min", "eval s"]
+        name = f"{best}>rerank@{args.rerank_depth}"
+        reranked = rerank_result(results[best], OnnxReranker(args.reranker, variant=args.rerank_variant), test,
+                                 args.rerank_depth, progress=True)
+        reranked.name = name
+        write_run(args.out / f"{name}.run", reranked.run, tag=name)
+        results[name] = reranked
+        lat = reranked.extra["rerank"]
+        rows[name] = {**reranked.metrics, "rerank p50 ms": lat["p50_ms"], "rerank p95 ms": lat["p95_ms"]}
+        comparisons += compare({n: results[n].per_query for n in (best, name)}, "nDCG@10")
+
+    columns = ["nDCG@10", "R@100", "RR@10", "dev nDCG@10", "steps", "train min", "eval s",
+               *(["rerank p50 ms", "rerank p95 ms"] if args.reranker is not None else [])]
     console.print(metrics_table(f"SciFact test — TAS-B ablation, {args.minutes:g} min per arm, seed {args.seed}, "
                                 f"{threads} threads", rows, columns))
     console.print(comparison_table(comparisons))

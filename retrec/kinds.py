@@ -52,6 +52,7 @@ ENTRY_POINT_GROUP = "retrec.kinds"
 BM25_INDEX = "index/bm25"
 DENSE_INDEX = "index/dense"
 DENSE_MODEL = "model/dense"
+RERANKER_MODEL = "model/reranker"
 BERT4REC_MODEL = "model/bert4rec"
 EMBEDDING_TABLE = "table/embedding"
 EMBEDDING_TABLE_DELTA = "table/embedding-delta"
@@ -107,6 +108,8 @@ BUILTIN: tuple[Kind, ...] = (
          encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "Flat"}),
     Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",
          load="retrec.runtime.onnx_encoder:OnnxEncoder"),
+    Kind(RERANKER_MODEL, "reranker", "ONNX cross-encoder (MiniLM + a linear head) scoring (query, document) pairs",
+         load="retrec.runtime.reranker:OnnxReranker"),
     Kind(BERT4REC_MODEL, "recommender", "BERT4Rec: ONNX user encoder over a collisionless item table",
          load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("bert4rec",)),
     Kind(EMBEDDING_TABLE, "table", "collisionless embedding table snapshot (Parquet + safetensors)",

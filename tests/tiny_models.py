@@ -61,3 +61,21 @@ def with_version(directory: Path, version: str) -> Path:
     write_manifest(directory, kind=m.kind, name=m.name, version=version, config=m.config, dims=m.dims,
                    metrics=m.metrics, command=m.command)
     return directory
+
+
+def tiny_reranker(out: Path, seed: int = 0) -> Path:
+    """A ``model/reranker`` bundle: a one-layer, 32-wide BERT cross-encoder with random weights, MiniLM's
+    tokenizer (exported from torch in about a second)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from retrec.models.cross_encoder import CrossEncoder, RerankerConfig, export_reranker
+
+    torch.manual_seed(seed)
+    bert = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64), add_pooling_layer=False)
+    model = CrossEncoder(bert).eval()
+    with torch.no_grad():
+        model.head.weight.normal_(std=1.0)
+    export_reranker(model, out, name="tiny-reranker", config=RerankerConfig(max_length=64))
+    return out

@@ -79,7 +79,11 @@ def eval_cmd(
     weight: Annotated[list[str] | None, typer.Option(
         help="fusion weight NAME=W (component name, index folder name or run file name; default 1)")] = None,
     rrf_k: Annotated[float, typer.Option(min=0.0, help="RRF constant")] = 60.0,
-    depth: Annotated[int, typer.Option(min=1, help="hits fetched per component: max(k, depth), as served")] = 100,
+    depth: Annotated[int, typer.Option(min=1, help="hybrid: hits fetched per component (max(k, depth), as "
+                                                   "served); --rerank: hits re-ranked per query")] = 100,
+    rerank: Annotated[Path | None, typer.Option(
+        help="a model/reranker bundle (`retrec train reranker`): each system's top --depth re-ranked, reported "
+             "as a system of its own (FIRST>RERANKER) with its latency per query")] = None,
     tune_weights: Annotated[bool, typer.Option(help="choose hybrid weights on --tune-split (grid, step 0.1)")] = False,
     tune_split: Annotated[str, typer.Option(help="split whose qrels tune the weights (no dev: train)")] = "dev",
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
@@ -93,7 +97,8 @@ def eval_cmd(
     measure: Annotated[list[str] | None, typer.Option(
         help="extra measure (repeatable); the first is what --compare and --tune-weights use (nDCG@10)")] = None,
     run_out: Annotated[Path | None, typer.Option(
-        help="write the TREC run of the first --index, --retriever or --fuse system here")] = None,
+        help="write the TREC run of the first --index, --retriever or --fuse system here (re-ranked with "
+             "--rerank)")] = None,
     per_query: Annotated[Path | None, typer.Option(help="write per-query values (JSON) here")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
     strict: Annotated[bool, typer.Option(help="unknown ids in qrels are errors, not skips")] = False,
@@ -125,6 +130,8 @@ def eval_cmd(
         raise _fail("--retriever hybrid needs at least two --component (names or index folders)")
     if fuse and len(run or []) < 2:
         raise _fail("--fuse needs at least two --run files")
+    if rerank is not None and data is None:
+        raise _fail("--rerank needs --data (the documents' text)")
     if tune_weights and (retriever != HYBRID or data is None):
         raise _fail("--tune-weights is for --retriever hybrid with --data")
     measures, primary = _measures(measure)
@@ -183,6 +190,17 @@ def eval_cmd(
             built_first = built_first or fused
         else:
             results += [evaluate_hits(name, r, judged, measures) for name, r in read.items()]
+        if rerank is not None:
+            from retrec.pipelines.rerank import rerank_result
+            from retrec.runtime.reranker import OnnxReranker
+
+            assert collection is not None
+            reranker = OnnxReranker(rerank)
+            reranked = {id(res): rerank_result(res, reranker, collection, depth, measures, progress=not as_json)
+                        for res in results}
+            results += list(reranked.values())
+            if built_first is not None:  # --run-out writes the re-ranked run
+                built_first = reranked[id(built_first)]
         if run_out and built_first is not None:
             write_run(run_out, built_first.run, tag=built_first.name)
     except QueryMismatchError as exc:
@@ -218,7 +236,7 @@ def eval_cmd(
     rows = {res.name: {**res.metrics, "queries": len(res.per_query)} for res in results}
     console.print(metrics_table(title, rows, [*measures, "queries"]))
     for res in results:
-        if "fusion" in res.extra:
+        if "fusion" in res.extra or "rerank" in res.extra:
             console.print(f"{res.name}: {json.dumps(res.extra)}", markup=False, highlight=False)
     if comparisons:
         console.print(comparison_table(comparisons))

@@ -280,6 +280,15 @@ def _quantize(fp32: Path, int8: Path) -> None:
         root.setLevel(level)
 
 
+def onnx_variants(out: Path, fp32: str, int8: str, quantize: bool) -> tuple[dict[str, str], dict[str, Any]]:
+    """A bundle's ``variants`` for the exported graph ``out/fp32`` — with ``quantize``, also ``out/int8``, a
+    dynamically int8-quantised copy — and the config entries that describe them."""
+    if not quantize:
+        return {"fp32": fp32}, {}
+    _quantize(out / fp32, out / int8)
+    return {"fp32": fp32, "int8": int8}, {"quantization": QUANTIZATION}
+
+
 def write_onnx_files(
     encoder: TextEncoder, out: Path, *, tokenizer: TextTokenizer, config: EncoderConfig, quantize: bool = False,
     opset: int = 17,
@@ -295,12 +304,7 @@ def write_onnx_files(
                          f"encoder's {encoder.pooling}/{encoder.normalize}")
     tokenizer.save(out / TOKENIZER_DIR)
     _export_graph(encoder, tokenizer, out / FP32_FILE, opset)
-    variants = {"fp32": FP32_FILE}
-    extra: dict[str, Any] = {}
-    if quantize:
-        _quantize(out / FP32_FILE, out / INT8_FILE)
-        variants["int8"] = INT8_FILE
-        extra["quantization"] = QUANTIZATION
+    variants, extra = onnx_variants(out, FP32_FILE, INT8_FILE, quantize)
     config_json = {**asdict(config), "variants": variants, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
                    "opset": opset, "export_format": EXPORT_FORMAT, "tokenizer": TOKENIZER_DIR, **extra}
     return config_json, {"dim": encoder.dim}

@@ -9,8 +9,10 @@ Members:
 - :class:`BM25Member` — BM25 over the collection (hard negatives come from here too);
 - :class:`DenseMember` — embeddings of a dense model (the zero-shot MiniLM by default);
 - :class:`LabelMember` — the training judgements themselves (relevance / max relevance);
-- :class:`ScoreTableMember` — a Parquet file of ``(query_id, doc_id, score)`` from any teacher you bring
-  (e.g. a cross-encoder); pairs missing from the file score as that query's lowest listed score.
+- :class:`ScoreTableMember` — a Parquet file of ``(query_id, doc_id, score)`` from any teacher you bring;
+  pairs missing from the file score as that query's lowest listed score;
+- :class:`CrossEncoderMember` — a cross-encoder (``retrec train reranker``) scoring each training query's
+  mined candidates and positives once, before training; pairs outside them score as the query's lowest.
 
 Example::
 
@@ -20,7 +22,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -126,10 +128,25 @@ class LabelMember:
         return np.array([max(rel.get(int(d), 0), 0) / top for d in docs], dtype=np.float32)
 
 
-class ScoreTableMember:
-    """Scores from a Parquet file ``(query_id: string, doc_id: string, score: double)``."""
+class _RowsMember:
+    """Scores listed per (query, corpus row); a pair not listed scores as that query's lowest listed score."""
 
-    name = "table"
+    name = "rows"
+
+    def __init__(self, rows: dict[str, dict[int, float]]) -> None:
+        self.rows = rows
+        self._bounds = {q: (min(r.values()), max(r.values())) for q, r in rows.items() if r}
+
+    def scores(self, query_id: str, docs: np.ndarray) -> np.ndarray:
+        r = self.rows.get(query_id)
+        if not r:
+            return np.zeros(len(docs), dtype=np.float32)
+        lo, hi = self._bounds[query_id]
+        return _minmax(np.array([r.get(int(d), lo) for d in docs], dtype=np.float64), lo, hi)
+
+
+class ScoreTableMember(_RowsMember):
+    """Scores from a Parquet file ``(query_id: string, doc_id: string, score: double)``."""
 
     def __init__(self, path: str | Path, doc_row: Mapping[str, int]) -> None:
         path = Path(path)
@@ -144,8 +161,7 @@ class ScoreTableMember:
             table = table.select(SCORE_TABLE.names).cast(SCORE_TABLE)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as exc:
             raise DataError(path, f"teacher score columns have the wrong types ({exc})") from exc
-        self.name = f"table:{path.name}"
-        self.rows: dict[str, dict[int, float]] = {}
+        rows: dict[str, dict[int, float]] = {}
         unknown = 0
         for n, (q, d, s) in enumerate(zip(*(table.column(c).to_pylist() for c in SCORE_TABLE.names))):
             if q is None or d is None or s is None or not np.isfinite(s):
@@ -154,18 +170,44 @@ class ScoreTableMember:
             if row is None:
                 unknown += 1
                 continue
-            self.rows.setdefault(q, {})[row] = float(s)
-        if not self.rows:
+            rows.setdefault(q, {})[row] = float(s)
+        if not rows:
             raise DataError(path, "no teacher score names a document of this collection")
+        super().__init__(rows)
+        self.name = f"table:{path.name}"
         self.unknown_docs = unknown
-        self._bounds = {q: (min(r.values()), max(r.values())) for q, r in self.rows.items()}
 
-    def scores(self, query_id: str, docs: np.ndarray) -> np.ndarray:
-        r = self.rows.get(query_id)
-        if r is None:
-            return np.zeros(len(docs), dtype=np.float32)
-        lo, hi = self._bounds[query_id]
-        return _minmax(np.array([r.get(int(d), lo) for d in docs], dtype=np.float64), lo, hi)
+
+class PairScorer(Protocol):
+    name: str
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> np.ndarray: ...
+
+
+class CrossEncoderMember(_RowsMember):
+    """A cross-encoder's scores of each query's candidate documents (e.g.
+    :class:`retrec.runtime.reranker.OnnxReranker`), computed once up front: ``candidates[q]`` are the corpus
+    rows scored for query ``q``; pairs outside them score as the query's lowest."""
+
+    def __init__(self, scorer: PairScorer, query_texts: Mapping[str, str], doc_texts: Sequence[str],
+                 candidates: Mapping[str, np.ndarray], progress: Callable[[int, int], None] | None = None) -> None:
+        rows: dict[str, dict[int, float]] = {}
+        queries = list(candidates)
+        block = 64  # queries per call: long enough for length-sorted batches, short enough to report progress
+        for start in range(0, len(queries), block):
+            chunk = queries[start:start + block]
+            pairs = [(query_texts[q], doc_texts[int(r)]) for q in chunk for r in candidates[q]]
+            scores = scorer.score_pairs(pairs)
+            at = 0
+            for q in chunk:
+                n = len(candidates[q])
+                rows[q] = {int(r): float(s) for r, s in zip(candidates[q], scores[at:at + n])}
+                at += n
+            if progress is not None:
+                progress(min(start + block, len(queries)), len(queries))
+        super().__init__(rows)
+        self.name = f"cross-encoder:{scorer.name}"
+        self.pairs = sum(len(c) for c in candidates.values())
 
 
 class Teacher:

@@ -23,11 +23,20 @@ def check_schedule(schedule: str) -> None:
         raise ValueError(f"unknown lr schedule {schedule!r}; choose one of {', '.join(SCHEDULES)}")
 
 
-def scheduled_lr(base: float, step: int, progress: float, schedule: str = "constant", warmup_steps: int = 0) -> float:
-    """Learning rate at optimizer ``step`` (0-based) with ``progress`` ∈ [0, 1] of the budget used."""
+def scheduled_lr(base: float, step: int, progress: float, schedule: str = "constant", warmup_steps: int = 0,
+                 warmup_fraction: float = 0.0, progress_after: float | None = None) -> float:
+    """Learning rate at optimizer ``step`` (0-based) with ``progress`` ∈ [0, 1] of the budget used before it.
+
+    Warm-up is linear over ``warmup_steps`` steps and/or over the first ``warmup_fraction`` of the budget's
+    progress (time or steps, whichever runs out first: a run cut by its time budget warms up over its first
+    minutes, not over steps it will never reach), measured at ``progress_after`` (the progress once this step
+    is done; default ``progress``) so that the first step learns a little rather than nothing.
+    """
     check_schedule(schedule)
-    lr = base * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else base
     p = min(max(progress, 0.0), 1.0)
+    lr = base * min(1.0, (step + 1) / warmup_steps) if warmup_steps > 0 else base
+    if warmup_fraction > 0:
+        lr *= min(1.0, (p if progress_after is None else progress_after) / warmup_fraction)
     if schedule == "cosine":
         lr *= 0.5 * (1.0 + math.cos(math.pi * p))
     elif schedule == "linear":

@@ -1,4 +1,4 @@
-"""The training configs of ``retrec train dense`` and ``retrec train bert4rec``: one place per option.
+"""The training configs of ``retrec train dense|reranker|bert4rec``: one place per option.
 
 Each field carries its default, its ``--help`` text and, for a ``Literal`` type, its choices; the CLI
 generates its options from these dataclasses (retrec/cli/train.py). No torch here, so ``retrec --help``
@@ -21,40 +21,23 @@ from retrec.pipelines.options import check_choices, option
 
 
 @dataclass
-class DenseTrainConfig:
-    """TAS-Balanced bi-encoder fine-tuning (see retrec/pipelines/train_dense.py)."""
+class TextTrainingOptions:
+    """The options every text-model trainer shares: budget, schedule, precision, dev split, checkpoints, export
+    and the base model (``retrec train dense`` and ``retrec train reranker``)."""
 
-    batch_size: int = option(32, "queries per batch (in-batch negatives: at least 2)")
     epochs: int = option(6, "passes over the training queries")
     max_minutes: float | None = option(30.0, "training time budget, dev evaluation included "
-                                             "(the schedule decays over it)")
+                                             "(the schedule warms up and decays over it)")
     lr: float = option(3e-5, "peak learning rate (AdamW)")
     lr_schedule: Schedule = option(  # noqa: RUF009 (a Literal alias)
         "linear", "decay after the warm-up, over the budget (time or steps)")
-    warmup_fraction: float = option(0.1, "share of the steps spent in linear warm-up")
+    warmup_fraction: float = option(0.1, "share of the budget (time or steps) spent in linear warm-up")
     weight_decay: float = option(0.01, "AdamW weight decay")
-    max_query_length: int = option(64, "query tokens kept (training and the bundle's default)")
-    max_doc_length: int = option(256, "document tokens kept (training and the bundle's default)")
     precision: Literal["auto", "bf16", "fp32"] = option(
         "auto", "auto (bf16 autocast where the hardware runs bf16 natively, else fp32) | bf16 | fp32")
-    doc_chunk: int = option(16, "documents per forward pass, grouped by length (less padding; 0: the whole batch)")
     grad_checkpoint: bool = option(True, "recompute each layer's activations in the backward pass: a quarter of "
                                          "the peak memory, steps ~1.4x slower",
                                    flag="--grad-checkpoint/--no-grad-checkpoint")
-    similarity: Literal["cosine", "dot"] = option("cosine", "cosine (normalised embeddings) | dot")
-    scale: float = option(20.0, "logit scale of cosine scores in the cross-entropy")
-    sampling: Literal["topic", "random"] = option("topic", "topic (TAS query clusters) | random")
-    queries_per_cluster: int = option(0, "topic clusters' mean size (0: 4 x batch size)")
-    clusters_per_batch: int = option(1, "topic clusters drawn per batch")
-    negatives: Literal["balanced", "bm25"] = option(
-        "balanced", "balanced (margin bins over BM25+dense) | bm25 (one uniform BM25 hard negative)")
-    negative_depth: int = option(50, "candidates per query from each miner")
-    margin_bins: int = option(10, "teacher-margin bins of balanced sampling")
-    teacher: str = option("ensemble", "ensemble (BM25 + zero-shot dense + labels) | PATH.parquet "
-                                      "(query_id, doc_id, score)")
-    label_weight: float = option(1.0, "the judgements' weight as a teacher member")
-    distill_weight: float = option(0.0, "weight of the Margin-MSE terms (0: labels only)")
-    inbatch_weight: float = option(1.0, "weight of in-batch Margin-MSE within the distillation term")
     dev_fraction: float = option(0.2, "at most this share of the training queries is held out for dev nDCG@10 "
                                  "when there is no dev split")
     dev_max_queries: int = option(200, "held-out dev queries (fewer when dev_fraction caps them)")
@@ -64,11 +47,38 @@ class DenseTrainConfig:
                              "the budget); the exported model is the best evaluated, the starting model included")
     eval_share: float = option(0.15, "most of the elapsed time dev evaluations may take (a due one that would "
                                      "exceed it is skipped; the start's and the last always run)")
-    seed: int = option(0, "random seed (batches, negatives, dropout)")
+    seed: int = option(0, "random seed (batches, negatives, dropout, new weights)")
     quantize: bool = option(True, "also write the int8 model", flag="--int8/--no-int8")
     max_steps: int | None = option(None, "hard cap on optimizer steps (smoke runs)")
     base_model: str | None = option(None, "local sentence-transformers/HF folder (BERT architecture) to "
                                           "fine-tune; default: the packaged all-MiniLM-L6-v2")
+
+
+@dataclass
+class DenseTrainConfig(TextTrainingOptions):
+    """TAS-Balanced bi-encoder fine-tuning (see retrec/pipelines/train_dense.py)."""
+
+    batch_size: int = option(32, "queries per batch (in-batch negatives: at least 2)")
+    max_query_length: int = option(64, "query tokens kept (training and the bundle's default)")
+    max_doc_length: int = option(256, "document tokens kept (training and the bundle's default)")
+    doc_chunk: int = option(16, "documents per forward pass, grouped by length (less padding; 0: the whole batch)")
+    similarity: Literal["cosine", "dot"] = option("cosine", "cosine (normalised embeddings) | dot")
+    scale: float = option(20.0, "logit scale of cosine scores in the cross-entropy")
+    sampling: Literal["topic", "random"] = option("topic", "topic (TAS query clusters) | random")
+    queries_per_cluster: int = option(0, "topic clusters' mean size (0: 4 x batch size)")
+    clusters_per_batch: int = option(1, "topic clusters drawn per batch")
+    negatives: Literal["balanced", "bm25"] = option(
+        "balanced", "balanced (margin bins over BM25+dense) | bm25 (one uniform BM25 hard negative)")
+    negative_depth: int = option(50, "candidates per query from each miner")
+    mask_judged: bool = option(True, "leave out of the losses every in-batch or hard negative judged relevant to "
+                                     "the query (any grade > 0)", flag="--mask-judged/--no-mask-judged")
+    margin_bins: int = option(10, "teacher-margin bins of balanced sampling")
+    teacher: str = option("ensemble", "ensemble (BM25 + zero-shot dense + labels) | a model/reranker bundle "
+                                      "folder (`retrec train reranker`) | PATH.parquet "
+                                      "(query_id, doc_id, score)")
+    label_weight: float = option(1.0, "the judgements' weight as a teacher member")
+    distill_weight: float = option(0.0, "weight of the Margin-MSE terms (0: labels only)")
+    inbatch_weight: float = option(1.0, "weight of in-batch Margin-MSE within the distillation term")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -76,6 +86,30 @@ class DenseTrainConfig:
             raise ValueError("batch_size must be at least 2 (in-batch negatives)")
         if self.doc_chunk < 0:
             raise ValueError("doc_chunk must be 0 (whole batch) or positive")
+
+
+@dataclass
+class RerankerTrainConfig(TextTrainingOptions):
+    """Cross-encoder re-ranker fine-tuning (see retrec/pipelines/train_reranker.py)."""
+
+    batch_size: int = option(8, "queries per step")
+    group_size: int = option(8, "pairs per query in a step: one judged positive (drawn by grade) and "
+                                "group_size - 1 mined negatives; the loss is cross-entropy over the group")
+    lr: float = option(5e-5, "peak learning rate (AdamW)")
+    max_length: int = option(256, "tokens of a (query, document) pair (training and the bundle's default)")
+    pooling: Literal["mean", "cls"] = option("mean", "what the score head reads: mean of the tokens | [CLS]")
+    chunk: int = option(16, "pairs per forward pass, grouped by length (0: the whole step)")
+    negative_depth: int = option(30, "candidates per query from each miner (BM25, zero-shot dense); documents "
+                                     "judged relevant to the query are never its negatives")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        if self.group_size < 2:
+            raise ValueError("group_size must be at least 2 (a positive and a negative)")
+        if self.chunk < 0:
+            raise ValueError("chunk must be 0 (whole step) or positive")
 
 
 @dataclass

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import logging
 import math
+import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,10 +37,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from retrec.bundle import Publication
+from retrec.bundle import Publication, load_bundle
 from retrec.data.beir import RetrievalData, load_retrieval_data
 from retrec.index.bm25_index import BM25Index
 from retrec.index.dense_retriever import encode_corpus
+from retrec.kinds import RERANKER_MODEL
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
 from retrec.models.precision import autocast, resolve_precision
 from retrec.models.text_encoder import (
@@ -53,7 +55,14 @@ from retrec.models.text_encoder import (
     write_onnx_files,
     zero_shot_bundle,
 )
-from retrec.pipelines.dense_teachers import BM25Member, DenseMember, LabelMember, ScoreTableMember, Teacher
+from retrec.pipelines.dense_teachers import (
+    BM25Member,
+    CrossEncoderMember,
+    DenseMember,
+    LabelMember,
+    ScoreTableMember,
+    Teacher,
+)
 from retrec.pipelines.metrics import evaluate_run
 from retrec.pipelines.tas_sampling import (
     balanced_margin_pick,
@@ -62,8 +71,8 @@ from retrec.pipelines.tas_sampling import (
     topic_batches,
     topic_clusters,
 )
-from retrec.pipelines.train_config import DenseTrainConfig
-from retrec.pipelines.train_loop import LoopConfig, TorchAdapter, TrainRun, run_training
+from retrec.pipelines.train_config import DenseTrainConfig, RerankerTrainConfig
+from retrec.pipelines.train_loop import TorchAdapter, TrainRun, run_training, text_loop_config
 from retrec.process_env import cache_dir
 from retrec.runtime.onnx_encoder import OnnxEncoder
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
@@ -86,7 +95,8 @@ class TrainingSet:
     dev_source: str = "split"  # "split": the collection's dev split; "held-out": training queries set aside
 
 
-def prepare(train: RetrievalData, dev: RetrievalData | None, cfg: DenseTrainConfig) -> TrainingSet:
+def prepare(train: RetrievalData, dev: RetrievalData | None,
+            cfg: DenseTrainConfig | RerankerTrainConfig) -> TrainingSet:
     """Judged queries of the train split; a seeded share held out as dev when there is no dev split."""
     doc_ids, doc_texts = train.doc_texts(with_title=True)
     row = {d: i for i, d in enumerate(doc_ids)}
@@ -127,7 +137,8 @@ class Miners:
         return merged[~np.isin(merged, exclude)]
 
 
-def build_miners(ts: TrainingSet, cfg: DenseTrainConfig, progress: bool) -> tuple[Miners, np.ndarray, list[str]]:
+def build_miners(ts: TrainingSet, cfg: DenseTrainConfig | RerankerTrainConfig,
+                 progress: bool) -> tuple[Miners, np.ndarray, list[str]]:
     """BM25 and zero-shot dense members over the corpus; returns also the query vectors for clustering."""
     log.info("dense: mining with BM25 and the zero-shot encoder")
     bm25 = BM25Index.build(ts.doc_ids, ts.doc_texts)
@@ -145,10 +156,32 @@ def build_teacher(cfg: DenseTrainConfig, miners: Miners, ts: TrainingSet) -> Tea
     if cfg.teacher == "ensemble":
         return Teacher([(miners.bm25, 1.0), (miners.dense, 1.0), labels])
     path = Path(cfg.teacher)
+    if path.is_dir():  # a model/reranker bundle: it scores each training query's candidates once, up front
+        return Teacher([(cross_encoder_member(path, cfg, miners, ts), 1.0), labels])
     if not path.is_file():
-        raise ValueError(f"teacher must be 'ensemble' or a Parquet file of (query_id, doc_id, score); "
-                         f"{path} does not exist")
+        raise ValueError(f"teacher must be 'ensemble', a model/reranker bundle folder or a Parquet file of "
+                         f"(query_id, doc_id, score); {path} does not exist")
     return Teacher([(ScoreTableMember(path, {d: i for i, d in enumerate(ts.doc_ids)}), 1.0), labels])
+
+
+def cross_encoder_member(bundle: Path, cfg: DenseTrainConfig, miners: Miners, ts: TrainingSet) -> CrossEncoderMember:
+    """The re-ranker's scores of every training query's positives and mined candidates (the pool balanced
+    sampling draws negatives from), with the int8 model when the bundle has one."""
+    from retrec.runtime.reranker import OnnxReranker
+
+    manifest = load_bundle(bundle, kind=RERANKER_MODEL)
+    variant = "int8" if "int8" in manifest.config.get("variants", {}) else "fp32"
+    scorer = OnnxReranker(manifest, variant=variant)
+    pool = {q: np.union1d(ts.positives[q], miners.candidates(q, cfg.negative_depth, ts.positives[q]))
+            for q in ts.query_ids}
+    total = sum(len(v) for v in pool.values())
+    log.info("dense: teacher %s (%s) scores %d (query, document) pairs", manifest.name, variant, total)
+    started = time.perf_counter()
+
+    def report(done: int, of: int) -> None:
+        log.info("dense: teacher scored %d/%d queries (%.0f s)", done, of, time.perf_counter() - started)
+
+    return CrossEncoderMember(scorer, ts.query_texts, ts.doc_texts, pool, progress=report)
 
 
 @dataclass
@@ -217,10 +250,11 @@ def step_loss(model: TextEncoder, tokenizer: TextTokenizer, step: Step, ts: Trai
         d = embed_grouped(model, tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length, cfg.doc_chunk)
     q, d = q.float(), d.float()  # the losses in fp32
     scores = q @ d.T
-    mask = judged_mask(step, ts)
+    judged = judged_mask(step, ts)
+    mask = judged if cfg.mask_judged else torch.zeros_like(judged)
     scale = cfg.scale if cfg.similarity == "cosine" else 1.0
     ce = in_batch_cross_entropy(scores, scale, mask)
-    parts = {"ce": float(ce.detach()), "judged_negatives": float(mask.sum())}
+    parts = {"ce": float(ce.detach()), "judged_negatives": float(judged.sum())}
     loss = ce
     if cfg.distill_weight > 0:
         target = torch.from_numpy(np.stack([teacher.scores(qid, docs) for qid in step.queries]))
@@ -332,14 +366,6 @@ class DenseAdapter(TorchAdapter):
         return {**fields, "config": config, "metrics": metrics}
 
 
-def loop_config(cfg: DenseTrainConfig) -> LoopConfig:
-    """Budget, schedule and checkpoints of a dense run: steps, per-step curve; the exported weights are the best
-    on dev nDCG@10 among the evaluated ones, the starting model's included (never silently worse than the start)."""
-    return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, max_steps=cfg.max_steps,
-                      lr_schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction, grad_clip=1.0,
-                      checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True,
-                      eval_every=cfg.eval_every, eval_share=cfg.eval_share, monitor=DEV_METRIC, keep_best=True)
-
 
 def train_dense(
     data: str | Path, out: str | Path, cfg: DenseTrainConfig | None = None, *, resume: bool = False,
@@ -363,4 +389,5 @@ def train_dense(
         if cfg.sampling == "topic" else None
     log.info("dense: model and dev candidates")
     adapter = DenseAdapter(ts, cfg, miners, teacher, labels, base, name or f"{Path(data).name}-dense")
-    return run_training(adapter, loop_config(cfg), out, resume=resume, progress=progress, command=command)
+    return run_training(adapter, text_loop_config(cfg, DEV_METRIC), out, resume=resume, progress=progress,
+                        command=command)

@@ -35,6 +35,7 @@ from safetensors.torch import load_file, save
 
 from retrec.bundle import Publication, atomic_open, atomic_write_bytes, atomic_write_text, publish
 from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
+from retrec.pipelines.train_config import TextTrainingOptions
 
 log = logging.getLogger("retrec.train")
 LAST, CURVE, BEST = "last.pt", "curve.json", "best.safetensors"
@@ -51,7 +52,7 @@ class LoopConfig:
     max_steps: int | None = None
     lr_schedule: str = "constant"
     warmup_steps: int = 0
-    warmup_fraction: float = 0.0  # added to warmup_steps, as a share of the planned steps
+    warmup_fraction: float = 0.0  # warm-up over this share of the budget (time or steps; lr_schedule.py)
     grad_clip: float | None = None
     checkpoint_every: int = 0  # steps between checkpoints within an epoch (0: at epoch ends only)
     seed: int = 0
@@ -70,6 +71,16 @@ class LoopConfig:
         check_schedule(self.lr_schedule)
         if (self.keep_best or self.patience is not None) and self.monitor is None:
             raise ValueError("keep_best and patience need a monitored metric (monitor=...)")
+
+
+def text_loop_config(cfg: TextTrainingOptions, monitor: str) -> LoopConfig:
+    """The loop of a text-model trainer (``retrec train dense|reranker``): its budget, schedule and checkpoints,
+    a per-step curve, dev scored at the start and as the budget allows; the exported weights are the best on
+    ``monitor`` among the evaluated ones, the starting model's included (never silently worse than the start)."""
+    return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, max_steps=cfg.max_steps,
+                      lr_schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction, grad_clip=1.0,
+                      checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True,
+                      eval_every=cfg.eval_every, eval_share=cfg.eval_share, monitor=monitor, keep_best=True)
 
 
 @dataclass
@@ -202,7 +213,6 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     ckpt_dir = out.with_name(out.name + ".ckpt")
     per_epoch = max(1, adapter.steps_per_epoch())
     total = loop.epochs * per_epoch if loop.max_steps is None else min(loop.max_steps, loop.epochs * per_epoch)
-    warmup = loop.warmup_steps + int(loop.warmup_fraction * total)
     state, curve = LoopState(), []
     if resume and (ckpt_dir / LAST).is_file():
         checkpoint = torch.load(ckpt_dir / LAST, weights_only=True)
@@ -257,7 +267,8 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
             epoch_loss, count, lr = 0.0, 0, loop.lr
             for b in range(state.batch, len(batches)):
                 lr = scheduled_lr(loop.lr, state.step, budget_progress(elapsed(), loop.max_minutes, state.step, total),
-                                  loop.lr_schedule, warmup)
+                                  loop.lr_schedule, loop.warmup_steps, loop.warmup_fraction,
+                                  budget_progress(elapsed(), loop.max_minutes, state.step + 1, total))
                 for group in opt.param_groups:
                     group["lr"] = lr
                 if loop.reseed_steps:

@@ -97,6 +97,35 @@ class TextTokenizer:
     def __call__(self, texts: Sequence[str], max_length: int) -> dict[str, np.ndarray]:
         return self.pad(self.encode(texts, max_length))
 
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], max_length: int) -> list[tuple[list[int], list[int]]]:
+        """``(ids, type_ids)`` of each ``(first, second)`` pair as one sequence (``[CLS] a [SEP] b [SEP]`` for
+        BERT), cut to ``max_length`` by trimming the longer side first."""
+        if not pairs:
+            return []
+        return [(e.ids, e.type_ids) for e in self._truncating(max_length).encode_batch(list(pairs))]
+
+    def pad_pairs(self, encoded: Sequence[tuple[list[int], list[int]]]) -> dict[str, np.ndarray]:
+        """:meth:`pad` plus ``token_type_ids`` (0 on padding)."""
+        feeds = self.pad([ids for ids, _ in encoded])
+        types = np.zeros_like(feeds["input_ids"])
+        for row, (_, t) in enumerate(encoded):
+            types[row, : len(t)] = t
+        feeds["token_type_ids"] = types
+        return feeds
+
+    def pair_batches(
+        self, pairs: Sequence[tuple[str, str]], max_length: int, batch_size: int = 32
+    ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:
+        """:meth:`batches` for pairs: ``(positions, feeds)``, longest first, each padded to its own longest."""
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be positive, got {batch_size}")
+        encoded = self.encode_pairs(pairs, max_length)
+        lengths = np.fromiter((len(ids) for ids, _ in encoded), dtype=np.int64, count=len(encoded))
+        order = np.argsort(-lengths, kind="stable")
+        for start in range(0, len(order), batch_size):
+            positions = order[start : start + batch_size]
+            yield positions, self.pad_pairs([encoded[i] for i in positions])
+
     def batches(
         self, texts: Sequence[str], max_length: int, batch_size: int = 32
     ) -> Iterator[tuple[np.ndarray, dict[str, np.ndarray]]]:

@@ -14,6 +14,8 @@ Every configured bundle's ``kind`` (its manifest) is looked up in the one regist
   application may use several. ``encoder.placement: ingress`` (default) runs each inside the ``Ingress``
   replica; ``deployment`` serves each as a ``QueryEncoder`` deployment (the first as ``QueryEncoder``,
   others as ``QueryEncoder-NAME`` after the first retriever using them).
+- a **reranker** (``rerank:``, optional) is served by :class:`~retrec.serving.rerankers.Reranker` as
+  ``Reranker``: the ``rerank`` stage of ``/v1/search``.
 - a **recommender** kind is served by :class:`~retrec.serving.recommenders.Recommender` (or its ``serve``
   deployment) as ``recommender-NAME``.
 
@@ -49,6 +51,7 @@ from retrec.serving.ingress import Ingress
 from retrec.serving.placement import shard_placement
 from retrec.serving.recommenders import Recommender
 from retrec.serving.registry import check_hook, deployment, kind_of
+from retrec.serving.rerankers import Reranker
 from retrec.serving.schemas import HYBRID
 from retrec.serving.shards import IndexShard, index_ref, shard_deployment
 from retrec.serving.versions import INGRESS
@@ -169,8 +172,16 @@ def build_app(args: dict[str, Any]) -> Application:
             **mc.replicas.deployment_options(f"recommender-{name}")).bind(path, kind=kind.kind)
     if not retrievers and not recommenders:
         raise BundleError("nothing to serve: every configured bundle is missing")
+    reranker = None
+    if cfg.rerank is not None:
+        rr = cfg.rerank
+        path = cfg.resolve(rr.bundle)
+        _deployable("rerank", "bundle", path, optional=False)
+        kind_of(read_manifest(path).kind, "reranker", f"rerank bundle {path}")
+        reranker = Reranker.options(**rr.replicas.deployment_options("Reranker")).bind(
+            path, cfg.resolve(rr.documents), variant=rr.variant, threads=rr.threads)
     # The active index versions: the Ingress user_config (swaps, or a `deployments: [{name: Ingress,
     # user_config: {indexes: {NAME: PATH}}}]` override, update it on every replica; versions.py).
     indexes = {name: r["ref"]["path"] for name, r in retrievers.items()}
     return Ingress.options(**cfg.ingress.deployment_options(INGRESS), user_config={"indexes": indexes}).bind(
-        cfg.model_dump(), retrievers, encoders, recommenders)
+        cfg.model_dump(), retrievers, encoders, recommenders, reranker)

@@ -86,6 +86,22 @@ class EncoderConfig(_Strict):
     replicas: ReplicaOptions = Field(default_factory=lambda: ReplicaOptions(num_cpus=1.0, max_ongoing_requests=64))
 
 
+class RerankConfig(_Strict):
+    """The optional ``rerank`` stage of ``/v1/search`` (:mod:`retrec.serving.rerankers`): a ``model/reranker``
+    bundle re-orders a retriever's top ``depth`` hits when a request says ``"rerank": true``; ``documents`` is the
+    collection (a BEIR folder or corpus file) whose texts it reads. A cross-encoder reads every (query, document)
+    pair: on 2 CPU cores, ~25 ms per document (benchmarks/RESULTS.md), so ``depth`` is the latency knob."""
+
+    bundle: str
+    documents: str
+    depth: int = Field(20, ge=1, le=1000, description="hits re-ranked per request (the first stage fetches at "
+                       "least this many)")
+    variant: Literal["fp32", "int8"] = "fp32"
+    threads: int | None = Field(None, ge=1, description="ONNX intra-op threads; default: the replica's CPUs")
+    timeout_s: float = Field(5.0, gt=0, description="a re-ranking slower than this fails the request (503)")
+    replicas: ReplicaOptions = Field(default_factory=lambda: ReplicaOptions(num_cpus=1.0, max_ongoing_requests=8))
+
+
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_inflight: int = Field(64, ge=1, description="requests in progress per ingress replica before 503")
@@ -169,6 +185,7 @@ class ServingConfig(_Strict):
     auth: AuthConfig = Field(default_factory=AuthConfig)
     use_gpu: bool | None = Field(None, description="null: use a GPU when FAISS/ONNX Runtime see one")
     admin: AdminConfig = Field(default_factory=AdminConfig)
+    rerank: RerankConfig | None = None
     base_dir: str | None = None
 
     @model_validator(mode="after")

@@ -97,7 +97,7 @@ class Ingress:
     queries with one encoder per encoder bundle, in-process or through ``QueryEncoder`` deployments."""
 
     def __init__(self, config: dict[str, Any], retrievers: dict[str, dict[str, Any]],
-                 encoders: dict[str, dict[str, Any]], recommenders: dict[str, Any]) -> None:
+                 encoders: dict[str, dict[str, Any]], recommenders: dict[str, Any], reranker: Any = None) -> None:
         self.cfg = ServingConfig.model_validate(config)
         serving_metrics.METRICS.export_to_ray()  # inside the replica: series tagged with its deployment/replica
         limits = self.cfg.limits
@@ -115,6 +115,7 @@ class Ingress:
                                       {key: read_manifest(key) for key in encoders}, self.cfg.resolve,
                                       publish=ServeRollout().publish)
         self.recommenders = recommenders
+        self.reranker = reranker  # a Reranker deployment handle (rerank: in the config), else None
         # Resolved once: what each search name needs (no registry or config lookups per request).
         names = list(self.retrievers)
         self._targets: dict[str, list[str]] = {name: [name] for name in names}
@@ -130,6 +131,7 @@ class Ingress:
         schemas.PUBLISHED.retrievers = list(self._targets)
         schemas.PUBLISHED.swappable = names
         schemas.PUBLISHED.recommenders = list(recommenders)
+        schemas.PUBLISHED.rerank = reranker is not None
         self.readiness = ReadinessCache(self._readiness_checks, period_s=1.0)
         self.readiness.start()  # on the replica's loop when there is one; else with the first probe
 
@@ -188,7 +190,12 @@ class Ingress:
         if req.fusion.weights and not self.retrievers.keys() >= req.fusion.weights.keys():
             unknown = sorted(set(req.fusion.weights) - set(self.retrievers))
             raise ApiError(422, "invalid_request", f"fusion.weights names retrievers not deployed: {unknown}")
+        if req.rerank and self.reranker is None:
+            raise ApiError(400, "not_deployed", "no re-ranker is deployed in this application (rerank: in the "
+                           "serve config)")
+        rerank_depth = self.cfg.rerank.depth if req.rerank and self.cfg.rerank is not None else 0
         depth = max(req.k, req.fusion.depth) if hybrid else req.k
+        depth = max(depth, rerank_depth)
         payloads = {key: asyncio.ensure_future(self._encode(key, req.query)) for key in self._encoders_for[name]}
         outcomes = await asyncio.gather(*(self._retrieve(n, req.query, depth, payloads) for n in names),
                                         return_exceptions=True)
@@ -206,15 +213,40 @@ class Ingress:
         if hybrid:
             fuse = FUSIONS[req.fusion.method]
             kwargs = {"rrf_k": req.fusion.rrf_k} if req.fusion.method == "rrf" else {}
-            hits = fuse(rankings, req.k, weights=req.fusion.weights, **kwargs)
+            hits = fuse(rankings, max(req.k, rerank_depth), weights=req.fusion.weights, **kwargs)
         else:
             hits = rankings[name]
+        reranked_by = None
+        if rerank_depth:
+            hits, reranked_by = await self._rerank(req.query, hits, rerank_depth)
         if failed:
             serving_metrics.METRICS.partial.inc()
         return SearchResponse(
             retriever=name, index_versions=versions, partial=bool(failed), failed_shards=failed,
-            hits=[Hit(doc_id=d, score=s, rank=i) for i, (d, s) in enumerate(hits, start=1)],
-            took_ms=round((time.perf_counter() - started) * 1000, 3))
+            hits=[Hit(doc_id=d, score=s, rank=i) for i, (d, s) in enumerate(hits[:req.k], start=1)],
+            reranked_by=reranked_by, took_ms=round((time.perf_counter() - started) * 1000, 3))
+
+    async def _rerank(self, query: str, hits: list, depth: int) -> tuple[list, str]:
+        """The first ``depth`` hits re-ordered by the re-ranker deployment (those below keep their order, scored
+        below the re-ranked ones); a re-ranker that fails or is too slow fails the request (503)."""
+        assert self.cfg.rerank is not None
+        head = [d for d, _ in hits[:depth]]
+        if not head:
+            return hits, ""
+        try:
+            out = await call_handle(self.reranker.rerank.remote(query, head), self.cfg.rerank.timeout_s)
+        except BackPressureError as exc:
+            raise ApiError(503, "overloaded", f"re-ranker busy: {exc}",
+                           {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
+        except TimeoutError as exc:
+            raise ApiError(503, "unavailable", f"re-ranker slower than {self.cfg.rerank.timeout_s} s") from exc
+        except Exception as exc:
+            log.warning("re-ranker failed", exc_info=True)
+            raise ApiError(503, "unavailable", f"re-ranker failed: {type(exc).__name__}") from exc
+        ranked = [(d, float(s)) for d, s in out["hits"]]
+        floor = ranked[-1][1] if ranked else 0.0
+        tail = [(d, floor - 1.0 - i * 1e-3) for i, (d, _) in enumerate(hits[depth:])]
+        return ranked + tail, f"{out['name']}@{out['version']}"
 
     def available(self) -> list[str]:
         return list(self._targets)

@@ -71,6 +71,8 @@ class SearchRequest(_Strict):
         default=None, description="a deployed retriever, or hybrid (all of them fused); default: the first "
         f"configured. Registered retriever kinds: {describe('index')}")
     fusion: FusionOptions = Field(default_factory=FusionOptions)
+    rerank: bool = Field(False, description="re-order the first stage's top hits (the configured depth) with the "
+                         "deployed cross-encoder (`rerank:` in the serve config); only false when none is deployed")
 
 
 class Hit(BaseModel):
@@ -85,6 +87,7 @@ class SearchResponse(BaseModel):
     index_versions: dict[str, str] = Field(description="index version searched, per retriever")
     partial: bool = Field(description="true when a shard failed or timed out; hits come from the others")
     failed_shards: list[str] = Field(default_factory=list)
+    reranked_by: str | None = Field(None, description="NAME@VERSION of the cross-encoder that re-ordered the hits")
     took_ms: float
 
 
@@ -140,6 +143,7 @@ class PublishedNames:
     retrievers: list[str] = field(default_factory=list)  # deployed, in config order (plus hybrid when > 1)
     recommenders: list[str] = field(default_factory=list)
     swappable: list[str] = field(default_factory=list)  # deployed retrievers (no hybrid)
+    rerank: bool = False  # a re-ranker is deployed: "rerank": true is accepted
 
 
 PUBLISHED = PublishedNames()
@@ -177,4 +181,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     _enum(schema, "RecommendRequest", "model", PUBLISHED.recommenders, default=True)
     _enum(schema, "SwapRequest", "retriever", PUBLISHED.swappable, default=False)
     _enum_keys(schema, "FusionOptions", "weights", PUBLISHED.swappable)
+    rerank = schema.get("components", {}).get("schemas", {}).get("SearchRequest", {}).get("properties", {})
+    if "rerank" in rerank and not PUBLISHED.rerank:
+        rerank["rerank"]["enum"] = [False]  # nothing deployed to re-rank with
     return schema

@@ -67,6 +67,10 @@ def test_learning_rate_schedule_warms_up_and_decays() -> None:
     assert scheduled_lr(1.0, 50, 0.5, "linear", warmup_steps=10) == pytest.approx(0.5)
     assert scheduled_lr(1.0, 50, 1.0, "cosine") == pytest.approx(0.0)
     assert scheduled_lr(1.0, 50, 0.7, "constant") == 1.0
+    # warm-up over a share of the budget's progress (a time budget), whatever the step count
+    assert scheduled_lr(1.0, 3, 0.05, "linear", warmup_fraction=0.1) == pytest.approx(0.5 * 0.95)
+    assert scheduled_lr(1.0, 3, 0.2, "constant", warmup_fraction=0.1) == 1.0
+    assert scheduled_lr(1.0, 0, 0.0, "linear", warmup_fraction=0.1, progress_after=0.02) == pytest.approx(0.2)
     with pytest.raises(ValueError, match="unknown lr schedule"):
         scheduled_lr(1.0, 0, 0.0, "step")
 

@@ -19,7 +19,7 @@ from retrec.index.dense_retriever import DenseRetriever, corpus_key
 from retrec.models.text_encoder import TextEncoder, encode_texts, export_onnx, zero_shot_bundle
 from retrec.pipelines.evaluate import evaluate_retriever
 from retrec.pipelines.retrievers import build_retriever
-from retrec.runtime import onnx_encoder
+from retrec.runtime import onnx_session
 from retrec.runtime.onnx_encoder import OnnxEncoder, select_providers
 from retrec.runtime.tokenizer import ModelFilesError, load_tokenizer, minilm_dir
 
@@ -145,7 +145,7 @@ def test_cuda_provider_first_only_when_available(bundle: Path, monkeypatch: pyte
         seen.append(providers)
         return real_session(path, options, providers=["CPUExecutionProvider"])
 
-    monkeypatch.setattr(onnx_encoder.ort, "InferenceSession", spy)
+    monkeypatch.setattr(onnx_session.ort, "InferenceSession", spy)
     OnnxEncoder(bundle)
     assert seen == [cuda]
 

@@ -70,6 +70,25 @@ class FakeRecommender:
                       "unknown_examples": skipped[:5]})
 
 
+class FakeReranker:
+    """A re-ranker handle: the given ids in reverse order (so a re-ranked answer is visibly different)."""
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls: list[tuple[str, list[str]]] = []
+        self.rerank = _Method(self._rerank)
+
+    def _rerank(self, query: str, ids: list[str]) -> asyncio.Future:
+        self.calls.append((query, list(ids)))
+        if self.fail:
+            future = asyncio.get_running_loop().create_future()
+            future.set_exception(RuntimeError("the re-ranker replica died"))
+            return future
+        ranked = list(reversed(ids))
+        return _done({"hits": [(d, 10.0 - i) for i, d in enumerate(ranked)], "missing_texts": 0,
+                      "name": "fake-ce", "version": "c1"})
+
+
 class Started:
     """Readiness of a started replica whose shards hold the active versions."""
 
@@ -100,8 +119,9 @@ def _retriever(name: str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def ingress_app(config: dict[str, Any] | None = None) -> Iterator[FastAPI]:
-    """The ingress app serving two BM25-like retrievers (``bm25``, ``bm25-title``; hybrid) and a recommender."""
+def ingress_app(config: dict[str, Any] | None = None, reranker: Any = None) -> Iterator[FastAPI]:
+    """The ingress app serving two BM25-like retrievers (``bm25``, ``bm25-title``; hybrid) and a recommender
+    (and ``reranker``, a re-ranker handle, when the config has ``rerank:``)."""
     from ray import serve
 
     from retrec.serving import ingress, schemas
@@ -115,9 +135,10 @@ def ingress_app(config: dict[str, Any] | None = None) -> Iterator[FastAPI]:
                      "auth": {"mode": "none"}}
     obj = user_class.__new__(user_class)
     saved_guard = dict(vars(GUARD))
-    saved_names = (schemas.PUBLISHED.retrievers, schemas.PUBLISHED.recommenders, schemas.PUBLISHED.swappable)
+    saved_names = (schemas.PUBLISHED.retrievers, schemas.PUBLISHED.recommenders, schemas.PUBLISHED.swappable,
+                   schemas.PUBLISHED.rerank)
     user_class.__init__(obj, cfg, {name: _retriever(name) for name in cfg["retrievers"]}, {},
-                        {name: FakeRecommender() for name in cfg.get("recommenders", {})})
+                        {name: FakeRecommender() for name in cfg.get("recommenders", {})}, reranker)
     _unbatched(obj)
     obj.versions.publish = _no_controller  # no Serve controller here: a swap flips this replica only
     obj.readiness.stop()
@@ -133,4 +154,5 @@ def ingress_app(config: dict[str, Any] | None = None) -> Iterator[FastAPI]:
         serve.get_replica_context = original  # type: ignore[assignment]
         ingress.api.openapi_schema = None
         vars(GUARD).update(saved_guard)
-        schemas.PUBLISHED.retrievers, schemas.PUBLISHED.recommenders, schemas.PUBLISHED.swappable = saved_names
+        (schemas.PUBLISHED.retrievers, schemas.PUBLISHED.recommenders, schemas.PUBLISHED.swappable,
+         schemas.PUBLISHED.rerank) = saved_names

@@ -27,7 +27,7 @@ from retrec.index.dense_retriever import DenseRetriever
 from retrec.index.faiss_index import FaissIndex
 from retrec.runtime.onnx_encoder import OnnxEncoder
 from retrec.runtime.sequence_recommender import SequenceRecommender, SkipReport
-from tests.tiny_models import tiny_dense_encoder, with_version
+from tests.tiny_models import tiny_dense_encoder, tiny_reranker, with_version
 
 ray = pytest.importorskip("ray")
 serve = pytest.importorskip("ray.serve")
@@ -48,6 +48,7 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     out["bm25_v2"] = with_version(BM25Index.build(ids, texts, BM25Config(k1=1.5, b=0.75))
                                    .save(root / "bm25-v2", name="bm25"), "bm25-v2")
     out["encoder"] = tiny_dense_encoder(root / "encoder")
+    out["reranker"] = tiny_reranker(root / "reranker")
     enc = OnnxEncoder(out["encoder"], num_threads=1)
     DenseRetriever.build(enc, ids, texts, shards=2).save(root / "dense-v1")
     out["dense"] = with_version(root / "dense-v1", "dense-v1")
@@ -78,6 +79,8 @@ def _config(bundles: dict[str, Path], port: int, placement: str = "ingress") -> 
                 "encoder": {"placement": placement, "max_batch_size": 8, "threads": 1,
                             "replicas": {**zero, "max_ongoing_requests": 64}},
                 "ingress": {**zero, "max_ongoing_requests": 64},
+                "rerank": {"bundle": str(bundles["reranker"]), "documents": str(bundles["data"]), "depth": 5,
+                           "threads": 1, "replicas": zero},
                 "limits": {"shard_timeout_s": 0.75, "request_timeout_s": 5},
                 "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])},
                 "admin": {"enabled": True, "keys_env": None, "keys_file": str(bundles["admin_keys"]),
@@ -121,6 +124,22 @@ def test_bm25_http_equals_offline(client: httpx.Client, bundles: dict[str, Path]
         body = r.json()
         assert body["index_versions"] == {"bm25": "bm25-v1"} and body["partial"] is False
         assert [(h["doc_id"], h["score"]) for h in body["hits"]] == index.search([q], 20)[0]
+
+
+def test_rerank_stage_reorders_bm25_top_depth_as_offline(client: httpx.Client, bundles: dict[str, Path]) -> None:
+    from retrec.data.corpus import corpus_texts, read_corpus
+    from retrec.runtime.reranker import OnnxReranker
+
+    index, reranker = BM25Index.load(bundles["bm25"]), OnnxReranker(bundles["reranker"], num_threads=1)
+    texts = dict(zip(*corpus_texts(read_corpus(bundles["data"]))))
+    for q in _queries(bundles)[:3]:
+        r = client.post("/v1/search", json={"query": q, "k": 3, "retriever": "bm25", "rerank": True})
+        assert r.status_code == 200, r.text
+        body = r.json()
+        assert body["reranked_by"].startswith("tiny-reranker@") and len(body["hits"]) == 3
+        first = [d for d, _ in index.search([q], 5)[0]]
+        ids, scores = reranker.rerank(q, first, texts.__getitem__)
+        _assert_same_hits(body["hits"], list(zip(ids, scores.tolist()))[:3])
 
 
 def _offline_dense(bundles: dict[str, Path]) -> DenseRetriever:

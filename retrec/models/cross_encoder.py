@@ -1,0 +1,160 @@
+"""Cross-encoder re-ranker (BERT over ``[CLS] query [SEP] document [SEP]`` + a linear head) and its export
+to a ``model/reranker`` ONNX bundle.
+
+The query and the document are read together, so every query token attends to every document token: more
+accurate than a bi-encoder's two vectors, and too slow for a whole corpus — it re-ranks a first stage's top
+N (``retrec eval --rerank``) and scores (query, candidate) pairs as a distillation teacher
+(``retrec train dense --teacher BUNDLE``). The ONNX graph takes ``input_ids``, ``attention_mask`` and
+``token_type_ids`` (dynamic batch and sequence axes) and returns ``scores`` ``[batch]`` (a logit: higher is
+more relevant). The bundle holds the fp32 model (and optionally an int8 copy), the tokenizer and a manifest
+whose config records the pooling and the maximum pair length.
+
+Example::
+
+    model = CrossEncoder.from_pretrained()                          # packaged MiniLM + a fresh head
+    scores = score_pairs(model, load_tokenizer(), [("what causes scurvy", "Scurvy is ...")], max_length=256)
+    export_reranker(model, "artifacts/scifact-reranker", name="scifact-reranker")
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from retrec.bundle import Manifest, publish
+from retrec.kinds import RERANKER_MODEL
+from retrec.models.text_encoder import POOLINGS, _eager_attention, _quiet_transformers, onnx_variants
+from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer, minilm_dir
+
+KIND = RERANKER_MODEL
+EXPORT_FORMAT = 1
+INPUT_NAMES = ("input_ids", "attention_mask", "token_type_ids")
+OUTPUT_NAME = "scores"
+FP32_FILE = "reranker.onnx"
+INT8_FILE = "reranker-int8.onnx"
+TOKENIZER_DIR = "tokenizer"
+
+
+@dataclass(frozen=True)
+class RerankerConfig:
+    """What a ``model/reranker`` bundle records about how to use its model."""
+
+    pooling: str = "mean"
+    max_length: int = 256  # tokens of the (query, document) pair; the document side is cut first
+    base_model: str = MINILM_NAME
+
+    def __post_init__(self) -> None:
+        if self.pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {self.pooling!r}")
+        if self.max_length < 4:
+            raise ValueError(f"max_length must leave room for a pair's special tokens (>= 4), got {self.max_length}")
+
+
+class CrossEncoder(nn.Module):
+    """BERT over a (query, document) pair → pooled hidden state → ``Linear(hidden, 1)`` → a score per pair."""
+
+    def __init__(self, bert: nn.Module, pooling: str = "mean") -> None:
+        super().__init__()
+        if pooling not in POOLINGS:
+            raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
+        self.bert = bert
+        self.pooling = pooling
+        self.head = nn.Linear(int(bert.config.hidden_size), 1)
+        nn.init.normal_(self.head.weight, std=0.02)
+        nn.init.zeros_(self.head.bias)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path | None = None, pooling: str = "mean",
+                        attn_implementation: str = "sdpa") -> CrossEncoder:
+        """A BertModel from ``folder`` (default: the packaged MiniLM), offline, with a fresh head; eval mode."""
+        from transformers import BertModel
+
+        source = Path(folder) if folder is not None else minilm_dir()
+        with _quiet_transformers():
+            bert = BertModel.from_pretrained(
+                str(source), add_pooling_layer=False, local_files_only=True, attn_implementation=attn_implementation
+            )
+        return cls(bert, pooling=pooling).eval()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                token_type_ids: torch.Tensor) -> torch.Tensor:
+        hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
+                           token_type_ids=token_type_ids).last_hidden_state
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        return self.head(pooled).squeeze(-1)
+
+
+def pair_tensors(tokenizer: TextTokenizer, pairs: Sequence[tuple[str, str]],
+                 max_length: int) -> tuple[torch.Tensor, ...]:
+    """``(input_ids, attention_mask, token_type_ids)`` of the pairs, padded to the longest."""
+    feeds = tokenizer.pad_pairs(tokenizer.encode_pairs(pairs, max_length))
+    return tuple(torch.from_numpy(feeds[name]) for name in INPUT_NAMES)
+
+
+@torch.inference_mode()
+def score_pairs(model: CrossEncoder, tokenizer: TextTokenizer, pairs: Sequence[tuple[str, str]], max_length: int,
+                batch_size: int = 32) -> np.ndarray:
+    """Torch eager scores ``float32 [n]`` in input order (length-sorted batches, as the ONNX runtime)."""
+    out = np.zeros(len(pairs), dtype=np.float32)
+    for positions, feeds in tokenizer.pair_batches(pairs, max_length, batch_size):
+        scores = model(*(torch.from_numpy(feeds[name]) for name in INPUT_NAMES))
+        out[positions] = scores.float().numpy()
+    return out
+
+
+def _export_graph(model: CrossEncoder, tokenizer: TextTokenizer, path: Path, opset: int) -> None:
+    # The example batch must contain padding and both segments: the trace keeps the mask and type paths.
+    args = pair_tensors(tokenizer, [("a query", "a short document"),
+                                    ("a longer query", "a longer document, padded on the other row")], 32)
+    if args[1].all():
+        raise RuntimeError("the export example batch has no padding")
+    axes = {0: "batch", 1: "sequence"}
+    dynamic_axes: dict[str, dict[int, str]] = {name: dict(axes) for name in INPUT_NAMES}
+    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), _eager_attention(model), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tracer warnings about Python bools in HF masking code
+            torch.onnx.export(model, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
+                              dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
+    finally:
+        model.train(was_training)
+
+
+def write_reranker_files(model: CrossEncoder, out: Path, *, tokenizer: TextTokenizer, config: RerankerConfig,
+                         quantize: bool = False, opset: int = 17) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Write ``reranker.onnx`` (+ ``reranker-int8.onnx``) and ``tokenizer/`` into ``out``; no manifest. Returns the
+    bundle's config and dims."""
+    if config.pooling != model.pooling:
+        raise ValueError(f"config pooling {config.pooling} differs from the model's {model.pooling}")
+    tokenizer.save(out / TOKENIZER_DIR)
+    _export_graph(model, tokenizer, out / FP32_FILE, opset)
+    variants, extra = onnx_variants(out, FP32_FILE, INT8_FILE, quantize)
+    config_json = {**asdict(config), "variants": variants, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
+                   "opset": opset, "export_format": EXPORT_FORMAT, "tokenizer": TOKENIZER_DIR, **extra}
+    return config_json, {"hidden": int(model.bert.config.hidden_size)}
+
+
+def export_reranker(model: CrossEncoder, out_dir: str | Path, *, tokenizer: TextTokenizer | None = None,
+                    name: str = "reranker", config: RerankerConfig | None = None, quantize: bool = False,
+                    metrics: dict[str, Any] | None = None, command: str | None = None) -> Manifest:
+    """Publish a ``model/reranker`` bundle atomically into a new or empty ``out_dir``."""
+    config = config or RerankerConfig(pooling=model.pooling)
+    tok = tokenizer or load_tokenizer()
+    with publish(out_dir, replace=False) as pub:
+        config_json, dims = write_reranker_files(model, pub.path, tokenizer=tok, config=config, quantize=quantize)
+        pub.set_manifest(kind=KIND, name=name, dims=dims, config=config_json, metrics=metrics, command=command)
+    assert pub.manifest is not None
+    return pub.manifest

@@ -1,0 +1,74 @@
+"""Cross-encoder re-ranker: pair tokenisation, ONNX export parity, re-ranking order."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrec import kinds
+from retrec.bundle import BundleError, load_bundle
+from retrec.models.cross_encoder import CrossEncoder, RerankerConfig, export_reranker, score_pairs
+from retrec.runtime.reranker import OnnxReranker
+from retrec.runtime.tokenizer import load_tokenizer
+
+PAIRS = [("what causes scurvy", "Scurvy is caused by a lack of vitamin C in the diet."),
+         ("gene expression", "A much longer document about the regulation of gene expression in cells. " * 20),
+         ("q", "d")]
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory: pytest.TempPathFactory) -> tuple[CrossEncoder, Path]:
+    torch.manual_seed(0)
+    model = CrossEncoder.from_pretrained()
+    with torch.no_grad():  # a head that is not near zero, so parity is checked on real magnitudes
+        model.head.weight.normal_(std=1.0)
+        model.head.bias.fill_(0.5)
+    out = tmp_path_factory.mktemp("reranker") / "bundle"
+    export_reranker(model, out, name="toy-reranker", config=RerankerConfig(max_length=64))
+    return model, out
+
+
+def test_pairs_are_one_sequence_with_segment_ids_cut_on_the_long_side() -> None:
+    tok = load_tokenizer()
+    (ids, types), = tok.encode_pairs([("what causes scurvy", "scurvy is a disease " * 40)], 24)
+    assert len(ids) == 24 and ids[0] == 101 and ids.count(102) == 2  # [CLS] q [SEP] d [SEP]
+    first_sep = ids.index(102)
+    assert types[: first_sep + 1] == [0] * (first_sep + 1) and set(types[first_sep + 1:]) == {1}
+    assert first_sep == 6  # the query is kept whole; the document is cut
+    feeds = tok.pad_pairs(tok.encode_pairs([("a", "b"), ("a longer query", "and a longer document")], 32))
+    assert feeds["token_type_ids"].shape == feeds["input_ids"].shape
+    assert (feeds["token_type_ids"][feeds["attention_mask"] == 0] == 0).all()
+
+
+def test_onnx_scores_match_torch_and_the_bundle_is_registered(exported: tuple[CrossEncoder, Path]) -> None:
+    model, out = exported
+    manifest = load_bundle(out, kind="model/reranker")
+    assert manifest.config["max_length"] == 64 and manifest.config["output"] == "scores"
+    assert kinds.get("model/reranker").role == "reranker"
+    reranker = kinds.call(kinds.get("model/reranker").load, out)
+    expected = score_pairs(model, load_tokenizer(), PAIRS, 64)
+    got = reranker.score_pairs(PAIRS)
+    assert got.shape == (3,) and np.abs(got - expected).max() < 1e-4
+    assert np.ptp(got) > 0.01  # the pairs score differently: the test could fail
+
+
+def test_rerank_orders_the_head_by_score_and_keeps_the_tail(exported: tuple[CrossEncoder, Path]) -> None:
+    reranker = OnnxReranker(exported[1])
+    texts = {"a": PAIRS[0][1], "b": PAIRS[1][1], "c": "unrelated words", "d": "tail one", "e": "tail two"}
+    scores = reranker.score("what causes scurvy", [texts[i] for i in "abc"])
+    ids, out = reranker.rerank("what causes scurvy", list("abcde"), texts.__getitem__, depth=3)
+    head = [x for _, x in sorted(zip(-scores, "abc"))]
+    assert ids == [*head, "d", "e"]
+    assert np.all(np.diff(out) < 0)  # one descending list, the tail below the head
+    assert np.allclose(out[:3], np.sort(scores)[::-1], atol=1e-6)
+    assert reranker.rerank("q", [], texts.__getitem__, depth=5)[0] == []
+
+
+def test_a_bundle_of_another_kind_is_refused(exported: tuple[CrossEncoder, Path], tmp_path: Path) -> None:
+    from retrec.models.text_encoder import zero_shot_bundle
+
+    with pytest.raises(BundleError, match="expected 'model/reranker'"):
+        OnnxReranker(zero_shot_bundle(cache=tmp_path))
