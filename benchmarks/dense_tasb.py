@@ -65,7 +65,7 @@ def main() -> None:
     parser.add_argument("--reranker", type=Path, default=None,
                         help="a model/reranker bundle: the ce-teacher arm's teacher, and the best arm's test top "
                              "--rerank-depth re-ranked by it (a row with its latency per query)")
-    parser.add_argument("--rerank-depth", type=int, default=100)
+    parser.add_argument("--rerank-depth", type=int, default=100, help="0: no re-ranking row (--reranker only teaches)")
     parser.add_argument("--rerank-variant", default="fp32", choices=["fp32", "int8"])
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -132,7 +132,7 @@ def main() -> None:
         rows[f"{best}-int8"] = dict(results[f"{best}-int8"].metrics)
     comparisons = compare({n: results[n].per_query for n in ("zero-shot", best, "bm25")}, "nDCG@10")
     comparisons += compare({n: results[n].per_query for n in ("bm25", best)}, "nDCG@10")
-    if args.reranker is not None:
+    if args.reranker is not None and args.rerank_depth > 0:
         from retrec.pipelines.rerank import rerank_result
         from retrec.runtime.reranker import OnnxReranker
 
@@ -147,7 +147,7 @@ def main() -> None:
         comparisons += compare({n: results[n].per_query for n in (best, name)}, "nDCG@10")
 
     columns = ["nDCG@10", "R@100", "RR@10", "dev nDCG@10", "steps", "train min", "eval s",
-               *(["rerank p50 ms", "rerank p95 ms"] if args.reranker is not None else [])]
+               *(["rerank p50 ms", "rerank p95 ms"] if args.reranker is not None and args.rerank_depth > 0 else [])]
     console.print(metrics_table(f"SciFact test — TAS-B ablation, {args.minutes:g} min per arm, seed {args.seed}, "
                                 f"{threads} threads", rows, columns))
     console.print(comparison_table(comparisons))

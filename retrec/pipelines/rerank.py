@@ -59,4 +59,7 @@ def rerank_result(first: EvalResult, reranker: OnnxReranker, collection: Retriev
                                "p50_ms": round(float(np.percentile(ms, 50)), 1),
                                "p95_ms": round(float(np.percentile(ms, 95)), 1)}}
     result.index_seconds = first.index_seconds
+    warning = reranker.dev_warning()
+    if warning:
+        result.warnings.append(warning)
     return result

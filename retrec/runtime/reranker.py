@@ -35,6 +35,16 @@ class OnnxReranker(BundleModel):
         self.max_length = int(max_length or self.manifest.config["max_length"])
         self.batch_size = batch_size
 
+    def dev_warning(self) -> str | None:
+        """A sentence when the bundle's training recorded it re-ranking its dev candidates worse than the first
+        stage it was mined from (``beats_first_stage: false``): re-ranking with it is likely to cost quality."""
+        m = self.manifest.metrics
+        if m.get("beats_first_stage") is not False:
+            return None
+        return (f"re-ranker {self.name} scored below its first stage on its dev queries (nDCG@10 "
+                f"{m.get('dev_nDCG@10', float('nan')):.4f} vs {m.get('dev_nDCG@10_first_stage', float('nan')):.4f}); "
+                "re-ranking with it is likely to lower quality")
+
     def score_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int | None = None) -> np.ndarray:
         """Scores ``float32 [n]`` of ``(query, document)`` pairs, in input order (higher: more relevant)."""
         out = np.zeros(len(pairs), dtype=np.float32)

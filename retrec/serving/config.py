@@ -90,7 +90,8 @@ class RerankConfig(_Strict):
     """The optional ``rerank`` stage of ``/v1/search`` (:mod:`retrec.serving.rerankers`): a ``model/reranker``
     bundle re-orders a retriever's top ``depth`` hits when a request says ``"rerank": true``; ``documents`` is the
     collection (a BEIR folder or corpus file) whose texts it reads. A cross-encoder reads every (query, document)
-    pair: on 2 CPU cores, ~25 ms per document (benchmarks/RESULTS.md), so ``depth`` is the latency knob."""
+    pair: on 2 CPU cores, ~21 ms per document (MiniLM, 256 tokens; benchmarks/RESULTS.md), so ``depth`` is the
+    latency knob."""
 
     bundle: str
     documents: str

@@ -15,6 +15,7 @@ Example (the serve config's ``args``)::
 from __future__ import annotations
 
 import asyncio
+import logging
 from typing import Any
 
 from ray import serve
@@ -24,6 +25,8 @@ from retrec.kinds import call_supported
 from retrec.process_env import configure_process
 from retrec.serving.registry import kind_of, loader
 from retrec.serving.resources import replica_threads
+
+log = logging.getLogger("retrec.serving")
 
 
 def document_texts(documents: str) -> dict[str, str]:
@@ -43,8 +46,12 @@ class Reranker:
         configure_process(threads)
         self.manifest = read_manifest(bundle)
         self.kind = kind_of(self.manifest.kind, "reranker", f"rerank bundle {bundle}")
-        self.model = call_supported(loader(self.kind.kind), bundle, variant=variant, num_threads=threads)
+        # spin="run": the threads stop busy-waiting when a call returns (the replica shares its cores)
+        self.model = call_supported(loader(self.kind.kind), bundle, variant=variant, num_threads=threads, spin="run")
         self.texts = document_texts(documents)
+        warning = getattr(self.model, "dev_warning", lambda: None)()
+        if warning:
+            log.warning("%s", warning)
 
     def info(self) -> dict[str, Any]:
         m = self.manifest

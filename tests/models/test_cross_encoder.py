@@ -72,3 +72,19 @@ def test_a_bundle_of_another_kind_is_refused(exported: tuple[CrossEncoder, Path]
 
     with pytest.raises(BundleError, match="expected 'model/reranker'"):
         OnnxReranker(zero_shot_bundle(cache=tmp_path))
+
+
+def test_a_reranker_that_lost_to_its_first_stage_on_dev_says_so(exported: tuple[CrossEncoder, Path],
+                                                                 tmp_path: Path) -> None:
+    import shutil
+
+    from retrec.bundle import read_manifest, write_manifest
+
+    assert OnnxReranker(exported[1]).dev_warning() is None  # no training record: nothing to say
+    copy = tmp_path / "weak"
+    shutil.copytree(exported[1], copy)
+    m = read_manifest(copy)
+    write_manifest(copy, kind=m.kind, name=m.name, config=m.config, dims=m.dims, command=m.command,
+                   metrics={"dev_nDCG@10": 0.47, "dev_nDCG@10_first_stage": 0.63, "beats_first_stage": False})
+    warning = OnnxReranker(copy).dev_warning()
+    assert warning is not None and "0.4700 vs 0.6300" in warning
