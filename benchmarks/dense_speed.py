@@ -2,6 +2,7 @@
 
     python benchmarks/dense_speed.py --data ../shared/data/scifact --out runs/dense-speed --steps 10 \\
         [--rounds 2] [--json runs/dense-speed/results.json]
+    python benchmarks/dense_speed.py --mode commands --arms before after --rounds 2 --steps 15   # ABAB, whole commands
 
 Arms, each the real command with ``--max-steps`` and everything else at its default:
 
@@ -113,6 +114,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=1, help="--mode commands: passes over the arms")
     parser.add_argument("--mode", choices=["interleaved", "commands"], default="interleaved")
+    parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
+                        help="--mode commands: the arms run in each round, in this order")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     from retrec.process_env import configure_process
@@ -124,13 +127,14 @@ def main() -> None:
         rows = interleaved(args.data, args.steps)
     else:
         for r in range(args.rounds):
-            for arm, overrides in ARMS.items():
+            for arm in args.arms:
                 rows.append({"arm": arm, "round": r,
-                             **run_arm(args.data, args.out / f"{arm}-{r}", args.steps, overrides)})
+                             **run_arm(args.data, args.out / f"{arm}-{r}", args.steps, ARMS[arm])})
                 print(json.dumps(rows[-1]), flush=True)
     for row in rows:
         row["tokens_per_s"] = round(row["examples_per_s"] * (q_tokens + 2 * d_tokens) / 3, 1)
-    summary = {arm: statistics.mean(x["steps_per_min"] for x in rows if x["arm"] == arm) for arm in ARMS}
+    summary = {arm: statistics.mean(x["steps_per_min"] for x in rows if x["arm"] == arm)
+               for arm in ARMS if any(x["arm"] == arm for x in rows)}
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
               "mode": args.mode,
               "cpus": os.cpu_count(), "threads": threads, "mean_tokens": [round(q_tokens, 1), round(d_tokens, 1)],

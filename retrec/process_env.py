@@ -13,6 +13,8 @@ Example::
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import math
 import os
 import sys
@@ -67,3 +69,25 @@ def configure_process(num_threads: int | None = None) -> int:
     if "faiss" in sys.modules:
         sys.modules["faiss"].omp_set_num_threads(threads)
     return threads
+
+
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_MAX = -4
+
+
+def keep_freed_memory() -> bool:
+    """Make glibc's malloc serve every block from its heap and keep freed memory for reuse.
+
+    A training step allocates and frees gigabytes of activations; by default glibc maps each large block with
+    ``mmap`` and unmaps it on ``free``, so every step faults all of it in again (millions of page faults a step,
+    a quarter of the CPU time in the kernel; benchmarks/RESULTS.md). With mmap off and trimming off, the memory
+    of one step serves the next. Peak RSS is what the step needs either way. Returns False where the C library
+    is not glibc (nothing changes there). Call it once, in a process that trains.
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))

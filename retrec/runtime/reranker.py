@@ -41,8 +41,11 @@ class OnnxReranker(BundleModel):
         m = self.manifest.metrics
         if m.get("beats_first_stage") is not False:
             return None
+        def fmt(value: object) -> str:
+            return f"{value:.4f}" if isinstance(value, int | float) else "?"
+
         return (f"re-ranker {self.name} scored below its first stage on its dev queries (nDCG@10 "
-                f"{m.get('dev_nDCG@10', float('nan')):.4f} vs {m.get('dev_nDCG@10_first_stage', float('nan')):.4f}); "
+                f"{fmt(m.get('dev_nDCG@10'))} vs {fmt(m.get('dev_nDCG@10_first_stage'))}); "
                 "re-ranking with it is likely to lower quality")
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], batch_size: int | None = None) -> np.ndarray:
