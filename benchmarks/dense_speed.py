@@ -6,8 +6,9 @@
 
 Arms, each the real command with ``--max-steps`` and everything else at its default:
 
-- ``before``  ``--precision fp32 --doc-chunk 0 --no-grad-checkpoint``: fp32, every document of a batch in
-              one padded pass, activations kept (the recipe before this change);
+- ``before``  ``--precision fp32 --doc-chunk 0 --no-grad-checkpoint --release-freed-memory``: fp32, every
+              document of a batch in one padded pass, activations kept, glibc's malloc defaults (the recipe
+              before issue 13);
 - ``after``   the defaults: bf16 autocast where the CPU runs it natively, documents in length-grouped passes,
               activations recomputed in the backward pass (gradient checkpointing: bounded memory);
 - ``after-no-checkpoint``  the defaults with ``--no-grad-checkpoint`` (what the memory bound costs).
@@ -34,7 +35,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-ARMS: dict[str, dict[str, Any]] = {"before": {"precision": "fp32", "doc_chunk": 0, "grad_checkpoint": False},
+ARMS: dict[str, dict[str, Any]] = {"before": {"precision": "fp32", "doc_chunk": 0, "grad_checkpoint": False,
+                                              "keep_freed_memory": False},
                                    "after": {}, "after-no-checkpoint": {"grad_checkpoint": False}}
 
 

@@ -13,7 +13,7 @@ Arms add one TAS-B part at a time (every other setting is ``retrec train dense``
 - ``default``   ``retrec train dense`` with its defaults and full budget (``--default-minutes``), not an
                 ablation arm: the acceptance run, scored in the same table.
 - ``fp32-step`` the defaults with the training step as it was before issue 13 (``--precision fp32
-                --doc-chunk 0 --no-grad-checkpoint``): what bf16, grouped passes and checkpointing change at the
+                --doc-chunk 0 --no-grad-checkpoint --release-freed-memory``): what bf16, grouped passes and checkpointing change at the
                 same budget.
 - ``no-mask``   the defaults without judged-negative masking (``--no-mask-judged``).
 - ``ce-teacher`` ``tasb`` with the cross-encoder ``--reranker BUNDLE`` (``retrec train reranker``) as the
@@ -44,7 +44,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "tasb": {"sampling": "topic", "negatives": "balanced", "distill_weight": 10.0},
     "default": {},  # `retrec train dense` as shipped, with its own (full) budget: --default-minutes
     # the defaults with the step as it was before issue 13: fp32, one padded pass, activations kept
-    "fp32-step": {"precision": "fp32", "doc_chunk": 0, "grad_checkpoint": False},
+    "fp32-step": {"precision": "fp32", "doc_chunk": 0, "grad_checkpoint": False, "keep_freed_memory": False},
     # the defaults without judged-negative masking (issue 13's ablation row)
     "no-mask": {"mask_judged": False},
     # tasb with the cross-encoder of --reranker as its teacher instead of the BM25 + zero-shot ensemble

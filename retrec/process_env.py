@@ -75,14 +75,19 @@ _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
 
 
-def keep_freed_memory() -> bool:
-    """Make glibc's malloc serve every block from its heap and keep freed memory for reuse.
+_DEFAULT_MMAP_MAX = 65536  # glibc's defaults, restored by keep_freed_memory(False)
+_DEFAULT_TRIM_THRESHOLD = 128 * 1024
+
+
+def keep_freed_memory(keep: bool = True) -> bool:
+    """Make glibc's malloc serve every block from its heap and keep freed memory for reuse (``keep=False``:
+    glibc's defaults again).
 
     A training step allocates and frees gigabytes of activations; by default glibc maps each large block with
-    ``mmap`` and unmaps it on ``free``, so every step faults all of it in again (millions of page faults a step,
-    a quarter of the CPU time in the kernel; benchmarks/RESULTS.md). With mmap off and trimming off, the memory
-    of one step serves the next. Peak RSS is what the step needs either way. Returns False where the C library
-    is not glibc (nothing changes there). Call it once, in a process that trains.
+    ``mmap`` and unmaps it on ``free``, so every step faults all of it in again: ~30 million page faults and a
+    sixth of the CPU time in the kernel over 8 dense steps, 1.47x slower steps on 2 cores
+    (benchmarks/RESULTS.md). With mmap and trimming off, the memory of one step serves the next; the process
+    keeps its peak (+0.8 GB on SciFact). Returns False where the C library is not glibc (nothing changes there).
     """
     name = ctypes.util.find_library("c")
     try:
@@ -90,4 +95,5 @@ def keep_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+    mmap_max, trim = (0, 2**31 - 1) if keep else (_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD)
+    return bool(mallopt(_M_MMAP_MAX, mmap_max)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))

@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save
 from retrec.bundle import Publication, atomic_open, atomic_write_bytes, atomic_write_text, publish
 from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.train_config import TextTrainingOptions
+from retrec.process_env import keep_freed_memory
 
 log = logging.getLogger("retrec.train")
 LAST, CURVE, BEST = "last.pt", "curve.json", "best.safetensors"
@@ -53,6 +54,7 @@ class LoopConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # warm-up over this share of the budget (time or steps; lr_schedule.py)
+    keep_freed_memory: bool = False  # glibc malloc keeps freed blocks for the next step (process_env.py)
     grad_clip: float | None = None
     checkpoint_every: int = 0  # steps between checkpoints within an epoch (0: at epoch ends only)
     seed: int = 0
@@ -80,7 +82,8 @@ def text_loop_config(cfg: TextTrainingOptions, monitor: str) -> LoopConfig:
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, max_steps=cfg.max_steps,
                       lr_schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction, grad_clip=1.0,
                       checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True,
-                      eval_every=cfg.eval_every, eval_share=cfg.eval_share, monitor=monitor, keep_best=True)
+                      eval_every=cfg.eval_every, eval_share=cfg.eval_share, monitor=monitor, keep_best=True,
+                      keep_freed_memory=cfg.keep_freed_memory)
 
 
 @dataclass
@@ -214,6 +217,8 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     per_epoch = max(1, adapter.steps_per_epoch())
     total = loop.epochs * per_epoch if loop.max_steps is None else min(loop.max_steps, loop.epochs * per_epoch)
     state, curve = LoopState(), []
+    if loop.keep_freed_memory and not keep_freed_memory():
+        log.info("%s: not glibc; freed memory is managed by the C library's defaults", adapter.name)
     if resume and (ckpt_dir / LAST).is_file():
         checkpoint = torch.load(ckpt_dir / LAST, weights_only=True)
         state = LoopState.from_tensors(checkpoint["state"])
