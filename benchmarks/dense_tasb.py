@@ -13,8 +13,8 @@ Arms add one TAS-B part at a time (every other setting is ``retrec train dense``
 - ``default``   ``retrec train dense`` with its defaults and full budget (``--default-minutes``), not an
                 ablation arm: the acceptance run, scored in the same table.
 - ``fp32-step`` the defaults with the training step as it was before issue 13 (``--precision fp32
-                --doc-chunk 0 --no-grad-checkpoint --release-freed-memory``): what bf16, grouped passes and checkpointing change at the
-                same budget.
+                --doc-chunk 0 --no-grad-checkpoint --release-freed-memory``): what bf16, grouped passes and
+                checkpointing change at the same budget.
 - ``no-mask``   the defaults without judged-negative masking (``--no-mask-judged``).
 - ``ce-teacher`` ``tasb`` with the cross-encoder ``--reranker BUNDLE`` (``retrec train reranker``) as the
                 teacher of the margins and the Margin-MSE terms (``--teacher BUNDLE``), not the ensemble.

@@ -85,9 +85,10 @@ def keep_freed_memory(keep: bool = True) -> bool:
 
     A training step allocates and frees gigabytes of activations; by default glibc maps each large block with
     ``mmap`` and unmaps it on ``free``, so every step faults all of it in again: ~30 million page faults and a
-    sixth of the CPU time in the kernel over 8 dense steps, 1.47x slower steps on 2 cores
-    (benchmarks/RESULTS.md). With mmap and trimming off, the memory of one step serves the next; the process
-    keeps its peak (+0.8 GB on SciFact). Returns False where the C library is not glibc (nothing changes there).
+    sixth of the CPU time in the kernel over 8 dense steps, 1.43-1.47x slower steps on 2 cores
+    (benchmarks/RESULTS.md). With mmap and trimming off, the memory of one step serves the next, and the heap
+    keeps its peak and fragments: peak RSS 3.1-3.4 GB instead of 2.4 on SciFact, 4.0 GiB instead of 2.4 at
+    100,000 judgements. Returns False where the C library is not glibc (nothing changes there).
     """
     name = ctypes.util.find_library("c")
     try:
