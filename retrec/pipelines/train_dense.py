@@ -124,6 +124,14 @@ def prepare(train: RetrievalData, dev: RetrievalData | None,
                        "split" if dev is not None else "held-out")
 
 
+def training_set(data: str | Path, cfg: DenseTrainConfig | RerankerTrainConfig) -> TrainingSet:
+    """A BEIR folder's train split prepared for training, with its dev split when the folder has one."""
+    train = load_retrieval_data(data, split="train")
+    has_dev = any((Path(data) / "qrels" / f"dev.{ext}").is_file() for ext in ("tsv", "parquet"))
+    dev = load_retrieval_data(data, split="dev") if has_dev else None
+    return prepare(train, dev, cfg)
+
+
 @dataclass
 class Miners:
     bm25: BM25Member
@@ -366,7 +374,6 @@ class DenseAdapter(TorchAdapter):
         return {**fields, "config": config, "metrics": metrics}
 
 
-
 def train_dense(
     data: str | Path, out: str | Path, cfg: DenseTrainConfig | None = None, *, resume: bool = False,
     progress: bool = True, command: str | None = None, name: str | None = None,
@@ -374,10 +381,7 @@ def train_dense(
     """Train on ``data``'s train split (dev split when present), write a ``model/dense`` bundle to ``out``."""
     cfg = cfg or DenseTrainConfig()
     base = resolve_base_model(cfg.base_model)  # a bad folder is refused before any work
-    train = load_retrieval_data(data, split="train")
-    has_dev = any((Path(data) / "qrels" / f"dev.{ext}").is_file() for ext in ("tsv", "parquet"))
-    dev = load_retrieval_data(data, split="dev") if has_dev else None
-    ts = prepare(train, dev, cfg)
+    ts = training_set(data, cfg)
     log.info("dense: %d training queries (%d judgements), %d dev queries (%s), %d documents", len(ts.query_ids),
              sum(len(v) for v in ts.qrels_rows.values()), len(ts.dev_ids), ts.dev_source, len(ts.doc_ids))
     miners, qvec, _ = build_miners(ts, cfg, progress)

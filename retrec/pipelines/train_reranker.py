@@ -30,7 +30,6 @@ import torch
 from torch import nn
 
 from retrec.bundle import Publication
-from retrec.data.beir import load_retrieval_data
 from retrec.models.cross_encoder import (
     KIND,
     CrossEncoder,
@@ -43,7 +42,7 @@ from retrec.models.text_encoder import BaseModel, resolve_base_model
 from retrec.pipelines.metrics import evaluate_run
 from retrec.pipelines.tas_sampling import graded_pick, random_batches
 from retrec.pipelines.train_config import RerankerTrainConfig
-from retrec.pipelines.train_dense import Miners, TrainingSet, build_miners, dev_candidates, prepare
+from retrec.pipelines.train_dense import Miners, TrainingSet, build_miners, dev_candidates, training_set
 from retrec.pipelines.train_loop import TorchAdapter, TrainRun, run_training, text_loop_config
 from retrec.runtime.reranker import OnnxReranker
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
@@ -185,7 +184,6 @@ class RerankerAdapter(TorchAdapter):
         return {**fields, "config": config, "metrics": metrics}
 
 
-
 def train_reranker(
     data: str | Path, out: str | Path, cfg: RerankerTrainConfig | None = None, *, resume: bool = False,
     progress: bool = True, command: str | None = None, name: str | None = None,
@@ -193,10 +191,7 @@ def train_reranker(
     """Train on ``data``'s train split (dev split when present), write a ``model/reranker`` bundle to ``out``."""
     cfg = cfg or RerankerTrainConfig()
     base = resolve_base_model(cfg.base_model)
-    train = load_retrieval_data(data, split="train")
-    has_dev = any((Path(data) / "qrels" / f"dev.{ext}").is_file() for ext in ("tsv", "parquet"))
-    dev = load_retrieval_data(data, split="dev") if has_dev else None
-    ts = prepare(train, dev, cfg)
+    ts = training_set(data, cfg)
     log.info("reranker: %d training queries, %d dev queries (%s), %d documents", len(ts.query_ids),
              len(ts.dev_ids), ts.dev_source, len(ts.doc_ids))
     miners, _, _ = build_miners(ts, cfg, progress)
