@@ -88,7 +88,8 @@ def keep_freed_memory(keep: bool = True) -> bool:
     sixth of the CPU time in the kernel over 8 dense steps, 1.43-1.47x slower steps on 2 cores
     (benchmarks/RESULTS.md). With mmap and trimming off, the memory of one step serves the next, and the heap
     keeps its peak and fragments: peak RSS 3.1-3.4 GB instead of 2.4 on SciFact, 4.0 GiB instead of 2.4 at
-    100,000 judgements. Returns False where the C library is not glibc (nothing changes there).
+    100,000 judgements. The setting is process-wide and stays until ``keep_freed_memory(False)`` (a notebook
+    that trains with it keeps it). Returns False where the C library is not glibc (nothing changes there).
     """
     name = ctypes.util.find_library("c")
     try:

@@ -226,13 +226,13 @@ class Ingress:
             hits=[Hit(doc_id=d, score=s, rank=i) for i, (d, s) in enumerate(hits[:req.k], start=1)],
             reranked_by=reranked_by, took_ms=round((time.perf_counter() - started) * 1000, 3))
 
-    async def _rerank(self, query: str, hits: list, depth: int) -> tuple[list, str]:
+    async def _rerank(self, query: str, hits: list, depth: int) -> tuple[list, str | None]:
         """The first ``depth`` hits re-ordered by the re-ranker deployment (those below keep their order, scored
         below the re-ranked ones); a re-ranker that fails or is too slow fails the request (503)."""
         assert self.cfg.rerank is not None
         head = [d for d, _ in hits[:depth]]
-        if not head:
-            return hits, ""
+        if not head:  # nothing retrieved: nothing re-ranked
+            return hits, None
         try:
             out = await call_handle(self.reranker.rerank.remote(query, head), self.cfg.rerank.timeout_s)
         except BackPressureError as exc:
