@@ -1,7 +1,7 @@
 """Peak memory of ``retrec train dense`` against the number of judgements (issue 13, acceptance 4).
 
     python benchmarks/dense_memory.py --out runs/dense-memory [--judgements 25000 50000 100000] \\
-        [--steps 4] [--json runs/dense-memory/results.json]
+        [--steps 4] [--json runs/dense-memory/results.json] [--set keep_freed_memory=false]
 
 Each size is a synthetic BEIR folder built here, seeded: ``--docs`` documents of 200 pseudo-words drawn from a
 Zipf-distributed vocabulary (over 256 word-piece tokens each: long, like biomedical abstracts), training
@@ -71,13 +71,14 @@ class _Phase(logging.Handler):
         self.phase = record.getMessage()[:80]
 
 
-def child(data: Path, out: Path, steps: int, report: Path) -> None:
+def child(data: Path, out: Path, steps: int, report: Path, overrides: dict[str, Any]) -> None:
     """Train in this process while a thread samples RSS; write the samples' peak per phase to ``report``."""
     from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
 
     handler = _Phase()
     logging.getLogger("retrec").addHandler(handler)
     logging.getLogger("retrec").setLevel(logging.INFO)
+    logging.getLogger("retrec.train").setLevel(logging.DEBUG)  # "dense: step N": the peak of each step
     peaks: dict[str, float] = {}
     done, page = threading.Event(), os.sysconf("SC_PAGE_SIZE")
 
@@ -90,7 +91,7 @@ def child(data: Path, out: Path, steps: int, report: Path) -> None:
     thread = threading.Thread(target=sample, daemon=True)
     thread.start()
     started = time.perf_counter()
-    train_dense(data, out, DenseTrainConfig(max_steps=steps, max_minutes=None), progress=False)
+    train_dense(data, out, DenseTrainConfig(max_steps=steps, max_minutes=None, **overrides), progress=False)
     done.set()
     thread.join()
     report.write_text(json.dumps({"seconds": round(time.perf_counter() - started, 1),
@@ -105,10 +106,13 @@ def main() -> None:
     parser.add_argument("--per-query", type=int, default=40)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--set", nargs="*", default=[], metavar="OPTION=JSON",
+                        help="a DenseTrainConfig field other than its default, e.g. keep_freed_memory=false")
     parser.add_argument("--child", nargs=3, metavar=("DATA", "OUT", "REPORT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    overrides = {k: json.loads(v) for k, v in (item.split("=", 1) for item in args.set)}
     if args.child:
-        child(Path(args.child[0]), Path(args.child[1]), args.steps, Path(args.child[2]))
+        child(Path(args.child[0]), Path(args.child[1]), args.steps, Path(args.child[2]), overrides)
         return
     rows = []
     for n in args.judgements:
@@ -116,7 +120,7 @@ def main() -> None:
         report = args.out / f"memory-{n}.json"
         before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
         started = time.perf_counter()
-        subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--child", str(data),
+        subprocess.run([sys.executable, __file__, "--steps", str(args.steps), "--set", *args.set, "--child", str(data),
                         str(args.out / f"model-{n}"), str(report)], check=True)
         peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # KiB; the largest child so far
         if peak <= before:
@@ -130,7 +134,7 @@ def main() -> None:
         rows.append(row)
         print(json.dumps(row), flush=True)
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "machine": platform.node(),
-              "cpus": os.cpu_count(), "steps": args.steps, "rows": rows}
+              "cpus": os.cpu_count(), "steps": args.steps, "overrides": overrides, "rows": rows}
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(result, indent=1))

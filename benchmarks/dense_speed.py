@@ -10,16 +10,21 @@ Arms, each the real command with ``--max-steps`` and everything else at its defa
               document of a batch in one padded pass, activations kept, glibc's malloc defaults (the recipe
               before issue 13);
 - ``after``   the defaults: bf16 autocast where the CPU runs it natively, documents in length-grouped passes,
-              activations recomputed in the backward pass (gradient checkpointing: bounded memory);
+              activations recomputed in the backward pass (gradient checkpointing: bounded memory), freed memory
+              kept for the next step up to the memory ceiling;
 - ``after-no-checkpoint``  the defaults with ``--no-grad-checkpoint`` (what the memory bound costs).
-- ``after-keep``  the defaults with ``--keep-freed-memory`` (glibc keeps freed blocks: no page faults per step).
+- ``after-release``  the defaults with ``--release-freed-memory`` (glibc's defaults: each step faults its
+              activations in again);
+- ``after-no-ceiling``  the defaults with ``--memory-ceiling-gb 0`` (freed memory kept, however large the heap).
+- ``after-chunk8``  the defaults with ``--doc-chunk 8`` (documents in passes of 8: smaller blocks).
 
 Two measurements. ``--mode interleaved`` (default): one process builds the training set, miners and teacher
 once, then runs the arms' real training steps (``DenseAdapter.step``, backward, clipping, AdamW) in turn on the
 same batches — ``before, after, after-no-checkpoint, before, …`` — so every arm sees the same host speed (this
 host's speed drifts by tens of percent within minutes; arms run minutes apart are not comparable). Steps per
 minute are the median step time's. ``--mode commands``: each arm is the whole command with ``--max-steps`` in
-turn; steps per minute from its training curve (dev evaluation excluded), and its first dev evaluation timed. A
+turn, each in a fresh process; steps per minute from its training curve (dev evaluation excluded), its first dev
+evaluation timed, and the process's peak RSS, minor page faults and kernel CPU seconds. A
 step is ``batch_size`` queries and twice as many documents; tokens/s counts the mean truncated token length of
 the training queries and of the corpus documents per example (an estimate: the padding a batch adds is not
 counted, so it is the useful tokens a second).
@@ -32,6 +37,8 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -39,7 +46,10 @@ from typing import Any
 ARMS: dict[str, dict[str, Any]] = {"before": {"precision": "fp32", "doc_chunk": 0, "grad_checkpoint": False,
                                               "keep_freed_memory": False},
                                    "after": {}, "after-no-checkpoint": {"grad_checkpoint": False},
-                                   "after-keep": {"keep_freed_memory": True}}
+                                   "after-release": {"keep_freed_memory": False},
+                                   "after-no-ceiling": {"memory_ceiling_gb": 0.0},
+                                   "after-chunk8": {"doc_chunk": 8}}
+PER_PROCESS = {"after-release", "after-no-ceiling"}  # malloc settings: only whole commands (--mode commands)
 
 
 def run_arm(data: Path, out: Path, steps: int, overrides: dict[str, Any]) -> dict[str, Any]:
@@ -76,7 +86,7 @@ def interleaved(data: Path, steps: int) -> list[dict[str, Any]]:
     labels = topic_clusters(qvec, max(1, round(len(ts.query_ids) / (4 * cfg.batch_size))), cfg.seed)
     base = resolve_base_model(None)
     adapters = {arm: DenseAdapter(ts, DenseTrainConfig(**o), miners, teacher, labels, base, arm)
-                for arm, o in ARMS.items() if arm != "after-keep"}  # malloc settings are per process
+                for arm, o in ARMS.items() if arm not in PER_PROCESS}
     batches = next(iter(adapters.values())).batches(1)[: steps + 1]
     times: dict[str, list[float]] = {arm: [] for arm in adapters}
     for i, batch in enumerate(batches):
@@ -96,6 +106,20 @@ def interleaved(data: Path, steps: int) -> list[dict[str, Any]]:
                     "examples_per_s": round(3 * cfg.batch_size / per_step, 2), "seconds_per_step": round(per_step, 2),
                     "precision": adapter.precision})
     return out
+
+
+def arm_process(args: argparse.Namespace, arm: str, out: Path) -> dict[str, Any]:
+    """One arm as the whole command in a fresh process (malloc state does not carry over between arms), with that
+    process's peak RSS, page faults and kernel CPU time."""
+    child = subprocess.Popen([sys.executable, __file__, "--child", arm, "--data", str(args.data), "--out", str(out),
+                              "--steps", str(args.steps)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None
+    text = child.stdout.read()
+    _, status, usage = os.wait4(child.pid, 0)
+    if status:
+        raise SystemExit(f"arm {arm} failed (status {status})")
+    return {**json.loads(text.strip().splitlines()[-1]), "peak_rss_gib": round(usage.ru_maxrss / 2**20, 2),
+            "minor_faults": usage.ru_minflt, "system_cpu_s": round(usage.ru_stime, 1)}
 
 
 def mean_tokens(data: Path) -> tuple[float, float]:
@@ -121,7 +145,11 @@ def main() -> None:
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS),
                         help="--mode commands: the arms run in each round, in this order")
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--child", metavar="ARM", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        print(json.dumps(run_arm(args.data, args.out, args.steps, ARMS[args.child])))
+        return
     from retrec.process_env import configure_process
 
     threads = configure_process()
@@ -132,8 +160,7 @@ def main() -> None:
     else:
         for r in range(args.rounds):
             for arm in args.arms:
-                rows.append({"arm": arm, "round": r,
-                             **run_arm(args.data, args.out / f"{arm}-{r}", args.steps, ARMS[arm])})
+                rows.append({"arm": arm, "round": r, **arm_process(args, arm, args.out / f"{arm}-{r}")})
                 print(json.dumps(rows[-1]), flush=True)
     for row in rows:
         row["tokens_per_s"] = round(row["examples_per_s"] * (q_tokens + 2 * d_tokens) / 3, 1)
@@ -143,7 +170,8 @@ def main() -> None:
               "mode": args.mode,
               "cpus": os.cpu_count(), "threads": threads, "mean_tokens": [round(q_tokens, 1), round(d_tokens, 1)],
               "rows": rows, "steps_per_min": summary,
-              "speedup": round(summary["after"] / summary["before"], 2)}
+              "speedup": round(summary["after"] / summary["before"], 2) if {"after", "before"} <= set(summary)
+              else None}
     print(json.dumps({"steps_per_min": summary, "speedup": result["speedup"]}))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

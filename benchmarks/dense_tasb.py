@@ -3,6 +3,7 @@
     python benchmarks/dense_tasb.py --data ../shared/data/scifact --out runs/dense-tasb --minutes 12 \\
         [--arms baseline topic balanced tasb] [--json runs/dense-tasb/results.json]
     python benchmarks/dense_tasb.py --out runs/dense-tasb --arms default --reranker runs/reranker  # + re-ranking
+        [--rerank-weight dev|bundle]   # the mix with the dense scores: chosen on held-out dev queries (default)
 
 Arms add one TAS-B part at a time (every other setting is ``retrec train dense``'s default):
 
@@ -67,6 +68,10 @@ def main() -> None:
                              "--rerank-depth re-ranked by it (a row with its latency per query)")
     parser.add_argument("--rerank-depth", type=int, default=100, help="0: no re-ranking row (--reranker only teaches)")
     parser.add_argument("--rerank-variant", default="fp32", choices=["fp32", "int8"])
+    parser.add_argument("--rerank-weight", default="dev", choices=["dev", "bundle"],
+                        help="mix of the re-ranker's and the dense scores: chosen on the held-out dev queries with "
+                             "this first stage (dev), or the bundle's first_stage_weight (chosen against the "
+                             "zero-shot first stage in training)")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     threads = configure_process()
@@ -91,9 +96,12 @@ def main() -> None:
     ids, texts = test.doc_texts(with_title=True)
     args.out.mkdir(parents=True, exist_ok=True)
 
+    retrievers: dict[str, DenseRetriever] = {}
+
     def score(name: str, bundle: Path, variant: str = "fp32") -> EvalResult:
         encoder = OnnxEncoder(bundle, variant=variant)
         retriever = DenseRetriever.build(encoder, ids, texts, factory="Flat", cache=cache_dir() / "embeddings")
+        retrievers[name] = retriever
         result = evaluate_retriever(retriever, test, progress=False)
         result.name = name
         write_run(args.out / f"{name}.run", result.run, tag=name)
@@ -132,13 +140,28 @@ def main() -> None:
         rows[f"{best}-int8"] = dict(results[f"{best}-int8"].metrics)
     comparisons = compare({n: results[n].per_query for n in ("zero-shot", best, "bm25")}, "nDCG@10")
     comparisons += compare({n: results[n].per_query for n in ("bm25", best)}, "nDCG@10")
+    weight_table: dict[str, Any] | None = None
     if args.reranker is not None and args.rerank_depth > 0:
-        from retrec.pipelines.rerank import rerank_result
+        from retrec.pipelines.evaluate import run_retriever
+        from retrec.pipelines.rerank import rerank_result, tune_first_stage_weight
+        from retrec.pipelines.train_dense import training_set
         from retrec.runtime.reranker import OnnxReranker
 
-        name = f"{best}>rerank@{args.rerank_depth}"
-        reranked = rerank_result(results[best], OnnxReranker(args.reranker, variant=args.rerank_variant), test,
-                                 args.rerank_depth, progress=True)
+        reranker = OnnxReranker(args.reranker, variant=args.rerank_variant)
+        weight = None  # the bundle's
+        if args.rerank_weight == "dev":  # the mix with this first stage, chosen on the training split's held-out
+            # dev queries (the ones both trainers held out: same seed and fraction), never on test
+            ts = training_set(args.data, DenseTrainConfig(seed=args.seed))
+            dev_run = run_retriever(retrievers[best], {q: ts.query_texts[q] for q in ts.dev_ids},
+                                    k=args.rerank_depth, progress=False)
+            weight, table = tune_first_stage_weight(dev_run, ts.query_texts, dict(zip(ts.doc_ids, ts.doc_texts)),
+                                                    reranker, args.rerank_depth, ts.dev_qrels, progress=True)
+            weight_table = {"dev_queries": len(ts.dev_ids), "chosen": weight, "dev_nDCG@10": table}
+            console.print(f"first-stage weight on {len(ts.dev_ids)} dev queries: {weight} "
+                          + " ".join(f"{w}:{v:.4f}" for w, v in table.items()))
+        name = f"{best}>rerank@{args.rerank_depth}" + ("" if weight is None else f"_w{weight}")
+        reranked = rerank_result(results[best], reranker, test, args.rerank_depth, progress=True,
+                                 first_stage_weight=weight)
         reranked.name = name
         write_run(args.out / f"{name}.run", reranked.run, tag=name)
         results[name] = reranked
@@ -154,7 +177,7 @@ def main() -> None:
     out = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {available_cpus()} cpus",
            "threads": threads, "load_before": [round(x, 2) for x in load_before],
            "load_after": [round(x, 2) for x in os.getloadavg()], "minutes_per_arm": args.minutes,
-           "seed": args.seed, "best": best, "rows": rows,
+           "seed": args.seed, "best": best, "rows": rows, "rerank_weight": weight_table,
            "comparisons": [{**c.__dict__, "delta": c.delta} for c in comparisons]}
     print(json.dumps(out))
     if args.json:

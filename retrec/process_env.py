@@ -79,6 +79,16 @@ _DEFAULT_MMAP_MAX = 65536  # glibc's defaults, restored by keep_freed_memory(Fal
 _DEFAULT_TRIM_THRESHOLD = 128 * 1024
 
 
+def _libc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        for name in ("mallopt", "malloc_trim"):  # glibc's; absent from other C libraries
+            getattr(libc, name)
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def keep_freed_memory(keep: bool = True) -> bool:
     """Make glibc's malloc serve every block from its heap and keep freed memory for reuse (``keep=False``:
     glibc's defaults again).
@@ -87,15 +97,69 @@ def keep_freed_memory(keep: bool = True) -> bool:
     ``mmap`` and unmaps it on ``free``, so every step faults all of it in again: ~30 million page faults and a
     sixth of the CPU time in the kernel over 8 dense steps, 1.43-1.47x slower steps on 2 cores
     (benchmarks/RESULTS.md). With mmap and trimming off, the memory of one step serves the next, and the heap
-    keeps its peak and fragments: peak RSS 3.1-3.4 GB instead of 2.4 on SciFact, 4.0 GiB instead of 2.4 at
-    100,000 judgements. The setting is process-wide and stays until ``keep_freed_memory(False)`` (a notebook
-    that trains with it keeps it). Returns False where the C library is not glibc (nothing changes there).
+    keeps its peak and fragments (4.0 GiB instead of 2.4 at 100,000 judgements): pair it with
+    :func:`release_freed_memory` above a ceiling, as the training loop does. The setting is process-wide and
+    stays until ``keep_freed_memory(False)``. Returns False where the C library is not glibc (nothing changes).
     """
-    name = ctypes.util.find_library("c")
-    try:
-        libc = ctypes.CDLL(name or "libc.so.6")
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    if libc is None:
         return False
     mmap_max, trim = (0, 2**31 - 1) if keep else (_DEFAULT_MMAP_MAX, _DEFAULT_TRIM_THRESHOLD)
-    return bool(mallopt(_M_MMAP_MAX, mmap_max)) and bool(mallopt(_M_TRIM_THRESHOLD, trim))
+    return bool(libc.mallopt(_M_MMAP_MAX, mmap_max)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, trim))
+
+
+def release_freed_memory() -> bool:
+    """Return the free pages of glibc's heaps to the system (``malloc_trim``); False where not glibc."""
+    libc = _libc()
+    if libc is None:
+        return False
+    libc.malloc_trim(0)  # its result only says whether anything was released
+    return True
+
+
+def resident_bytes() -> int:
+    """This process's resident set size now (Linux ``/proc/self/statm``; 0 where unavailable)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+class FreedMemoryKept:
+    """``with FreedMemoryKept(ceiling_gb=3.0) as memory: ... memory.after_step()``: from the end of the first step
+    on, glibc keeps freed memory for reuse (:func:`keep_freed_memory`); past ``ceiling_gb`` of resident memory at a
+    step's end its free pages go back to the system (``trims`` counts them); leaving the block restores glibc's
+    defaults and returns the free pages. ``keep=False`` or a C library that is not glibc (``available``) make it
+    a no-op.
+
+    From the second step: the first allocates what lives for the whole run (the optimizer's state) under glibc's
+    defaults, outside the kept heap. What bounds the kept heap is the size of the blocks a step frees and asks for
+    again: with a dense step's documents in passes of 16 the first kept step spread to 3.7-4.3 GiB at 100,000
+    judgements (later steps 2.5-2.7); in passes of 8 no step passed 3.1 GiB (benchmarks/RESULTS.md).
+    """
+
+    def __init__(self, keep: bool = True, ceiling_gb: float | None = None) -> None:
+        self.keep, self.ceiling = keep, int(ceiling_gb * 2**30) if ceiling_gb else 0
+        self.available, self.active, self.started, self.trims = False, False, False, 0
+
+    def __enter__(self) -> FreedMemoryKept:
+        self.available = _libc() is not None
+        return self
+
+    def after_step(self) -> bool:
+        """Call at the end of each step: keeps freed memory from now on (first call), or returns its free pages if
+        the resident set is over the ceiling; True when it returned them."""
+        if not self.started:
+            self.started = True
+            self.active = self.keep and self.available and keep_freed_memory(True)
+            return False
+        if not (self.active and self.ceiling and resident_bytes() > self.ceiling):
+            return False
+        self.trims += 1
+        return release_freed_memory()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.active:
+            keep_freed_memory(False)
+            release_freed_memory()
+            self.active = False

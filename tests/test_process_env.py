@@ -57,3 +57,39 @@ def test_kept_freed_memory_is_reused_without_faulting_it_in_again() -> None:
     _, default = run("default")
     assert default > 10 * 16_000 * 0.8  # each round faults its 64 MiB (16,384 pages) in again
     assert kept < default / 10, (kept, default)
+
+
+_CEILING = """
+import sys
+import torch
+from retrec.process_env import FreedMemoryKept, resident_bytes
+mib = lambda: resident_bytes() / 2**20
+with FreedMemoryKept(ceiling_gb=float(sys.argv[1])) as memory:
+    assert not memory.after_step()  # the first step's end: memory is kept from now on
+    if not memory.active:
+        print("skip"); sys.exit()
+    block = torch.ones(32 << 20, dtype=torch.float64)  # 256 MiB, freed: kept in the heap
+    del block
+    kept = mib()
+    released = memory.after_step()
+    after_step = mib()
+    block = torch.ones(32 << 20, dtype=torch.float64)
+    del block
+print(released, round(kept - after_step), memory.trims, round(after_step - mib()))
+"""
+
+
+@pytest.mark.parametrize("ceiling", [0.0, 0.05])
+def test_kept_memory_goes_back_past_the_ceiling_and_when_the_block_ends(ceiling: float) -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", _CEILING, str(ceiling)], capture_output=True, text=True, check=True)
+    if out.stdout.strip() == "skip":
+        pytest.skip("not glibc: mallopt is not available")
+    released, dropped, trims, dropped_on_exit = out.stdout.split()
+    if ceiling:  # the process is over 50 MiB: the step's end returns the 256 MiB
+        assert (released, trims) == ("True", "1") and int(dropped) > 200, out.stdout
+    else:  # no ceiling: kept until the block ends, then returned
+        assert (released, trims) == ("False", "0") and abs(int(dropped)) < 20, out.stdout
+        assert int(dropped_on_exit) > 200, out.stdout

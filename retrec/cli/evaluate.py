@@ -84,6 +84,9 @@ def eval_cmd(
     rerank: Annotated[Path | None, typer.Option(
         help="a model/reranker bundle (`retrec train reranker`): each system's top --depth re-ranked, reported "
              "as a system of its own (FIRST>RERANKER) with its latency per query")] = None,
+    rerank_weight: Annotated[float | None, typer.Option(
+        min=0.0, max=1.0, help="--rerank: the first stage's share of the mixed score (0: the re-ranker alone, 1: "
+                               "the first stage's order); default: the bundle's, chosen on dev in training")] = None,
     tune_weights: Annotated[bool, typer.Option(help="choose hybrid weights on --tune-split (grid, step 0.1)")] = False,
     tune_split: Annotated[str, typer.Option(help="split whose qrels tune the weights (no dev: train)")] = "dev",
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
@@ -196,7 +199,8 @@ def eval_cmd(
 
             assert collection is not None
             reranker = OnnxReranker(rerank)
-            reranked = {id(res): rerank_result(res, reranker, collection, depth, measures, progress=not as_json)
+            reranked = {id(res): rerank_result(res, reranker, collection, depth, measures, progress=not as_json,
+                                               first_stage_weight=rerank_weight)
                         for res in results}
             results += list(reranked.values())
             if built_first is not None:  # --run-out writes the re-ranked run

@@ -36,7 +36,7 @@ from safetensors.torch import load_file, save
 from retrec.bundle import Publication, atomic_open, atomic_write_bytes, atomic_write_text, publish
 from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.train_config import TextTrainingOptions
-from retrec.process_env import keep_freed_memory
+from retrec.process_env import FreedMemoryKept, resident_bytes
 
 log = logging.getLogger("retrec.train")
 LAST, CURVE, BEST = "last.pt", "curve.json", "best.safetensors"
@@ -55,6 +55,8 @@ class LoopConfig:
     warmup_steps: int = 0
     warmup_fraction: float = 0.0  # warm-up over this share of the budget (time or steps; lr_schedule.py)
     keep_freed_memory: bool = False  # glibc malloc keeps freed blocks for the next step (process_env.py)
+    memory_ceiling_gb: float | None = None  # with keep_freed_memory: past this RSS after a step, free pages are
+    # returned to the system (the heap's fragmentation is bounded; the next step faults them in again)
     grad_clip: float | None = None
     checkpoint_every: int = 0  # steps between checkpoints within an epoch (0: at epoch ends only)
     seed: int = 0
@@ -83,7 +85,7 @@ def text_loop_config(cfg: TextTrainingOptions, monitor: str) -> LoopConfig:
                       lr_schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction, grad_clip=1.0,
                       checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True,
                       eval_every=cfg.eval_every, eval_share=cfg.eval_share, monitor=monitor, keep_best=True,
-                      keep_freed_memory=cfg.keep_freed_memory)
+                      keep_freed_memory=cfg.keep_freed_memory, memory_ceiling_gb=cfg.memory_ceiling_gb or None)
 
 
 @dataclass
@@ -217,8 +219,6 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     per_epoch = max(1, adapter.steps_per_epoch())
     total = loop.epochs * per_epoch if loop.max_steps is None else min(loop.max_steps, loop.epochs * per_epoch)
     state, curve = LoopState(), []
-    if loop.keep_freed_memory and not keep_freed_memory():
-        log.info("%s: not glibc; freed memory is managed by the C library's defaults", adapter.name)
     if resume and (ckpt_dir / LAST).is_file():
         checkpoint = torch.load(ckpt_dir / LAST, weights_only=True)
         state = LoopState.from_tensors(checkpoint["state"])
@@ -261,7 +261,10 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
         evaluate({"step": 0, "epoch": 0})
         state.bad_epochs = 0
     log.info("%s: training, %d steps at most (%d per epoch)", adapter.name, total, per_epoch)
-    with _Reporter(adapter.name, total, progress) as report:
+    memory = FreedMemoryKept(loop.keep_freed_memory, loop.memory_ceiling_gb)
+    with _Reporter(adapter.name, total, progress) as report, memory:
+        if loop.keep_freed_memory and not memory.available:
+            log.info("%s: not glibc; freed memory is managed by the C library's defaults", adapter.name)
         while state.epoch < loop.epochs and state.step < total and not out_of_time():
             epoch = state.epoch + 1
             log.info("%s: planning epoch %d", adapter.name, epoch)
@@ -278,6 +281,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                     group["lr"] = lr
                 if loop.reseed_steps:
                     torch.manual_seed(loop.seed * 1_000_003 + state.step)
+                log.debug("%s: step %d", adapter.name, state.step + 1)  # phases for memory profiles
                 loss, parts = adapter.step(batches[b])
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -285,11 +289,13 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                     torch.nn.utils.clip_grad_norm_(model.parameters(), loop.grad_clip)
                 opt.step()
                 value = float(loss.detach())
+                trimmed = memory.after_step()
                 state.step, state.batch, state.seconds = state.step + 1, b + 1, elapsed()
                 epoch_loss, count, window = epoch_loss + value, count + 1, [*window, value][-20:]
                 if loop.step_curve:
                     curve.append({"step": state.step, "epoch": epoch, "lr": lr, "loss": value, **parts,
-                                  "seconds": round(state.seconds, 1)})
+                                  "seconds": round(state.seconds, 1), "rss_gib": round(resident_bytes() / 2**30, 3),
+                                  **({"released_memory": True} if trimmed else {})})
                 report.update(state.step, epoch, sum(window) / len(window), lr, state.seconds)
                 stopping = loop.stop_within_epoch and (state.step >= total or out_of_time())
                 if (loop.eval_every and state.step % loop.eval_every == 0 and b + 1 < len(batches) and not stopping

@@ -8,8 +8,10 @@ Gao et al. 2021) → ONNX bundle (``model/reranker``), verified against torch.
 
 Dev: the union of both miners' top ``dev_candidates`` per dev query, re-ranked by the model, nDCG@10; the
 first stage's own nDCG@10 on the same candidates (zero-shot dense order) is recorded beside it. The exported
-weights are the best evaluated. The start (an untrained head) is evaluated too, so a run that learns nothing
-says so.
+weights are the best evaluated. The start is evaluated too, so a run that learns nothing says so. The bundle
+also records ``first_stage_weight``: the mix of the model's and the first stage's scores
+(:func:`retrec.runtime.reranker.interpolate`) that scored best on dev, from 0 (the model alone) to 1 (the first
+stage's order kept), which re-ranking applies wherever it has the first stage's scores.
 
 Example::
 
@@ -44,7 +46,7 @@ from retrec.pipelines.tas_sampling import graded_pick, random_batches
 from retrec.pipelines.train_config import RerankerTrainConfig
 from retrec.pipelines.train_dense import Miners, TrainingSet, build_miners, dev_candidates, training_set
 from retrec.pipelines.train_loop import TorchAdapter, TrainRun, run_training, text_loop_config
-from retrec.runtime.reranker import OnnxReranker
+from retrec.runtime.reranker import OnnxReranker, interpolate
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
 
 log = logging.getLogger("retrec.train.reranker")
@@ -96,31 +98,42 @@ def step_loss(model: CrossEncoder, tokenizer: TextTokenizer, group: Group, ts: T
     return loss, {"ce": float(loss.detach()), "group_accuracy": accuracy}
 
 
-def dev_ndcg(model: CrossEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cands: dict[str, np.ndarray],
-             cfg: RerankerTrainConfig, precision: str = "fp32") -> float | None:
-    """nDCG@10 of the model re-ranking the miners' candidates of the dev queries."""
-    if not cands:
-        return None
+def dev_scores(model: CrossEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cands: dict[str, np.ndarray],
+               cfg: RerankerTrainConfig, precision: str = "fp32") -> dict[str, np.ndarray]:
+    """The model's scores of each dev query's candidates (torch, eval mode)."""
     was = model.training
     model.eval()
     pairs = [(ts.query_texts[q], ts.doc_texts[int(r)]) for q, rows in cands.items() for r in rows]
     with autocast(precision):
         scores = score_pairs(model, tokenizer, pairs, cfg.max_length)
     model.train(was)
-    run, at = {}, 0
-    for q, rows in cands.items():
-        run[q] = {ts.doc_ids[int(r)]: float(s) for r, s in zip(rows, scores[at:at + len(rows)])}
-        at += len(rows)
-    return evaluate_run({q: ts.dev_qrels[q] for q in cands}, run, ["nDCG@10"])[0]["nDCG@10"]
+    bounds = np.cumsum([0, *(len(rows) for rows in cands.values())])
+    return {q: scores[bounds[i]:bounds[i + 1]] for i, q in enumerate(cands)}
 
 
-def first_stage_ndcg(ts: TrainingSet, miners: Miners, cands: dict[str, np.ndarray]) -> float | None:
-    """nDCG@10 of the dev candidates in the zero-shot dense order: what re-ranking has to beat."""
+def candidates_ndcg(ts: TrainingSet, cands: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> float | None:
+    """nDCG@10 of the dev candidates ordered by ``scores``."""
     if not cands:
         return None
-    run = {q: {ts.doc_ids[int(r)]: float(s) for r, s in zip(rows, miners.dense.corpus_scores(q)[rows])}
-           for q, rows in cands.items()}
+    run = {q: {ts.doc_ids[int(r)]: float(s) for r, s in zip(rows, scores[q])} for q, rows in cands.items()}
     return evaluate_run({q: ts.dev_qrels[q] for q in cands}, run, ["nDCG@10"])[0]["nDCG@10"]
+
+
+def first_stage_scores(miners: Miners, cands: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The zero-shot dense scores of the dev candidates: the first stage re-ranking has to beat."""
+    return {q: miners.dense.corpus_scores(q)[rows] for q, rows in cands.items()}
+
+
+def choose_first_stage_weight(ts: TrainingSet, cands: dict[str, np.ndarray], model: dict[str, np.ndarray],
+                              first: dict[str, np.ndarray]) -> tuple[float, float | None]:
+    """The weight of the first stage in :func:`~retrec.runtime.reranker.interpolate` (0, 0.1, ..., 1) that
+    scores best on dev, the smallest on ties, and that dev nDCG@10."""
+    best_w, best = 0.0, None
+    for w in np.round(np.linspace(0.0, 1.0, 11), 2):
+        value = candidates_ndcg(ts, cands, {q: interpolate(model[q], first[q], float(w)) for q in cands})
+        if value is not None and (best is None or value > best + 1e-9):
+            best_w, best = float(w), value
+    return best_w, best
 
 
 class RerankerAdapter(TorchAdapter):
@@ -134,7 +147,8 @@ class RerankerAdapter(TorchAdapter):
         self.precision = resolve_precision(cfg.precision)
         log.info("reranker: %s training", self.precision)
         self.dev_cands = dev_candidates(ts, miners, cfg.dev_candidates)
-        self.first_stage = first_stage_ndcg(ts, miners, self.dev_cands)
+        self.first_scores = first_stage_scores(miners, self.dev_cands)
+        self.first_stage = candidates_ndcg(ts, self.dev_cands, self.first_scores)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(base.folder)
         self.model = CrossEncoder.from_pretrained(base.folder, pooling=cfg.pooling).train()
@@ -152,13 +166,24 @@ class RerankerAdapter(TorchAdapter):
         return step_loss(self.model, self.tokenizer, batch, self.ts, self.cfg, self.precision)
 
     def evaluate(self) -> dict[str, float | None]:
-        return {DEV_METRIC: dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg, self.precision)}
+        if not self.dev_cands:
+            return {DEV_METRIC: None}
+        scores = dev_scores(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg, self.precision)
+        return {DEV_METRIC: candidates_ndcg(self.ts, self.dev_cands, scores)}
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts
+        weight, interpolated = 0.0, None
+        if self.dev_cands:  # the exported (best) weights' dev scores, mixed with the first stage's
+            scores = dev_scores(self.model, self.tokenizer, ts, self.dev_cands, cfg, self.precision)
+            weight, interpolated = choose_first_stage_weight(ts, self.dev_cands, scores, self.first_scores)
+            log.info("reranker: first-stage weight %.1f (dev nDCG@10 %.4f; the model alone %s, the first stage "
+                     "alone %s)", weight, interpolated or 0.0, candidates_ndcg(ts, self.dev_cands, scores),
+                     self.first_stage)
         rcfg = RerankerConfig(pooling=cfg.pooling, max_length=cfg.max_length, base_model=self.base.name)
         config, dims = write_reranker_files(self.model, pub.path, tokenizer=self.tokenizer, config=rcfg,
                                             quantize=cfg.quantize)
+        config["first_stage_weight"] = weight
         fields: dict[str, Any] = {"kind": KIND, "name": self.bundle_name, "dims": dims}
         q = ts.query_texts[ts.query_ids[0]]
         step = max(1, len(ts.doc_texts) // 32)
@@ -172,9 +197,9 @@ class RerankerAdapter(TorchAdapter):
         state = run.state
         exported = state.best if devs and state.best_step >= 0 else (devs[-1] if devs else None)
         metrics = {DEV_METRIC: exported, "dev_nDCG@10_start": devs[0] if devs else None,
-                   "dev_nDCG@10_first_stage": self.first_stage,
+                   "dev_nDCG@10_first_stage": self.first_stage, "dev_nDCG@10_interpolated": interpolated,
                    "beats_first_stage": None if exported is None or self.first_stage is None
-                   else exported > self.first_stage,
+                   else max(exported, interpolated or exported) > self.first_stage + 1e-9,
                    "best_step": state.best_step, "dev_queries": len(ts.dev_ids), "dev_source": ts.dev_source,
                    "train_queries": len(ts.query_ids), "steps": state.step, "epochs_completed": state.epoch,
                    "train_seconds": round(state.seconds, 1), "dev_seconds": round(state.eval_seconds, 1),

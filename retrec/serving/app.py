@@ -179,7 +179,8 @@ def build_app(args: dict[str, Any]) -> Application:
         _deployable("rerank", "bundle", path, optional=False)
         kind_of(read_manifest(path).kind, "reranker", f"rerank bundle {path}")
         reranker = Reranker.options(**rr.replicas.deployment_options("Reranker")).bind(
-            path, cfg.resolve(rr.documents), variant=rr.variant, threads=rr.threads)
+            path, cfg.resolve(rr.documents), variant=rr.variant, threads=rr.threads,
+            first_stage_weight=rr.first_stage_weight)
     # The active index versions: the Ingress user_config (swaps, or a `deployments: [{name: Ingress,
     # user_config: {indexes: {NAME: PATH}}}]` override, update it on every replica; versions.py).
     indexes = {name: r["ref"]["path"] for name, r in retrievers.items()}

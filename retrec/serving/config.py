@@ -98,6 +98,9 @@ class RerankConfig(_Strict):
     depth: int = Field(20, ge=1, le=1000, description="hits re-ranked per request (the first stage fetches at "
                        "least this many)")
     variant: Literal["fp32", "int8"] = "fp32"
+    first_stage_weight: float | None = Field(None, ge=0.0, le=1.0, description="mix of the first stage's scores "
+                                             "into the re-ranker's (0: the re-ranker alone, 1: the first stage's "
+                                             "order); default: the bundle's, chosen on dev in training")
     threads: int | None = Field(None, ge=1, description="ONNX intra-op threads; default: the replica's CPUs")
     timeout_s: float = Field(5.0, gt=0, description="a re-ranking slower than this fails the request (503)")
     replicas: ReplicaOptions = Field(default_factory=lambda: ReplicaOptions(num_cpus=1.0, max_ongoing_requests=8))

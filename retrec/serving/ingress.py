@@ -234,7 +234,8 @@ class Ingress:
         if not head:  # nothing retrieved: nothing re-ranked
             return hits, None
         try:
-            out = await call_handle(self.reranker.rerank.remote(query, head), self.cfg.rerank.timeout_s)
+            first = [float(s) for _, s in hits[:depth]]
+            out = await call_handle(self.reranker.rerank.remote(query, head, first), self.cfg.rerank.timeout_s)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"re-ranker busy: {exc}",
                            {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc

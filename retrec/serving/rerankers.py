@@ -3,7 +3,8 @@
 A replica loads a ``model/reranker`` bundle through the registry (:class:`retrec.runtime.reranker.OnnxReranker`)
 and the collection's document texts (``documents``: a BEIR folder or a ``corpus.jsonl`` / ``corpus.parquet``,
 title + text, as the re-ranker was trained). The ingress sends the query and the first ``depth`` document ids;
-the replica answers their scores, best first. An id it has no text for is scored on an empty text (and
+the replica answers them re-ordered, with their scores (the first stage's scores mixed in by the bundle's
+``first_stage_weight``). An id it has no text for is scored on an empty text (and
 counted). Configured under ``rerank:`` in the serve config; a request asks for it with ``"rerank": true``.
 
 Example (the serve config's ``args``)::
@@ -41,7 +42,9 @@ def document_texts(documents: str) -> dict[str, str]:
 class Reranker:
     """One re-ranker bundle of any registered ``reranker`` kind, with the document texts it reads."""
 
-    def __init__(self, bundle: str, documents: str, variant: str = "fp32", threads: int | None = None) -> None:
+    def __init__(self, bundle: str, documents: str, variant: str = "fp32", threads: int | None = None,
+                 first_stage_weight: float | None = None) -> None:
+        self.first_stage_weight = first_stage_weight  # None: the bundle's
         threads = replica_threads(threads)
         configure_process(threads)
         self.manifest = read_manifest(bundle)
@@ -57,11 +60,17 @@ class Reranker:
         m = self.manifest
         return {"kind": m.kind, "name": m.name, "version": m.version, "documents": len(self.texts)}
 
-    def _rerank(self, query: str, ids: list[str]) -> dict[str, Any]:
+    def _rerank(self, query: str, ids: list[str], first_scores: list[float] | None) -> dict[str, Any]:
         missing = sum(1 for i in ids if i not in self.texts)
-        ranked, scores = self.model.rerank(query, ids, lambda d: self.texts.get(d, ""))
+        kwargs: dict[str, Any] = {} if first_scores is None else {"first_scores": first_scores}
+        if self.first_stage_weight is not None:
+            kwargs["first_stage_weight"] = self.first_stage_weight
+        ranked, scores = self.model.rerank(query, ids, lambda d: self.texts.get(d, ""), **kwargs)
         return {"hits": [(d, float(s)) for d, s in zip(ranked, scores)], "missing_texts": missing,
                 "name": self.manifest.name, "version": self.manifest.version}
 
-    async def rerank(self, query: str, ids: list[str]) -> dict[str, Any]:
-        return await asyncio.to_thread(self._rerank, query, list(ids))
+    async def rerank(self, query: str, ids: list[str], first_scores: list[float] | None = None) -> dict[str, Any]:
+        """``ids`` best first, with the first stage's ``first_scores`` when it has them (the bundle mixes them in
+        by its ``first_stage_weight``)."""
+        return await asyncio.to_thread(self._rerank, query, list(ids),
+                                       None if first_scores is None else list(first_scores))

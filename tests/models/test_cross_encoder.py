@@ -88,3 +88,48 @@ def test_a_reranker_that_lost_to_its_first_stage_on_dev_says_so(exported: tuple[
                    metrics={"dev_nDCG@10": 0.47, "dev_nDCG@10_first_stage": 0.63, "beats_first_stage": False})
     warning = OnnxReranker(copy).dev_warning()
     assert warning is not None and "0.4700 vs 0.6300" in warning
+
+
+def test_segments_pooling_starts_where_the_bi_encoder_ranks_and_exports(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = CrossEncoder.from_pretrained(pooling="segments")
+    tok = load_tokenizer()
+    query = "what causes scurvy"
+    docs = ["Scurvy is caused by a lack of vitamin C in the diet.", "The stock market rose on Tuesday.",
+            "Graphene conducts electricity at room temperature."]
+    fresh = score_pairs(model, tok, [(query, d) for d in docs], 64)
+    assert fresh.argmax() == 0 and fresh[0] - fresh[1:].max() > 1.0  # a fresh head already ranks, not at random
+    assert np.all(np.abs(fresh) <= 20.0 + 1e-4)  # the head is zero: scale x a cosine
+    with torch.no_grad():
+        model.head.weight.normal_(std=1.0)
+    out = tmp_path / "segments"
+    export_reranker(model, out, name="segments", config=RerankerConfig(pooling="segments", max_length=64))
+    expected = score_pairs(model, tok, PAIRS, 64)
+    assert np.abs(OnnxReranker(out).score_pairs(PAIRS) - expected).max() < 1e-3
+    with pytest.raises(ValueError, match="pooling must be one of"):
+        RerankerConfig(pooling="max")
+
+
+def test_interpolation_mixes_both_scales_and_weight_one_keeps_the_first_stage() -> None:
+    from retrec.runtime.reranker import interpolate
+
+    model = np.array([3.0, 1.0, 2.0])
+    bm25 = np.array([40.0, 30.0, 10.0])  # another scale entirely
+    assert list(np.argsort(-interpolate(model, bm25, 0.0))) == [0, 2, 1]
+    assert list(np.argsort(-interpolate(model, bm25, 1.0))) == [0, 1, 2]
+    assert np.allclose(interpolate(model, bm25, 0.5), [1.0, 0.5 * 2 / 3, 0.5 * 0.5])
+    assert np.allclose(interpolate(np.ones(3), bm25, 0.0), 0.0)  # a constant list: no order of its own
+    with pytest.raises(ValueError, match="first-stage scores"):
+        interpolate(model, bm25[:2], 0.5)
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        interpolate(model, bm25, 1.5)
+
+
+def test_rerank_mixes_first_stage_scores_by_the_bundles_weight(exported: tuple[CrossEncoder, Path]) -> None:
+    reranker = OnnxReranker(exported[1])
+    texts = {"a": PAIRS[0][1], "b": PAIRS[1][1], "c": "unrelated words"}
+    alone, _ = reranker.rerank("what causes scurvy", list("abc"), texts.__getitem__, first_scores=[3.0, 2.0, 1.0])
+    reranker.first_stage_weight = 1.0  # as a bundle whose dev chose the first stage's order
+    kept, _ = reranker.rerank("what causes scurvy", list("abc"), texts.__getitem__, first_scores=[3.0, 2.0, 1.0])
+    assert kept == list("abc")
+    assert alone == reranker.rerank("what causes scurvy", list("abc"), texts.__getitem__)[0]  # no scores: the model

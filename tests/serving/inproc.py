@@ -76,10 +76,12 @@ class FakeReranker:
     def __init__(self, fail: bool = False) -> None:
         self.fail = fail
         self.calls: list[tuple[str, list[str]]] = []
+        self.first_scores: list[list[float] | None] = []
         self.rerank = _Method(self._rerank)
 
-    def _rerank(self, query: str, ids: list[str]) -> asyncio.Future:
+    def _rerank(self, query: str, ids: list[str], first_scores: list[float] | None = None) -> asyncio.Future:
         self.calls.append((query, list(ids)))
+        self.first_scores.append(first_scores)
         if self.fail:
             future = asyncio.get_running_loop().create_future()
             future.set_exception(RuntimeError("the re-ranker replica died"))

@@ -36,6 +36,8 @@ def test_rerank_reorders_the_top_depth_and_keeps_the_rest() -> None:
     assert first.json()["reranked_by"] is None and reranked.json()["reranked_by"] == "fake-ce@c1"
     query, sent = fake.calls[0]
     assert query == "scurvy" and len(sent) == 4  # depth 4 fetched although k is 3
+    first_scores = fake.first_scores[0]  # the first stage's scores, aligned with the ids, for the mix
+    assert first_scores is not None and len(first_scores) == 4 and first_scores == sorted(first_scores, reverse=True)
     assert [h["doc_id"] for h in reranked.json()["hits"]] == list(reversed(sent))[:3]
     assert [h["rank"] for h in reranked.json()["hits"]] == [1, 2, 3]
     hits = hybrid.json()["hits"]
