@@ -47,30 +47,39 @@ def rerank_run(run: dict[str, Hits], queries: dict[str, str], texts: dict[str, s
     return out, seconds
 
 
-def tune_first_stage_weight(run: dict[str, Hits], queries: dict[str, str], texts: dict[str, str],
-                            reranker: OnnxReranker, depth: int, qrels: dict[str, dict[str, int]],
-                            progress: bool = False) -> tuple[float, dict[float, float]]:
-    """The first-stage weight (0, 0.1, ..., 1; the smallest on ties) whose mix of ``run``'s scores and the
-    re-ranker's scores best ranks the judged queries of ``run`` (nDCG@10), and nDCG@10 at every weight.
-
-    For a first stage other than the one the re-ranker's training chose its weight against: run it on
-    held-out queries (never the test queries), then re-rank the test run with the weight found."""
+def sweep_first_stage_weight(docs: dict[str, list[str]], model: dict[str, np.ndarray],
+                             first: dict[str, np.ndarray],
+                             qrels: dict[str, dict[str, int]]) -> tuple[float, dict[float, float]]:
+    """nDCG@10 of each query's ``docs`` ordered by :func:`~retrec.runtime.reranker.interpolate` of the re-ranker's
+    (``model``) and the first stage's (``first``) scores at every weight 0, 0.1, ..., 1, and the best weight (the
+    smallest on ties)."""
     from retrec.pipelines.metrics import evaluate_run
     from retrec.runtime.reranker import interpolate
 
+    table: dict[float, float] = {}
+    for w in [round(0.1 * i, 1) for i in range(11)]:
+        mixed = {q: dict(zip(docs[q], interpolate(model[q], first[q], w).tolist())) for q in docs}
+        table[w] = evaluate_run({q: qrels[q] for q in docs}, mixed, ["nDCG@10"])[0]["nDCG@10"]
+    best = max(table.values())
+    return min(w for w, v in table.items() if v >= best - 1e-9), table
+
+
+def tune_first_stage_weight(run: dict[str, Hits], queries: dict[str, str], texts: dict[str, str],
+                            reranker: OnnxReranker, depth: int, qrels: dict[str, dict[str, int]],
+                            progress: bool = False) -> tuple[float, dict[float, float]]:
+    """The first-stage weight whose mix of ``run``'s top ``depth`` scores and the re-ranker's best ranks the
+    judged queries of ``run`` (:func:`sweep_first_stage_weight`), and nDCG@10 at every weight.
+
+    For a first stage other than the one the re-ranker's training chose its weight against: run it on
+    held-out queries (never the test queries), then re-rank the test run with the weight found."""
     judged = [q for q in run if q in queries and q in qrels and run[q]]
     if not judged:
         raise ValueError("no judged query in the run to choose the first-stage weight on")
     heads = {q: run[q][:depth] for q in judged}
     model = {q: reranker.score(queries[q], [texts.get(d, "") for d, _ in heads[q]])
              for q in track(judged, description="first-stage weight", disable=not progress, transient=True)}
-    table: dict[float, float] = {}
-    for w in [round(0.1 * i, 1) for i in range(11)]:
-        mixed = {q: {d: float(s) for (d, _), s in zip(heads[q], interpolate(model[q], [x for _, x in heads[q]], w))}
-                 for q in judged}
-        table[w] = evaluate_run({q: qrels[q] for q in judged}, mixed, ["nDCG@10"])[0]["nDCG@10"]
-    best = max(table.values())
-    return min(w for w, v in table.items() if v >= best - 1e-9), table
+    return sweep_first_stage_weight({q: [d for d, _ in heads[q]] for q in judged}, model,
+                                    {q: np.array([s for _, s in heads[q]]) for q in judged}, qrels)
 
 
 def rerank_result(first: EvalResult, reranker: OnnxReranker, collection: RetrievalData, depth: int,

@@ -42,11 +42,12 @@ from retrec.models.cross_encoder import (
 from retrec.models.precision import autocast, resolve_precision
 from retrec.models.text_encoder import BaseModel, resolve_base_model
 from retrec.pipelines.metrics import evaluate_run
+from retrec.pipelines.rerank import sweep_first_stage_weight
 from retrec.pipelines.tas_sampling import graded_pick, random_batches
 from retrec.pipelines.train_config import RerankerTrainConfig
 from retrec.pipelines.train_dense import Miners, TrainingSet, build_miners, dev_candidates, training_set
 from retrec.pipelines.train_loop import TorchAdapter, TrainRun, run_training, text_loop_config
-from retrec.runtime.reranker import OnnxReranker, interpolate
+from retrec.runtime.reranker import OnnxReranker
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
 
 log = logging.getLogger("retrec.train.reranker")
@@ -126,14 +127,13 @@ def first_stage_scores(miners: Miners, cands: dict[str, np.ndarray]) -> dict[str
 
 def choose_first_stage_weight(ts: TrainingSet, cands: dict[str, np.ndarray], model: dict[str, np.ndarray],
                               first: dict[str, np.ndarray]) -> tuple[float, float | None]:
-    """The weight of the first stage in :func:`~retrec.runtime.reranker.interpolate` (0, 0.1, ..., 1) that
-    scores best on dev, the smallest on ties, and that dev nDCG@10."""
-    best_w, best = 0.0, None
-    for w in np.round(np.linspace(0.0, 1.0, 11), 2):
-        value = candidates_ndcg(ts, cands, {q: interpolate(model[q], first[q], float(w)) for q in cands})
-        if value is not None and (best is None or value > best + 1e-9):
-            best_w, best = float(w), value
-    return best_w, best
+    """The weight of the first stage in the mix (:func:`~retrec.pipelines.rerank.sweep_first_stage_weight`) that
+    scores best on the dev candidates, and that dev nDCG@10."""
+    if not cands:
+        return 0.0, None
+    docs = {q: [ts.doc_ids[int(r)] for r in rows] for q, rows in cands.items()}
+    weight, table = sweep_first_stage_weight(docs, model, first, {q: ts.dev_qrels[q] for q in cands})
+    return weight, table[weight]
 
 
 class RerankerAdapter(TorchAdapter):
