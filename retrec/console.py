@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
 console = Console(stderr=False)
@@ -34,3 +35,57 @@ def _fmt(value: float | None) -> str:
     if float(value).is_integer() and abs(value) >= 1:
         return f"{int(value)}"
     return f"{value:.4f}"
+
+
+class ProgressLog:
+    """Progress of long work: a rich bar on a terminal, otherwise a plain line every ``every_s`` seconds (and at
+    the end), so a non-interactive log (a RayJob, CI, ``| tee``) shows it too.
+
+    Example::
+
+        with ProgressLog("encode", total=len(parts), unit="parts") as progress:
+            for part in parts:
+                ...
+                progress.advance(1, note=f"{docs_per_s:.0f} docs/s")
+    """
+
+    def __init__(self, name: str, total: int, *, unit: str = "", enabled: bool = True, every_s: float = 10.0,
+                 out: Console | None = None) -> None:
+        import time
+
+        self._clock = time.monotonic
+        self.console = out or Console(stderr=True)
+        self.name, self.total, self.unit, self.every_s = name, total, unit, every_s
+        self.done = 0
+        self.started = self._clock()
+        self._last = self.started
+        self.lines = enabled and not self.console.is_terminal
+        self.bar: Progress | None = None
+        if enabled and self.console.is_terminal:
+            self.bar = Progress(TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
+                                console=self.console, transient=True)
+            self.task = self.bar.add_task(name, total=total, note="")
+
+    def __enter__(self) -> ProgressLog:
+        if self.bar is not None:
+            self.bar.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        self.done += n
+        if self.bar is not None:
+            self.bar.update(self.task, completed=self.done, note=note)
+            return
+        now = self._clock()
+        if self.lines and (now - self._last >= self.every_s or self.done >= self.total):
+            self._last = now
+            elapsed = now - self.started
+            eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
+            unit = f" {self.unit}" if self.unit else ""
+            self.console.print(f"{self.name}: {self.done}/{self.total}{unit} ({elapsed:.0f} s, about {eta:.0f} s "
+                               f"left){' ' + note if note else ''}", markup=False, highlight=False)

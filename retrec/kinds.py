@@ -12,6 +12,12 @@ are imported only when used (this module imports nothing of retrec, so every lay
 - ``build``: index kinds only — ``build(doc_ids, texts, *, encoder, factory, shards, progress) -> index``
   (an object with ``save(directory, name=...)``); what ``retrec index KIND`` and ``retrec eval --retriever``
   call;
+- ``assemble``: index kinds only — ``assemble(doc_ids, encoded, *, encoder, factory, shards) -> index`` from
+  documents already encoded (rows in ``doc_ids`` order): by the query encoder's ``encode_documents`` for encoded
+  kinds, by the kind's ``prepare(texts, **options) -> per-document payloads`` (e.g. BM25's terms) for text kinds;
+  what ``retrec reindex`` calls after encoding or preparing the documents in parallel. An index that can give
+  its documents' encodings back exactly has ``encoded_documents() -> (doc_ids, encoded) | None`` (incremental
+  reindexing reuses them);
 - ``check``: index kinds only — ``check(index_manifest, encoder_manifest) -> None`` raising
   :class:`retrec.bundle.BundleError` when the pair does not fit (before a swap, an eval or a load);
 - ``serve``: the Ray Serve deployment of one shard / one recommender replica (default: the generic one);
@@ -72,6 +78,8 @@ class Kind:
     load: str | None = None
     payload: Payload | None = None
     build: str | None = None
+    assemble: str | None = None
+    prepare: str | None = None
     check: str | None = None
     serve: str | None = None
     default_model: str | None = None
@@ -88,7 +96,7 @@ class Kind:
             raise ValueError(f"kind {self.kind!r}: payload {self.payload!r} is not one of {', '.join(PAYLOADS)}")
         if self.role == "index" and self.payload is None:
             raise ValueError(f"kind {self.kind!r}: an index kind names the payload it searches with")
-        for ref in (self.load, self.build, self.check, self.serve, self.default_model):
+        for ref in (self.load, self.build, self.assemble, self.prepare, self.check, self.serve, self.default_model):
             if ref is not None and ref.count(":") != 1:
                 raise ValueError(f"kind {self.kind!r}: {ref!r} is not 'module:attr'")
 
@@ -101,9 +109,11 @@ class Kind:
 BUILTIN: tuple[Kind, ...] = (
     Kind(BM25_INDEX, "index", "BM25 (Lucene variant, bm25s) over title + text", payload="text",
          load="retrec.index.bm25_index:load_index", build="retrec.index.bm25_index:build_index",
+         prepare="retrec.index.bm25_index:prepare_documents", assemble="retrec.index.bm25_index:assemble_index",
          eval_names=("bm25",)),
     Kind(DENSE_INDEX, "index", "dense vectors in FAISS shards (any index_factory string), inner product",
          payload="dense", load="retrec.index.faiss_index:load_index", build="retrec.index.dense_retriever:build_index",
+         assemble="retrec.index.dense_retriever:assemble_index",
          check="retrec.index.faiss_index:check_index", default_model="retrec.models.text_encoder:zero_shot_bundle",
          encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "Flat"}),
     Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",

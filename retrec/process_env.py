@@ -163,3 +163,22 @@ class FreedMemoryKept:
             keep_freed_memory(False)
             release_freed_memory()
             self.active = False
+
+
+LOCAL_NODE_IP = "127.0.0.1"
+# Ray resolves a node address of 127.0.0.1 to the machine's routable address (then GCS, raylet and workers
+# listen on every interface) unless this is "0", which makes its node address the loopback one.
+RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+def start_local_ray(num_cpus: int | None = None) -> None:
+    """Start a one-machine Ray whose node address is 127.0.0.1, so none of its ports (GCS, raylet, object
+    manager, workers, dashboard agent, runtime-env agent) listens on a routable address. Ray's token auth stays
+    as Ray sets it (``RAY_AUTH_MODE``; on by default)."""
+    import ray
+    from ray._private import ray_constants
+
+    os.environ[RAY_CLUSTER_ENV] = "0"  # for processes importing Ray from now on
+    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already (the flag is read at import)
+    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
+             _node_ip_address=LOCAL_NODE_IP)

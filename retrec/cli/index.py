@@ -44,7 +44,8 @@ def index_cmd(
         built = build_from_texts(resolved, doc_ids, texts, model=model, factory=factory, shards=shards,
                                  progress=True, **options)
         label = (data if data.is_dir() else data.absolute().parent).name
-        path = publish_index(built.index, out, name or f"{label}-{display_name(resolved)}")
+        path = publish_index(built.index, out, name or f"{label}-{display_name(resolved)}",
+                             texts=(doc_ids, texts))
     except (DataError, BundleError, ValueError, FileExistsError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"wrote {path}")

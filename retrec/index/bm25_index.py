@@ -37,6 +37,16 @@ class BM25Config:
     stopwords: str | None = "en"
 
 
+def tokenize(texts: Sequence[str], config: BM25Config, stemmer: Stemmer.Stemmer | None = None) -> list[list[str]]:
+    """Each text's terms as this index counts them (lower-cased, stop words out, stemmed): per document, so
+    documents may be tokenized in parallel and indexed together (:meth:`BM25Index.from_tokens`)."""
+    if stemmer is None and config.stemmer:
+        stemmer = Stemmer.Stemmer(config.stemmer)
+    tokenized = bm25s.tokenize(list(texts), stopwords=config.stopwords, stemmer=stemmer, return_ids=False,
+                               show_progress=False)
+    return [list(t) for t in tokenized]
+
+
 class BM25Index:
     name = "bm25"
 
@@ -48,11 +58,7 @@ class BM25Index:
         self._order_key = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object))).astype(np.int64)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        tokenized = bm25s.tokenize(
-            list(texts), stopwords=self.config.stopwords, stemmer=self._stemmer,
-            return_ids=False, show_progress=False,
-        )
-        return [list(t) for t in tokenized]
+        return tokenize(texts, self.config, self._stemmer)
 
     @classmethod
     def build(cls, doc_ids: Sequence[str], texts: Sequence[str], config: BM25Config | None = None) -> BM25Index:
@@ -61,10 +67,23 @@ class BM25Index:
             raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
         if not doc_ids:
             raise ValueError("cannot index an empty corpus")
+        return cls.from_tokens(doc_ids, tokenize(texts, config), config)
+
+    @classmethod
+    def from_tokens(cls, doc_ids: Sequence[str], tokens: Sequence[list[str]],
+                    config: BM25Config | None = None) -> BM25Index:
+        """The index of documents already tokenized by :func:`tokenize` with the same ``config``."""
+        config = config or BM25Config()
+        if len(doc_ids) != len(tokens):
+            raise ValueError(f"{len(doc_ids)} doc ids for {len(tokens)} tokenized documents")
+        if not doc_ids:
+            raise ValueError("cannot index an empty corpus")
+        # The vocabulary in sorted order: bm25s numbers terms in set order, which changes with Python's hash seed,
+        # so the same corpus would give other files in every process (index versions must be reproducible).
+        vocab = {term: i for i, term in enumerate(sorted({t for doc in tokens for t in doc}))}
         model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
-        index = cls(model, list(doc_ids), config)
-        model.index(index.tokenize(texts), show_progress=False)
-        return index
+        model.index(([[vocab[t] for t in doc] for doc in tokens], vocab), show_progress=False)
+        return cls(model, list(doc_ids), config)
 
     def scores(self, query: str) -> np.ndarray:
         tokens = self.tokenize([query])[0]
@@ -114,8 +133,24 @@ def build_index(doc_ids: Sequence[str], texts: Sequence[str], *, shards: int = 1
     """Registry builder (``retrec index bm25``): one shard; ``k1``/``b`` options override the defaults."""
     if shards != 1:
         raise ValueError(f"a BM25 index is one shard (asked for {shards})")
-    known = {k: v for k, v in options.items() if k in ("k1", "b") and v is not None}
-    return BM25Index.build(doc_ids, texts, BM25Config(**known))  # type: ignore[arg-type]
+    return BM25Index.build(doc_ids, texts, _config(options))
+
+
+def _config(options: dict[str, object]) -> BM25Config:
+    return BM25Config(**{k: v for k, v in options.items() if k in ("k1", "b") and v is not None})  # type: ignore[arg-type]
+
+
+def prepare_documents(texts: Sequence[str], **options: object) -> list[list[str]]:
+    """Registry hook (``retrec reindex``, run in parallel over parts of the corpus): the documents' terms."""
+    return tokenize(texts, _config(options))
+
+
+def assemble_index(doc_ids: Sequence[str], prepared: Sequence[list[str]], *, shards: int = 1,
+                   **options: object) -> BM25Index:
+    """Registry hook (``retrec reindex``): the index of every document's terms (the statistics are global)."""
+    if shards != 1:
+        raise ValueError(f"a BM25 index is one shard (asked for {shards})")
+    return BM25Index.from_tokens(doc_ids, prepared, _config(options))
 
 
 def load_index(path: str | Path, *, shard: int | None = None, verify: bool = True, **_: object) -> BM25Index:

@@ -117,5 +117,13 @@ def build_index(
     if len(doc_ids) != len(texts):
         raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
     vectors = encode_corpus(encoder, texts, cache=cache, progress=progress)
-    return FaissIndex.build(vectors, doc_ids, factory=factory or "Flat", shards=shards, encoder=encoder.manifest,
+    return assemble_index(doc_ids, vectors, encoder=encoder, factory=factory, shards=shards, use_gpu=use_gpu)
+
+
+def assemble_index(
+    doc_ids: Sequence[str], encoded: np.ndarray, *, encoder: OnnxEncoder, factory: str | None = None,
+    shards: int = 1, use_gpu: bool | None = None, **_: object,
+) -> FaissIndex:
+    """Registry hook (``retrec reindex``): index document vectors that ``encoder`` produced (rows by doc id)."""
+    return FaissIndex.build(encoded, doc_ids, factory=factory or "Flat", shards=shards, encoder=encoder.manifest,
                             use_gpu=use_gpu)

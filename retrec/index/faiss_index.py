@@ -43,6 +43,7 @@ KIND = DENSE_INDEX
 METRIC = "inner_product"
 SIMILARITIES = ("cosine", "dot")
 SHARD_HASH = "blake2b-64 mod shards"
+LOSSY = ("PQ", "SQ", "LSH", "RaBitQ", "LSQ", "RQ")  # factory tokens whose stored vectors differ from the input
 log = logging.getLogger(__name__)
 
 
@@ -189,6 +190,21 @@ class FaissIndex:
             id_lists.append([doc_ids[i] for i in rows])
         return cls(indices, id_lists, factory=factory, similarity=similarity, encoder=ref,
                    search_params=search_params, use_gpu=use_gpu)
+
+    def encoded_documents(self) -> tuple[list[str], np.ndarray] | None:
+        """Every document's vector as indexed (shard by shard), or None when the factory stores them lossily
+        (PQ, SQ, ...) or cannot give them back: what an incremental reindex reuses for unchanged documents."""
+        if any(token in self.factory for token in LOSSY):
+            return None
+        parts = []
+        try:
+            for shard in self.cpu_shards:
+                parts.append(shard.reconstruct_n(0, shard.ntotal) if shard.ntotal else
+                             np.zeros((0, self.dim), np.float32))
+        except RuntimeError as exc:  # e.g. an IVF index without a direct map
+            log.info("index vectors cannot be read back (%s): unchanged documents are encoded again", exc)
+            return None
+        return [d for ids in self.shard_ids for d in ids], np.concatenate(parts).astype(np.float32, copy=False)
 
     def set_search_params(self, params: str) -> None:
         """FAISS search-time parameters for every shard, e.g. ``"nprobe=16"`` or ``"efSearch=128"``."""

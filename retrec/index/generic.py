@@ -22,13 +22,19 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
+
 from retrec import kinds
 from retrec.bundle import BundleError, Manifest, publish, read_manifest
 from retrec.index.retriever import Hits
+
+DOCUMENTS = "documents.parquet"  # in every index version: doc_id and the sha256 of the text it indexed
 
 
 class IndexRetriever:
@@ -153,12 +159,36 @@ def open_index(
     return IndexRetriever(display_name(kind), index, encoder, manifest)
 
 
-def publish_index(index: Any, out: str | Path, name: str) -> Path:
+def content_hash(text: str) -> bytes:
+    """The 32-byte sha256 of the text a document was indexed with (what incremental reindexing compares)."""
+    return hashlib.sha256(text.encode("utf-8")).digest()
+
+
+def documents_table(doc_ids: Sequence[str], texts: Sequence[str]) -> pa.Table:
+    """``documents.parquet``: every indexed doc id with the :func:`content_hash` of its text."""
+    if len(doc_ids) != len(texts):
+        raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
+    return pa.table({"doc_id": pa.array(list(doc_ids), pa.string()),
+                     "sha256": pa.array([content_hash(t) for t in texts], pa.binary(32))})
+
+
+def read_documents(manifest: Manifest) -> dict[str, bytes] | None:
+    """``doc_id -> content hash`` of an index version (None for one published without ``documents.parquet``)."""
+    if DOCUMENTS not in manifest.files:
+        return None
+    table = pq.read_table(manifest.file(DOCUMENTS))
+    return dict(zip(table.column("doc_id").to_pylist(), table.column("sha256").to_pylist()))
+
+
+def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequence[str], Sequence[str]] | None = None,
+                  metrics: dict[str, Any] | None = None) -> Path:
     """Save ``index`` (its kind's ``save``, which writes a whole bundle) and publish it at ``out`` atomically.
 
-    Through :func:`retrec.bundle.publish` with :meth:`~retrec.bundle.Publication.adopt`: the kind saves into a
-    temporary sibling, the bundle is verified and fsynced, then renamed into place; a failed or killed save
-    publishes nothing. ``out`` must not exist or be an empty folder: an index version is written once.
+    The kind saves into a temporary sibling (:func:`retrec.bundle.publish`); with ``texts = (doc_ids, texts)``
+    the version also records ``documents.parquet`` (each document's content hash, which ``retrec reindex``
+    compares to re-encode only what changed) and is re-manifested with the kind's own fields, ``metrics``
+    added; then the bundle is verified, fsynced and renamed into place. A failed or killed save publishes
+    nothing. ``out`` must not exist or be an empty folder: an index version is written once.
     """
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -166,5 +196,12 @@ def publish_index(index: Any, out: str | Path, name: str) -> Path:
                               "choose a new --out")
     with publish(out, replace=False) as pub:
         index.save(pub.path, name=name)
-        pub.adopt()
+        if texts is None and metrics is None:
+            pub.adopt()
+        else:
+            saved = read_manifest(pub.path)
+            if texts is not None:
+                pq.write_table(documents_table(*texts), pub.path / DOCUMENTS)
+            pub.set_manifest(kind=saved.kind, name=saved.name, version=saved.version, config=saved.config,
+                             dims=saved.dims, metrics={**saved.metrics, **(metrics or {})}, command=saved.command)
     return out

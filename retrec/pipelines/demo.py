@@ -69,7 +69,7 @@ def step_data(demo: Demo, title: str) -> None:
 def step_index(demo: Demo, title: str) -> None:
     ids, texts = demo.documents()
     built = build_from_texts(index_kind("bm25"), ids, texts)
-    bundle = publish_index(built.index, demo.bundle_dir / "bm25", name="demo-bm25")
+    bundle = publish_index(built.index, demo.bundle_dir / "bm25", name="demo-bm25", texts=(ids, texts))
     demo.retrievers["bm25"] = open_index(bundle)  # verified load: checksums, schema, kind
     count = len(demo.retrievers["bm25"].doc_ids or [])
     console.print(f"[bold]{title}[/]: BM25 bundle at {bundle} ({count} documents)")
@@ -82,7 +82,7 @@ def step_dense(demo: Demo, title: str) -> None:
     ids, texts = demo.documents()
     dense = index_kind("dense")
     trained = build_from_texts(dense, ids, texts, model=encoder, shards=2, cache=None)
-    publish_index(trained.index, demo.bundle_dir / "dense", name="demo-dense")
+    publish_index(trained.index, demo.bundle_dir / "dense", name="demo-dense", texts=(ids, texts))
     demo.retrievers["dense zero-shot"] = build_from_texts(dense, ids, texts)  # the kind's default encoder
     demo.retrievers["dense trained"] = trained
 
@@ -119,19 +119,60 @@ def step_recommendation(demo: Demo, title: str) -> None:
 
 
 def step_serving(demo: Demo, title: str) -> None:
-    """The Ray Serve app on 127.0.0.1 answers a search and a recommendation, then shuts down."""
+    """The Ray Serve app on 127.0.0.1 answers a search and a recommendation; while it runs, ``retrec reindex``
+    builds a new dense version of an edited corpus (only the edited documents encoded) and the admin endpoint
+    swaps it in; a search then names the new version. Then the app shuts down."""
     import json
+    import os
+    import secrets
 
     from retrec.serving.launch import demo_round_trip
 
     assert demo.collection is not None and demo.data_dir is not None
     query = demo.collection.queries.column("text")[0].as_py()
     history = [str(i) for i in leave_one_out(user_sequences(load_interactions(demo.data_dir))).train[0]][-10:]
-    console.print(f"[bold]{title}[/]: Ray Serve app on 127.0.0.1 (free port), real HTTP requests")
-    for exchange in demo_round_trip(demo.bundle_dir, query, history):
+    console.print(f"[bold]{title}[/]: Ray Serve app on 127.0.0.1 (free port), real HTTP requests; then a reindex "
+                  "of an edited corpus while it runs, and a swap")
+    os.environ[DEMO_ADMIN_KEYS] = secrets.token_hex(16)  # the demo's admin key, for this process and its Ray
+    exchanges = demo_round_trip(demo.bundle_dir, query, history, admin_keys_env=DEMO_ADMIN_KEYS,
+                                then=lambda url: reindex_and_swap(demo, url, query))
+    for exchange in exchanges:
         method, body = exchange["request"]
         console.print(f"  {method} {json.dumps(body)}")
         console.print(f"  → {json.dumps(exchange['response'])[:400]}", markup=False, highlight=False)
+
+
+DEMO_ADMIN_KEYS = "RETREC_DEMO_ADMIN_KEYS"
+
+
+def reindex_and_swap(demo: Demo, url: str, query: str) -> list[dict]:
+    """1% of the corpus edited, ``retrec reindex`` of it from the served dense version, the swap, a search."""
+    import httpx
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from retrec.pipelines.reindex import ReindexConfig, reindex, swap_server
+
+    assert demo.collection is not None
+    rows = demo.collection.corpus.to_pylist()
+    for row in rows[::100]:  # 1% of the documents
+        row["text"] = f"{row['text']} (revised)"
+    edited = demo.workdir / "data-edited"
+    edited.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(rows, schema=demo.collection.corpus.schema), edited / "corpus.parquet")
+    result = reindex(ReindexConfig(kind="dense", data=edited, out=demo.bundle_dir / "dense-versions",
+                                   model=demo.bundle_dir / "encoder", base=str(demo.bundle_dir / "dense"), shards=2,
+                                   progress=False))
+    plan = result.report["plan"]
+    console.print(f"  reindex: {plan['encode']} edited documents encoded, {plan['reused']} reused → "
+                  f"{result.version.name} (current)", markup=False, highlight=False)
+    swapped = swap_server(url, "dense", result.version, demo.bundle_dir, key_env=DEMO_ADMIN_KEYS)
+    body = {"query": query, "k": 3, "retriever": "dense"}
+    with httpx.Client(base_url=url, timeout=30.0) as client:
+        after = client.post("/v1/search", json=body).json()
+    relative = f"{result.version.parent.name}/{result.version.name}"
+    return [{"request": ["POST /v1/admin/indexes", {"retriever": "dense", "path": relative}], "response": swapped},
+            {"request": ["POST /v1/search", body], "response": after}]
 
 
 STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
@@ -145,10 +186,29 @@ STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
 ]
 
 
+MARKER = ".retrec-demo"
+
+
+def _fresh_workdir(workdir: Path) -> None:
+    """Start from an empty work folder: one an earlier demo wrote (it holds the marker) is cleared; any other
+    non-empty folder is refused, so the demo never deletes what it did not write."""
+    import shutil
+
+    if workdir.is_dir() and any(workdir.iterdir()):
+        if not (workdir / MARKER).is_file():
+            raise FileExistsError(f"{workdir}: not empty and not written by retrec demo; choose another --workdir")
+        for entry in workdir.iterdir():
+            if entry.name != MARKER:
+                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    workdir.mkdir(parents=True, exist_ok=True)
+    (workdir / MARKER).write_text("written by retrec demo; cleared by the next run\n")
+
+
 def run_demo(workdir: Path) -> dict[str, dict[str, float]]:
     """Run every step of :data:`STEPS` in order, numbered from 1; returns the evaluation rows."""
     console.rule("retrec demo — embedded default dataset")
     demo = Demo(Path(workdir))
+    _fresh_workdir(demo.workdir)
     for number, (name, step) in enumerate(STEPS, start=1):
         step(demo, f"{number}. {name}")
     console.rule("done")

@@ -36,12 +36,14 @@ import logging
 import os
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 import yaml
 
+from retrec.process_env import start_local_ray
 from retrec.serving.config import ServingConfig, check_exposure
 
 DEFAULT_HOST = "127.0.0.1"
@@ -85,25 +87,13 @@ def direct_url(config: dict[str, Any], host: str = DEFAULT_HOST) -> str | None:
     return f"http://{host}:{int(env.get(DIRECT_INGRESS_PORT, '30000'))}"
 
 
-LOCAL_NODE_IP = "127.0.0.1"
-# Ray resolves a node address of 127.0.0.1 to the machine's routable address (then GCS, raylet and workers
-# listen on every interface) unless this is "0", which makes its node address the loopback one.
-RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
-
-
 def init_local_ray(num_cpus: int | None = None, config: dict[str, Any] | None = None) -> None:
     """Start a one-machine Ray whose node address is 127.0.0.1, so none of its ports (GCS, raylet, object
     manager, workers, dashboard agent, runtime-env agent) listens on a routable address; with the config's
     Serve settings (:func:`apply_serve_env`). Ray's token auth stays as Ray sets it (``RAY_AUTH_MODE``; on by
     default)."""
-    import ray
-    from ray._private import ray_constants
-
     apply_serve_env(config)
-    os.environ[RAY_CLUSTER_ENV] = "0"  # for processes importing Ray from now on
-    ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already (the flag is read at import)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             _node_ip_address=LOCAL_NODE_IP)
+    start_local_ray(num_cpus)
 
 
 def apply_serve_env(config: dict[str, Any] | None = None) -> None:
@@ -297,10 +287,17 @@ def demo_config(bundles: str | os.PathLike[str], port: int) -> dict[str, Any]:
                                        "ingress": light, "auth": {"mode": "none"}}}]}
 
 
-def demo_round_trip(bundles: str | os.PathLike[str], query: str, history: list[str], k: int = 3) -> list[dict]:
-    """Start the app on a free 127.0.0.1 port, send real requests, shut down; returns (request, response) pairs."""
+def demo_round_trip(bundles: str | os.PathLike[str], query: str, history: list[str], k: int = 3, *,
+                    admin_keys_env: str | None = None,
+                    then: Callable[[str], list[dict]] | None = None) -> list[dict]:
+    """Start the app on a free 127.0.0.1 port, send real requests, shut down; returns (request, response) pairs.
+
+    With ``admin_keys_env`` (the variable holding the admin key) the admin endpoint is on, rooted at
+    ``bundles``; ``then(url)`` runs while the app is up (e.g. a reindex and a swap) and adds its exchanges."""
     config = demo_config(bundles, free_port())
     args = config["applications"][0]["args"]
+    if admin_keys_env is not None:
+        args["admin"] = {"enabled": True, "keys_env": admin_keys_env, "models_root": str(Path(bundles).resolve())}
     url = start(config)
     exchanges = []
     try:
@@ -314,6 +311,8 @@ def demo_round_trip(bundles: str | os.PathLike[str], query: str, history: list[s
                 body = {"history": history, "k": k, "model": model}
                 exchanges.append({"request": ["POST /v1/recommend", body],
                                   "response": client.post("/v1/recommend", json=body).json()})
+        if then is not None:
+            exchanges.extend(then(url))
     finally:
         stop()
     return exchanges

@@ -66,3 +66,25 @@ def test_only_matching_documents_are_ranked(monkeypatch: object) -> None:
         matches = int((index.scores(q) > 0).sum())
         assert all(size <= matches for size in sizes), (q, k, sizes, matches)
     assert len(expected[("apple", 100)]) == 12 and expected[("zzz", 5)] == []
+
+
+def test_the_same_corpus_gives_the_same_files_in_every_process(tiny_data: Path, tmp_path: Path) -> None:
+    """bm25s numbers terms in set order (Python's hash seed); the index sorts its vocabulary instead."""
+    import os
+    import subprocess
+    import sys
+
+    from retrec.bundle import read_manifest
+
+    script = ("import sys; from retrec.data.beir import load_retrieval_data; from retrec.index.bm25_index import "
+              "BM25Index; ids, texts = load_retrieval_data(sys.argv[1]).doc_texts(); "
+              "BM25Index.build(ids, texts).save(sys.argv[2])")
+    for seed in ("1", "2"):
+        done = subprocess.run([sys.executable, "-c", script, str(tiny_data), str(tmp_path / seed)],
+                              env={**os.environ, "PYTHONHASHSEED": seed}, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+    one, two = (read_manifest(tmp_path / s).files for s in ("1", "2"))
+    assert {k: v.sha256 for k, v in one.items()} == {k: v.sha256 for k, v in two.items()}
+    data = load_retrieval_data(tiny_data)
+    queries = list(data.query_texts().values())
+    assert BM25Index.load(tmp_path / "1").search(queries, 20) == BM25Index.build(*data.doc_texts()).search(queries, 20)

@@ -435,10 +435,11 @@ def test_start_pins_the_local_ray_node_to_loopback(monkeypatch: pytest.MonkeyPat
     import ray
     from ray._private import ray_constants
 
+    from retrec import process_env
     from retrec.serving import launch
 
     monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)  # restored after the test
-    monkeypatch.setenv(launch.RAY_CLUSTER_ENV, "1")
+    monkeypatch.setenv(process_env.RAY_CLUSTER_ENV, "1")
     calls: list[dict[str, Any]] = []
     monkeypatch.setattr(ray, "is_initialized", lambda: bool(calls))
     monkeypatch.setattr(ray, "init", lambda **kw: calls.append(kw))
@@ -450,5 +451,5 @@ def test_start_pins_the_local_ray_node_to_loopback(monkeypatch: pytest.MonkeyPat
     (kwargs,) = calls
     assert kwargs.get("_node_ip_address") == "127.0.0.1"
     # without these Ray turns 127.0.0.1 into the routable address (GCS and raylet then listen on every interface)
-    assert ray_constants.ENABLE_RAY_CLUSTER is False and os.environ[launch.RAY_CLUSTER_ENV] == "0"
+    assert ray_constants.ENABLE_RAY_CLUSTER is False and os.environ[process_env.RAY_CLUSTER_ENV] == "0"
     assert os.environ.get("RAY_AUTH_MODE", "token") == "token"  # Ray's token auth stays on for the local cluster

@@ -24,7 +24,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 def _rayservice() -> dict[str, Any]:
-    docs = yaml.safe_load_all((ROOT / "k8s" / "rayservice.yaml").read_text(encoding="utf-8"))
+    docs = yaml.safe_load_all((ROOT / "k8s" / "base" / "rayservice.yaml").read_text(encoding="utf-8"))
     return next(d for d in docs if d and d["kind"] == "RayService")
 
 

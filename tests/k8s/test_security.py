@@ -1,0 +1,130 @@
+"""Trust in k8s/, for every variant: Ray token auth on every cluster, reindex and training jobs never sharing the
+serving cluster's trust (own token, no serving secrets, submitted by the operator), NetworkPolicies that keep Ray's
+ports between the pods of one kind of deployment and the dashboard to the operator, volumes mounted as narrowly as
+the work allows."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from tests.k8s.manifests import K8S, cluster, kustomize, ray_documents, templates, yaml_docs
+
+RAY_PORTS = {6379, 8265, 10001, 52365}
+OPERATOR_ONLY = {8265, 52365}
+COMPONENT = "app.kubernetes.io/component"
+RAY_DOCS = ray_documents()
+JOBS = [(w, d) for w, d in RAY_DOCS if d["kind"] == "RayJob"]
+SERVICE = next(d for w, d in RAY_DOCS if w.startswith("base/rayservice.yaml"))
+
+
+def _containers(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    return [c for t in templates(cluster(doc)) for c in t["spec"]["containers"]]
+
+
+@pytest.mark.parametrize(("where", "doc"), RAY_DOCS, ids=[w for w, _ in RAY_DOCS])
+def test_every_ray_cluster_has_its_own_token(where: str, doc: dict[str, Any]) -> None:
+    auth = cluster(doc).get("authOptions") or {}
+    assert auth.get("mode") == "token"
+    # no secretName: KubeRay generates one per cluster; a named one must differ from the serving cluster's
+    assert auth.get("secretName") is None or doc is SERVICE or \
+        auth["secretName"] != (cluster(SERVICE).get("authOptions") or {}).get("secretName")
+    for container in _containers(doc):
+        env = {e["name"]: e for e in container.get("env", [])}
+        assert env.get("RAY_AUTH_MODE", {}).get("value", "token") == "token"
+        assert "value" not in env.get("RAY_AUTH_TOKEN", {}), "a token in the manifest"
+
+
+def _secret_names(doc: dict[str, Any]) -> set[str]:
+    names = set()
+    for template in templates(cluster(doc)):
+        for volume in template["spec"].get("volumes", []):
+            names |= {volume["secret"]["secretName"]} if "secret" in volume else set()
+            names |= {s["secret"]["name"] for s in volume.get("projected", {}).get("sources", []) if "secret" in s}
+        for container in template["spec"]["containers"]:
+            names |= {e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", [])
+                      if "secretKeyRef" in e.get("valueFrom", {})}
+            names |= {s["secretRef"]["name"] for s in container.get("envFrom", []) if "secretRef" in s}
+    return names
+
+
+@pytest.mark.parametrize(("where", "job"), JOBS, ids=[w for w, _ in JOBS])
+def test_jobs_share_no_serving_credentials(where: str, job: dict[str, Any]) -> None:
+    assert job["spec"].get("submissionMode") == "HTTPMode"  # the operator submits: no submitter pod needs 8265
+    assert "submitterPodTemplate" not in job["spec"]
+    assert not _secret_names(job), "reindex and training jobs need no secret"
+    assert not _secret_names(job) & _secret_names(SERVICE)
+    component = job["metadata"]["labels"][COMPONENT]
+    assert component == ("training" if job["metadata"]["name"].startswith("retrec-train-") else "reindex")
+    assert {t["metadata"]["labels"][COMPONENT] for t in templates(cluster(job))} == {component}
+
+
+@pytest.mark.parametrize("folder", ["base", "overlays/cpu", "overlays/gpu"])
+def test_serving_pods_are_labelled_serving_and_mount_models_read_only(folder: str) -> None:
+    (service,) = [d for d in kustomize(K8S / folder) if d["kind"] == "RayService"]
+    assert {t["metadata"]["labels"][COMPONENT] for t in templates(cluster(service))} == {"serving"}
+    for container in _containers(service):
+        assert all(m.get("readOnly") for m in container.get("volumeMounts", [])), container["name"]
+
+
+def test_jobs_mount_data_read_only_and_the_volumes_exist() -> None:
+    claims = {d["metadata"]["name"]: d for d in yaml_docs(K8S / "base" / "pvc.yaml")}
+    assert set(claims) == {"retrec-models", "retrec-data"}
+    assert all("ReadWriteMany" in c["spec"]["accessModes"] for c in claims.values())  # many pods, many nodes
+    for _, doc in RAY_DOCS:
+        for template in templates(cluster(doc)):
+            volumes = {v["name"]: v for v in template["spec"].get("volumes", [])}
+            used = {v["persistentVolumeClaim"]["claimName"] for v in volumes.values() if "persistentVolumeClaim" in v}
+            assert used <= set(claims)
+            for container in template["spec"]["containers"]:
+                for mount in container.get("volumeMounts", []):
+                    claim = volumes[mount["name"]].get("persistentVolumeClaim", {}).get("claimName")
+                    if claim == "retrec-data":
+                        assert mount.get("readOnly") and mount["mountPath"] == "/data"
+                    elif claim == "retrec-models":
+                        assert mount["mountPath"] == "/models"
+
+
+def _rules(policy: dict[str, Any]) -> list[tuple[list[dict[str, Any]], set[int] | None]]:
+    return [(rule.get("from", []), {p["port"] for p in rule["ports"]} if "ports" in rule else None)
+            for rule in policy["spec"].get("ingress", [])]
+
+
+def _policies() -> list[dict[str, Any]]:
+    return [d for d in yaml_docs(K8S / "base" / "networkpolicy.yaml") if d["kind"] == "NetworkPolicy"]
+
+
+def test_every_ray_pod_kind_has_a_network_policy() -> None:
+    labelled = {t["metadata"]["labels"][COMPONENT] for _, d in RAY_DOCS for t in templates(cluster(d))}
+    assert labelled == {"serving", "reindex", "training"}
+    assert {p["spec"]["podSelector"]["matchLabels"][COMPONENT] for p in _policies()} == labelled
+    for _, doc in RAY_DOCS:
+        for template in templates(cluster(doc)):
+            assert template["metadata"]["labels"]["app.kubernetes.io/name"] == "retrec"
+
+
+@pytest.mark.parametrize("component", ["serving", "reindex", "training"])
+def test_network_policy_keeps_ray_ports_inside_and_the_dashboard_to_the_operator(component: str) -> None:
+    (policy,) = [p for p in _policies() if p["spec"]["podSelector"]["matchLabels"].get(COMPONENT) == component]
+    own = policy["spec"]["podSelector"]["matchLabels"]
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert any(not ports and [p.get("podSelector", {}).get("matchLabels") for p in peers] == [own]
+               for peers, ports in _rules(policy)), "the pods of one deployment must reach each other"
+    for peers, ports in _rules(policy):
+        assert peers, "a rule without 'from' admits every source"
+        for peer in peers:
+            pods = peer.get("podSelector")
+            namespaces = peer.get("namespaceSelector")
+            assert "ipBlock" not in peer
+            if ports is None or ports & RAY_PORTS:  # Ray's ports: the same deployment's pods, or the operator
+                if namespaces is None:
+                    assert pods is not None and pods.get("matchLabels") == own, (component, peer)
+                else:
+                    assert ports is not None and ports <= OPERATOR_ONLY, (component, peer)
+                    assert namespaces.get("matchLabels") and pods and pods.get("matchLabels"), (component, peer)
+            elif ports == {8080}:  # Ray's metrics port: Prometheus in the monitoring namespace only
+                assert component == "serving" and namespaces == {
+                    "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}, (component, peer)
+            else:
+                assert ports == {8000} and component == "serving", (component, ports)
