@@ -112,8 +112,8 @@ def _kill_and_resume(data: Path, root: Path, model: str, reference: Path, part_s
     no Ray process of the killed run left behind."""
     import signal
 
-    cmd = [*RETREC, "reindex", "--kind", "dense", "--data", str(data), "--out", str(root), "--model", model,
-           "--full", "--part-size", str(part_size), "--json"]
+    extra = ["--kind", "dense", "--model", model, "--full", "--part-size", str(part_size)]
+    cmd = [*RETREC, "reindex", "--data", str(data), "--out", str(root), "--json", *extra]
     parts = -(-sum(1 for _ in (data / "corpus.jsonl").open()) // part_size)
     before = _ray_pids()
     start = time.perf_counter()
@@ -128,11 +128,17 @@ def _kill_and_resume(data: Path, root: Path, model: str, reference: Path, part_s
     proc.wait()
     killed_at = time.perf_counter() - start
     finished = len(list(root.glob(".reindex/*/parts/*.json")))
-    time.sleep(3)
-    leftover = _ray_pids() - before
-    seconds, report = _reindex(data, root, *cmd[3:-1])
+    left_at_kill = len(_ray_pids() - before)
+    gone_after = None
+    for tick in range(120):  # how long the killed driver's local Ray outlives it
+        if not _ray_pids() - before:
+            gone_after = tick * 0.5
+            break
+        time.sleep(0.5)
+    seconds, report = _reindex(data, root, *extra)
     return {"returncode": proc.returncode, "killed_after_s": killed_at, "parts": parts, "parts_done_at_kill": finished,
-            "versions_visible_before_end": early_versions, "ray_processes_left": len(leftover),
+            "versions_visible_before_end": early_versions, "ray_processes_at_kill": left_at_kill,
+            "ray_processes_gone_after_s": gone_after,
             "rerun_wall_s": seconds, "parts_skipped": report["encode"]["parts_skipped"],
             "identical_to_uninterrupted": _same_files(Path(report["version"]), reference)}
 
@@ -143,6 +149,7 @@ def main() -> None:
     ap.add_argument("--model", type=Path, required=True, help="a model/dense bundle")
     ap.add_argument("--out", type=Path, default=Path("runs/reindex-bench"))
     ap.add_argument("--arms", nargs="+", default=["loop", "ray-2x1", "ray-1x2", "local"])
+    ap.add_argument("--rounds", type=int, default=1, help="run the arms this many times, interleaved (ABAB)")
     ap.add_argument("--skip-checks", action="store_true", help="throughput arms only")
     ap.add_argument("--kill", action="store_true", help="also: SIGKILL a Ray reindex half-way and re-run it")
     ap.add_argument("--json", type=Path)
@@ -152,25 +159,31 @@ def main() -> None:
     rows: dict[str, dict[str, Any]] = {}
     flags = {"local": ["--local", "--threads", "2"], "ray-2x1": ["--actors", "2", "--threads", "1"],
              "ray-1x2": ["--actors", "1", "--threads", "2"], "ray-1x1": ["--actors", "1", "--threads", "1"]}
-    for arm in args.arms:
+    for arm, label in ((a, a if args.rounds == 1 else f"{a}#{r + 1}") for r in range(args.rounds) for a in args.arms):
         if arm == "loop":
             seconds, stdout = _run([sys.executable, "-c", LOOP, str(args.data), model])
             encode_s, setup_s = map(float, stdout.split())
-            rows[arm] = {"wall_s": seconds, "encode_s": encode_s, "setup_s": setup_s}
+            rows[label] = {"wall_s": seconds, "encode_s": encode_s, "setup_s": setup_s,
+                           "encoding_docs_per_s": sum(1 for _ in (args.data / "corpus.jsonl").open()) / encode_s}
         else:
             seconds, report = _reindex(args.data, args.out / arm, "--kind", "dense", "--model", model, "--full",
                                        *flags[arm])
-            rows[arm] = {"wall_s": seconds, "encode_s": report["encode"]["seconds"],
-                         "actors": report["encode"]["actors"], "threads": report["encode"]["threads"],
-                         "version": report["version"]}
-        print(f"{arm}: {rows[arm]}", flush=True)
+            rows[label] = {"wall_s": seconds, "encode_s": report["encode"]["seconds"],
+                           "startup_s": report["encode"].get("startup_s", 0.0),
+                           "encoding_docs_per_s": report["encode"].get("encoding_docs_per_s"),
+                           "actors": report["encode"]["actors"], "threads": report["encode"]["threads"],
+                           "version": report["version"]}
+        print(f"{label}: {rows[label]}", flush=True)
     documents = sum(1 for _ in (args.data / "corpus.jsonl").open())
-    if "loop" in rows:
-        for row in rows.values():
-            row["docs_per_s"] = documents / row["wall_s"]
-            row["vs_loop"] = rows["loop"]["wall_s"] / row["wall_s"]
+    loops = [row["wall_s"] for name, row in rows.items() if name.split("#")[0] == "loop"]
+    for name, row in rows.items():
+        row["docs_per_s"] = documents / row["wall_s"]
+        if loops:  # against the loop of the same round (else the mean of the loops)
+            peer = rows.get(f"loop#{name.split('#')[1]}" if "#" in name else "loop", {}).get("wall_s")
+            row["vs_loop"] = (peer or sum(loops) / len(loops)) / row["wall_s"]
     checks: dict[str, Any] = {}
-    reindexed = next((Path(rows[a]["version"]) for a in ("ray-2x1", "ray-1x2", "local") if a in rows), None)
+    reindexed = next((Path(row["version"]) for name, row in rows.items()
+                      if name.split("#")[0] in ("ray-2x1", "ray-1x2", "local")), None)
     if not args.skip_checks and reindexed is not None:
         index_dir = args.out / "index-dense"
         seconds, _ = _run([*RETREC, "index", "dense", "--data", str(args.data), "--model", model, "--out",
@@ -195,10 +208,11 @@ def main() -> None:
     result = {"benchmark": "reindex_scifact", "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
               "machine": f"{platform.node()} {os.cpu_count()} cpus", "documents": documents, "arms": rows,
               "checks": checks}
-    print(f"\n{'arm':<9} {'wall s':>8} {'encode s':>9} {'docs/s':>8} {'vs loop':>8}")
+    print(f"\n{'arm':<11} {'wall s':>8} {'encode s':>9} {'start s':>8} {'docs/s':>8} {'vs loop':>8} {'enc docs/s':>11}")
     for arm, row in rows.items():
-        print(f"{arm:<9} {row['wall_s']:8.1f} {row['encode_s']:9.1f} {row.get('docs_per_s', 0):8.1f} "
-              f"{row.get('vs_loop', 0):8.2f}")
+        print(f"{arm:<11} {row['wall_s']:8.1f} {row['encode_s']:9.1f} {row.get('startup_s', 0):8.1f} "
+              f"{row.get('docs_per_s', 0):8.1f} {row.get('vs_loop', 0):8.2f} "
+              f"{row.get('encoding_docs_per_s') or 0:11.1f}")
     print(json.dumps(result))
     if args.json:
         args.json.write_text(json.dumps(result, indent=2))

@@ -13,7 +13,15 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
 
 console = Console(stderr=False)
@@ -39,18 +47,22 @@ def _fmt(value: float | None) -> str:
 
 class ProgressLog:
     """Progress of long work: a rich bar on a terminal, otherwise a plain line every ``every_s`` seconds (and at
-    the end), so a non-interactive log (a RayJob, CI, ``| tee``) shows it too.
+    the first and last update), so a non-interactive log (a RayJob, CI, ``| tee``) shows it too.
+
+    ``columns`` and ``fields`` replace the bar's default look (name, bar, count, note, times); :meth:`set` moves
+    it to a position with a line of one's own for the log.
 
     Example::
 
-        with ProgressLog("encode", total=len(parts), unit="parts") as progress:
+        with ProgressLog("encode", total=len(docs), unit="documents") as progress:
             for part in parts:
                 ...
-                progress.advance(1, note=f"{docs_per_s:.0f} docs/s")
+                progress.advance(len(part), note=f"{docs_per_s:.0f} docs/s")
     """
 
     def __init__(self, name: str, total: int, *, unit: str = "", enabled: bool = True, every_s: float = 10.0,
-                 out: Console | None = None) -> None:
+                 out: Console | None = None, columns: Sequence[ProgressColumn | str] | None = None,
+                 fields: Mapping[str, object] | None = None, transient: bool = True) -> None:
         import time
 
         self._clock = time.monotonic
@@ -58,14 +70,14 @@ class ProgressLog:
         self.name, self.total, self.unit, self.every_s = name, total, unit, every_s
         self.done = 0
         self.started = self._clock()
-        self._last = self.started
+        self._last = float("-inf")  # the first update is always logged: the work has started
         self.lines = enabled and not self.console.is_terminal
         self.bar: Progress | None = None
         if enabled and self.console.is_terminal:
-            self.bar = Progress(TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn(),
-                                console=self.console, transient=True)
-            self.task = self.bar.add_task(name, total=total, note="")
+            look = columns or (TextColumn(f"[bold]{name}[/]"), BarColumn(), MofNCompleteColumn(),
+                               TextColumn("{task.fields[note]}"), TimeElapsedColumn(), TimeRemainingColumn())
+            self.bar = Progress(*look, console=self.console, transient=transient)
+            self.task = self.bar.add_task(name, total=total, **(dict(fields) if fields is not None else {"note": ""}))
 
     def __enter__(self) -> ProgressLog:
         if self.bar is not None:
@@ -76,16 +88,25 @@ class ProgressLog:
         if self.bar is not None:
             self.bar.stop()
 
-    def advance(self, n: int = 1, note: str = "") -> None:
-        self.done += n
+    def set(self, done: int, line: str, **fields: object) -> None:
+        """Move to ``done``; the bar shows ``fields``, the log gets ``line`` when one is due (or at the end)."""
+        self.done = done
         if self.bar is not None:
-            self.bar.update(self.task, completed=self.done, note=note)
+            self.bar.update(self.task, completed=done, **fields)
             return
         now = self._clock()
-        if self.lines and (now - self._last >= self.every_s or self.done >= self.total):
+        if self.lines and (now - self._last >= self.every_s or done >= self.total):
             self._last = now
-            elapsed = now - self.started
-            eta = elapsed / self.done * (self.total - self.done) if self.done else float("nan")
-            unit = f" {self.unit}" if self.unit else ""
-            self.console.print(f"{self.name}: {self.done}/{self.total}{unit} ({elapsed:.0f} s, about {eta:.0f} s "
-                               f"left){' ' + note if note else ''}", markup=False, highlight=False)
+            self.say(line)
+
+    def advance(self, n: int = 1, note: str = "") -> None:
+        """``n`` more done; the log line counts them, with the time so far and an estimate of the time left."""
+        done = self.done + n
+        elapsed = self._clock() - self.started
+        eta = f"{elapsed / done * (self.total - done):.0f}" if done else "?"
+        unit = f" {self.unit}" if self.unit else ""
+        self.set(done, f"{self.name}: {done}/{self.total}{unit} ({elapsed:.0f} s, about {eta} s left)"
+                       f"{' ' + note if note else ''}", note=note)
+
+    def say(self, text: str) -> None:
+        self.console.print(text, markup=False, highlight=False)

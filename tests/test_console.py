@@ -21,11 +21,11 @@ def test_progress_writes_plain_lines_when_not_a_terminal() -> None:
     assert lines[-1].startswith("encode: 10/10 documents (")
 
 
-def test_progress_lines_are_rate_limited_but_the_last_is_always_written() -> None:
+def test_progress_lines_are_rate_limited_but_the_first_and_last_are_always_written() -> None:
     buffer = io.StringIO()
     out = Console(file=buffer, force_terminal=False, width=200)
     with ProgressLog("prepare", total=100, every_s=3600.0, out=out) as progress:
         for _ in range(100):
             progress.advance(1)
-    (line,) = buffer.getvalue().splitlines()
-    assert line.startswith("prepare: 100/100 (")
+    first, last = buffer.getvalue().splitlines()
+    assert first.startswith("prepare: 1/100 (") and last.startswith("prepare: 100/100 (")

@@ -45,7 +45,7 @@ def index_cmd(
                                  progress=True, **options)
         label = (data if data.is_dir() else data.absolute().parent).name
         path = publish_index(built.index, out, name or f"{label}-{display_name(resolved)}",
-                             texts=(doc_ids, texts))
+                             texts=(doc_ids, texts), encoder=built.encoder)
     except (DataError, BundleError, ValueError, FileExistsError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(f"wrote {path}")

@@ -56,7 +56,8 @@ def reindex_cmd(
 
     from retrec.console import console
     from retrec.index.generic import display_name, index_kind
-    from retrec.pipelines.reindex import GateError, ReindexConfig, reindex, swap_server
+    from retrec.pipelines.reindex import GateError, ReindexConfig, reindex
+    from retrec.pipelines.reindex_checks import swap_server
 
     for logger in ("retrec.pipelines.reindex", "retrec.pipelines.reindex_parts"):
         logging.getLogger(logger).setLevel(logging.INFO)  # what was reused, resumed and where the work ran
@@ -67,18 +68,22 @@ def reindex_cmd(
                         progress=not as_json)
     try:
         result = reindex(cfg)
-        if swap is not None:
-            retriever = swap_retriever or display_name(index_kind(kind))
+    except (GateError, DataError, BundleError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as exc:
+        raise _fail(str(exc)) from exc
+    if not as_json:
+        for stage, row in result.report.items():
+            if isinstance(row, dict):
+                console.print(f"  {stage:<9} " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
+                                                              for k, v in row.items()), markup=False, highlight=False)
+        typer.echo(f"wrote {result.version}; {cfg.out.name}/current -> {result.version.name}")
+    if swap is not None:
+        retriever = swap_retriever or display_name(index_kind(kind))
+        try:
             result.report["swap"] = swap_server(swap, retriever, result.version, swap_root or cfg.out.parent)
-    except GateError as exc:
-        raise _fail(str(exc)) from exc
-    except (DataError, BundleError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as exc:
-        raise _fail(str(exc)) from exc
+        except (ValueError, RuntimeError) as exc:
+            raise _fail(f"{exc} (the version is published and current; the server still serves the previous "
+                        "one)") from exc
+        if not as_json:
+            typer.echo(f"swapped {retriever} to {result.version.name}")
     if as_json:
         typer.echo(json.dumps({"version": str(result.version), **result.report}))
-        return
-    for stage, row in result.report.items():
-        if isinstance(row, dict):
-            console.print(f"  {stage:<9} " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
-                                                          for k, v in row.items()), markup=False, highlight=False)
-    typer.echo(f"wrote {result.version}; {cfg.out.name}/current -> {result.version.name}")

@@ -55,4 +55,7 @@ def demo(
     """Run the whole product end to end on the embedded default dataset (no download)."""
     from retrec.pipelines.demo import run_demo
 
-    run_demo(workdir)
+    try:
+        run_demo(workdir)
+    except FileExistsError as exc:
+        raise _fail(str(exc)) from exc

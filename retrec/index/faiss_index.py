@@ -43,7 +43,8 @@ KIND = DENSE_INDEX
 METRIC = "inner_product"
 SIMILARITIES = ("cosine", "dot")
 SHARD_HASH = "blake2b-64 mod shards"
-LOSSY = ("PQ", "SQ", "LSH", "RaBitQ", "LSQ", "RQ")  # factory tokens whose stored vectors differ from the input
+# factory tokens whose stored vectors differ from the input (incremental reindexing encodes again)
+LOSSY = ("PQ", "SQ", "LSH", "RaBitQ", "LSQ", "RQ", "PCA", "ITQ")
 log = logging.getLogger(__name__)
 
 

@@ -23,6 +23,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,10 +32,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrec import kinds
-from retrec.bundle import BundleError, Manifest, publish, read_manifest
+from retrec.bundle import BundleError, Manifest, load_bundle, publish, read_manifest
 from retrec.index.retriever import Hits
 
 DOCUMENTS = "documents.parquet"  # in every index version: doc_id and the sha256 of the text it indexed
+ENCODING_KEY = "retrec.encoding"  # documents.parquet metadata: the encoder identity of an encoded kind's vectors
 
 
 class IndexRetriever:
@@ -164,29 +166,46 @@ def content_hash(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
-def documents_table(doc_ids: Sequence[str], texts: Sequence[str]) -> pa.Table:
-    """``documents.parquet``: every indexed doc id with the :func:`content_hash` of its text."""
+def documents_table(doc_ids: Sequence[str], texts: Sequence[str], encoding: dict[str, Any] | None = None) -> pa.Table:
+    """``documents.parquet``: every indexed doc id with the :func:`content_hash` of its text; for encoded kinds
+    the :func:`encoding_identity` of the encoder that produced the index's vectors, in the file's metadata."""
     if len(doc_ids) != len(texts):
         raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
-    return pa.table({"doc_id": pa.array(list(doc_ids), pa.string()),
-                     "sha256": pa.array([content_hash(t) for t in texts], pa.binary(32))})
+    table = pa.table({"doc_id": pa.array(list(doc_ids), pa.string()),
+                      "sha256": pa.array([content_hash(t) for t in texts], pa.binary(32))})
+    if encoding is not None:
+        table = table.replace_schema_metadata({ENCODING_KEY: json.dumps(encoding, sort_keys=True)})
+    return table
 
 
-def read_documents(manifest: Manifest) -> dict[str, bytes] | None:
-    """``doc_id -> content hash`` of an index version (None for one published without ``documents.parquet``)."""
+def encoding_identity(encoder: Any) -> dict[str, Any]:
+    """What decides a query encoder's document encodings: its bundle's files (sha256 of each), the model variant
+    and the document length; two encoders with equal identities encode a document the same way."""
+    files = encoder.manifest.files
+    digest = hashlib.sha256("".join(f"{k}:{v.sha256};" for k, v in sorted(files.items())).encode()).hexdigest()
+    return {"bundle_sha256": digest, "variant": getattr(encoder, "variant", None),
+            "max_doc_length": getattr(encoder, "max_doc_length", None)}
+
+
+def read_documents(manifest: Manifest) -> tuple[dict[str, bytes], dict[str, Any] | None] | None:
+    """``(doc_id -> content hash, encoding identity or None)`` of an index version, or None for one published
+    without ``documents.parquet``."""
     if DOCUMENTS not in manifest.files:
         return None
     table = pq.read_table(manifest.file(DOCUMENTS))
-    return dict(zip(table.column("doc_id").to_pylist(), table.column("sha256").to_pylist()))
+    meta = (table.schema.metadata or {}).get(ENCODING_KEY.encode())
+    return (dict(zip(table.column("doc_id").to_pylist(), table.column("sha256").to_pylist())),
+            json.loads(meta) if meta else None)
 
 
 def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequence[str], Sequence[str]] | None = None,
-                  metrics: dict[str, Any] | None = None) -> Path:
+                  encoder: Any | None = None, metrics: dict[str, Any] | None = None) -> Path:
     """Save ``index`` (its kind's ``save``, which writes a whole bundle) and publish it at ``out`` atomically.
 
     The kind saves into a temporary sibling (:func:`retrec.bundle.publish`); with ``texts = (doc_ids, texts)``
-    the version also records ``documents.parquet`` (each document's content hash, which ``retrec reindex``
-    compares to re-encode only what changed) and is re-manifested with the kind's own fields, ``metrics``
+    the version also records ``documents.parquet`` (each document's content hash and, given the ``encoder`` that
+    encoded the documents, its :func:`encoding_identity`: what ``retrec reindex`` compares to re-encode only what
+    changed) and is re-manifested with the kind's own fields (after verifying the kind's own manifest), ``metrics``
     added; then the bundle is verified, fsynced and renamed into place. A failed or killed save publishes
     nothing. ``out`` must not exist or be an empty folder: an index version is written once.
     """
@@ -199,9 +218,10 @@ def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequen
         if texts is None and metrics is None:
             pub.adopt()
         else:
-            saved = read_manifest(pub.path)
+            saved = load_bundle(pub.path)  # the kind's save, every checksum, before it is re-manifested
             if texts is not None:
-                pq.write_table(documents_table(*texts), pub.path / DOCUMENTS)
+                identity = encoding_identity(encoder) if encoder is not None else None
+                pq.write_table(documents_table(*texts, encoding=identity), pub.path / DOCUMENTS)
             pub.set_manifest(kind=saved.kind, name=saved.name, version=saved.version, config=saved.config,
                              dims=saved.dims, metrics={**saved.metrics, **(metrics or {})}, command=saved.command)
     return out

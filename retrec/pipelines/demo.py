@@ -82,7 +82,8 @@ def step_dense(demo: Demo, title: str) -> None:
     ids, texts = demo.documents()
     dense = index_kind("dense")
     trained = build_from_texts(dense, ids, texts, model=encoder, shards=2, cache=None)
-    publish_index(trained.index, demo.bundle_dir / "dense", name="demo-dense", texts=(ids, texts))
+    publish_index(trained.index, demo.bundle_dir / "dense", name="demo-dense", texts=(ids, texts),
+                  encoder=trained.encoder)
     demo.retrievers["dense zero-shot"] = build_from_texts(dense, ids, texts)  # the kind's default encoder
     demo.retrievers["dense trained"] = trained
 
@@ -134,8 +135,11 @@ def step_serving(demo: Demo, title: str) -> None:
     console.print(f"[bold]{title}[/]: Ray Serve app on 127.0.0.1 (free port), real HTTP requests; then a reindex "
                   "of an edited corpus while it runs, and a swap")
     os.environ[DEMO_ADMIN_KEYS] = secrets.token_hex(16)  # the demo's admin key, for this process and its Ray
-    exchanges = demo_round_trip(demo.bundle_dir, query, history, admin_keys_env=DEMO_ADMIN_KEYS,
-                                then=lambda url: reindex_and_swap(demo, url, query))
+    try:
+        exchanges = demo_round_trip(demo.bundle_dir, query, history, admin_keys_env=DEMO_ADMIN_KEYS,
+                                    then=lambda url: reindex_and_swap(demo, url, query))
+    finally:
+        os.environ.pop(DEMO_ADMIN_KEYS, None)
     for exchange in exchanges:
         method, body = exchange["request"]
         console.print(f"  {method} {json.dumps(body)}")
@@ -151,7 +155,8 @@ def reindex_and_swap(demo: Demo, url: str, query: str) -> list[dict]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from retrec.pipelines.reindex import ReindexConfig, reindex, swap_server
+    from retrec.pipelines.reindex import ReindexConfig, reindex
+    from retrec.pipelines.reindex_checks import swap_server
 
     assert demo.collection is not None
     rows = demo.collection.corpus.to_pylist()
@@ -187,21 +192,27 @@ STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
 
 
 MARKER = ".retrec-demo"
+WRITES = ("data", "data-edited", "bundles", "runs")  # what the demo writes under its work folder
 
 
 def _fresh_workdir(workdir: Path) -> None:
-    """Start from an empty work folder: one an earlier demo wrote (it holds the marker) is cleared; any other
-    non-empty folder is refused, so the demo never deletes what it did not write."""
+    """Start from a clean work folder: what an earlier demo wrote there (:data:`WRITES`) is removed when the folder
+    holds the demo's marker (or, from before the marker, its run file and bundles); any other non-empty folder
+    is refused, so the demo never deletes what it did not write."""
     import shutil
 
     if workdir.is_dir() and any(workdir.iterdir()):
-        if not (workdir / MARKER).is_file():
+        legacy = (workdir / "runs" / "bm25.run").is_file() and (workdir / "bundles").is_dir()
+        if not ((workdir / MARKER).is_file() or legacy):
             raise FileExistsError(f"{workdir}: not empty and not written by retrec demo; choose another --workdir")
-        for entry in workdir.iterdir():
-            if entry.name != MARKER:
-                shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+        for name in WRITES:
+            entry = workdir / name
+            if entry.is_symlink() or entry.is_file():
+                entry.unlink()
+            elif entry.is_dir():
+                shutil.rmtree(entry)
     workdir.mkdir(parents=True, exist_ok=True)
-    (workdir / MARKER).write_text("written by retrec demo; cleared by the next run\n")
+    (workdir / MARKER).write_text("written by retrec demo; its data, bundles and runs are replaced by the next run\n")
 
 
 def run_demo(workdir: Path) -> dict[str, dict[str, float]]:

@@ -27,10 +27,10 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import logging
 import os
-import secrets
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -39,26 +39,29 @@ from typing import Any
 
 import numpy as np
 
-from retrec import kinds
-from retrec.bundle import BundleError, read_manifest
+from retrec import __version__, kinds
+from retrec.bundle import read_manifest
 from retrec.data.beir import corpus_texts
 from retrec.data.corpus import read_corpus
 from retrec.index.generic import (
     content_hash,
     display_name,
+    encoding_identity,
     index_kind,
     load_query_encoder,
-    open_index,
     publish_index,
     read_documents,
 )
+from retrec.pipelines.reindex_checks import GateError, current_version, gate, move_current, verify_version
 from retrec.pipelines.reindex_parts import PartStore, encode_parts, plan_parts, prepare_documents
 
+__all__ = ["GateError", "ReindexConfig", "ReindexResult", "reindex"]
+
 log = logging.getLogger(__name__)
-CURRENT = "current"
 WORK = ".reindex"
-SAMPLE_QUERIES = 8
 PREPARE_ON_RAY_DOCS = 200_000
+REUSE_CHECK_DOCS = 16  # reused documents encoded again before their stored vectors are trusted
+REUSE_TOLERANCE = 1e-4
 
 
 @dataclass
@@ -90,8 +93,11 @@ class ReindexResult:
     report: dict[str, Any] = field(default_factory=dict)
 
 
-class GateError(RuntimeError):
-    """The new version was published but scored too far below the current one; ``current`` did not move."""
+@dataclass
+class _Corpus:
+    doc_ids: list[str]
+    texts: list[str]
+    hashes: list[bytes]
 
 
 def _prepare_on_ray(cfg: ReindexConfig, texts: list[str]) -> bool:
@@ -118,11 +124,6 @@ def _encoder_model(kind: kinds.Kind, model: Path | None) -> Path:
     return Path(kinds.resolve(kind.default_model)()).absolute()
 
 
-def _model_digest(model: Path) -> str:
-    manifest = read_manifest(model)
-    return hashlib.sha256("".join(f"{k}:{v.sha256};" for k, v in sorted(manifest.files.items())).encode()).hexdigest()
-
-
 def _base_version(cfg: ReindexConfig) -> Path | None:
     if cfg.full:
         return None
@@ -131,42 +132,62 @@ def _base_version(cfg: ReindexConfig) -> Path | None:
         if not (base / "manifest.json").is_file():
             raise FileNotFoundError(f"base version {cfg.base}: no index version there")
         return base.resolve()
-    current = cfg.out / CURRENT
-    return current.resolve() if (current / "manifest.json").is_file() else None
+    return current_version(cfg.out)
 
 
-def _reusable(kind: kinds.Kind, base: Path | None, model: Path) -> tuple[dict[str, bytes], dict[str, np.ndarray]]:
-    """``(hashes, encodings)`` of the base version's documents when its encodings can be reused, else empty."""
+def _reusable(kind: kinds.Kind, base: Path | None, encoder: Any, corpus: _Corpus) -> dict[str, np.ndarray]:
+    """``doc_id -> encoding`` of the base version's documents whose text is unchanged, when they can be trusted:
+    the same kind, the same encoder identity, vectors the index gives back exactly — checked by encoding a sample
+    of them again. Anything else (including a damaged base) is logged and nothing is reused."""
     if base is None:
-        return {}, {}
-    manifest = read_manifest(base)
-    why = None
-    hashes = read_documents(manifest) if manifest.kind == kind.kind else None
-    if manifest.kind != kind.kind:
-        why = f"it is a {manifest.kind} version"
-    elif hashes is None:
-        why = "it records no content hashes (documents.parquet)"
-    else:
-        try:
-            if kind.check is not None:
-                kinds.resolve(kind.check)(manifest, read_manifest(model))
-            encoded = getattr(kinds.call(kind.load, base, verify=True, use_gpu=False), "encoded_documents", None)
-            pairs = encoded() if encoded is not None else None
-            if pairs is None:
-                why = "its index cannot give its vectors back exactly (a lossy factory)"
-            else:
-                return hashes, dict(zip(pairs[0], pairs[1]))
-        except BundleError as exc:
-            why = f"its encoder differs ({exc})"
-    log.info("base %s not reused: %s; encoding every document", base.name, why)
-    return {}, {}
+        return {}
+    try:
+        manifest = read_manifest(base)
+        recorded = read_documents(manifest) if manifest.kind == kind.kind else None
+        if manifest.kind != kind.kind:
+            raise ValueError(f"it is a {manifest.kind} version")
+        if recorded is None:
+            raise ValueError("it records no content hashes (documents.parquet)")
+        hashes, identity = recorded
+        if identity != encoding_identity(encoder):
+            raise ValueError("its vectors came from another encoder (bundle, variant or document length)")
+        index = kinds.call(kind.load, base, verify=True, use_gpu=False)
+        pairs = index.encoded_documents() if hasattr(index, "encoded_documents") else None
+        if pairs is None:
+            raise ValueError("its index cannot give its vectors back exactly (a lossy factory)")
+        rows = {d: i for i, d in enumerate(pairs[0])}
+        same = [i for i, (d, h) in enumerate(zip(corpus.doc_ids, corpus.hashes)) if hashes.get(d) == h and d in rows]
+        picked = np.random.default_rng(0).permutation(same)[:REUSE_CHECK_DOCS].tolist()
+        if picked:
+            again = encoder.encode_documents([corpus.texts[i] for i in picked])
+            stored = pairs[1][[rows[corpus.doc_ids[i]] for i in picked]]
+            diff = float(np.abs(again - stored).max())
+            if diff > REUSE_TOLERANCE:
+                raise ValueError(f"its stored vectors differ from this encoder's by up to {diff:.2g}")
+        return {corpus.doc_ids[i]: pairs[1][rows[corpus.doc_ids[i]]] for i in same}
+    except Exception as exc:
+        log.info("base %s not reused: %s; encoding every document", base.name, exc)
+        return {}
 
 
-def _work_key(kind: kinds.Kind, model: Path, part_size: int, ids: list[str], hashes: list[bytes]) -> str:
-    digest = hashlib.sha256(f"{kind.kind}\x1f{_model_digest(model)}\x1f{part_size}\x1f".encode())
+def _work_key(kind: kinds.Kind, identity: dict[str, Any], part_size: int, ids: list[str], hashes: list[bytes]) -> str:
+    digest = hashlib.sha256(f"{kind.kind}\x1f{sorted(identity.items())}\x1f{part_size}\x1f{__version__}\x1f".encode())
     for doc_id, h in zip(ids, hashes):
         digest.update(doc_id.encode("utf-8") + b"\x1f" + h)
     return digest.hexdigest()[:24]
+
+
+@contextlib.contextmanager
+def _claimed(work: Path) -> Any:
+    """Hold the work folder for this run (another run of the same reindex is refused, not interleaved)."""
+    work.mkdir(parents=True, exist_ok=True)
+    with open(work.parent / f"{work.name}.lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise RuntimeError(f"another retrec reindex of the same documents is running ({work}); wait for it "
+                               "or stop it") from None
+        yield
 
 
 def _new_version_dir(out: Path) -> Path:
@@ -178,167 +199,117 @@ def _new_version_dir(out: Path) -> Path:
     return candidate
 
 
-def verify_version(version: Path, doc_ids: list[str], texts: list[str], model: Path | None) -> dict[str, Any]:
-    """Load ``version`` with every check and answer a sample of queries (each a document's first words):
-    refuses a wrong document count or a search that fails or returns too few hits."""
-    retriever = open_index(version, model=model, verify=True, use_gpu=False)
-    indexed = retriever.doc_ids
-    if indexed is not None and sorted(indexed) != sorted(doc_ids):
-        raise BundleError(f"{version.name}: indexes {len(indexed)} documents, the corpus has {len(doc_ids)}")
-    rng = np.random.default_rng(0)
-    sample = sorted(rng.choice(len(doc_ids), size=min(SAMPLE_QUERIES, len(doc_ids)), replace=False).tolist())
-    queries = [" ".join(texts[i].split()[:16]) or doc_ids[i] for i in sample]
-    hits = retriever.search(queries, k=10)
-    want = min(10, len(doc_ids))
-    short = [q for q, h in zip(queries, hits) if len(h) < want and q.strip()]
-    if len(hits) != len(queries) or (short and retriever.encoder is not None):
-        raise BundleError(f"{version.name}: {len(short)} of {len(queries)} sample queries got fewer than {want} hits")
-    found = sum(doc_ids[i] in {d for d, _ in h} for i, h in zip(sample, hits))
-    return {"documents": len(doc_ids), "sample_queries": len(queries), "sample_self_hits": found}
+def _encoded_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, base: Path | None,
+                   report: dict[str, Any], options: dict[str, Any]) -> tuple[Any, Any, PartStore]:
+    """Encoded kinds: reuse, encode the rest in parts, assemble. Returns ``(index, encoder, parts store)``."""
+    if kind.assemble is None:
+        raise ValueError(f"{kind.kind} registers no assemble hook: it cannot be reindexed in parallel")
+    model = _encoder_model(kind, cfg.model)
+    encoder = load_query_encoder(kind, model)  # this process: identity, the reuse check, assembling
+    start = time.perf_counter()
+    reused = _reusable(kind, base, encoder, corpus)
+    fresh = [i for i, d in enumerate(corpus.doc_ids) if d not in reused]
+    deleted = 0
+    if base is not None and reused:
+        deleted = len(set(read_documents(read_manifest(base))[0]) - set(corpus.doc_ids))  # type: ignore[index]
+    _stage(report, "plan", start, base=base.name if base else None, reused=len(reused), encode=len(fresh),
+           deleted=deleted)
+    log.info("%d documents: %d reused from %s, %d to encode, %d deleted", len(corpus.doc_ids), len(reused),
+             base.name if base else "no base", len(fresh), deleted)
+    fresh_ids = [corpus.doc_ids[i] for i in fresh]
+    parts = plan_parts(fresh_ids, [corpus.texts[i] for i in fresh], cfg.part_size)
+    store = PartStore(cfg.out / WORK / _work_key(kind, encoding_identity(encoder), cfg.part_size, fresh_ids,
+                                                 [corpus.hashes[i] for i in fresh]))
+    with _claimed(store.folder):
+        report["encode"] = encode_parts(parts, store, kind=kind.kind, model=model, local=cfg.local, actors=cfg.actors,
+                                        threads=cfg.threads, gpus=cfg.gpus_per_actor, ray_address=cfg.ray_address,
+                                        progress=cfg.progress)
+        start = time.perf_counter()
+        position = {d: i for i, d in enumerate(corpus.doc_ids)}
+        encoded: np.ndarray | None = None
+        for part in parts:
+            block = store.read(part)
+            if encoded is None:
+                encoded = np.empty((len(corpus.doc_ids), *block.shape[1:]), dtype=block.dtype)
+            encoded[[position[d] for d in part.doc_ids]] = block
+        for doc_id, vector in reused.items():
+            if encoded is None:
+                encoded = np.empty((len(corpus.doc_ids), *vector.shape), dtype=vector.dtype)
+            encoded[position[doc_id]] = vector
+        reused.clear()
+        index = kinds.call(kind.assemble, corpus.doc_ids, encoded, encoder=encoder, use_gpu=False, **options)
+    _stage(report, "assemble", start, documents=len(corpus.doc_ids))
+    return index, encoder, store
 
 
-def _gate(cfg: ReindexConfig, version: Path, current: Path | None) -> dict[str, Any]:
-    """nDCG@10 of the new version (and of the current one) on ``cfg.eval_data``; GateError when it dropped."""
-    from retrec.data.beir import load_retrieval_data
-    from retrec.pipelines.evaluate import evaluate_retriever
-    from retrec.pipelines.retrievers import open_retriever
-
-    assert cfg.eval_data is not None
-    data = load_retrieval_data(cfg.eval_data, split="test")
-    new = evaluate_retriever(open_retriever(version, data, cfg.model), data, progress=False).metrics["nDCG@10"]
-    out: dict[str, Any] = {"nDCG@10": new}
-    if current is not None:
-        try:
-            old = evaluate_retriever(open_retriever(current, data), data, progress=False).metrics["nDCG@10"]
-        except (BundleError, ValueError) as exc:
-            log.warning("current version %s cannot be evaluated (%s); gating on the new one alone", current.name, exc)
-            return out
-        out["current_nDCG@10"] = old
-        if new < old - cfg.max_drop:
-            raise GateError(f"{version.name}: nDCG@10 {new:.4f} on {cfg.eval_data.name} is more than "
-                            f"{cfg.max_drop} below the current version's {old:.4f}; {CURRENT} stays on "
-                            f"{current.name} (the new version stays published beside it)")
-    return out
+def _text_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, report: dict[str, Any],
+                options: dict[str, Any]) -> Any:
+    """Text kinds: rebuilt whole — the kind's ``prepare`` in parallel then ``assemble``, else its ``build``."""
+    if cfg.model is not None:
+        raise ValueError(f"{display_name(kind)} takes no model: it searches with the query text")
+    start = time.perf_counter()
+    if kind.prepare is not None and kind.assemble is not None:  # e.g. BM25: terms in parallel, then indexed
+        prepared, report["prepare"] = prepare_documents(corpus.texts, kind=kind.kind,
+                                                        local=not _prepare_on_ray(cfg, corpus.texts),
+                                                        actors=cfg.actors, ray_address=cfg.ray_address,
+                                                        progress=cfg.progress)
+        start = time.perf_counter()
+        index = kinds.call(kind.assemble, corpus.doc_ids, prepared, **options)
+    else:
+        index = kinds.call(kind.build, corpus.doc_ids, corpus.texts, progress=cfg.progress, **options)
+    _stage(report, "build", start, documents=len(corpus.doc_ids), full_rebuild=True)
+    return index
 
 
-def move_current(out: Path, version: Path) -> None:
-    """Point ``out/current`` at ``version`` in one rename (a reader sees the old target or the new one)."""
-    link = out / CURRENT
-    if link.exists() and not link.is_symlink():
-        raise FileExistsError(f"{link}: exists and is not a symlink; refusing to replace it")
-    tmp = out / f".{CURRENT}.{secrets.token_hex(4)}"
-    os.symlink(version.name, tmp)
-    os.replace(tmp, link)
-    fd = os.open(out, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _remove_work(store: PartStore | None) -> None:
+    if store is None:
+        return
+    shutil.rmtree(store.folder, ignore_errors=True)
+    (store.folder.parent / f"{store.folder.name}.lock").unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        store.folder.parent.rmdir()  # ROOT/.reindex, when no other reindex is in progress
 
 
 def reindex(cfg: ReindexConfig) -> ReindexResult:
-    """Run every stage (see the module docstring); returns the published version and a report per stage."""
+    """Run every stage (see the module docstring); returns the published version and a report per stage.
+
+    The parts are kept until ``current`` has moved (or the gate refused the version), so a run killed after
+    publishing resumes without encoding again."""
     kind = index_kind(cfg.kind)
     report: dict[str, Any] = {"kind": kind.kind}
     start = time.perf_counter()
     doc_ids, texts = corpus_texts(read_corpus(cfg.data))
     if not doc_ids:
         raise ValueError(f"{cfg.data}: the corpus has no documents")
-    hashes = [content_hash(t) for t in texts]
+    if len(set(doc_ids)) != len(doc_ids):
+        raise ValueError(f"{cfg.data}: duplicate doc ids")
+    corpus = _Corpus(doc_ids, texts, [content_hash(t) for t in texts])
     _stage(report, "read", start, documents=len(doc_ids))
     cfg.out.mkdir(parents=True, exist_ok=True)
     base = _base_version(cfg)
     label = (cfg.data if cfg.data.is_dir() else cfg.data.absolute().parent).name
-    name = cfg.name or f"{label}-{display_name(kind)}"
     options: dict[str, Any] = {"factory": cfg.factory or kind.options.get("factory"), "shards": cfg.shards}
-    work: Path | None = None
+    store = encoder = None
     if kind.needs_encoder:
-        if kind.assemble is None:
-            raise ValueError(f"{kind.kind} registers no assemble hook: it cannot be reindexed in parallel")
-        model = _encoder_model(kind, cfg.model)
-        start = time.perf_counter()
-        old_hashes, old_encoded = _reusable(kind, base, model)
-        fresh = [i for i, (d, h) in enumerate(zip(doc_ids, hashes)) if old_hashes.get(d) != h or d not in old_encoded]
-        deleted = len(set(old_hashes) - set(doc_ids))
-        _stage(report, "plan", start, base=base.name if base else None, reused=len(doc_ids) - len(fresh),
-               encode=len(fresh), deleted=deleted)
-        log.info("%d documents: %d reused from %s, %d to encode, %d deleted", len(doc_ids), len(doc_ids) - len(fresh),
-                 base.name if base else "no base", len(fresh), deleted)
-        parts = plan_parts([doc_ids[i] for i in fresh], [texts[i] for i in fresh], cfg.part_size)
-        work = cfg.out / WORK / _work_key(kind, model, cfg.part_size, [doc_ids[i] for i in fresh],
-                                          [hashes[i] for i in fresh])
-        store = PartStore(work)
-        report["encode"] = encode_parts(parts, store, kind=kind.kind, model=model, local=cfg.local,
-                                        actors=cfg.actors, threads=cfg.threads, gpus=cfg.gpus_per_actor,
-                                        ray_address=cfg.ray_address,
-                                        progress=cfg.progress)
-        start = time.perf_counter()
-        by_id = dict(old_encoded)
-        for part in parts:
-            by_id.update(zip(part.doc_ids, store.read(part)))
-        encoded = np.stack([by_id[d] for d in doc_ids])
-        encoder = load_query_encoder(kind, model, num_threads=1)
-        index = kinds.call(kind.assemble, doc_ids, encoded, encoder=encoder, use_gpu=False, **options)
-        _stage(report, "assemble", start, documents=len(doc_ids))
+        index, encoder, store = _encoded_stage(cfg, kind, corpus, base, report, options)
     else:
-        if cfg.model is not None:
-            raise ValueError(f"{display_name(kind)} takes no model: it searches with the query text")
-        start = time.perf_counter()
-        if kind.prepare is not None and kind.assemble is not None:  # e.g. BM25: terms in parallel, then indexed
-            on_ray = _prepare_on_ray(cfg, texts)
-            prepared, report["prepare"] = prepare_documents(texts, kind=kind.kind, local=not on_ray, actors=cfg.actors,
-                                                            ray_address=cfg.ray_address, progress=cfg.progress)
-            start = time.perf_counter()
-            index = kinds.call(kind.assemble, doc_ids, prepared, **options)
-        else:
-            index = kinds.call(kind.build, doc_ids, texts, progress=cfg.progress, **options)
-        _stage(report, "build", start, documents=len(doc_ids), full_rebuild=True)
+        index = _text_stage(cfg, kind, corpus, report, options)
     start = time.perf_counter()
-    version = publish_index(index, _new_version_dir(cfg.out), name, texts=(doc_ids, texts),
+    version = publish_index(index, _new_version_dir(cfg.out), cfg.name or f"{label}-{display_name(kind)}",
+                            texts=(doc_ids, texts), encoder=encoder,
                             metrics={"reindex": {k: report[k] for k in ("plan",) if k in report}})
     _stage(report, "publish", start)
-    if work is not None:
-        shutil.rmtree(work, ignore_errors=True)
-        with contextlib.suppress(OSError):
-            work.parent.rmdir()  # ROOT/.reindex, when no other reindex is in progress
     start = time.perf_counter()
     report["verify"] = verify_version(version, doc_ids, texts, cfg.model)
     _stage(report, "verify", start, **report["verify"])
-    current = cfg.out / CURRENT
-    current_target = current.resolve() if (current / "manifest.json").is_file() else None
     if cfg.eval_data is not None:
         start = time.perf_counter()
-        scores = _gate(cfg, version, current_target)
-        _stage(report, "eval", start, **scores)
+        try:
+            _stage(report, "eval", start, **gate(cfg.eval_data, version, current_version(cfg.out), model=cfg.model,
+                                                 max_drop=cfg.max_drop))
+        except GateError:
+            _remove_work(store)
+            raise
     move_current(cfg.out, version)
+    _remove_work(store)
     return ReindexResult(version=version, current=True, report=report)
-
-
-ADMIN_KEY_ENV = "RETREC_ADMIN_KEY"
-
-
-def swap_server(url: str, retriever: str, version: Path, models_root: Path, *, key_env: str = ADMIN_KEY_ENV,
-                timeout_s: float = 120.0) -> dict[str, Any]:
-    """Ask the server at ``url`` to load ``version`` for ``retriever`` (``POST /v1/admin/indexes``, the admin key
-    from ``$RETREC_ADMIN_KEY``); the version is named relative to ``models_root``, the folder the server's
-    ``admin.models_root`` is. Raises RuntimeError with the server's code and message (never the key)."""
-    import httpx
-
-    key = os.environ.get(key_env)
-    if not key:
-        raise RuntimeError(f"--swap needs the server's admin key in ${key_env}")
-    try:
-        relative = version.resolve().relative_to(models_root.resolve()).as_posix()
-    except ValueError as exc:
-        raise ValueError(f"{version} is not under the swap root {models_root} (the server's admin.models_root "
-                         "as seen from here: --swap-root)") from exc
-    response = httpx.post(url.rstrip("/") + "/v1/admin/indexes", json={"retriever": retriever, "path": relative},
-                          headers={"Authorization": f"Bearer {key}"}, timeout=timeout_s)
-    try:
-        body = response.json()
-    except ValueError:
-        body = {"message": response.text[:200]}
-    if response.status_code != 200:
-        raise RuntimeError(f"swap refused by {url}: HTTP {response.status_code} {body.get('code', '')}: "
-                           f"{body.get('message', '')}")
-    return body

@@ -114,6 +114,9 @@ class PartEncoder:
     def encode(self, number: int, texts: list[str]) -> tuple[int, np.ndarray]:
         return number, self.encoder.encode_documents(texts)
 
+    def ready(self) -> bool:
+        return True
+
 
 def _ray_init(address: str | None) -> bool:
     """Join the Ray cluster at ``address`` (or ``$RAY_ADDRESS`` / the one this process runs in), else start a
@@ -156,7 +159,7 @@ def encode_parts(
     with ProgressLog(label, total=docs, unit="documents", enabled=progress) as bar:
         def finished(part: Part, encoded: np.ndarray) -> None:
             store.write(part, encoded)
-            rate = bar.done / max(time.perf_counter() - start, 1e-9)
+            rate = (bar.done + len(part.doc_ids)) / max(time.perf_counter() - start, 1e-9)
             bar.advance(len(part.doc_ids), note=f"{rate:.0f} docs/s")
             if on_part is not None:
                 on_part(part)
@@ -173,6 +176,8 @@ def encode_parts(
                                                         threads=threads or 1, gpus=gpus, address=ray_address))
     report["seconds"] = time.perf_counter() - start
     report["docs_per_s"] = docs / report["seconds"] if docs else 0.0
+    running = report["seconds"] - report.get("startup_s", 0.0)  # with Ray: once the actors are up
+    report["encoding_docs_per_s"] = docs / running if docs and running > 0 else 0.0
     return report
 
 
@@ -181,16 +186,21 @@ def _encode_on_ray(pending: Sequence[Part], finished: Callable[[Part, np.ndarray
                    address: str | None) -> dict[str, Any]:
     import ray
 
+    begin = time.perf_counter()
     started = _ray_init(address)
+    pool: list[Any] = []
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
+        cpus = int(ray.available_resources().get("CPU", 0)) or int(ray.cluster_resources().get("CPU", 1))
         count = max(1, min(actors or cpus // threads or 1, len(pending)))
         if count * threads > cpus:
             log.warning("%d actors x %d threads ask for more than the cluster's %d CPUs: they wait in turn",
                         count, threads, cpus)
         remote = ray.remote(num_cpus=threads, num_gpus=gpus)(PartEncoder)
-        pool = [remote.remote(kind, str(Path(model).absolute()), threads) for _ in range(count)]
-        log.info("encoding %d parts with %d Ray actors x %d ONNX threads", len(pending), count, threads)
+        pool.extend(remote.remote(kind, str(Path(model).absolute()), threads) for _ in range(count))
+        ray.get([actor.ready.remote() for actor in pool])  # Ray and every actor up, its model loaded
+        startup = time.perf_counter() - begin
+        log.info("encoding %d parts with %d Ray actors x %d ONNX threads (started in %.1f s)", len(pending), count,
+                 threads, startup)
         # longest parts first, so the last parts to finish are short ones and no actor idles at the end
         queue = iter(sorted(pending, key=lambda p: -sum(map(len, p.texts))))
         by_number = {p.number: p for p in pending}
@@ -210,10 +220,10 @@ def _encode_on_ray(pending: Sequence[Part], finished: Callable[[Part, np.ndarray
             number, encoded = ray.get(ref)
             finished(by_number[number], encoded)
             submit(actor)
-        for actor in pool:
-            ray.kill(actor)
-        return {"actors": count, "threads": threads, "gpus_per_actor": gpus}
+        return {"actors": count, "threads": threads, "gpus_per_actor": gpus, "startup_s": round(startup, 3)}
     finally:
+        for actor in pool:
+            ray.kill(actor)  # on success and on failure: their CPUs (and GPUs) go back to the cluster
         if started:
             ray.shutdown()
 

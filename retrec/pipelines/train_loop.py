@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import asdict, dataclass, fields
@@ -30,10 +29,11 @@ from typing import Any, Protocol
 
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save
 
 from retrec.bundle import Publication, atomic_open, atomic_write_bytes, atomic_write_text, publish
+from retrec.console import ProgressLog
 from retrec.pipelines.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.train_config import TextTrainingOptions
 from retrec.process_env import FreedMemoryKept, resident_bytes
@@ -165,40 +165,19 @@ class TorchAdapter:
         self.optimizer.load_state_dict(checkpoint["optimizer"])
 
 
-class _Reporter:
-    """A rich progress bar on a terminal; otherwise a plain line every ``every_s`` seconds."""
+class _Reporter(ProgressLog):
+    """The training loop's progress: epoch, step and loss on a bar, or a plain line every ``every_s`` seconds."""
 
     def __init__(self, name: str, total: int, enabled: bool, every_s: float = 30.0) -> None:
-        self.console = Console()
-        self.name, self.total, self.every_s = name, total, every_s
-        self.bar: Progress | None = None
-        self.lines = enabled and not self.console.is_terminal
-        self._last = -math.inf
-        if enabled and self.console.is_terminal:
-            self.bar = Progress(TextColumn(f"[bold]{name}[/] epoch {{task.fields[epoch]}}"), BarColumn(),
-                                MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(),
-                                console=self.console)
-            self.task = self.bar.add_task("train", total=total, epoch=0, loss=0.0)
-
-    def __enter__(self) -> _Reporter:
-        if self.bar is not None:
-            self.bar.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.bar is not None:
-            self.bar.stop()
+        super().__init__(name, total, enabled=enabled, every_s=every_s, out=Console(), transient=False,
+                         columns=(TextColumn(f"[bold]{name}[/] epoch {{task.fields[epoch]}}"), BarColumn(),
+                                  MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
+                                  TimeElapsedColumn()),
+                         fields={"epoch": 0, "loss": 0.0})
 
     def update(self, step: int, epoch: int, loss: float, lr: float, seconds: float) -> None:
-        if self.bar is not None:
-            self.bar.update(self.task, completed=step, epoch=epoch, loss=loss)
-        elif self.lines and (time.monotonic() - self._last >= self.every_s or step == self.total):
-            self._last = time.monotonic()
-            self.say(f"{self.name}: epoch {epoch} step {step}/{self.total} loss {loss:.4f} lr {lr:.3g} "
-                     f"({seconds / 60:.1f} min)")
-
-    def say(self, text: str) -> None:
-        self.console.print(text, markup=False, highlight=False)
+        self.set(step, f"{self.name}: epoch {epoch} step {step}/{self.total} loss {loss:.4f} lr {lr:.3g} "
+                       f"({seconds / 60:.1f} min)", epoch=epoch, loss=loss)
 
 
 def _fmt(value: float | None) -> str:

@@ -14,8 +14,9 @@ def test_a_second_demo_run_clears_what_the_first_wrote(tmp_path: Path) -> None:
     _fresh_workdir(work)
     (work / "bundles" / "bm25").mkdir(parents=True)
     (work / "bundles" / "bm25" / "manifest.json").write_text("{}")
+    (work / "notes.txt").write_text("the user's")
     _fresh_workdir(work)
-    assert sorted(p.name for p in work.iterdir()) == [MARKER]
+    assert sorted(p.name for p in work.iterdir()) == [MARKER, "notes.txt"]  # only what the demo writes goes
 
 
 def test_a_folder_the_demo_did_not_write_is_refused_and_kept(tmp_path: Path) -> None:

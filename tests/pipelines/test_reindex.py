@@ -23,7 +23,8 @@ from retrec.data.beir import corpus_texts
 from retrec.data.corpus import read_corpus
 from retrec.index.faiss_index import FaissIndex
 from retrec.index.generic import index_kind, publish_index, read_documents
-from retrec.pipelines.reindex import CURRENT, GateError, ReindexConfig, reindex
+from retrec.pipelines.reindex import GateError, ReindexConfig, reindex
+from retrec.pipelines.reindex_checks import CURRENT
 from retrec.pipelines.retrievers import build_from_texts
 from tests.tiny_models import tiny_dense_encoder
 
@@ -62,7 +63,7 @@ def _edit(src: Path, dst: Path, edited: list[int], deleted: list[int]) -> Path:
 def test_reindex_equals_retrec_index_for_dense_and_bm25(tiny_data: Path, encoder: Path, tmp_path: Path) -> None:
     ids, texts = corpus_texts(read_corpus(tiny_data))
     built = build_from_texts(index_kind("dense"), ids, texts, model=encoder, shards=2, cache=None)
-    indexed = publish_index(built.index, tmp_path / "index-dense", "x", texts=(ids, texts))
+    indexed = publish_index(built.index, tmp_path / "index-dense", "x", texts=(ids, texts), encoder=built.encoder)
     result = reindex(ReindexConfig(kind="dense", data=tiny_data, out=tmp_path / "dense", model=encoder, shards=2,
                                    local=True, part_size=64, progress=False))
     _assert_same_vectors(indexed, result.version)
@@ -97,15 +98,46 @@ def test_incremental_reindex_encodes_only_changed_documents_and_equals_a_full_re
     assert len(_vectors(first.version)) == 300  # the previous version is untouched
 
 
-def test_base_of_another_encoder_is_not_reused(tiny_data: Path, encoder: Path, tmp_path: Path) -> None:
-    other = tiny_dense_encoder(tmp_path / "other", seed=1)
-    from tests.tiny_models import with_version
-
-    with_version(other, "enc-v2")
+def test_a_base_that_cannot_be_trusted_is_not_reused(tiny_data: Path, encoder: Path, tmp_path: Path) -> None:
+    """Retrained weights under the same name and version, a lossy factory, a damaged base: encode everything."""
+    retrained = tiny_dense_encoder(tmp_path / "retrained", seed=1)  # same name "tiny-dense", version "enc-v1"
     root = tmp_path / "dense"
     reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=encoder, local=True, progress=False))
-    second = reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=other, local=True, progress=False))
+    second = reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=retrained, local=True,
+                                   progress=False))
     assert second.report["plan"]["reused"] == 0 and second.report["plan"]["encode"] == 300
+
+    lossy = tmp_path / "lossy"
+    reindex(ReindexConfig(kind="dense", data=tiny_data, out=lossy, model=encoder, factory="PCA8,Flat", local=True,
+                          progress=False))
+    again = reindex(ReindexConfig(kind="dense", data=tiny_data, out=lossy, model=encoder, local=True, progress=False))
+    assert again.report["plan"]["reused"] == 0
+
+    damaged = (root / CURRENT).resolve() / "documents.parquet"
+    damaged.write_bytes(damaged.read_bytes()[:40])
+    third = reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=retrained, local=True,
+                                  progress=False))
+    assert third.report["plan"]["reused"] == 0 and (root / CURRENT).resolve() == third.version
+
+
+def test_a_run_that_dies_after_publishing_resumes_without_encoding_again(
+        tiny_data: Path, encoder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrec.pipelines import reindex as module
+
+    def died(*_: object, **__: object) -> None:
+        raise KeyboardInterrupt  # killed between publishing and moving current
+
+    monkeypatch.setattr(module, "verify_version", died)
+    cfg = ReindexConfig(kind="dense", data=tiny_data, out=tmp_path / "dense", model=encoder, local=True,
+                        part_size=50, progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        reindex(cfg)
+    assert not (tmp_path / "dense" / CURRENT).exists()
+    monkeypatch.undo()
+    again = reindex(cfg)
+    assert again.report["encode"]["parts_skipped"] == 6 and again.report["encode"]["parts_encoded"] == 0
+    assert (tmp_path / "dense" / CURRENT).resolve() == again.version
+    assert not (tmp_path / "dense" / ".reindex").exists()
 
 
 def _cli(*args: str) -> list[str]:
@@ -203,13 +235,14 @@ def test_swap_sends_the_version_relative_to_the_models_root_and_never_echoes_the
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     import httpx
 
-    from retrec.pipelines.reindex import swap_server
+    from retrec.pipelines.reindex_checks import swap_server
 
     version = tmp_path / "models" / "scifact-dense" / "20260101T000000Z"
     version.mkdir(parents=True)
     sent: list[dict] = []
 
-    def post(url: str, json: dict, headers: dict, timeout: float) -> httpx.Response:
+    def post(url: str, json: dict, headers: dict, timeout: float, trust_env: bool) -> httpx.Response:
+        assert trust_env is False  # no proxy from the environment sees the key
         sent.append({"url": url, "json": json, "headers": headers})
         status = 200 if json["retriever"] == "dense" else 404
         return httpx.Response(status, json={"code": "ok" if status == 200 else "unknown_retriever",
@@ -228,3 +261,8 @@ def test_swap_sends_the_version_relative_to_the_models_root_and_never_echoes_the
     assert "s3cret" not in str(err.value)
     with pytest.raises(ValueError, match="not under the swap root"):
         swap_server("http://127.0.0.1:8000", "dense", version, tmp_path / "elsewhere")
+    with pytest.raises(ValueError, match="use https"):  # the key never goes in clear text off this machine
+        swap_server("http://serve.example.com:8000", "dense", version, tmp_path / "models")
+    with pytest.raises(ValueError, match="without credentials"):
+        swap_server("https://user:pw@serve.example.com", "dense", version, tmp_path / "models")
+    assert len(sent) == 2
