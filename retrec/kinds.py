@@ -59,6 +59,9 @@ BM25_INDEX = "index/bm25"
 DENSE_INDEX = "index/dense"
 DENSE_MODEL = "model/dense"
 RERANKER_MODEL = "model/reranker"
+MULTIVECTOR_MODEL = "model/multivector"
+MUVERA_INDEX = "index/muvera"
+MAXSIM_INDEX = "index/maxsim"
 BERT4REC_MODEL = "model/bert4rec"
 EMBEDDING_TABLE = "table/embedding"
 EMBEDDING_TABLE_DELTA = "table/embedding-delta"
@@ -118,6 +121,17 @@ BUILTIN: tuple[Kind, ...] = (
          encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "Flat"}),
     Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",
          load="retrec.runtime.onnx_encoder:OnnxEncoder"),
+    Kind(MUVERA_INDEX, "index", "multi-vector: MUVERA FDEs in FAISS shards (any index_factory string), each shard's "
+         "top candidates re-ranked by exact MaxSim over its float16 token store", payload="tokens",
+         load="retrec.index.multivector:load_index", build="retrec.index.multivector:build_muvera",
+         assemble="retrec.index.multivector:assemble_muvera", check="retrec.index.multivector:check_index",
+         encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("muvera",), options={"factory": "Flat"}),
+    Kind(MAXSIM_INDEX, "index", "multi-vector: exact brute-force MaxSim over every document's token vectors "
+         "(the reference MUVERA approximates)", payload="tokens", load="retrec.index.multivector:load_index",
+         build="retrec.index.multivector:build_maxsim", assemble="retrec.index.multivector:assemble_maxsim",
+         check="retrec.index.multivector:check_index", encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("maxsim",)),
+    Kind(MULTIVECTOR_MODEL, "query_encoder", "ONNX token encoder (MiniLM + a projection, L2-normalised per token; "
+         "ColBERT-style)", payload="tokens", load="retrec.runtime.token_encoder:OnnxTokenEncoder"),
     Kind(RERANKER_MODEL, "reranker", "ONNX cross-encoder (MiniLM + a linear head) scoring (query, document) pairs",
          load="retrec.runtime.reranker:OnnxReranker"),
     Kind(BERT4REC_MODEL, "recommender", "BERT4Rec: ONNX user encoder over a collisionless item table",
@@ -233,3 +247,15 @@ def call_supported(fn: Callable[..., Any], *args: Any, **options: Any) -> Any:
 def call(ref: str, *args: Any, **options: Any) -> Any:
     """Resolve a kind's ``"module:attr"`` hook and call it with the options it accepts."""
     return call_supported(resolve(ref), *args, **options)
+
+
+def check_params(ref: str, params: dict[str, Any], what: str, reserved: tuple[str, ...] = ()) -> None:
+    """Refuse user parameters (``--param NAME=VALUE``) that hook ``ref`` does not name in its signature (a
+    ``**kwargs`` catch-all accepts none of them) or that the caller sets itself (``reserved``); ValueError
+    listing what it takes."""
+    params_of = inspect.signature(resolve(ref)).parameters.values()
+    named = {p.name for p in params_of if p.kind is inspect.Parameter.KEYWORD_ONLY} - set(reserved)
+    unknown = sorted(set(params) - named)
+    if unknown:
+        takes = ", ".join(sorted(named)) or "none"
+        raise ValueError(f"{what} takes no parameter {', '.join(unknown)} (its parameters: {takes})")

@@ -79,3 +79,21 @@ def tiny_reranker(out: Path, seed: int = 0) -> Path:
         model.head.weight.normal_(std=1.0)
     export_reranker(model, out, name="tiny-reranker", config=RerankerConfig(max_length=64))
     return out
+
+
+def tiny_multivector_encoder(out: Path, dim: int = 8, seed: int = 0, query_augment: bool = False) -> Path:
+    """A ``model/multivector`` bundle: a one-layer, 32-wide BERT token encoder with random weights, MiniLM's
+    tokenizer (exported from torch in about a second)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from retrec.models.token_encoder import MultivectorConfig, TokenEncoder, export_multivector
+    from retrec.runtime.tokenizer import load_tokenizer
+
+    torch.manual_seed(seed)
+    bert = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64), add_pooling_layer=False)
+    config = MultivectorConfig(dim=dim, max_query_length=16, max_doc_length=64, query_augment=query_augment)
+    export_multivector(TokenEncoder(bert, dim).eval(), out, tokenizer=load_tokenizer(), config=config,
+                       name="tiny-multivector", version=f"mv-{seed}")
+    return out

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import typer
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval and recommendation stack.")
@@ -16,3 +19,21 @@ EXIT_BAD_INPUT = 2
 def _fail(message: str) -> typer.Exit:
     typer.secho(f"error: {message}", err=True, fg="red")
     return typer.Exit(EXIT_BAD_INPUT)
+
+
+PARAM_HELP = ("a parameter of the index kind, NAME=VALUE (repeatable; numbers, true/false/null or text), e.g. "
+              "muvera's candidates=100 or repetitions=40; what a kind takes is listed when a name is wrong")
+
+
+def parse_params(given: list[str] | None) -> dict[str, Any]:
+    """``--param NAME=VALUE`` options as a dict; VALUE read as JSON (numbers, true/false/null), else as text."""
+    out: dict[str, Any] = {}
+    for item in given or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip().isidentifier():
+            raise _fail(f"--param {item!r}: expected NAME=VALUE, e.g. candidates=100")
+        try:
+            out[name.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[name.strip()] = value
+    return out

@@ -11,7 +11,7 @@ import typer
 
 from retrec.bundle import BundleError, atomic_write_text
 from retrec.cli.choices import fusion_choice, protocol_choice, retriever_choice
-from retrec.cli.common import _fail, app
+from retrec.cli.common import PARAM_HELP, _fail, app, parse_params
 from retrec.data.errors import DataError
 
 MODEL_HELP = ("the model bundle of --retriever / --index / --component: the query encoder of encoded kinds "
@@ -70,6 +70,8 @@ def eval_cmd(
     retriever: Annotated[retriever_choice() | None, typer.Option(
         help="build this retriever over the collection in memory")] = None,
     model: Annotated[Path | None, typer.Option(help=MODEL_HELP)] = None,
+    param: Annotated[list[str] | None, typer.Option(
+        help=PARAM_HELP + " — for --retriever its build, for --index its load")] = None,
     index: Annotated[list[Path] | None, typer.Option(
         help="evaluate a built index version (`retrec index`; its kind from the manifest; repeatable: "
              "then named by folder)")] = None,
@@ -139,6 +141,9 @@ def eval_cmd(
         raise _fail("--tune-weights is for --retriever hybrid with --data")
     measures, primary = _measures(measure)
     weights = _weights(weight)
+    params = parse_params(param)
+    if params and retriever in (None, HYBRID) and not index:
+        raise _fail("--param is for --retriever NAME (not hybrid) or --index DIR")
     try:
         spec = FusionSpec(method=fusion, rrf_k=rrf_k, weights=weights, depth=depth)
         collection = None
@@ -151,7 +156,7 @@ def eval_cmd(
         built_first = None  # what --run-out writes: the first system from --index / --retriever / --fuse
         for path in index or []:
             started = time.perf_counter()
-            opened = open_retriever(path, collection, model)
+            opened = open_retriever(path, collection, model, params)
             if len(index or []) > 1 or retriever is not None:
                 opened.name = path.name  # several systems: each index version by its folder
             load_seconds = time.perf_counter() - started
@@ -175,7 +180,7 @@ def eval_cmd(
         elif retriever is not None:
             assert collection is not None
             started = time.perf_counter()
-            built = build_retriever(retriever, collection, model, progress=not as_json)
+            built = build_retriever(retriever, collection, model, progress=not as_json, params=params)
             index_seconds = time.perf_counter() - started
             result = evaluate_retriever(built, collection, k=k, progress=not as_json, measures=measures)
             result.index_seconds = index_seconds

@@ -9,7 +9,7 @@ import typer
 
 from retrec.bundle import BundleError
 from retrec.cli.choices import index_kind_choice
-from retrec.cli.common import _fail, app
+from retrec.cli.common import PARAM_HELP, _fail, app, parse_params
 from retrec.data.errors import DataError
 
 
@@ -26,6 +26,7 @@ def index_cmd(
     shards: Annotated[int, typer.Option(min=1, help="shards (documents by a stable hash of doc_id)")] = 1,
     k1: Annotated[float | None, typer.Option(help="bm25: term saturation (default 0.9)")] = None,
     b: Annotated[float | None, typer.Option(help="bm25: length normalisation (default 0.4)")] = None,
+    param: Annotated[list[str] | None, typer.Option(help=PARAM_HELP)] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default: CORPUS-KIND)")] = None,
 ) -> None:
     """Build an index version (bundle) over a corpus's title + text; no queries or judgements needed.
@@ -33,13 +34,18 @@ def index_cmd(
     An encoded kind's version records its query encoder (name, version, absolute path), so `retrec eval --index`
     and `retrec.load` open it alone.
     """
+    from retrec import kinds
     from retrec.data.corpus import corpus_texts, read_corpus
     from retrec.index.generic import display_name, publish_index
-    from retrec.pipelines.retrievers import build_from_texts, resolve_kind
+    from retrec.pipelines.retrievers import BUILD_ARGS, build_from_texts, resolve_kind
 
     options = {key: value for key, value in (("k1", k1), ("b", b)) if value is not None}
+    params = parse_params(param)
     try:
         resolved = resolve_kind(kind)
+        if params and resolved.build:
+            kinds.check_params(resolved.build, params, f"retrec index {kind}", BUILD_ARGS)
+            options.update(params)
         doc_ids, texts = corpus_texts(read_corpus(data))
         built = build_from_texts(resolved, doc_ids, texts, model=model, factory=factory, shards=shards,
                                  progress=True, **options)

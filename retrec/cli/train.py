@@ -7,6 +7,7 @@ option without an edit here. ``--data``, ``--out`` and ``--resume`` are the run'
 Example::
 
     retrec train dense --data ../shared/data/scifact --out artifacts/scifact-dense --max-minutes 30
+    retrec train multivector --data ../shared/data/scifact --out artifacts/scifact-multivector
     retrec train reranker --data ../shared/data/scifact --out artifacts/scifact-reranker
     retrec train bert4rec --data ../shared/data/beauty --out artifacts/bert4rec --mask-prob 0.6 --resume
 """
@@ -28,7 +29,7 @@ from retrec.bundle import BundleError
 from retrec.cli.common import _fail, train_app
 from retrec.data.errors import DataError
 from retrec.pipelines.options import choices, field_types
-from retrec.pipelines.train_config import DenseTrainConfig, RerankerTrainConfig, TrainConfig
+from retrec.pipelines.train_config import DenseTrainConfig, MultivectorTrainConfig, RerankerTrainConfig, TrainConfig
 
 OUT_HELP = "bundle folder to write (checkpoints go to OUT.ckpt/)"
 
@@ -88,6 +89,11 @@ train_app.command("dense")(config_command(
     DenseTrainConfig, "retrec.pipelines.train_dense:train_dense",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",
     "Train a TAS-Balanced bi-encoder from the packaged MiniLM or --base-model; writes an ONNX bundle (model/dense)."))
+train_app.command("multivector")(config_command(
+    MultivectorTrainConfig, "retrec.pipelines.train_multivector:train_multivector",
+    "BEIR folder (train qrels; dev qrels used for evaluation when present)",
+    "Train a ColBERT-style token encoder (MaxSim) from the packaged MiniLM or --base-model; writes an ONNX bundle "
+    "(model/multivector) for `retrec index muvera|maxsim`."))
 train_app.command("reranker")(config_command(
     RerankerTrainConfig, "retrec.pipelines.train_reranker:train_reranker",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",

@@ -121,9 +121,10 @@ def recorded_encoder(manifest: Manifest) -> str | None:
 
 def open_index(
     path: str | Path, *, model: str | Path | None = None, verify: bool = True, use_gpu: bool | None = None,
-    **encoder_options: Any,
+    index_options: dict[str, Any] | None = None, **encoder_options: Any,
 ) -> IndexRetriever:
-    """A saved index version of any kind as a retriever; ``model`` overrides the recorded query encoder.
+    """A saved index version of any kind as a retriever; ``model`` overrides the recorded query encoder;
+    ``index_options`` go to the kind's loader (e.g. muvera's ``candidates``), refused unless it names them.
 
     Raises :class:`BundleError` for a bundle that is not an index, an encoded index with no encoder to use,
     or an encoder the kind's ``check`` hook refuses.
@@ -154,7 +155,9 @@ def open_index(
                 raise BundleError(f"query encoder {encoder_path} does not fit index {path}: {exc}") from exc
     elif model is not None:
         raise BundleError(f"{path}: a {kind.kind} index searches with the query text; it takes no model")
-    args: dict[str, Any] = {"verify": verify, "use_gpu": use_gpu}
+    if index_options:
+        kinds.check_params(kind.load, index_options, f"a {kind.kind} index", ("shard", "encoder", "verify", "use_gpu"))
+    args: dict[str, Any] = {**(index_options or {}), "verify": verify, "use_gpu": use_gpu}
     if encoder is not None:
         args["encoder"] = encoder.manifest
     index = kinds.call(kind.load, path, **args)

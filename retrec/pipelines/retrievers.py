@@ -59,18 +59,26 @@ def build_from_texts(
     return IndexRetriever(display_name(kind), index, encoder)
 
 
-def build_retriever(name: str, data: RetrievalData, model: str | Path | None = None,
-                    progress: bool = True) -> IndexRetriever:
-    """``--retriever NAME``: the kind built in memory over the collection's title + text."""
+BUILD_ARGS = ("encoder", "factory", "shards", "progress", "cache", "use_gpu")  # set by the caller, not --param
+LOAD_ARGS = ("shard", "encoder", "verify", "use_gpu")
+
+
+def build_retriever(name: str, data: RetrievalData, model: str | Path | None = None, progress: bool = True,
+                    params: dict[str, Any] | None = None) -> IndexRetriever:
+    """``--retriever NAME``: the kind built in memory over the collection's title + text; ``params``: options of
+    the kind's ``build`` hook (``--param``), refused unless its signature names them."""
     kind = resolve_kind(name)
+    if params and kind.build:
+        kinds.check_params(kind.build, params, f"--retriever {name}", BUILD_ARGS)
     ids, texts = data.doc_texts(with_title=True)
-    return build_from_texts(kind, ids, texts, model=model, progress=progress)
+    return build_from_texts(kind, ids, texts, model=model, progress=progress, **(params or {}))
 
 
-def open_retriever(path: str | Path, data: RetrievalData | None = None,
-                   model: str | Path | None = None) -> IndexRetriever:
-    """``--index DIR``: a saved index version; refused when it lacks documents of ``data``'s corpus."""
-    retriever = open_index(path, model=model)
+def open_retriever(path: str | Path, data: RetrievalData | None = None, model: str | Path | None = None,
+                   params: dict[str, Any] | None = None) -> IndexRetriever:
+    """``--index DIR``: a saved index version; refused when it lacks documents of ``data``'s corpus. ``params``:
+    options of the kind's ``load`` hook (``--param``), refused unless its signature names them."""
+    retriever = open_index(path, model=model, index_options=params)
     indexed = retriever.doc_ids
     if data is not None and indexed is not None:
         missing = set(data.corpus.column("doc_id").to_pylist()) - set(indexed)

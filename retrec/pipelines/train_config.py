@@ -1,4 +1,4 @@
-"""The training configs of ``retrec train dense|reranker|bert4rec``: one place per option.
+"""The training configs of ``retrec train dense|multivector|reranker|bert4rec``: one place per option.
 
 Each field carries its default, its ``--help`` text and, for a ``Literal`` type, its choices; the CLI
 generates its options from these dataclasses (retrec/cli/train.py). No torch here, so ``retrec --help``
@@ -61,16 +61,17 @@ class TextTrainingOptions:
 
 
 @dataclass
-class DenseTrainConfig(TextTrainingOptions):
-    """TAS-Balanced bi-encoder fine-tuning (see retrec/pipelines/train_dense.py)."""
+class ContrastiveOptions(TextTrainingOptions):
+    """Bi-encoder training over the shared sampling: queries in topic-aware batches, each with a judged positive
+    and a hard negative drawn by balanced margins, in-batch cross-entropy plus optional distillation
+    (``retrec train dense`` and ``retrec train multivector``)."""
 
     batch_size: int = option(32, "queries per batch (in-batch negatives: at least 2)")
     max_query_length: int = option(64, "query tokens kept (training and the bundle's default)")
     max_doc_length: int = option(256, "document tokens kept (training and the bundle's default)")
     doc_chunk: int = option(8, "documents per forward pass, grouped by length (less padding, smaller blocks to "
                                "reuse; 0: the whole batch)")
-    similarity: Literal["cosine", "dot"] = option("cosine", "cosine (normalised embeddings) | dot")
-    scale: float = option(20.0, "logit scale of cosine scores in the cross-entropy")
+    scale: float = option(20.0, "logit scale of the scores in the cross-entropy")
     sampling: Literal["topic", "random"] = option("topic", "topic (TAS query clusters) | random")
     queries_per_cluster: int = option(0, "topic clusters' mean size (0: 4 x batch size)")
     clusters_per_batch: int = option(1, "topic clusters drawn per batch")
@@ -93,6 +94,33 @@ class DenseTrainConfig(TextTrainingOptions):
             raise ValueError("batch_size must be at least 2 (in-batch negatives)")
         if self.doc_chunk < 0:
             raise ValueError("doc_chunk must be 0 (whole batch) or positive")
+
+
+@dataclass
+class DenseTrainConfig(ContrastiveOptions):
+    """TAS-Balanced bi-encoder fine-tuning (see retrec/pipelines/train_dense.py)."""
+
+    similarity: Literal["cosine", "dot"] = option("cosine", "cosine (normalised embeddings) | dot")
+
+
+@dataclass
+class MultivectorTrainConfig(ContrastiveOptions):
+    """ColBERT-style token encoder fine-tuning, MaxSim scores (see retrec/pipelines/train_multivector.py)."""
+
+    dim: int = option(128, "token vector dimension (a projection of the base model's states, initialised by PCA "
+                           "of the corpus's token states)")
+    max_query_length: int = option(32, "query tokens kept (with --query-augment: every query padded to it)")
+    scale: float = option(1.0, "logit scale of MaxSim scores (sums over query tokens) in the cross-entropy")
+    query_augment: bool = option(False, "pad queries with [MASK] tokens to --max-query-length (ColBERT)",
+                                 flag="--query-augment/--no-query-augment")
+    skip_punctuation: bool = option(True, "documents leave punctuation tokens out of MaxSim (ColBERT's skip-list)",
+                                    flag="--skip-punctuation/--keep-punctuation")
+    pca_documents: int = option(1000, "corpus documents whose token states initialise the projection (PCA)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dim < 1 or self.pca_documents < 1:
+            raise ValueError("dim and pca_documents must be positive")
 
 
 @dataclass

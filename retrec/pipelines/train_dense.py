@@ -71,7 +71,7 @@ from retrec.pipelines.tas_sampling import (
     topic_batches,
     topic_clusters,
 )
-from retrec.pipelines.train_config import DenseTrainConfig, RerankerTrainConfig
+from retrec.pipelines.train_config import ContrastiveOptions, DenseTrainConfig, RerankerTrainConfig
 from retrec.pipelines.train_loop import TorchAdapter, TrainRun, run_training, text_loop_config
 from retrec.process_env import cache_dir
 from retrec.runtime.onnx_encoder import OnnxEncoder
@@ -96,7 +96,7 @@ class TrainingSet:
 
 
 def prepare(train: RetrievalData, dev: RetrievalData | None,
-            cfg: DenseTrainConfig | RerankerTrainConfig) -> TrainingSet:
+            cfg: ContrastiveOptions | RerankerTrainConfig) -> TrainingSet:
     """Judged queries of the train split; a seeded share held out as dev when there is no dev split."""
     doc_ids, doc_texts = train.doc_texts(with_title=True)
     row = {d: i for i, d in enumerate(doc_ids)}
@@ -124,7 +124,7 @@ def prepare(train: RetrievalData, dev: RetrievalData | None,
                        "split" if dev is not None else "held-out")
 
 
-def training_set(data: str | Path, cfg: DenseTrainConfig | RerankerTrainConfig) -> TrainingSet:
+def training_set(data: str | Path, cfg: ContrastiveOptions | RerankerTrainConfig) -> TrainingSet:
     """A BEIR folder's train split prepared for training, with its dev split when the folder has one."""
     train = load_retrieval_data(data, split="train")
     has_dev = any((Path(data) / "qrels" / f"dev.{ext}").is_file() for ext in ("tsv", "parquet"))
@@ -145,7 +145,7 @@ class Miners:
         return merged[~np.isin(merged, exclude)]
 
 
-def build_miners(ts: TrainingSet, cfg: DenseTrainConfig | RerankerTrainConfig,
+def build_miners(ts: TrainingSet, cfg: ContrastiveOptions | RerankerTrainConfig,
                  progress: bool) -> tuple[Miners, np.ndarray, list[str]]:
     """BM25 and zero-shot dense members over the corpus; returns also the query vectors for clustering."""
     log.info("dense: mining with BM25 and the zero-shot encoder")
@@ -159,7 +159,7 @@ def build_miners(ts: TrainingSet, cfg: DenseTrainConfig | RerankerTrainConfig,
     return miners, qvec[: len(ts.query_ids)], qids
 
 
-def build_teacher(cfg: DenseTrainConfig, miners: Miners, ts: TrainingSet) -> Teacher:
+def build_teacher(cfg: ContrastiveOptions, miners: Miners, ts: TrainingSet) -> Teacher:
     labels = (LabelMember(ts.qrels_rows), cfg.label_weight)
     if cfg.teacher == "ensemble":
         return Teacher([(miners.bm25, 1.0), (miners.dense, 1.0), labels])
@@ -172,7 +172,7 @@ def build_teacher(cfg: DenseTrainConfig, miners: Miners, ts: TrainingSet) -> Tea
     return Teacher([(ScoreTableMember(path, {d: i for i, d in enumerate(ts.doc_ids)}), 1.0), labels])
 
 
-def cross_encoder_member(bundle: Path, cfg: DenseTrainConfig, miners: Miners, ts: TrainingSet) -> CrossEncoderMember:
+def cross_encoder_member(bundle: Path, cfg: ContrastiveOptions, miners: Miners, ts: TrainingSet) -> CrossEncoderMember:
     """The re-ranker's scores of every training query's positives and mined candidates (the pool balanced
     sampling draws negatives from), with the int8 model when the bundle has one."""
     from retrec.runtime.reranker import OnnxReranker
@@ -199,7 +199,7 @@ class Step:
     negatives: np.ndarray
 
 
-def plan_epoch(epoch: int, ts: TrainingSet, cfg: DenseTrainConfig, labels: np.ndarray | None, miners: Miners,
+def plan_epoch(epoch: int, ts: TrainingSet, cfg: ContrastiveOptions, labels: np.ndarray | None, miners: Miners,
                teacher: Teacher) -> list[Step]:
     """Every batch of one epoch with its positives and negatives, from a generator seeded by (seed, epoch)."""
     rng = np.random.default_rng([cfg.seed, epoch])

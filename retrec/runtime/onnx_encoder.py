@@ -54,17 +54,6 @@ class OnnxEncoder(BundleModel):
         self.max_doc_length = int(max_doc_length or config["max_doc_length"])
         self.batch_size = batch_size
 
-    def _feeds(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        feeds = {}
-        for name in self._inputs:
-            if name in batch:
-                feeds[name] = batch[name]
-            elif name == "token_type_ids":
-                feeds[name] = np.zeros_like(batch["input_ids"])
-            else:
-                raise BundleError(f"{self.model_path}: unexpected model input {name!r}")
-        return feeds
-
     def encode(
         self, texts: Sequence[str], max_length: int, batch_size: int | None = None, progress: bool = False,
         description: str = "encode",
@@ -77,7 +66,7 @@ class OnnxEncoder(BundleModel):
         with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
             task = bar.add_task(f"{description} ({self.variant}, {self.threads} threads)", total=len(texts))
             for positions, batch in batches:
-                vectors = self.session.run([self._output], self._feeds(batch))[0]
+                vectors = self.session.run([self._output], self.feeds(batch))[0]
                 if vectors.ndim != 2 or vectors.shape[1] != self.dim:
                     raise BundleError(f"{self.model_path}: model returned shape {vectors.shape}, "
                                       f"manifest says dim {self.dim}")

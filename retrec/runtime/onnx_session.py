@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal, get_args
 
+import numpy as np
 import onnxruntime as ort
 
 from retrec.bundle import BundleError, Manifest, load_bundle
@@ -109,3 +110,15 @@ class BundleModel:
     def providers(self) -> list[str]:
         """Execution providers the session actually uses, in priority order."""
         return self.session.get_providers()
+
+    def feeds(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model's inputs from a tokenised batch (``token_type_ids`` zeros when the graph takes them)."""
+        feeds = {}
+        for name in self._inputs:
+            if name in batch:
+                feeds[name] = batch[name]
+            elif name == "token_type_ids":
+                feeds[name] = np.zeros_like(batch["input_ids"])
+            else:
+                raise BundleError(f"{self.model_path}: unexpected model input {name!r}")
+        return feeds

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
+import string
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -170,3 +171,43 @@ def load_tokenizer(folder: str | Path | None = None) -> TextTokenizer:
     except Exception as exc:  # tokenizers raises a bare Exception on malformed files
         raise ModelFilesError(f"{path}: unreadable tokenizer ({exc})") from exc
     return TextTokenizer(tokenizer, root)
+
+
+# Multi-vector (ColBERT-style) feeds: the same in training and inference.
+MASK_TOKEN = "[MASK]"
+
+
+def punctuation_ids(tokenizer: TextTokenizer) -> list[int]:
+    """Ids of the vocabulary's tokens made only of punctuation (``.``, ``,``, ``##)``, ...): ColBERT's skip-list."""
+    punct = set(string.punctuation)
+    vocab = tokenizer._base.get_vocab()
+    return sorted(i for tok, i in vocab.items()
+                  if (body := tok.removeprefix("##")) and all(c in punct for c in body))
+
+
+def mask_id(tokenizer: TextTokenizer) -> int:
+    """The id of ``[MASK]``, which query augmentation pads with."""
+    found = tokenizer._base.token_to_id(MASK_TOKEN)
+    if found is None:
+        raise ModelFilesError(f"{tokenizer.source}: the tokenizer has no {MASK_TOKEN} token; query augmentation "
+                              "needs one")
+    return int(found)
+
+
+def query_batch(tokenizer: TextTokenizer, texts: Sequence[str], max_length: int,
+                augment: bool) -> dict[str, np.ndarray]:
+    """Feeds of queries: truncated to ``max_length``; with ``augment``, padded with attended ``[MASK]`` tokens to
+    exactly ``max_length`` (every row then has ``max_length`` tokens, all kept)."""
+    encoded = tokenizer.encode(texts, max_length)
+    if not augment:
+        return tokenizer.pad(encoded)
+    pad = mask_id(tokenizer)
+    ids = np.full((len(encoded), max_length), pad, dtype=np.int64)
+    for row, seq in enumerate(encoded):
+        ids[row, : len(seq)] = seq
+    return {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+
+
+def document_keep(input_ids: np.ndarray, attention_mask: np.ndarray, skip_ids: np.ndarray) -> np.ndarray:
+    """``bool [batch, seq]``: the document tokens MaxSim reads (attended and not in the skip-list)."""
+    return (attention_mask > 0) & ~np.isin(input_ids, skip_ids)

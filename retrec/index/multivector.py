@@ -1,0 +1,340 @@
+"""Multi-vector indexes: exact MaxSim (``index/maxsim``) and MUVERA (``index/muvera``), sharded.
+
+Each document is a matrix of token vectors (a ``model/multivector`` encoder's output); a query scores it by
+MaxSim, the sum over query tokens of the best dot product with any document token. Documents go to shards by
+:func:`retrec.index.faiss_index.shard_of`; each shard stores its documents' token vectors as one float16 matrix
+(``shards/NNN.tokens.npy``, memory-mapped, no pickle) with a Parquet table of doc id, first row and token count.
+
+- ``index/maxsim`` scores every document of every shard (brute force): the exact reference.
+- ``index/muvera`` also holds, per shard, a FAISS index (any ``index_factory`` string: Flat, HNSW, IVF-PQ) over
+  the documents' MUVERA fixed dimensional encodings (:mod:`retrec.runtime.fde`; every FDE parameter in the
+  manifest). A search encodes the query's FDE, takes each shard's top ``ceil(candidates / shards)`` documents by
+  FDE inner product and re-ranks them by exact MaxSim over their stored tokens; ``candidates`` (default 100) is
+  the re-ranked total.
+
+Shard results merge as dense does: score descending, then doc id descending. ``bytes_per_document`` in the
+manifest reports memory per document: FDE raw (float32), FDE as indexed (the FAISS file), token store.
+
+Example::
+
+    index = build_muvera(doc_ids, texts, encoder=OnnxTokenEncoder("artifacts/mv"), factory="Flat", shards=2)
+    index.search(encoder.encode_queries(["what causes scurvy"]), k=10)     # [[(doc_id, maxsim), ...]]
+    index.save("artifacts/scifact-muvera", name="scifact-muvera")
+    load_index("artifacts/scifact-muvera", shard=0, candidates=200)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from retrec.bundle import BundleError, Manifest, load_bundle, publish
+from retrec.index.faiss_index import SHARD_HASH, _read_index, check_encoder, encoder_ref, shard_of
+from retrec.index.retriever import Hits
+from retrec.kinds import MAXSIM_INDEX, MUVERA_INDEX
+from retrec.runtime.fde import FDEConfig
+from retrec.runtime.fde import encode_documents as fde_documents
+from retrec.runtime.fde import encode_queries as fde_queries
+
+KINDS = (MUVERA_INDEX, MAXSIM_INDEX)
+DEFAULT_CANDIDATES = 100
+FDE_DEFAULTS: dict[str, Any] = {"repetitions": 20, "simhash_bits": 5, "projection_dim": 16}
+_EXACT_BLOCK = 1 << 18  # token rows scored at once by brute force (bounds the similarity matrix)
+
+
+@dataclass
+class TokenShard:
+    """One shard: doc ids, each document's first row and token count, the float16 token matrix, the FDE index."""
+
+    ids: list[str]
+    offsets: np.ndarray  # int64 [n]
+    lengths: np.ndarray  # int64 [n]
+    tokens: np.ndarray  # float16 [total tokens, dim] (memory-mapped when loaded)
+    fde: faiss.Index | None = None
+    _tokens32: np.ndarray | None = None
+
+    def exact(self) -> np.ndarray:
+        """The token matrix as float32 (brute force reads every row; converted once)."""
+        if self._tokens32 is None:
+            self._tokens32 = np.asarray(self.tokens, dtype=np.float32)
+        return self._tokens32
+
+
+def _maxsim_rows(query: np.ndarray, tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
+    """MaxSim of ``query`` against consecutive documents of ``tokens`` beginning at ``starts`` (all non-empty)."""
+    sims = query @ tokens.T  # [query tokens, document tokens]
+    return np.maximum.reduceat(sims, starts, axis=1).sum(axis=0)
+
+
+class MultiVectorIndex:
+    """Sharded token stores (+ FDE indices for MUVERA); ``search(token_matrices, k) -> list[Hits]``."""
+
+    def __init__(self, shards: Sequence[TokenShard], *, kind: str, dim: int, fde: FDEConfig | None = None,
+                 factory: str | None = None, encoder: Mapping[str, Any] | None = None,
+                 candidates: int = DEFAULT_CANDIDATES, total_shards: int | None = None,
+                 search_params: str | None = None) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, got {kind!r}")
+        if kind == MUVERA_INDEX and (fde is None or any(s.fde is None for s in shards)):
+            raise ValueError("a MUVERA index needs an FDE config and an FDE index per shard")
+        if candidates < 1:
+            raise ValueError(f"candidates must be positive, got {candidates}")
+        self.kind, self.dim, self.fde, self.factory = kind, dim, fde, factory
+        self.encoder = dict(encoder) if encoder is not None else None
+        self.shards = list(shards)
+        self.total_shards = total_shards or len(self.shards)
+        self.candidates = candidates
+        self.search_params = None
+        all_ids = pa.array([d for s in self.shards for d in s.ids], pa.string())
+        if len(pc.unique(all_ids)) != len(all_ids):
+            raise ValueError("duplicate doc ids")
+        ranks = pc.rank(all_ids, sort_keys="ascending", tiebreaker="first").to_numpy().astype(np.int64) - 1
+        bounds = np.cumsum([0] + [len(s.ids) for s in self.shards])
+        self._keys = [ranks[bounds[i]:bounds[i + 1]] for i in range(len(self.shards))]
+        self._ids_by_rank = np.empty(len(all_ids), dtype=object)
+        self._ids_by_rank[ranks] = np.asarray(all_ids.to_pylist(), dtype=object)
+        if search_params:
+            self.set_search_params(search_params)
+
+    @property
+    def shard_ids(self) -> list[list[str]]:
+        return [list(s.ids) for s in self.shards]
+
+    def __len__(self) -> int:
+        return len(self._ids_by_rank)
+
+    def set_search_params(self, params: str) -> None:
+        """FAISS search-time parameters of the FDE indices, e.g. ``"efSearch=128"`` or ``"nprobe=16"``."""
+        for s in self.shards:
+            if s.fde is not None:
+                faiss.ParameterSpace().set_index_parameters(s.fde, params)
+        self.search_params = params
+
+    def encoded_documents(self) -> None:
+        """Tokens are stored as float16 (lossy): an incremental reindex encodes every document again."""
+        return None
+
+    def _check(self, queries: Sequence[np.ndarray]) -> list[np.ndarray]:
+        out = [np.ascontiguousarray(q, dtype=np.float32) for q in queries]
+        bad = [q.shape for q in out if q.ndim != 2 or q.shape[1] != self.dim or not len(q)]
+        if bad:
+            raise ValueError(f"query token matrices of shapes {bad[:3]}; this index has token dim {self.dim}")
+        return out
+
+    def _exact(self, s: int, query: np.ndarray) -> np.ndarray:
+        shard = self.shards[s]
+        tokens = shard.exact()
+        scores = np.empty(len(shard.ids), dtype=np.float32)
+        first = 0
+        while first < len(shard.ids):  # blocks of whole documents, about _EXACT_BLOCK rows each
+            last = int(np.searchsorted(shard.offsets, shard.offsets[first] + _EXACT_BLOCK, side="right"))
+            last = max(last, first + 1)
+            lo, hi = int(shard.offsets[first]), int(shard.offsets[last - 1] + shard.lengths[last - 1])
+            scores[first:last] = _maxsim_rows(query, tokens[lo:hi], shard.offsets[first:last] - lo)
+            first = last
+        return scores
+
+    def _rerank(self, s: int, query: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        shard = self.shards[s]
+        parts = [shard.tokens[shard.offsets[r]:shard.offsets[r] + shard.lengths[r]] for r in rows]
+        starts = np.concatenate([[0], np.cumsum(shard.lengths[rows])[:-1]]).astype(np.int64)
+        return _maxsim_rows(query, np.concatenate(parts).astype(np.float32), starts)
+
+    def search(self, queries: Sequence[np.ndarray], k: int, candidates: int | None = None) -> list[Hits]:
+        """Top-``k`` ``(doc_id, MaxSim)`` per query token matrix; MUVERA re-ranks ``candidates`` in total."""
+        queries = self._check(queries)
+        if k <= 0 or not queries:
+            return [[] for _ in queries]
+        per_shard = math.ceil((candidates or self.candidates) / self.total_shards)
+        encoded = fde_queries(queries, self.fde) if self.kind == MUVERA_INDEX else None
+        out = []
+        for qi, query in enumerate(queries):
+            scores, keys = [], []
+            for s, shard in enumerate(self.shards):
+                if not shard.ids:
+                    continue
+                if encoded is None:
+                    rows = np.arange(len(shard.ids))
+                    shard_scores = self._exact(s, query)
+                else:
+                    _, found = shard.fde.search(encoded[qi:qi + 1], min(per_shard, len(shard.ids)))
+                    rows = found[0][found[0] >= 0]
+                    shard_scores = self._rerank(s, query, rows) if len(rows) else np.zeros(0, np.float32)
+                scores.append(shard_scores)
+                keys.append(self._keys[s][rows])
+            all_scores, all_keys = np.concatenate(scores), np.concatenate(keys)
+            order = np.lexsort((-all_keys, -all_scores))[:k]
+            out.append(list(zip(self._ids_by_rank[all_keys[order]].tolist(), all_scores[order].tolist())))
+        return out
+
+    def save(self, directory: str | Path, name: str = "multivector", metrics: dict[str, Any] | None = None) -> Manifest:
+        """Publish the index version atomically (token stores, doc tables, FDE indices, manifest)."""
+        encoder = self.encoder or {}
+        with publish(directory, replace=False) as pub:
+            (pub.path / "shards").mkdir()
+            for s, shard in enumerate(self.shards):
+                np.save(pub.path / "shards" / f"{s:03d}.tokens.npy", np.asarray(shard.tokens, np.float16),
+                        allow_pickle=False)
+                pq.write_table(pa.table({"doc_id": pa.array(shard.ids, pa.string()),
+                                         "offset": pa.array(shard.offsets, pa.int64()),
+                                         "length": pa.array(shard.lengths, pa.int64())}),
+                               pub.path / "shards" / f"{s:03d}.docs.parquet")
+                if shard.fde is not None:
+                    faiss.write_index(shard.fde, str(pub.path / "shards" / f"{s:03d}.fde.faiss"))
+            n, tokens = max(1, len(self)), sum(len(s.tokens) for s in self.shards)
+            per_doc: dict[str, float] = {"tokens_float16": round(tokens * self.dim * 2 / n, 1)}
+            if self.fde is not None:
+                fde_bytes = sum((pub.path / "shards" / f"{s:03d}.fde.faiss").stat().st_size
+                                for s in range(len(self.shards)))
+                per_doc.update(fde_raw_float32=self.fde.output_dim * 4, fde_indexed=round(fde_bytes / n, 1))
+            pub.set_manifest(
+                kind=self.kind, name=name, metrics=metrics,
+                config={"similarity": "maxsim", "metric": "inner_product", "token_dtype": "float16",
+                        "shards": len(self.shards), "shard_hash": SHARD_HASH, "factory": self.factory,
+                        "fde": asdict(self.fde) if self.fde is not None else None, "candidates": self.candidates,
+                        "search_params": self.search_params,
+                        "encoder": {k: encoder.get(k) for k in ("name", "version", "path")}},
+                dims={"dim": self.dim, "fde_dim": self.fde.output_dim if self.fde else None, "documents": len(self),
+                      "tokens": tokens, "shard_documents": [len(s.ids) for s in self.shards],
+                      "bytes_per_document": per_doc})
+        assert pub.manifest is not None
+        return pub.manifest
+
+
+def assemble(kind: str, doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *, encoder: Any,
+             factory: str | None = None, shards: int = 1, candidates: int = DEFAULT_CANDIDATES,
+             **fde_options: Any) -> MultiVectorIndex:
+    """Index documents' token matrices (rows by doc id) that ``encoder`` produced."""
+    if len(doc_ids) != len(encoded):
+        raise ValueError(f"{len(doc_ids)} doc ids for {len(encoded)} token matrices")
+    if not len(doc_ids):
+        raise ValueError("cannot index an empty corpus")
+    if shards < 1:
+        raise ValueError(f"shards must be >= 1, got {shards}")
+    ref = encoder_ref(encoder.manifest)
+    dim = int(ref["dim"])
+    empty = [d for d, m in zip(doc_ids, encoded) if np.asarray(m).ndim != 2 or not len(m) or m.shape[1] != dim]
+    if empty:
+        raise ValueError(f"{len(empty)} documents have no [tokens, {dim}] matrix (e.g. {empty[:3]})")
+    fde = FDEConfig(dim=dim, **{**FDE_DEFAULTS, **fde_options}) if kind == MUVERA_INDEX else None
+    assignment = np.fromiter((shard_of(d, shards) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
+    parts = []
+    for s in range(shards):
+        rows = np.flatnonzero(assignment == s)
+        lengths = np.array([len(encoded[i]) for i in rows], dtype=np.int64)
+        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        tokens = (np.concatenate([np.asarray(encoded[i], np.float16) for i in rows]) if len(rows)
+                  else np.zeros((0, dim), np.float16))
+        index = None
+        if fde is not None:
+            index = faiss.index_factory(fde.output_dim, factory or "Flat", faiss.METRIC_INNER_PRODUCT)
+            vectors = fde_documents([encoded[i] for i in rows], fde) if len(rows) else None
+            if vectors is not None:
+                if not index.is_trained:
+                    try:
+                        index.train(vectors)
+                    except RuntimeError as exc:
+                        raise ValueError(f"shard {s}: cannot train {factory!r} on {len(rows)} FDEs ({exc}); use "
+                                         "fewer shards/lists or a Flat/HNSW factory") from exc
+                index.add(vectors)
+        parts.append(TokenShard([doc_ids[i] for i in rows], offsets, lengths, tokens, index))
+    ref["similarity"] = "maxsim"
+    return MultiVectorIndex(parts, kind=kind, dim=dim, fde=fde, factory=(factory or "Flat") if fde else None,
+                            encoder=ref, candidates=candidates)
+
+
+def assemble_muvera(doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *, encoder: Any,
+                    factory: str | None = None, shards: int = 1, candidates: int = DEFAULT_CANDIDATES,
+                    repetitions: int = FDE_DEFAULTS["repetitions"], simhash_bits: int = FDE_DEFAULTS["simhash_bits"],
+                    projection_dim: int | None = FDE_DEFAULTS["projection_dim"], final_dim: int | None = None,
+                    fill_empty: bool = True, seed: int = 0) -> MultiVectorIndex:
+    """Registry hook (``retrec reindex``): a MUVERA index over token matrices ``encoder`` produced; the FDE
+    parameters as :class:`~retrec.runtime.fde.FDEConfig` names them (``--param repetitions=40``)."""
+    return assemble(MUVERA_INDEX, doc_ids, encoded, encoder=encoder, factory=factory, shards=shards,
+                    candidates=candidates, repetitions=repetitions, simhash_bits=simhash_bits,
+                    projection_dim=projection_dim, final_dim=final_dim, fill_empty=fill_empty, seed=seed)
+
+
+def assemble_maxsim(doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *, encoder: Any,
+                    shards: int = 1) -> MultiVectorIndex:
+    """Registry hook: an exact MaxSim index over token matrices ``encoder`` produced."""
+    return assemble(MAXSIM_INDEX, doc_ids, encoded, encoder=encoder, shards=shards)
+
+
+def build_muvera(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, factory: str | None = None,
+                 shards: int = 1, progress: bool = False, candidates: int = DEFAULT_CANDIDATES,
+                 repetitions: int = FDE_DEFAULTS["repetitions"], simhash_bits: int = FDE_DEFAULTS["simhash_bits"],
+                 projection_dim: int | None = FDE_DEFAULTS["projection_dim"], final_dim: int | None = None,
+                 fill_empty: bool = True, seed: int = 0) -> MultiVectorIndex:
+    """Registry builder (``retrec index muvera``): encode the documents' tokens, index their FDEs."""
+    return assemble_muvera(doc_ids, encoder.encode_documents(list(texts), progress=progress), encoder=encoder,
+                           factory=factory, shards=shards, candidates=candidates, repetitions=repetitions,
+                           simhash_bits=simhash_bits, projection_dim=projection_dim, final_dim=final_dim,
+                           fill_empty=fill_empty, seed=seed)
+
+
+def build_maxsim(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, shards: int = 1,
+                 progress: bool = False) -> MultiVectorIndex:
+    """Registry builder (``retrec index maxsim``): encode the documents' tokens for brute-force MaxSim."""
+    return assemble_maxsim(doc_ids, encoder.encode_documents(list(texts), progress=progress), encoder=encoder,
+                           shards=shards)
+
+
+def index_check_ref(manifest: Manifest) -> dict[str, Any]:
+    enc = manifest.config.get("encoder") or {}
+    return {"dim": manifest.dims["dim"], "similarity": "maxsim", "encoder_name": enc.get("name"),
+            "encoder_version": enc.get("version")}
+
+
+def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any]) -> None:
+    """Registry hook: refuse a token encoder this index's vectors did not come from."""
+    check_encoder(index_check_ref(index), encoder, where=str(index.path or index.name))
+
+
+def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest | Mapping[str, Any] | None = None,
+               verify: bool = True, candidates: int | None = None, search_params: str | None = None,
+               mmap: bool = True) -> MultiVectorIndex:
+    """Registry loader: the whole index version, or one shard (``shard=i``), with its checks."""
+    manifest = load_bundle(path, verify=verify)
+    if manifest.kind not in KINDS:
+        raise BundleError(f"{path}: a {manifest.kind!r} bundle, not {' or '.join(KINDS)}")
+    config, dims = manifest.config, manifest.dims
+    if encoder is not None:
+        check_encoder(index_check_ref(manifest), encoder, where=str(path))
+    count = int(config["shards"])
+    wanted = list(range(count)) if shard is None else [shard]
+    if any(not 0 <= s < count for s in wanted):
+        raise BundleError(f"{path}: has {count} shards, cannot load shard {shard}")
+    dim = int(dims["dim"])
+    fde = FDEConfig(**config["fde"]) if manifest.kind == MUVERA_INDEX else None
+    parts = []
+    for s in wanted:
+        table = pq.read_table(manifest.file(f"shards/{s:03d}.docs.parquet"))
+        tokens = np.load(manifest.file(f"shards/{s:03d}.tokens.npy"), mmap_mode="r" if mmap else None,
+                         allow_pickle=False)
+        offsets, lengths = (table.column(c).to_numpy().astype(np.int64) for c in ("offset", "length"))
+        if tokens.dtype != np.float16 or tokens.ndim != 2 or tokens.shape[1] != dim or \
+                (len(lengths) and (offsets.min() < 0 or (offsets + lengths).max() > len(tokens) or lengths.min() < 1)):
+            raise BundleError(f"{path}: shard {s}'s token store does not match its document table or dim {dim}")
+        index = None
+        if fde is not None:
+            index = _read_index(manifest.file(f"shards/{s:03d}.fde.faiss"), mmap)
+            if index.d != fde.output_dim or index.ntotal != len(lengths):
+                raise BundleError(f"{path}: shard {s}'s FDE index has dim {index.d} / {index.ntotal} documents, "
+                                  f"manifest says {fde.output_dim} / {len(lengths)}")
+        parts.append(TokenShard(table.column("doc_id").to_pylist(), offsets, lengths, tokens, index))
+    enc = config.get("encoder") or {}
+    ref = {"name": enc.get("name"), "version": enc.get("version"), "dim": dim, "similarity": "maxsim",
+           "path": enc.get("path")}
+    return MultiVectorIndex(parts, kind=manifest.kind, dim=dim, fde=fde, factory=config.get("factory"), encoder=ref,
+                            candidates=candidates or int(config.get("candidates") or DEFAULT_CANDIDATES),
+                            total_shards=count, search_params=search_params or config.get("search_params"))

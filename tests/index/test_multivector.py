@@ -1,0 +1,139 @@
+"""Multi-vector indexes: exact MaxSim (index/maxsim) and MUVERA (index/muvera) — search, shards, save/load, checks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrec.bundle import BundleError, read_manifest
+from retrec.index.generic import open_index, publish_index
+from retrec.index.multivector import assemble_maxsim, assemble_muvera, load_index
+from retrec.runtime.fde import maxsim
+from tests.tiny_models import tiny_multivector_encoder
+
+WORDS = ["vitamin", "scurvy", "citrus", "ray", "serve", "replica", "shard", "token", "vector", "index", "query",
+         "document", "fruit", "lack", "cause"]
+
+
+class FakeEncoder:
+    """Token matrices of random unit vectors; just the manifest facts the index records."""
+
+    def __init__(self, tmp: Path, dim: int = 8) -> None:
+        from retrec.bundle import write_manifest
+
+        tmp.mkdir(parents=True, exist_ok=True)
+        write_manifest(tmp, kind="model/multivector", name="fake-mv", version="v1", dims={"dim": dim},
+                       config={"similarity": "maxsim"})
+        self.manifest = read_manifest(tmp)
+        self.dim = dim
+
+
+def _unit(rng: np.random.Generator, rows: int, dim: int) -> np.ndarray:
+    m = rng.standard_normal((rows, dim)).astype(np.float32)
+    return m / np.linalg.norm(m, axis=1, keepdims=True)
+
+
+def corpus(n: int = 120, dim: int = 8, seed: int = 0) -> tuple[list[str], list[np.ndarray], list[np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    docs = [_unit(rng, int(rng.integers(2, 12)), dim) for _ in range(n)]
+    queries = [_unit(rng, int(rng.integers(2, 6)), dim) for _ in range(7)]
+    return [f"d{i:03d}" for i in range(n)], docs, queries
+
+
+def brute_force(ids: list[str], docs: list[np.ndarray], query: np.ndarray, k: int) -> list[tuple[str, float]]:
+    scores = [maxsim(query, d.astype(np.float16).astype(np.float32)) for d in docs]
+    return sorted(zip(ids, scores), key=lambda h: (-h[1], [-ord(c) for c in h[0]]))[:k]
+
+
+@pytest.mark.parametrize("shards", [1, 3])
+def test_maxsim_index_is_brute_force_maxsim(tmp_path: Path, shards: int) -> None:
+    ids, docs, queries = corpus()
+    index = assemble_maxsim(ids, docs, encoder=FakeEncoder(tmp_path / "enc"), shards=shards)
+    for query, hits in zip(queries, index.search(queries, 10)):
+        expected = brute_force(ids, docs, query, 10)
+        assert [d for d, _ in hits] == [d for d, _ in expected]
+        np.testing.assert_allclose([s for _, s in hits], [s for _, s in expected], rtol=1e-5)
+
+
+def test_muvera_reranks_candidates_by_exact_maxsim(tmp_path: Path) -> None:
+    ids, docs, queries = corpus()
+    enc = FakeEncoder(tmp_path / "enc")
+    exact = assemble_maxsim(ids, docs, encoder=enc, shards=2).search(queries, 10)
+    muvera = assemble_muvera(ids, docs, encoder=enc, shards=2, repetitions=4, simhash_bits=3, candidates=200)
+    assert muvera.search(queries, 10) == exact  # every document a candidate: exactly the brute force
+    few = muvera.search(queries, 5, candidates=20)
+    for query, hits in zip(queries, few):
+        by_id = dict(zip(ids, docs))
+        for doc, score in hits:  # scores are exact MaxSim, whichever documents were candidates
+            assert score == pytest.approx(maxsim(query, by_id[doc].astype(np.float16).astype(np.float32)), rel=1e-5)
+    recall = np.mean([len({d for d, _ in a[:5]} & {d for d, _ in b}) / 5 for a, b in zip(exact, few)])
+    assert recall >= 0.5  # 20 of 120 candidates by FDE find most of the exact top 5 (random: 1/6)
+
+
+def test_bad_inputs_are_refused(tmp_path: Path) -> None:
+    ids, docs, queries = corpus(10)
+    enc = FakeEncoder(tmp_path / "enc")
+    with pytest.raises(ValueError, match="no \\[tokens, 8\\] matrix"):
+        assemble_maxsim(ids, [*docs[:-1], np.zeros((0, 8), np.float32)], encoder=enc)
+    index = assemble_maxsim(ids, docs, encoder=enc)
+    with pytest.raises(ValueError, match="token dim 8"):
+        index.search([np.ones((3, 4), np.float32)], 5)
+    assert index.search(queries, 0) == [[] for _ in queries]
+
+
+@pytest.mark.parametrize("kind", ["muvera", "maxsim"])
+def test_save_load_round_trip_and_one_shard(tmp_path: Path, kind: str) -> None:
+    ids, docs, queries = corpus()
+    enc = FakeEncoder(tmp_path / "enc")
+    build = assemble_muvera if kind == "muvera" else assemble_maxsim
+    options = {"repetitions": 3, "simhash_bits": 2, "projection_dim": 4} if kind == "muvera" else {}
+    index = build(ids, docs, encoder=enc, shards=2, **options)
+    index.save(tmp_path / "idx", name="mv")
+    manifest = read_manifest(tmp_path / "idx")
+    assert manifest.kind == f"index/{kind}" and manifest.dims["documents"] == len(ids)
+    assert manifest.dims["bytes_per_document"]["tokens_float16"] > 0
+    if kind == "muvera":
+        assert manifest.config["fde"]["repetitions"] == 3 and manifest.dims["fde_dim"] == 3 * 4 * 4
+        assert manifest.dims["bytes_per_document"]["fde_raw_float32"] == 3 * 4 * 4 * 4
+    loaded = load_index(tmp_path / "idx", encoder=enc.manifest)
+    assert loaded.search(queries, 10) == index.search(queries, 10)
+    one = load_index(tmp_path / "idx", shard=1)
+    assert {d for hits in one.search(queries, 10) for d, _ in hits} <= set(index.shards[1].ids)
+    assert isinstance(one.shards[0].tokens, np.memmap)
+
+
+def test_a_foreign_or_damaged_index_is_refused(tmp_path: Path) -> None:
+    ids, docs, _ = corpus(20)
+    enc = FakeEncoder(tmp_path / "enc")
+    assemble_maxsim(ids, docs, encoder=enc).save(tmp_path / "idx")
+    other = FakeEncoder(tmp_path / "enc16", dim=16)
+    with pytest.raises(BundleError, match="dimension 8"):
+        load_index(tmp_path / "idx", encoder=other.manifest)
+    store = tmp_path / "idx" / "shards" / "000.tokens.npy"
+    data = bytearray(store.read_bytes())
+    data[-1] ^= 0xFF
+    store.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=r"checksum|sha256"):
+        load_index(tmp_path / "idx")
+
+
+def test_built_from_texts_with_a_real_token_encoder(tmp_path: Path) -> None:
+    from retrec.index.generic import build_index, index_kind
+    from retrec.runtime.token_encoder import OnnxTokenEncoder
+
+    encoder = OnnxTokenEncoder(tiny_multivector_encoder(tmp_path / "mv"))
+    rng = np.random.default_rng(0)
+    texts = [" ".join(rng.choice(WORDS, size=int(rng.integers(3, 20)))) for _ in range(40)]
+    ids = [f"t{i}" for i in range(40)]
+    built = build_index(index_kind("muvera"), ids, texts, encoder=encoder, shards=2)
+    path = publish_index(built, tmp_path / "v1", "tiny-muvera", texts=(ids, texts), encoder=encoder)
+    retriever = open_index(path)  # the encoder from the recorded path
+    hits = retriever.search(["vitamin scurvy citrus"], 5)[0]
+    exact = build_index(index_kind("maxsim"), ids, texts, encoder=encoder).search(
+        encoder.encode_queries(["vitamin scurvy citrus"]), 5)[0]
+    assert [d for d, _ in hits] == [d for d, _ in exact]  # 40 documents, 100 candidates: exact
+    config = json.loads((path / "manifest.json").read_text())["config"]
+    assert config["encoder"]["name"] == "tiny-multivector" and config["candidates"] == 100
