@@ -226,9 +226,14 @@ def _encoded_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, base: 
                                         progress=cfg.progress)
         start = time.perf_counter()
         position = {d: i for i, d in enumerate(corpus.doc_ids)}
-        encoded: np.ndarray | None = None
+        encoded: Any = None  # float32 [n, dim], or one [tokens, dim] matrix per document (token payloads)
         for part in parts:
             block = store.read(part)
+            if isinstance(block, list):
+                encoded = [None] * len(corpus.doc_ids) if encoded is None else encoded
+                for doc_id, matrix in zip(part.doc_ids, block):
+                    encoded[position[doc_id]] = matrix
+                continue
             if encoded is None:
                 encoded = np.empty((len(corpus.doc_ids), *block.shape[1:]), dtype=block.dtype)
             encoded[[position[d] for d in part.doc_ids]] = block

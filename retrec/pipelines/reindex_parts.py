@@ -86,18 +86,27 @@ class PartStore:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
-    def write(self, part: Part, encoded: np.ndarray) -> None:
-        """Store a part's encodings (rows in ``part.doc_ids`` order), then its completion record."""
+    def write(self, part: Part, encoded: np.ndarray | list[np.ndarray]) -> None:
+        """Store a part's encodings (rows in ``part.doc_ids`` order), then its completion record. A list of
+        matrices (token payloads: one ``[tokens, dim]`` per document) is stored concatenated with the lengths."""
         if len(encoded) != len(part.doc_ids):
             raise ValueError(f"part {part.number}: {len(encoded)} encodings for {len(part.doc_ids)} documents")
         data, record = self._paths(part.number)
+        if isinstance(encoded, list):
+            tensors = {"tokens": np.ascontiguousarray(np.concatenate(encoded)),
+                       "lengths": np.array([len(m) for m in encoded], dtype=np.int64)}
+        else:
+            tensors = {"encoded": np.ascontiguousarray(encoded)}
         with atomic_path(data) as tmp:
-            save_file({"encoded": np.ascontiguousarray(encoded)}, str(tmp))
+            save_file(tensors, str(tmp))
         atomic_write_text(record, json.dumps({"rows": len(part.doc_ids), "ids": _ids_digest(part.doc_ids),
                                               "sha256": sha256_file(data)}))
 
-    def read(self, part: Part) -> np.ndarray:
-        return load_file(str(self._paths(part.number)[0]))["encoded"]
+    def read(self, part: Part) -> np.ndarray | list[np.ndarray]:
+        tensors = load_file(str(self._paths(part.number)[0]))
+        if "lengths" in tensors:
+            return np.split(tensors["tokens"], np.cumsum(tensors["lengths"])[:-1])
+        return tensors["encoded"]
 
 
 class PartEncoder:
@@ -111,7 +120,7 @@ class PartEncoder:
         configure_process(threads)
         self.encoder = load_query_encoder(kinds.get(kind), model, num_threads=threads)
 
-    def encode(self, number: int, texts: list[str]) -> tuple[int, np.ndarray]:
+    def encode(self, number: int, texts: list[str]) -> tuple[int, np.ndarray | list[np.ndarray]]:
         return number, self.encoder.encode_documents(texts)
 
     def ready(self) -> bool:

@@ -266,3 +266,21 @@ def test_swap_sends_the_version_relative_to_the_models_root_and_never_echoes_the
     with pytest.raises(ValueError, match="without credentials"):
         swap_server("https://user:pw@serve.example.com", "dense", version, tmp_path / "models")
     assert len(sent) == 2
+
+
+def test_reindex_of_a_token_kind_equals_retrec_index(tiny_data: Path, tmp_path: Path) -> None:
+    """Token payloads (one matrix per document) travel through the parts store; float16 stores are not reused."""
+    from tests.tiny_models import tiny_multivector_encoder
+
+    model = tiny_multivector_encoder(tmp_path / "mv")
+    ids, texts = corpus_texts(read_corpus(tiny_data))
+    built = build_from_texts(index_kind("muvera"), ids, texts, model=model, shards=2)
+    indexed = publish_index(built.index, tmp_path / "index-muvera", "x", texts=(ids, texts), encoder=built.encoder)
+    config = ReindexConfig(kind="muvera", data=tiny_data, out=tmp_path / "muvera", model=model, shards=2, local=True,
+                           part_size=64, progress=False)
+    first = reindex(config)
+    payload = {k: v for k, v in _files(first.version).items() if k.startswith("shards/")}
+    assert payload == {k: v for k, v in _files(indexed).items() if k.startswith("shards/")}
+    again = reindex(config)  # nothing changed, yet the lossy float16 store is encoded again, to the same files
+    assert again.report["plan"]["reused"] == 0 and again.report["plan"]["encode"] == 300
+    assert {k: v for k, v in _files(again.version).items() if k.startswith("shards/")} == payload
