@@ -40,8 +40,11 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import json
 import os
 import threading
+import types
+import typing
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
@@ -251,11 +254,32 @@ def call(ref: str, *args: Any, **options: Any) -> Any:
 
 def check_params(ref: str, params: dict[str, Any], what: str, reserved: tuple[str, ...] = ()) -> None:
     """Refuse user parameters (``--param NAME=VALUE``) that hook ``ref`` does not name in its signature (a
-    ``**kwargs`` catch-all accepts none of them) or that the caller sets itself (``reserved``); ValueError
-    listing what it takes."""
-    params_of = inspect.signature(resolve(ref)).parameters.values()
+    ``**kwargs`` catch-all accepts none of them), that the caller sets itself (``reserved``), or whose value is
+    not of the annotated type (int, float, bool, str, or None where allowed); ValueError saying what it takes."""
+    fn = resolve(ref)
+    params_of = inspect.signature(fn).parameters.values()
     named = {p.name for p in params_of if p.kind is inspect.Parameter.KEYWORD_ONLY} - set(reserved)
     unknown = sorted(set(params) - named)
     if unknown:
         takes = ", ".join(sorted(named)) or "none"
         raise ValueError(f"{what} takes no parameter {', '.join(unknown)} (its parameters: {takes})")
+    hints = typing.get_type_hints(fn)
+    for name, value in params.items():
+        allowed = _plain_types(hints.get(name))
+        if allowed and not any(_is_a(value, t) for t in allowed):
+            expected = " or ".join("null" if t is type(None) else t.__name__ for t in allowed)
+            raise ValueError(f"{what}: parameter {name} must be {expected}, got {json.dumps(value)}")
+
+
+def _plain_types(hint: Any) -> tuple[type, ...]:
+    """The plain types an annotation allows (``int | None`` → int, NoneType); () when it is anything else."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return tuple(args) if all(a in (int, float, bool, str, type(None)) for a in args) else ()
+
+
+def _is_a(value: Any, expected: type) -> bool:
+    if expected is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, expected)

@@ -36,6 +36,7 @@ from retrec.bundle import BundleError, Manifest, load_bundle, publish, read_mani
 from retrec.index.retriever import Hits
 
 DOCUMENTS = "documents.parquet"  # in every index version: doc_id and the sha256 of the text it indexed
+LOAD_ARGS = ("shard", "encoder", "verify", "use_gpu")  # set by open_index and serving, never by index_options
 ENCODING_KEY = "retrec.encoding"  # documents.parquet metadata: the encoder identity of an encoded kind's vectors
 
 
@@ -156,7 +157,7 @@ def open_index(
     elif model is not None:
         raise BundleError(f"{path}: a {kind.kind} index searches with the query text; it takes no model")
     if index_options:
-        kinds.check_params(kind.load, index_options, f"a {kind.kind} index", ("shard", "encoder", "verify", "use_gpu"))
+        kinds.check_params(kind.load, index_options, f"a {kind.kind} index", LOAD_ARGS)
     args: dict[str, Any] = {**(index_options or {}), "verify": verify, "use_gpu": use_gpu}
     if encoder is not None:
         args["encoder"] = encoder.manifest

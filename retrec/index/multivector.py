@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,9 +49,10 @@ KINDS = (MUVERA_INDEX, MAXSIM_INDEX)
 DEFAULT_CANDIDATES = 100
 FDE_DEFAULTS: dict[str, Any] = {"repetitions": 20, "simhash_bits": 5, "projection_dim": 16}
 _EXACT_BLOCK = 1 << 18  # token rows scored at once by brute force (bounds the similarity matrix)
+_FDE_CHUNK = 16_384  # documents whose FDEs are encoded and added at once
 
 
-@dataclass
+@dataclass(eq=False)
 class TokenShard:
     """One shard: doc ids, each document's first row and token count, the float16 token matrix, the FDE index."""
 
@@ -60,10 +61,11 @@ class TokenShard:
     lengths: np.ndarray  # int64 [n]
     tokens: np.ndarray  # float16 [total tokens, dim] (memory-mapped when loaded)
     fde: faiss.Index | None = None
-    _tokens32: np.ndarray | None = None
+    _tokens32: np.ndarray | None = field(default=None, repr=False)
 
     def exact(self) -> np.ndarray:
-        """The token matrix as float32 (brute force reads every row; converted once)."""
+        """The token matrix as float32 (brute force reads every row; converted once and kept: 4 bytes per value,
+        a reference for evaluation rather than a way to serve a large corpus)."""
         if self._tokens32 is None:
             self._tokens32 = np.asarray(self.tokens, dtype=np.float32)
         return self._tokens32
@@ -136,7 +138,7 @@ class MultiVectorIndex:
         scores = np.empty(len(shard.ids), dtype=np.float32)
         first = 0
         while first < len(shard.ids):  # blocks of whole documents, about _EXACT_BLOCK rows each
-            last = int(np.searchsorted(shard.offsets, shard.offsets[first] + _EXACT_BLOCK, side="right"))
+            last = int(np.searchsorted(shard.offsets, shard.offsets[first] + _EXACT_BLOCK, side="left"))
             last = max(last, first + 1)
             lo, hi = int(shard.offsets[first]), int(shard.offsets[last - 1] + shard.lengths[last - 1])
             scores[first:last] = _maxsim_rows(query, tokens[lo:hi], shard.offsets[first:last] - lo)
@@ -150,8 +152,12 @@ class MultiVectorIndex:
         return _maxsim_rows(query, np.concatenate(parts).astype(np.float32), starts)
 
     def search(self, queries: Sequence[np.ndarray], k: int, candidates: int | None = None) -> list[Hits]:
-        """Top-``k`` ``(doc_id, MaxSim)`` per query token matrix; MUVERA re-ranks ``candidates`` in total."""
+        """Top-``k`` ``(doc_id, MaxSim)`` per query token matrix. MUVERA re-ranks ``candidates`` documents in total
+        (``ceil(candidates / shards)`` per shard) and returns at most that many, whatever ``k``: a larger ``k``
+        (e.g. for Recall@1000) needs as many candidates."""
         queries = self._check(queries)
+        if candidates is not None and candidates < 1:
+            raise ValueError(f"candidates must be positive, got {candidates}")
         if k <= 0 or not queries:
             return [[] for _ in queries]
         per_shard = math.ceil((candidates or self.candidates) / self.total_shards)
@@ -171,6 +177,9 @@ class MultiVectorIndex:
                     shard_scores = self._rerank(s, query, rows) if len(rows) else np.zeros(0, np.float32)
                 scores.append(shard_scores)
                 keys.append(self._keys[s][rows])
+            if not scores:  # every shard held here is empty
+                out.append([])
+                continue
             all_scores, all_keys = np.concatenate(scores), np.concatenate(keys)
             order = np.lexsort((-all_keys, -all_scores))[:k]
             out.append(list(zip(self._ids_by_rank[all_keys[order]].tolist(), all_scores[order].tolist())))
@@ -210,6 +219,22 @@ class MultiVectorIndex:
         return pub.manifest
 
 
+def _fde_index(fde: FDEConfig, factory: str, sets: list[np.ndarray], shard: int) -> faiss.Index:
+    """A FAISS index (``factory``, inner product) over the documents' FDEs, encoded :data:`_FDE_CHUNK` at a time
+    (a trained factory learns from the first chunk)."""
+    index = faiss.index_factory(fde.output_dim, factory, faiss.METRIC_INNER_PRODUCT)
+    for start in range(0, len(sets), _FDE_CHUNK):
+        vectors = fde_documents(sets[start:start + _FDE_CHUNK], fde)
+        if not index.is_trained:
+            try:
+                index.train(vectors)
+            except RuntimeError as exc:
+                raise ValueError(f"shard {shard}: cannot train {factory!r} on {len(vectors)} FDEs ({exc}); use "
+                                 "fewer shards/lists or a Flat/HNSW factory") from exc
+        index.add(vectors)
+    return index
+
+
 def assemble(kind: str, doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *, encoder: Any,
              factory: str | None = None, shards: int = 1, candidates: int = DEFAULT_CANDIDATES,
              **fde_options: Any) -> MultiVectorIndex:
@@ -231,21 +256,12 @@ def assemble(kind: str, doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *
     for s in range(shards):
         rows = np.flatnonzero(assignment == s)
         lengths = np.array([len(encoded[i]) for i in rows], dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]]).astype(np.int64)
+        offsets = np.cumsum(lengths) - lengths  # each document's first row
         tokens = (np.concatenate([np.asarray(encoded[i], np.float16) for i in rows]) if len(rows)
                   else np.zeros((0, dim), np.float16))
         index = None
         if fde is not None:
-            index = faiss.index_factory(fde.output_dim, factory or "Flat", faiss.METRIC_INNER_PRODUCT)
-            vectors = fde_documents([encoded[i] for i in rows], fde) if len(rows) else None
-            if vectors is not None:
-                if not index.is_trained:
-                    try:
-                        index.train(vectors)
-                    except RuntimeError as exc:
-                        raise ValueError(f"shard {s}: cannot train {factory!r} on {len(rows)} FDEs ({exc}); use "
-                                         "fewer shards/lists or a Flat/HNSW factory") from exc
-                index.add(vectors)
+            index = _fde_index(fde, factory or "Flat", [encoded[i] for i in rows], s)
         parts.append(TokenShard([doc_ids[i] for i in rows], offsets, lengths, tokens, index))
     ref["similarity"] = "maxsim"
     return MultiVectorIndex(parts, kind=kind, dim=dim, fde=fde, factory=(factory or "Flat") if fde else None,
@@ -290,6 +306,7 @@ def build_maxsim(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, 
 
 
 def index_check_ref(manifest: Manifest) -> dict[str, Any]:
+    """What :func:`~retrec.index.faiss_index.check_encoder` compares, read from a multi-vector manifest."""
     enc = manifest.config.get("encoder") or {}
     return {"dim": manifest.dims["dim"], "similarity": "maxsim", "encoder_name": enc.get("name"),
             "encoder_version": enc.get("version")}
@@ -307,23 +324,38 @@ def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest 
     manifest = load_bundle(path, verify=verify)
     if manifest.kind not in KINDS:
         raise BundleError(f"{path}: a {manifest.kind!r} bundle, not {' or '.join(KINDS)}")
+    try:
+        return _load(manifest, path, shard, encoder, candidates, search_params, mmap)
+    except (KeyError, TypeError, ValueError) as exc:  # a manifest or table of another shape
+        raise BundleError(f"{path}: not a readable {manifest.kind} version ({type(exc).__name__}: {exc})") from None
+
+
+def _load(manifest: Manifest, path: str | Path, shard: int | None, encoder: Manifest | Mapping[str, Any] | None,
+          candidates: int | None, search_params: str | None, mmap: bool) -> MultiVectorIndex:
     config, dims = manifest.config, manifest.dims
     if encoder is not None:
         check_encoder(index_check_ref(manifest), encoder, where=str(path))
     count = int(config["shards"])
+    if count < 1 or len(dims["shard_documents"]) != count:
+        raise BundleError(f"{path}: {count} shards for {len(dims['shard_documents'])} shard sizes")
     wanted = list(range(count)) if shard is None else [shard]
     if any(not 0 <= s < count for s in wanted):
         raise BundleError(f"{path}: has {count} shards, cannot load shard {shard}")
     dim = int(dims["dim"])
     fde = FDEConfig(**config["fde"]) if manifest.kind == MUVERA_INDEX else None
+    if fde is not None and fde.dim != dim:
+        raise BundleError(f"{path}: FDE parameters for dim {fde.dim}, tokens of dim {dim}")
     parts = []
     for s in wanted:
         table = pq.read_table(manifest.file(f"shards/{s:03d}.docs.parquet"))
         tokens = np.load(manifest.file(f"shards/{s:03d}.tokens.npy"), mmap_mode="r" if mmap else None,
                          allow_pickle=False)
         offsets, lengths = (table.column(c).to_numpy().astype(np.int64) for c in ("offset", "length"))
-        if tokens.dtype != np.float16 or tokens.ndim != 2 or tokens.shape[1] != dim or \
-                (len(lengths) and (offsets.min() < 0 or (offsets + lengths).max() > len(tokens) or lengths.min() < 1)):
+        contiguous = np.cumsum(lengths) - lengths
+        if (tokens.dtype != np.float16 or tokens.ndim != 2 or tokens.shape[1] != dim
+                or len(lengths) != int(dims["shard_documents"][s])
+                or (len(lengths) and (lengths.min() < 1 or lengths.max() > len(tokens)))
+                or int(lengths.sum()) != len(tokens) or not np.array_equal(offsets, contiguous)):
             raise BundleError(f"{path}: shard {s}'s token store does not match its document table or dim {dim}")
         index = None
         if fde is not None:

@@ -4,7 +4,7 @@ The demo is the list :data:`STEPS` of step functions, numbered when run; each ca
 so the demo always shows the whole product. Indexes are built, published and opened through the registry of
 kinds (as ``retrec index`` / ``retrec eval --index`` do), recommenders evaluated through it (as ``eval-rec``).
 It writes ``WORKDIR/data``, ``WORKDIR/runs/bm25.run`` and the bundles ``WORKDIR/bundles/{bm25,encoder,dense,
-bert4rec}`` that the serving step (:func:`retrec.serving.launch.demo_config`) serves.
+multivector,muvera,bert4rec}`` that the serving step (:func:`retrec.serving.launch.demo_config`) serves.
 
 Example::
 
@@ -30,7 +30,9 @@ from retrec.pipelines.metrics import RETRIEVAL_MEASURES
 from retrec.pipelines.recommenders import BASELINES, build_recommender, vocabulary_of
 from retrec.pipelines.retrievers import build_from_texts
 from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
+from retrec.pipelines.train_config import MultivectorTrainConfig
 from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
+from retrec.pipelines.train_multivector import train_multivector
 
 # Small and quick: the demo shows the pipeline end to end, it makes no claims.
 DEMO_BERT4REC = TrainConfig(max_len=20, mask_prob=0.2, hidden=64, layers=2, heads=2, batch_size=16, lr=1e-3,
@@ -38,6 +40,9 @@ DEMO_BERT4REC = TrainConfig(max_len=20, mask_prob=0.2, hidden=64, layers=2, head
 DEMO_DENSE = DenseTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=2.0, max_query_length=32,
                               max_doc_length=128, dev_max_queries=20, dev_candidates=10, quantize=False,
                               checkpoint_every=1_000)
+DEMO_MULTIVECTOR = MultivectorTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=2.0, max_doc_length=128,
+                                          dev_max_queries=20, dev_candidates=10, quantize=False, pca_documents=200,
+                                          checkpoint_every=1_000)
 
 
 @dataclass
@@ -86,6 +91,19 @@ def step_dense(demo: Demo, title: str) -> None:
                   encoder=trained.encoder)
     demo.retrievers["dense zero-shot"] = build_from_texts(dense, ids, texts)  # the kind's default encoder
     demo.retrievers["dense trained"] = trained
+
+
+def step_multivector(demo: Demo, title: str) -> None:
+    console.print(f"[bold]{title}[/]: ColBERT-style token encoder fine-tuned from MiniLM (short budget); exact MaxSim "
+                  "and MUVERA (FDEs in FAISS, 100 candidates re-ranked by MaxSim)")
+    assert demo.data_dir is not None
+    model = train_multivector(demo.data_dir, demo.bundle_dir / "multivector", DEMO_MULTIVECTOR, command="retrec demo")
+    ids, texts = demo.documents()
+    muvera = build_from_texts(index_kind("muvera"), ids, texts, model=model, shards=2)
+    publish_index(muvera.index, demo.bundle_dir / "muvera", name="demo-muvera", texts=(ids, texts),
+                  encoder=muvera.encoder)
+    demo.retrievers["maxsim"] = build_from_texts(index_kind("maxsim"), ids, texts, model=model)
+    demo.retrievers["muvera"] = open_index(demo.bundle_dir / "muvera")
 
 
 def step_retrieval(demo: Demo, title: str) -> None:
@@ -184,6 +202,7 @@ STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
     ("data", step_data),
     ("index", step_index),
     ("dense", step_dense),
+    ("multi-vector", step_multivector),
     ("retrieval", step_retrieval),
     ("BERT4Rec", step_bert4rec),
     ("recommendation", step_recommendation),

@@ -60,7 +60,6 @@ def build_from_texts(
 
 
 BUILD_ARGS = ("encoder", "factory", "shards", "progress", "cache", "use_gpu")  # set by the caller, not --param
-LOAD_ARGS = ("shard", "encoder", "verify", "use_gpu")
 
 
 def build_retriever(name: str, data: RetrievalData, model: str | Path | None = None, progress: bool = True,

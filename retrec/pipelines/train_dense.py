@@ -312,6 +312,21 @@ def onnx_max_abs_diff(model: TextEncoder, tokenizer: TextTokenizer, bundle: Any,
     return float(np.abs(torch_vecs - onnx_vecs).max())
 
 
+def run_metrics(run: TrainRun, ts: TrainingSet, start_key: str) -> dict[str, Any]:
+    """The manifest metrics of a bi-encoder run: dev nDCG@10 of the exported weights and of the start
+    (``start_key``), the gain, the best step, the splits' sizes, steps and seconds."""
+    devs = [c[DEV_METRIC] for c in run.curve if c.get(DEV_METRIC) is not None]
+    state = run.state
+    start = devs[0] if devs else None
+    exported = state.best if devs and state.best_step >= 0 else (devs[-1] if devs else None)
+    return {DEV_METRIC: exported, start_key: start,
+            "dev_gain": None if start is None or exported is None else round(exported - start, 6),
+            "improved_on_start": None if not devs else state.best_step > 0, "best_step": state.best_step,
+            "dev_queries": len(ts.dev_ids), "dev_source": ts.dev_source, "train_queries": len(ts.query_ids),
+            "steps": state.step, "epochs_completed": state.epoch, "train_seconds": round(state.seconds, 1),
+            "dev_seconds": round(state.eval_seconds, 1)}
+
+
 class DenseAdapter(TorchAdapter):
     """TAS-B steps for :func:`~retrec.pipelines.train_loop.run_training`; exports the ONNX bundle."""
 
@@ -357,17 +372,7 @@ class DenseAdapter(TorchAdapter):
                                  cfg.max_doc_length)
         if diff > 1e-4:  # raised inside the publication: nothing is published
             raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> 1e-4) on corpus documents")
-        devs = [c[DEV_METRIC] for c in run.curve if c.get(DEV_METRIC) is not None]
-        state = run.state
-        start = devs[0] if devs else None
-        exported = state.best if devs and state.best_step >= 0 else (devs[-1] if devs else None)
-        metrics = {DEV_METRIC: exported, "dev_nDCG@10_zero_shot": start,
-                   "dev_gain": None if start is None or exported is None else round(exported - start, 6),
-                   "improved_on_start": None if not devs else state.best_step > 0, "best_step": state.best_step,
-                   "dev_queries": len(ts.dev_ids), "dev_source": ts.dev_source, "train_queries": len(ts.query_ids),
-                   "steps": state.step, "epochs_completed": state.epoch, "train_seconds": round(state.seconds, 1),
-                   "dev_seconds": round(state.eval_seconds, 1),
-                   "onnx_max_abs_diff": diff}
+        metrics = {**run_metrics(run, ts, "dev_nDCG@10_zero_shot"), "onnx_max_abs_diff": diff}
         config = {**config, "base_model_revision": self.base.revision, "train": asdict(cfg),
                   "train_precision": self.precision,
                   "teacher": self.teacher.description}

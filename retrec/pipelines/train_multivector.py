@@ -57,9 +57,11 @@ from retrec.pipelines.train_dense import (
     dev_candidates,
     judged_mask,
     plan_epoch,
+    run_metrics,
     training_set,
 )
 from retrec.pipelines.train_loop import TorchAdapter, TrainRun, run_training, text_loop_config
+from retrec.runtime.fde import maxsim
 from retrec.runtime.token_encoder import OnnxTokenEncoder
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer, punctuation_ids
 
@@ -69,6 +71,7 @@ DEV_METRIC = "dev_nDCG@10"
 
 
 def model_config(cfg: MultivectorTrainConfig, base: BaseModel) -> MultivectorConfig:
+    """What the bundle records about its encoder, from the training options."""
     return MultivectorConfig(dim=cfg.dim, max_query_length=cfg.max_query_length, max_doc_length=cfg.max_doc_length,
                              query_augment=cfg.query_augment, skip_punctuation=cfg.skip_punctuation,
                              base_model=base.name)
@@ -77,6 +80,7 @@ def model_config(cfg: MultivectorTrainConfig, base: BaseModel) -> MultivectorCon
 def step_loss(model: TokenEncoder, tokenizer: TextTokenizer, step: Step, ts: TrainingSet, teacher: Teacher,
               cfg: MultivectorTrainConfig, mcfg: MultivectorConfig, skip: np.ndarray,
               precision: str = "fp32") -> tuple[torch.Tensor, dict[str, float]]:
+    """In-batch cross-entropy over MaxSim (judged-relevant negatives masked) + optional Margin-MSE distillation."""
     docs = np.concatenate([step.positives, step.negatives])
     with autocast(precision):
         q, qmask = encode_queries(model, tokenizer, [ts.query_texts[x] for x in step.queries], mcfg)
@@ -103,18 +107,13 @@ def dev_ndcg(model: TokenEncoder, tokenizer: TextTokenizer, ts: TrainingSet, can
     """nDCG@10 of MaxSim re-ranking the miners' candidates of the dev queries (torch, eval mode)."""
     if not cands:
         return None
-    was = model.training
-    model.eval()
     rows = np.unique(np.concatenate(list(cands.values())))
     where = {int(r): i for i, r in enumerate(rows)}
-    with autocast(precision):
+    with autocast(precision):  # token_vectors runs the model in eval mode and restores its mode
         docs = token_vectors(model, tokenizer, [ts.doc_texts[i] for i in rows], mcfg, skip, query=False)
         queries = token_vectors(model, tokenizer, [ts.query_texts[q] for q in cands], mcfg, skip, query=True)
-    model.train(was)
-    run = {}
-    for qv, (q, cand) in zip(queries, cands.items()):
-        scores = [float((qv @ docs[where[int(r)]].T).max(axis=1).sum()) for r in cand]
-        run[q] = {ts.doc_ids[int(r)]: s for r, s in zip(cand, scores)}
+    run = {q: {ts.doc_ids[int(r)]: maxsim(qv, docs[where[int(r)]]) for r in cand}
+           for qv, (q, cand) in zip(queries, cands.items())}
     mean, _ = evaluate_run({q: ts.dev_qrels[q] for q in cands}, run, ["nDCG@10"])
     return mean["nDCG@10"]
 
@@ -177,16 +176,7 @@ class MultivectorAdapter(TorchAdapter):
             diff = max(diff, *(float(np.abs(g - e).max()) for g, e in zip(got, expected)))
         if diff > 1e-4:  # raised inside the publication: nothing is published
             raise RuntimeError(f"ONNX export differs from torch by {diff:.2e} (> 1e-4) on corpus texts")
-        devs = [c[DEV_METRIC] for c in run.curve if c.get(DEV_METRIC) is not None]
-        state = run.state
-        start = devs[0] if devs else None
-        exported = state.best if devs and state.best_step >= 0 else (devs[-1] if devs else None)
-        metrics = {DEV_METRIC: exported, "dev_nDCG@10_start": start,
-                   "dev_gain": None if start is None or exported is None else round(exported - start, 6),
-                   "improved_on_start": None if not devs else state.best_step > 0, "best_step": state.best_step,
-                   "dev_queries": len(ts.dev_ids), "dev_source": ts.dev_source, "train_queries": len(ts.query_ids),
-                   "steps": state.step, "epochs_completed": state.epoch, "train_seconds": round(state.seconds, 1),
-                   "dev_seconds": round(state.eval_seconds, 1), "onnx_max_abs_diff": diff}
+        metrics = {**run_metrics(run, ts, "dev_nDCG@10_start"), "onnx_max_abs_diff": diff}
         config = {**config, "base_model_revision": self.base.revision, "train": asdict(cfg),
                   "train_precision": self.precision, "teacher": self.teacher.description}
         return {**fields, "config": config, "metrics": metrics}

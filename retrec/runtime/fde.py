@@ -37,6 +37,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 MAX_SIMHASH_BITS = 16
+MAX_RAW_DIM = 1 << 22  # floats per encoding before the final projection (16 MiB a vector): a bound on what a
+# manifest can make a search allocate
 _CHUNK_TOKENS = 1 << 16  # tokens per vectorised step (bounds the temporary arrays)
 
 
@@ -53,6 +55,13 @@ class FDEConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        for name in ("dim", "repetitions", "simhash_bits", "seed", "projection_dim", "final_dim"):
+            value = getattr(self, name)
+            if not (value is None and name in ("projection_dim", "final_dim")) and (
+                    not isinstance(value, int) or isinstance(value, bool)):
+                raise ValueError(f"{name} must be an integer, got {value!r}")
+        if not isinstance(self.fill_empty, bool):
+            raise ValueError(f"fill_empty must be true or false, got {self.fill_empty!r}")
         if self.dim < 1 or self.repetitions < 1:
             raise ValueError(f"FDE needs dim >= 1 and repetitions >= 1, got {self.dim}, {self.repetitions}")
         if not 0 <= self.simhash_bits <= MAX_SIMHASH_BITS:
@@ -61,6 +70,9 @@ class FDEConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.raw_dim > MAX_RAW_DIM:
+            raise ValueError(f"an FDE of {self.raw_dim} values (repetitions x 2^simhash_bits x block dimension) "
+                             f"exceeds {MAX_RAW_DIM}; use fewer repetitions or bits, or a projection_dim")
 
     @property
     def partitions(self) -> int:

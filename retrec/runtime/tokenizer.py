@@ -20,6 +20,7 @@ import importlib.util
 import shutil
 import string
 import threading
+import unicodedata
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -178,11 +179,14 @@ MASK_TOKEN = "[MASK]"
 
 
 def punctuation_ids(tokenizer: TextTokenizer) -> list[int]:
-    """Ids of the vocabulary's tokens made only of punctuation (``.``, ``,``, ``##)``, ...): ColBERT's skip-list."""
-    punct = set(string.punctuation)
+    """Ids of the vocabulary's tokens made only of punctuation (ASCII or Unicode ``P*``: ``.``, ``,``, ``##)``,
+    ``“``, ...): ColBERT's skip-list."""
+    def punctuation(c: str) -> bool:
+        return c in string.punctuation or unicodedata.category(c).startswith("P")
+
     vocab = tokenizer._base.get_vocab()
     return sorted(i for tok, i in vocab.items()
-                  if (body := tok.removeprefix("##")) and all(c in punct for c in body))
+                  if (body := tok.removeprefix("##")) and all(punctuation(c) for c in body))
 
 
 def mask_id(tokenizer: TextTokenizer) -> int:

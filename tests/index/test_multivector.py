@@ -45,7 +45,8 @@ def corpus(n: int = 120, dim: int = 8, seed: int = 0) -> tuple[list[str], list[n
 
 def brute_force(ids: list[str], docs: list[np.ndarray], query: np.ndarray, k: int) -> list[tuple[str, float]]:
     scores = [maxsim(query, d.astype(np.float16).astype(np.float32)) for d in docs]
-    return sorted(zip(ids, scores), key=lambda h: (-h[1], [-ord(c) for c in h[0]]))[:k]
+    by_id_desc = sorted(zip(ids, scores), key=lambda h: h[0], reverse=True)
+    return sorted(by_id_desc, key=lambda h: -h[1])[:k]  # stable: score desc, then doc_id desc
 
 
 @pytest.mark.parametrize("shards", [1, 3])
@@ -137,3 +138,57 @@ def test_built_from_texts_with_a_real_token_encoder(tmp_path: Path) -> None:
     assert [d for d, _ in hits] == [d for d, _ in exact]  # 40 documents, 100 candidates: exact
     config = json.loads((path / "manifest.json").read_text())["config"]
     assert config["encoder"]["name"] == "tiny-multivector" and config["candidates"] == 100
+
+
+def test_an_empty_shard_answers_nothing(tmp_path: Path) -> None:
+    ids, docs, queries = corpus(3)
+    assemble_maxsim(ids, docs, encoder=FakeEncoder(tmp_path / "enc"), shards=8).save(tmp_path / "idx")
+    sizes = read_manifest(tmp_path / "idx").dims["shard_documents"]
+    empty = sizes.index(0)
+    assert load_index(tmp_path / "idx", shard=empty).search(queries, 5) == [[] for _ in queries]
+
+
+def _rewrite(path: Path, edit) -> None:
+    """Apply ``edit`` to a saved version's manifest, then re-manifest it (as a forger would, checksums valid)."""
+    from retrec.bundle import write_manifest
+
+    m = read_manifest(path)
+    config, dims = json.loads(json.dumps(m.config)), json.loads(json.dumps(m.dims))
+    edit(path, config, dims)
+    write_manifest(path, kind=m.kind, name=m.name, version=m.version, config=config, dims=dims)
+
+
+@pytest.mark.parametrize("forgery", ["offsets", "shards", "huge_fde", "float_fde"])
+def test_forged_versions_are_refused_at_load(tmp_path: Path, forgery: str) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    ids, docs, _ = corpus(30)
+    assemble_muvera(ids, docs, encoder=FakeEncoder(tmp_path / "enc"), repetitions=2, simhash_bits=2,
+                    projection_dim=4, final_dim=16).save(tmp_path / "idx")
+
+    def edit(path: Path, config: dict, dims: dict) -> None:
+        if forgery == "offsets":  # a gap: document 0 would read rows of document 1
+            table = pq.read_table(path / "shards" / "000.docs.parquet").to_pydict()
+            table["offset"] = [o + (3 if i else 0) for i, o in enumerate(table["offset"])]
+            pq.write_table(pa.table(table), path / "shards" / "000.docs.parquet")
+        elif forgery == "shards":
+            config["shards"] = 0
+        elif forgery == "huge_fde":  # the same final_dim, a raw encoding of billions of values per search
+            config["fde"].update(repetitions=4096, simhash_bits=16, projection_dim=None)
+        else:
+            config["fde"]["repetitions"] = 2.5
+
+    _rewrite(tmp_path / "idx", edit)
+    with pytest.raises(BundleError):
+        load_index(tmp_path / "idx")
+
+
+def test_param_values_of_the_wrong_type_are_refused() -> None:
+    from retrec import kinds
+
+    ref = kinds.get("index/muvera").build
+    kinds.check_params(ref, {"candidates": 50, "projection_dim": None, "repetitions": 8}, "muvera")
+    for bad in ({"candidates": "abc"}, {"simhash_bits": 5.5}, {"repetitions": True}, {"projection_dim": "x"}):
+        with pytest.raises(ValueError, match="must be int"):
+            kinds.check_params(ref, bad, "muvera")

@@ -13,8 +13,8 @@ import ray
 
 from retrec.data.beir import load_retrieval_data
 from retrec.index.bm25_index import BM25Index
-from retrec.index.generic import build_index, index_kind, open_index, publish_index
 from retrec.index.fusion import rrf
+from retrec.index.generic import build_index, index_kind, open_index, publish_index
 from retrec.runtime.token_encoder import OnnxTokenEncoder
 from tests.tiny_models import tiny_multivector_encoder
 
