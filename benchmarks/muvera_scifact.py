@@ -15,7 +15,7 @@ library's own index classes (what `retrec eval --retriever maxsim|muvera` runs):
 - with ``--dense``, the trained dense bi-encoder on the same queries (acceptance 3's peer), with a paired test.
 
 Both searches use the same threads (``--threads``: BLAS and FAISS). ``--plot`` draws recall against latency per
-setting (matplotlib: ``pip install -e .[plot]``).
+setting (matplotlib: ``pip install -c requirements.txt -c requirements-plot.txt ".[plot]"``).
 """
 
 from __future__ import annotations

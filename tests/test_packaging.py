@@ -224,3 +224,11 @@ def test_commands_without_extras_say_which_to_install(tiny_data: Path, tmp_path:
         # [cpu] for FAISS/ONNX Runtime/Ray; zero-shot dense also exports MiniLM with torch: [cpu,train]
         assert "pip install 'retrec[cpu" in result["err"] and "Traceback" not in result["err"]
     assert train["code"] == 2 and "PyTorch is not installed" in train["err"] and "'retrec[cpu,train]'" in train["err"]
+
+
+def test_the_plot_extra_is_pinned_in_its_own_lock() -> None:
+    """Benchmarks' figures: `pip install -c requirements.txt -c requirements-plot.txt ".[plot]"`; CI does not."""
+    lock = _lock("requirements-plot.txt")
+    for req in _reqs(EXTRAS["plot"]):
+        assert req.specifier.contains(lock[canonicalize_name(req.name)]), f"{req} does not admit its pin"
+    assert not set(lock) & set(_lock("requirements.txt")), "a plot pin repeats (or contradicts) the main lock"
