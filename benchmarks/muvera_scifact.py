@@ -1,7 +1,7 @@
 """MUVERA against exact MaxSim with one trained multi-vector model (issue 16, acceptance 2, 3 and 4), one run.
 
     python benchmarks/muvera_scifact.py --data ../shared/data/scifact --model runs/mv-scifact \
-        [--dense runs/dense-tasb2/default] [--settings 20:5:16,40:5:16] [--factories Flat,PQ256x8np] \
+        [--dense runs/dense-tasb2/default] [--settings 20:4:32,20:5:16] [--factories "auto;Flat;PQ640x8np"] \
         [--candidates 20,50,100,200] [--json out.json] [--plot out.png]
 
 Encodes the test corpus's documents and queries once with the bundle's ONNX token encoder, then, over the
@@ -31,8 +31,9 @@ ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDe
 ap.add_argument("--data", type=Path, default=Path("../shared/data/scifact"))
 ap.add_argument("--model", type=Path, required=True, help="a model/multivector bundle")
 ap.add_argument("--dense", type=Path, help="a model/dense bundle to compare with (same queries, same run)")
-ap.add_argument("--settings", default="10:5:16,20:5:16,40:5:16,20:4:32", help="FDE repetitions:bits:projection_dim")
-ap.add_argument("--factories", default="Flat", help="FAISS factories for the FDE index (comma-separated)")
+ap.add_argument("--settings", default="20:4:32,20:5:16,10:4:32", help="FDE repetitions:bits:projection_dim")
+ap.add_argument("--factories", default="auto;Flat",
+                help="FAISS factories for the FDE index, ';'-separated (auto: the kind's default, default_factory)")
 ap.add_argument("--candidates", default="20,50,100,200")
 ap.add_argument("--threads", type=int, default=2)
 ap.add_argument("--json", type=Path)
@@ -105,10 +106,10 @@ def main() -> None:
     for setting in args.settings.split(","):
         reps, bits, proj = (int(x) for x in setting.split(":"))
         correlation = None
-        for factory in args.factories.split(","):
+        for factory in args.factories.split(";"):
             t0 = time.perf_counter()
-            index = assemble_muvera(doc_ids, docs, encoder=encoder, factory=factory, repetitions=reps,
-                                    simhash_bits=bits, projection_dim=proj)
+            index = assemble_muvera(doc_ids, docs, encoder=encoder, factory=None if factory == "auto" else factory,
+                                    repetitions=reps, simhash_bits=bits, projection_dim=proj)
             build_s = time.perf_counter() - t0
             shard = index.shards[0]
             if correlation is None:  # how well FDE inner products track exact MaxSim (acceptance 1)
@@ -126,7 +127,8 @@ def main() -> None:
                 name = f"muvera R{reps} b{bits} p{proj} {factory} c{c}"
                 res = evaluate_hits(name, dict(zip(qids, hits)), qrels, measures=("nDCG@10",))
                 systems[name] = res
-                row = {"repetitions": reps, "simhash_bits": bits, "projection_dim": proj, "factory": factory,
+                row = {"repetitions": reps, "simhash_bits": bits, "projection_dim": proj,
+                       "factory": shard.fde_factory + (" (default)" if factory == "auto" else ""),
                        "fde_dim": index.fde.output_dim, "candidates": c, "recall_of_exact_top10": round(recall, 4),
                        "nDCG@10": res.metrics["nDCG@10"], "latency_ms": ms(lat),
                        "speedup_p50": round(float(np.percentile(exact_ms, 50) / np.percentile(lat, 50)), 1),

@@ -124,11 +124,12 @@ BUILTIN: tuple[Kind, ...] = (
          encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "Flat"}),
     Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",
          load="retrec.runtime.onnx_encoder:OnnxEncoder"),
-    Kind(MUVERA_INDEX, "index", "multi-vector: MUVERA FDEs in FAISS shards (any index_factory string), each shard's "
+    Kind(MUVERA_INDEX, "index", "multi-vector: MUVERA FDEs in FAISS shards (fast-scan PQ or any index_factory "
+         "string), each shard's "
          "top candidates re-ranked by exact MaxSim over its float16 token store", payload="tokens",
          load="retrec.index.multivector:load_index", build="retrec.index.multivector:build_muvera",
          assemble="retrec.index.multivector:assemble_muvera", check="retrec.index.multivector:check_index",
-         encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("muvera",), options={"factory": "Flat"}),
+         encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("muvera",)),
     Kind(MAXSIM_INDEX, "index", "multi-vector: exact brute-force MaxSim over every document's token vectors "
          "(the reference MUVERA approximates)", payload="tokens", load="retrec.index.multivector:load_index",
          build="retrec.index.multivector:build_maxsim", assemble="retrec.index.multivector:assemble_maxsim",

@@ -29,6 +29,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -39,7 +40,7 @@ from numpy.typing import NDArray
 MAX_SIMHASH_BITS = 16
 MAX_RAW_DIM = 1 << 22  # floats per encoding before the final projection (16 MiB a vector): a bound on what a
 # manifest can make a search allocate
-_CHUNK_TOKENS = 1 << 16  # tokens per vectorised step (bounds the temporary arrays)
+_CHUNK_TOKENS = 1 << 18  # token x repetition rows per vectorised step (bounds the temporary arrays)
 
 
 @dataclass(frozen=True)
@@ -95,6 +96,7 @@ class FDEConfig:
         return asdict(self)
 
 
+@functools.lru_cache(maxsize=4096)
 def _repetition(cfg: FDEConfig, r: int) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
     """The SimHash hyperplanes ``[dim, bits]`` and the ±1 inner projection ``[dim, projection_dim]`` of repetition r."""
     rng = np.random.default_rng(cfg.seed + r)
@@ -148,31 +150,49 @@ def _check(sets: Sequence[NDArray[Any]], dim: int) -> list[NDArray[np.float32]]:
 
 def _encode(sets: Sequence[NDArray[Any]], cfg: FDEConfig, *, is_query: bool) -> NDArray[np.float32]:
     mats = _check(sets, cfg.dim)
-    n, parts, width = len(mats), cfg.partitions, cfg.block_dim
-    out = np.zeros((n, cfg.repetitions, parts, width), dtype=np.float32)
+    n, reps, parts, width = len(mats), cfg.repetitions, cfg.partitions, cfg.block_dim
+    out = np.zeros((n * reps * parts, width), dtype=np.float32)  # rows: (set, repetition, partition)
     if not n:
         return _final(out.reshape(0, cfg.raw_dim), cfg)
     lengths = np.fromiter((len(m) for m in mats), dtype=np.int64, count=n)
     tokens = np.concatenate(mats) if lengths.sum() else np.zeros((0, cfg.dim), np.float32)
     owner = np.repeat(np.arange(n), lengths)
-    for r in range(cfg.repetitions):
-        planes, projection = _repetition(cfg, r)
-        pattern = _sign_bits(tokens, planes)
-        cell = gray_partition(pattern, cfg.simhash_bits)
-        projected = tokens if projection is None else tokens @ projection
-        block = out[:, r]
-        for s in range(0, len(tokens), _CHUNK_TOKENS):
-            sl = slice(s, s + _CHUNK_TOKENS)
-            np.add.at(block, (owner[sl], cell[sl]), projected[sl])
-        if is_query:
-            continue
-        counts = np.zeros((n, parts), dtype=np.int64)
-        np.add.at(counts, (owner, cell), 1)
+    planes, projection = _stacked(cfg)
+    weights = 1 << np.arange(cfg.simhash_bits - 1, -1, -1, dtype=np.int64)
+    rep_rows = np.arange(reps, dtype=np.int64)[None, :] * parts
+    cells = np.empty((len(tokens), reps), dtype=np.int64)
+    step = max(1, _CHUNK_TOKENS // reps)
+    for s in range(0, len(tokens), step):  # every repetition at once, a chunk of tokens at a time
+        chunk = tokens[s:s + step]
+        signs = (chunk @ planes > 0).reshape(len(chunk), reps, cfg.simhash_bits).astype(np.int64)
+        cell = gray_partition(signs @ weights, cfg.simhash_bits)  # [tokens, reps]
+        cells[s:s + step] = cell
+        projected = (chunk @ projection).reshape(len(chunk), reps, width) if projection is not None else \
+            np.broadcast_to(chunk[:, None, :], (len(chunk), reps, width))
+        rows = owner[s:s + step, None] * (reps * parts) + rep_rows + cell
+        np.add.at(out, rows.ravel(), projected.reshape(-1, width))
+    block = out.reshape(n, reps, parts, width)
+    if not is_query:
+        counts = np.bincount((owner[:, None] * (reps * parts) + rep_rows + cells).ravel(),
+                             minlength=n * reps * parts).reshape(n, reps, parts)
         filled = counts > 0
         block[filled] /= counts[filled][:, None]
-        if cfg.fill_empty and cfg.simhash_bits > 0:
-            _fill_empty(block, counts, pattern, projected, lengths, cfg.simhash_bits)
-    return _final(out.reshape(n, cfg.raw_dim), cfg)
+        if cfg.fill_empty and cfg.simhash_bits > 0 and not filled.all():
+            for r in range(reps):
+                planes_r, projection_r = _repetition(cfg, r)
+                projected_r = tokens if projection_r is None else tokens @ projection_r
+                _fill_empty(block[:, r], counts[:, r], _sign_bits(tokens, planes_r), projected_r, lengths,
+                            cfg.simhash_bits)
+    return _final(block.reshape(n, cfg.raw_dim), cfg)
+
+
+@functools.lru_cache(maxsize=64)
+def _stacked(cfg: FDEConfig) -> tuple[NDArray[np.float32], NDArray[np.float32] | None]:
+    """Every repetition's hyperplanes ``[dim, reps * bits]`` and inner projections ``[dim, reps * width]``."""
+    parts = [_repetition(cfg, r) for r in range(cfg.repetitions)]
+    planes = np.concatenate([p for p, _ in parts], axis=1)
+    projection = None if cfg.projection_dim is None else np.concatenate([q for _, q in parts], axis=1)  # type: ignore[misc]
+    return planes, projection
 
 
 def _fill_empty(block: NDArray[np.float32], counts: NDArray[np.int64], pattern: NDArray[np.int64],
@@ -192,12 +212,18 @@ def _final(raw: NDArray[np.float32], cfg: FDEConfig) -> NDArray[np.float32]:
     """The count-sketch projection to ``final_dim`` (each coordinate to a seeded bucket with a seeded sign)."""
     if cfg.final_dim is None:
         return np.ascontiguousarray(raw, dtype=np.float32)
-    rng = np.random.default_rng(cfg.seed + cfg.repetitions)  # a stream the repetitions never use
-    bucket = rng.integers(0, cfg.final_dim, size=cfg.raw_dim)
-    sign = (rng.integers(0, 2, size=cfg.raw_dim) * 2 - 1).astype(np.float32)
+    bucket, sign = _sketch(cfg)
     out = np.zeros((cfg.final_dim, len(raw)), dtype=np.float32)
     np.add.at(out, bucket, (raw * sign).T)
     return np.ascontiguousarray(out.T)
+
+
+@functools.lru_cache(maxsize=4)
+def _sketch(cfg: FDEConfig) -> tuple[NDArray[np.int64], NDArray[np.float32]]:
+    """The count-sketch's bucket and sign of every raw coordinate."""
+    rng = np.random.default_rng(cfg.seed + cfg.repetitions)  # a stream the repetitions never use
+    bucket = rng.integers(0, cfg.final_dim or 1, size=cfg.raw_dim)
+    return bucket, (rng.integers(0, 2, size=cfg.raw_dim) * 2 - 1).astype(np.float32)
 
 
 def encode_queries(sets: Sequence[NDArray[Any]], cfg: FDEConfig) -> NDArray[np.float32]:

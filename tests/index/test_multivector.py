@@ -192,3 +192,21 @@ def test_param_values_of_the_wrong_type_are_refused() -> None:
     for bad in ({"candidates": "abc"}, {"simhash_bits": 5.5}, {"repetitions": True}, {"projection_dim": "x"}):
         with pytest.raises(ValueError, match="must be int"):
             kinds.check_params(ref, bad, "muvera")
+
+
+def test_default_fde_index_is_fast_scan_pq_for_large_shards_and_flat_for_small_ones(tmp_path: Path) -> None:
+    from retrec.index.multivector import FAST_SCAN_FROM, default_factory
+    from retrec.runtime.fde import FDEConfig
+
+    cfg = FDEConfig(dim=8, repetitions=2, simhash_bits=2, projection_dim=4)
+    assert default_factory(cfg, FAST_SCAN_FROM) == "PQ8x4fs" and default_factory(cfg, FAST_SCAN_FROM - 1) == "Flat"
+    ids, docs, queries = corpus(1200)
+    enc = FakeEncoder(tmp_path / "enc")
+    index = assemble_muvera(ids, docs, encoder=enc, shards=2, repetitions=2, simhash_bits=2, projection_dim=4)
+    assert [s.fde_factory for s in index.shards] == ["Flat", "Flat"]  # ~600 documents a shard
+    one = assemble_muvera(ids, docs, encoder=enc, repetitions=2, simhash_bits=2, projection_dim=4, candidates=1200)
+    assert one.shards[0].fde_factory == "PQ8x4fs"
+    assert one.search(queries, 10) == assemble_maxsim(ids, docs, encoder=enc).search(queries, 10)
+    one.save(tmp_path / "idx")
+    assert read_manifest(tmp_path / "idx").config["shard_factories"] == ["PQ8x4fs"]
+    assert load_index(tmp_path / "idx").shards[0].fde_factory == "PQ8x4fs"
