@@ -327,7 +327,29 @@ def run_metrics(run: TrainRun, ts: TrainingSet, start_key: str) -> dict[str, Any
             "dev_seconds": round(state.eval_seconds, 1)}
 
 
-class DenseAdapter(TorchAdapter):
+class ContrastiveAdapter(TorchAdapter):
+    """What the bi-encoder adapters share (dense, multi-vector): an epoch of the shared sampling, AdamW, gradient
+    checkpointing of the BERT; subclasses set ``model`` and call :meth:`_optimize`."""
+
+    ts: TrainingSet
+    cfg: ContrastiveOptions
+    miners: Miners
+    teacher: Teacher
+    labels: np.ndarray | None
+
+    def _optimize(self) -> None:
+        if self.cfg.grad_checkpoint:  # peak RSS at 100k judgements 8.2 → 2.4 GiB, steps ~1.4x slower (RESULTS.md)
+            self.model.bert.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=self.cfg.lr, weight_decay=self.cfg.weight_decay)
+
+    def steps_per_epoch(self) -> int:
+        return math.ceil(len(self.ts.query_ids) / self.cfg.batch_size)
+
+    def batches(self, epoch: int) -> list[Step]:
+        return plan_epoch(epoch, self.ts, self.cfg, self.labels, self.miners, self.teacher)
+
+
+class DenseAdapter(ContrastiveAdapter):
     """TAS-B steps for :func:`~retrec.pipelines.train_loop.run_training`; exports the ONNX bundle."""
 
     name = "dense"
@@ -343,15 +365,7 @@ class DenseAdapter(TorchAdapter):
         self.tokenizer = load_tokenizer(base.folder)
         self.model = TextEncoder.from_pretrained(base.folder, pooling=base.pooling,
                                                  normalize=cfg.similarity == "cosine").train()
-        if cfg.grad_checkpoint:  # peak RSS at 100k judgements 8.2 → 2.4 GiB, steps ~1.4x slower (RESULTS.md)
-            self.model.bert.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.ts.query_ids) / self.cfg.batch_size)
-
-    def batches(self, epoch: int) -> list[Step]:
-        return plan_epoch(epoch, self.ts, self.cfg, self.labels, self.miners, self.teacher)
+        self._optimize()
 
     def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
         return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg, self.precision)

@@ -21,7 +21,6 @@ Example::
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from retrec.pipelines.metrics import evaluate_run
 from retrec.pipelines.tas_sampling import topic_clusters
 from retrec.pipelines.train_config import MultivectorTrainConfig
 from retrec.pipelines.train_dense import (
+    ContrastiveAdapter,
     Miners,
     Step,
     TrainingSet,
@@ -56,11 +56,10 @@ from retrec.pipelines.train_dense import (
     build_teacher,
     dev_candidates,
     judged_mask,
-    plan_epoch,
     run_metrics,
     training_set,
 )
-from retrec.pipelines.train_loop import TorchAdapter, TrainRun, run_training, text_loop_config
+from retrec.pipelines.train_loop import TrainRun, run_training, text_loop_config
 from retrec.runtime.fde import maxsim
 from retrec.runtime.token_encoder import OnnxTokenEncoder
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer, punctuation_ids
@@ -118,7 +117,7 @@ def dev_ndcg(model: TokenEncoder, tokenizer: TextTokenizer, ts: TrainingSet, can
     return mean["nDCG@10"]
 
 
-class MultivectorAdapter(TorchAdapter):
+class MultivectorAdapter(ContrastiveAdapter):
     """MaxSim contrastive steps for :func:`~retrec.pipelines.train_loop.run_training`; exports the ONNX bundle."""
 
     name = "multivector"
@@ -141,15 +140,7 @@ class MultivectorAdapter(TorchAdapter):
         self.model.init_projection(pca_projection(self.model.bert, self.tokenizer,
                                                   [ts.doc_texts[i] for i in sample], cfg.dim, cfg.max_doc_length))
         self.model.train()
-        if cfg.grad_checkpoint:
-            self.model.bert.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-
-    def steps_per_epoch(self) -> int:
-        return math.ceil(len(self.ts.query_ids) / self.cfg.batch_size)
-
-    def batches(self, epoch: int) -> list[Step]:
-        return plan_epoch(epoch, self.ts, self.cfg, self.labels, self.miners, self.teacher)
+        self._optimize()
 
     def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
         return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg, self.mcfg, self.skip,
