@@ -78,6 +78,26 @@ def check_encoder(index_ref: Mapping[str, Any], encoder: Manifest | Mapping[str,
                           f"{enc['name']!r} version {enc['version']!r}; its vectors are not comparable")
 
 
+def new_index(dim: int, factory: str) -> faiss.Index:
+    """An empty inner-product FAISS index from an ``index_factory`` string; ValueError for a string FAISS refuses."""
+    try:
+        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError as exc:
+        raise ValueError(f"FAISS cannot build index {factory!r} over {dim}-d vectors: "
+                         f"{str(exc).strip().splitlines()[-1][:200]}") from None
+
+
+def train_index(index: faiss.Index, vectors: np.ndarray, factory: str, shard: int) -> None:
+    """Train ``index`` on ``vectors`` when its factory needs training (IVF, PQ, ...); ValueError naming the shard."""
+    if index.is_trained:
+        return
+    try:
+        index.train(vectors)
+    except RuntimeError as exc:
+        raise ValueError(f"shard {shard}: cannot train {factory!r} on {len(vectors)} vectors ({exc}); "
+                         "use fewer shards/lists or a Flat/HNSW factory") from exc
+
+
 def _gpu_copy(index: faiss.Index, use_gpu: bool | None) -> faiss.Index | None:
     """A GPU copy when FAISS sees GPUs (or ``use_gpu``), else None; unsupported index types stay on CPU."""
     if use_gpu is False or (use_gpu is None and faiss.get_num_gpus() <= 0):
@@ -177,14 +197,9 @@ class FaissIndex:
         indices, id_lists = [], []
         for s in range(shards):
             rows = np.flatnonzero(assignment == s)
-            index = faiss.index_factory(vectors.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+            index = new_index(vectors.shape[1], factory)
             part = vectors[rows]
-            if not index.is_trained:
-                try:
-                    index.train(part)
-                except RuntimeError as exc:
-                    raise ValueError(f"shard {s}: cannot train {factory!r} on {len(rows)} vectors ({exc}); "
-                                     "use fewer shards/lists or a Flat/HNSW factory") from exc
+            train_index(index, part, factory, s)
             if len(rows):
                 index.add(part)
             indices.append(index)

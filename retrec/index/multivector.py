@@ -39,7 +39,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
-from retrec.index.faiss_index import SHARD_HASH, _read_index, check_encoder, encoder_ref, shard_of
+from retrec.index.faiss_index import (
+    SHARD_HASH,
+    _read_index,
+    check_encoder,
+    encoder_ref,
+    new_index,
+    shard_of,
+    train_index,
+)
 from retrec.index.retriever import Hits
 from retrec.kinds import MAXSIM_INDEX, MUVERA_INDEX
 from retrec.runtime.fde import FDEConfig
@@ -249,15 +257,10 @@ class MultiVectorIndex:
 def _fde_index(fde: FDEConfig, factory: str, sets: list[np.ndarray], shard: int) -> faiss.Index:
     """A FAISS index (``factory``, inner product) over the documents' FDEs, encoded :data:`_FDE_CHUNK` at a time
     (a trained factory learns from the first chunk)."""
-    index = faiss.index_factory(fde.output_dim, factory, faiss.METRIC_INNER_PRODUCT)
+    index = new_index(fde.output_dim, factory)
     for start in range(0, len(sets), _FDE_CHUNK):
         vectors = fde_documents(sets[start:start + _FDE_CHUNK], fde)
-        if not index.is_trained:
-            try:
-                index.train(vectors)
-            except RuntimeError as exc:
-                raise ValueError(f"shard {shard}: cannot train {factory!r} on {len(vectors)} FDEs ({exc}); use "
-                                 "fewer shards/lists or a Flat/HNSW factory") from exc
+        train_index(index, vectors, factory, shard)
         index.add(vectors)
     return index
 

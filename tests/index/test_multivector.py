@@ -210,3 +210,13 @@ def test_default_fde_index_is_fast_scan_pq_for_large_shards_and_flat_for_small_o
     one.save(tmp_path / "idx")
     assert read_manifest(tmp_path / "idx").config["shard_factories"] == ["PQ8x4fs"]
     assert load_index(tmp_path / "idx").shards[0].fde_factory == "PQ8x4fs"
+
+
+def test_a_factory_faiss_refuses_is_a_clear_error(tmp_path: Path) -> None:
+    ids, docs, _ = corpus(20)
+    with pytest.raises(ValueError, match="FAISS cannot build index 'NoSuchThing42'"):
+        assemble_muvera(ids, docs, encoder=FakeEncoder(tmp_path / "enc"), factory="NoSuchThing42", repetitions=2,
+                        simhash_bits=2)
+    with pytest.raises(ValueError, match="shard 0: cannot train"):
+        assemble_muvera(ids, docs, encoder=FakeEncoder(tmp_path / "enc2"), factory="IVF64,Flat", repetitions=2,
+                        simhash_bits=2)
