@@ -66,6 +66,11 @@ MULTIVECTOR_MODEL = "model/multivector"
 MUVERA_INDEX = "index/muvera"
 MAXSIM_INDEX = "index/maxsim"
 BERT4REC_MODEL = "model/bert4rec"
+SASREC_MODEL = "model/sasrec"
+MARKOV_MODEL = "model/markov"
+MARKOV_DECAY_MODEL = "model/markov-decay"
+COOC_MODEL = "model/cooc"
+FUSION_MODEL = "model/rec-fusion"
 EMBEDDING_TABLE = "table/embedding"
 EMBEDDING_TABLE_DELTA = "table/embedding-delta"
 
@@ -140,6 +145,17 @@ BUILTIN: tuple[Kind, ...] = (
          load="retrec.runtime.reranker:OnnxReranker"),
     Kind(BERT4REC_MODEL, "recommender", "BERT4Rec: ONNX user encoder over a collisionless item table",
          load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("bert4rec",)),
+    Kind(MARKOV_MODEL, "recommender", "first-order Markov chain: transition counts backed off to popularity",
+         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("markov",)),
+    Kind(MARKOV_DECAY_MODEL, "recommender", "transitions from the last items of the history, weighted by recency "
+         "(the decay chosen on the validation item)",
+         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("markov-decay",)),
+    Kind(COOC_MODEL, "recommender", "item co-occurrence in histories (cosine), summed over the history by recency",
+         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("cooc",)),
+    Kind(FUSION_MODEL, "recommender", "weighted sum of its component recommenders' normalised scores",
+         load="retrec.runtime.fused_recommender:FusedRecommender.load", eval_names=("fusion",)),
+    Kind(SASREC_MODEL, "recommender", "SASRec: causal ONNX user encoder over a collisionless item table",
+         load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("sasrec",)),
     Kind(EMBEDDING_TABLE, "table", "collisionless embedding table snapshot (Parquet + safetensors)",
          load="retrec.tables:FrozenTable.load"),
     Kind(EMBEDDING_TABLE_DELTA, "table", "collisionless embedding table delta since a snapshot"),

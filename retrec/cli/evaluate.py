@@ -255,7 +255,8 @@ def eval_cmd(
 def eval_rec_cmd(
     data: Annotated[Path, typer.Option(help="interactions: folder or file (Parquet, sequential, MovieLens)")],
     model: Annotated[list[str], typer.Option(
-        help="popularity | markov (fitted here) or a recommender bundle folder of any kind (repeatable)")],
+        help="popularity | markov | markov-decay | cooc (count baselines fitted here) or a recommender bundle "
+             "folder of any kind (repeatable)")],
     protocol: Annotated[protocol_choice(), typer.Option(help="full ranking, or 100 sampled negatives")] = "full",
     split: Annotated[str, typer.Option(help="held-out item: test or valid")] = "test",
     seed: Annotated[int, typer.Option(help="seed for sampled negatives")] = 0,

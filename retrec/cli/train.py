@@ -29,7 +29,13 @@ from retrec.bundle import BundleError
 from retrec.cli.common import _fail, train_app
 from retrec.data.errors import DataError
 from retrec.pipelines.options import choices, field_types
-from retrec.pipelines.train_config import DenseTrainConfig, MultivectorTrainConfig, RerankerTrainConfig, TrainConfig
+from retrec.pipelines.train_config import (
+    DenseTrainConfig,
+    MultivectorTrainConfig,
+    RerankerTrainConfig,
+    SASRecTrainConfig,
+    TrainConfig,
+)
 
 OUT_HELP = "bundle folder to write (checkpoints go to OUT.ckpt/)"
 
@@ -85,6 +91,11 @@ train_app.command("bert4rec")(config_command(
     TrainConfig, "retrec.pipelines.train_bert4rec:train_bert4rec",
     "interactions: folder or file (Parquet, sequential, MovieLens)",
     "Train BERT4Rec (Cloze) with early stopping on the validation item; writes an ONNX bundle."))
+train_app.command("sasrec")(config_command(
+    SASRecTrainConfig, "retrec.pipelines.train_sasrec:train_sasrec",
+    "interactions: folder or file (Parquet, sequential, MovieLens)",
+    "Train SASRec (causal, next item at every position) with early stopping on the validation item; writes an ONNX "
+    "bundle (model/sasrec)."))
 train_app.command("dense")(config_command(
     DenseTrainConfig, "retrec.pipelines.train_dense:train_dense",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",
@@ -99,3 +110,46 @@ train_app.command("reranker")(config_command(
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",
     "Train a cross-encoder re-ranker from the packaged MiniLM or --base-model; writes an ONNX bundle "
     "(model/reranker) for `retrec eval --rerank` and `retrec train dense --teacher`."))
+
+
+def _count_command(model: str, doc: str) -> None:
+    def command(
+        data: Annotated[Path, typer.Option(help="interactions: folder or file (Parquet, sequential, MovieLens)")],
+        out: Annotated[Path, typer.Option(help="bundle folder to write")],
+    ) -> None:
+        from retrec.pipelines.train_fusion import train_counts
+
+        try:
+            bundle = train_counts(model, data, out, command=shlex.join(["retrec", *sys.argv[1:]]))
+        except (DataError, BundleError, ValueError, FileExistsError) as exc:
+            raise _fail(str(exc)) from exc
+        typer.echo(f"wrote {bundle}")
+
+    command.__doc__ = doc
+    train_app.command(model)(command)
+
+
+_count_command("markov", "Fit the first-order Markov baseline on every history but each user's test item; writes "
+                         "model/markov.")
+_count_command("markov-decay", "Fit the Markov model that also hears the earlier items of the history (weights "
+                               "decay^age, the decay chosen on the validation item); writes model/markov-decay.")
+_count_command("cooc", "Fit the item co-occurrence baseline (cosine, recency-weighted over the history) on every "
+                       "history but each user's test item; writes model/cooc.")
+
+
+@train_app.command("fusion")
+def train_fusion(
+    data: Annotated[Path, typer.Option(help="the interactions the components were trained on")],
+    out: Annotated[Path, typer.Option(help="bundle folder to write")],
+    component: Annotated[list[str], typer.Option(help="a recommender bundle folder, or markov / markov-decay / "
+                                                      "cooc (fitted here); two or more")],
+    grid_step: Annotated[float, typer.Option(help="step of the weight grid over the simplex")] = 0.05,
+) -> None:
+    """Combine recommenders (weights chosen on the validation item, full-ranking NDCG@10); writes model/rec-fusion."""
+    from retrec.pipelines.train_fusion import train_fusion as run
+
+    try:
+        bundle = run(data, out, component, grid_step=grid_step, command=shlex.join(["retrec", *sys.argv[1:]]))
+    except (DataError, BundleError, ValueError, FileExistsError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {bundle}")

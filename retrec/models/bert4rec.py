@@ -23,6 +23,7 @@ import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
@@ -42,7 +43,7 @@ class BERT4RecConfig:
         return asdict(self)
 
 
-class _Block(nn.Module):
+class Block(nn.Module):
     """Post-LN transformer block written out in plain ops (ONNX-friendly, no fast-path kernels)."""
 
     def __init__(self, cfg: BERT4RecConfig) -> None:
@@ -70,7 +71,19 @@ class _Block(nn.Module):
         return self.norm2(x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(x))))))
 
 
+def left_pad(seqs: list[np.ndarray], length: int, pad: int) -> torch.Tensor:
+    """``[len(seqs), length]`` rows: each sequence's last ``length`` items right-aligned, ``pad`` before."""
+    batch = np.full((len(seqs), length), pad, dtype=np.int64)
+    for i, s in enumerate(seqs):
+        s = s[-length:]
+        if len(s):
+            batch[i, length - len(s):] = s
+    return torch.from_numpy(batch)
+
+
 class BERT4Rec(nn.Module):
+    causal = False  # SASRec (retrec/models/sasrec.py) sets it: each position sees itself and earlier ones
+
     def __init__(self, cfg: BERT4RecConfig) -> None:
         super().__init__()
         self.cfg = cfg
@@ -81,7 +94,7 @@ class BERT4Rec(nn.Module):
         self.positions = nn.Embedding(cfg.max_len, d)
         self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(_Block(cfg) for _ in range(cfg.layers))
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.bias = nn.Parameter(torch.zeros(cfg.num_items))
         self.apply(self._init)
@@ -99,6 +112,9 @@ class BERT4Rec(nn.Module):
         pos = self.positions.weight[self.cfg.max_len - length:]
         x = self.drop(self.norm(x + pos))
         attn_bias = padding[:, None, None, :].to(x.dtype) * -1e9
+        if self.causal:
+            later = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+            attn_bias = attn_bias + later.to(x.dtype) * -1e9
         for block in self.blocks:
             x = block(x, attn_bias)
         return self.head(x)
@@ -116,6 +132,19 @@ class BERT4Rec(nn.Module):
     def score_last(self, rows: torch.Tensor) -> torch.Tensor:
         """Scores over all items for the last position (which should hold MASK)."""
         return self.logits(self(rows)[:, -1])
+
+    def history_len(self) -> int:
+        """History items the user encoder reads (BERT4Rec keeps the last slot for [MASK])."""
+        return self.cfg.max_len - 1
+
+    def next_rows(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Model input whose last position predicts each history's next item."""
+        return left_pad([np.append(h[-self.history_len():], self.mask) for h in histories], self.cfg.max_len,
+                        self.pad)
+
+    def score_next(self, histories: list[np.ndarray]) -> torch.Tensor:
+        """Scores ``[B, num_items]`` of the next item after each row history."""
+        return self.score_last(self.next_rows(histories))
 
     def table_rows(self) -> torch.Tensor:
         """``[num_items, d+1]``: item embedding with its output bias appended."""
@@ -135,6 +164,9 @@ class UserEncoder(nn.Module):
     def forward(self, history: torch.Tensor, padding: torch.Tensor) -> torch.Tensor:
         b = history.shape[0]
         d = self.model.cfg.hidden
+        if self.model.causal:  # the last history position predicts the next item
+            user = self.model.encode(history[:, :, :d], padding)[:, -1]
+            return torch.cat([user, torch.ones(b, 1, dtype=user.dtype)], dim=1)
         mask_vec = self.model.items.weight[self.model.mask].expand(b, 1, d)
         x = torch.cat([history[:, :, :d], mask_vec], dim=1)
         pad = torch.cat([padding, torch.zeros(b, 1, dtype=torch.bool)], dim=1)
@@ -147,8 +179,8 @@ def export_user_encoder(model: BERT4Rec, path: str | Path, opset: int = 17) -> P
     path = Path(path)
     wrapper = UserEncoder(model).eval()
     d = model.cfg.hidden
-    history = torch.randn(2, model.cfg.max_len - 1, d + 1)
-    padding = torch.zeros(2, model.cfg.max_len - 1, dtype=torch.bool)
+    history = torch.randn(2, model.history_len(), d + 1)
+    padding = torch.zeros(2, model.history_len(), dtype=torch.bool)
     padding[1, :3] = True
     torch.onnx.export(
         wrapper, (history, padding), str(path), input_names=["history", "padding"], output_names=["user"],

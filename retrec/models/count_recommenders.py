@@ -1,4 +1,4 @@
-"""Count-based recommenders: popularity and a first-order item-to-item Markov chain.
+"""Count-based recommenders: popularity, a first-order item-to-item Markov chain, item co-occurrence.
 
 Both score a batch of histories (lists of item indices) against the whole item vocabulary and
 are the baselines every learned recommender is compared with.
@@ -30,14 +30,29 @@ class PopularityRecommender:
         return np.broadcast_to(self.counts, (len(histories), self.num_items)).copy()
 
 
+def recency_rows(histories: Sequence[Sequence[int]], num_items: int, decay: float, window: int) -> sp.csr_matrix:
+    """``[B, num_items]``: each history's last ``window`` items weighted ``decay^age`` (the last item: age 0, 1)."""
+    rows, cols, weights = [], [], []
+    for row, history in enumerate(histories):
+        recent = list(history)[-window:]
+        rows += [row] * len(recent)
+        cols += recent
+        weights += [decay ** (len(recent) - 1 - k) for k in range(len(recent))]
+    return sp.csr_matrix((np.asarray(weights, np.float32), (rows, cols)), shape=(len(histories), num_items))
+
+
 class MarkovRecommender:
-    """P(next | last item) from transition counts, backed off to popularity for unseen transitions."""
+    """P(next | last item) from transition counts, backed off to popularity for unseen transitions.
+
+    With ``decay > 0`` the earlier items of the history vote too: ``sum_k decay^age(k) * P(next | h_k)`` over the
+    last ``window`` items (the last item has age 0); ``decay = 0`` is the first-order chain.
+    """
 
     name = "markov"
 
-    def __init__(self, num_items: int, backoff: float = 1e-3) -> None:
+    def __init__(self, num_items: int, backoff: float = 1e-3, decay: float = 0.0, window: int = 10) -> None:
         self.num_items = num_items
-        self.backoff = backoff
+        self.backoff, self.decay, self.window = backoff, decay, window
         self.popularity = PopularityRecommender(num_items)
         self.transitions = sp.csr_matrix((num_items, num_items), dtype=np.float32)
 
@@ -48,13 +63,63 @@ class MarkovRecommender:
         counts = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(self.num_items,) * 2)
         counts.sum_duplicates()
         row_sums = np.asarray(counts.sum(axis=1)).ravel()
-        self.transitions = sp.diags(1.0 / np.maximum(row_sums, 1.0)).astype(np.float32) @ counts
+        self.transitions = (sp.diags(1.0 / np.maximum(row_sums, 1.0)).astype(np.float32) @ counts).tocsr()
         return self
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        """The item × item table the scores read (what a bundle stores)."""
+        return self.transitions
+
+    @matrix.setter
+    def matrix(self, value: sp.csr_matrix) -> None:
+        self.transitions = value
 
     def score(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
         pop = self.popularity.counts / max(float(self.popularity.counts.sum()), 1.0)
-        scores = np.tile(self.backoff * pop, (len(histories), 1))
-        for row, history in enumerate(histories):
-            if history:
-                scores[row] += self.transitions.getrow(history[-1]).toarray().ravel()
-        return scores
+        window = self.window if self.decay > 0 else 1
+        h = recency_rows(histories, self.num_items, self.decay, window)
+        return (h @ self.transitions).toarray() + self.backoff * pop
+
+
+class CooccurrenceRecommender:
+    """Item-to-item co-occurrence in users' histories, cosine-normalised, summed over the history by recency.
+
+    The item-kNN / session-kNN family's simplest member: ``sim(i, j) = |users with i and j| / sqrt(|i| |j|)``, and a
+    history scores ``j`` by ``sum_k decay^age(k) * sim(h_k, j)`` over its last ``window`` items (the last item has
+    age 0), backed off to popularity. Unlike :class:`MarkovRecommender` it sees the whole history and either order.
+    """
+
+    name = "cooc"
+
+    def __init__(self, num_items: int, decay: float = 0.5, window: int = 20, backoff: float = 1e-6) -> None:
+        self.num_items, self.decay, self.window, self.backoff = num_items, decay, window, backoff
+        self.popularity = PopularityRecommender(num_items)
+        self.similarity = sp.csr_matrix((num_items, num_items), dtype=np.float32)
+
+    def fit(self, histories: Sequence[Sequence[int]]) -> CooccurrenceRecommender:
+        self.popularity.fit(histories)
+        users = np.repeat(np.arange(len(histories)), [len(h) for h in histories])
+        items = np.fromiter((i for h in histories for i in h), dtype=np.int64, count=len(users))
+        x = sp.csr_matrix((np.ones(len(items), np.float32), (users, items)), shape=(len(histories), self.num_items))
+        x.data[:] = 1.0  # binary: a repeat of an item counts once per user
+        counts = (x.T @ x).tocsr()
+        counts.setdiag(0)
+        counts.eliminate_zeros()
+        users_of = np.asarray(x.sum(axis=0)).ravel()
+        norm = sp.diags((1.0 / np.sqrt(np.maximum(users_of, 1.0))).astype(np.float32))
+        self.similarity = (norm @ counts @ norm).tocsr().astype(np.float32)
+        return self
+
+    @property
+    def matrix(self) -> sp.csr_matrix:
+        return self.similarity
+
+    @matrix.setter
+    def matrix(self, value: sp.csr_matrix) -> None:
+        self.similarity = value
+
+    def score(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        h = recency_rows(histories, self.num_items, self.decay, self.window)
+        pop = self.popularity.counts / max(float(self.popularity.counts.sum()), 1.0)
+        return (h @ self.similarity).toarray() + self.backoff * pop

@@ -4,7 +4,7 @@ The demo is the list :data:`STEPS` of step functions, numbered when run; each ca
 so the demo always shows the whole product. Indexes are built, published and opened through the registry of
 kinds (as ``retrec index`` / ``retrec eval --index`` do), recommenders evaluated through it (as ``eval-rec``).
 It writes ``WORKDIR/data``, ``WORKDIR/runs/bm25.run`` and the bundles ``WORKDIR/bundles/{bm25,encoder,dense,
-multivector,muvera,bert4rec}`` that the serving step (:func:`retrec.serving.launch.demo_config`) serves.
+multivector,muvera,bert4rec,sasrec,fusion}`` that the serving step (:func:`retrec.serving.launch.demo_config`) serves.
 
 Example::
 
@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retrec.bundle import read_manifest
 from retrec.console import console, metrics_table
 from retrec.data.beir import RetrievalData, load_retrieval_data
 from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
@@ -30,13 +31,15 @@ from retrec.pipelines.metrics import RETRIEVAL_MEASURES
 from retrec.pipelines.recommenders import BASELINES, build_recommender, vocabulary_of
 from retrec.pipelines.retrievers import build_from_texts
 from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
-from retrec.pipelines.train_config import MultivectorTrainConfig
+from retrec.pipelines.train_config import MultivectorTrainConfig, SASRecTrainConfig
 from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
 from retrec.pipelines.train_multivector import train_multivector
 
 # Small and quick: the demo shows the pipeline end to end, it makes no claims.
-DEMO_BERT4REC = TrainConfig(max_len=20, mask_prob=0.2, hidden=64, layers=2, heads=2, batch_size=16, lr=1e-3,
-                            epochs=40, patience=5, eval_users=300, max_minutes=2.0)
+DEMO_BERT4REC = TrainConfig(max_len=20, hidden=64, layers=2, heads=2, batch_size=16, lr=1e-3, epochs=40,
+                            patience=40, eval_users=300, max_minutes=1.5, warmup_steps=20, negatives=1024)
+DEMO_SASREC = SASRecTrainConfig(max_len=20, hidden=64, layers=2, heads=2, batch_size=16, epochs=40, patience=5,
+                                eval_users=300, max_minutes=1.5, warmup_steps=20, negatives=1024)
 DEMO_DENSE = DenseTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=2.0, max_query_length=32,
                               max_doc_length=128, dev_max_queries=20, dev_candidates=10, quantize=False,
                               checkpoint_every=1_000)
@@ -124,6 +127,21 @@ def step_bert4rec(demo: Demo, title: str) -> None:
                                               command="retrec demo")
 
 
+def step_sasrec_fusion(demo: Demo, title: str) -> None:
+    from retrec.pipelines.train_fusion import train_fusion
+    from retrec.pipelines.train_sasrec import train_sasrec
+
+    console.print(f"[bold]{title}[/]: SASRec (next item at every position, short budget), then its fusion with "
+                  "markov-decay, weights chosen on the validation item")
+    assert demo.data_dir is not None
+    demo.bundles["sasrec"] = train_sasrec(demo.data_dir, demo.bundle_dir / "sasrec", DEMO_SASREC,
+                                          command="retrec demo")
+    demo.bundles["fusion"] = train_fusion(demo.data_dir, demo.bundle_dir / "fusion",
+                                          [str(demo.bundles["sasrec"]), "markov-decay"], command="retrec demo")
+    spec = {c["name"]: c["weight"] for c in read_manifest(demo.bundles["fusion"]).config["components"]}
+    console.print(f"  fusion weights: {spec}", markup=False, highlight=False)
+
+
 def step_recommendation(demo: Demo, title: str) -> None:
     assert demo.data_dir is not None
     loo = leave_one_out(user_sequences(load_interactions(demo.data_dir)))
@@ -205,6 +223,7 @@ STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
     ("multi-vector", step_multivector),
     ("retrieval", step_retrieval),
     ("BERT4Rec", step_bert4rec),
+    ("SASRec and fusion", step_sasrec_fusion),
     ("recommendation", step_recommendation),
     ("serving", step_serving),
 ]

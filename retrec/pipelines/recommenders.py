@@ -1,7 +1,8 @@
 """Recommenders for ``retrec eval-rec --model NAME|BUNDLE``: fitted baselines by name, any bundle by its kind.
 
-- ``popularity`` / ``markov``: count baselines fitted on the histories visible at evaluation time (train for
-  the validation target, train + validation item for the test target).
+- ``popularity`` / ``markov`` / ``markov-decay`` / ``cooc``: count baselines fitted on the histories visible at
+  evaluation time (train for the validation target, train + validation item for the test target;
+  ``markov-decay``'s decay is chosen on the validation item).
 - a bundle folder: its manifest's kind → the registry's loader → a
   :class:`~retrec.runtime.recommender.Recommender`, adapted to the evaluation vocabulary by
   :func:`catalogue_scorer` (one adapter for every kind; items the model lacks score ``-inf``).
@@ -28,7 +29,7 @@ import numpy as np
 from retrec import kinds
 from retrec.bundle import BundleError, read_manifest
 from retrec.data.interactions import LeaveOneOut
-from retrec.models.count_recommenders import MarkovRecommender, PopularityRecommender
+from retrec.models.count_recommenders import CooccurrenceRecommender, MarkovRecommender, PopularityRecommender
 from retrec.pipelines.evaluate_rec import ItemVocabulary, ScoreFn
 from retrec.runtime.recommender import Recommender, SkipReport
 
@@ -49,9 +50,25 @@ def _markov(split: LeaveOneOut, vocab: ItemVocabulary, target: str) -> ScoreFn:
     return MarkovRecommender(len(vocab)).fit(_histories(split, vocab, target)).score
 
 
+def _markov_decay(split: LeaveOneOut, vocab: ItemVocabulary, target: str) -> ScoreFn:
+    """The decay chosen on the validation item (history: train), then fitted on what ``target`` may see."""
+    from retrec.pipelines.count_models import fit_count_model
+
+    train = [list(t) for t in split.train]
+    rec = fit_count_model("markov-decay", train, (train, list(split.valid)),
+                          refit=[[*t, v] for t, v in zip(split.train, split.valid)] if target == "test" else train)
+    return catalogue_scorer(rec, vocab, exclude_seen=False)  # evaluation masks seen items for these
+
+
+def _cooc(split: LeaveOneOut, vocab: ItemVocabulary, target: str) -> ScoreFn:
+    return CooccurrenceRecommender(len(vocab)).fit(_histories(split, vocab, target)).score
+
+
 BASELINES: dict[str, Callable[[LeaveOneOut, ItemVocabulary, str], ScoreFn]] = {
     "popularity": _popularity,
     "markov": _markov,
+    "markov-decay": _markov_decay,
+    "cooc": _cooc,
 }
 BUILDERS = BASELINES  # the fitted-by-name recommenders (older name)
 

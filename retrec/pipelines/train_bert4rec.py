@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +34,9 @@ import torch.nn.functional as F  # noqa: N812
 from retrec.bundle import Manifest, Publication
 from retrec.data.interactions import Sequences, load_interactions, user_sequences
 from retrec.kinds import BERT4REC_MODEL
-from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder
+from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder, left_pad
 from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks, target_ranks
-from retrec.pipelines.train_config import TrainConfig
+from retrec.pipelines.train_config import SequenceTrainOptions, TrainConfig
 from retrec.pipelines.train_loop import LoopConfig, TorchAdapter, TrainRun, run_training
 from retrec.tables import EmbeddingTable, FrozenTable
 
@@ -77,23 +77,40 @@ def prepare(seqs: Sequences, table: EmbeddingTable, valid_users: int = 10_000, v
         r = np.array([row_of.get(i, -1) for i in items], dtype=np.int64)
         skipped += int((r < 0).sum())
         encoded.append(r[r >= 0])
-    evaluable = np.flatnonzero([len(r) >= 3 for r in encoded])
-    n_valid = min(valid_users, round(valid_fraction * len(evaluable)))
-    held = set(np.random.default_rng(seed).permutation(evaluable)[:n_valid].tolist())
+    held = held_out_users([len(r) for r in encoded], valid_users, valid_fraction, seed)
     train, users, v_hist, v_tgt = [], [], [], []
     for i, (user, r) in enumerate(zip(seqs.users, encoded)):
+        if len(part := training_part(r, i in held)):
+            train.append(part)
         if i in held:
-            train.append(r[:-2])
             users.append(user)
             v_hist.append(r[:-2])
             v_tgt.append(r[-2])
-        elif len(r) >= 3:
-            train.append(r[:-1])
-        elif len(r):
-            train.append(r)  # too short to be evaluated: no test item to protect
     return PreparedData(raw, train, users, v_hist, np.array(v_tgt, np.int64),
                         {"items": len(raw), "users": len(seqs), "validation_users": len(users),
-                         "skipped_not_admitted": skipped})
+                         "validation_users_sha256": users_digest(users), "skipped_not_admitted": skipped})
+
+
+def training_part(sequence: Any, held: bool) -> Any:
+    """What a model may train on of one user's sequence: never the test item (the last, for users with 3+ items),
+    and for a held-out validation user not the validation item either. Shorter users are never evaluated."""
+    if held:
+        return sequence[:-2]
+    return sequence[:-1] if len(sequence) >= 3 else sequence
+
+
+def users_digest(users: list[str]) -> str:
+    """sha256 of the validation users (sorted, one per line): what fusion checks it validates on the same ones."""
+    import hashlib
+
+    return hashlib.sha256("\n".join(sorted(map(str, users))).encode()).hexdigest()
+
+
+def held_out_users(lengths: list[int], valid_users: int, valid_fraction: float, seed: int) -> set[int]:
+    """Positions of the validation users: a seeded share of those with 3+ items (``prepare``'s rule)."""
+    evaluable = np.flatnonzero([n >= 3 for n in lengths])
+    n_valid = min(valid_users, round(valid_fraction * len(evaluable)))
+    return set(np.random.default_rng(seed).permutation(evaluable)[:n_valid].tolist())
 
 
 def windows(sequences: list[np.ndarray], max_len: int) -> list[np.ndarray]:
@@ -132,15 +149,6 @@ def batch_count(n: int, batch_size: int, pool: int = 50) -> int:
     return sum(math.ceil(min(span, n - start) / batch_size) for start in range(0, n, span))
 
 
-def left_pad(seqs: list[np.ndarray], length: int, pad: int) -> torch.Tensor:
-    batch = np.full((len(seqs), length), pad, dtype=np.int64)
-    for i, s in enumerate(seqs):
-        s = s[-length:]
-        if len(s):
-            batch[i, length - len(s):] = s
-    return torch.from_numpy(batch)
-
-
 def cloze_batch(rows: torch.Tensor, model: BERT4Rec, p: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
     """Mask each real position with probability ``p`` (at least one per sequence: the last)."""
     real = rows != model.pad
@@ -151,20 +159,42 @@ def cloze_batch(rows: torch.Tensor, model: BERT4Rec, p: float, gen: torch.Genera
     return inputs, masked, rows[masked]
 
 
-def loss_fn(model: BERT4Rec, hidden: torch.Tensor, targets: torch.Tensor, cfg: TrainConfig,
+def loss_fn(model: BERT4Rec, hidden: torch.Tensor, targets: torch.Tensor, cfg: SequenceTrainOptions,
             gen: torch.Generator) -> torch.Tensor:
+    """Next-item loss of each row of ``hidden`` (``[N, d]``) against its target item (``[N]``)."""
     if cfg.loss == "ce":
         return F.cross_entropy(model.logits(hidden), targets)
-    if cfg.loss == "sampled":  # uniform negatives shared by the batch, positives' own logit first
-        n = model.cfg.num_items
-        neg = torch.randint(0, n, (cfg.negatives,), generator=gen)
-        emb = model.item_matrix()
-        pos_logit = (hidden * emb[targets]).sum(-1) + model.bias[targets]
-        neg_logit = hidden @ emb[neg].T + model.bias[neg]
-        neg_logit = neg_logit.masked_fill(neg[None, :] == targets[:, None], -1e9)
-        logits = torch.cat([pos_logit[:, None], neg_logit], dim=1)
+    if cfg.loss not in ("sampled", "gbce"):
+        raise ValueError(f"unknown loss {cfg.loss!r}; choose 'ce', 'sampled' or 'gbce'")
+    n = model.cfg.num_items  # uniform negatives shared by the batch; a target drawn as its own negative is masked
+    neg = torch.randint(0, n, (min(cfg.negatives, n),), generator=gen)
+    emb = model.item_matrix()
+    pos_logit = (hidden * emb[targets]).sum(-1) + model.bias[targets]
+    neg_logit = hidden @ emb[neg].T + model.bias[neg]
+    own = neg[None, :] == targets[:, None]
+    if cfg.loss == "sampled":
+        logits = torch.cat([pos_logit[:, None], neg_logit.masked_fill(own, -1e9)], dim=1)
         return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
-    raise ValueError(f"unknown loss {cfg.loss!r}; choose 'ce' or 'sampled'")
+    # gBCE (Petrov & Macdonald, RecSys'23): the positive's log-sigmoid raised to beta, calibrating the
+    # probabilities that sampling k of n-1 negatives would otherwise overstate
+    alpha = min(len(neg), n - 1) / max(n - 1, 1)
+    beta = alpha * (cfg.gbce_t * (1.0 - 1.0 / alpha) + 1.0 / alpha)
+    neg_terms = F.logsigmoid(-neg_logit).masked_fill(own, 0.0).sum(-1)
+    return -(beta * F.logsigmoid(pos_logit) + neg_terms).mean()
+
+
+def resolve_defaults(cfg: SequenceTrainOptions, seqs: Sequences) -> SequenceTrainOptions:
+    """Fill the options left to the data: ``max_len`` (and BERT4Rec's ``mask_prob``) from the sequence lengths."""
+    lengths = np.array([len(s) for s in seqs.items]) if len(seqs) else np.array([2])
+    updates: dict[str, Any] = {}
+    if cfg.max_len is None:
+        updates["max_len"] = int(min(200, max(10, math.ceil(np.percentile(lengths, 99) / 10) * 10)))
+    if getattr(cfg, "mask_prob", 0.0) is None:
+        updates["mask_prob"] = 0.6 if float(np.median(lengths)) < 20 else 0.2
+    if updates:
+        log.info("from the data (%d sequences, median length %.0f): %s", len(lengths), float(np.median(lengths)),
+                 ", ".join(f"{k} {v}" for k, v in updates.items()))
+    return replace(cfg, **updates)
 
 
 @torch.no_grad()
@@ -174,9 +204,7 @@ def validate(model: BERT4Rec, histories: list[np.ndarray], targets: np.ndarray, 
     greater, ties = [], []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
-        rows = left_pad([np.append(h[-(model.cfg.max_len - 1):], model.mask) for h in chunk],
-                        model.cfg.max_len, model.pad)
-        scores = model.score_last(rows).numpy().astype(np.float64)
+        scores = model.score_next(chunk).numpy().astype(np.float64)
         for i, h in enumerate(chunk):
             scores[i, h] = -np.inf
         g, t = target_ranks(scores, targets[start:start + batch_size])
@@ -191,16 +219,20 @@ class Bert4RecAdapter(TorchAdapter):
     """Cloze steps for :func:`~retrec.pipelines.train_loop.run_training`; exports the ONNX bundle."""
 
     name = "bert4rec"
+    kind = KIND
+    model_type: type[BERT4Rec] = BERT4Rec
+    window_extra = 0  # items a training window holds beyond max_len (SASRec: the last position's target)
 
-    def __init__(self, prep: PreparedData, table: EmbeddingTable, cfg: TrainConfig) -> None:
+    def __init__(self, prep: PreparedData, table: EmbeddingTable, cfg: SequenceTrainOptions) -> None:
+        assert cfg.max_len is not None, "resolve_defaults() first"
         self.prep, self.table, self.cfg = prep, table, cfg
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.model = BERT4Rec(BERT4RecConfig(num_items=len(prep.item_keys), max_len=cfg.max_len, hidden=cfg.hidden,
-                                             layers=cfg.layers, heads=cfg.heads, dropout=cfg.dropout,
-                                             attention_dropout=cfg.dropout))
+        self.model = self.model_type(BERT4RecConfig(
+            num_items=len(prep.item_keys), max_len=cfg.max_len, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
+            dropout=cfg.dropout, attention_dropout=cfg.dropout))
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-        self.windows = windows(prep.train, cfg.max_len)
+        self.windows = windows(prep.train, cfg.max_len + self.window_extra)
         self.lengths = np.array([len(w) for w in self.windows])
 
     def steps_per_epoch(self) -> int:
@@ -212,6 +244,7 @@ class Bert4RecAdapter(TorchAdapter):
     def step(self, batch: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
         chunk = [self.windows[i] for i in batch]
         rows = left_pad(chunk, max(len(w) for w in chunk), self.model.pad)
+        assert isinstance(self.cfg, TrainConfig) and self.cfg.mask_prob is not None
         inputs, masked, targets = cloze_batch(rows, self.model, self.cfg.mask_prob, self.gen)
         return loss_fn(self.model, self.model(inputs)[masked], targets, self.cfg, self.gen), {}
 
@@ -234,11 +267,12 @@ class Bert4RecAdapter(TorchAdapter):
         with torch.no_grad():
             rows = model.table_rows().numpy()
         self.table.update(prep.item_keys, rows, now=0.0)
-        self.table.snapshot(pub.path / "items", name="bert4rec-items")
+        self.table.snapshot(pub.path / "items", name=f"{self.name}-items")
         export_user_encoder(model, pub.path / "user_encoder.onnx")
-        bundle = {"kind": KIND, "name": "bert4rec", "config": {"model": model.cfg.to_json(), "train": asdict(self.cfg)},
+        bundle = {"kind": self.kind, "name": self.name,
+                  "config": {"model": model.cfg.to_json(), "train": asdict(self.cfg)},
                   "dims": {"hidden": model.cfg.hidden, "row_dim": model.cfg.hidden + 1, "items": model.cfg.num_items,
-                           "max_len": model.cfg.max_len}}
+                           "max_len": model.cfg.max_len, "history_len": model.history_len()}}
         metrics = {"valid_NDCG@10": state.best, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
                    "train_seconds": round(state.seconds, 1)}
         metrics["onnx_top10_identical"] = onnx_parity(model, pub.draft(**bundle), prep.item_keys,
@@ -246,11 +280,26 @@ class Bert4RecAdapter(TorchAdapter):
         return {**bundle, "metrics": {**metrics, **prep.stats}}
 
 
-def loop_config(cfg: TrainConfig) -> LoopConfig:
+def loop_config(cfg: SequenceTrainOptions) -> LoopConfig:
     """Epochs with early stopping on the validation NDCG@10; the best epoch's weights are exported."""
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, lr_schedule=cfg.lr_schedule,
                       warmup_steps=cfg.warmup_steps, seed=cfg.seed, stop_within_epoch=False, step_curve=False,
                       monitor="valid_NDCG@10", keep_best=True, patience=cfg.patience)
+
+
+def train_sequence(
+    adapter_type: type[Bert4RecAdapter], data: str | Path, out: str | Path, cfg: SequenceTrainOptions,
+    resume: bool = False, progress: bool = True, command: str | None = None,
+) -> Path:
+    """Train a sequential recommender on ``data``'s interactions and write its bundle to ``out``."""
+    loop_config(cfg)  # rejects a bad configuration before any work
+    seqs = user_sequences(load_interactions(data))
+    cfg = resolve_defaults(cfg, seqs)
+    table = EmbeddingTable(cfg.hidden + 1, admit_threshold=cfg.admit_threshold, seed=cfg.seed,
+                           initial_capacity=2 * max(16, len({i for s in seqs.items for i in s})))
+    prep = prepare(seqs, table, cfg.eval_users, cfg.valid_fraction, cfg.seed)
+    return run_training(adapter_type(prep, table, cfg), loop_config(cfg), out, resume=resume, progress=progress,
+                        command=command)
 
 
 def train_bert4rec(
@@ -258,14 +307,7 @@ def train_bert4rec(
     progress: bool = True, command: str | None = None,
 ) -> Path:
     """Train on ``data``'s interactions and write a ``model/bert4rec`` bundle to ``out``."""
-    cfg = cfg or TrainConfig()
-    loop = loop_config(cfg)  # rejects a bad configuration before any work
-    seqs = user_sequences(load_interactions(data))
-    table = EmbeddingTable(cfg.hidden + 1, admit_threshold=cfg.admit_threshold, seed=cfg.seed,
-                           initial_capacity=2 * max(16, len({i for s in seqs.items for i in s})))
-    prep = prepare(seqs, table, cfg.eval_users, cfg.valid_fraction, cfg.seed)
-    return run_training(Bert4RecAdapter(prep, table, cfg), loop, out, resume=resume, progress=progress,
-                        command=command)
+    return train_sequence(Bert4RecAdapter, data, out, cfg or TrainConfig(), resume, progress, command)
 
 
 def onnx_parity(model: BERT4Rec, bundle: Path | Manifest, item_keys: list[str], histories: list[np.ndarray],
@@ -285,9 +327,7 @@ def onnx_parity(model: BERT4Rec, bundle: Path | Manifest, item_keys: list[str], 
         runtime = SequenceRecommender.load(bundle)
     snapshot_row = runtime.table.lookup(item_keys)  # model row → snapshot row
     with torch.no_grad():
-        rows = left_pad([np.append(h[-(model.cfg.max_len - 1):], model.mask) for h in histories],
-                        model.cfg.max_len, model.pad)
-        torch_scores = model.score_last(rows).numpy()
+        torch_scores = model.score_next(histories).numpy()
     ort_scores = runtime.score_rows([snapshot_row[h] for h in histories])
     same = 0
     for i in range(len(histories)):

@@ -17,19 +17,26 @@ from pathlib import Path
 import numpy as np
 
 from retrec.bundle import BundleError, Manifest, load_bundle
-from retrec.kinds import BERT4REC_MODEL
+from retrec.kinds import BERT4REC_MODEL, SASREC_MODEL
 from retrec.runtime.onnx_session import create_session
 from retrec.runtime.recommender import ScoringRecommender, SkipReport
 from retrec.tables import FrozenTable
 
 KIND = BERT4REC_MODEL
+KINDS = (BERT4REC_MODEL, SASREC_MODEL)  # the same layout: user encoder + item table
 
 
 class SequenceRecommender(ScoringRecommender):
     def __init__(self, manifest: Manifest, table: FrozenTable, threads: int | None = None) -> None:
         self.manifest = manifest
         self.table = table
-        self.max_len = int(manifest.dims["max_len"])
+        if manifest.kind not in KINDS:
+            raise BundleError(f"{manifest.path}: a {manifest.kind[:80]!r} bundle, not one of {', '.join(KINDS)}")
+        steps = manifest.dims.get("history_len", manifest.dims.get("max_len", 0) - 1
+                                  if type(manifest.dims.get("max_len")) is int else None)
+        if type(steps) is not int or not 1 <= steps <= 4096:
+            raise BundleError(f"{manifest.path}: history_len must be an integer in 1..4096")
+        self.steps = steps
         if table.dim != int(manifest.dims["row_dim"]):
             raise BundleError(f"{manifest.path}: table width {table.dim} != model row width {manifest.dims['row_dim']}")
         self.session = create_session(manifest.file("user_encoder.onnx"), threads=threads)
@@ -38,7 +45,7 @@ class SequenceRecommender(ScoringRecommender):
 
     @classmethod
     def load(cls, directory: str | Path, threads: int | None = None) -> SequenceRecommender:
-        manifest = load_bundle(directory, kind=KIND)
+        manifest = load_bundle(directory)
         return cls(manifest, FrozenTable.load(Path(directory) / "items"), threads=threads)
 
     @property
@@ -57,7 +64,7 @@ class SequenceRecommender(ScoringRecommender):
         return out
 
     def user_vectors(self, row_histories: Sequence[np.ndarray]) -> np.ndarray:
-        steps = self.max_len - 1
+        steps = self.steps
         b = len(row_histories)
         history = np.zeros((b, steps, self.matrix.shape[1]), np.float32)
         padding = np.ones((b, steps), bool)

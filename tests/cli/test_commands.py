@@ -122,9 +122,10 @@ def test_train_options_come_from_the_config_dataclasses(monkeypatch, tmp_path: P
     help_text = runner.invoke(app, ["train", "dense", "--help"], env={"COLUMNS": "200"}).stdout
     for choices in ("[cosine|dot]", "[topic|random]", "[balanced|bm25]", "[constant|cosine|linear]"):
         assert choices in help_text
-    assert "[ce|sampled]" in runner.invoke(app, ["train", "bert4rec", "--help"], env={"COLUMNS": "200"}).stdout
+    assert "[sampled|ce|gbce]" in runner.invoke(app, ["train", "bert4rec", "--help"], env={"COLUMNS": "200"}).stdout
     # The defaults scripts rely on, pinned.
-    assert (DenseTrainConfig().max_minutes, DenseTrainConfig().epochs, TrainConfig().max_minutes) == (30.0, 6, None)
+    assert (DenseTrainConfig().max_minutes, DenseTrainConfig().epochs, TrainConfig().max_minutes) == (30.0, 6, 55.0)
+    assert (TrainConfig().max_len, TrainConfig().mask_prob, TrainConfig().patience) == (None, None, 100)  # from data
 
     result = runner.invoke(app, ["train", "bert4rec", *base, "--max-len", "20", "--mask-prob", "0.6", "--resume",
                                  "--loss", "sampled", "--lr-schedule", "cosine"])
@@ -134,4 +135,4 @@ def test_train_options_come_from_the_config_dataclasses(monkeypatch, tmp_path: P
     assert result.exit_code == 0, result.output
     assert seen["cfg"] == DenseTrainConfig(quantize=False, max_minutes=5.0, base_model="m")
     result = runner.invoke(app, ["train", "bert4rec", *base, "--loss", "focal"])
-    assert result.exit_code == 2 and "unknown loss 'focal'; choose one of ce, sampled" in result.output
+    assert result.exit_code == 2 and "unknown loss 'focal'; choose one of sampled, ce, gbce" in result.output

@@ -56,6 +56,9 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
     out["bert4rec"] = train_bert4rec(tiny_data, root / "bert4rec", TrainConfig(
         max_len=12, hidden=16, layers=1, heads=2, epochs=1, eval_users=50), progress=False)
+    from retrec.pipelines.train_fusion import train_fusion
+
+    out["fusion"] = train_fusion(tiny_data, root / "fusion", [str(out["bert4rec"]), "markov"], grid_step=0.25)
     (root / "keys.txt").write_text(f"# test keys\n{API_KEY}\n")
     out["keys"] = root / "keys.txt"
     (root / "admin-keys.txt").write_text(f"{ADMIN_KEY}\n")
@@ -75,7 +78,8 @@ def _config(bundles: dict[str, Path], port: int, placement: str = "ingress") -> 
                 "retrievers": {"bm25": {"index": str(bundles["bm25"]), "shards": zero},
                                "dense": {"index": str(bundles["dense"]), "encoder": str(bundles["encoder"]),
                                          "placement": "deployment", "shards": zero}},
-                "recommenders": {"bert4rec": {"bundle": str(bundles["bert4rec"]), "replicas": zero}},
+                "recommenders": {"bert4rec": {"bundle": str(bundles["bert4rec"]), "replicas": zero},
+                                 "fusion": {"bundle": str(bundles["fusion"]), "replicas": zero}},
                 "encoder": {"placement": placement, "max_batch_size": 8, "threads": 1,
                             "replicas": {**zero, "max_ongoing_requests": 64}},
                 "ingress": {**zero, "max_ongoing_requests": 64},
@@ -234,6 +238,25 @@ def test_recommend_http_equals_offline(client: httpx.Client, bundles: dict[str, 
     assert [(i["item_id"], i["score"]) for i in body["items"]] == want
 
 
+def test_fused_recommend_http_equals_eval_rec(client: httpx.Client, bundles: dict[str, Path]) -> None:
+    """/v1/recommend {"model": "fusion"} returns the top of the scores `retrec eval-rec` ranks by."""
+    from retrec.data.interactions import leave_one_out
+    from retrec.pipelines.recommenders import build_recommender, vocabulary_of
+
+    loo = leave_one_out(user_sequences(load_interactions(bundles["data"])))
+    vocab = vocabulary_of(loo)
+    score = build_recommender(str(bundles["fusion"]), loo, vocab)
+    histories = [[*t, v] for t, v in zip(loo.train[:8], loo.valid[:8])]  # what eval-rec ranks the test item after
+    offline = score([vocab.encode(h) for h in histories])
+    for history, row in zip(histories, offline):
+        r = client.post("/v1/recommend", json={"history": history, "k": 10, "model": "fusion"})
+        assert r.status_code == 200, r.text
+        items = [(i["item_id"], i["score"]) for i in r.json()["items"]]
+        assert len(items) == 10
+        assert [s for _, s in items] == sorted(row[np.isfinite(row)].tolist(), reverse=True)[:10]
+        assert all(row[vocab.index[item]] == s for item, s in items)  # the same item scores, seen ones excluded
+
+
 def test_models_health_metrics(client: httpx.Client, url: str, bundles: dict[str, Path]) -> None:
     models = client.get("/v1/models").json()
     assert models["retrievers"]["dense"]["shards"] == 2
@@ -255,7 +278,7 @@ def test_models_health_metrics(client: httpx.Client, url: str, bundles: dict[str
     assert retriever["anyOf"] == [{"type": "string", "enum": ["bm25", "dense", "hybrid"]}, {"type": "null"}]
     assert retriever["default"] == "bm25"
     assert "bm25 (index/bm25" in retriever["description"]  # registered kinds, from the registry
-    assert props["RecommendRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["bert4rec"]
+    assert props["RecommendRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["bert4rec", "fusion"]
     assert props["SwapRequest"]["properties"]["retriever"]["enum"] == ["bm25", "dense"]
 
 
@@ -293,7 +316,7 @@ BAD_CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
      "unsupported_media_type"),
     ("no-content-type", "/v1/search", json.dumps(GOOD), {"content-type": ""}, 415, "unsupported_media_type"),
     ("oversized-body", "/v1/search", {**GOOD, "pad": "x" * 70_000}, J, 413, "body_too_large"),
-    ("unknown-model", "/v1/recommend", {"history": ["1"], "model": "sasrec"}, J, 422, "unknown_model"),
+    ("unknown-model", "/v1/recommend", {"history": ["1"], "model": "gru4rec"}, J, 422, "unknown_model"),
     ("history-empty", "/v1/recommend", {"history": []}, J, 422, "invalid_request"),
     ("history-too-long", "/v1/recommend", {"history": ["1"] * 1001}, J, 422, "invalid_request"),
     ("history-not-list", "/v1/recommend", {"history": "1 2 3"}, J, 422, "invalid_request"),
