@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks, target_ranks
+from retrec.pipelines.metrics import mean_metrics, next_item_ranks, rec_metrics_from_ranks
 from retrec.runtime.count_recommender import CountBundle
 
 log = logging.getLogger("retrec.count_models")
@@ -34,14 +34,10 @@ def validation_ndcg(rec: CountBundle, histories: Sequence[Sequence[str]], target
     greater, ties = [], []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
-        scores = rec.score(chunk).astype(np.float64)
-        for row, history in enumerate(chunk):
-            seen = rec.positions(list(history))
-            scores[row, seen[seen >= 0]] = -np.inf
-        t = tgt[start:start + batch_size]
-        g, r = target_ranks(scores, np.maximum(t, 0))
-        greater.append(np.where(t < 0, n, g))
-        ties.append(np.where(t < 0, 0, r))
+        g, r = next_item_ranks(rec.score(chunk).astype(np.float64), [rec.positions(list(h)) for h in chunk],
+                               tgt[start:start + batch_size])
+        greater.append(g)
+        ties.append(r)
     return mean_metrics(rec_metrics_from_ranks(np.concatenate(greater), np.concatenate(ties), n, (10,)))["NDCG@10"]
 
 

@@ -77,6 +77,17 @@ def target_ranks(scores: np.ndarray, targets: np.ndarray) -> tuple[np.ndarray, n
     return greater.astype(np.int64), ties.astype(np.int64)
 
 
+def next_item_ranks(scores: np.ndarray, seen: Sequence[np.ndarray], targets: np.ndarray) -> tuple[np.ndarray, ...]:
+    """:func:`target_ranks` of a full ranking with each row's ``seen`` columns excluded; a target column of ``-1``
+    (an item the ranking does not know) ranks last. ``scores`` is modified in place."""
+    targets = np.asarray(targets)
+    for row, pos in enumerate(seen):
+        scores[row, pos[pos >= 0]] = -np.inf
+    missing = targets < 0
+    greater, ties = target_ranks(scores, np.where(missing, 0, targets))
+    return np.where(missing, scores.shape[1], greater), np.where(missing, 0, ties)
+
+
 def rec_metrics_from_ranks(
     greater: np.ndarray, ties: np.ndarray, num_candidates: int, cutoffs: Iterable[int] = REC_CUTOFFS
 ) -> dict[str, np.ndarray]:

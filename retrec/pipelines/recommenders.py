@@ -51,7 +51,8 @@ def _markov(split: LeaveOneOut, vocab: ItemVocabulary, target: str) -> ScoreFn:
 
 
 def _markov_decay(split: LeaveOneOut, vocab: ItemVocabulary, target: str) -> ScoreFn:
-    """The decay chosen on the validation item (history: train), then fitted on what ``target`` may see."""
+    """The decay chosen on the validation item (history: train), then fitted on what ``target`` may see (with
+    ``target="valid"`` the choice has seen the evaluated items: an optimistic figure, for development only)."""
     from retrec.pipelines.count_models import fit_count_model
 
     train = [list(t) for t in split.train]

@@ -32,7 +32,7 @@ from retrec.bundle import publish, read_manifest
 from retrec.data.interactions import Sequences, load_interactions, user_sequences
 from retrec.kinds import FUSION_MODEL
 from retrec.pipelines.count_models import fit_count_model
-from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks, target_ranks
+from retrec.pipelines.metrics import mean_metrics, next_item_ranks, rec_metrics_from_ranks
 from retrec.pipelines.recommenders import load_recommender
 from retrec.pipelines.train_bert4rec import held_out_users, training_part, users_digest
 from retrec.pipelines.train_config import SequenceTrainOptions
@@ -112,24 +112,20 @@ def grid_search(fused: FusedRecommender, histories: list[list[str]], targets: li
     grid = [(w, t) for t in itertools.product(*choices) for w in weights]
     n_items = len(fused.item_ids)
     target_pos = fused.positions(targets)
-    missing = target_pos < 0
     greater: list[list[np.ndarray]] = [[] for _ in grid]
     ties: list[list[np.ndarray]] = [[] for _ in grid]
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
-        tgt, gone = target_pos[start:start + batch_size], missing[start:start + batch_size]
         raw = [rec.score(chunk) for rec in fused.components]
         seen = [fused.positions(h) for h in chunk]
         probs, current = None, None
         for i, (w, t) in enumerate(grid):
             if t != current:
                 probs, current = fused.distributions(raw, t), t
-            scores = fused.combine(probs, w).astype(np.float64)
-            for row, pos in enumerate(seen):
-                scores[row, pos[pos >= 0]] = -np.inf
-            g, r = target_ranks(scores, np.where(gone, 0, tgt))
-            greater[i].append(np.where(gone, n_items, g))
-            ties[i].append(np.where(gone, 0, r))
+            g, r = next_item_ranks(fused.combine(probs, w).astype(np.float64), seen,
+                                   target_pos[start:start + batch_size])
+            greater[i].append(g)
+            ties[i].append(r)
     scores_of = [mean_metrics(rec_metrics_from_ranks(np.concatenate(g), np.concatenate(r), n_items, (10,)))["NDCG@10"]
                  for g, r in zip(greater, ties)]
     best = max(range(len(grid)), key=lambda i: (scores_of[i], -i))

@@ -52,3 +52,11 @@ def test_fit_count_model_refits_on_what_the_final_model_may_see() -> None:
     chosen = CountBundle.fit("markov-decay", [s[:-1] for s in seqs], decay=rec.model.decay)
     np.testing.assert_array_equal(rec.model.matrix.toarray(), chosen.model.matrix.toarray())
     assert validation_ndcg(rec, *valid) >= 0.0
+
+
+def test_next_item_ranks_exclude_seen_and_rank_unknown_targets_last() -> None:
+    from retrec.pipelines.metrics import next_item_ranks
+
+    scores = np.array([[0.9, 0.8, 0.1, 0.5], [0.9, 0.8, 0.1, 0.5]])
+    greater, ties = next_item_ranks(scores, [np.array([0, -1]), np.array([], np.int64)], np.array([3, -1]))
+    assert greater.tolist() == [1, 4] and ties.tolist() == [0, 0]  # item 0 seen: only item 1 above item 3
