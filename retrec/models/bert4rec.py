@@ -38,6 +38,7 @@ class BERT4RecConfig:
     heads: int = 2
     dropout: float = 0.1
     attention_dropout: float = 0.1
+    block: str = "bert"  # "bert": post-LN blocks + output head; "sasrec": Kang & McAuley's (retrec/models/sasrec.py)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -143,8 +144,8 @@ class BERT4Rec(nn.Module):
                         self.pad)
 
     def score_next(self, histories: list[np.ndarray]) -> torch.Tensor:
-        """Scores ``[B, num_items]`` of the next item after each row history."""
-        return self.score_last(self.next_rows(histories))
+        """Scores ``[B, num_items]`` of the next item after each row history (on the model's device)."""
+        return self.score_last(self.next_rows(histories).to(self.bias.device))
 
     def table_rows(self) -> torch.Tensor:
         """``[num_items, d+1]``: item embedding with its output bias appended."""

@@ -1,4 +1,5 @@
-"""Training precision: bf16 autocast where the hardware runs bf16 natively, fp32 elsewhere.
+"""Training device and precision: a CUDA GPU when there is one; bf16 autocast where the hardware runs bf16
+natively, fp32 elsewhere.
 
 ``auto`` is bf16 on a CUDA GPU that supports it and on a CPU with native bf16 instructions (AVX512-BF16 or
 AMX, which oneDNN uses: matrix products at about twice the fp32 rate), else fp32 (emulated bf16 is slower
@@ -16,12 +17,24 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import re
 from collections.abc import Iterator
 from typing import Literal
 
 import torch
 
 Precision = Literal["auto", "bf16", "fp32"]
+
+
+def resolve_device(requested: str = "auto") -> str:
+    """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` as asked."""
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cpu" or re.fullmatch(r"cuda(:\d+)?", requested):
+        if requested.startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(f"device {requested!r} asked for, but torch sees no CUDA GPU")
+        return requested
+    raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {requested!r}")
 
 
 def native_bf16(device: str = "cpu") -> bool:

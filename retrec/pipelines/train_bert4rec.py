@@ -35,7 +35,8 @@ from retrec.bundle import Manifest, Publication
 from retrec.data.interactions import Sequences, load_interactions, user_sequences
 from retrec.kinds import BERT4REC_MODEL
 from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder, left_pad
-from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks, target_ranks
+from retrec.models.precision import autocast, resolve_device, resolve_precision
+from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks
 from retrec.pipelines.train_config import SequenceTrainOptions, TrainConfig
 from retrec.pipelines.train_loop import LoopConfig, TorchAdapter, TrainRun, run_training
 from retrec.tables import EmbeddingTable, FrozenTable
@@ -150,7 +151,7 @@ def batch_count(n: int, batch_size: int, pool: int = 50) -> int:
 
 
 def cloze_batch(rows: torch.Tensor, model: BERT4Rec, p: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Mask each real position with probability ``p`` (at least one per sequence: the last)."""
+    """Mask each real position with probability ``p`` (at least one per sequence: the last); CPU tensors."""
     real = rows != model.pad
     masked = (torch.rand(rows.shape, generator=gen) < p) & real
     none = ~masked.any(dim=1)
@@ -167,14 +168,14 @@ def loss_fn(model: BERT4Rec, hidden: torch.Tensor, targets: torch.Tensor, cfg: S
     if cfg.loss not in ("sampled", "gbce"):
         raise ValueError(f"unknown loss {cfg.loss!r}; choose 'ce', 'sampled' or 'gbce'")
     n = model.cfg.num_items  # uniform negatives shared by the batch; a target drawn as its own negative is masked
-    neg = torch.randint(0, n, (min(cfg.negatives, n),), generator=gen)
+    neg = torch.randint(0, n, (min(cfg.negatives, n),), generator=gen).to(hidden.device)
     emb = model.item_matrix()
     pos_logit = (hidden * emb[targets]).sum(-1) + model.bias[targets]
     neg_logit = hidden @ emb[neg].T + model.bias[neg]
     own = neg[None, :] == targets[:, None]
     if cfg.loss == "sampled":
         logits = torch.cat([pos_logit[:, None], neg_logit.masked_fill(own, -1e9)], dim=1)
-        return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long))
+        return F.cross_entropy(logits, torch.zeros(len(targets), dtype=torch.long, device=logits.device))
     # gBCE (Petrov & Macdonald, RecSys'23): the positive's log-sigmoid raised to beta, calibrating the
     # probabilities that sampling k of n-1 negatives would otherwise overstate
     alpha = min(len(neg), n - 1) / max(n - 1, 1)
@@ -199,17 +200,20 @@ def resolve_defaults(cfg: SequenceTrainOptions, seqs: Sequences) -> SequenceTrai
 
 @torch.no_grad()
 def validate(model: BERT4Rec, histories: list[np.ndarray], targets: np.ndarray, batch_size: int = 512) -> dict:
-    """Full-ranking metrics of the held-out item, seen items excluded (torch path, for early stopping)."""
+    """Full-ranking metrics of the held-out item, seen items excluded, ranked on the model's device (the counts
+    of :func:`~retrec.pipelines.metrics.target_ranks`: items scoring above the target, items tying with it)."""
     model.eval()
     greater, ties = [], []
     for start in range(0, len(histories), batch_size):
         chunk = histories[start:start + batch_size]
-        scores = model.score_next(chunk).numpy().astype(np.float64)
-        for i, h in enumerate(chunk):
-            scores[i, h] = -np.inf
-        g, t = target_ranks(scores, targets[start:start + batch_size])
-        greater.append(g)
-        ties.append(t)
+        scores = model.score_next(chunk).float()
+        seen_row = torch.from_numpy(np.repeat(np.arange(len(chunk)), [len(h) for h in chunk]))
+        seen = torch.from_numpy(np.concatenate(chunk).astype(np.int64))
+        scores[seen_row.to(scores.device), seen.to(scores.device)] = -torch.inf
+        target = torch.from_numpy(targets[start:start + batch_size]).to(scores.device)
+        t = scores.gather(1, target[:, None])
+        greater.append((scores > t).sum(1).cpu().numpy())
+        ties.append(((scores == t).sum(1) - 1).cpu().numpy())
     model.train()
     per_user = rec_metrics_from_ranks(np.concatenate(greater), np.concatenate(ties), model.cfg.num_items, (10,))
     return mean_metrics(per_user)
@@ -227,10 +231,13 @@ class Bert4RecAdapter(TorchAdapter):
         assert cfg.max_len is not None, "resolve_defaults() first"
         self.prep, self.table, self.cfg = prep, table, cfg
         torch.manual_seed(cfg.seed)
-        self.gen = torch.Generator().manual_seed(cfg.seed)
+        self.gen = torch.Generator().manual_seed(cfg.seed)  # CPU: masks and negatives, the same on every device
+        self.device = resolve_device(cfg.device)
+        self.precision = resolve_precision(cfg.precision, self.device)
+        log.info("%s: training on %s, %s", self.name, self.device, self.precision)
         self.model = self.model_type(BERT4RecConfig(
             num_items=len(prep.item_keys), max_len=cfg.max_len, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
-            dropout=cfg.dropout, attention_dropout=cfg.dropout))
+            dropout=cfg.dropout, attention_dropout=cfg.dropout, block=getattr(cfg, "block", "bert"))).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.windows = windows(prep.train, cfg.max_len + self.window_extra)
         self.lengths = np.array([len(w) for w in self.windows])
@@ -245,8 +252,10 @@ class Bert4RecAdapter(TorchAdapter):
         chunk = [self.windows[i] for i in batch]
         rows = left_pad(chunk, max(len(w) for w in chunk), self.model.pad)
         assert isinstance(self.cfg, TrainConfig) and self.cfg.mask_prob is not None
-        inputs, masked, targets = cloze_batch(rows, self.model, self.cfg.mask_prob, self.gen)
-        return loss_fn(self.model, self.model(inputs)[masked], targets, self.cfg, self.gen), {}
+        inputs, masked, targets = (t.to(self.device) for t in cloze_batch(rows, self.model, self.cfg.mask_prob,
+                                                                           self.gen))
+        with autocast(self.precision, self.device):
+            return loss_fn(self.model, self.model(inputs)[masked], targets, self.cfg, self.gen), {}
 
     def evaluate(self) -> dict[str, float | None]:
         metrics = validate(self.model, self.prep.valid_history, self.prep.valid_target)
@@ -263,7 +272,7 @@ class Bert4RecAdapter(TorchAdapter):
             self.gen.manual_seed(self.cfg.seed + int(checkpoint["state"]["epoch"].item()))
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
-        model, prep, state = self.model, self.prep, run.state
+        model, prep, state = self.model.cpu(), self.prep, run.state  # exports and parity run on the CPU
         with torch.no_grad():
             rows = model.table_rows().numpy()
         self.table.update(prep.item_keys, rows, now=0.0)
@@ -282,7 +291,8 @@ class Bert4RecAdapter(TorchAdapter):
 
 def loop_config(cfg: SequenceTrainOptions) -> LoopConfig:
     """Epochs with early stopping on the validation NDCG@10; the best epoch's weights are exported."""
-    return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, lr_schedule=cfg.lr_schedule,
+    return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, max_minutes=cfg.max_minutes,
+                      lr_schedule=cfg.lr_schedule,
                       warmup_steps=cfg.warmup_steps, seed=cfg.seed, stop_within_epoch=False, step_curve=False,
                       monitor="valid_NDCG@10", keep_best=True, patience=cfg.patience)
 

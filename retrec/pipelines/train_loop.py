@@ -199,7 +199,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     total = loop.epochs * per_epoch if loop.max_steps is None else min(loop.max_steps, loop.epochs * per_epoch)
     state, curve = LoopState(), []
     if resume and (ckpt_dir / LAST).is_file():
-        checkpoint = torch.load(ckpt_dir / LAST, weights_only=True)
+        checkpoint = torch.load(ckpt_dir / LAST, weights_only=True, map_location="cpu")
         state = LoopState.from_tensors(checkpoint["state"])
         adapter.load_state_dict(checkpoint)
         curve = json.loads((ckpt_dir / CURVE).read_text()) if (ckpt_dir / CURVE).is_file() else []
@@ -227,7 +227,8 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
         curve.append({**point, **metrics, "seconds": round(state.seconds, 1)})
         if _track_best(loop, state, metrics, point["epoch"]) and loop.keep_best:
             state.best_step = state.step
-            atomic_write_bytes(ckpt_dir / BEST, save({k: v.contiguous() for k, v in model.state_dict().items()}))
+            weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+            atomic_write_bytes(ckpt_dir / BEST, save(weights))
         return metrics
 
     def eval_fits() -> bool:

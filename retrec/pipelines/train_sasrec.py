@@ -22,6 +22,7 @@ import torch
 
 from retrec.kinds import SASREC_MODEL
 from retrec.models.bert4rec import left_pad
+from retrec.models.precision import autocast
 from retrec.models.sasrec import SASRec
 from retrec.pipelines.train_bert4rec import Bert4RecAdapter, loss_fn, train_sequence
 from retrec.pipelines.train_config import SASRecTrainConfig
@@ -44,9 +45,10 @@ class SASRecAdapter(Bert4RecAdapter):
         model = self.model
         assert isinstance(model, SASRec)
         chunk = [self.windows[i] for i in batch]
-        inputs, targets = model.shifted(left_pad(chunk, max(len(w) for w in chunk), model.pad))
+        inputs, targets = model.shifted(left_pad(chunk, max(len(w) for w in chunk), model.pad).to(self.device))
         real = targets != model.pad
-        return loss_fn(model, model(inputs)[real], targets[real], self.cfg, self.gen), {}
+        with autocast(self.precision, self.device):
+            return loss_fn(model, model(inputs)[real], targets[real], self.cfg, self.gen), {}
 
 
 def train_sasrec(

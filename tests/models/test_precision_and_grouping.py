@@ -1,11 +1,11 @@
-"""Training precision (bf16 autocast where native) and length-grouped document passes."""
+"""Training device and precision (a GPU when there is one; bf16 autocast where native); length-grouped passes."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from retrec.models.precision import autocast, native_bf16, resolve_precision
+from retrec.models.precision import autocast, native_bf16, resolve_device, resolve_precision
 from retrec.models.text_encoder import TextEncoder, embed_grouped
 from retrec.runtime.tokenizer import load_tokenizer
 
@@ -18,6 +18,18 @@ def test_precision_resolves_to_bf16_only_where_native() -> None:
     assert resolve_precision("fp32") == "fp32" and resolve_precision("bf16") == "bf16"
     with pytest.raises(ValueError, match="precision must be"):
         resolve_precision("fp16")
+
+
+def test_device_is_a_gpu_only_when_torch_sees_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    with pytest.raises(ValueError, match="sees no CUDA GPU"):
+        resolve_device("cuda:0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
+    for bad in ("gpu", "cuda:x", "cpu; rm -rf /", ""):
+        with pytest.raises(ValueError, match="device must be"):
+            resolve_device(bad)
 
 
 def test_autocast_runs_matrix_products_in_bf16_and_fp32_is_untouched() -> None:

@@ -97,3 +97,29 @@ def test_cosine_schedule_decays_over_the_epochs(tiny_data: Path, tmp_path: Path)
     with pytest.raises(ValueError, match="unknown lr schedule"):
         train_bert4rec(tiny_data, tmp_path / "bad", TrainConfig(**{**TINY.__dict__, "lr_schedule": "step"}),
                        progress=False)
+
+
+def test_step_budget_decays_the_rate_and_ends_training(tiny_data: Path, tmp_path: Path) -> None:
+    """``max_steps``: the learning rate decays over the step budget; training ends with the epoch that reaches it."""
+    cfg = TrainConfig(**{**TINY.__dict__, "epochs": 50, "patience": 50, "max_steps": 2, "warmup_steps": 1})
+    train_bert4rec(tiny_data, tmp_path / "steps", cfg, progress=False)
+    curve = json.loads((tmp_path / "steps" / "training_curve.json").read_text())
+    assert len(curve) == 1 and curve[0]["lr"] < 0.1 * cfg.lr  # one epoch (it holds more than 2 steps), decayed
+
+
+def test_validation_ranks_equal_the_shared_metric() -> None:
+    """``validate`` ranks on the model's device; its counts are :func:`target_ranks`' with seen items excluded."""
+    from retrec.pipelines.metrics import mean_metrics, next_item_ranks, rec_metrics_from_ranks
+    from retrec.pipelines.train_bert4rec import validate
+
+    torch.manual_seed(0)
+    model = BERT4Rec(BERT4RecConfig(num_items=40, max_len=6, hidden=8, layers=1, heads=1)).eval()
+    rng = np.random.default_rng(0)
+    histories = [rng.choice(40, size=int(rng.integers(1, 9)), replace=False) for _ in range(300)]
+    targets = np.array([int(rng.integers(0, 40)) for _ in histories])  # sometimes a seen item: ranks last
+    with torch.no_grad():
+        scores = model.score_next(histories).double().numpy()
+    greater, ties = next_item_ranks(scores, histories, targets)
+    expected = mean_metrics(rec_metrics_from_ranks(greater, ties, 40, (10,)))
+    got = validate(model, histories, targets, batch_size=64)
+    assert got == pytest.approx(expected, abs=1e-6) and 0 < got["NDCG@10"] < 1

@@ -37,9 +37,42 @@ def test_bundle_serves_what_torch_scores(bundle: Path) -> None:
     assert len(top[2]) == 5  # an empty history still gets a list
 
 
-def test_attention_is_causal() -> None:
+def test_bert_layout_still_trains_and_serves(tiny_data: Path, tmp_path: Path) -> None:
+    """Bundles trained before the paper's layout (``--block bert``) keep training, exporting and loading."""
+    out = train_sasrec(tiny_data, tmp_path / "b", SASRecTrainConfig(**{**TINY.__dict__, "block": "bert",
+                                                                        "epochs": 1}), progress=False)
+    manifest = load_bundle(out, kind="model/sasrec")
+    assert manifest.config["model"]["block"] == "bert" and manifest.metrics["onnx_top10_identical"] == 1.0
+    bert, paper = (set(SASRec(SASRecConfig(num_items=5, block=b)).state_dict()) for b in ("bert", "sasrec"))
+    assert bert != paper  # different layers: a bundle's config says which to rebuild
+    with pytest.raises(ValueError, match="unknown block layout"):
+        SASRec(SASRecConfig(num_items=5, block="gpt"))
+
+
+@pytest.mark.parametrize("block", ["sasrec", "bert"])
+def test_left_padding_changes_nothing(block: str) -> None:
+    """Padded positions are masked out of attention (and zeroed in the paper's layout): the real positions'
+    outputs are the same at any padding length (positions are right-aligned)."""
     torch.manual_seed(0)
-    model = SASRec(SASRecConfig(num_items=50, max_len=8, hidden=16, layers=2, heads=2)).eval()
+    model = SASRec(SASRecConfig(num_items=50, max_len=8, hidden=16, layers=2, heads=2, block=block)).eval()
+    with torch.no_grad():
+        short = model(torch.tensor([[3, 4, 5]]))
+        padded = model(torch.tensor([[50, 50, 50, 50, 50, 3, 4, 5]]))
+    torch.testing.assert_close(padded[:, -3:], short, atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (the trainers pick one by themselves)")
+def test_trains_on_a_gpu_and_exports_for_the_cpu(tiny_data: Path, tmp_path: Path) -> None:
+    out = train_sasrec(tiny_data, tmp_path / "g", SASRecTrainConfig(**{**TINY.__dict__, "device": "auto"}),
+                       progress=False)
+    manifest = load_bundle(out, kind="model/sasrec")
+    assert manifest.config["train"]["device"] == "auto" and manifest.metrics["onnx_top10_identical"] == 1.0
+
+
+@pytest.mark.parametrize("block", ["sasrec", "bert"])
+def test_attention_is_causal(block: str) -> None:
+    torch.manual_seed(0)
+    model = SASRec(SASRecConfig(num_items=50, max_len=8, hidden=16, layers=2, heads=2, block=block)).eval()
     rows = torch.tensor([[3, 4, 5, 6, 7, 8, 9, 10]])
     changed = rows.clone()
     changed[0, -1] = 11

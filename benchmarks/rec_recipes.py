@@ -1,0 +1,99 @@
+"""Sequential-recommender recipes side by side: each arm trained in its own process, all at once, then tested.
+
+    python benchmarks/rec_recipes.py --data ../shared/data/beauty --out runs/recipes \
+        --arm sas-ce-e45=sasrec:loss=ce,epochs=45 --arm b4r-e86=bert4rec:epochs=86
+
+An arm is ``NAME=TRAINER:field=value,...`` over the trainer's config fields (``retrec train sasrec|bert4rec``'s
+options, underscores); ``max_minutes`` is unset unless given, so an arm with ``epochs=N`` runs N epochs with the
+learning rate decaying over them: on a GPU machine this replays a CPU run of the same epochs in minutes (the
+trainers pick a CUDA GPU by themselves), to compare recipes before paying for them on 2 cores. Each bundle is
+then evaluated like ``retrec eval-rec`` (full ranking, test item, seen items excluded). Prints one JSON line per
+arm and writes them to ``OUT/results.jsonl``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+SHARED = Path(__file__).resolve().parents[2] / "shared/data"
+
+
+def parse_arm(text: str) -> tuple[str, str, dict[str, Any]]:
+    name, _, spec = text.partition("=")
+    trainer, _, options = spec.partition(":")
+    if trainer not in ("sasrec", "bert4rec") or not name:
+        raise SystemExit(f"arm {text!r}: NAME=sasrec|bert4rec:field=value,...")
+    values: dict[str, Any] = {}
+    for pair in filter(None, options.split(",")):
+        key, _, raw = pair.partition("=")
+        values[key] = json.loads(raw) if raw[:1].isdigit() or raw[:1] in "-[{" or raw in ("true", "false",
+                                                                                          "null") else raw
+    return name, trainer, values
+
+
+def run_arm(args: tuple[str, str, dict[str, Any], str, str, int]) -> dict[str, Any]:
+    """Train one arm, then test its bundle (in the worker: arms finish and report one by one)."""
+    name, trainer, values, data, out, threads = args
+    os.environ["RETREC_NUM_THREADS"] = str(threads)
+    import torch
+
+    torch.set_num_threads(threads)
+    from retrec.pipelines.train_bert4rec import train_bert4rec
+    from retrec.pipelines.train_config import SASRecTrainConfig, TrainConfig
+    from retrec.pipelines.train_sasrec import train_sasrec
+
+    config_type = SASRecTrainConfig if trainer == "sasrec" else TrainConfig
+    known = {f.name for f in fields(config_type)}
+    if unknown := set(values) - known:
+        raise SystemExit(f"arm {name}: unknown fields {sorted(unknown)}")
+    cfg = config_type(**{"max_minutes": None, **values})
+    start = time.perf_counter()
+    bundle = (train_sasrec if trainer == "sasrec" else train_bert4rec)(data, Path(out) / name, cfg, progress=False)
+    return test_bundle({"arm": name, "bundle": str(bundle), "wall_s": round(time.perf_counter() - start, 1)}, data)
+
+
+def test_bundle(row: dict[str, Any], data: str) -> dict[str, Any]:
+    from retrec.bundle import load_bundle
+    from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
+    from retrec.pipelines.evaluate_rec import evaluate_recommender
+    from retrec.pipelines.recommenders import build_recommender, vocabulary_of
+
+    loo = leave_one_out(user_sequences(load_interactions(data)))
+    vocab = vocabulary_of(loo)
+    res = evaluate_recommender(build_recommender(row["bundle"], loo, vocab), loo, vocab, progress=False)
+    m = load_bundle(row["bundle"])
+    return {**row, "test_NDCG@10": round(res.metrics["NDCG@10"], 4), "test_HR@10": round(res.metrics["HR@10"], 4),
+            "valid_NDCG@10": round(m.metrics["valid_NDCG@10"], 4), "best_epoch": m.metrics["best_epoch"],
+            "epochs_run": m.metrics["epochs_run"], "train_min": round(m.metrics["train_seconds"] / 60, 2),
+            "config": m.config["train"]}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=SHARED / "beauty")
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--arm", action="append", required=True, help="NAME=TRAINER:field=value,...")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per arm")
+    parser.add_argument("--results", type=Path, help="JSON lines, appended as arms finish (default OUT/results.jsonl)")
+    args = parser.parse_args()
+    arms = [parse_arm(a) for a in args.arm]
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = args.results or args.out / "results.jsonl"
+    ctx = mp.get_context("spawn")  # CUDA in the workers
+    jobs = [(n, t, v, str(args.data), str(args.out), args.threads) for n, t, v in arms]
+    with ctx.Pool(len(arms), maxtasksperchild=1) as pool:
+        for row in pool.imap_unordered(run_arm, jobs):
+            print(json.dumps(row), flush=True)
+            with results.open("a") as fh:
+                fh.write(json.dumps(row) + "\n")
+
+
+if __name__ == "__main__":
+    main()
