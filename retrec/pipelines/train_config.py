@@ -219,7 +219,7 @@ class SASRecTrainConfig(SequenceTrainOptions):
     """SASRec next-item training at every position (see retrec/pipelines/train_sasrec.py)."""
 
     dropout: float = option(0.5, "dropout (hidden and attention; Beauty validation NDCG@10 over 30 epochs: 0.5 "
-                                 "0.043, 0.2 0.040, 0.1 0.037 — every position is a target, so it overfits "
+                                 "0.044, 0.2 0.041, 0.1 0.040 — every position is a target, so it overfits "
                                  "sooner than BERT4Rec)")
     max_steps: int | None = option(10_000, "at most this many optimizer steps; the learning rate decays over the "
                                            "smallest of the time, epoch and step budgets (Beauty: 31 epochs, "
