@@ -4,11 +4,12 @@
         --arm sas-ce-e45=sasrec:loss=ce,epochs=45 --arm b4r-e86=bert4rec:epochs=86
 
 An arm is ``NAME=TRAINER:field=value,...`` over the trainer's config fields (``retrec train sasrec|bert4rec``'s
-options, underscores); ``max_minutes`` is unset unless given, so an arm with ``epochs=N`` runs N epochs with the
-learning rate decaying over them: on a GPU machine this replays a CPU run of the same epochs in minutes (the
-trainers pick a CUDA GPU by themselves), to compare recipes before paying for them on 2 cores. Each bundle is
-then evaluated like ``retrec eval-rec`` (full ranking, test item, seen items excluded). Prints one JSON line per
-arm and writes them to ``OUT/results.jsonl``.
+options, underscores); ``max_minutes`` and ``max_steps`` are unset unless given, so an arm with ``epochs=N`` runs
+up to N epochs (early stopping may end it sooner) with the learning rate decaying over them: on a GPU machine
+this replays a CPU run of the same epochs in minutes (the trainers pick a CUDA GPU by themselves), to compare
+recipes before paying for them on 2 cores. Each bundle is then evaluated like ``retrec eval-rec`` (full ranking,
+test item, seen items excluded). Prints one JSON line per arm (an ``error`` for an arm that failed) and appends
+them to ``OUT/results.jsonl``.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ import argparse
 import json
 import multiprocessing as mp
 import os
+import re
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -28,32 +29,45 @@ SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 def parse_arm(text: str) -> tuple[str, str, dict[str, Any]]:
     name, _, spec = text.partition("=")
     trainer, _, options = spec.partition(":")
-    if trainer not in ("sasrec", "bert4rec") or not name:
-        raise SystemExit(f"arm {text!r}: NAME=sasrec|bert4rec:field=value,...")
+    if trainer not in ("sasrec", "bert4rec") or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
+        raise SystemExit(f"arm {text!r}: NAME=sasrec|bert4rec:field=value,... (NAME: letters, digits, . _ -)")
     values: dict[str, Any] = {}
     for pair in filter(None, options.split(",")):
         key, _, raw = pair.partition("=")
         values[key] = json.loads(raw) if raw[:1].isdigit() or raw[:1] in "-[{" or raw in ("true", "false",
                                                                                           "null") else raw
+    try:  # unknown fields and bad values are refused before anything runs
+        config_type(trainer)(**{"max_minutes": None, "max_steps": None, **values})
+    except (TypeError, ValueError) as exc:
+        raise SystemExit(f"arm {name}: {exc}") from None
     return name, trainer, values
 
 
+def config_type(trainer: str) -> type:
+    from retrec.pipelines.train_config import SASRecTrainConfig, TrainConfig
+
+    return SASRecTrainConfig if trainer == "sasrec" else TrainConfig
+
+
 def run_arm(args: tuple[str, str, dict[str, Any], str, str, int]) -> dict[str, Any]:
-    """Train one arm, then test its bundle (in the worker: arms finish and report one by one)."""
-    name, trainer, values, data, out, threads = args
+    """Train one arm, then test its bundle (in the worker: arms finish and report one by one); a failing arm
+    reports its error and leaves the others running."""
+    try:
+        return train_and_test(*args)
+    except Exception as exc:  # one arm's failure is its row
+        return {"arm": args[0], "error": f"{type(exc).__name__}: {exc}"}
+
+
+def train_and_test(name: str, trainer: str, values: dict[str, Any], data: str, out: str, threads: int
+                   ) -> dict[str, Any]:
     os.environ["RETREC_NUM_THREADS"] = str(threads)
     import torch
 
     torch.set_num_threads(threads)
     from retrec.pipelines.train_bert4rec import train_bert4rec
-    from retrec.pipelines.train_config import SASRecTrainConfig, TrainConfig
     from retrec.pipelines.train_sasrec import train_sasrec
 
-    config_type = SASRecTrainConfig if trainer == "sasrec" else TrainConfig
-    known = {f.name for f in fields(config_type)}
-    if unknown := set(values) - known:
-        raise SystemExit(f"arm {name}: unknown fields {sorted(unknown)}")
-    cfg = config_type(**{"max_minutes": None, **values})
+    cfg = config_type(trainer)(**{"max_minutes": None, "max_steps": None, **values})
     start = time.perf_counter()
     bundle = (train_sasrec if trainer == "sasrec" else train_bert4rec)(data, Path(out) / name, cfg, progress=False)
     return test_bundle({"arm": name, "bundle": str(bundle), "wall_s": round(time.perf_counter() - start, 1)}, data)
@@ -84,6 +98,8 @@ def main() -> None:
     parser.add_argument("--results", type=Path, help="JSON lines, appended as arms finish (default OUT/results.jsonl)")
     args = parser.parse_args()
     arms = [parse_arm(a) for a in args.arm]
+    if len({name for name, _, _ in arms}) < len(arms):
+        raise SystemExit("arm names must be unique (each writes OUT/NAME)")
     args.out.mkdir(parents=True, exist_ok=True)
     results = args.results or args.out / "results.jsonl"
     ctx = mp.get_context("spawn")  # CUDA in the workers

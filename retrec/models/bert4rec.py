@@ -87,6 +87,8 @@ class BERT4Rec(nn.Module):
 
     def __init__(self, cfg: BERT4RecConfig) -> None:
         super().__init__()
+        if type(self) is BERT4Rec and cfg.block != "bert":
+            raise ValueError(f"BERT4Rec has BERT blocks only, not {cfg.block!r}")
         self.cfg = cfg
         d = cfg.hidden
         self.pad = cfg.num_items

@@ -30,9 +30,13 @@ def resolve_device(requested: str = "auto") -> str:
     """``auto`` → ``cuda`` when torch sees a GPU, else ``cpu``; ``cpu``, ``cuda`` and ``cuda:N`` as asked."""
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if requested == "cpu" or re.fullmatch(r"cuda(:\d+)?", requested):
-        if requested.startswith("cuda") and not torch.cuda.is_available():
+    if requested == "cpu":
+        return requested
+    if match := re.fullmatch(r"cuda(?::([0-9]{1,3}))?", requested):
+        if not torch.cuda.is_available():
             raise ValueError(f"device {requested!r} asked for, but torch sees no CUDA GPU")
+        if match.group(1) is not None and int(match.group(1)) >= torch.cuda.device_count():
+            raise ValueError(f"device {requested!r} asked for, but torch sees {torch.cuda.device_count()} GPU(s)")
         return requested
     raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {requested!r}")
 

@@ -200,8 +200,9 @@ def resolve_defaults(cfg: SequenceTrainOptions, seqs: Sequences) -> SequenceTrai
 
 @torch.no_grad()
 def validate(model: BERT4Rec, histories: list[np.ndarray], targets: np.ndarray, batch_size: int = 512) -> dict:
-    """Full-ranking metrics of the held-out item, seen items excluded, ranked on the model's device (the counts
-    of :func:`~retrec.pipelines.metrics.target_ranks`: items scoring above the target, items tying with it)."""
+    """Full-ranking metrics of the held-out item, seen items excluded, ranked on the model's device: the counts
+    of :func:`~retrec.pipelines.metrics.next_item_ranks` (items scoring above the target, items tying with it; a
+    target of ``-1``, an item the model does not know, ranks last), without copying ``[B, items]`` scores out."""
     model.eval()
     greater, ties = [], []
     for start in range(0, len(histories), batch_size):
@@ -211,9 +212,10 @@ def validate(model: BERT4Rec, histories: list[np.ndarray], targets: np.ndarray, 
         seen = torch.from_numpy(np.concatenate(chunk).astype(np.int64))
         scores[seen_row.to(scores.device), seen.to(scores.device)] = -torch.inf
         target = torch.from_numpy(targets[start:start + batch_size]).to(scores.device)
-        t = scores.gather(1, target[:, None])
-        greater.append((scores > t).sum(1).cpu().numpy())
-        ties.append(((scores == t).sum(1) - 1).cpu().numpy())
+        missing = target < 0
+        t = scores.gather(1, target.clamp(min=0)[:, None])
+        greater.append(torch.where(missing, scores.shape[1], (scores > t).sum(1)).cpu().numpy())
+        ties.append(torch.where(missing, 0, (scores == t).sum(1) - 1).cpu().numpy())
     model.train()
     per_user = rec_metrics_from_ranks(np.concatenate(greater), np.concatenate(ties), model.cfg.num_items, (10,))
     return mean_metrics(per_user)
@@ -283,7 +285,7 @@ class Bert4RecAdapter(TorchAdapter):
                   "dims": {"hidden": model.cfg.hidden, "row_dim": model.cfg.hidden + 1, "items": model.cfg.num_items,
                            "max_len": model.cfg.max_len, "history_len": model.history_len()}}
         metrics = {"valid_NDCG@10": state.best, "best_epoch": state.best_epoch, "epochs_run": state.epoch,
-                   "train_seconds": round(state.seconds, 1)}
+                   "train_seconds": round(state.seconds, 1), "device": self.device, "precision": self.precision}
         metrics["onnx_top10_identical"] = onnx_parity(model, pub.draft(**bundle), prep.item_keys,
                                                       prep.valid_history[:1000])
         return {**bundle, "metrics": {**metrics, **prep.stats}}

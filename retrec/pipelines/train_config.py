@@ -178,12 +178,13 @@ class SequenceTrainOptions:
     batch_size: int = option(128, "training windows per batch")
     lr: float = option(1e-3, "peak learning rate (AdamW)")
     lr_schedule: Schedule = option(  # noqa: RUF009 (a Literal alias)
-        "cosine", "decay to 0 over the budget (time or epochs)")
+        "cosine", "decay to 0 over the budget (time, epochs or steps)")
     warmup_steps: int = option(200, "linear learning-rate warm-up steps")
     weight_decay: float = option(0.01, "AdamW weight decay")
     epochs: int = option(200, "at most this many epochs")
-    max_steps: int | None = option(None, "at most this many optimizer steps (the learning rate decays over the "
-                                         "smallest of the time, epoch and step budgets)")
+    max_steps: int | None = option(None, "optimizer-step budget: the learning rate decays over the smallest of the "
+                                         "time, epoch and step budgets, and training ends with the epoch that "
+                                         "reaches it")
     patience: int = option(20, "epochs without validation gain before stopping")
     eval_users: int = option(10_000, "at most this many users held out for early stopping")
     valid_fraction: float = option(0.2, "share of the evaluable users held out for early stopping")
@@ -221,9 +222,9 @@ class SASRecTrainConfig(SequenceTrainOptions):
     dropout: float = option(0.5, "dropout (hidden and attention; Beauty validation NDCG@10 over 30 epochs: 0.5 "
                                  "0.044, 0.2 0.041, 0.1 0.040 — every position is a target, so it overfits "
                                  "sooner than BERT4Rec)")
-    max_steps: int | None = option(10_000, "at most this many optimizer steps; the learning rate decays over the "
-                                           "smallest of the time, epoch and step budgets (Beauty: 31 epochs, "
-                                           "validation still rising at the end; MovieLens-100k: 200 epochs first)")
+    max_steps: int | None = option(10_000, "optimizer-step budget: the learning rate decays over the smallest of "
+                                           "the time, epoch and step budgets, and training ends with the epoch "
+                                           "that reaches it (Beauty: 31 epochs; MovieLens-100k: 200 epochs first)")
     block: Literal["sasrec", "bert"] = option(
         "sasrec", "block layout: sasrec (the paper's: normalised query, feed-forward of width d) | bert (BERT4Rec's "
                   "post-LN blocks and output head)")

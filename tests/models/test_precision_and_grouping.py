@@ -26,8 +26,11 @@ def test_device_is_a_gpu_only_when_torch_sees_one(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValueError, match="sees no CUDA GPU"):
         resolve_device("cuda:0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     assert resolve_device("auto") == "cuda" and resolve_device("cuda:1") == "cuda:1"
-    for bad in ("gpu", "cuda:x", "cpu; rm -rf /", ""):
+    with pytest.raises(ValueError, match="sees 2 GPU"):
+        resolve_device("cuda:2")
+    for bad in ("gpu", "cuda:x", "cuda:\u0661", "cpu; rm -rf /", ""):
         with pytest.raises(ValueError, match="device must be"):
             resolve_device(bad)
 
