@@ -41,7 +41,23 @@ def recency_rows(histories: Sequence[Sequence[int]], num_items: int, decay: floa
     return sp.csr_matrix((np.asarray(weights, np.float32), (rows, cols)), shape=(len(histories), num_items))
 
 
-class MarkovRecommender:
+class ItemToItemRecommender:
+    """An item × item table (``matrix``) read by a history's recent items, backed off to popularity: a history
+    scores ``j`` by ``sum_k decay^age(k) * matrix[h_k, j]`` over its last ``window`` items (the last has age 0)."""
+
+    def __init__(self, num_items: int, backoff: float, decay: float, window: int) -> None:
+        self.num_items, self.backoff, self.decay, self.window = num_items, backoff, decay, window
+        self.popularity = PopularityRecommender(num_items)
+        self.matrix = sp.csr_matrix((num_items, num_items), dtype=np.float32)  # what a bundle stores
+
+    def score(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
+        pop = self.popularity.counts / max(float(self.popularity.counts.sum()), 1.0)
+        window = self.window if self.decay > 0 else 1
+        h = recency_rows(histories, self.num_items, self.decay, window)
+        return (h @ self.matrix).toarray() + self.backoff * pop
+
+
+class MarkovRecommender(ItemToItemRecommender):
     """P(next | last item) from transition counts, backed off to popularity for unseen transitions.
 
     With ``decay > 0`` the earlier items of the history vote too: ``sum_k decay^age(k) * P(next | h_k)`` over the
@@ -51,10 +67,7 @@ class MarkovRecommender:
     name = "markov"
 
     def __init__(self, num_items: int, backoff: float = 1e-3, decay: float = 0.0, window: int = 10) -> None:
-        self.num_items = num_items
-        self.backoff, self.decay, self.window = backoff, decay, window
-        self.popularity = PopularityRecommender(num_items)
-        self.transitions = sp.csr_matrix((num_items, num_items), dtype=np.float32)
+        super().__init__(num_items, backoff, decay, window)
 
     def fit(self, histories: Sequence[Sequence[int]]) -> MarkovRecommender:
         self.popularity.fit(histories)
@@ -63,26 +76,11 @@ class MarkovRecommender:
         counts = sp.csr_matrix((np.ones(len(src), np.float32), (src, dst)), shape=(self.num_items,) * 2)
         counts.sum_duplicates()
         row_sums = np.asarray(counts.sum(axis=1)).ravel()
-        self.transitions = (sp.diags(1.0 / np.maximum(row_sums, 1.0)).astype(np.float32) @ counts).tocsr()
+        self.matrix = (sp.diags(1.0 / np.maximum(row_sums, 1.0)).astype(np.float32) @ counts).tocsr()
         return self
 
-    @property
-    def matrix(self) -> sp.csr_matrix:
-        """The item × item table the scores read (what a bundle stores)."""
-        return self.transitions
 
-    @matrix.setter
-    def matrix(self, value: sp.csr_matrix) -> None:
-        self.transitions = value
-
-    def score(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
-        pop = self.popularity.counts / max(float(self.popularity.counts.sum()), 1.0)
-        window = self.window if self.decay > 0 else 1
-        h = recency_rows(histories, self.num_items, self.decay, window)
-        return (h @ self.transitions).toarray() + self.backoff * pop
-
-
-class CooccurrenceRecommender:
+class CooccurrenceRecommender(ItemToItemRecommender):
     """Item-to-item co-occurrence in users' histories, cosine-normalised, summed over the history by recency.
 
     The item-kNN / session-kNN family's simplest member: ``sim(i, j) = |users with i and j| / sqrt(|i| |j|)``, and a
@@ -93,9 +91,7 @@ class CooccurrenceRecommender:
     name = "cooc"
 
     def __init__(self, num_items: int, decay: float = 0.5, window: int = 20, backoff: float = 1e-6) -> None:
-        self.num_items, self.decay, self.window, self.backoff = num_items, decay, window, backoff
-        self.popularity = PopularityRecommender(num_items)
-        self.similarity = sp.csr_matrix((num_items, num_items), dtype=np.float32)
+        super().__init__(num_items, backoff, decay, window)
 
     def fit(self, histories: Sequence[Sequence[int]]) -> CooccurrenceRecommender:
         self.popularity.fit(histories)
@@ -108,18 +104,5 @@ class CooccurrenceRecommender:
         counts.eliminate_zeros()
         users_of = np.asarray(x.sum(axis=0)).ravel()
         norm = sp.diags((1.0 / np.sqrt(np.maximum(users_of, 1.0))).astype(np.float32))
-        self.similarity = (norm @ counts @ norm).tocsr().astype(np.float32)
+        self.matrix = (norm @ counts @ norm).tocsr().astype(np.float32)
         return self
-
-    @property
-    def matrix(self) -> sp.csr_matrix:
-        return self.similarity
-
-    @matrix.setter
-    def matrix(self, value: sp.csr_matrix) -> None:
-        self.similarity = value
-
-    def score(self, histories: Sequence[Sequence[int]]) -> np.ndarray:
-        h = recency_rows(histories, self.num_items, self.decay, self.window)
-        pop = self.popularity.counts / max(float(self.popularity.counts.sum()), 1.0)
-        return (h @ self.similarity).toarray() + self.backoff * pop

@@ -13,7 +13,7 @@ def test_cooccurrence_is_cosine_over_users_weighted_by_recency() -> None:
     users_of = np.array([2, 3, 2, 1])
     both = np.array([[0, 2, 1, 0], [2, 0, 2, 0], [1, 2, 0, 0], [0, 0, 0, 0]])  # repeats count once, no self
     sim = both / np.sqrt(np.outer(users_of, users_of))
-    np.testing.assert_allclose(rec.similarity.toarray(), sim, rtol=1e-6)
+    np.testing.assert_allclose(rec.matrix.toarray(), sim, rtol=1e-6)
     # history [2, 0]: the last item (0) weighs 1, the one before (2) weighs 0.5
     np.testing.assert_allclose(rec.score([[2, 0]])[0], sim[0] + 0.5 * sim[2], rtol=1e-6)
     np.testing.assert_allclose(CooccurrenceRecommender(4, window=1, backoff=0.0).fit([[0, 1], [0, 1, 2]])
