@@ -63,6 +63,8 @@ DENSE_INDEX = "index/dense"
 DENSE_MODEL = "model/dense"
 RERANKER_MODEL = "model/reranker"
 MULTIVECTOR_MODEL = "model/multivector"
+SPARSE_MODEL = "model/sparse"
+SPARSE_INDEX = "index/sparse"
 MUVERA_INDEX = "index/muvera"
 MAXSIM_INDEX = "index/maxsim"
 BERT4REC_MODEL = "model/bert4rec"
@@ -141,6 +143,14 @@ BUILTIN: tuple[Kind, ...] = (
          check="retrec.index.multivector:check_index", encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("maxsim",)),
     Kind(MULTIVECTOR_MODEL, "query_encoder", "ONNX token encoder (MiniLM + a projection, L2-normalised per token; "
          "ColBERT-style)", payload="tokens", load="retrec.runtime.token_encoder:OnnxTokenEncoder"),
+    Kind(SPARSE_INDEX, "index", "learned sparse: an inverted index over quantised impacts (uint8 or float16), "
+         "sharded, exact top-k by posting-list accumulation", payload="sparse",
+         load="retrec.index.sparse_index:load_index", build="retrec.index.sparse_index:build_index",
+         assemble="retrec.index.sparse_index:assemble_index", check="retrec.index.sparse_index:check_index",
+         encoder_kinds=(SPARSE_MODEL,), eval_names=("sparse",)),
+    Kind(SPARSE_MODEL, "query_encoder", "ONNX SPLADE encoder (MiniLM + a head tied to the word embeddings; "
+         "siamese, or inference-free: queries weighted by a table)", payload="sparse",
+         load="retrec.runtime.sparse_encoder:OnnxSparseEncoder"),
     Kind(RERANKER_MODEL, "reranker", "ONNX cross-encoder (MiniLM + a linear head) scoring (query, document) pairs",
          load="retrec.runtime.reranker:OnnxReranker"),
     Kind(BERT4REC_MODEL, "recommender", "BERT4Rec: ONNX user encoder over a collisionless item table",

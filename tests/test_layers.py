@@ -61,6 +61,9 @@ ALLOWED_UPWARD: dict[tuple[str, str], str] = {
     # The tokenizer loader is torch-free and used at inference, so it lives in runtime/ (issue 11, item 9);
     # training and ONNX export in models/ must tokenise exactly as inference does, so they use the same loader.
     ("retrec.models", "retrec.runtime.tokenizer"): "one tokenizer loader, shared by training and inference",
+    # A sparse payload is read off the model's output by one function (non-zeros, top-k ties by id), so the torch
+    # reference of the ONNX parity check post-processes exactly as the served encoder does (torch-free module).
+    ("retrec.models.splade", "retrec.runtime.sparse_encoder"): "one sparse payload extraction, torch and ONNX",
 }
 
 # Direct imports that these packages must never make (whatever their layers would allow).

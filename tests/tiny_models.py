@@ -97,3 +97,25 @@ def tiny_multivector_encoder(out: Path, dim: int = 8, seed: int = 0, query_augme
     export_multivector(TokenEncoder(bert, dim).eval(), out, tokenizer=load_tokenizer(), config=config,
                        name="tiny-multivector", version=f"mv-{seed}")
     return out
+
+
+def tiny_sparse_encoder(out: Path, seed: int = 0, mode: str = "siamese") -> Path:
+    """A ``model/sparse`` bundle: a one-layer, 32-wide BERT SPLADE encoder with random weights, its head calibrated
+    to ~60 terms a text, MiniLM's tokenizer (inference-free: an IDF query table over a few sentences)."""
+    import torch
+    from transformers import BertConfig, BertModel
+
+    from retrec.models.splade import SparseConfig, SpladeEncoder, export_sparse, idf_weights
+    from retrec.runtime.tokenizer import load_tokenizer, special_ids
+
+    torch.manual_seed(seed)
+    tok = load_tokenizer()
+    bert = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64), add_pooling_layer=False)
+    model = SpladeEncoder(bert, special_ids(tok)).eval()
+    sample = ["genes and proteins in cells", "vitamin C prevents scurvy", "serving replicas and shards"]
+    model.calibrate(tok, sample, start_terms=60, max_length=32)
+    table = idf_weights(tok, sample, 32) if mode == "inference-free" else None
+    export_sparse(model, out, tokenizer=tok, config=SparseConfig(mode=mode, max_query_length=16, max_doc_length=64),
+                  query_weights=table, name="tiny-sparse", version=f"sparse-{seed}")
+    return out

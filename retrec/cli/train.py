@@ -8,6 +8,7 @@ Example::
 
     retrec train dense --data ../shared/data/scifact --out artifacts/scifact-dense --max-minutes 30
     retrec train multivector --data ../shared/data/scifact --out artifacts/scifact-multivector
+    retrec train sparse --data ../shared/data/scifact --out artifacts/scifact-sparse
     retrec train reranker --data ../shared/data/scifact --out artifacts/scifact-reranker
     retrec train bert4rec --data ../shared/data/beauty --out artifacts/bert4rec --mask-prob 0.6 --resume
 """
@@ -34,6 +35,7 @@ from retrec.pipelines.train_config import (
     MultivectorTrainConfig,
     RerankerTrainConfig,
     SASRecTrainConfig,
+    SparseTrainConfig,
     TrainConfig,
 )
 
@@ -105,6 +107,11 @@ train_app.command("multivector")(config_command(
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",
     "Train a ColBERT-style token encoder (MaxSim) from the packaged MiniLM or --base-model; writes an ONNX bundle "
     "(model/multivector) for `retrec index muvera|maxsim`."))
+train_app.command("sparse")(config_command(
+    SparseTrainConfig, "retrec.pipelines.train_sparse:train_sparse",
+    "BEIR folder (train qrels; dev qrels used for evaluation when present)",
+    "Train a SPLADE learned sparse encoder (siamese or inference-free) from the packaged MiniLM or --base-model; "
+    "writes an ONNX bundle (model/sparse) for `retrec index sparse`."))
 train_app.command("reranker")(config_command(
     RerankerTrainConfig, "retrec.pipelines.train_reranker:train_reranker",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",

@@ -4,7 +4,8 @@ The demo is the list :data:`STEPS` of step functions, numbered when run; each ca
 so the demo always shows the whole product. Indexes are built, published and opened through the registry of
 kinds (as ``retrec index`` / ``retrec eval --index`` do), recommenders evaluated through it (as ``eval-rec``).
 It writes ``WORKDIR/data``, ``WORKDIR/runs/bm25.run`` and the bundles ``WORKDIR/bundles/{bm25,encoder,dense,
-multivector,muvera,bert4rec,sasrec,fusion}`` that the serving step (:func:`retrec.serving.launch.demo_config`) serves.
+multivector,muvera,splade,sparse,bert4rec,sasrec,fusion}`` that the serving step
+(:func:`retrec.serving.launch.demo_config`) serves.
 
 Example::
 
@@ -31,9 +32,10 @@ from retrec.pipelines.metrics import RETRIEVAL_MEASURES
 from retrec.pipelines.recommenders import BASELINES, build_recommender, vocabulary_of
 from retrec.pipelines.retrievers import build_from_texts
 from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
-from retrec.pipelines.train_config import MultivectorTrainConfig, SASRecTrainConfig
+from retrec.pipelines.train_config import MultivectorTrainConfig, SASRecTrainConfig, SparseTrainConfig
 from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
 from retrec.pipelines.train_multivector import train_multivector
+from retrec.pipelines.train_sparse import train_sparse
 
 # Small and quick: the demo shows the pipeline end to end, it makes no claims.
 DEMO_BERT4REC = TrainConfig(max_len=20, hidden=64, layers=2, heads=2, batch_size=16, lr=1e-3, epochs=40,
@@ -46,6 +48,9 @@ DEMO_DENSE = DenseTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=
 DEMO_MULTIVECTOR = MultivectorTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=2.0, max_doc_length=128,
                                           dev_max_queries=20, dev_candidates=10, quantize=False, pca_documents=200,
                                           checkpoint_every=1_000)
+DEMO_SPARSE = SparseTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=2.0, max_doc_length=128,
+                                dev_max_queries=20, dev_candidates=10, quantize=False, calibration_documents=64,
+                                flops_warmup_steps=4, checkpoint_every=1_000)
 
 
 @dataclass
@@ -107,6 +112,18 @@ def step_multivector(demo: Demo, title: str) -> None:
                   encoder=muvera.encoder)
     demo.retrievers["maxsim"] = build_from_texts(index_kind("maxsim"), ids, texts, model=model)
     demo.retrievers["muvera"] = open_index(demo.bundle_dir / "muvera")
+
+
+def step_sparse(demo: Demo, title: str) -> None:
+    console.print(f"[bold]{title}[/]: SPLADE encoder fine-tuned from MiniLM (short budget); an inverted index over "
+                  "its uint8 impacts, 2 shards")
+    assert demo.data_dir is not None
+    model = train_sparse(demo.data_dir, demo.bundle_dir / "splade", DEMO_SPARSE, command="retrec demo")
+    ids, texts = demo.documents()
+    built = build_from_texts(index_kind("sparse"), ids, texts, model=model, shards=2)
+    publish_index(built.index, demo.bundle_dir / "sparse", name="demo-sparse", texts=(ids, texts),
+                  encoder=built.encoder)
+    demo.retrievers["sparse"] = open_index(demo.bundle_dir / "sparse")
 
 
 def step_retrieval(demo: Demo, title: str) -> None:
@@ -221,6 +238,7 @@ STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
     ("index", step_index),
     ("dense", step_dense),
     ("multi-vector", step_multivector),
+    ("learned sparse", step_sparse),
     ("retrieval", step_retrieval),
     ("BERT4Rec", step_bert4rec),
     ("SASRec and fusion", step_sasrec_fusion),

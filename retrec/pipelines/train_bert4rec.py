@@ -150,10 +150,18 @@ def batch_count(n: int, batch_size: int, pool: int = 50) -> int:
     return sum(math.ceil(min(span, n - start) / batch_size) for start in range(0, n, span))
 
 
-def cloze_batch(rows: torch.Tensor, model: BERT4Rec, p: float, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
-    """Mask each real position with probability ``p`` (at least one per sequence: the last); CPU tensors."""
+def cloze_batch(rows: torch.Tensor, model: BERT4Rec, p: float, gen: torch.Generator,
+                last: float = 0.0) -> tuple[torch.Tensor, ...]:
+    """Mask each real position with probability ``p`` (at least one per sequence: the last); CPU tensors.
+
+    A share ``last`` of the rows masks only its last item instead: the task the model is served for (history, then
+    ``[MASK]``), which the BERT4Rec paper adds to the Cloze samples as a fine-tuning signal (section 3.6)."""
     real = rows != model.pad
     masked = (torch.rand(rows.shape, generator=gen) < p) & real
+    if last > 0.0:
+        only_last = torch.rand(len(rows), generator=gen) < last
+        masked[only_last] = False
+        masked[only_last, -1] = real[only_last, -1]
     none = ~masked.any(dim=1)
     masked[none, -1] = real[none, -1]
     inputs = rows.masked_fill(masked, model.mask)
@@ -255,7 +263,7 @@ class Bert4RecAdapter(TorchAdapter):
         rows = left_pad(chunk, max(len(w) for w in chunk), self.model.pad)
         assert isinstance(self.cfg, TrainConfig) and self.cfg.mask_prob is not None
         inputs, masked, targets = (t.to(self.device) for t in cloze_batch(rows, self.model, self.cfg.mask_prob,
-                                                                           self.gen))
+                                                                           self.gen, self.cfg.mask_last))
         with autocast(self.precision, self.device):
             return loss_fn(self.model, self.model(inputs)[masked], targets, self.cfg, self.gen), {}
 

@@ -1,4 +1,4 @@
-"""The training configs of ``retrec train dense|multivector|reranker|bert4rec|sasrec``: one place per option.
+"""The training configs of ``retrec train dense|multivector|sparse|reranker|bert4rec|sasrec``: one place per option.
 
 Each field carries its default, its ``--help`` text and, for a ``Literal`` type, its choices; the CLI
 generates its options from these dataclasses (retrec/cli/train.py). No torch here, so ``retrec --help``
@@ -128,6 +128,32 @@ class MultivectorTrainConfig(ContrastiveOptions):
 
 
 @dataclass
+class SparseTrainConfig(ContrastiveOptions):
+    """SPLADE fine-tuning: contrastive + FLOPS regularisation (see retrec/pipelines/train_sparse.py)."""
+
+    mode: Literal["siamese", "inference-free"] = option(
+        "siamese", "siamese (queries encoded by the model) | inference-free (documents only; a query's tokens "
+                   "weighted by the corpus IDF, IDF-aware FLOPS)")
+    epochs: int = option(10, "passes over the training queries (the best evaluated weights are exported)")
+    max_minutes: float | None = option(40.0, "training time budget, dev evaluation included")
+    scale: float = option(1.0, "logit scale of the sparse dot products in the cross-entropy")
+    lambda_q: float = option(0.01, "FLOPS weight on the query vectors (siamese)")
+    lambda_d: float = option(0.003, "FLOPS weight on the document vectors")
+    flops_warmup_steps: int = option(50, "steps over which the FLOPS weights grow quadratically from 0")
+    start_terms: int = option(200, "terms the median corpus document has at the start (the head's calibration "
+                                   "on --calibration-documents documents)")
+    calibration_documents: int = option(256, "corpus documents the head is calibrated on")
+    doc_top_k: int = option(0, "keep a document's k largest weights in the bundle's output (0: every non-zero)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.lambda_q, self.lambda_d) < 0 or self.flops_warmup_steps < 0 or self.doc_top_k < 0:
+            raise ValueError("lambda_q, lambda_d, flops_warmup_steps and doc_top_k must be >= 0")
+        if self.start_terms < 1 or self.calibration_documents < 1:
+            raise ValueError("start_terms and calibration_documents must be positive")
+
+
+@dataclass
 class RerankerTrainConfig(TextTrainingOptions):
     """Cross-encoder re-ranker fine-tuning (see retrec/pipelines/train_reranker.py)."""
 
@@ -209,10 +235,17 @@ class TrainConfig(SequenceTrainOptions):
 
     mask_prob: float | None = option(None, "Cloze mask probability (default: from the data, the paper's 0.6 for "
                                            "short sequences (median under 20 items, e.g. Beauty), else 0.2)")
+    mask_last: float = option(0.1, "share of the training windows that mask only their last item (the served "
+                                   "task: history, then [MASK]; the paper's fine-tuning samples)")
     max_minutes: float | None = option(55.0, "training time budget (the learning rate decays over it; Cloze learns "
                                              "from the masked positions only, so it gets longer than SASRec)")
     patience: int = option(100, "epochs without validation gain before stopping (Beauty: 20 stopped at epoch 45 "
                                 "before the decay, test NDCG@10 0.0182; validation kept rising as the rate decayed)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not 0.0 <= self.mask_last <= 1.0 or not (self.mask_prob is None or 0.0 <= self.mask_prob <= 1.0):
+            raise ValueError("mask_prob and mask_last must be in [0, 1]")
 
 
 @dataclass

@@ -215,3 +215,15 @@ def query_batch(tokenizer: TextTokenizer, texts: Sequence[str], max_length: int,
 def document_keep(input_ids: np.ndarray, attention_mask: np.ndarray, skip_ids: np.ndarray) -> np.ndarray:
     """``bool [batch, seq]``: the document tokens MaxSim reads (attended and not in the skip-list)."""
     return (attention_mask > 0) & ~np.isin(input_ids, skip_ids)
+
+
+def special_ids(tokenizer: TextTokenizer) -> list[int]:
+    """Ids of the vocabulary's bracketed special tokens (``[CLS]``, ``[SEP]``, ``[PAD]``, ``[MASK]``, ``[UNK]``,
+    ``[unused0]``, ...): never a term of a learned sparse vector."""
+    vocab = tokenizer._base.get_vocab()
+    return sorted(i for tok, i in vocab.items() if len(tok) > 2 and tok.startswith("[") and tok.endswith("]"))
+
+
+def vocabulary_size(tokenizer: TextTokenizer) -> int:
+    """Number of token ids (the largest id + 1)."""
+    return max(tokenizer._base.get_vocab().values()) + 1

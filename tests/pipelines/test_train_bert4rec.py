@@ -77,6 +77,20 @@ def test_cloze_masks_only_real_positions_and_at_least_one() -> None:
     assert (inputs[masked] == model.mask).all() and (inputs[rows == model.pad] == model.pad).all()
 
 
+def test_cloze_last_share_masks_only_the_last_item() -> None:
+    model = BERT4Rec(BERT4RecConfig(num_items=50, max_len=6))
+    rows = torch.randint(0, 50, (400, 6))
+    rows[::2, :2] = model.pad
+    gen = torch.Generator().manual_seed(0)
+    _, masked, _ = cloze_batch(rows, model, 0.9, gen, last=0.25)
+    only_last = masked[:, -1] & (masked.sum(dim=1) == 1)
+    assert 0.15 < only_last.float().mean().item() < 0.35  # ~25% (+ the rare p=0.9 rows masking just the last)
+    _, masked, _ = cloze_batch(rows, model, 0.9, gen, last=1.0)
+    assert masked[:, -1].all() and (masked.sum(dim=1) == 1).all()
+    with pytest.raises(ValueError, match="mask_last"):
+        TrainConfig(mask_last=1.5)
+
+
 def test_batch_count_is_the_number_of_length_batches() -> None:
     gen = torch.Generator().manual_seed(0)
     for n, size in ((1, 4), (7, 4), (400, 3), (1000, 7), (4000, 2)):

@@ -1,0 +1,130 @@
+"""The learned-sparse inverted index: exact scores against a dense reference, shards equal one, quantisation,
+ties, save/load, refused input and files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file, save_file
+
+from retrec.bundle import BundleError, load_bundle
+from retrec.index.sparse_index import assemble_index, check_index, load_index
+
+VOCAB = 500
+
+
+def encoder(name: str = "enc", version: str = "v1") -> SimpleNamespace:
+    return SimpleNamespace(manifest={"name": name, "version": version, "dim": VOCAB, "similarity": "dot",
+                                     "path": None})
+
+
+def random_vectors(n: int, terms: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        ids = np.sort(rng.choice(VOCAB, size=int(rng.integers(0, terms)), replace=False))
+        out.append((ids.astype(np.int64), rng.uniform(0.01, 3.0, len(ids)).astype(np.float32)))
+    return out
+
+
+def dense(vectors: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    out = np.zeros((len(vectors), VOCAB), np.float64)
+    for row, (ids, w) in enumerate(vectors):
+        out[row, ids] = w
+    return out
+
+
+@pytest.mark.parametrize("quantization", ["uint8", "float16"])
+def test_search_equals_the_dense_product_of_the_stored_impacts(quantization: str) -> None:
+    docs, queries = random_vectors(300, 60, 0), random_vectors(20, 15, 1)
+    doc_ids = [f"d{i:03d}" for i in range(len(docs))]
+    index = assemble_index(doc_ids, docs, encoder=encoder(), quantization=quantization)
+    if quantization == "uint8":
+        scale = max(float(w.max()) for _, w in docs if len(w)) / 255
+        stored = np.clip(np.rint(dense(docs) / scale), 0, 255) * scale
+        assert index.scale == pytest.approx(scale)
+    else:
+        stored = dense(docs).astype(np.float16).astype(np.float64)
+    expected = dense(queries) @ stored.T
+    for qi, hits in enumerate(index.search(queries, k=10)):
+        matching = np.flatnonzero(expected[qi] > 0)
+        assert len(hits) == min(10, len(matching))
+        got = {d: s for d, s in hits}
+        top = sorted(matching, key=lambda r: (-expected[qi, r], -r))[:10]
+        assert [doc_ids[r] for r in top][:3] == [d for d, _ in hits][:3]
+        for r in top:
+            assert got[doc_ids[r]] == pytest.approx(expected[qi, r], rel=1e-4)
+    assert index.search([(np.zeros(0, np.int64), np.zeros(0, np.float32))], k=5) == [[]]  # empty query
+
+
+def test_shards_equal_one_index() -> None:
+    docs, queries = random_vectors(400, 40, 2), random_vectors(25, 12, 3)
+    doc_ids = [f"doc-{i}" for i in range(len(docs))]
+    one = assemble_index(doc_ids, docs, encoder=encoder())
+    four = assemble_index(doc_ids, docs, encoder=encoder(), shards=4)
+    assert sorted(len(s.ids) for s in four.shards) != [0, 0, 0, 400] and len(four) == 400
+    assert one.search(queries, k=50) == four.search(queries, k=50)
+
+
+def test_ties_break_by_doc_id_descending() -> None:
+    same = (np.array([3, 7]), np.array([1.0, 2.0], np.float32))
+    index = assemble_index(["a", "c", "b", "z"], [same, same, same, (np.array([9]), np.array([1.0], np.float32))],
+                           encoder=encoder())
+    hits = index.search([(np.array([3, 7]), np.array([1.0, 1.0], np.float32))], k=10)[0]
+    assert [d for d, _ in hits] == ["c", "b", "a"]  # "z" shares no term: not retrieved
+
+
+def test_save_load_round_trip_and_one_shard(tmp_path: Path) -> None:
+    docs, queries = random_vectors(200, 50, 4), random_vectors(10, 10, 5)
+    doc_ids = [f"d{i}" for i in range(len(docs))]
+    index = assemble_index(doc_ids, docs, encoder=encoder(), shards=3)
+    manifest = index.save(tmp_path / "idx", name="toy")
+    assert manifest.kind == "index/sparse" and manifest.dims["postings"] == index.postings()
+    loaded = load_index(tmp_path / "idx")
+    assert loaded.search(queries, k=20) == index.search(queries, k=20)
+    part = load_index(tmp_path / "idx", shard=1)
+    assert part.shard_ids == [index.shard_ids[1]]
+    with pytest.raises(BundleError, match="cannot load shard 3"):
+        load_index(tmp_path / "idx", shard=3)
+
+
+def test_another_encoder_is_refused(tmp_path: Path) -> None:
+    index = assemble_index(["a"], random_vectors(1, 20, 6)[:1], encoder=encoder())
+    index.save(tmp_path / "idx")
+    manifest = load_bundle(tmp_path / "idx")
+    with pytest.raises(BundleError, match="version 'v2'"):
+        check_index(manifest, encoder(version="v2").manifest)
+    with pytest.raises(BundleError, match="dimension"):
+        check_index(manifest, {**encoder().manifest, "dim": VOCAB + 1})
+
+
+def test_bad_vectors_are_refused() -> None:
+    index = assemble_index(["a", "b"], random_vectors(2, 20, 7), encoder=encoder())
+    bad = [((np.array([VOCAB]), np.array([1.0])), "term ids must be in"),
+           ((np.array([1, 1]), np.array([1.0, 2.0])), "repeated term ids"),
+           ((np.array([1]), np.array([-1.0])), "non-negative"),
+           ((np.array([1]), np.array([np.nan])), "finite"),
+           ((np.array([1, 2]), np.array([1.0])), "2 term ids for 1 weights")]
+    for vector, message in bad:
+        with pytest.raises(ValueError, match=message):
+            index.search([vector], k=3)
+    with pytest.raises(ValueError, match="document 'x'"):
+        assemble_index(["x"], [(np.array([-1]), np.array([1.0]))], encoder=encoder())
+    with pytest.raises(ValueError, match="empty corpus"):
+        assemble_index([], [], encoder=encoder())
+
+
+def test_a_postings_file_that_does_not_fit_is_refused(tmp_path: Path) -> None:
+    index = assemble_index([f"d{i}" for i in range(30)], random_vectors(30, 20, 8), encoder=encoder())
+    index.save(tmp_path / "idx")
+    path = tmp_path / "idx" / "shards" / "000.postings.safetensors"
+    arrays = load_file(str(path))
+    arrays["docs"] = arrays["docs"] + 1000  # rows past the document table
+    save_file(arrays, str(path))
+    with pytest.raises(BundleError, match="checksum"):
+        load_index(tmp_path / "idx")
+    with pytest.raises(BundleError, match="postings do not match"):
+        load_index(tmp_path / "idx", verify=False)

@@ -1,0 +1,116 @@
+"""The SPLADE encoder: pooling, special tokens, calibration, FLOPS, ONNX parity (siamese and inference-free),
+empty / punctuation-only / out-of-vocabulary texts."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from retrec.bundle import BundleError, load_bundle
+from retrec.models.splade import SparseConfig, SpladeEncoder, export_sparse, flops, idf_weights, sparse_vectors
+from retrec.runtime.sparse_encoder import OnnxSparseEncoder
+from retrec.runtime.tokenizer import load_tokenizer, special_ids
+
+DOCS = ["Scurvy is caused by a lack of vitamin C, found in citrus fruit.",
+        "Ray Serve routes requests; replicas scale.", "short", "Tokens, tokens, and more (tokens)!",
+        "Vitamin C deficiency causes scurvy in sailors on long voyages without fresh food."]
+ODD = ["", "!!! ... ???", "qqqzzzxxyy ẞ∰ 𝔘", "∰ 𝔘 ☃"]  # the last: [UNK] tokens only
+
+
+def tiny_model(seed: int = 0) -> SpladeEncoder:
+    from transformers import BertConfig, BertModel
+
+    torch.manual_seed(seed)
+    bert = BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                                intermediate_size=64), add_pooling_layer=False)
+    return SpladeEncoder(bert, special_ids(load_tokenizer())).eval()
+
+
+def test_weights_are_max_pooled_log_saturated_logits_without_special_tokens() -> None:
+    model, tok = tiny_model(), load_tokenizer()
+    model.set_head(3.0, 0.0)
+    feeds = tok(DOCS[:2], 32)
+    ids, mask = torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
+    with torch.no_grad():
+        weights = model(ids, mask)
+        logits = model.logits(ids, mask)
+    specials = torch.as_tensor(special_ids(tok))
+    assert weights.shape == (2, 30522) and (weights >= 0).all() and (weights[:, specials] == 0).all()
+    keep = mask.bool() & (model.allowed[ids] > 0)  # [CLS] / [SEP] / padding not pooled
+    expected = torch.stack([torch.log1p(torch.relu(logits[r][keep[r]])).amax(0) for r in range(2)])
+    expected[:, specials] = 0
+    torch.testing.assert_close(weights, expected)
+
+
+def test_calibration_sets_the_median_document_terms() -> None:
+    model, tok = tiny_model(), load_tokenizer()
+    head = model.calibrate(tok, DOCS, start_terms=40, max_length=32)
+    terms = sorted(len(ids) for ids, _ in sparse_vectors(model, tok, DOCS, 32))
+    assert 30 <= terms[len(terms) // 2] <= 40 and head["scale"] > 0
+    top = max(float(w.max()) for _, w in sparse_vectors(model, tok, DOCS, 32))
+    assert 1.0 < top < 4.0  # around log(1 + 10)
+
+
+def test_flops_is_the_sum_of_squared_mean_activations() -> None:
+    w = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
+    assert float(flops(w)) == pytest.approx(2.0**2 + 0 + 1.0**2)
+
+
+def test_onnx_export_matches_torch_siamese(tmp_path: Path) -> None:
+    model, tok = tiny_model(), load_tokenizer()
+    model.calibrate(tok, DOCS, start_terms=60, max_length=32)
+    config = SparseConfig(max_query_length=16, max_doc_length=32)
+    export_sparse(model, tmp_path / "b", tokenizer=tok, config=config, name="tiny-sparse")
+    encoder = OnnxSparseEncoder(tmp_path / "b")
+    for texts, got, length in ((DOCS + ODD, encoder.encode_documents(DOCS + ODD), 32),
+                               (DOCS + ODD, encoder.encode_queries(DOCS + ODD), 16)):
+        expected = sparse_vectors(model, tok, texts, length)
+        for (gi, gw), (ei, ew) in zip(got, expected):
+            assert np.array_equal(gi, ei)
+            np.testing.assert_allclose(gw, ew, atol=1e-4)
+    empty, punctuation, _, unknown = encoder.encode_queries(ODD)
+    assert len(empty[0]) == 0 and len(unknown[0]) == 0  # no word: nothing pooled
+    assert len(punctuation[0]) > 0  # punctuation is text: it has expansions
+    assert all(w.dtype == np.float32 and i.dtype == np.int64 for i, w in encoder.encode_documents(DOCS))
+    manifest = load_bundle(tmp_path / "b")
+    assert manifest.kind == "model/sparse" and manifest.dims["dim"] == 30522 and manifest.config["mode"] == "siamese"
+
+
+def test_document_top_k_keeps_the_largest_weights(tmp_path: Path) -> None:
+    model, tok = tiny_model(), load_tokenizer()
+    model.calibrate(tok, DOCS, start_terms=60, max_length=32)
+    export_sparse(model, tmp_path / "b", tokenizer=tok, config=SparseConfig(max_doc_length=32, doc_top_k=5))
+    full = sparse_vectors(model, tok, DOCS, 32)
+    for (ids, w), (fi, fw) in zip(OnnxSparseEncoder(tmp_path / "b").encode_documents(DOCS), full):
+        assert len(ids) == min(5, len(fi)) and set(ids) <= set(fi)
+        assert w.min() >= np.sort(fw)[-len(ids)] - 1e-4
+
+
+def test_inference_free_queries_are_table_lookups(tmp_path: Path) -> None:
+    model, tok = tiny_model(), load_tokenizer()
+    table = idf_weights(tok, DOCS, 32)
+    assert (table[special_ids(tok)] == 0).all() and table[tok.encode(["scurvy"], 8)[0][1]] > 0
+    with pytest.raises(ValueError, match="query weight table"):
+        export_sparse(model, tmp_path / "x", tokenizer=tok, config=SparseConfig(mode="inference-free"))
+    export_sparse(model, tmp_path / "b", tokenizer=tok, config=SparseConfig(mode="inference-free"),
+                  query_weights=table)
+    encoder = OnnxSparseEncoder(tmp_path / "b")
+    (ids, weights), (empty, _), _ = encoder.encode_queries(["vitamin scurvy scurvy", "", "!!!"])
+    tokens = sorted(set(tok.encode(["vitamin scurvy scurvy"], 16)[0]) - set(special_ids(tok)))
+    assert ids.tolist() == [t for t in tokens if table[t] > 0]
+    np.testing.assert_array_equal(weights, table[ids])
+    assert len(empty) == 0
+
+
+def test_a_bundle_of_another_kind_or_a_bad_table_is_refused(tmp_path: Path) -> None:
+    model, tok = tiny_model(), load_tokenizer()
+    with pytest.raises(ValueError, match="finite non-negative"):
+        export_sparse(model, tmp_path / "b", tokenizer=tok, config=SparseConfig(mode="inference-free"),
+                      query_weights=-np.ones(30522, np.float32))
+    from tests.tiny_models import tiny_dense_encoder
+
+    with pytest.raises(BundleError, match="model/sparse"):
+        OnnxSparseEncoder(tiny_dense_encoder(tmp_path / "dense"))

@@ -1,0 +1,77 @@
+"""`retrec train sparse`: tiny end-to-end runs (siamese and inference-free), their verified ONNX bundles, the
+FLOPS warm-up, resume, and an index built and searched through the registry."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrec.bundle import load_bundle
+from retrec.index.generic import build_index, index_kind, load_query_encoder
+from retrec.pipelines.train_config import SparseTrainConfig
+from retrec.pipelines.train_sparse import flops_weight, train_sparse
+from retrec.runtime.sparse_encoder import OnnxSparseEncoder
+
+TINY = {"batch_size": 4, "epochs": 1, "max_query_length": 16, "max_doc_length": 32, "quantize": False,
+        "dev_max_queries": 4, "dev_candidates": 5, "queries_per_cluster": 8, "checkpoint_every": 1,
+        "max_minutes": None, "calibration_documents": 20, "start_terms": 50, "flops_warmup_steps": 2}
+
+
+@pytest.fixture(scope="module")
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("retrec-cache-sparse")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("RETREC_CACHE", str(root))
+        yield root
+
+
+def test_siamese_training_writes_a_verified_bundle_and_resumes(tiny_data: Path, tmp_path: Path,
+                                                              private_cache: Path) -> None:
+    out = tmp_path / "sp"
+    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=2, distill_weight=1.0), progress=False)
+    manifest = load_bundle(out, kind="model/sparse")
+    metrics, config = manifest.metrics, manifest.config
+    assert metrics["steps"] == 2 and metrics["onnx_max_abs_diff"] <= 1e-4 and metrics["dev_nDCG@10_start"] is not None
+    assert metrics["dev_terms_per_document"] > 0 and metrics["dev_terms_per_query"] > 0
+    assert config["mode"] == "siamese" and config["similarity"] == "dot" and config["head"]["scale"] > 0
+    curve = [c for c in json.loads((out / "training_curve.json").read_text()) if "loss" in c]
+    assert [c["step"] for c in curve] == [1, 2]
+    assert all(np.isfinite(c["loss"]) and c["ce"] > 0 and c["flops_d"] > 0 and c["terms_d"] > 0 for c in curve)
+    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=3), resume=True, progress=False)
+    assert [c["step"] for c in json.loads((out / "training_curve.json").read_text()) if "loss" in c] == [1, 2, 3]
+
+    kind = index_kind("sparse")
+    encoder = load_query_encoder(kind, out)
+    index = build_index(kind, ["a", "b"], ["vitamin C and scurvy", "ray serve replicas"], encoder=encoder, shards=2)
+    (hits,) = index.search(encoder.encode_queries(["scurvy vitamin"]), k=2)
+    assert hits and hits[0][0] == "a"
+
+
+def test_inference_free_training_uses_the_idf_table(tiny_data: Path, tmp_path: Path, private_cache: Path) -> None:
+    out = tmp_path / "if"
+    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=1, mode="inference-free"), progress=False)
+    manifest = load_bundle(out, kind="model/sparse")
+    assert manifest.config["mode"] == "inference-free" and "query_weights" in manifest.config
+    curve = [c for c in json.loads((out / "training_curve.json").read_text()) if "loss" in c]
+    assert curve[0]["flops_q"] == 0.0  # no query model to regularise
+    encoder = OnnxSparseEncoder(out)
+    ids, weights = encoder.encode_queries(["gene expression"])[0]
+    np.testing.assert_array_equal(weights, encoder.query_weights[ids])
+
+
+def test_flops_weight_warms_up_quadratically() -> None:
+    assert [flops_weight(s, 4) for s in (0, 2, 4, 8)] == [0.0, 0.25, 1.0, 1.0]
+    assert flops_weight(0, 0) == 1.0
+
+
+def test_bad_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="lambda_q"):
+        SparseTrainConfig(lambda_d=-1.0)
+    with pytest.raises(ValueError, match="start_terms"):
+        SparseTrainConfig(start_terms=0)
+    with pytest.raises(ValueError, match="mode"):
+        SparseTrainConfig(mode="dual")  # type: ignore[arg-type]
