@@ -34,6 +34,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
+from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
@@ -45,6 +46,8 @@ KIND = SPARSE_INDEX
 Quantization = Literal["uint8", "float16"]
 QUANTIZATIONS = ("uint8", "float16")
 STORED = {"uint8": np.uint8, "float16": np.float16}  # the impacts' dtype on disk
+FLOAT16_MAX = float(np.finfo(np.float16).max)
+QUERY_CHUNK = 64  # queries multiplied by the postings at once (bounds the [queries, documents] product)
 SparseVector = tuple[np.ndarray, np.ndarray]  # (int64 term ids [t], float32 weights [t])
 
 
@@ -57,14 +60,20 @@ class SparseShard:
 
     def scorer(self, scale: float) -> sp.csr_matrix:
         """The postings as float32 weights (impact × scale), what a search multiplies by."""
-        out = self.postings.astype(np.float32)
-        out.data *= np.float32(scale)
-        return out
+        p = self.postings  # the float32 weights share the postings' index arrays
+        return sp.csr_matrix((p.data.astype(np.float32) * np.float32(scale), p.indices, p.indptr), shape=p.shape,
+                             copy=False)
 
 
 def check_vector(ids: Any, weights: Any, vocabulary: int, what: str) -> SparseVector:
     """``(ids, weights)`` as int64 / float32 arrays with unique in-vocabulary ids and finite weights ≥ 0."""
-    ids, weights = np.asarray(ids, np.int64).ravel(), np.asarray(weights, np.float32).ravel()
+    raw = np.asarray(ids)
+    if raw.size and raw.dtype.kind not in "iu":
+        raise ValueError(f"{what}: term ids must be integers, got {raw.dtype}")
+    try:
+        ids, weights = raw.astype(np.int64).ravel(), np.asarray(weights, np.float32).ravel()
+    except (OverflowError, TypeError, ValueError):
+        raise ValueError(f"{what}: term ids must be int64 and weights numbers") from None
     if ids.shape != weights.shape:
         raise ValueError(f"{what}: {len(ids)} term ids for {len(weights)} weights")
     if len(ids) and (ids.min() < 0 or ids.max() >= vocabulary):
@@ -82,6 +91,8 @@ def quantize(weights: np.ndarray, quantization: str, scale: float) -> np.ndarray
     if quantization == "uint8":
         return np.clip(np.rint(weights / scale), 0, 255).astype(np.uint8)
     if quantization == "float16":  # float16 on disk; SciPy holds it as float32 (exactly the same values)
+        if len(weights) and float(weights.max()) > FLOAT16_MAX:
+            raise ValueError(f"a weight of {float(weights.max()):.4g} exceeds float16's range; use uint8")
         return weights.astype(np.float16).astype(np.float32)
     raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
 
@@ -104,8 +115,9 @@ class SparseIndex:
 
     def __init__(self, shards: Sequence[SparseShard], *, vocabulary: int, quantization: str, scale: float,
                  encoder: Mapping[str, Any] | None = None, total_shards: int | None = None) -> None:
-        if quantization not in QUANTIZATIONS:
-            raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+        check_quantization(quantization)
+        if not (np.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be a positive number, got {scale}")
         self.vocabulary, self.quantization, self.scale = vocabulary, quantization, float(scale)
         self.encoder = dict(encoder) if encoder is not None else None
         self.shards = list(shards)
@@ -131,6 +143,10 @@ class SparseIndex:
         """Stored (term, document) impacts over every shard held."""
         return sum(int(s.postings.nnz) for s in self.shards)
 
+    def documents_without_postings(self) -> int:
+        """Documents whose every weight quantised to 0 (or that had none): no query can retrieve them."""
+        return sum(int((np.bincount(s.postings.indices, minlength=len(s.ids)) == 0).sum()) for s in self.shards)
+
     def encoded_documents(self) -> None:
         """Impacts are quantised: an incremental reindex encodes every document again."""
         return None
@@ -150,21 +166,29 @@ class SparseIndex:
         q = self._query_matrix(queries)
         if k <= 0:
             return [[] for _ in queries]
-        per_shard = [(q @ scorer).tocsr() for scorer in self._scorers]  # [queries, shard documents] each
-        out = []
-        for qi in range(len(queries)):
-            scores, keys = [], []
-            for s, result in enumerate(per_shard):
-                lo, hi = result.indptr[qi], result.indptr[qi + 1]
-                rows, values = result.indices[lo:hi], result.data[lo:hi]
-                hit = values > 0
-                scores.append(values[hit])
-                keys.append(self._keys[s][rows[hit]])
-            all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
-            all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
-            order = np.lexsort((-all_keys, -all_scores))[:k]
-            out.append(list(zip(self._ids_by_rank[all_keys[order]].tolist(), all_scores[order].tolist())))
+        out: list[Hits] = []
+        for start in range(0, q.shape[0], QUERY_CHUNK):
+            chunk = q[start:start + QUERY_CHUNK]
+            per_shard = [(chunk @ scorer).tocsr() for scorer in self._scorers]  # [queries, shard documents] each
+            out.extend(self._top(per_shard, qi, k) for qi in range(chunk.shape[0]))
         return out
+
+    def _top(self, per_shard: list[sp.csr_matrix], qi: int, k: int) -> Hits:
+        """Query ``qi``'s top ``k`` over the shards' score rows: score desc, then doc id desc."""
+        scores, keys = [], []
+        for s, result in enumerate(per_shard):
+            lo, hi = result.indptr[qi], result.indptr[qi + 1]
+            rows, values = result.indices[lo:hi], result.data[lo:hi]
+            hit = values > 0
+            scores.append(values[hit])
+            keys.append(self._keys[s][rows[hit]])
+        all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
+        all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
+        if len(all_scores) > k:  # every document tied with the k-th score stays, then the exact order
+            keep = all_scores >= np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
+            all_scores, all_keys = all_scores[keep], all_keys[keep]
+        order = np.lexsort((-all_keys, -all_scores))[:k]
+        return list(zip(self._ids_by_rank[all_keys[order]].tolist(), all_scores[order].tolist()))
 
     def save(self, directory: str | Path, name: str = "sparse", metrics: dict[str, Any] | None = None) -> Manifest:
         """Publish the index version atomically (postings, doc tables, manifest)."""
@@ -185,6 +209,7 @@ class SparseIndex:
                         "shards": len(self.shards), "shard_hash": SHARD_HASH,
                         "encoder": {k: encoder.get(k) for k in ("name", "version", "path")}},
                 dims={"dim": self.vocabulary, "documents": len(self), "postings": self.postings(),
+                      "documents_without_postings": self.documents_without_postings(),
                       "postings_per_document": round(self.postings() / n, 1),
                       "shard_documents": [len(s.ids) for s in self.shards]})
         assert pub.manifest is not None
@@ -208,6 +233,7 @@ def assemble_index(doc_ids: Sequence[str], encoded: Sequence[SparseVector], *, e
         raise ValueError("cannot index an empty corpus")
     if shards < 1:
         raise ValueError(f"shards must be >= 1, got {shards}")
+    check_quantization(quantization)
     ref = encoder_ref(encoder.manifest)
     vocabulary = int(ref["dim"])
     vectors = [check_vector(ids, w, vocabulary, f"document {d!r}") for d, (ids, w) in zip(doc_ids, encoded)]
@@ -221,9 +247,15 @@ def assemble_index(doc_ids: Sequence[str], encoded: Sequence[SparseVector], *, e
     return SparseIndex(parts, vocabulary=vocabulary, quantization=quantization, scale=scale, encoder=ref)
 
 
+def check_quantization(quantization: str) -> None:
+    if quantization not in QUANTIZATIONS:
+        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+
+
 def build_index(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, shards: int = 1,
                 progress: bool = False, quantization: str = "uint8") -> SparseIndex:
     """Registry builder (``retrec index sparse``): encode the documents, index their impacts."""
+    check_quantization(quantization)
     return assemble_index(doc_ids, encoder.encode_documents(list(texts), progress=progress), encoder=encoder,
                           shards=shards, quantization=quantization)
 
@@ -246,7 +278,7 @@ def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest 
     manifest = load_bundle(path, kind=KIND, verify=verify)
     try:
         return _load(manifest, path, shard, encoder)
-    except (KeyError, TypeError, ValueError) as exc:  # a manifest or file of another shape
+    except (KeyError, TypeError, ValueError, IndexError, OSError, SafetensorError) as exc:  # another shape
         raise BundleError(f"{path}: not a readable {KIND} version ({type(exc).__name__}: {exc})") from None
 
 
@@ -256,6 +288,10 @@ def _load(manifest: Manifest, path: str | Path, shard: int | None,
     if encoder is not None:
         check_encoder(index_check_ref(manifest), encoder, where=str(path))
     count, vocabulary, quantization = int(config["shards"]), int(dims["dim"]), config["quantization"]
+    check_quantization(quantization)
+    scale = float(config["scale"])
+    if vocabulary < 1 or not (np.isfinite(scale) and scale > 0):
+        raise BundleError(f"{path}: vocabulary {vocabulary} and scale {scale} must be positive")
     if count < 1 or len(dims["shard_documents"]) != count:
         raise BundleError(f"{path}: {count} shards for {len(dims['shard_documents'])} shard sizes")
     wanted = list(range(count)) if shard is None else [shard]
@@ -267,14 +303,31 @@ def _load(manifest: Manifest, path: str | Path, shard: int | None,
         ids = pq.read_table(manifest.file(f"shards/{s:03d}.docs.parquet")).column("doc_id").to_pylist()
         arrays = load_file(str(manifest.file(f"shards/{s:03d}.postings.safetensors")))
         indptr, docs, impacts = arrays["indptr"], arrays["docs"], arrays["impacts"]
-        if (len(ids) != int(dims["shard_documents"][s]) or impacts.dtype != dtype or indptr.shape != (vocabulary + 1,)
-                or indptr[0] != 0 or (np.diff(indptr) < 0).any() or int(indptr[-1]) != len(docs)
-                or len(docs) != len(impacts) or (len(docs) and (docs.min() < 0 or docs.max() >= len(ids)))):
+        if not _postings_fit(indptr, docs, impacts, dtype, vocabulary, len(ids), int(dims["shard_documents"][s])):
             raise BundleError(f"{path}: shard {s}'s postings do not match its document table or vocabulary")
         held = impacts if quantization == "uint8" else impacts.astype(np.float32)
-        parts.append(SparseShard(ids, sp.csr_matrix((held, docs, indptr), shape=(vocabulary, len(ids)))))
+        matrix = sp.csr_matrix((held, docs, indptr), shape=(vocabulary, len(ids)))
+        if not matrix.has_canonical_format:  # unsorted or repeated documents in a posting list
+            raise BundleError(f"{path}: shard {s}'s posting lists are not sorted and unique")
+        parts.append(SparseShard(ids, matrix))
     enc = config.get("encoder") or {}
     ref = {"name": enc.get("name"), "version": enc.get("version"), "dim": vocabulary, "similarity": "dot",
            "path": enc.get("path")}
-    return SparseIndex(parts, vocabulary=vocabulary, quantization=quantization, scale=float(config["scale"]),
-                       encoder=ref, total_shards=count)
+    return SparseIndex(parts, vocabulary=vocabulary, quantization=quantization, scale=scale, encoder=ref,
+                       total_shards=count)
+
+
+def _postings_fit(indptr: np.ndarray, docs: np.ndarray, impacts: np.ndarray, dtype: Any, vocabulary: int,
+                  documents: int, expected: int) -> bool:
+    """Whether a shard's arrays are what :meth:`SparseIndex.save` writes: 1-d int64 offsets rising from 0 to the
+    postings count, 1-d int32 document rows within the table, 1-d impacts of the stored dtype, positive and finite."""
+    if (indptr.dtype != np.int64 or docs.dtype != np.int32 or impacts.dtype != dtype
+            or indptr.ndim != 1 or docs.ndim != 1 or impacts.ndim != 1):
+        return False
+    if documents != expected or indptr.shape != (vocabulary + 1,) or len(docs) != len(impacts):
+        return False
+    if indptr[0] != 0 or (np.diff(indptr) < 0).any() or int(indptr[-1]) != len(docs):
+        return False
+    if len(docs) and (int(docs.min()) < 0 or int(docs.max()) >= documents):
+        return False
+    return bool(np.isfinite(impacts).all() and (impacts > 0).all())

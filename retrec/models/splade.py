@@ -116,9 +116,11 @@ class SpladeEncoder(nn.Module):
         return self.transform(hidden) @ self.bert.embeddings.word_embeddings.weight.T + self.bias
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        saturated = torch.log1p(torch.relu(self.logits(input_ids, attention_mask).float()))
-        pooled = (saturated * self.pooled_positions(input_ids, attention_mask).unsqueeze(-1)).amax(dim=1)
-        return pooled * self.allowed
+        # max_t log(1 + ReLU(x_t)) = log(1 + ReLU(max_t x_t)): pool the logits first, so only [batch, seq, vocab]
+        # logits (in the autocast dtype) are kept for the backward pass, not their saturated copies
+        keep = self.pooled_positions(input_ids, attention_mask).bool().unsqueeze(-1)
+        pooled = self.logits(input_ids, attention_mask).masked_fill(~keep, float("-inf")).amax(dim=1)
+        return torch.log1p(torch.relu(pooled.float())) * self.allowed
 
     def pooled_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """``float [batch, seq]``: the tokens whose expansions are pooled — attended and not special (``[CLS]``,
@@ -145,8 +147,12 @@ class SpladeEncoder(nn.Module):
                 top.append(values[:, 0])
         finally:
             self.train(was)
-        threshold = float(torch.cat(kth).median())
-        spread = max(float((torch.cat(top) - threshold).median()), 1e-3)
+        kth_all, top_all = torch.cat(kth), torch.cat(top)
+        usable = torch.isfinite(kth_all) & torch.isfinite(top_all)  # a text with no word pools nothing
+        if not usable.any():
+            raise ValueError("calibration texts have no word to pool (empty or special tokens only)")
+        threshold = float(kth_all[usable].median())
+        spread = max(float((top_all[usable] - threshold).median()), 1e-3)
         scale = top_weight / spread
         self.set_head(scale, threshold)
         return {"scale": scale, "threshold": threshold, "start_terms": float(start_terms)}

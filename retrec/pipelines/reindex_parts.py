@@ -86,13 +86,18 @@ class PartStore:
         except (OSError, ValueError, KeyError, TypeError):
             return False
 
-    def write(self, part: Part, encoded: np.ndarray | list[np.ndarray]) -> None:
+    def write(self, part: Part, encoded: np.ndarray | list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]) -> None:
         """Store a part's encodings (rows in ``part.doc_ids`` order), then its completion record. A list of
-        matrices (token payloads: one ``[tokens, dim]`` per document) is stored concatenated with the lengths."""
+        matrices (token payloads: one ``[tokens, dim]`` per document) is stored concatenated with the lengths; a
+        list of ``(term ids, weights)`` (sparse payloads) as the concatenated ids and weights with the lengths."""
         if len(encoded) != len(part.doc_ids):
             raise ValueError(f"part {part.number}: {len(encoded)} encodings for {len(part.doc_ids)} documents")
         data, record = self._paths(part.number)
-        if isinstance(encoded, list):
+        if isinstance(encoded, list) and encoded and isinstance(encoded[0], tuple):  # sparse: (term ids, weights)
+            tensors = {"term_ids": np.concatenate([np.asarray(i, np.int64) for i, _ in encoded]),
+                       "term_weights": np.concatenate([np.asarray(w, np.float32) for _, w in encoded]),
+                       "term_lengths": np.array([len(i) for i, _ in encoded], dtype=np.int64)}
+        elif isinstance(encoded, list):
             tensors = {"tokens": np.ascontiguousarray(np.concatenate(encoded)),
                        "lengths": np.array([len(m) for m in encoded], dtype=np.int64)}
         else:
@@ -102,8 +107,11 @@ class PartStore:
         atomic_write_text(record, json.dumps({"rows": len(part.doc_ids), "ids": _ids_digest(part.doc_ids),
                                               "sha256": sha256_file(data)}))
 
-    def read(self, part: Part) -> np.ndarray | list[np.ndarray]:
+    def read(self, part: Part) -> np.ndarray | list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
         tensors = load_file(str(self._paths(part.number)[0]))
+        if "term_lengths" in tensors:
+            cuts = np.cumsum(tensors["term_lengths"])[:-1]
+            return list(zip(np.split(tensors["term_ids"], cuts), np.split(tensors["term_weights"], cuts)))
         if "lengths" in tensors:
             return np.split(tensors["tokens"], np.cumsum(tensors["lengths"])[:-1])
         return tensors["encoded"]

@@ -137,8 +137,9 @@ class SparseTrainConfig(ContrastiveOptions):
     epochs: int = option(10, "passes over the training queries (the best evaluated weights are exported)")
     max_minutes: float | None = option(40.0, "training time budget, dev evaluation included")
     scale: float = option(1.0, "logit scale of the sparse dot products in the cross-entropy")
-    lambda_q: float = option(0.01, "FLOPS weight on the query vectors (siamese)")
-    lambda_d: float = option(0.003, "FLOPS weight on the document vectors")
+    lambda_q: float = option(0.03, "FLOPS weight on the query vectors (siamese; at the start of SciFact training "
+                                   "FLOPS(queries) ~2 and FLOPS(documents) ~9 against a cross-entropy ~3)")
+    lambda_d: float = option(0.01, "FLOPS weight on the document vectors")
     flops_warmup_steps: int = option(50, "steps over which the FLOPS weights grow quadratically from 0")
     start_terms: int = option(200, "terms the median corpus document has at the start (the head's calibration "
                                    "on --calibration-documents documents)")

@@ -65,9 +65,10 @@ class OnnxSparseEncoder(BundleModel):
         self.query_weights: np.ndarray | None = None
         if self.mode == "inference-free":
             table = load_file(str(self.manifest.file(config["query_weights"])))["weights"]
-            if table.shape != (self.dim,) or table.dtype != np.float32:
+            if table.shape != (self.dim,) or table.dtype != np.float32 or not np.isfinite(table).all() \
+                    or (table < 0).any():
                 raise BundleError(f"{self.manifest.path}: query weights of shape {table.shape} {table.dtype}, "
-                                  f"expected float32 [{self.dim}]")
+                                  f"expected float32 [{self.dim}], finite and non-negative")
             self.query_weights = table
         elif self.mode != "siamese":
             raise BundleError(f"{self.manifest.path}: unknown sparse mode {self.mode!r}")

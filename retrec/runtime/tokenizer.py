@@ -218,12 +218,9 @@ def document_keep(input_ids: np.ndarray, attention_mask: np.ndarray, skip_ids: n
 
 
 def special_ids(tokenizer: TextTokenizer) -> list[int]:
-    """Ids of the vocabulary's bracketed special tokens (``[CLS]``, ``[SEP]``, ``[PAD]``, ``[MASK]``, ``[UNK]``,
-    ``[unused0]``, ...): never a term of a learned sparse vector."""
+    """Ids of the tokenizer's special tokens and the vocabulary's bracketed ones (``[CLS]``, ``[SEP]``, ``[PAD]``,
+    ``[MASK]``, ``[UNK]``, ``[unused0]``, ...): never a term of a learned sparse vector."""
     vocab = tokenizer._base.get_vocab()
-    return sorted(i for tok, i in vocab.items() if len(tok) > 2 and tok.startswith("[") and tok.endswith("]"))
+    added = {i for i, tok in tokenizer._base.get_added_tokens_decoder().items() if tok.special}
+    return sorted(added | {i for tok, i in vocab.items() if len(tok) > 2 and tok.startswith("[") and tok.endswith("]")})
 
-
-def vocabulary_size(tokenizer: TextTokenizer) -> int:
-    """Number of token ids (the largest id + 1)."""
-    return max(tokenizer._base.get_vocab().values()) + 1

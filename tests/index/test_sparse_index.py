@@ -128,3 +128,63 @@ def test_a_postings_file_that_does_not_fit_is_refused(tmp_path: Path) -> None:
         load_index(tmp_path / "idx")
     with pytest.raises(BundleError, match="postings do not match"):
         load_index(tmp_path / "idx", verify=False)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda a: {**a, "indptr": a["indptr"].astype(np.uint64)}, "postings do not match"),
+    (lambda a: {**a, "indptr": a["indptr"][::-1].copy()}, "postings do not match"),
+    (lambda a: {**a, "docs": a["docs"].astype(np.float32)}, "postings do not match"),
+    (lambda a: {**a, "impacts": a["impacts"].astype(np.float16)}, "postings do not match"),
+    (lambda a: {**a, "docs": np.sort(a["docs"])}, "not sorted and unique|postings do not match"),
+])
+def test_crafted_postings_are_refused_before_use(tmp_path: Path, change, message: str) -> None:
+    index = assemble_index([f"d{i}" for i in range(30)], random_vectors(30, 20, 9), encoder=encoder())
+    index.save(tmp_path / "idx")
+    path = tmp_path / "idx" / "shards" / "000.postings.safetensors"
+    save_file(change(load_file(str(path))), str(path))
+    with pytest.raises(BundleError, match=message):
+        load_index(tmp_path / "idx", verify=False)
+
+
+def test_a_corrupt_file_or_manifest_value_is_a_bundle_error(tmp_path: Path) -> None:
+    import json
+
+    index = assemble_index([f"d{i}" for i in range(10)], random_vectors(10, 20, 10), encoder=encoder())
+    index.save(tmp_path / "idx")
+    manifest = json.loads((tmp_path / "idx" / "manifest.json").read_text())
+    for edit in ({"config": {**manifest["config"], "scale": -1.0}}, {"dims": {**manifest["dims"], "dim": -1}},
+                 {"config": {**manifest["config"], "quantization": "int4"}}):
+        (tmp_path / "idx" / "manifest.json").write_text(json.dumps({**manifest, **edit}))
+        with pytest.raises(BundleError):
+            load_index(tmp_path / "idx", verify=False)
+    (tmp_path / "idx" / "manifest.json").write_text(json.dumps(manifest))
+    (tmp_path / "idx" / "shards" / "000.postings.safetensors").write_bytes(b"\xff" * 64)
+    with pytest.raises(BundleError, match="not a readable"):
+        load_index(tmp_path / "idx", verify=False)
+
+
+def test_ids_must_be_integers_and_float16_range_is_checked() -> None:
+    index = assemble_index(["a"], random_vectors(1, 20, 11)[:1], encoder=encoder())
+    with pytest.raises(ValueError, match="integers"):
+        index.search([(np.array([1.7]), np.array([1.0]))], k=3)
+    with pytest.raises(ValueError, match="float16's range"):
+        assemble_index(["a"], [(np.array([1]), np.array([1e6], np.float32))], encoder=encoder(),
+                       quantization="float16")
+    with pytest.raises(ValueError, match="quantization"):
+        assemble_index(["a"], [(np.array([1]), np.array([1.0], np.float32))], encoder=encoder(), quantization="int4")
+    assert index.search([(np.array([1]), np.array([1.0]))], k=0) == [[]]
+
+
+def test_ties_across_shards_merge_by_doc_id_descending() -> None:
+    same = (np.array([3]), np.array([1.0], np.float32))
+    ids = [f"doc{i:02d}" for i in range(40)]
+    index = assemble_index(ids, [same] * 40, encoder=encoder(), shards=4)
+    hits = index.search([(np.array([3]), np.array([2.0], np.float32))], k=7)[0]
+    assert [d for d, _ in hits] == sorted(ids, reverse=True)[:7] and len({s for _, s in hits}) == 1
+
+
+def test_documents_without_postings_are_counted(tmp_path: Path) -> None:
+    vectors = [(np.array([1]), np.array([3.0], np.float32)), (np.array([2]), np.array([0.001], np.float32)),
+               (np.zeros(0, np.int64), np.zeros(0, np.float32))]
+    manifest = assemble_index(["a", "b", "c"], vectors, encoder=encoder()).save(tmp_path / "idx")
+    assert manifest.dims["documents_without_postings"] == 2  # b's weight rounds to 0 in uint8; c has none

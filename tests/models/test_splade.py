@@ -54,6 +54,11 @@ def test_calibration_sets_the_median_document_terms() -> None:
     assert 1.0 < top < 4.0  # around log(1 + 10)
 
 
+def test_calibration_refuses_texts_without_words() -> None:
+    with pytest.raises(ValueError, match="no word to pool"):
+        tiny_model().calibrate(load_tokenizer(), ["", "∰ 𝔘"], max_length=16)
+
+
 def test_flops_is_the_sum_of_squared_mean_activations() -> None:
     w = torch.tensor([[1.0, 0.0, 2.0], [3.0, 0.0, 0.0]])
     assert float(flops(w)) == pytest.approx(2.0**2 + 0 + 1.0**2)
@@ -86,7 +91,9 @@ def test_document_top_k_keeps_the_largest_weights(tmp_path: Path) -> None:
     full = sparse_vectors(model, tok, DOCS, 32)
     for (ids, w), (fi, fw) in zip(OnnxSparseEncoder(tmp_path / "b").encode_documents(DOCS), full):
         assert len(ids) == min(5, len(fi)) and set(ids) <= set(fi)
-        assert w.min() >= np.sort(fw)[-len(ids)] - 1e-4
+        if len(ids):
+            assert w.min() >= np.sort(fw)[-len(ids)] - 1e-4
+    assert max(len(fi) for fi, _ in full) > 5  # the cut was exercised
 
 
 def test_inference_free_queries_are_table_lookups(tmp_path: Path) -> None:

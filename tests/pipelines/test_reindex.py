@@ -284,3 +284,18 @@ def test_reindex_of_a_token_kind_equals_retrec_index(tiny_data: Path, tmp_path: 
     again = reindex(config)  # nothing changed, yet the lossy float16 store is encoded again, to the same files
     assert again.report["plan"]["reused"] == 0 and again.report["plan"]["encode"] == 300
     assert {k: v for k, v in _files(again.version).items() if k.startswith("shards/")} == payload
+
+
+def test_reindex_of_a_sparse_kind_equals_retrec_index(tiny_data: Path, tmp_path: Path) -> None:
+    """Sparse payloads (term ids and weights per document) travel through the parts store."""
+    from tests.tiny_models import tiny_sparse_encoder
+
+    model = tiny_sparse_encoder(tmp_path / "sp")
+    ids, texts = corpus_texts(read_corpus(tiny_data))
+    built = build_from_texts(index_kind("sparse"), ids, texts, model=model, shards=2)
+    indexed = publish_index(built.index, tmp_path / "index-sparse", "x", texts=(ids, texts), encoder=built.encoder)
+    config = ReindexConfig(kind="sparse", data=tiny_data, out=tmp_path / "sparse", model=model, shards=2, local=True,
+                           part_size=64, progress=False)
+    first = reindex(config)
+    payload = {k: v for k, v in _files(first.version).items() if k.startswith("shards/")}
+    assert payload and payload == {k: v for k, v in _files(indexed).items() if k.startswith("shards/")}
