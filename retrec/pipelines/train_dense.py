@@ -393,24 +393,30 @@ class DenseAdapter(ContrastiveAdapter):
         return {**fields, "config": config, "metrics": metrics}
 
 
+def contrastive_inputs(data: str | Path, cfg: ContrastiveOptions, progress: bool, what: str
+                       ) -> tuple[BaseModel, TrainingSet, Miners, Teacher, np.ndarray | None]:
+    """What every bi-encoder trainer starts from: the base model (a bad folder refused before any work), the
+    training set, the miners, the teacher and the topic clusters of the training queries (None: random batches)."""
+    base = resolve_base_model(cfg.base_model)
+    ts = training_set(data, cfg)
+    log.info("%s: %d training queries (%d judgements), %d dev queries (%s), %d documents", what, len(ts.query_ids),
+             sum(len(v) for v in ts.qrels_rows.values()), len(ts.dev_ids), ts.dev_source, len(ts.doc_ids))
+    miners, qvec, _ = build_miners(ts, cfg, progress)
+    log.info("%s: teacher %s", what, cfg.teacher)
+    teacher = build_teacher(cfg, miners, ts)
+    per_cluster = cfg.queries_per_cluster or 4 * cfg.batch_size
+    labels = topic_clusters(qvec, max(1, round(len(ts.query_ids) / per_cluster)), cfg.seed) \
+        if cfg.sampling == "topic" else None
+    return base, ts, miners, teacher, labels
+
+
 def train_dense(
     data: str | Path, out: str | Path, cfg: DenseTrainConfig | None = None, *, resume: bool = False,
     progress: bool = True, command: str | None = None, name: str | None = None,
 ) -> Path:
     """Train on ``data``'s train split (dev split when present), write a ``model/dense`` bundle to ``out``."""
     cfg = cfg or DenseTrainConfig()
-    base = resolve_base_model(cfg.base_model)  # a bad folder is refused before any work
-    ts = training_set(data, cfg)
-    log.info("dense: %d training queries (%d judgements), %d dev queries (%s), %d documents", len(ts.query_ids),
-             sum(len(v) for v in ts.qrels_rows.values()), len(ts.dev_ids), ts.dev_source, len(ts.doc_ids))
-    miners, qvec, _ = build_miners(ts, cfg, progress)
-    log.info("dense: teacher %s", cfg.teacher)
-    teacher = build_teacher(cfg, miners, ts)
-    per_cluster = cfg.queries_per_cluster or 4 * cfg.batch_size
-    log.info("dense: topic clusters of the training queries")
-    labels = topic_clusters(qvec, max(1, round(len(ts.query_ids) / per_cluster)), cfg.seed) \
-        if cfg.sampling == "topic" else None
-    log.info("dense: model and dev candidates")
+    base, ts, miners, teacher, labels = contrastive_inputs(data, cfg, progress, "dense")
     adapter = DenseAdapter(ts, cfg, miners, teacher, labels, base, name or f"{Path(data).name}-dense")
     return run_training(adapter, text_loop_config(cfg, DEV_METRIC), out, resume=resume, progress=progress,
                         command=command)

@@ -31,7 +31,7 @@ import torch
 from retrec.bundle import Publication
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
 from retrec.models.precision import autocast, resolve_precision
-from retrec.models.text_encoder import BaseModel, resolve_base_model
+from retrec.models.text_encoder import BaseModel
 from retrec.models.token_encoder import (
     KIND,
     MultivectorConfig,
@@ -45,19 +45,16 @@ from retrec.models.token_encoder import (
 )
 from retrec.pipelines.dense_teachers import Teacher
 from retrec.pipelines.metrics import evaluate_run
-from retrec.pipelines.tas_sampling import topic_clusters
 from retrec.pipelines.train_config import MultivectorTrainConfig
 from retrec.pipelines.train_dense import (
     ContrastiveAdapter,
     Miners,
     Step,
     TrainingSet,
-    build_miners,
-    build_teacher,
+    contrastive_inputs,
     dev_candidates,
     judged_mask,
     run_metrics,
-    training_set,
 )
 from retrec.pipelines.train_loop import TrainRun, run_training, text_loop_config
 from retrec.runtime.fde import maxsim
@@ -179,15 +176,7 @@ def train_multivector(
 ) -> Path:
     """Train on ``data``'s train split (dev split when present), write a ``model/multivector`` bundle to ``out``."""
     cfg = cfg or MultivectorTrainConfig()
-    base = resolve_base_model(cfg.base_model)
-    ts = training_set(data, cfg)
-    log.info("multivector: %d training queries, %d dev queries (%s), %d documents", len(ts.query_ids),
-             len(ts.dev_ids), ts.dev_source, len(ts.doc_ids))
-    miners, qvec, _ = build_miners(ts, cfg, progress)
-    teacher = build_teacher(cfg, miners, ts)
-    per_cluster = cfg.queries_per_cluster or 4 * cfg.batch_size
-    labels = topic_clusters(qvec, max(1, round(len(ts.query_ids) / per_cluster)), cfg.seed) \
-        if cfg.sampling == "topic" else None
+    base, ts, miners, teacher, labels = contrastive_inputs(data, cfg, progress, "multivector")
     adapter = MultivectorAdapter(ts, cfg, miners, teacher, labels, base, name or f"{Path(data).name}-multivector")
     return run_training(adapter, text_loop_config(cfg, DEV_METRIC), out, resume=resume, progress=progress,
                         command=command)
