@@ -302,7 +302,7 @@ BAD_CASES: list[tuple[str, str, Any, dict[str, str], int, str]] = [
     ("k-string", "/v1/search", {**GOOD, "k": "ten"}, J, 422, "invalid_request"),
     ("k-float", "/v1/search", {**GOOD, "k": 2.5}, J, 422, "invalid_request"),
     ("unknown-retriever", "/v1/search", {**GOOD, "retriever": "tfidf"}, J, 422, "unknown_retriever"),
-    ("unregistered-kind-name", "/v1/search", {**GOOD, "retriever": "sparse"}, J, 422, "unknown_retriever"),
+    ("unregistered-kind-name", "/v1/search", {**GOOD, "retriever": "splade-v9"}, J, 422, "unknown_retriever"),
     ("extra-field", "/v1/search", {**GOOD, "debug": True}, J, 422, "invalid_request"),
     ("nan-weight", "/v1/search", '{"query": "x", "retriever": "hybrid", "fusion": {"weights": {"bm25": NaN}}}',
      J, 422, "invalid_request"),

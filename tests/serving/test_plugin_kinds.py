@@ -167,7 +167,7 @@ def test_models_names_and_openapi_come_from_the_registry(client: httpx.Client, b
     assert spec["RecommendRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["toypop"]
     # a registered name this application does not deploy: 400; a name nothing registers: 422
     for body, status, code in (({"query": "x", "retriever": "dense"}, 400, "not_deployed"),
-                               ({"query": "x", "retriever": "sparse"}, 422, "unknown_retriever")):
+                               ({"query": "x", "retriever": "splade-v9"}, 422, "unknown_retriever")):
         r = client.post("/v1/search", json=body)
         assert (r.status_code, r.json()["error"]["code"]) == (status, code), r.text
     r = client.post("/v1/recommend", json={"history": ["x"], "model": "bert4rec"})
