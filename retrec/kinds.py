@@ -135,18 +135,18 @@ BUILTIN: tuple[Kind, ...] = (
          "string), each shard's "
          "top candidates re-ranked by exact MaxSim over its float16 token store", payload="tokens",
          load="retrec.index.multivector:load_index", build="retrec.index.multivector:build_muvera",
-         assemble="retrec.index.multivector:assemble_muvera", check="retrec.index.multivector:check_index",
+         assemble="retrec.index.multivector:assemble_muvera", check="retrec.index.faiss_index:check_index",
          encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("muvera",)),
     Kind(MAXSIM_INDEX, "index", "multi-vector: exact brute-force MaxSim over every document's token vectors "
          "(the reference MUVERA approximates)", payload="tokens", load="retrec.index.multivector:load_index",
          build="retrec.index.multivector:build_maxsim", assemble="retrec.index.multivector:assemble_maxsim",
-         check="retrec.index.multivector:check_index", encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("maxsim",)),
+         check="retrec.index.faiss_index:check_index", encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("maxsim",)),
     Kind(MULTIVECTOR_MODEL, "query_encoder", "ONNX token encoder (MiniLM + a projection, L2-normalised per token; "
          "ColBERT-style)", payload="tokens", load="retrec.runtime.token_encoder:OnnxTokenEncoder"),
     Kind(SPARSE_INDEX, "index", "learned sparse: an inverted index over quantised impacts (uint8 or float16), "
          "sharded, exact top-k by posting-list accumulation", payload="sparse",
          load="retrec.index.sparse_index:load_index", build="retrec.index.sparse_index:build_index",
-         assemble="retrec.index.sparse_index:assemble_index", check="retrec.index.sparse_index:check_index",
+         assemble="retrec.index.sparse_index:assemble_index", check="retrec.index.faiss_index:check_index",
          encoder_kinds=(SPARSE_MODEL,), eval_names=("sparse",)),
     Kind(SPARSE_MODEL, "query_encoder", "ONNX SPLADE encoder (MiniLM + a head tied to the word embeddings; "
          "siamese, or inference-free: queries weighted by a table)", payload="sparse",

@@ -44,6 +44,7 @@ from retrec.index.faiss_index import (
     _read_index,
     check_encoder,
     encoder_ref,
+    index_check_ref,
     new_index,
     shard_of,
     train_index,
@@ -334,18 +335,6 @@ def build_maxsim(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, 
     """Registry builder (``retrec index maxsim``): encode the documents' tokens for brute-force MaxSim."""
     return assemble_maxsim(doc_ids, encoder.encode_documents(list(texts), progress=progress), encoder=encoder,
                            shards=shards)
-
-
-def index_check_ref(manifest: Manifest) -> dict[str, Any]:
-    """What :func:`~retrec.index.faiss_index.check_encoder` compares, read from a multi-vector manifest."""
-    enc = manifest.config.get("encoder") or {}
-    return {"dim": manifest.dims["dim"], "similarity": "maxsim", "encoder_name": enc.get("name"),
-            "encoder_version": enc.get("version")}
-
-
-def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any]) -> None:
-    """Registry hook: refuse a token encoder this index's vectors did not come from."""
-    check_encoder(index_check_ref(index), encoder, where=str(index.path or index.name))
 
 
 def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest | Mapping[str, Any] | None = None,

@@ -38,7 +38,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
-from retrec.index.faiss_index import SHARD_HASH, check_encoder, encoder_ref, shard_of
+from retrec.index.faiss_index import SHARD_HASH, check_encoder, encoder_ref, index_check_ref, shard_of
 from retrec.index.retriever import Hits
 from retrec.kinds import SPARSE_INDEX
 
@@ -258,18 +258,6 @@ def build_index(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, s
     check_quantization(quantization)
     return assemble_index(doc_ids, encoder.encode_documents(list(texts), progress=progress), encoder=encoder,
                           shards=shards, quantization=quantization)
-
-
-def index_check_ref(manifest: Manifest) -> dict[str, Any]:
-    """What :func:`~retrec.index.faiss_index.check_encoder` compares, read from a sparse manifest."""
-    enc = manifest.config.get("encoder") or {}
-    return {"dim": manifest.dims["dim"], "similarity": "dot", "encoder_name": enc.get("name"),
-            "encoder_version": enc.get("version")}
-
-
-def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any]) -> None:
-    """Registry hook: refuse a sparse encoder this index's impacts did not come from."""
-    check_encoder(index_check_ref(index), encoder, where=str(index.path or index.name))
 
 
 def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest | Mapping[str, Any] | None = None,

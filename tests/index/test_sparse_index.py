@@ -11,7 +11,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, load_bundle
-from retrec.index.sparse_index import assemble_index, check_index, load_index
+from retrec.index.faiss_index import check_index
+from retrec.index.sparse_index import assemble_index, load_index
 
 VOCAB = 500
 
