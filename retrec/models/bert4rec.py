@@ -3,7 +3,8 @@
 After Sun et al., "BERT4Rec: Sequential Recommendation with Bidirectional Encoder Representations
 from Transformer" (CIKM 2019): learned item + position embeddings, post-LN transformer blocks with
 GELU, an output head (dense + GELU + LayerNorm) scored against the tied item embeddings plus a
-per-item bias. Sequences are left-padded; at inference the last position is [MASK].
+per-item bias (``block="bert"``); or SASRec's pre-LN layout (``block="sasrec"``, :class:`PaperBlock`) with
+bidirectional attention. Sequences are left-padded; at inference the last position is [MASK].
 
 Rows: items are embedding-table rows ``0..num_items-1``; ``num_items`` is PAD, ``num_items + 1`` MASK.
 For export, the item embedding and bias of each row are one *table row* ``[e, b]`` of width d+1, so that
@@ -38,7 +39,7 @@ class BERT4RecConfig:
     heads: int = 2
     dropout: float = 0.1
     attention_dropout: float = 0.1
-    block: str = "bert"  # "bert": post-LN blocks + output head; "sasrec": Kang & McAuley's (retrec/models/sasrec.py)
+    block: str = "bert"  # "bert": post-LN blocks + output head; "sasrec": Kang & McAuley's pre-LN layout (PaperBlock)
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -72,6 +73,37 @@ class Block(nn.Module):
         return self.norm2(x + self.drop(self.ff2(self.drop(F.gelu(self.ff1(x))))))
 
 
+class PaperBlock(nn.Module):
+    """SASRec's block as in the paper's reference code (plain ops, ONNX-friendly): a layer-normalised query
+    attends with its residual taken from that query, then a layer-normalised point-wise feed-forward of width d
+    (ReLU) with its residual; padded positions are zeroed (``keep``)."""
+
+    def __init__(self, cfg: BERT4RecConfig) -> None:
+        super().__init__()
+        d = cfg.hidden
+        self.heads, self.head_dim = cfg.heads, d // cfg.heads
+        self.scale = 1.0 / math.sqrt(self.head_dim)
+        self.norm_q = nn.LayerNorm(d, eps=1e-8)
+        self.q = nn.Linear(d, d)
+        self.kv = nn.Linear(d, 2 * d)
+        self.out = nn.Linear(d, d)
+        self.norm_ff = nn.LayerNorm(d, eps=1e-8)
+        self.ff1 = nn.Linear(d, d)
+        self.ff2 = nn.Linear(d, d)
+        self.drop = nn.Dropout(cfg.dropout)
+        self.attn_drop = nn.Dropout(cfg.attention_dropout)
+
+    def forward(self, x: torch.Tensor, attn_bias: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        query = self.norm_q(x)
+        q = self.q(query).view(b, n, self.heads, self.head_dim).transpose(1, 2)
+        k, v = self.kv(x).view(b, n, 2, self.heads, self.head_dim).permute(2, 0, 3, 1, 4).unbind(0)
+        att = self.attn_drop(((q @ k.transpose(-1, -2)) * self.scale + attn_bias).softmax(dim=-1))
+        x = query + self.out((att @ v).transpose(1, 2).reshape(b, n, d))
+        h = self.norm_ff(x)
+        return (h + self.drop(self.ff2(self.drop(F.relu(self.ff1(h)))))) * keep
+
+
 def left_pad(seqs: list[np.ndarray], length: int, pad: int) -> torch.Tensor:
     """``[len(seqs), length]`` rows: each sequence's last ``length`` items right-aligned, ``pad`` before."""
     batch = np.full((len(seqs), length), pad, dtype=np.int64)
@@ -87,18 +119,23 @@ class BERT4Rec(nn.Module):
 
     def __init__(self, cfg: BERT4RecConfig) -> None:
         super().__init__()
-        if type(self) is BERT4Rec and cfg.block != "bert":
-            raise ValueError(f"BERT4Rec has BERT blocks only, not {cfg.block!r}")
+        if cfg.block not in ("bert", "sasrec"):
+            raise ValueError(f"unknown block layout {cfg.block!r}; choose 'bert' or 'sasrec'")
         self.cfg = cfg
         d = cfg.hidden
         self.pad = cfg.num_items
         self.mask = cfg.num_items + 1
         self.items = nn.Embedding(cfg.num_items + 2, d, padding_idx=self.pad)
         self.positions = nn.Embedding(cfg.max_len, d)
-        self.norm = nn.LayerNorm(d)
         self.drop = nn.Dropout(cfg.dropout)
-        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
-        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        if cfg.block == "sasrec":  # no embedding LayerNorm; a final LayerNorm is the output
+            self.norm: nn.Module = nn.Identity()
+            self.blocks = nn.ModuleList(PaperBlock(cfg) for _ in range(cfg.layers))
+            self.head: nn.Module = nn.LayerNorm(d, eps=1e-8)
+        else:
+            self.norm = nn.LayerNorm(d)
+            self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.layers))
+            self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.bias = nn.Parameter(torch.zeros(cfg.num_items))
         self.apply(self._init)
 
@@ -113,13 +150,19 @@ class BERT4Rec(nn.Module):
         """Item vectors ``[B, L, d]`` (right-aligned) + padding mask → head outputs ``[B, L, d]``."""
         length = x.shape[1]
         pos = self.positions.weight[self.cfg.max_len - length:]
-        x = self.drop(self.norm(x + pos))
-        attn_bias = padding[:, None, None, :].to(x.dtype) * -1e9
+        hidden = padding[:, None, None, :]
         if self.causal:
-            later = torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
-            attn_bias = attn_bias + later.to(x.dtype) * -1e9
-        for block in self.blocks:
-            x = block(x, attn_bias)
+            hidden = hidden | torch.ones(length, length, dtype=torch.bool, device=x.device).triu(1)
+        attn_bias = hidden.to(x.dtype) * -1e9
+        if self.cfg.block == "sasrec":  # item embeddings scaled by sqrt(d); padding zeroed after every block
+            keep = (~padding)[:, :, None].to(x.dtype)
+            x = self.drop(x * math.sqrt(self.cfg.hidden) + pos) * keep
+            for block in self.blocks:
+                x = block(x, attn_bias, keep)
+        else:
+            x = self.drop(self.norm(x + pos))
+            for block in self.blocks:
+                x = block(x, attn_bias)
         return self.head(x)
 
     def forward(self, rows: torch.Tensor) -> torch.Tensor:

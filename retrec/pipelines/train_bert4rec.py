@@ -247,7 +247,7 @@ class Bert4RecAdapter(TorchAdapter):
         log.info("%s: training on %s, %s", self.name, self.device, self.precision)
         self.model = self.model_type(BERT4RecConfig(
             num_items=len(prep.item_keys), max_len=cfg.max_len, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
-            dropout=cfg.dropout, attention_dropout=cfg.dropout, block=getattr(cfg, "block", "bert"))).to(self.device)
+            dropout=cfg.dropout, attention_dropout=cfg.dropout, block=cfg.block)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.windows = windows(prep.train, cfg.max_len + self.window_extra)
         self.lengths = np.array([len(w) for w in self.windows])

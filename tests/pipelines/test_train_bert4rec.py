@@ -138,3 +138,21 @@ def test_validation_ranks_equal_the_shared_metric() -> None:
     expected = mean_metrics(rec_metrics_from_ranks(greater, ties, 40, (10,)))
     got = validate(model, histories, targets, batch_size=64)
     assert got == pytest.approx(expected, abs=1e-6) and 0 < got["NDCG@10"] < 1
+
+
+def test_sasrec_blocks_train_and_export_bidirectionally(tiny_data: Path, tmp_path: Path) -> None:
+    """``--block sasrec`` gives BERT4Rec SASRec's pre-LN layers; attention stays bidirectional and padding-free."""
+    torch.manual_seed(0)
+    model = BERT4Rec(BERT4RecConfig(num_items=50, max_len=8, hidden=16, layers=2, heads=2, block="sasrec")).eval()
+    rows = torch.tensor([[3, 4, 5, 51]])
+    changed = torch.tensor([[3, 4, 6, 51]])
+    with torch.no_grad():
+        a, b = model(rows), model(changed)
+        padded = model(torch.tensor([[50, 50, 50, 50, 3, 4, 5, 51]]))
+    assert not torch.allclose(a[:, 0], b[:, 0])  # an earlier position sees a later item
+    torch.testing.assert_close(padded[:, -4:], a, atol=1e-5, rtol=0)
+    out = train_bert4rec(tiny_data, tmp_path / "paper", TrainConfig(**{**TINY.__dict__, "epochs": 1,
+                                                                       "block": "sasrec"}), progress=False)
+    manifest = load_bundle(out, kind="model/bert4rec")
+    assert manifest.metrics["onnx_top10_identical"] == 1.0
+    assert manifest.config["model"]["block"] == "sasrec"
