@@ -33,6 +33,7 @@ from retrec.pipelines.options import choices, field_types
 from retrec.pipelines.train_config import (
     DenseTrainConfig,
     MultivectorTrainConfig,
+    OneRecTrainConfig,
     RerankerTrainConfig,
     SASRecTrainConfig,
     SparseTrainConfig,
@@ -98,6 +99,11 @@ train_app.command("sasrec")(config_command(
     "interactions: folder or file (Parquet, sequential, MovieLens)",
     "Train SASRec (causal, next item at every position) with early stopping on the validation item; writes an ONNX "
     "bundle (model/sasrec)."))
+train_app.command("onerec")(config_command(
+    OneRecTrainConfig, "retrec.pipelines.train_onerec:train_onerec",
+    "interactions: folder or file (Parquet, sequential, MovieLens)",
+    "Train OneRec (semantic IDs, encoder–decoder with a sparse-MoE decoder) with early stopping on the validation "
+    "item; writes an ONNX bundle (model/onerec) served by beam search."))
 train_app.command("dense")(config_command(
     DenseTrainConfig, "retrec.pipelines.train_dense:train_dense",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",

@@ -37,7 +37,7 @@ from retrec.kinds import BERT4REC_MODEL
 from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder, left_pad
 from retrec.models.precision import autocast, resolve_device, resolve_precision
 from retrec.pipelines.metrics import mean_metrics, rec_metrics_from_ranks
-from retrec.pipelines.train_config import SequenceTrainOptions, TrainConfig
+from retrec.pipelines.train_config import SequenceOptions, SequenceTrainOptions, TrainConfig
 from retrec.pipelines.train_loop import LoopConfig, TorchAdapter, TrainRun, run_training
 from retrec.tables import EmbeddingTable, FrozenTable
 
@@ -192,7 +192,7 @@ def loss_fn(model: BERT4Rec, hidden: torch.Tensor, targets: torch.Tensor, cfg: S
     return -(beta * F.logsigmoid(pos_logit) + neg_terms).mean()
 
 
-def resolve_defaults(cfg: SequenceTrainOptions, seqs: Sequences) -> SequenceTrainOptions:
+def resolve_defaults(cfg: SequenceOptions, seqs: Sequences) -> SequenceOptions:
     """Fill the options left to the data: ``max_len`` (and BERT4Rec's ``mask_prob``) from the sequence lengths."""
     lengths = np.array([len(s) for s in seqs.items]) if len(seqs) else np.array([2])
     updates: dict[str, Any] = {}
@@ -299,7 +299,7 @@ class Bert4RecAdapter(TorchAdapter):
         return {**bundle, "metrics": {**metrics, **prep.stats}}
 
 
-def loop_config(cfg: SequenceTrainOptions) -> LoopConfig:
+def loop_config(cfg: SequenceOptions) -> LoopConfig:
     """Epochs with early stopping on the validation NDCG@10; the best epoch's weights are exported."""
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_steps=cfg.max_steps, max_minutes=cfg.max_minutes,
                       lr_schedule=cfg.lr_schedule,

@@ -181,8 +181,8 @@ class RerankerTrainConfig(TextTrainingOptions):
 
 
 @dataclass
-class SequenceTrainOptions:
-    """The options of every sequential recommender trainer (``retrec train bert4rec|sasrec``).
+class SequenceOptions:
+    """The options of every sequential recommender trainer (``retrec train bert4rec|sasrec|onerec``).
 
     Defaults are the best recipe measured on Amazon Beauty (benchmarks/RESULTS.md): a sampled softmax over 8,192
     uniform negatives shared by the batch (the full softmax reached the same test NDCG@10 with 5× slower steps),
@@ -197,11 +197,6 @@ class SequenceTrainOptions:
     layers: int = option(2, "transformer layers")
     heads: int = option(2, "attention heads")
     dropout: float = option(0.2, "dropout (hidden and attention)")
-    loss: Literal["sampled", "ce", "gbce"] = option(
-        "sampled", "sampled (softmax over --negatives uniform negatives shared by the batch) | ce (over all items) "
-                   "| gbce (gSASRec's generalised binary cross-entropy over --negatives, calibrated by --gbce-t)")
-    negatives: int = option(8192, "negatives per batch for --loss sampled|gbce")
-    gbce_t: float = option(0.75, "gBCE calibration t (0: plain BCE, 1: fully calibrated)")
     batch_size: int = option(128, "training windows per batch")
     lr: float = option(1e-3, "peak learning rate (AdamW)")
     lr_schedule: Schedule = option(  # noqa: RUF009 (a Literal alias)
@@ -226,6 +221,20 @@ class SequenceTrainOptions:
         check_choices(self)
         if self.max_len is not None and self.max_len < 2:
             raise ValueError("max_len must be at least 2")
+
+
+@dataclass
+class SequenceTrainOptions(SequenceOptions):
+    """The options of the next-item trainers scored against the item table (``retrec train bert4rec|sasrec``)."""
+
+    loss: Literal["sampled", "ce", "gbce"] = option(
+        "sampled", "sampled (softmax over --negatives uniform negatives shared by the batch) | ce (over all items) "
+                   "| gbce (gSASRec's generalised binary cross-entropy over --negatives, calibrated by --gbce-t)")
+    negatives: int = option(8192, "negatives per batch for --loss sampled|gbce")
+    gbce_t: float = option(0.75, "gBCE calibration t (0: plain BCE, 1: fully calibrated)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
         if self.negatives < 1 or not 0.0 <= self.gbce_t <= 1.0:
             raise ValueError("negatives must be positive and gbce_t in [0, 1]")
 
@@ -271,3 +280,34 @@ class SASRecTrainConfig(SequenceTrainOptions):
     block: Literal["sasrec", "bert"] = option(
         "sasrec", "block layout: sasrec (the paper's: normalised query, feed-forward of width d) | bert (BERT4Rec's "
                   "post-LN blocks and output head)")
+
+
+@dataclass
+class OneRecTrainConfig(SequenceOptions):
+    """OneRec: semantic IDs + an encoder–decoder with sparse-MoE feed-forward layers (pipelines/train_onerec.py)."""
+
+    ids_from: str = option("cooccurrence", "item vectors the semantic IDs cluster: cooccurrence (PPMI + SVD of the "
+                                           "training histories, no model needed) | a model/bert4rec or model/sasrec "
+                                           "bundle folder (its item table, output bias dropped)")
+    levels: int = option(3, "semantic-ID levels before the disambiguating code")
+    codes: int | None = option(None, "codes per level (default: from the catalogue, the smallest power of two with "
+                                     "codes^levels >= 4 x items, 4..256)")
+    session: int = option(5, "items of the next session the decoder learns to generate")
+    dropout: float = option(0.1, "dropout")
+    experts: int = option(4, "decoder feed-forward experts")
+    top_k: int = option(2, "experts each token is routed to")
+    aux_weight: float = option(0.01, "weight of the experts' load-balancing loss")
+    beam: int = option(10, "beam width of generation (validation and the bundle's default)")
+    cuts: int = option(16, "examples (history, next session) drawn per training window and step: one encoder pass "
+                           "over the window serves them all")
+    batch_size: int = option(128, "training windows per batch")
+    eval_users: int = option(3_000, "at most this many users held out for early stopping (beam search each epoch)")
+    patience: int = option(10, "epochs without validation gain before stopping")
+    max_minutes: float | None = option(55.0, "training time budget (the learning rate decays over it)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if min(self.levels, self.session, self.beam, self.cuts) < 1 or (self.codes is not None and self.codes < 2):
+            raise ValueError("levels, session, beam and cuts must be >= 1 and codes >= 2")
+        if not 1 <= self.top_k <= self.experts:
+            raise ValueError("top_k must be in 1..experts")

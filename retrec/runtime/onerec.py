@@ -1,0 +1,130 @@
+"""OneRec at inference: the ONNX encoder and decoder step driven by the trie-constrained beam search (no torch).
+
+A ``model/onerec`` bundle holds ``encoder.onnx`` (history code tokens ``[B, T, depth]`` → ``memory``, ``padding``),
+``decoder_step.onnx`` (``memory``, ``padding``, decoder ``tokens [B, n]`` → the next token's ``logp [B, vocab]``) and
+``semantic_ids.parquet`` (``item_id``, ``codes``: one unique code tuple per item; the trie is built from it at load).
+Histories are raw item ids; ids without a semantic ID are skipped and counted, never an error.
+
+- :meth:`OneRecRecommender.generate`: the top-``k`` next items (beam search over one item, beam ``max(k, beam)``) —
+  the ranked list ``retrec eval-rec`` scores and ``/v1/recommend`` returns;
+- :meth:`OneRecRecommender.generate_sessions`: the best next session of ``session`` items, no item twice.
+
+Example::
+
+    rec = OneRecRecommender.load("artifacts/onerec-beauty")
+    rec.recommend([["12", "7"]], k=10)            # [[(item_id, -rank), ...]]
+    rec.generate_sessions([["12", "7"]])          # [[item_id, ...]]: one session per history
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.kinds import ONEREC_MODEL
+from retrec.runtime.onnx_session import create_session
+from retrec.runtime.recommender import GeneratingRecommender, ItemList, SkipReport
+from retrec.runtime.semantic_ids import CodeTree, beam_search
+
+IDS_FILE = "semantic_ids.parquet"
+
+
+def write_semantic_ids(path: str | Path, item_ids: Sequence[str], codes: np.ndarray) -> None:
+    table = pa.table({"item_id": pa.array([str(i) for i in item_ids], pa.string()),
+                      "codes": pa.array(np.asarray(codes, np.int32).tolist(), pa.list_(pa.int32()))})
+    pq.write_table(table, str(path))
+
+
+def read_semantic_ids(path: str | Path) -> tuple[list[str], np.ndarray]:
+    """Item ids and their codes ``int64 [items, depth]``; a malformed file is a :class:`BundleError`."""
+    table = pq.read_table(str(path))
+    if table.column_names[:2] != ["item_id", "codes"]:
+        raise BundleError(f"{path}: expected columns item_id, codes")
+    item_ids = [str(i) for i in table.column("item_id").to_pylist()]
+    lists = table.column("codes").to_pylist()
+    depth = len(lists[0]) if lists else 0
+    if not lists or depth < 1 or any(c is None or len(c) != depth for c in lists):
+        raise BundleError(f"{path}: every item needs a code tuple of the same length")
+    if len(set(item_ids)) != len(item_ids):
+        raise BundleError(f"{path}: an item id appears twice")
+    return item_ids, np.asarray(lists, np.int64)
+
+
+class OneRecRecommender(GeneratingRecommender):
+    def __init__(self, manifest: Manifest, threads: int | None = None) -> None:
+        if manifest.kind != ONEREC_MODEL:
+            raise BundleError(f"{manifest.path}: a {manifest.kind[:80]!r} bundle, not {ONEREC_MODEL}")
+        self.manifest = manifest
+        self.item_ids, codes = read_semantic_ids(manifest.file(IDS_FILE))
+        try:
+            self.tree = CodeTree(codes)
+        except ValueError as exc:
+            raise BundleError(f"{manifest.path}: {exc}") from exc
+        dims = manifest.dims
+        for key in ("max_len", "session", "beam", "depth"):
+            if type(dims.get(key)) is not int or not 1 <= dims[key] <= 4096:
+                raise BundleError(f"{manifest.path}: dims.{key} must be an integer in 1..4096")
+        if dims["depth"] != self.tree.depth:
+            raise BundleError(f"{manifest.path}: codes of depth {self.tree.depth}, the model's is {dims['depth']}")
+        self.max_len, self.session, self.beam = dims["max_len"], dims["session"], dims["beam"]
+        self.generate_k = self.beam
+        self.encoder = create_session(manifest.file("encoder.onnx"), threads=threads)
+        self.decoder = create_session(manifest.file("decoder_step.onnx"), threads=threads)
+
+    @classmethod
+    def load(cls, directory: str | Path, threads: int | None = None) -> OneRecRecommender:
+        return cls(load_bundle(directory, kind=ONEREC_MODEL), threads=threads)
+
+    @property
+    def name(self) -> str:
+        return f"{self.manifest.name}@{self.manifest.version}"
+
+    def rows(self, histories: Sequence[Sequence[str]], report: SkipReport | None = None) -> list[np.ndarray]:
+        out = []
+        for history in histories:
+            pos = self.positions(list(history))
+            if report is not None:
+                for item in np.asarray(history, dtype=object)[pos < 0].tolist():
+                    report.add(str(item))
+            out.append(pos[pos >= 0])
+        return out
+
+    def generate_rows(self, row_histories: Sequence[np.ndarray], beam: int, items: int, exclude_seen: bool = True,
+                      batch: int = 256) -> list[np.ndarray]:
+        """Item rows ``[n, items]`` of each history's best ``beam`` sessions, best first."""
+        out: list[np.ndarray] = []
+        for start in range(0, len(row_histories), batch):
+            chunk = list(row_histories[start:start + batch])
+            memory, padding = self.encoder.run(["memory", "padding"],
+                                               {"history": self.tree.history_tokens(chunk, self.max_len)})
+
+            def step(users: np.ndarray, tokens: np.ndarray, memory: np.ndarray = memory,
+                     padding: np.ndarray = padding) -> np.ndarray:
+                return self.decoder.run(["logp"], {"memory": memory[users], "padding": padding[users],
+                                                   "tokens": tokens})[0]
+
+            out += beam_search(step, self.tree, len(chunk), beam, items, chunk if exclude_seen else None)[0]
+        return out
+
+    def generate(self, histories: Sequence[Sequence[str]], k: int, report: SkipReport | None = None,
+                 exclude_seen: bool = True) -> list[list[str]]:
+        lists = self.generate_rows(self.rows(histories, report), max(k, self.beam), 1, exclude_seen)
+        return [[self.item_ids[r] for r in rows[:k, 0]] for rows in lists]
+
+    def generate_sessions(self, histories: Sequence[Sequence[str]], items: int | None = None,
+                          report: SkipReport | None = None, exclude_seen: bool = True) -> list[list[str]]:
+        items = items or self.session
+        if not 1 <= items <= self.session:
+            raise ValueError(f"this model generates sessions of 1..{self.session} items, not {items}")
+        best = self.generate_rows(self.rows(histories, report), self.beam, items, exclude_seen)
+        return [[self.item_ids[r] for r in rows[0]] if len(rows) else [] for rows in best]
+
+    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True,
+                  report: SkipReport | None = None) -> list[ItemList]:
+        lists = self.generate(histories, k, report, exclude_seen)
+        return [[(item, -float(r)) for r, item in enumerate(items, start=1)] for items in lists]

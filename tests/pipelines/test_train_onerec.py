@@ -1,0 +1,76 @@
+"""OneRec end to end on tiny data: semantic IDs, training, ONNX agreement, valid unique generations, the bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retrec.bundle import BundleError, load_bundle
+from retrec.kinds import ONEREC_MODEL
+from retrec.pipelines.train_onerec import OneRecTrainConfig, default_codes, train_onerec
+from retrec.runtime.onerec import IDS_FILE, OneRecRecommender, read_semantic_ids, write_semantic_ids
+from retrec.runtime.recommender import SkipReport
+
+TINY = OneRecTrainConfig(max_len=10, levels=2, hidden=16, layers=1, heads=2, experts=3, top_k=2, session=3,
+                         batch_size=64, epochs=2, patience=2, eval_users=40, beam=5)
+
+
+@pytest.fixture(scope="module")
+def bundle(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_onerec(tiny_data, tmp_path_factory.mktemp("onerec") / "bundle", TINY, progress=False)
+
+
+def test_bundle_records_training_and_onnx_agrees_with_torch(bundle: Path) -> None:
+    manifest = load_bundle(bundle, kind=ONEREC_MODEL)
+    m = manifest.metrics
+    assert m["epochs_run"] == 2 and m["onnx_top10_identical"] == 1.0 and m["onnx_top_session_identical"] == 1.0
+    assert len(m["expert_share"]) == 1 and sum(m["expert_share"][0]) == pytest.approx(1.0, abs=1e-3)
+    curve = json.loads((bundle / "training_curve.json").read_text())
+    assert [c["epoch"] for c in curve] == [1, 2] and all(0 <= c["valid_NDCG@10"] <= 1 for c in curve)
+    item_ids, codes = read_semantic_ids(bundle / IDS_FILE)
+    assert len(np.unique(codes, axis=0)) == len(item_ids) == manifest.dims["items"]
+
+
+def test_every_generated_item_is_valid_unique_and_unseen(bundle: Path) -> None:
+    rec = OneRecRecommender.load(bundle)
+    histories = [rec.item_ids[i:i + 4] for i in range(0, 60, 3)]
+    sessions = rec.generate_sessions(histories)
+    lists = rec.recommend(histories, k=8)
+    for history, session, ranked in zip(histories, sessions, lists):
+        assert len(session) == 3 == len(set(session)) and not set(session) & set(history)
+        items = [i for i, _ in ranked]
+        assert len(items) == 8 == len(set(items)) and not set(items) & set(history)
+        assert set(items) <= set(rec.item_ids)
+    with_seen = rec.recommend(histories[:1], k=len(rec.item_ids), exclude_seen=False)[0]
+    assert set(histories[0]) <= {i for i, _ in with_seen}  # nothing excluded when asked
+    with pytest.raises(ValueError, match=r"sessions of 1\.\.3 items"):
+        rec.generate_sessions(histories, items=4)
+
+
+def test_unknown_history_items_are_skipped_and_counted(bundle: Path) -> None:
+    rec = OneRecRecommender.load(bundle)
+    report = SkipReport()
+    known = rec.item_ids[:2]
+    assert rec.generate([[known[0], "nope", known[1]]], 5, report) == rec.generate([known], 5)
+    assert report.unknown_items == 1 and report.examples == ["nope"]
+    scores = rec.score([known])
+    assert np.isfinite(scores).sum() == rec.generate_k and scores.shape == (1, len(rec.item_ids))
+
+
+def test_malformed_semantic_ids_are_refused(bundle: Path, tmp_path: Path) -> None:
+    copy = Path(shutil.copytree(bundle, tmp_path / "copy"))
+    item_ids, codes = read_semantic_ids(copy / IDS_FILE)
+    codes[1] = codes[0]  # two items, one tuple
+    write_semantic_ids(copy / IDS_FILE, item_ids, codes)
+    with pytest.raises(BundleError, match="checksum mismatch"):
+        OneRecRecommender.load(copy)
+
+
+def test_codes_per_level_follow_the_catalogue() -> None:
+    assert default_codes(54_542, 3) == 64 and default_codes(100, 3) == 8 and default_codes(10**9, 2) == 256
+    with pytest.raises(ValueError, match="top_k"):
+        OneRecTrainConfig(experts=2, top_k=3)
