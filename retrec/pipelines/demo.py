@@ -4,7 +4,7 @@ The demo is the list :data:`STEPS` of step functions, numbered when run; each ca
 so the demo always shows the whole product. Indexes are built, published and opened through the registry of
 kinds (as ``retrec index`` / ``retrec eval --index`` do), recommenders evaluated through it (as ``eval-rec``).
 It writes ``WORKDIR/data``, ``WORKDIR/runs/bm25.run`` and the bundles ``WORKDIR/bundles/{bm25,encoder,dense,
-multivector,muvera,splade,sparse,bert4rec,sasrec,fusion}`` that the serving step
+multivector,muvera,splade,sparse,bert4rec,sasrec,fusion,onerec}`` that the serving step
 (:func:`retrec.serving.launch.demo_config`) serves.
 
 Example::
@@ -32,7 +32,12 @@ from retrec.pipelines.metrics import RETRIEVAL_MEASURES
 from retrec.pipelines.recommenders import BASELINES, build_recommender, vocabulary_of
 from retrec.pipelines.retrievers import build_from_texts
 from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
-from retrec.pipelines.train_config import MultivectorTrainConfig, SASRecTrainConfig, SparseTrainConfig
+from retrec.pipelines.train_config import (
+    MultivectorTrainConfig,
+    OneRecTrainConfig,
+    SASRecTrainConfig,
+    SparseTrainConfig,
+)
 from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
 from retrec.pipelines.train_multivector import train_multivector
 from retrec.pipelines.train_sparse import train_sparse
@@ -42,6 +47,8 @@ DEMO_BERT4REC = TrainConfig(max_len=20, hidden=64, layers=2, heads=2, batch_size
                             patience=40, eval_users=300, max_minutes=1.5, warmup_steps=20, negatives=1024)
 DEMO_SASREC = SASRecTrainConfig(max_len=20, hidden=64, layers=2, heads=2, batch_size=16, epochs=40, patience=5,
                                 eval_users=300, max_minutes=1.5, warmup_steps=20, negatives=1024)
+DEMO_ONEREC = OneRecTrainConfig(max_len=20, hidden=32, layers=1, heads=2, batch_size=32, epochs=20, patience=20,
+                                eval_users=200, max_minutes=1.0, warmup_steps=10)
 DEMO_DENSE = DenseTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=2.0, max_query_length=32,
                               max_doc_length=128, dev_max_queries=20, dev_candidates=10, quantize=False,
                               checkpoint_every=1_000)
@@ -161,6 +168,22 @@ def step_sasrec_fusion(demo: Demo, title: str) -> None:
     console.print(f"  fusion weights: {spec}", markup=False, highlight=False)
 
 
+def step_onerec(demo: Demo, title: str) -> None:
+    from retrec.pipelines.train_onerec import train_onerec
+    from retrec.runtime.onerec import OneRecRecommender
+
+    console.print(f"[bold]{title}[/]: semantic IDs (co-occurrence, balanced residual k-means), then an "
+                  "encoder–decoder with a sparse-MoE decoder generating the next session (short budget)")
+    assert demo.data_dir is not None
+    demo.bundles["onerec"] = train_onerec(demo.data_dir, demo.bundle_dir / "onerec", DEMO_ONEREC,
+                                          command="retrec demo")
+    metrics = read_manifest(demo.bundles["onerec"]).metrics
+    history = leave_one_out(user_sequences(load_interactions(demo.data_dir))).train[0][-10:]
+    session = OneRecRecommender.load(demo.bundles["onerec"]).generate_sessions([[str(i) for i in history]])[0]
+    console.print(f"  codes per level {metrics['codes_per_level']}, expert shares {metrics['expert_share']}; "
+                  f"a generated session: {session}", markup=False, highlight=False)
+
+
 def step_recommendation(demo: Demo, title: str) -> None:
     assert demo.data_dir is not None
     loo = leave_one_out(user_sequences(load_interactions(demo.data_dir)))
@@ -244,6 +267,7 @@ STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
     ("retrieval", step_retrieval),
     ("BERT4Rec", step_bert4rec),
     ("SASRec and fusion", step_sasrec_fusion),
+    ("OneRec", step_onerec),
     ("recommendation", step_recommendation),
     ("serving", step_serving),
 ]

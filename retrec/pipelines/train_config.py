@@ -292,7 +292,7 @@ class OneRecTrainConfig(SequenceOptions):
     levels: int = option(3, "semantic-ID levels before the disambiguating code")
     codes: int | None = option(None, "codes per level (default: from the catalogue, the smallest power of two with "
                                      "codes^levels >= 4 x items, 4..256)")
-    session: int = option(5, "items of the next session the decoder learns to generate")
+    session: int = option(10, "items of the next session the decoder learns to generate (and generates at most)")
     dropout: float = option(0.1, "dropout")
     experts: int = option(4, "decoder feed-forward experts")
     top_k: int = option(2, "experts each token is routed to")
@@ -303,10 +303,24 @@ class OneRecTrainConfig(SequenceOptions):
     batch_size: int = option(128, "training windows per batch")
     eval_users: int = option(3_000, "at most this many users held out for early stopping (beam search each epoch)")
     patience: int = option(10, "epochs without validation gain before stopping")
-    max_minutes: float | None = option(55.0, "training time budget (the learning rate decays over it)")
+    max_minutes: float | None = option(50.0, "training time budget (the learning rate decays over it; the reward "
+                                             "model and the DPO rounds follow, a few minutes)")
+    dpo_rounds: int = option(1, "preference-alignment rounds after training (0: none): beam candidates ranked by a "
+                                "reward model fitted on the training histories, DPO on the best and worst")
+    dpo_beta: float = option(0.1, "DPO beta")
+    dpo_users: int = option(1_000, "training users whose candidate sessions form the preference pairs of a round")
+    dpo_candidates: int = option(8, "candidate sessions (beams) per user")
+    dpo_session: int = option(5, "items of a candidate session")
+    dpo_steps: int = option(100, "DPO steps per round (64 pairs a step)")
+    dpo_lr: float = option(1e-5, "DPO learning rate")
+    reward_steps: int = option(500, "reward-model steps (256 positions a step)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.dpo_rounds < 0 or self.dpo_beta <= 0 or min(self.dpo_users, self.dpo_steps, self.reward_steps) < 1:
+            raise ValueError("dpo_rounds must be >= 0, dpo_beta > 0, dpo_users, dpo_steps and reward_steps >= 1")
+        if not 1 <= self.dpo_session <= self.session or self.dpo_candidates < 2:
+            raise ValueError("dpo_session must be in 1..session and dpo_candidates >= 2")
         if min(self.levels, self.session, self.beam, self.cuts) < 1 or (self.codes is not None and self.codes < 2):
             raise ValueError("levels, session, beam and cuts must be >= 1 and codes >= 2")
         if not 1 <= self.top_k <= self.experts:

@@ -12,6 +12,7 @@ checkpoints, ``--resume``, early stopping on the validation NDCG@10 of the beam-
     <out>/encoder.onnx           history code tokens [B, T, depth] → memory, padding
     <out>/decoder_step.onnx      memory, padding, tokens [B, n] → next-token log-probabilities [B, vocab]
     <out>/semantic_ids.parquet   item_id, codes
+    <out>/reward.safetensors     the reward model of the DPO rounds (``--dpo-rounds``; retrec/pipelines/onerec_dpo.py)
     <out>/training_curve.json    loss, validation NDCG@10 / HR@10, expert shares per epoch
 
 Example::
@@ -53,6 +54,7 @@ from retrec.runtime.semantic_ids import CodeTree, beam_search
 from retrec.tables import EmbeddingTable
 
 log = logging.getLogger("retrec.train.onerec")
+REWARD_FILE = "reward.safetensors"  # the preference-alignment reward model (retrec/models/reward.py)
 __all__ = ["OneRecTrainConfig", "train_onerec"]
 
 
@@ -198,6 +200,15 @@ class OneRecAdapter(TorchAdapter):
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         model, prep, cfg = self.model.cpu().eval(), self.prep, self.cfg
+        rounds: list[dict[str, Any]] = []
+        if cfg.dpo_rounds:  # preference alignment of the best weights, then the export
+            from safetensors.torch import save_file
+
+            from retrec.pipelines.onerec_dpo import align, train_reward
+
+            reward = train_reward(prep, cfg)
+            rounds = align(model, self.tree, prep, cfg, reward)
+            save_file({k: v.contiguous() for k, v in reward.state_dict().items()}, str(pub.path / REWARD_FILE))
         export_onnx(model, pub.path)
         write_semantic_ids(pub.path / IDS_FILE, prep.item_keys, self.codes)
         mcfg = model.cfg
@@ -208,7 +219,7 @@ class OneRecAdapter(TorchAdapter):
         metrics = {"valid_NDCG@10": run.state.best, "best_epoch": run.state.best_epoch, "epochs_run": run.state.epoch,
                    "train_seconds": round(run.state.seconds, 1), "device": self.device, "precision": self.precision,
                    "codes_per_level": self.tree.sizes.tolist(),
-                   "expert_share": getattr(self, "last_shares", None)}
+                   "expert_share": getattr(self, "last_shares", None), "dpo": rounds}
         metrics.update(onnx_agreement(model, self.tree, pub.draft(**bundle), prep.valid_history[:200], cfg.beam))
         return {**bundle, "metrics": {**metrics, **prep.stats}}
 

@@ -61,7 +61,7 @@ def test_padding_changes_nothing_and_a_prefix_is_its_own_memory() -> None:
 
 def test_experts_are_routed_top_k_with_a_balancing_loss() -> None:
     torch.manual_seed(0)
-    moe = SparseMoE(8, experts=4, top_k=1, dropout=0.0).train()
+    moe = SparseMoE(8, experts=4, top_k=1).train()
     x = torch.randn(2, 5, 8)
     y = moe(x)
     probs = moe.router(x).softmax(-1)

@@ -11,12 +11,13 @@ import pytest
 
 from retrec.bundle import BundleError, load_bundle
 from retrec.kinds import ONEREC_MODEL
-from retrec.pipelines.train_onerec import OneRecTrainConfig, default_codes, train_onerec
+from retrec.pipelines.train_onerec import REWARD_FILE, OneRecTrainConfig, default_codes, train_onerec
 from retrec.runtime.onerec import IDS_FILE, OneRecRecommender, read_semantic_ids, write_semantic_ids
 from retrec.runtime.recommender import SkipReport
 
 TINY = OneRecTrainConfig(max_len=10, levels=2, hidden=16, layers=1, heads=2, experts=3, top_k=2, session=3,
-                         batch_size=64, epochs=2, patience=2, eval_users=40, beam=5)
+                         batch_size=64, epochs=2, patience=2, eval_users=40, beam=5, dpo_rounds=1, dpo_session=2,
+                         dpo_users=40, dpo_steps=3, reward_steps=20, dpo_lr=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -31,6 +32,10 @@ def test_bundle_records_training_and_onnx_agrees_with_torch(bundle: Path) -> Non
     assert len(m["expert_share"]) == 1 and sum(m["expert_share"][0]) == pytest.approx(1.0, abs=1e-3)
     curve = json.loads((bundle / "training_curve.json").read_text())
     assert [c["epoch"] for c in curve] == [1, 2] and all(0 <= c["valid_NDCG@10"] <= 1 for c in curve)
+    (dpo,) = m["dpo"]  # one preference-alignment round, its figures before and after
+    assert dpo["pairs"] > 0 and dpo["dpo_loss_first"] > 0 and 0 < dpo["reward_before"] < 1
+    assert 0 < dpo["reward_after"] < 1 and 0 <= dpo["valid_NDCG@10_after"] <= 1
+    assert (bundle / REWARD_FILE).is_file() and REWARD_FILE in manifest.files
     item_ids, codes = read_semantic_ids(bundle / IDS_FILE)
     assert len(np.unique(codes, axis=0)) == len(item_ids) == manifest.dims["items"]
 
@@ -74,3 +79,5 @@ def test_codes_per_level_follow_the_catalogue() -> None:
     assert default_codes(54_542, 3) == 64 and default_codes(100, 3) == 8 and default_codes(10**9, 2) == 256
     with pytest.raises(ValueError, match="top_k"):
         OneRecTrainConfig(experts=2, top_k=3)
+    with pytest.raises(ValueError, match="dpo_session"):
+        OneRecTrainConfig(session=3, dpo_session=4)
