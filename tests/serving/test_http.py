@@ -59,6 +59,11 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     from retrec.pipelines.train_fusion import train_fusion
 
     out["fusion"] = train_fusion(tiny_data, root / "fusion", [str(out["bert4rec"]), "markov"], grid_step=0.25)
+    from retrec.pipelines.train_onerec import OneRecTrainConfig, train_onerec
+
+    out["onerec"] = train_onerec(tiny_data, root / "onerec", OneRecTrainConfig(
+        max_len=12, levels=2, hidden=16, layers=1, heads=2, experts=2, top_k=1, session=2, epochs=1, eval_users=50,
+        dpo_rounds=0, dpo_session=2), progress=False)
     (root / "keys.txt").write_text(f"# test keys\n{API_KEY}\n")
     out["keys"] = root / "keys.txt"
     (root / "admin-keys.txt").write_text(f"{ADMIN_KEY}\n")
@@ -79,7 +84,8 @@ def _config(bundles: dict[str, Path], port: int, placement: str = "ingress") -> 
                                "dense": {"index": str(bundles["dense"]), "encoder": str(bundles["encoder"]),
                                          "placement": "deployment", "shards": zero}},
                 "recommenders": {"bert4rec": {"bundle": str(bundles["bert4rec"]), "replicas": zero},
-                                 "fusion": {"bundle": str(bundles["fusion"]), "replicas": zero}},
+                                 "fusion": {"bundle": str(bundles["fusion"]), "replicas": zero},
+                                 "onerec": {"bundle": str(bundles["onerec"]), "replicas": zero}},
                 "encoder": {"placement": placement, "max_batch_size": 8, "threads": 1,
                             "replicas": {**zero, "max_ongoing_requests": 64}},
                 "ingress": {**zero, "max_ongoing_requests": 64},
@@ -257,6 +263,22 @@ def test_fused_recommend_http_equals_eval_rec(client: httpx.Client, bundles: dic
         assert all(row[vocab.index[item]] == s for item, s in items)  # the same item scores, seen ones excluded
 
 
+def test_generated_recommend_http_equals_offline(client: httpx.Client, bundles: dict[str, Path]) -> None:
+    """/v1/recommend {"model": "onerec"} returns the list the beam search generates offline, in its order."""
+    from retrec.data.interactions import leave_one_out
+    from retrec.runtime.onerec import OneRecRecommender
+
+    loo = leave_one_out(user_sequences(load_interactions(bundles["data"])))
+    rec = OneRecRecommender.load(bundles["onerec"])
+    histories = [[*t, v] for t, v in zip(loo.train[:8], loo.valid[:8])]
+    for history in histories:
+        r = client.post("/v1/recommend", json={"history": history, "k": 10, "model": "onerec"})
+        assert r.status_code == 200, r.text
+        items = [(i["item_id"], i["score"]) for i in r.json()["items"]]
+        assert items == rec.recommend([history], k=10)[0] and len(items) == 10
+        assert not {i for i, _ in items} & set(history)
+
+
 def test_models_health_metrics(client: httpx.Client, url: str, bundles: dict[str, Path]) -> None:
     models = client.get("/v1/models").json()
     assert models["retrievers"]["dense"]["shards"] == 2
@@ -278,7 +300,7 @@ def test_models_health_metrics(client: httpx.Client, url: str, bundles: dict[str
     assert retriever["anyOf"] == [{"type": "string", "enum": ["bm25", "dense", "hybrid"]}, {"type": "null"}]
     assert retriever["default"] == "bm25"
     assert "bm25 (index/bm25" in retriever["description"]  # registered kinds, from the registry
-    assert props["RecommendRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["bert4rec", "fusion"]
+    assert props["RecommendRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["bert4rec", "fusion", "onerec"]
     assert props["SwapRequest"]["properties"]["retriever"]["enum"] == ["bm25", "dense"]
 
 
