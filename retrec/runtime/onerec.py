@@ -66,11 +66,12 @@ class OneRecRecommender(GeneratingRecommender):
         except ValueError as exc:
             raise BundleError(f"{manifest.path}: {exc}") from exc
         dims = manifest.dims
-        for key in ("max_len", "session", "beam", "depth"):
-            if type(dims.get(key)) is not int or not 1 <= dims[key] <= 4096:
-                raise BundleError(f"{manifest.path}: dims.{key} must be an integer in 1..4096")
-        if dims["depth"] != self.tree.depth:
-            raise BundleError(f"{manifest.path}: codes of depth {self.tree.depth}, the model's is {dims['depth']}")
+        for key in ("max_len", "session", "beam", "depth", "vocab"):
+            if type(dims.get(key)) is not int or not 1 <= dims[key] <= 1 << 20:
+                raise BundleError(f"{manifest.path}: dims.{key} must be a positive integer")
+        if (dims["depth"], dims["vocab"]) != (self.tree.depth, self.tree.vocab):
+            raise BundleError(f"{manifest.path}: semantic ids of depth {self.tree.depth} and {self.tree.vocab} tokens, "
+                              f"the model's are {dims['depth']} and {dims['vocab']}")
         self.max_len, self.session, self.beam = dims["max_len"], dims["session"], dims["beam"]
         self.generate_k = self.beam
         self.encoder = create_session(manifest.file("encoder.onnx"), threads=threads)

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retrec.bundle import BundleError, load_bundle
+from retrec.bundle import BundleError, load_bundle, write_manifest
 from retrec.kinds import ONEREC_MODEL
 from retrec.pipelines.train_onerec import REWARD_FILE, OneRecTrainConfig, default_codes, train_onerec
 from retrec.runtime.onerec import IDS_FILE, OneRecRecommender, read_semantic_ids, write_semantic_ids
@@ -67,11 +67,24 @@ def test_unknown_history_items_are_skipped_and_counted(bundle: Path) -> None:
 
 
 def test_malformed_semantic_ids_are_refused(bundle: Path, tmp_path: Path) -> None:
+    """A changed file fails its checksum; a re-manifested bundle whose ids do not fit the model is refused too."""
     copy = Path(shutil.copytree(bundle, tmp_path / "copy"))
     item_ids, codes = read_semantic_ids(copy / IDS_FILE)
-    codes[1] = codes[0]  # two items, one tuple
-    write_semantic_ids(copy / IDS_FILE, item_ids, codes)
+    duplicate = codes.copy()
+    duplicate[1] = duplicate[0]  # two items, one tuple
+    write_semantic_ids(copy / IDS_FILE, item_ids, duplicate)
     with pytest.raises(BundleError, match="checksum mismatch"):
+        OneRecRecommender.load(copy)
+    m = load_bundle(bundle)
+    fields = {"kind": m.kind, "name": m.name, "config": m.config, "dims": m.dims, "metrics": m.metrics}
+    write_manifest(copy, **fields)
+    with pytest.raises(BundleError, match="unique"):
+        OneRecRecommender.load(copy)
+    wider = codes.copy()
+    wider[0, 0] = codes[:, 0].max() + 1  # a code the decoder has no token for
+    write_semantic_ids(copy / IDS_FILE, item_ids, wider)
+    write_manifest(copy, **fields)
+    with pytest.raises(BundleError, match="tokens, the model's are"):
         OneRecRecommender.load(copy)
 
 
