@@ -74,7 +74,7 @@ def report(model: OneRec, tree: CodeTree, prep: PreparedData, cfg: OneRecTrainCo
     best = [(h, s[0]) for h, s in zip(histories, sessions) if len(s)]
     with torch.no_grad():
         rewards = reward.session_reward([h for h, _ in best], [s for _, s in best]) if best else torch.zeros(1)
-    lists = generate(model, tree, histories, cfg.beam)
+    lists = generate(model, tree, histories, max(10, cfg.beam))
     ndcg = list_metrics(lists, prep.valid_target, len(prep.item_keys))["NDCG@10"]
     return {"reward": float(rewards.mean()), "valid_NDCG@10": ndcg}
 
@@ -86,7 +86,9 @@ def align(model: OneRec, tree: CodeTree, prep: PreparedData, cfg: OneRecTrainCon
     rounds = []
     for number in range(1, cfg.dpo_rounds + 1):
         before = report(model, tree, prep, cfg, reward)
-        users = rng.choice(len(prep.train), size=min(cfg.dpo_users, len(prep.train)), replace=False)
+        held = {tuple(h.tolist()) for h in prep.valid_history}  # a validation user's training part is its history
+        pool = np.array([i for i, s in enumerate(prep.train) if tuple(s.tolist()) not in held], np.int64)
+        users = rng.choice(pool, size=min(cfg.dpo_users, len(pool)), replace=False)
         histories = [prep.train[i] for i in users]
         candidates = generate(model, tree, histories, cfg.dpo_candidates, cfg.dpo_session)
         pairs = []
@@ -101,7 +103,7 @@ def align(model: OneRec, tree: CodeTree, prep: PreparedData, cfg: OneRecTrainCon
         for p in reference.parameters():
             p.requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=cfg.dpo_lr, weight_decay=0.0)
-        model.train()
+        model.eval()  # no dropout: the policy's log-probabilities are compared with the reference's
         losses = []
         gen = torch.Generator().manual_seed(cfg.seed + number)
         for _ in range(cfg.dpo_steps if pairs else 0):
@@ -117,7 +119,6 @@ def align(model: OneRec, tree: CodeTree, prep: PreparedData, cfg: OneRecTrainCon
             loss.backward()
             opt.step()
             losses.append(float(loss.detach()))
-        model.eval()
         after = report(model, tree, prep, cfg, reward)
         rounds.append({"round": number, "pairs": len(pairs), "dpo_loss_first": losses[0] if losses else None,
                        "dpo_loss_last": losses[-1] if losses else None,

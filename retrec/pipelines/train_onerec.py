@@ -179,7 +179,7 @@ class OneRecAdapter(TorchAdapter):
         return self.load_sum / max(self.steps_seen, 1)
 
     def evaluate(self) -> dict[str, float | None]:
-        lists = generate(self.model, self.tree, self.prep.valid_history, self.cfg.beam)
+        lists = generate(self.model, self.tree, self.prep.valid_history, max(10, self.cfg.beam))
         metrics = list_metrics(lists, self.prep.valid_target, len(self.prep.item_keys))
         shares = self.expert_shares()
         out: dict[str, float | None] = {
@@ -216,7 +216,9 @@ class OneRecAdapter(TorchAdapter):
                   "config": {"model": mcfg.to_json(), "train": asdict(cfg)},
                   "dims": {"hidden": mcfg.hidden, "depth": mcfg.depth, "vocab": mcfg.vocab, "max_len": mcfg.max_len,
                            "session": mcfg.session, "beam": cfg.beam, "items": len(prep.item_keys)}}
-        metrics = {"valid_NDCG@10": run.state.best, "best_epoch": run.state.best_epoch, "epochs_run": run.state.epoch,
+        metrics = {"valid_NDCG@10": rounds[-1]["valid_NDCG@10_after"] if rounds else run.state.best,
+                   "valid_NDCG@10_before_dpo": run.state.best, "best_epoch": run.state.best_epoch,
+                   "epochs_run": run.state.epoch,
                    "train_seconds": round(run.state.seconds, 1), "device": self.device, "precision": self.precision,
                    "codes_per_level": self.tree.sizes.tolist(),
                    "expert_share": getattr(self, "last_shares", None), "dpo": rounds}
@@ -229,14 +231,14 @@ def export_onnx(model: OneRec, directory: Path, opset: int = 17) -> None:
     depth = model.cfg.depth
     history = torch.full((2, 3, depth), PAD, dtype=torch.long)
     history[:, 1:] = torch.tensor(model.cfg.offsets())
-    torch.onnx.export(Encoder(model), (history,), str(directory / "encoder.onnx"), input_names=["history"],
+    torch.onnx.export(Encoder(model).eval(), (history,), str(directory / "encoder.onnx"), input_names=["history"],
                       output_names=["memory", "padding"],
                       dynamic_axes={"history": {0: "batch", 1: "steps"}, "memory": {0: "batch", 1: "steps"},
                                     "padding": {0: "batch", 1: "steps"}}, opset_version=opset, dynamo=False)
     with torch.no_grad():
         memory, padding = model.encode(history)
     tokens = torch.tensor([[BOS, model.cfg.offsets()[0]]] * 2)
-    torch.onnx.export(DecoderStep(model), (memory, padding, tokens), str(directory / "decoder_step.onnx"),
+    torch.onnx.export(DecoderStep(model).eval(), (memory, padding, tokens), str(directory / "decoder_step.onnx"),
                       input_names=["memory", "padding", "tokens"], output_names=["logp"],
                       dynamic_axes={"memory": {0: "batch", 1: "steps"}, "padding": {0: "batch", 1: "steps"},
                                     "tokens": {0: "batch", 1: "length"}, "logp": {0: "batch"}},

@@ -40,19 +40,32 @@ def write_semantic_ids(path: str | Path, item_ids: Sequence[str], codes: np.ndar
     pq.write_table(table, str(path))
 
 
-def read_semantic_ids(path: str | Path) -> tuple[list[str], np.ndarray]:
+def read_semantic_ids(path: str | Path, max_code: int = 1 << 20) -> tuple[list[str], np.ndarray]:
     """Item ids and their codes ``int64 [items, depth]``; a malformed file is a :class:`BundleError`."""
-    table = pq.read_table(str(path))
+    import pyarrow.compute as pc
+
+    try:
+        table = pq.read_table(str(path))
+    except (OSError, pa.ArrowException) as exc:
+        raise BundleError(f"{path}: not a readable Parquet file") from exc
     if table.column_names[:2] != ["item_id", "codes"]:
         raise BundleError(f"{path}: expected columns item_id, codes")
-    item_ids = [str(i) for i in table.column("item_id").to_pylist()]
-    lists = table.column("codes").to_pylist()
-    depth = len(lists[0]) if lists else 0
-    if not lists or depth < 1 or any(c is None or len(c) != depth for c in lists):
-        raise BundleError(f"{path}: every item needs a code tuple of the same length")
+    ids, codes = table.column("item_id"), table.column("codes")
+    if not pa.types.is_string(ids.type) or not (pa.types.is_list(codes.type) and pa.types.is_integer(
+            codes.type.value_type)) or ids.null_count or codes.null_count or not len(ids):
+        raise BundleError(f"{path}: item_id must be non-null strings and codes non-null lists of integers")
+    lengths = pc.list_value_length(codes)
+    depth = pc.min_max(lengths).as_py()
+    flat = pc.list_flatten(codes)
+    if depth["min"] != depth["max"] or not depth["min"] or flat.null_count:
+        raise BundleError(f"{path}: every item needs a code tuple of the same length, without nulls")
+    values = flat.to_numpy(zero_copy_only=False).astype(np.int64)
+    if values.min() < 0 or values.max() >= max_code:
+        raise BundleError(f"{path}: codes must be in 0..{max_code - 1}")
+    item_ids = [str(i) for i in ids.to_pylist()]
     if len(set(item_ids)) != len(item_ids):
         raise BundleError(f"{path}: an item id appears twice")
-    return item_ids, np.asarray(lists, np.int64)
+    return item_ids, values.reshape(len(item_ids), int(depth["min"]))
 
 
 class OneRecRecommender(GeneratingRecommender):
@@ -69,11 +82,12 @@ class OneRecRecommender(GeneratingRecommender):
         for key in ("max_len", "session", "beam", "depth", "vocab"):
             if type(dims.get(key)) is not int or not 1 <= dims[key] <= 1 << 20:
                 raise BundleError(f"{manifest.path}: dims.{key} must be a positive integer")
-        if (dims["depth"], dims["vocab"]) != (self.tree.depth, self.tree.vocab):
+        sizes = (manifest.config.get("model") or {}).get("level_sizes")
+        if (dims["depth"], dims["vocab"]) != (self.tree.depth, self.tree.vocab) or sizes != self.tree.sizes.tolist():
             raise BundleError(f"{manifest.path}: semantic ids of depth {self.tree.depth} and {self.tree.vocab} tokens, "
                               f"the model's are {dims['depth']} and {dims['vocab']}")
         self.max_len, self.session, self.beam = dims["max_len"], dims["session"], dims["beam"]
-        self.generate_k = self.beam
+        self.generate_k = max(10, self.beam)  # the list eval-rec ranks (items beyond it tie, at expected rank)
         self.encoder = create_session(manifest.file("encoder.onnx"), threads=threads)
         self.decoder = create_session(manifest.file("decoder_step.onnx"), threads=threads)
 
@@ -114,6 +128,8 @@ class OneRecRecommender(GeneratingRecommender):
 
     def generate(self, histories: Sequence[Sequence[str]], k: int, report: SkipReport | None = None,
                  exclude_seen: bool = True) -> list[list[str]]:
+        if k < 1:
+            return [[] for _ in histories]
         lists = self.generate_rows(self.rows(histories, report), max(k, self.beam), 1, exclude_seen)
         return [[self.item_ids[r] for r in rows[:k, 0]] for rows in lists]
 

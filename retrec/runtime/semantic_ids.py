@@ -71,16 +71,9 @@ class CodeTree:
         return out
 
 
-def _excluded_keys(user: np.ndarray, made: np.ndarray, tree: CodeTree, seen_flat: np.ndarray,
-                   seen_start: np.ndarray, seen_len: np.ndarray) -> np.ndarray:
-    """Sorted ``beam * items + leaf`` of every leaf a beam may not end in: its user's seen items and its session's."""
-    count = seen_len[user]
-    beam_of = np.repeat(np.arange(len(user)), count)
-    at = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + np.repeat(seen_start[user], count)
-    keys = [beam_of * tree.items + seen_flat[at]]
-    if made.shape[1]:
-        keys.append((np.arange(len(user))[:, None] * tree.items + tree.leaf_of[made]).ravel())
-    return np.unique(np.concatenate(keys))
+def _counts_in(keys: np.ndarray, owner: np.ndarray, lo: np.ndarray, hi: np.ndarray, n: int) -> np.ndarray:
+    """How many of the sorted ``owner * n + leaf`` keys fall in each ``[lo, hi)`` leaf range of its owner."""
+    return np.searchsorted(keys, owner * n + hi) - np.searchsorted(keys, owner * n + lo)
 
 
 def beam_search(step: Step, tree: CodeTree, users: int, beam: int, items: int = 1,
@@ -91,11 +84,9 @@ def beam_search(step: Step, tree: CodeTree, users: int, beam: int, items: int = 
     if beam < 1 or items < 1:
         raise ValueError("beam and items must be at least 1")
     n = tree.items
-    seen = [np.unique(tree.leaf_of[np.asarray(e, np.int64)[np.asarray(e) >= 0]]) for e in exclude or []]
-    seen += [np.zeros(0, np.int64)] * (users - len(seen))
-    seen_len = np.array([len(s) for s in seen], np.int64)
-    seen_flat = np.concatenate(seen) if seen else np.zeros(0, np.int64)
-    seen_start = np.cumsum(seen_len) - seen_len
+    seen_keys = np.unique(np.concatenate(
+        [u * n + tree.leaf_of[np.asarray(e, np.int64)[np.asarray(e) >= 0]] for u, e in enumerate(exclude or [])]
+        or [np.zeros(0, np.int64)]))  # user * items + leaf, once per user (not per beam)
     user = np.arange(users)
     node = np.zeros(users, np.int64)
     score = np.zeros(users)
@@ -112,10 +103,12 @@ def beam_search(step: Step, tree: CodeTree, users: int, beam: int, items: int = 
             child = np.arange(count.sum()) - np.repeat(np.cumsum(count) - count, count) + np.repeat(start, count)
             code = tree.node_code[t + 1][child]
             cand = score[of] + logp[of, tree.offsets[t] + code]
-            # a prefix is dead when every item under it is excluded (seen, or already in the beam's session)
-            keys = _excluded_keys(user, made, tree, seen_flat, seen_start, seen_len)
+            # a prefix is dead when every item under it is excluded: seen by its user, or already in the session
             lo, hi = tree.leaf_lo[t + 1][child], tree.leaf_hi[t + 1][child]
-            excluded = np.searchsorted(keys, of * n + hi) - np.searchsorted(keys, of * n + lo)
+            excluded = _counts_in(seen_keys, user[of], lo, hi, n)
+            if made.shape[1]:
+                made_keys = np.sort((np.arange(len(user))[:, None] * n + tree.leaf_of[made]).ravel())
+                excluded += _counts_in(made_keys, of, lo, hi, n)  # never seen items: the two sets are disjoint
             cand[hi - lo <= excluded] = -np.inf
             keep = np.flatnonzero(np.isfinite(cand))
             order = keep[np.lexsort((child[keep], -cand[keep], user[of[keep]]))]
@@ -132,7 +125,8 @@ def beam_search(step: Step, tree: CodeTree, users: int, beam: int, items: int = 
                 node, made = child[chosen], made[parent]
     out_items, out_scores = [], []
     bounds = np.searchsorted(user, np.arange(users + 1))  # beams stay grouped by user, best first
+    complete = made.shape[1] == items  # every beam died early (all items excluded): no sessions at all
     for u in range(users):
-        out_items.append(made[bounds[u]:bounds[u + 1]])
-        out_scores.append(score[bounds[u]:bounds[u + 1]])
+        out_items.append(made[bounds[u]:bounds[u + 1]] if complete else np.zeros((0, items), np.int64))
+        out_scores.append(score[bounds[u]:bounds[u + 1]] if complete else np.zeros(0))
     return out_items, out_scores

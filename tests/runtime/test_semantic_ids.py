@@ -70,3 +70,13 @@ def test_a_narrow_beam_gives_valid_unique_sessions() -> None:
         for s in sessions:
             assert len(set(s.tolist())) == 5 and ((s >= 0) & (s < tree.items)).all()
         assert not set(got[0].ravel().tolist()) & set(range(5)) and 7 not in got[2]
+
+
+def test_excluding_every_item_gives_no_sessions_not_an_error() -> None:
+    tree = CodeTree(CODES)
+    everything = np.arange(len(CODES))
+    got, scores = beam_search(table_step(tree), tree, users=2, beam=3, items=2, exclude=[everything, everything[:6]])
+    assert got[0].shape == (0, 2) and scores[0].shape == (0,)
+    assert got[1].shape == (0, 2)  # one item left: no session of two
+    one, _ = beam_search(table_step(tree), tree, users=1, beam=3, items=1, exclude=[everything[:6]])
+    assert one[0].tolist() == [[6]]
