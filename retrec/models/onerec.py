@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from retrec.models.bert4rec import BERT4Rec
+
 PAD, BOS = 0, 1
 
 
@@ -178,14 +180,7 @@ class OneRec(nn.Module):
             level[start:start + size] = i
         allowed = level[None, :] == (torch.arange(steps) % cfg.depth)[:, None]
         self.register_buffer("level_mask", torch.where(allowed, 0.0, -1e9), persistent=False)  # [steps, vocab]
-        self.apply(self._init)
-
-    @staticmethod
-    def _init(module: nn.Module) -> None:
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.trunc_normal_(module.weight, std=0.02, a=-0.04, b=0.04)
-        if isinstance(module, nn.Linear) and module.bias is not None:
-            nn.init.zeros_(module.bias)
+        self.apply(BERT4Rec._init)  # BERT's truncated-normal initialisation
 
     def encode(self, history: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """History code tokens ``[B, T, depth]`` (oldest item first, PAD rows after the last) → memory ``[B, T, d]``

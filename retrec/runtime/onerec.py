@@ -28,7 +28,7 @@ import pyarrow.parquet as pq
 from retrec.bundle import BundleError, Manifest, load_bundle
 from retrec.kinds import ONEREC_MODEL
 from retrec.runtime.onnx_session import create_session
-from retrec.runtime.recommender import GeneratingRecommender, ItemList, SkipReport
+from retrec.runtime.recommender import GeneratingRecommender, ItemList, SkipReport, known_rows
 from retrec.runtime.semantic_ids import CodeTree, beam_search
 
 IDS_FILE = "semantic_ids.parquet"
@@ -100,14 +100,8 @@ class OneRecRecommender(GeneratingRecommender):
         return f"{self.manifest.name}@{self.manifest.version}"
 
     def rows(self, histories: Sequence[Sequence[str]], report: SkipReport | None = None) -> list[np.ndarray]:
-        out = []
-        for history in histories:
-            pos = self.positions(list(history))
-            if report is not None:
-                for item in np.asarray(history, dtype=object)[pos < 0].tolist():
-                    report.add(str(item))
-            out.append(pos[pos >= 0])
-        return out
+        """Raw ids → catalogue rows, unknown ids dropped (and counted in ``report``)."""
+        return [known_rows(h, self.positions(list(h)), report) for h in histories]
 
     def generate_rows(self, row_histories: Sequence[np.ndarray], beam: int, items: int, exclude_seen: bool = True,
                       batch: int = 256) -> list[np.ndarray]:

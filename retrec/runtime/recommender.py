@@ -42,6 +42,14 @@ class SkipReport:
             self.examples.append(item)
 
 
+def known_rows(history: Sequence[str], rows: np.ndarray, report: SkipReport | None = None) -> np.ndarray:
+    """The rows ``>= 0`` of a history's ids (``rows``: their lookup, ``-1`` unknown); the unknown ids are counted."""
+    if report is not None:
+        for item in np.asarray(history, dtype=object)[rows < 0].tolist():
+            report.add(str(item))
+    return rows[rows >= 0]
+
+
 @runtime_checkable
 class Recommender(Protocol):
     name: str

@@ -19,7 +19,7 @@ import numpy as np
 from retrec.bundle import BundleError, Manifest, load_bundle
 from retrec.kinds import BERT4REC_MODEL, SASREC_MODEL
 from retrec.runtime.onnx_session import create_session
-from retrec.runtime.recommender import ScoringRecommender, SkipReport
+from retrec.runtime.recommender import ScoringRecommender, SkipReport, known_rows
 from retrec.tables import FrozenTable
 
 KIND = BERT4REC_MODEL
@@ -54,14 +54,8 @@ class SequenceRecommender(ScoringRecommender):
 
     def rows(self, histories: Sequence[Sequence[str]], report: SkipReport | None = None) -> list[np.ndarray]:
         """Raw ids → table rows, unknown ids dropped (and counted in ``report``)."""
-        out = []
-        for history in histories:
-            r = self.table.lookup(list(history)) if len(history) else np.empty(0, np.int64)
-            if report is not None:
-                for item in np.asarray(history, dtype=object)[r < 0].tolist():
-                    report.add(str(item))
-            out.append(r[r >= 0])
-        return out
+        return [known_rows(h, self.table.lookup(list(h)) if len(h) else np.empty(0, np.int64), report)
+                for h in histories]
 
     def user_vectors(self, row_histories: Sequence[np.ndarray]) -> np.ndarray:
         steps = self.steps
