@@ -52,7 +52,7 @@ def train_reward(prep: PreparedData, cfg: OneRecTrainConfig, device: str = "cpu"
         loss.backward()
         opt.step()
         if (step + 1) % 100 == 0:
-            log.info("onerec reward model: step %d/%d loss %.4f", step + 1, cfg.reward_steps, float(loss))
+            log.info("onerec reward model: step %d/%d loss %.4f", step + 1, cfg.reward_steps, float(loss.detach()))
     return model.eval()
 
 
