@@ -3,7 +3,7 @@
     python benchmarks/rec_recipes.py --data ../shared/data/beauty --out runs/recipes \
         --arm sas-ce-e45=sasrec:loss=ce,epochs=45 --arm b4r-e86=bert4rec:epochs=86
 
-An arm is ``NAME=TRAINER:field=value,...`` over the trainer's config fields (``retrec train sasrec|bert4rec``'s
+An arm is ``NAME=TRAINER:field=value,...`` over the trainer's config fields (``retrec train sasrec|bert4rec|onerec``'s
 options, underscores); ``max_minutes`` and ``max_steps`` are unset unless given, so an arm with ``epochs=N`` runs
 up to N epochs (early stopping may end it sooner) with the learning rate decaying over them: on a GPU machine
 this replays a CPU run of the same epochs in minutes (the trainers pick a CUDA GPU by themselves), to compare
@@ -15,6 +15,7 @@ them to ``OUT/results.jsonl``.
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import multiprocessing as mp
 import os
@@ -29,8 +30,8 @@ SHARED = Path(__file__).resolve().parents[2] / "shared/data"
 def parse_arm(text: str) -> tuple[str, str, dict[str, Any]]:
     name, _, spec = text.partition("=")
     trainer, _, options = spec.partition(":")
-    if trainer not in ("sasrec", "bert4rec") or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
-        raise SystemExit(f"arm {text!r}: NAME=sasrec|bert4rec:field=value,... (NAME: letters, digits, . _ -)")
+    if trainer not in TRAINERS or not re.fullmatch(r"[A-Za-z0-9][\w.-]*", name):
+        raise SystemExit(f"arm {text!r}: NAME={'|'.join(TRAINERS)}:field=value,... (NAME: letters, digits, . _ -)")
     values: dict[str, Any] = {}
     for pair in filter(None, options.split(",")):
         key, _, raw = pair.partition("=")
@@ -43,10 +44,22 @@ def parse_arm(text: str) -> tuple[str, str, dict[str, Any]]:
     return name, trainer, values
 
 
-def config_type(trainer: str) -> type:
-    from retrec.pipelines.train_config import SASRecTrainConfig, TrainConfig
+TRAINERS = {  # trainer → (config class, training function), imported in the worker
+    "sasrec": ("SASRecTrainConfig", "retrec.pipelines.train_sasrec:train_sasrec"),
+    "bert4rec": ("TrainConfig", "retrec.pipelines.train_bert4rec:train_bert4rec"),
+    "onerec": ("OneRecTrainConfig", "retrec.pipelines.train_onerec:train_onerec"),
+}
 
-    return SASRecTrainConfig if trainer == "sasrec" else TrainConfig
+
+def config_type(trainer: str) -> type:
+    from retrec.pipelines import train_config
+
+    return getattr(train_config, TRAINERS[trainer][0])
+
+
+def train_function(trainer: str) -> Any:
+    module, _, function = TRAINERS[trainer][1].partition(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def run_arm(args: tuple[str, str, dict[str, Any], str, str, int]) -> dict[str, Any]:
@@ -64,12 +77,9 @@ def train_and_test(name: str, trainer: str, values: dict[str, Any], data: str, o
     import torch
 
     torch.set_num_threads(threads)
-    from retrec.pipelines.train_bert4rec import train_bert4rec
-    from retrec.pipelines.train_sasrec import train_sasrec
-
     cfg = config_type(trainer)(**{"max_minutes": None, "max_steps": None, **values})
     start = time.perf_counter()
-    bundle = (train_sasrec if trainer == "sasrec" else train_bert4rec)(data, Path(out) / name, cfg, progress=False)
+    bundle = train_function(trainer)(data, Path(out) / name, cfg, progress=False)
     return test_bundle({"arm": name, "bundle": str(bundle), "wall_s": round(time.perf_counter() - start, 1)}, data)
 
 

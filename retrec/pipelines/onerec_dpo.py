@@ -27,7 +27,7 @@ from retrec.models.onerec import BOS, OneRec
 from retrec.models.reward import SessionReward, dpo_loss, reward_loss
 from retrec.pipelines.train_bert4rec import PreparedData
 from retrec.pipelines.train_config import OneRecTrainConfig
-from retrec.pipelines.train_onerec import generate, list_metrics
+from retrec.pipelines.train_onerec import generate, list_metrics, model_history
 from retrec.runtime.semantic_ids import CodeTree
 
 log = logging.getLogger("retrec.train.onerec")
@@ -60,7 +60,7 @@ def session_logp(model: OneRec, tree: CodeTree, histories: list[np.ndarray], ses
     """Sum of the token log-probabilities of each session ``[B, items]`` after its history (teacher forcing)."""
     device = next(model.parameters()).device
     assert model.cfg.max_len is not None
-    memory, padding = model.encode(torch.from_numpy(tree.history_tokens(histories, model.cfg.max_len)).to(device))
+    memory, padding = model.encode(torch.from_numpy(model_history(model, tree, histories)).to(device))
     tokens = torch.from_numpy(tree.tokens(sessions).reshape(len(sessions), -1)).to(device)
     inputs = torch.cat([torch.full_like(tokens[:, :1], BOS), tokens[:, :-1]], dim=1)
     return model.decode(memory, padding, inputs).gather(-1, tokens[..., None]).squeeze(-1).sum(1)
@@ -74,7 +74,7 @@ def report(model: OneRec, tree: CodeTree, prep: PreparedData, cfg: OneRecTrainCo
     best = [(h, s[0]) for h, s in zip(histories, sessions) if len(s)]
     with torch.no_grad():
         rewards = reward.session_reward([h for h, _ in best], [s for _, s in best]) if best else torch.zeros(1)
-    lists = generate(model, tree, histories, max(10, cfg.beam))
+    lists = generate(model, tree, histories, max(10, cfg.list_beam))
     ndcg = list_metrics(lists, prep.valid_target, len(prep.item_keys))["NDCG@10"]
     return {"reward": float(rewards.mean()), "valid_NDCG@10": ndcg}
 

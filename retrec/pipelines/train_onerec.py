@@ -9,7 +9,7 @@ teacher forcing (token cross-entropy + the experts' load-balancing loss) on the 
 checkpoints, ``--resume``, early stopping on the validation NDCG@10 of the beam-searched list) → bundle:
 
     <out>/manifest.json          kind "model/onerec", configs, metrics (expert load, ONNX agreement)
-    <out>/encoder.onnx           history code tokens [B, T, depth] → memory, padding
+    <out>/encoder.onnx           history code tokens [B, T, depth] (+ item rows, --item-inputs) → memory, padding
     <out>/decoder_step.onnx      memory, padding, tokens [B, n] → next-token log-probabilities [B, vocab]
     <out>/semantic_ids.parquet   item_id, codes
     <out>/reward.safetensors     the reward model of the DPO rounds (``--dpo-rounds``; retrec/pipelines/onerec_dpo.py)
@@ -80,6 +80,11 @@ def item_vectors(cfg: OneRecTrainConfig, prep: PreparedData) -> np.ndarray:
     return vectors.astype(np.float32)
 
 
+def model_history(model: OneRec, tree: CodeTree, histories: list[np.ndarray]) -> np.ndarray:
+    """The encoder's input for item-row histories: code tokens, and the rows when the model embeds items."""
+    return tree.history_tokens(histories, model.cfg.max_len, model.cfg.items > 0)
+
+
 @torch.no_grad()
 def generate(model: OneRec, tree: CodeTree, histories: list[np.ndarray], beam: int, items: int = 1,
              exclude_seen: bool = True, batch: int = 256) -> list[np.ndarray]:
@@ -90,7 +95,7 @@ def generate(model: OneRec, tree: CodeTree, histories: list[np.ndarray], beam: i
     out: list[np.ndarray] = []
     for start in range(0, len(histories), batch):
         chunk = histories[start:start + batch]
-        memory, padding = model.encode(torch.from_numpy(tree.history_tokens(chunk, model.cfg.max_len)).to(device))
+        memory, padding = model.encode(torch.from_numpy(model_history(model, tree, chunk)).to(device))
 
         def step(users: np.ndarray, tokens: np.ndarray, memory: torch.Tensor = memory,
                  padding: torch.Tensor = padding) -> np.ndarray:
@@ -123,7 +128,7 @@ class OneRecAdapter(TorchAdapter):
         self.model = OneRec(OneRecConfig(
             level_sizes=self.tree.sizes.tolist(), max_len=cfg.max_len, session=cfg.session, hidden=cfg.hidden,
             layers=cfg.layers, heads=cfg.heads, experts=cfg.experts, top_k=cfg.top_k,
-            dropout=cfg.dropout)).to(self.device)
+            dropout=cfg.dropout, items=len(prep.item_keys) if cfg.item_inputs else 0)).to(self.device)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         self.windows = [w for w in windows(prep.train, cfg.max_len + cfg.session) if len(w) >= 2]
         self.lengths = np.array([len(w) for w in self.windows])
@@ -146,7 +151,7 @@ class OneRecAdapter(TorchAdapter):
         assert cfg.max_len is not None
         chunk = [self.windows[i] for i in batch]
         t_max = min(cfg.max_len, max(len(w) - 1 for w in chunk))
-        history = tree.history_tokens([w[:t_max] for w in chunk], t_max)
+        history = tree.history_tokens([w[:t_max] for w in chunk], t_max, cfg.item_inputs)
         window, cut = [], []
         for i, w in enumerate(chunk):
             cuts = np.arange(1, min(len(w) - 1, cfg.max_len) + 1)
@@ -168,7 +173,11 @@ class OneRecAdapter(TorchAdapter):
         with autocast(self.precision, self.device):
             memory, padding = self.model.encode(history)
             logp = self.model.decode(memory, padding[window] | hidden, inputs, real, index=window)
-        nll = -logp.float().gather(-1, target[..., None]).squeeze(-1)[real].mean()
+        token_nll = -logp.float().gather(-1, target[..., None]).squeeze(-1)
+        weight = real.float()
+        if self.cfg.first_weight != 1.0:
+            weight[:, :self.tree.depth] *= self.cfg.first_weight
+        nll = (token_nll * weight).sum() / weight.sum()
         aux = self.model.aux_loss()
         self.load_sum += np.array(self.model.expert_load())
         self.aux_sum, self.steps_seen = self.aux_sum + float(aux.detach()), self.steps_seen + 1
@@ -179,7 +188,7 @@ class OneRecAdapter(TorchAdapter):
         return self.load_sum / max(self.steps_seen, 1)
 
     def evaluate(self) -> dict[str, float | None]:
-        lists = generate(self.model, self.tree, self.prep.valid_history, max(10, self.cfg.beam))
+        lists = generate(self.model, self.tree, self.prep.valid_history, max(10, self.cfg.list_beam))
         metrics = list_metrics(lists, self.prep.valid_target, len(self.prep.item_keys))
         shares = self.expert_shares()
         out: dict[str, float | None] = {
@@ -215,22 +224,26 @@ class OneRecAdapter(TorchAdapter):
         bundle = {"kind": ONEREC_MODEL, "name": self.name,
                   "config": {"model": mcfg.to_json(), "train": asdict(cfg)},
                   "dims": {"hidden": mcfg.hidden, "depth": mcfg.depth, "vocab": mcfg.vocab, "max_len": mcfg.max_len,
-                           "session": mcfg.session, "beam": cfg.beam, "items": len(prep.item_keys)}}
+                           "session": mcfg.session, "beam": cfg.beam, "list_beam": cfg.list_beam,
+                           "items": len(prep.item_keys)}}
         metrics = {"valid_NDCG@10": rounds[-1]["valid_NDCG@10_after"] if rounds else run.state.best,
                    "valid_NDCG@10_before_dpo": run.state.best, "best_epoch": run.state.best_epoch,
                    "epochs_run": run.state.epoch,
                    "train_seconds": round(run.state.seconds, 1), "device": self.device, "precision": self.precision,
                    "codes_per_level": self.tree.sizes.tolist(),
                    "expert_share": getattr(self, "last_shares", None), "dpo": rounds}
-        metrics.update(onnx_agreement(model, self.tree, pub.draft(**bundle), prep.valid_history[:200], cfg.beam))
+        metrics.update(onnx_agreement(model, self.tree, pub.draft(**bundle), prep.valid_history[:200], cfg.beam,
+                                      cfg.list_beam))
         return {**bundle, "metrics": {**metrics, **prep.stats}}
 
 
 def export_onnx(model: OneRec, directory: Path, opset: int = 17) -> None:
     """``encoder.onnx`` and ``decoder_step.onnx`` with dynamic batch, history and token axes."""
     depth = model.cfg.depth
-    history = torch.full((2, 3, depth), PAD, dtype=torch.long)
-    history[:, 1:] = torch.tensor(model.cfg.offsets())
+    history = torch.full((2, 3, depth + (model.cfg.items > 0)), PAD, dtype=torch.long)
+    history[:, 1:, :depth] = torch.tensor(model.cfg.offsets())
+    if model.cfg.items:
+        history[:, 1:, depth] = 1
     torch.onnx.export(Encoder(model).eval(), (history,), str(directory / "encoder.onnx"), input_names=["history"],
                       output_names=["memory", "padding"],
                       dynamic_axes={"history": {0: "batch", 1: "steps"}, "memory": {0: "batch", 1: "steps"},
@@ -245,14 +258,14 @@ def export_onnx(model: OneRec, directory: Path, opset: int = 17) -> None:
                       opset_version=opset, dynamo=False)
 
 
-def onnx_agreement(model: OneRec, tree: CodeTree, draft: Any, histories: list[np.ndarray],
-                   beam: int) -> dict[str, float]:
+def onnx_agreement(model: OneRec, tree: CodeTree, draft: Any, histories: list[np.ndarray], beam: int,
+                   list_beam: int) -> dict[str, float]:
     """Share of users whose top-10 list and whose best session are the same through ONNX Runtime as through torch."""
     if not histories:
         return {"onnx_top10_identical": 1.0, "onnx_top_session_identical": 1.0}
     runtime = OneRecRecommender(draft, threads=1)
     same_list = np.mean([np.array_equal(a, b) for a, b in zip(
-        generate(model, tree, histories, max(10, beam)), runtime.generate_rows(histories, max(10, beam), 1))])
+        generate(model, tree, histories, max(10, list_beam)), runtime.generate_rows(histories, max(10, list_beam), 1))])
     same_session = np.mean([np.array_equal(a[:1], b[:1]) for a, b in zip(
         generate(model, tree, histories, beam, model.cfg.session),
         runtime.generate_rows(histories, beam, model.cfg.session))])

@@ -1,13 +1,15 @@
 """OneRec at inference: the ONNX encoder and decoder step driven by the trie-constrained beam search (no torch).
 
-A ``model/onerec`` bundle holds ``encoder.onnx`` (history code tokens ``[B, T, depth]`` → ``memory``, ``padding``),
+A ``model/onerec`` bundle holds ``encoder.onnx`` (history code tokens ``[B, T, depth]``, then each item's row + 1
+when the model embeds items → ``memory``, ``padding``),
 ``decoder_step.onnx`` (``memory``, ``padding``, decoder ``tokens [B, n]`` → the next token's ``logp [B, vocab]``) and
 ``semantic_ids.parquet`` (``item_id``, ``codes``: one unique code tuple per item; the trie is built from it at load).
 Histories are raw item ids; ids without a semantic ID are skipped and counted, never an error.
 
-- :meth:`OneRecRecommender.generate`: the top-``k`` next items (beam search over one item, beam ``max(k, beam)``) —
-  the ranked list ``retrec eval-rec`` scores and ``/v1/recommend`` returns;
-- :meth:`OneRecRecommender.generate_sessions`: the best next session of ``session`` items, no item twice.
+- :meth:`OneRecRecommender.generate`: the top-``k`` next items (beam search over one item, ``max(k, list_beam)``
+  beams) — the ranked list ``retrec eval-rec`` scores and ``/v1/recommend`` returns;
+- :meth:`OneRecRecommender.generate_sessions`: the best next session of ``session`` items (``beam`` beams), no item
+  twice.
 
 Example::
 
@@ -82,13 +84,29 @@ class OneRecRecommender(GeneratingRecommender):
         for key in ("max_len", "session", "beam", "depth", "vocab"):
             if type(dims.get(key)) is not int or not 1 <= dims[key] <= 1 << 20:
                 raise BundleError(f"{manifest.path}: dims.{key} must be a positive integer")
-        sizes = (manifest.config.get("model") or {}).get("level_sizes")
+        model = manifest.config.get("model")
+        if not isinstance(model, dict):
+            raise BundleError(f"{manifest.path}: config.model must be an object")
+        sizes = model.get("level_sizes")
         if (dims["depth"], dims["vocab"]) != (self.tree.depth, self.tree.vocab) or sizes != self.tree.sizes.tolist():
             raise BundleError(f"{manifest.path}: semantic ids of depth {self.tree.depth} and {self.tree.vocab} tokens, "
                               f"the model's are {dims['depth']} and {dims['vocab']}")
+        list_beam = dims.get("list_beam", dims["beam"])  # bundles before list_beam: one beam for both
+        if type(list_beam) is not int or not 1 <= list_beam <= 1 << 20:
+            raise BundleError(f"{manifest.path}: dims.list_beam must be a positive integer")
         self.max_len, self.session, self.beam = dims["max_len"], dims["session"], dims["beam"]
-        self.generate_k = max(10, self.beam)  # the list eval-rec ranks (items beyond it tie, at expected rank)
+        self.list_beam = list_beam
+        items = model.get("items", 0)  # bundles before item inputs: code tokens only
+        if type(items) is not int or items not in (0, len(self.item_ids)):
+            raise BundleError(f"{manifest.path}: config.model.items must be 0 or the {len(self.item_ids)} items of "
+                              f"the semantic ids, not {str(items)[:40]!r}")
+        self.item_inputs = bool(items)
+        self.generate_k = max(10, list_beam)  # the list eval-rec ranks (items beyond it tie, at expected rank)
         self.encoder = create_session(manifest.file("encoder.onnx"), threads=threads)
+        width = self.encoder.get_inputs()[0].shape[-1]
+        if width != self.tree.depth + self.item_inputs:
+            raise BundleError(f"{manifest.path}: encoder.onnx reads {str(width)[:20]} columns per history item, the "
+                              f"manifest says {self.tree.depth + self.item_inputs}")
         self.decoder = create_session(manifest.file("decoder_step.onnx"), threads=threads)
 
     @classmethod
@@ -109,8 +127,8 @@ class OneRecRecommender(GeneratingRecommender):
         out: list[np.ndarray] = []
         for start in range(0, len(row_histories), batch):
             chunk = list(row_histories[start:start + batch])
-            memory, padding = self.encoder.run(["memory", "padding"],
-                                               {"history": self.tree.history_tokens(chunk, self.max_len)})
+            history = self.tree.history_tokens(chunk, self.max_len, self.item_inputs)
+            memory, padding = self.encoder.run(["memory", "padding"], {"history": history})
 
             def step(users: np.ndarray, tokens: np.ndarray, memory: np.ndarray = memory,
                      padding: np.ndarray = padding) -> np.ndarray:
@@ -124,7 +142,7 @@ class OneRecRecommender(GeneratingRecommender):
                  exclude_seen: bool = True) -> list[list[str]]:
         if k < 1:
             return [[] for _ in histories]
-        lists = self.generate_rows(self.rows(histories, report), max(k, self.beam), 1, exclude_seen)
+        lists = self.generate_rows(self.rows(histories, report), max(k, self.list_beam), 1, exclude_seen)
         return [[self.item_ids[r] for r in rows[:k, 0]] for rows in lists]
 
     def generate_sessions(self, histories: Sequence[Sequence[str]], items: int | None = None,

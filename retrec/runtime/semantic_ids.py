@@ -61,13 +61,16 @@ class CodeTree:
         """Decoder tokens of item rows: ``[..., depth]``."""
         return self.codes[items] + self.offsets
 
-    def history_tokens(self, histories: Sequence[np.ndarray], length: int) -> np.ndarray:
-        """``int64 [B, length, depth]``: each history's last ``length`` items' tokens, oldest first, PAD after."""
-        out = np.full((len(histories), length, self.depth), PAD, np.int64)
+    def history_tokens(self, histories: Sequence[np.ndarray], length: int, rows: bool = False) -> np.ndarray:
+        """``int64 [B, length, depth]``: each history's last ``length`` items' tokens, oldest first, PAD after;
+        ``rows``: one more column, the item's row + 1 (0 after the history), for a model that embeds items too."""
+        out = np.full((len(histories), length, self.depth + rows), PAD, np.int64)
         for i, h in enumerate(histories):
             h = np.asarray(h, np.int64)[-length:]
             if len(h):
-                out[i, :len(h)] = self.tokens(h)
+                out[i, :len(h), :self.depth] = self.tokens(h)
+                if rows:
+                    out[i, :len(h), self.depth] = h + 1
         return out
 
 

@@ -16,8 +16,8 @@ from retrec.runtime.onerec import IDS_FILE, OneRecRecommender, read_semantic_ids
 from retrec.runtime.recommender import SkipReport
 
 TINY = OneRecTrainConfig(max_len=10, levels=2, hidden=16, layers=1, heads=2, experts=3, top_k=2, session=3,
-                         batch_size=64, epochs=2, patience=2, eval_users=40, beam=5, dpo_rounds=1, dpo_session=2,
-                         dpo_users=40, dpo_steps=3, reward_steps=20, dpo_lr=1e-3)
+                         batch_size=64, epochs=2, patience=2, eval_users=40, beam=5, list_beam=12, dpo_rounds=1,
+                         dpo_session=2, dpo_users=40, dpo_steps=3, reward_steps=20, dpo_lr=1e-3)
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +54,16 @@ def test_every_generated_item_is_valid_unique_and_unseen(bundle: Path) -> None:
     assert set(histories[0]) <= {i for i, _ in with_seen}  # nothing excluded when asked
     with pytest.raises(ValueError, match=r"sessions of 1\.\.3 items"):
         rec.generate_sessions(histories, items=4)
+    assert (rec.beam, rec.list_beam, rec.generate_k) == (5, 12, 12)  # lists search wider than sessions
+    assert rec.item_inputs and rec.encoder.get_inputs()[0].shape[2] == rec.tree.depth + 1  # codes + item row
+    beams = []
+    generate_rows = rec.generate_rows
+    rec.generate_rows = lambda rows, beam, items, *a: (  # type: ignore[method-assign]
+        beams.append((beam, items)) or generate_rows(rows, beam, items, *a))
+    rec.recommend(histories[:1], k=3)
+    rec.recommend(histories[:1], k=20)
+    rec.generate_sessions(histories[:1])
+    assert beams == [(12, 1), (20, 1), (5, 3)]  # max(k, list_beam) for lists, beam for sessions
 
 
 def test_unknown_history_items_are_skipped_and_counted(bundle: Path) -> None:
@@ -86,6 +96,37 @@ def test_malformed_semantic_ids_are_refused(bundle: Path, tmp_path: Path) -> Non
     write_manifest(copy, **fields)
     with pytest.raises(BundleError, match="tokens, the model's are"):
         OneRecRecommender.load(copy)
+    write_semantic_ids(copy / IDS_FILE, item_ids, codes)
+    write_manifest(copy, **{**fields, "dims": {**m.dims, "list_beam": 0}})
+    with pytest.raises(BundleError, match="list_beam"):
+        OneRecRecommender.load(copy)
+    for items, match in ((3, "config.model.items"), ("54542", "config.model.items"), (True, "config.model.items"),
+                         (0, "encoder.onnx reads 3 columns")):  # 0: the manifest disowns the encoder's item column
+        write_manifest(copy, **{**fields, "config": {**m.config, "model": {**m.config["model"], "items": items}}})
+        with pytest.raises(BundleError, match=match):
+            OneRecRecommender.load(copy)
+    write_manifest(copy, **{**fields, "config": {**m.config, "model": ["not", "an", "object"]}})
+    with pytest.raises(BundleError, match=r"config\.model must be an object"):
+        OneRecRecommender.load(copy)
+
+
+def test_code_tokens_alone_train_export_and_agree(tiny_data: Path, tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    cfg = replace(TINY, item_inputs=False, epochs=1, dpo_rounds=0)
+    out = train_onerec(tiny_data, tmp_path / "codes-only", cfg, progress=False)
+    manifest = load_bundle(out, kind=ONEREC_MODEL)
+    assert manifest.config["model"]["items"] == 0 and manifest.metrics["onnx_top10_identical"] == 1.0
+    rec = OneRecRecommender.load(out)
+    assert not rec.item_inputs and rec.encoder.get_inputs()[0].shape[2] == rec.tree.depth
+    old = Path(shutil.copytree(out, tmp_path / "before-list-beam"))  # a bundle written before list_beam and items
+    model = {k: v for k, v in manifest.config["model"].items() if k != "items"}
+    write_manifest(old, kind=manifest.kind, name=manifest.name, config={**manifest.config, "model": model},
+                   dims={k: v for k, v in manifest.dims.items() if k != "list_beam"}, metrics=manifest.metrics)
+    legacy = OneRecRecommender.load(old)
+    assert (legacy.list_beam, legacy.item_inputs) == (legacy.beam, False)
+    rec.list_beam = rec.beam  # what the bundle meant then: one beam for lists and sessions
+    assert legacy.recommend([rec.item_ids[:3]], k=5) == rec.recommend([rec.item_ids[:3]], k=5)
 
 
 def test_codes_per_level_follow_the_catalogue() -> None:
@@ -94,3 +135,42 @@ def test_codes_per_level_follow_the_catalogue() -> None:
         OneRecTrainConfig(experts=2, top_k=3)
     with pytest.raises(ValueError, match="dpo_session"):
         OneRecTrainConfig(session=3, dpo_session=4)
+
+
+def test_first_weight_weighs_the_next_items_tokens(tiny_data: Path) -> None:
+    from dataclasses import replace
+
+    import torch
+
+    from retrec.data.interactions import load_interactions, user_sequences
+    from retrec.models.onerec import PAD
+    from retrec.models.semantic_ids import semantic_ids
+    from retrec.pipelines.train_bert4rec import prepare, resolve_defaults
+    from retrec.pipelines.train_onerec import OneRecAdapter, item_vectors
+    from retrec.tables import EmbeddingTable
+
+    seqs = user_sequences(load_interactions(tiny_data))
+    cfg = resolve_defaults(replace(TINY, codes=8), seqs)
+    prep = prepare(seqs, EmbeddingTable(1, initial_capacity=1024), cfg.eval_users, cfg.valid_fraction, cfg.seed)
+    adapter = OneRecAdapter(prep, cfg, semantic_ids(item_vectors(cfg, prep), cfg.levels, 8, seed=0))
+    adapter.model.eval()  # no dropout: the same batch gives the same token losses
+    with torch.no_grad():  # context-dependent predictions: the first item's tokens lose differently
+        for weight in adapter.model.parameters():
+            weight.normal_(0.0, 0.5, generator=torch.Generator().manual_seed(0))
+    batch, state = adapter.batches(1)[0], adapter.gen.get_state()
+    target = adapter.tensors(batch)[-1]
+    first = int((target[:, :adapter.tree.depth] != PAD).sum())
+    later = int((target != PAD).sum()) - first
+
+    def nll(weight: float) -> float:
+        adapter.cfg = replace(cfg, first_weight=weight)
+        adapter.gen.set_state(state)
+        with torch.no_grad():
+            return adapter.step(batch)[1]["nll"]
+
+    first_mean, later_mean = nll(1e6), nll(1e-6)
+    assert abs(first_mean - later_mean) > 0.01
+    expected = (3 * first * first_mean + later * later_mean) / (3 * first + later)
+    assert nll(3.0) == pytest.approx(expected, abs=1e-4) and abs(nll(3.0) - nll(1.0)) > 1e-3
+    with pytest.raises(ValueError, match="first_weight"):
+        OneRecTrainConfig(first_weight=0)

@@ -80,3 +80,12 @@ def test_excluding_every_item_gives_no_sessions_not_an_error() -> None:
     assert got[1].shape == (0, 2)  # one item left: no session of two
     one, _ = beam_search(table_step(tree), tree, users=1, beam=3, items=1, exclude=[everything[:6]])
     assert one[0].tolist() == [[6]]
+
+
+def test_history_tokens_keep_the_last_items_and_their_rows() -> None:
+    tree = CodeTree(CODES)
+    plain = tree.history_tokens([np.array([0, 1, 2]), np.array([], np.int64)], 2)
+    rows = tree.history_tokens([np.array([0, 1, 2]), np.array([], np.int64)], 2, rows=True)
+    assert plain.shape == (2, 2, tree.depth) and rows.shape == (2, 2, tree.depth + 1)
+    assert plain[0].tolist() == tree.tokens(np.array([1, 2])).tolist() and (plain[1] == 0).all()
+    assert (rows[..., :tree.depth] == plain).all() and rows[0, :, -1].tolist() == [2, 3] and (rows[1] == 0).all()
