@@ -10,7 +10,8 @@ what a user gets by default), then evaluates them. For every model: full ranking
 popularity-sampled-100 protocol, test item, seen items excluded. For each sequence bundle with its
 ``<bundle>.ckpt/best.safetensors`` beside it: ONNX-vs-torch parity (identical top-10 on 1,000 users); a OneRec
 bundle's is the one its trainer measured (the same top-10 list, beam search through ONNX Runtime and torch).
-``full eval s``: the wall time of the full-ranking evaluation over every test user.
+``full eval s``: the wall time of the full-ranking evaluation over every test user. ``--protocol full`` skips
+pop100 (a generative model's list is generated again for it).
 Prints a table and one JSON line. (Before issue 18 this script was benchmarks/bert4rec_beauty.py.)
 """
 
@@ -82,6 +83,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=SHARED / "beauty")
     parser.add_argument("--bundle", type=Path, action="append", default=[])
     parser.add_argument("--train", type=Path, help="train the default models into this folder first")
+    parser.add_argument("--protocol", choices=("full", "pop100"), action="append",
+                        help="evaluation protocols (default: both)")
     args = parser.parse_args()
     configure_process()
     from retrec.bundle import load_bundle
@@ -100,7 +103,7 @@ def main() -> None:
     for name in ["popularity", "markov", "markov-decay", "cooc", *map(str, bundles)]:
         score = build_recommender(name, loo, vocab)
         start = time.perf_counter()
-        for protocol in ("full", "pop100"):
+        for protocol in args.protocol or ("full", "pop100"):
             res = evaluate_recommender(score, loo, vocab, protocol=protocol, progress=False)
             rows.setdefault(Path(name).name, {}).update(
                 {f"{protocol} {m}": res.metrics[m] for m in ("HR@10", "NDCG@10")} | {"users": res.metrics["users"]})
