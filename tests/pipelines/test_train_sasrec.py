@@ -134,7 +134,9 @@ def test_lengths_and_mask_come_from_the_data() -> None:
     assert (resolve_defaults(TrainConfig(), short).max_len, resolve_defaults(TrainConfig(), short).mask_prob) \
         == (20, 0.6)
     assert (resolve_defaults(TrainConfig(), long).max_len, resolve_defaults(TrainConfig(), long).mask_prob) \
-        == (200, 0.2)
+        == (50, 0.2)  # BERT4Rec's pre-LN default takes at most 50 positions
+    assert resolve_defaults(TrainConfig(block="bert"), long).max_len == 200
+    assert resolve_defaults(SASRecTrainConfig(), long).max_len == 200
     assert resolve_defaults(TrainConfig(max_len=30, mask_prob=0.3), long).max_len == 30
     assert resolve_defaults(SASRecTrainConfig(), short).max_len == 20
 
