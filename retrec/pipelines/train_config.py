@@ -187,8 +187,8 @@ class SequenceOptions:
     Defaults are the best recipe measured on Amazon Beauty (benchmarks/RESULTS.md): a sampled softmax over 8,192
     uniform negatives shared by the batch (the full softmax reached the same test NDCG@10 with 5× slower steps),
     cosine decay over the budget. ``max_len`` left unset is
-    derived from the data (the 99th percentile of sequence lengths rounded up to 10, between 10 and
-    :meth:`max_len_cap`, 200: Beauty 50, MovieLens 200, the paper's settings).
+    derived from the data (the 99th percentile of sequence lengths rounded up to 10, from 10 up to
+    :meth:`max_len_cap`: 200, the paper's settings, Beauty 50 and MovieLens 200; BERT4Rec's default layout 50).
     """
 
     max_len: int | None = option(None, "sequence length (default: from the data, the 99th percentile of "
