@@ -228,6 +228,16 @@ def embed_grouped(encoder: TextEncoder, tokenizer: TextTokenizer, texts: Sequenc
     return torch.cat(parts)[order]
 
 
+def set_attention_dropout(bert: nn.Module, p: float) -> None:
+    """Set the dropout of every attention layer's probabilities to ``p``. At 0 PyTorch's fused CPU attention
+    kernel runs; with dropout it falls back to the unfused one (MiniLM's 0.1 doubled a 256-token training
+    forward pass on one thread, profiled in retrec/models/splade.py's trainer)."""
+    for module in bert.modules():
+        if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None),
+                                                                          nn.Dropout):
+            module.dropout.p = p
+
+
 @contextlib.contextmanager
 def _eager_attention(encoder: TextEncoder) -> Iterator[None]:
     """Export with eager attention: its ONNX graph runs faster in ONNX Runtime than the SDPA one."""

@@ -257,8 +257,8 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
                 lr = scheduled_lr(loop.lr, state.step, budget_progress(elapsed(), loop.max_minutes, state.step, total),
                                   loop.lr_schedule, loop.warmup_steps, loop.warmup_fraction,
                                   budget_progress(elapsed(), loop.max_minutes, state.step + 1, total))
-                for group in opt.param_groups:
-                    group["lr"] = lr
+                for group in opt.param_groups:  # a group may scale the schedule (e.g. a new head's own rate)
+                    group["lr"] = lr * group.get("lr_scale", 1.0)
                 if loop.reseed_steps:
                     torch.manual_seed(loop.seed * 1_000_003 + state.step)
                 log.debug("%s: step %d", adapter.name, state.step + 1)  # phases for memory profiles

@@ -10,7 +10,15 @@ import pytest
 import torch
 
 from retrec.bundle import BundleError, load_bundle
-from retrec.models.splade import SparseConfig, SpladeEncoder, export_sparse, flops, idf_weights, sparse_vectors
+from retrec.models.splade import (
+    MaxPooledProduct,
+    SparseConfig,
+    SpladeEncoder,
+    export_sparse,
+    flops,
+    idf_weights,
+    sparse_vectors,
+)
 from retrec.runtime.sparse_encoder import OnnxSparseEncoder
 from retrec.runtime.tokenizer import load_tokenizer, special_ids
 
@@ -43,6 +51,55 @@ def test_weights_are_max_pooled_log_saturated_logits_without_special_tokens() ->
     expected = torch.stack([torch.log1p(torch.relu(logits[r][keep[r]])).amax(0) for r in range(2)])
     expected[:, specials] = 0
     torch.testing.assert_close(weights, expected)
+
+
+def test_max_pooled_product_equals_autograd_through_the_full_product() -> None:
+    torch.manual_seed(1)
+    states = torch.randn(3, 6, 5, dtype=torch.float64, requires_grad=True)
+    table = torch.randn(13, 5, dtype=torch.float64, requires_grad=True)
+    keep = torch.rand(3, 6) > 0.3
+    keep[2] = False  # a row that pools nothing stays -inf and gets no gradient
+    bias, upstream = torch.randn(13, dtype=torch.float64), torch.randn(3, 13, dtype=torch.float64)
+
+    def full(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return (s @ t.T).masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(1)
+
+    def pooled(s: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        return MaxPooledProduct.apply(s, t, keep)
+
+    got, expected = pooled(states, table), full(states, table)
+    assert torch.equal(got, expected) and torch.isinf(got[2]).all()
+    grads = [torch.autograd.grad((torch.log1p(torch.relu(f(states, table) + bias)) * upstream).sum(), (states, table))
+             for f in (pooled, full)]
+    assert grads[0][0].abs().sum() > 0 and grads[0][1].abs().sum() > 0
+    for mine, reference in zip(*grads):
+        torch.testing.assert_close(mine, reference, rtol=1e-6, atol=1e-6)  # the backward pass adds in float32
+
+
+def test_training_forward_equals_the_inference_forward_with_gradients_to_the_head() -> None:
+    model, tok = tiny_model(), load_tokenizer()
+    model.calibrate(tok, DOCS, start_terms=40, max_length=32)
+    feeds = tok(DOCS, 32)
+    ids, mask = torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])
+    with torch.no_grad():
+        plain = model(ids, mask)
+    trained = model(ids, mask)  # eval mode (no dropout), gradients on: the MaxPooledProduct path
+    torch.testing.assert_close(trained.detach(), plain)
+    trained.sum().backward()
+    assert model.transform.weight.grad.abs().sum() > 0 and model.bias.grad.abs().sum() > 0
+
+
+def test_attention_dropout_can_be_switched_off_for_training() -> None:
+    from retrec.models.text_encoder import set_attention_dropout
+
+    model = tiny_model()
+    attention = [m for m in model.bert.modules() if type(m).__name__.endswith("SelfAttention")]
+    assert attention and all(m.dropout.p == pytest.approx(0.1) for m in attention)  # BERT's default
+    set_attention_dropout(model.bert, 0.0)
+    assert all(m.dropout.p == 0.0 for m in attention)
+    hidden = [m for m in model.bert.modules() if isinstance(m, torch.nn.Dropout) and m not in
+              [a.dropout for a in attention]]
+    assert hidden and all(m.p == pytest.approx(0.1) for m in hidden)  # the hidden states' dropout is kept
 
 
 def test_calibration_sets_the_median_document_terms() -> None:

@@ -80,6 +80,24 @@ def test_step_budget_schedule_curve_and_one_manifest(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["toy", "toy.ckpt"]  # no temporary leftovers
 
 
+def test_a_parameter_group_lr_scale_multiplies_the_schedule(tmp_path: Path) -> None:
+    adapter = ToyAdapter()
+    adapter.optimizer = torch.optim.AdamW([{"params": [adapter.model.weight]},
+                                           {"params": [adapter.model.bias], "lr_scale": 10.0}], lr=0.1)
+    seen: list[tuple[float, float]] = []
+    step = adapter.step
+
+    def record(batch: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
+        seen.append((adapter.optimizer.param_groups[0]["lr"], adapter.optimizer.param_groups[1]["lr"]))
+        return step(batch)
+
+    adapter.step = record  # type: ignore[method-assign]
+    run_training(adapter, LoopConfig(lr=0.1, epochs=1, max_steps=3, lr_schedule="linear"), tmp_path / "toy",
+                 progress=False)
+    assert len(seen) == 3 and seen[0][0] > seen[2][0] > 0
+    assert all(head == pytest.approx(10 * base) for base, head in seen)
+
+
 def test_resume_mid_epoch_gives_the_uninterrupted_weights(tmp_path: Path) -> None:
     loop = {"lr": 0.1, "epochs": 2, "checkpoint_every": 2}
     whole = run_training(ToyAdapter(), LoopConfig(**loop, max_steps=7), tmp_path / "whole", progress=False)

@@ -78,3 +78,7 @@ def test_bad_settings_are_refused() -> None:
         SparseTrainConfig(start_terms=0)
     with pytest.raises(ValueError, match="mode"):
         SparseTrainConfig(mode="dual")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="attention_dropout"):
+        SparseTrainConfig(attention_dropout=1.0)
+    with pytest.raises(ValueError, match="head_lr_scale"):
+        SparseTrainConfig(head_lr_scale=0.0)
