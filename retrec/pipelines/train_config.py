@@ -148,10 +148,11 @@ class SparseTrainConfig(ContrastiveOptions):
     head_lr_scale: float = option(1.0, "the SPLADE head's (transform and per-term bias: new weights) learning "
                                        "rate as a multiple of --lr")
     attention_dropout: float = option(0.0, "dropout on the attention probabilities during training (MiniLM's own "
-                                           "is 0.1; at 0 the fused attention kernel runs: 1.6x faster steps on CPU)")
+                                           "is 0.1; at 0 the fused attention kernel runs: 1.25x cheaper steps on "
+                                           "CPU, benchmarks/sparse_step_cost.py)")
     grad_checkpoint: bool = option(False, "recompute each layer's activations in the backward pass (the sparse "
                                           "head keeps no [batch, seq, vocabulary] block: 3.2 GiB peak for 64 "
-                                          "documents of 256 tokens without it; steps ~1.3x slower with it)",
+                                          "documents of 256 tokens without it; steps ~1.2x slower with it)",
                                    flag="--grad-checkpoint/--no-grad-checkpoint")
 
     def __post_init__(self) -> None:
