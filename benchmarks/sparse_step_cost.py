@@ -6,8 +6,9 @@ Arms (each on the same documents, the calibrated start, bf16 autocast where the 
 - ``autograd``: the head through plain autograd — the ``[chunk, seq, vocabulary]`` products kept for the backward
   pass, masked and max-pooled (the trainer before stop 32), MiniLM's attention dropout 0.1;
 - ``pooled``: :class:`retrec.models.splade.MaxPooledProduct` (the products never kept), attention dropout 0.1;
-- ``pooled+no-attn-dropout``: the trainer's default since stop 32 (fused attention kernel);
-- ``pooled+no-attn-dropout+checkpointing``: the same with gradient checkpointing (``--grad-checkpoint``).
+- ``pooled+no-attn-dropout``: the trainer's default at stop 32 (SDPA's fused attention kernel);
+- ``pooled+no-attn-dropout+checkpointing``: the same with gradient checkpointing (``--grad-checkpoint``);
+- ``pooled+no-attn-dropout+eager-attention``: the unfused attention (the trainer's default on CPU since stop 33).
 Prints a table and one JSON line (the fastest of ``--repeats`` passes, seconds).
 """
 
@@ -61,13 +62,14 @@ def main() -> None:
     precision = resolve_precision("auto")
     chunks = [(torch.from_numpy(f["input_ids"]), torch.from_numpy(f["attention_mask"]))
               for _, f in tokenizer.batches(texts, args.max_length, args.chunk)]
-    arms = {"autograd": (True, 0.1, False), "pooled": (False, 0.1, False),
-            "pooled+no-attn-dropout": (False, 0.0, False),
-            "pooled+no-attn-dropout+checkpointing": (False, 0.0, True)}
+    arms = {"autograd": (True, 0.1, False, "sdpa"), "pooled": (False, 0.1, False, "sdpa"),
+            "pooled+no-attn-dropout": (False, 0.0, False, "sdpa"),
+            "pooled+no-attn-dropout+checkpointing": (False, 0.0, True, "sdpa"),
+            "pooled+no-attn-dropout+eager-attention": (False, 0.0, False, "eager")}
     results = {}
-    for name, (reference, dropout, checkpointing) in arms.items():
+    for name, (reference, dropout, checkpointing, attention) in arms.items():
         torch.manual_seed(0)
-        model = SpladeEncoder.from_pretrained()
+        model = SpladeEncoder.from_pretrained(attn_implementation=attention)
         model.calibrate(tokenizer, texts[:32], start_terms=200, max_length=args.max_length, batch_size=args.chunk)
         model.train()
         set_attention_dropout(model.bert, dropout)

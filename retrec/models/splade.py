@@ -70,6 +70,28 @@ class SparseConfig:
             raise ValueError("doc_top_k must be >= 0")
 
 
+def pooled_max(flat: torch.Tensor, counts: Sequence[int], table: torch.Tensor,
+               with_winners: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """``[rows, vocabulary]`` max over each row's tokens of ``flat @ table.T`` (``-inf`` for a row without tokens;
+    ``flat``: the rows' kept token states, concatenated, ``counts`` per row), and the winning token's index into
+    ``flat`` when asked. One row at a time as ``table @ tokens.T``: the reduction then runs along contiguous memory
+    (on one CPU thread 2x faster than ``(tokens @ table.T).max(dim=0)``)."""
+    table = table.to(flat.dtype)
+    pooled = torch.full((len(counts), table.shape[0]), float("-inf"), dtype=flat.dtype, device=flat.device)
+    winners = torch.zeros(pooled.shape, dtype=torch.long, device=flat.device) if with_winners else None
+    start = 0
+    for row, count in enumerate(counts):
+        if count:
+            products = table @ flat[start:start + count].T  # [vocabulary, count]
+            if winners is None:
+                pooled[row] = products.amax(dim=1)
+            else:
+                values, where = products.max(dim=1)
+                pooled[row], winners[row] = values, where + start
+        start += count
+    return pooled, winners
+
+
 class MaxPooledProduct(torch.autograd.Function):
     """``pooled[b, j] = max over kept t of states[b, t] · table[j]`` (``-inf`` where a row keeps nothing).
 
@@ -82,17 +104,8 @@ class MaxPooledProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx: Any, states: torch.Tensor, table: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        batch = states.shape[0]
         flat = states[keep]  # [kept tokens, hidden]
-        products = flat @ table.to(flat.dtype).T  # [kept tokens, vocabulary]
-        pooled = torch.full((batch, table.shape[0]), float("-inf"), dtype=products.dtype, device=states.device)
-        winners = torch.zeros((batch, table.shape[0]), dtype=torch.long, device=states.device)
-        start = 0
-        for row, count in enumerate(keep.sum(dim=1).tolist()):
-            if count:
-                values, where = products[start:start + count].max(dim=0)
-                pooled[row], winners[row] = values, where + start
-            start += count
+        pooled, winners = pooled_max(flat, keep.sum(dim=1).tolist(), table, with_winners=True)
         ctx.save_for_backward(flat, table, keep, winners)
         return pooled
 
@@ -168,9 +181,11 @@ class SpladeEncoder(nn.Module):
         table = self.bert.embeddings.word_embeddings.weight
         if torch.is_grad_enabled() and (states.requires_grad or table.requires_grad):
             pooled = MaxPooledProduct.apply(states, table, keep)
-        else:
+        elif torch.onnx.is_in_onnx_export():  # the plain graph: batched product, masked max
             products = states @ table.T.to(states.dtype)
             pooled = products.masked_fill(~keep.unsqueeze(-1), float("-inf")).amax(dim=1)
+        else:
+            pooled, _ = pooled_max(states[keep], keep.sum(dim=1).tolist(), table)
         return torch.log1p(torch.relu(pooled.float() + self.bias)) * self.allowed
 
     def pooled_positions(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -229,9 +229,8 @@ def embed_grouped(encoder: TextEncoder, tokenizer: TextTokenizer, texts: Sequenc
 
 
 def set_attention_dropout(bert: nn.Module, p: float) -> None:
-    """Set the dropout of every attention layer's probabilities to ``p``. At 0 PyTorch's fused CPU attention
-    kernel runs; with dropout it falls back to the unfused one (MiniLM's 0.1 made a 256-token SPLADE training
-    forward pass 1.7x slower on one thread: benchmarks/sparse_step_cost.py)."""
+    """Set the dropout of every attention layer's probabilities to ``p`` (MiniLM's 0.1 costs a random draw per
+    attention map; with SDPA it also leaves the fused kernel: benchmarks/sparse_step_cost.py)."""
     for module in bert.modules():
         if type(module).__name__.endswith("SelfAttention") and isinstance(getattr(module, "dropout", None),
                                                                           nn.Dropout):

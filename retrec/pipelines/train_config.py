@@ -87,6 +87,9 @@ class ContrastiveOptions(TextTrainingOptions):
     label_weight: float = option(1.0, "the judgements' weight as a teacher member")
     distill_weight: float = option(0.0, "weight of the Margin-MSE terms (0: labels only)")
     inbatch_weight: float = option(1.0, "weight of in-batch Margin-MSE within the distillation term")
+    pseudo_queries: float = option(0.0, "pseudo-queries per judged training query, mixed into the batches: a "
+                                        "sentence of a corpus document as the query, the document as its "
+                                        "positive (retrec/pipelines/pseudo_queries.py)")
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -94,6 +97,8 @@ class ContrastiveOptions(TextTrainingOptions):
             raise ValueError("batch_size must be at least 2 (in-batch negatives)")
         if self.doc_chunk < 0:
             raise ValueError("doc_chunk must be 0 (whole batch) or positive")
+        if self.pseudo_queries < 0:
+            raise ValueError("pseudo_queries must be >= 0")
 
 
 @dataclass
@@ -135,7 +140,8 @@ class SparseTrainConfig(ContrastiveOptions):
         "siamese", "siamese (queries encoded by the model) | inference-free (documents only; a query's tokens "
                    "weighted by the corpus IDF, IDF-aware FLOPS)")
     epochs: int = option(10, "passes over the training queries (the best evaluated weights are exported)")
-    max_minutes: float | None = option(40.0, "training time budget, dev evaluation included")
+    max_minutes: float | None = option(37.0, "training time budget, dev evaluations included (on SciFact with one "
+                                             "thread the whole command, mining and export included, takes ~45 min)")
     scale: float = option(1.0, "logit scale of the sparse dot products in the cross-entropy")
     lambda_q: float = option(0.03, "FLOPS weight on the query vectors (siamese; at the start of SciFact training "
                                    "FLOPS(queries) ~2 and FLOPS(documents) ~9 against a cross-entropy ~3)")
@@ -148,8 +154,8 @@ class SparseTrainConfig(ContrastiveOptions):
     head_lr_scale: float = option(1.0, "the SPLADE head's (transform and per-term bias: new weights) learning "
                                        "rate as a multiple of --lr")
     attention_dropout: float = option(0.0, "dropout on the attention probabilities during training (MiniLM's own "
-                                           "is 0.1; at 0 the fused attention kernel runs: 1.25x cheaper steps on "
-                                           "CPU, benchmarks/sparse_step_cost.py)")
+                                           "is 0.1; SDPA then leaves its fused kernel, the unfused attention adds "
+                                           "a random draw per map: benchmarks/sparse_step_cost.py)")
     grad_checkpoint: bool = option(False, "recompute each layer's activations in the backward pass (the sparse "
                                           "head keeps no [batch, seq, vocabulary] block: 3.2 GiB peak for 64 "
                                           "documents of 256 tokens without it; steps ~1.2x slower with it)",

@@ -64,6 +64,7 @@ from retrec.pipelines.dense_teachers import (
     Teacher,
 )
 from retrec.pipelines.metrics import evaluate_run
+from retrec.pipelines.pseudo_queries import with_pseudo_queries
 from retrec.pipelines.tas_sampling import (
     balanced_margin_pick,
     graded_pick,
@@ -403,6 +404,10 @@ def contrastive_inputs(data: str | Path, cfg: ContrastiveOptions, progress: bool
     ts = training_set(data, cfg)
     log.info("%s: %d training queries (%d judgements), %d dev queries (%s), %d documents", what, len(ts.query_ids),
              sum(len(v) for v in ts.qrels_rows.values()), len(ts.dev_ids), ts.dev_source, len(ts.doc_ids))
+    if cfg.pseudo_queries > 0:
+        judged = len(ts.query_ids)
+        ts = with_pseudo_queries(ts, cfg.pseudo_queries, cfg.seed)
+        log.info("%s: %d pseudo-queries from corpus sentences", what, len(ts.query_ids) - judged)
     miners, qvec, _ = build_miners(ts, cfg, progress)
     log.info("%s: teacher %s", what, cfg.teacher)
     teacher = build_teacher(cfg, miners, ts)

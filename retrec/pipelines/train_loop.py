@@ -213,8 +213,13 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     def elapsed() -> float:
         return time.perf_counter() - started
 
+    def minutes_left_for_steps() -> float | None:
+        """The budget less the closing dev evaluation (as long as the last one): the budget covers it too."""
+        return None if loop.max_minutes is None else max(loop.max_minutes - state.eval_last / 60, 1e-3)
+
     def out_of_time() -> bool:
-        return loop.max_minutes is not None and elapsed() > 60 * loop.max_minutes
+        budget = minutes_left_for_steps()
+        return budget is not None and elapsed() > 60 * budget
 
     def evaluate(point: dict[str, Any]) -> dict[str, float | None]:
         """Dev metrics as a curve point; the best evaluated weights are kept (``keep_best``)."""
@@ -254,9 +259,10 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
             window: list[float] = []
             epoch_loss, count, lr = 0.0, 0, loop.lr
             for b in range(state.batch, len(batches)):
-                lr = scheduled_lr(loop.lr, state.step, budget_progress(elapsed(), loop.max_minutes, state.step, total),
+                budget = minutes_left_for_steps()
+                lr = scheduled_lr(loop.lr, state.step, budget_progress(elapsed(), budget, state.step, total),
                                   loop.lr_schedule, loop.warmup_steps, loop.warmup_fraction,
-                                  budget_progress(elapsed(), loop.max_minutes, state.step + 1, total))
+                                  budget_progress(elapsed(), budget, state.step + 1, total))
                 for group in opt.param_groups:  # a group may scale the schedule (e.g. a new head's own rate)
                     group["lr"] = lr * group.get("lr_scale", 1.0)
                 if loop.reseed_steps:

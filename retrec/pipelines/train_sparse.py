@@ -9,9 +9,10 @@ first ``flops_warmup_steps`` steps (SPLADE) + optional Margin-MSE distillation �
 torch (same non-zero terms, weights within 1e-4).
 
 A step's cost is mostly MiniLM's: the head's ``[chunk, seq, vocabulary]`` products are never kept for the
-backward pass (:class:`~retrec.models.splade.MaxPooledProduct`), attention dropout is off (the fused attention
-kernel) and gradient checkpointing is off by default — 2.6× cheaper steps on one CPU thread than plain autograd with
-MiniLM's dropout (benchmarks/sparse_step_cost.py).
+backward pass (:class:`~retrec.models.splade.MaxPooledProduct`), attention dropout is off, the attention is the
+unfused one on CPU (the backward pass of SDPA's fused CPU kernel costs more than the whole unfused attention) and
+gradient checkpointing is off by default — 3.2× cheaper steps on one CPU thread than plain autograd with MiniLM's
+dropout, 1.5× cheaper than the same with SDPA (benchmarks/sparse_step_cost.py).
 
 The head starts calibrated on a corpus sample (:meth:`~retrec.models.splade.SpladeEncoder.calibrate`): documents
 begin with ``start_terms`` terms. ``--mode inference-free``: a query is its tokens weighted by the corpus IDF (the
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import scipy.sparse as sp
 import torch
 
 from retrec.bundle import Publication
@@ -67,6 +69,7 @@ from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
 log = logging.getLogger("retrec.train.sparse")
 __all__ = ["SparseTrainConfig", "train_sparse"]
 DEV_METRIC = "dev_nDCG@10"
+DEV_DEPTH = 100  # documents ranked per dev query over the whole corpus
 
 
 def model_config(cfg: SparseTrainConfig, base: BaseModel) -> SparseConfig:
@@ -97,6 +100,30 @@ def query_table_vectors(tokenizer: TextTokenizer, texts: list[str], table: torch
     return out
 
 
+def dense_rows(vectors: list[tuple[np.ndarray, np.ndarray]], vocabulary: int) -> torch.Tensor:
+    """``[texts, vocabulary]`` from ``(term ids, weights)`` pairs."""
+    out = torch.zeros(len(vectors), vocabulary)
+    for row, (ids, weights) in enumerate(vectors):
+        out[row, torch.from_numpy(np.asarray(ids, np.int64))] = torch.from_numpy(np.asarray(weights, np.float32))
+    return out
+
+
+def idf_flops_scale(docs: torch.Tensor, idf: torch.Tensor) -> float:
+    """The factor that makes the IDF-aware FLOPS of ``docs`` equal their plain FLOPS: the IDF weights (~4 on a
+    typical term) would otherwise make the documents' penalty ~17x the siamese one at the same λ_d (SciFact), and
+    the documents collapse to ~20 terms."""
+    weighted = float(flops(docs * idf))
+    return float(flops(docs)) / weighted if weighted > 0 else 1.0
+
+
+def csr_rows(vectors: list[tuple[np.ndarray, np.ndarray]], vocabulary: int) -> sp.csr_matrix:
+    """``(term ids, weights)`` pairs as the rows of a ``[texts, vocabulary]`` CSR matrix."""
+    indptr = np.cumsum([0] + [len(ids) for ids, _ in vectors])
+    indices = np.concatenate([np.asarray(ids, np.int64) for ids, _ in vectors] + [np.zeros(0, np.int64)])
+    data = np.concatenate([np.asarray(w, np.float32) for _, w in vectors] + [np.zeros(0, np.float32)])
+    return sp.csr_matrix((data, indices, indptr), shape=(len(vectors), vocabulary))
+
+
 def flops_weight(step: int, warmup: int) -> float:
     """SPLADE's quadratic warm-up of the FLOPS weights: ``min(1, (step / warmup)²)``."""
     return 1.0 if warmup <= 0 else min(1.0, (step / warmup) ** 2)
@@ -117,7 +144,10 @@ class SparseAdapter(ContrastiveAdapter):
         self.steps_done = 0
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(base.folder)
-        self.model = SpladeEncoder.from_pretrained(base.folder)
+        # on CPU the unfused attention makes a step 1.5x cheaper than SDPA's fused kernel, whose backward pass is
+        # slow there (benchmarks/sparse_step_cost.py); on a GPU the fused kernel
+        self.model = SpladeEncoder.from_pretrained(
+            base.folder, attn_implementation="sdpa" if torch.cuda.is_available() else "eager")
         set_attention_dropout(self.model.bert, cfg.attention_dropout)
         sample = np.random.default_rng(cfg.seed).permutation(len(ts.doc_texts))[: cfg.calibration_documents]
         head = self.model.calibrate(self.tokenizer, [ts.doc_texts[i] for i in sample], cfg.start_terms,
@@ -127,6 +157,14 @@ class SparseAdapter(ContrastiveAdapter):
         self.head = head
         self.idf = torch.from_numpy(idf_weights(self.tokenizer, ts.doc_texts, cfg.max_doc_length)) \
             if cfg.mode == "inference-free" else None
+        self.idf_flops_scale = 1.0
+        if self.idf is not None:  # the IDF weighting moves the penalty between terms, not its size at the start
+            starts = sparse_vectors(self.model, self.tokenizer, [ts.doc_texts[i] for i in sample[:32]],
+                                    cfg.max_doc_length, batch_size=8)
+            self.idf_flops_scale = idf_flops_scale(dense_rows(starts, self.model.vocabulary), self.idf)
+            self.head = {**head, "idf_flops_scale": self.idf_flops_scale}
+            log.info("sparse: IDF-aware FLOPS scaled by %.3g (its start value equals the plain FLOPS)",
+                     self.idf_flops_scale)
         self.model.train()
         head = [self.model.transform.weight, self.model.transform.bias, self.model.bias]
         rest = [p for p in self.model.parameters() if all(p is not h for h in head)]
@@ -150,7 +188,7 @@ class SparseAdapter(ContrastiveAdapter):
         mask = judged if cfg.mask_judged else torch.zeros_like(judged)
         ce = in_batch_cross_entropy(scores, cfg.scale, mask)
         warm = flops_weight(self.steps_done, cfg.flops_warmup_steps)
-        doc_flops = flops(d * self.idf) if self.idf is not None else flops(d)
+        doc_flops = flops(d * self.idf) * self.idf_flops_scale if self.idf is not None else flops(d)
         query_flops = flops(q) if self.idf is None else torch.zeros(())
         loss = ce + warm * (cfg.lambda_q * query_flops + cfg.lambda_d * doc_flops)
         parts = {"ce": float(ce.detach()), "flops_q": float(query_flops.detach()),
@@ -166,19 +204,29 @@ class SparseAdapter(ContrastiveAdapter):
 
     @torch.inference_mode()
     def dev_run(self) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
-        """The dev queries' candidates re-ranked by the sparse dot product, and the mean terms per text."""
+        """The dev queries ranked by the sparse dot product, and the mean terms per text. Over the whole corpus
+        when it is at most twice the miners' candidate documents (about the same encoding cost; re-ranking only
+        the candidates hides a weak model's false positives elsewhere: SciFact inference-free dev 0.652 on
+        candidates, test 0.575 over the corpus), else the candidates re-ranked."""
         cands, ts = self.dev_cands, self.ts
         rows = np.unique(np.concatenate(list(cands.values())))
-        where = {int(r): i for i, r in enumerate(rows)}
+        whole = len(ts.doc_texts) <= 2 * len(rows)
+        if whole:
+            rows = np.arange(len(ts.doc_texts))
         with autocast(self.precision):
             docs = sparse_vectors(self.model, self.tokenizer, [ts.doc_texts[i] for i in rows], self.cfg.max_doc_length,
                                   self.cfg.doc_top_k)
             queries = self.query_vectors([ts.query_texts[q] for q in cands])
+        vocabulary = self.model.vocabulary
+        scores = (csr_rows(queries, vocabulary) @ csr_rows(docs, vocabulary).T).toarray()
+        where = {int(r): i for i, r in enumerate(rows)}
         run = {}
-        for (qids, qw), (q, cand) in zip(queries, cands.items()):
-            lookup = dict(zip(qids.tolist(), qw.tolist()))
-            run[q] = {ts.doc_ids[int(r)]: sum(lookup.get(t, 0.0) * w for t, w in zip(*docs[where[int(r)]]))
-                      for r in cand}
+        for i, (q, cand) in enumerate(cands.items()):
+            if whole:  # documents sharing no term with the query are not retrieved (as in the index)
+                ranked = [j for j in np.argsort(-scores[i], kind="stable")[:DEV_DEPTH] if scores[i, j] > 0]
+            else:
+                ranked = [where[int(r)] for r in cand]
+            run[q] = {ts.doc_ids[int(rows[j])]: float(scores[i, j]) for j in ranked}
         terms = {"dev_terms_per_document": float(np.mean([len(i) for i, _ in docs])),
                  "dev_terms_per_query": float(np.mean([len(i) for i, _ in queries]))}
         return run, terms

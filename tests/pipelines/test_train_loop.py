@@ -205,3 +205,21 @@ def test_eval_share_skips_evaluations_that_would_take_too_much_of_the_time(tmp_p
                                                            eval_at_start=True, eval_every=1),
                              tmp_path / "all", progress=False)
     assert len([c for c in json.loads((unlimited / "training_curve.json").read_text()) if "dev" in c]) == 13
+
+
+class SlowerEvalAdapter(SlowEvalAdapter):
+    def evaluate(self) -> dict[str, float | None]:
+        time.sleep(0.4)
+        return super().evaluate()
+
+
+def test_the_time_budget_covers_the_closing_evaluation(tmp_path: Path) -> None:
+    # a start evaluation of ~0.45 s, steps of 10 ms, a 1.2 s budget: steps stop early enough for the closing
+    # evaluation to end within the budget (before, it ran after the budget: ~1.65 s)
+    adapter = SlowerEvalAdapter()
+    loop = LoopConfig(lr=0.1, epochs=1000, max_minutes=1.2 / 60, monitor="dev", keep_best=True, eval_at_start=True,
+                      lr_schedule="linear", eval_share=0.3)  # only the start and the closing evaluation run
+    out = run_training(adapter, loop, tmp_path / "budget", progress=False)
+    curve = json.loads((out / "training_curve.json").read_text())
+    assert curve[-1]["seconds"] < 1.45 and curve[-1]["step"] > 5
+    assert adapter.lrs[-1] < 0.25 * adapter.lrs[len(adapter.lrs) // 4]  # the schedule decays over the shorter time
