@@ -100,14 +100,6 @@ def query_table_vectors(tokenizer: TextTokenizer, texts: list[str], table: torch
     return out
 
 
-def dense_rows(vectors: list[tuple[np.ndarray, np.ndarray]], vocabulary: int) -> torch.Tensor:
-    """``[texts, vocabulary]`` from ``(term ids, weights)`` pairs."""
-    out = torch.zeros(len(vectors), vocabulary)
-    for row, (ids, weights) in enumerate(vectors):
-        out[row, torch.from_numpy(np.asarray(ids, np.int64))] = torch.from_numpy(np.asarray(weights, np.float32))
-    return out
-
-
 def idf_flops_scale(docs: torch.Tensor, idf: torch.Tensor) -> float:
     """The factor that makes the IDF-aware FLOPS of ``docs`` equal their plain FLOPS: the IDF weights (~4 on a
     typical term) would otherwise make the documents' penalty ~17x the siamese one at the same λ_d (SciFact), and
@@ -161,7 +153,8 @@ class SparseAdapter(ContrastiveAdapter):
         if self.idf is not None:  # the IDF weighting moves the penalty between terms, not its size at the start
             starts = sparse_vectors(self.model, self.tokenizer, [ts.doc_texts[i] for i in sample[:32]],
                                     cfg.max_doc_length, batch_size=8)
-            self.idf_flops_scale = idf_flops_scale(dense_rows(starts, self.model.vocabulary), self.idf)
+            starts_matrix = torch.from_numpy(csr_rows(starts, self.model.vocabulary).toarray())
+            self.idf_flops_scale = idf_flops_scale(starts_matrix, self.idf)
             self.head = {**head, "idf_flops_scale": self.idf_flops_scale}
             log.info("sparse: IDF-aware FLOPS scaled by %.3g (its start value equals the plain FLOPS)",
                      self.idf_flops_scale)
