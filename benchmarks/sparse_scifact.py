@@ -11,7 +11,7 @@ Over the library's own classes (what `retrec eval --retriever sparse` runs), on 
   (query encoding + search, and search alone), QPS = 1000 / mean ms;
 - BM25 (bm25s, the project's index) on the same corpus and queries, timed the same way: the peer of the speed;
 - with ``--dense``: the dense bundle (FAISS Flat), and the **hybrid** of the first sparse bundle with it:
-  min-max fusion with the sparse weight chosen on a grid (and RRF) by nDCG@10 on the sparse bundle's held-out
+  min-max or z-score fusion with the sparse weight chosen on a grid (or RRF) by nDCG@10 on the sparse bundle's held-out
   dev queries (its training split's seeded held-out share, the same the trainer early-stopped on), then applied
   to test, with paired t-tests against each single retriever.
 
@@ -43,7 +43,7 @@ import numpy as np  # noqa: E402
 from retrec.bundle import load_bundle  # noqa: E402
 from retrec.data.beir import load_retrieval_data  # noqa: E402
 from retrec.index.bm25_index import BM25Index  # noqa: E402
-from retrec.index.fusion import minmax, rrf  # noqa: E402
+from retrec.index.fusion import FUSIONS, rrf  # noqa: E402
 from retrec.index.sparse_index import assemble_index  # noqa: E402
 from retrec.pipelines.compare import compare  # noqa: E402
 from retrec.pipelines.evaluate import evaluate_hits  # noqa: E402
@@ -139,13 +139,13 @@ def main() -> None:
         dev_list = list(dev_text.values())
         dev_runs = {"sparse": sp["index"].search(sp["encoder"].encode_queries(dev_list), 100),
                     "dense": dense_index.search(dense_enc.encode_queries(dev_list), 100)}
-        choices = [("rrf", None)] + [("minmax", w) for w in GRID]
+        choices = [("rrf", None)] + [(method, w) for method in ("minmax", "zscore") for w in GRID]
 
         def fuse(runs: dict, i: int, choice: tuple) -> list:
             one = {k: v[i][:100] for k, v in runs.items()}
             if choice[0] == "rrf":
                 return rrf(one, 100)
-            return minmax(one, 100, weights={"sparse": choice[1], "dense": 1 - choice[1]})
+            return FUSIONS[choice[0]](one, 100, weights={"sparse": choice[1], "dense": 1 - choice[1]})
 
         dev_scores = {}
         for choice in choices:

@@ -9,6 +9,7 @@ Example::
     merge_hits([[("d1", 2.0)], [("d2", 2.0), ("d3", 1.0)]], k=2)   # [("d2", 2.0), ("d1", 2.0)]
     rrf({"bm25": bm25_hits, "dense": dense_hits}, k=10, rrf_k=60)
     minmax({"bm25": bm25_hits, "dense": dense_hits}, k=10, weights={"bm25": 0.3, "dense": 0.7})
+    zscore({"bm25": bm25_hits, "dense": dense_hits}, k=10, weights={"bm25": 0.3, "dense": 0.7})
 """
 
 from __future__ import annotations
@@ -60,4 +61,22 @@ def minmax(rankings: Mapping[str, Hits], k: int, weights: Mapping[str, float] | 
     return ranked(fused, k)
 
 
-FUSIONS = {"rrf": rrf, "minmax": minmax}
+def zscore(rankings: Mapping[str, Hits], k: int, weights: Mapping[str, float] | None = None) -> Hits:
+    """Weighted sum of scores in standard deviations above each list's lowest: ``(s - min) / std`` (a standard
+    score shifted so that a missing document, like the lowest, contributes 0; min-max's range, which one outlying
+    top score stretches, replaced by the spread of the whole list). All-equal scores normalise to 1."""
+    fused: dict[str, float] = {}
+    for name, hits in rankings.items():
+        if not hits:
+            continue
+        w = _weight(weights, name)
+        values = [s for _, s in hits]
+        lo, mean = min(values), sum(values) / len(values)
+        std = (sum((s - mean) ** 2 for s in values) / len(values)) ** 0.5
+        for doc, s in hits:
+            norm = (s - lo) / std if std > 0 else 1.0
+            fused[doc] = fused.get(doc, 0.0) + w * norm
+    return ranked(fused, k)
+
+
+FUSIONS = {"rrf": rrf, "minmax": minmax, "zscore": zscore}

@@ -1,7 +1,7 @@
 """Offline fusion: hybrid retrievers and fused run files, with the functions serving uses.
 
-Every fused ranking comes from :data:`retrec.index.fusion.FUSIONS` (``rrf``, ``minmax``) — the same code the
-Ray Serve ingress runs — over each component's top ``max(k, depth)`` hits, as serving fetches them. Weights
+Every fused ranking comes from :data:`retrec.index.fusion.FUSIONS` (``rrf``, ``minmax``, ``zscore``) — the same
+code the Ray Serve ingress runs — over each component's top ``max(k, depth)`` hits, as serving fetches them. Weights
 can be given or chosen by :func:`tune_weights`: a grid over the simplex (steps of ``step``), scored with one
 measure on another split's queries (dev; train when a collection has no dev judgements).
 

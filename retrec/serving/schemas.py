@@ -53,11 +53,12 @@ class _Strict(BaseModel):
 class FusionOptions(_Strict):
     """How ``retriever: hybrid`` combines its retrievers' rankings.
 
-    ``rrf``: sum of ``weight / (rrf_k + rank)``; ``minmax``: sum of ``weight * (s - min) / (max - min)``
-    per retriever (a retriever's missing document contributes 0). ``depth`` hits are fetched from each.
+    ``rrf``: sum of ``weight / (rrf_k + rank)``; ``minmax``: sum of ``weight * (s - min) / (max - min)``;
+    ``zscore``: sum of ``weight * (s - min) / std`` per retriever (a retriever's missing document contributes 0).
+    ``depth`` hits are fetched from each.
     """
 
-    method: Literal["rrf", "minmax"] = "rrf"
+    method: Literal["rrf", "minmax", "zscore"] = "rrf"
     rrf_k: Annotated[float, Field(ge=0.0, le=10_000.0, allow_inf_nan=False)] = 60.0
     weights: dict[Annotated[str, StringConstraints(max_length=32)], Weight] | None = Field(
         default=None, max_length=8, description="per retriever, e.g. {'bm25': 0.3, 'dense': 0.7}; default 1 each")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from fastapi import FastAPI
 
-from retrec.index.fusion import merge_hits, minmax, rrf
+from retrec.index.fusion import merge_hits, minmax, rrf, zscore
 from retrec.index.retriever import top_k
 from retrec.serving.config import AuthConfig, ServingConfig
 from retrec.serving.errors import install_error_handlers
@@ -37,6 +37,19 @@ def test_rrf_and_minmax() -> None:
     assert dict(mm) == {"x": 1.0, "y": 0.5 + 2.0, "z": 0.0, "w": 0.0}
     assert [d for d, _ in mm] == ["y", "x", "z", "w"]  # ties: doc_id descending
     assert minmax({"a": [("p", 1.0), ("q", 1.0)]}, 5) == [("q", 1.0), ("p", 1.0)]
+
+
+def test_zscore_measures_from_the_lowest_in_standard_deviations() -> None:
+    a = [("x", 10.0), ("y", 2.0), ("z", 1.0), ("v", 1.0)]  # one outlying top score
+    b = [("y", 0.9), ("z", 0.8), ("w", 0.1)]
+    std_a = float(np.std([10.0, 2.0, 1.0, 1.0]))
+    std_b = float(np.std([0.9, 0.8, 0.1]))
+    fused = dict(zscore({"a": a, "b": b}, 10))
+    assert fused == pytest.approx({"x": 9 / std_a, "y": 1 / std_a + 0.8 / std_b, "z": 0.7 / std_b,
+                                   "v": 0.0, "w": 0.0})
+    assert [d for d, _ in zscore({"a": a, "b": b}, 2)] == ["y", "x"]
+    assert zscore({"a": a}, 10, weights={"a": 2.0})[0] == ("x", pytest.approx(18 / std_a))
+    assert zscore({"a": [("p", 1.0), ("q", 1.0)], "b": []}, 5) == [("q", 1.0), ("p", 1.0)]
 
 
 @pytest.fixture
