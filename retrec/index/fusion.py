@@ -14,7 +14,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from retrec.index.retriever import Hits
 
@@ -45,38 +45,38 @@ def rrf(rankings: Mapping[str, Hits], k: int, rrf_k: float = 60.0, weights: Mapp
     return ranked(fused, k)
 
 
-def minmax(rankings: Mapping[str, Hits], k: int, weights: Mapping[str, float] | None = None) -> Hits:
-    """Weighted sum of min-max normalised scores (all-equal scores normalise to 1)."""
+def _spread_sum(rankings: Mapping[str, Hits], k: int, weights: Mapping[str, float] | None,
+                spread: Callable[[list[float]], float]) -> Hits:
+    """Weighted sum of ``(s - min) / spread(scores)`` per list (a missing document, like the lowest, adds 0;
+    all-equal scores normalise to 1)."""
     fused: dict[str, float] = {}
     for name, hits in rankings.items():
         if not hits:
             continue
         w = _weight(weights, name)
         values = [s for _, s in hits]
-        lo, hi = min(values), max(values)
-        span = hi - lo
+        lo, width = min(values), spread(values)
         for doc, s in hits:
-            norm = (s - lo) / span if span > 0 else 1.0
+            norm = (s - lo) / width if width > 0 else 1.0
             fused[doc] = fused.get(doc, 0.0) + w * norm
     return ranked(fused, k)
+
+
+def _std(values: list[float]) -> float:
+    mean = sum(values) / len(values)
+    return (sum((s - mean) ** 2 for s in values) / len(values)) ** 0.5
+
+
+def minmax(rankings: Mapping[str, Hits], k: int, weights: Mapping[str, float] | None = None) -> Hits:
+    """Weighted sum of min-max normalised scores (all-equal scores normalise to 1)."""
+    return _spread_sum(rankings, k, weights, lambda values: max(values) - min(values))
 
 
 def zscore(rankings: Mapping[str, Hits], k: int, weights: Mapping[str, float] | None = None) -> Hits:
     """Weighted sum of scores in standard deviations above each list's lowest: ``(s - min) / std`` (a standard
     score shifted so that a missing document, like the lowest, contributes 0; min-max's range, which one outlying
     top score stretches, replaced by the spread of the whole list). All-equal scores normalise to 1."""
-    fused: dict[str, float] = {}
-    for name, hits in rankings.items():
-        if not hits:
-            continue
-        w = _weight(weights, name)
-        values = [s for _, s in hits]
-        lo, mean = min(values), sum(values) / len(values)
-        std = (sum((s - mean) ** 2 for s in values) / len(values)) ** 0.5
-        for doc, s in hits:
-            norm = (s - lo) / std if std > 0 else 1.0
-            fused[doc] = fused.get(doc, 0.0) + w * norm
-    return ranked(fused, k)
+    return _spread_sum(rankings, k, weights, _std)
 
 
 FUSIONS = {"rrf": rrf, "minmax": minmax, "zscore": zscore}
