@@ -17,7 +17,9 @@ dropout, 1.5× cheaper than the same with SDPA (benchmarks/sparse_step_cost.py).
 The head starts calibrated on a corpus sample (:meth:`~retrec.models.splade.SpladeEncoder.calibrate`): documents
 begin with ``start_terms`` terms. ``--mode inference-free``: a query is its tokens weighted by the corpus IDF (the
 bundle's table), documents are encoded by the model, and the documents' FLOPS is taken on their IDF-weighted
-vectors (the inference-free paper's IDF-aware penalty: frequent terms, whose postings are long, cost the most).
+vectors (the inference-free paper's IDF-aware penalty: frequent terms, whose postings are long, cost the most);
+``--lexical auto`` (on for inference-free) adds BM25's saturated term frequency of each document's own terms to
+its vector, so training starts from word-piece BM25 plus the head's expansions.
 
 Example::
 
@@ -45,6 +47,7 @@ from retrec.models.splade import (
     SpladeEncoder,
     flops,
     idf_weights,
+    mean_pooled_length,
     sparse_vectors,
     write_sparse_files,
 )
@@ -147,6 +150,11 @@ class SparseAdapter(ContrastiveAdapter):
         log.info("sparse (%s): %s training; head calibrated on %d documents: scale %.3g, threshold %.3g",
                  cfg.mode, self.precision, len(sample), head["scale"], head["threshold"])
         self.head = head
+        if cfg.lexical == "on" or (cfg.lexical == "auto" and cfg.mode == "inference-free"):
+            self.model.enable_lexical(mean_pooled_length(self.model, self.tokenizer, ts.doc_texts,
+                                                         cfg.max_doc_length))
+            self.head = {**head, "lexical": self.model.lexical}
+            log.info("sparse: lexical channel on (BM25 saturation, %s)", self.model.lexical)
         self.idf = torch.from_numpy(idf_weights(self.tokenizer, ts.doc_texts, cfg.max_doc_length)) \
             if cfg.mode == "inference-free" else None
         self.idf_flops_scale = 1.0
@@ -155,17 +163,28 @@ class SparseAdapter(ContrastiveAdapter):
                                     cfg.max_doc_length, batch_size=8)
             starts_matrix = torch.from_numpy(csr_rows(starts, self.model.vocabulary).toarray())
             self.idf_flops_scale = idf_flops_scale(starts_matrix, self.idf)
-            self.head = {**head, "idf_flops_scale": self.idf_flops_scale}
+            self.head = {**self.head, "idf_flops_scale": self.idf_flops_scale}
             log.info("sparse: IDF-aware FLOPS scaled by %.3g (its start value equals the plain FLOPS)",
                      self.idf_flops_scale)
+        groups: list[dict[str, Any]] = []
+        if self.idf is not None and cfg.query_weights == "learned":  # a model parameter: kept with the best weights
+            self.model.query_table = torch.nn.Parameter(self.idf.clone())
+            groups.append({"params": [self.model.query_table], "lr_scale": 100.0, "weight_decay": 0.0})
         self.model.train()
         head = [self.model.transform.weight, self.model.transform.bias, self.model.bias]
-        rest = [p for p in self.model.parameters() if all(p is not h for h in head)]
-        self._optimize([{"params": rest}, {"params": head, "lr_scale": cfg.head_lr_scale}])
+        own = head + [p for g in groups for p in g["params"]]
+        rest = [p for p in self.model.parameters() if all(p is not h for h in own)]
+        self._optimize([{"params": rest}, {"params": head, "lr_scale": cfg.head_lr_scale}, *groups])
+
+    def query_table(self) -> torch.Tensor | None:
+        """The inference-free query weights now: the learned table (non-negative) or the corpus IDF."""
+        learned = getattr(self.model, "query_table", None)
+        return torch.relu(learned) if learned is not None else self.idf
 
     def queries(self, texts: list[str]) -> torch.Tensor:
-        if self.idf is not None:
-            return query_table_vectors(self.tokenizer, texts, self.idf, self.cfg.max_query_length)
+        table = self.query_table()
+        if table is not None:
+            return query_table_vectors(self.tokenizer, texts, table, self.cfg.max_query_length)
         return encode_grouped(self.model, self.tokenizer, texts, self.cfg.max_query_length, 0)
 
     def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
@@ -179,7 +198,7 @@ class SparseAdapter(ContrastiveAdapter):
         scores = q @ d.T
         judged = judged_mask(batch, ts)
         mask = judged if cfg.mask_judged else torch.zeros_like(judged)
-        ce = in_batch_cross_entropy(scores, cfg.scale, mask)
+        ce = in_batch_cross_entropy(scores, cfg.logit_scale, mask)
         warm = flops_weight(self.steps_done, cfg.flops_warmup_steps)
         doc_flops = flops(d * self.idf) * self.idf_flops_scale if self.idf is not None else flops(d)
         query_flops = flops(q) if self.idf is None else torch.zeros(())
@@ -227,7 +246,9 @@ class SparseAdapter(ContrastiveAdapter):
     def query_vectors(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         if self.idf is None:
             return sparse_vectors(self.model, self.tokenizer, texts, self.cfg.max_query_length)
-        dense = query_table_vectors(self.tokenizer, texts, self.idf, self.cfg.max_query_length).numpy()
+        table = self.query_table()
+        assert table is not None
+        dense = query_table_vectors(self.tokenizer, texts, table.detach(), self.cfg.max_query_length).numpy()
         return [(np.flatnonzero(r > 0), r[r > 0]) for r in dense]
 
     def evaluate(self) -> dict[str, float | None]:
@@ -246,7 +267,8 @@ class SparseAdapter(ContrastiveAdapter):
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts
-        table = self.idf.numpy() if self.idf is not None else None
+        learned = self.query_table()
+        table = learned.detach().numpy().copy() if learned is not None else None
         config, dims = write_sparse_files(self.model, pub.path, tokenizer=self.tokenizer, config=self.mcfg,
                                           query_weights=table, quantize=cfg.quantize)
         fields: dict[str, Any] = {"kind": KIND, "name": self.bundle_name, "dims": dims}
@@ -262,7 +284,8 @@ class SparseAdapter(ContrastiveAdapter):
         evaluated = [c for c in run.curve if "dev_terms_per_document" in c]
         terms = {k: v for k, v in evaluated[-1].items() if k.startswith("dev_terms")} if evaluated else {}
         metrics = {**run_metrics(run, ts, "dev_nDCG@10_start"), "onnx_max_abs_diff": diff, **terms}
-        config = {**config, "base_model_revision": self.base.revision, "train": asdict(cfg), "head": self.head,
+        config = {**config, "base_model_revision": self.base.revision,
+                  "train": {**asdict(cfg), "scale": cfg.logit_scale}, "head": self.head,
                   "train_precision": self.precision, "teacher": self.teacher.description}
         return {**fields, "config": config, "metrics": metrics}
 

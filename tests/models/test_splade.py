@@ -17,6 +17,7 @@ from retrec.models.splade import (
     export_sparse,
     flops,
     idf_weights,
+    mean_pooled_length,
     sparse_vectors,
 )
 from retrec.runtime.sparse_encoder import OnnxSparseEncoder
@@ -139,6 +140,33 @@ def test_onnx_export_matches_torch_siamese(tmp_path: Path) -> None:
     assert all(w.dtype == np.float32 and i.dtype == np.int64 for i, w in encoder.encode_documents(DOCS))
     manifest = load_bundle(tmp_path / "b")
     assert manifest.kind == "model/sparse" and manifest.dims["dim"] == 30522 and manifest.config["mode"] == "siamese"
+
+
+def test_lexical_channel_adds_bm25_saturation_and_exports(tmp_path: Path) -> None:
+    model, tok = tiny_model(), load_tokenizer()
+    model.calibrate(tok, DOCS, start_terms=60, max_length=32)
+    plain = sparse_vectors(model, tok, DOCS + ODD, 32)
+    with pytest.raises(ValueError, match="lexical"):
+        model.enable_lexical(0.0)
+    model.enable_lexical(avg_length=mean_pooled_length(model, tok, DOCS, 32), k1=1.2, b=0.75)
+    avg = model.lexical["avg_length"]
+    assert 5 < avg < 32
+    with_lex = sparse_vectors(model, tok, DOCS + ODD, 32)
+    allowed = model.allowed.numpy()
+    for text, ids, (pi, pw), (li, lw) in zip(DOCS + ODD, tok.encode(DOCS + ODD, 32), plain, with_lex):
+        own = [t for t in ids if allowed[t] > 0]
+        base, got = np.zeros(30522), np.zeros(30522)
+        base[pi], got[li] = pw, lw
+        tf = np.bincount(own, minlength=30522).astype(float)
+        expected = tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len(own) / avg))
+        np.testing.assert_allclose(got - base, expected, atol=1e-5, err_msg=text)
+    assert len(with_lex[-1][0]) == 0  # [UNK] only: still nothing
+    export_sparse(model, tmp_path / "b", tokenizer=tok, config=SparseConfig(max_doc_length=32), name="lex")
+    encoder = OnnxSparseEncoder(tmp_path / "b")
+    assert load_bundle(tmp_path / "b").config["lexical"] == model.lexical
+    for (gi, gw), (ei, ew) in zip(encoder.encode_documents(DOCS + ODD), with_lex):
+        assert np.array_equal(gi, ei)
+        np.testing.assert_allclose(gw, ew, atol=1e-4)
 
 
 def test_document_top_k_keeps_the_largest_weights(tmp_path: Path) -> None:

@@ -16,7 +16,8 @@ from retrec.data.beir import load_retrieval_data
 from retrec.index.generic import build_index, index_kind, load_query_encoder
 from retrec.models.splade import flops, idf_weights
 from retrec.pipelines.train_config import SparseTrainConfig
-from retrec.pipelines.train_sparse import csr_rows, flops_weight, idf_flops_scale, train_sparse
+from retrec.pipelines.train_dense import contrastive_inputs
+from retrec.pipelines.train_sparse import SparseAdapter, csr_rows, flops_weight, idf_flops_scale, train_sparse
 from retrec.runtime.sparse_encoder import OnnxSparseEncoder
 
 # the tiny corpus thins out fast (as the demo's: RESULTS, stop 28); at the SciFact default rate, 1e-4, two steps
@@ -43,6 +44,7 @@ def test_siamese_training_writes_a_verified_bundle_and_resumes(tiny_data: Path, 
     assert metrics["steps"] == 2 and metrics["onnx_max_abs_diff"] <= 1e-4 and metrics["dev_nDCG@10_start"] is not None
     assert metrics["dev_terms_per_document"] > 0 and metrics["dev_terms_per_query"] > 0
     assert config["mode"] == "siamese" and config["similarity"] == "dot" and config["head"]["scale"] > 0
+    assert config["lexical"] is None and config["train"]["scale"] == 1.0  # the siamese defaults
     curve = [c for c in json.loads((out / "training_curve.json").read_text()) if "loss" in c]
     assert [c["step"] for c in curve] == [1, 2]
     assert all(np.isfinite(c["loss"]) and c["ce"] > 0 and c["flops_d"] > 0 and c["terms_d"] > 0 for c in curve)
@@ -68,6 +70,27 @@ def test_inference_free_training_uses_the_idf_table(tiny_data: Path, tmp_path: P
     np.testing.assert_allclose(encoder.query_weights, idf, rtol=1e-6)
     terms, weights = encoder.encode_queries(["gene expression"])[0]
     assert len(terms) and np.array_equal(weights, idf[terms])
+    assert manifest.config["lexical"]["avg_length"] > 0  # auto: on for inference-free
+    assert manifest.config["train"]["scale"] == 0.2  # its IDF-weighted scores need a softer cross-entropy
+    (doc_terms, _), = encoder.encode_documents(["gene expression"])
+    assert set(terms) <= set(doc_terms.tolist())  # the lexical channel keeps a document's own terms
+
+
+def test_a_learned_query_table_starts_at_the_idf_and_trains_on_the_batch_terms(tiny_data: Path,
+                                                                               private_cache: Path) -> None:
+    cfg = SparseTrainConfig(**TINY, mode="inference-free", query_weights="learned")
+    base, ts, miners, teacher, labels = contrastive_inputs(tiny_data, cfg, False, "sparse")
+    adapter = SparseAdapter(ts, cfg, miners, teacher, labels, base, "tiny")
+    table = adapter.model.query_table
+    assert adapter.idf is not None and torch.equal(table.detach(), adapter.idf)
+    assert any(table is p for g in adapter.optimizer.param_groups for p in g["params"] if g.get("lr_scale") == 100)
+    batch = adapter.batches(0)[0]
+    loss, _ = adapter.step(batch)
+    loss.backward()
+    assert table.grad is not None
+    words = {t for q in batch.queries for t in adapter.tokenizer.encode([ts.query_texts[q]], 16)[0]}
+    assert set(torch.nonzero(table.grad).flatten().tolist()) <= words  # only the batch's query terms move
+    assert torch.count_nonzero(table.grad) > 0
 
 
 def test_the_idf_aware_penalty_starts_at_the_plain_penalty() -> None:
@@ -103,3 +126,6 @@ def test_bad_settings_are_refused() -> None:
         SparseTrainConfig(attention_dropout=1.0)
     with pytest.raises(ValueError, match="head_lr_scale"):
         SparseTrainConfig(head_lr_scale=0.0)
+    with pytest.raises(ValueError, match="scale must be positive"):
+        SparseTrainConfig(scale=0.0)
+    assert SparseTrainConfig(mode="inference-free", scale=0.5).logit_scale == 0.5
