@@ -115,7 +115,10 @@ def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, t
             os.killpg(proc.pid, signal.SIGINT)
         else:
             proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=120)
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"retrec serve still running 120 s after {how}:\n" + "".join(lines[-40:]))
         stop_load.set()
         took = time.monotonic() - started
         deadline = time.monotonic() + 2.0  # a moment for the kernel to reap what was killed at exit
