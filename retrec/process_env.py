@@ -182,31 +182,3 @@ def start_local_ray(num_cpus: int | None = None) -> None:
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already (the flag is read at import)
     ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
              _node_ip_address=LOCAL_NODE_IP)
-
-
-def kill_descendants() -> int:
-    """SIGKILL every process descended from this one (Linux ``/proc``; elsewhere nothing): the last resort of a
-    command whose child processes (a local Ray) did not stop in time. Returns how many were signalled."""
-    import signal
-
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return 0
-    parents: dict[int, int] = {}
-    for entry in proc.iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    found: set[int] = set()
-    frontier = {os.getpid()}
-    while frontier:
-        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
-        found |= frontier
-    for pid in found:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except OSError:
-            continue
-    return len(found)

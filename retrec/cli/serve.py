@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated
 
@@ -20,7 +19,7 @@ def serve_cmd(
     port: Annotated[int | None, typer.Option(help="HTTP port (default: the file's, else 8000)")] = None,
 ) -> None:
     """Serve search and recommendation over HTTP (Ray Serve) until interrupted."""
-    from retrec.serving.launch import DEFAULT_HOST, STOP_DRAIN_S, direct_url, load_serve_config, start, stop
+    from retrec.serving.launch import DEFAULT_HOST, direct_url, load_serve_config, start, stop
 
     try:
         spec = load_serve_config(config)
@@ -46,34 +45,7 @@ def serve_cmd(
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         typer.echo("stopping ...")
-        _stop_or_kill(stop, STOP_DRAIN_S + STOP_GRACE_S)
-
-
-STOP_GRACE_S = 6.0  # Serve's bounded drain, then this long for Ray's own shutdown before its processes are killed
-
-
-def _stop_or_kill(stop: Callable[[], None], limit_s: float) -> None:
-    """Run ``stop``; if it has not returned within ``limit_s`` (a local Ray whose GCS or raylet took the same
-    Ctrl-C can leave its shutdown waiting on them), kill this process's descendants and exit: ``retrec serve``
-    always stops, and leaves no Ray process behind."""
-    import os
-    import threading
-
-    from retrec.process_env import kill_descendants
-
-    done = threading.Event()
-
-    def watchdog() -> None:
-        if not done.wait(limit_s):
-            killed = kill_descendants()
-            typer.echo(f"Ray did not shut down within {limit_s:.0f} s: killed its {killed} processes", err=True)
-            os._exit(1)
-
-    threading.Thread(target=watchdog, daemon=True).start()
-    try:
         stop()
-    finally:
-        done.set()
 
 
 @app.command()
