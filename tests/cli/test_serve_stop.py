@@ -58,6 +58,13 @@ def _alive(pids: set[int], marker: str) -> dict[int, str]:
             if state != "Z" and (pid in pids or marker in cmd) and pid != os.getpid()}
 
 
+def _terminal_signals() -> None:
+    """SIGINT as a terminal's foreground command has it. A command started in the background by a script (``cmd
+    &``, as a CI runner may start the suite) inherits SIGINT ignored, and Python then installs no Ctrl-C handler:
+    the server would rightly ignore the Ctrl-C this test sends."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.skipif(not Path("/proc").is_dir(), reason="needs Linux /proc to find the session's processes")
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, tmp_path: Path, how: str) -> None:
@@ -78,7 +85,7 @@ def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, t
     proc = subprocess.Popen([sys.executable, "-c", "from retrec.cli import main; main()", "serve",
                              "--config", str(config), "--port", str(port)],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
-                            start_new_session=True, text=True)
+                            start_new_session=True, text=True, preexec_fn=_terminal_signals)
     lines: list[str] = []
     ready = threading.Event()
     session: set[int] = set()
