@@ -189,6 +189,8 @@ class SparseTrainConfig(ContrastiveOptions):
             raise ValueError("head_lr_scale and scale must be positive")
         if not 0.0 <= self.attention_dropout < 1.0:
             raise ValueError("attention_dropout must be in [0, 1)")
+        if self.query_weights == "learned" and self.mode != "inference-free":
+            raise ValueError("query_weights 'learned' is the inference-free query table; siamese queries are encoded")
 
 
 @dataclass

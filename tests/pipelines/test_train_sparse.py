@@ -129,3 +129,5 @@ def test_bad_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="scale must be positive"):
         SparseTrainConfig(scale=0.0)
     assert SparseTrainConfig(mode="inference-free", scale=0.5).logit_scale == 0.5
+    with pytest.raises(ValueError, match="inference-free query table"):
+        SparseTrainConfig(query_weights="learned")
