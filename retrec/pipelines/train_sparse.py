@@ -176,13 +176,13 @@ class SparseAdapter(ContrastiveAdapter):
         rest = [p for p in self.model.parameters() if all(p is not h for h in own)]
         self._optimize([{"params": rest}, {"params": head, "lr_scale": cfg.head_lr_scale}, *groups])
 
-    def query_table(self) -> torch.Tensor | None:
+    def query_weights(self) -> torch.Tensor | None:
         """The inference-free query weights now: the learned table (non-negative) or the corpus IDF."""
         learned = getattr(self.model, "query_table", None)
         return torch.relu(learned) if learned is not None else self.idf
 
     def queries(self, texts: list[str]) -> torch.Tensor:
-        table = self.query_table()
+        table = self.query_weights()
         if table is not None:
             return query_table_vectors(self.tokenizer, texts, table, self.cfg.max_query_length)
         return encode_grouped(self.model, self.tokenizer, texts, self.cfg.max_query_length, 0)
@@ -246,7 +246,7 @@ class SparseAdapter(ContrastiveAdapter):
     def query_vectors(self, texts: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         if self.idf is None:
             return sparse_vectors(self.model, self.tokenizer, texts, self.cfg.max_query_length)
-        table = self.query_table()
+        table = self.query_weights()
         assert table is not None
         dense = query_table_vectors(self.tokenizer, texts, table.detach(), self.cfg.max_query_length).numpy()
         return [(np.flatnonzero(r > 0), r[r > 0]) for r in dense]
@@ -267,7 +267,7 @@ class SparseAdapter(ContrastiveAdapter):
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts
-        learned = self.query_table()
+        learned = self.query_weights()
         table = learned.detach().numpy().copy() if learned is not None else None
         config, dims = write_sparse_files(self.model, pub.path, tokenizer=self.tokenizer, config=self.mcfg,
                                           query_weights=table, quantize=cfg.quantize)
