@@ -59,8 +59,12 @@ __all__ = ["OneRecTrainConfig", "train_onerec"]
 
 
 def default_codes(items: int, levels: int) -> int:
-    """The smallest power of two ``K`` with ``K^levels >= 4 x items``, clamped to 4..256."""
-    return int(min(256, max(4, 2 ** math.ceil(math.log2(max(2.0, (4 * items) ** (1 / levels)))))))
+    """The smallest power of two ``K`` with ``K^levels >= 16 x items``, clamped to 4..1024.
+
+    Fine codes won on Amazon Beauty (54,542 items, 2 levels; validation NDCG@10 at equal epochs rose with K from 256
+    to 1024: first-level groups of ~50 items rather than ~200): sharing a prefix helps a rare item less than a
+    coarse group's ambiguity costs the beam."""
+    return int(min(1024, max(4, 2 ** math.ceil(math.log2(max(2.0, (16 * items) ** (1 / levels)))))))
 
 
 def item_vectors(cfg: OneRecTrainConfig, prep: PreparedData) -> np.ndarray:

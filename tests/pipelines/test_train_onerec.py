@@ -130,7 +130,8 @@ def test_code_tokens_alone_train_export_and_agree(tiny_data: Path, tmp_path: Pat
 
 
 def test_codes_per_level_follow_the_catalogue() -> None:
-    assert default_codes(54_542, 3) == 64 and default_codes(100, 3) == 8 and default_codes(10**9, 2) == 256
+    assert default_codes(54_542, 2) == 1024 and default_codes(54_542, 3) == 128 and default_codes(100, 3) == 16
+    assert default_codes(10**9, 2) == 1024 and default_codes(3, 2) == 8 and OneRecTrainConfig().levels == 2
     with pytest.raises(ValueError, match="top_k"):
         OneRecTrainConfig(experts=2, top_k=3)
     with pytest.raises(ValueError, match="dpo_session"):
