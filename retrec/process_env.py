@@ -52,14 +52,43 @@ def available_cpus() -> int:
     return max(1, n)
 
 
+UNIX_SOCKET_PATH_MAX = 107  # bytes of a Unix socket's path on Linux (sun_path less its terminating NUL)
+# The longest socket path Ray makes under its temp root: a session folder named by date, microseconds and pid.
+_RAY_SOCKET = os.path.join("ray", "session_2026-12-31_23-59-59_999999_4194304", "sockets", "plasma_store")
+
+
+def ray_temp_root(environ: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
+    """A shorter root for Ray's temp folder when the default would not fit its sockets, else None.
+
+    Ray puts its sockets under ``$RAY_TMPDIR``, else ``$TMPDIR`` (on Linux), else ``/tmp``, and refuses to start
+    when a socket's path exceeds the Unix limit of 107 bytes, which a ``TMPDIR`` of 40 characters or more
+    already does. Then this returns ``/tmp`` (Ray's own default). An explicit ``RAY_TMPDIR`` always wins.
+
+    >>> ray_temp_root({"TMPDIR": "/tmp"}) is None
+    True
+    >>> ray_temp_root({"TMPDIR": "/home/ci/" + "a-long-build-folder/" * 3 + "tmp"})
+    '/tmp'
+    """
+    if "RAY_TMPDIR" in environ:
+        return None
+    root = environ.get("TMPDIR") if sys.platform.startswith("linux") else None
+    if not root or len(os.fsencode(os.path.join(root, _RAY_SOCKET))) <= UNIX_SOCKET_PATH_MAX:
+        return None
+    return "/tmp"
+
+
 def configure_process(num_threads: int | None = None) -> int:
     """Apply offline/telemetry defaults and cap thread pools; returns the thread count used.
 
     Environment variables already set by the user win. Libraries that are already imported
-    get their thread pools capped directly.
+    get their thread pools capped directly. A ``TMPDIR`` too long for Ray's sockets gets Ray a
+    short temp root (:func:`ray_temp_root`).
     """
     for key, value in OFFLINE_DEFAULTS.items():
         os.environ.setdefault(key, value)
+    short = ray_temp_root()
+    if short is not None:
+        os.environ["RAY_TMPDIR"] = short
     threads = num_threads or int(os.environ.get("RETREC_NUM_THREADS", 0)) or available_cpus()
     for key in _THREAD_VARS:
         os.environ.setdefault(key, str(threads))

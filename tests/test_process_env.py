@@ -1,10 +1,13 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from retrec.process_env import available_cpus, cache_dir, configure_process
+from retrec.process_env import available_cpus, cache_dir, configure_process, ray_temp_root
 
 
 def test_defaults_do_not_override_user_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -93,3 +96,25 @@ def test_kept_memory_goes_back_past_the_ceiling_and_when_the_block_ends(ceiling:
     else:  # no ceiling: kept until the block ends, then returned
         assert (released, trims) == ("False", "0") and abs(int(dropped)) < 20, out.stdout
         assert int(dropped_on_exit) > 200, out.stdout
+
+
+def test_a_tmpdir_too_long_for_ray_sockets_gets_a_short_ray_root() -> None:
+    fits, long = "/tmp/" + "x" * 30, "/tmp/" + "x" * 40  # Ray's sockets need up to 68 bytes below the root
+    assert ray_temp_root({"TMPDIR": "/tmp"}) is None and ray_temp_root({}) is None
+    assert ray_temp_root({"TMPDIR": fits}) is None
+    assert ray_temp_root({"TMPDIR": long}) == "/tmp"
+    assert ray_temp_root({"TMPDIR": long, "RAY_TMPDIR": long}) is None  # the operator's explicit choice wins
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="Ray reads TMPDIR on Linux only")
+def test_ray_starts_from_a_process_whose_tmpdir_is_too_long_for_its_sockets(tmp_path: Path) -> None:
+    pytest.importorskip("ray")
+    long = tmp_path / ("t" * 80)
+    long.mkdir()
+    script = ("from retrec.process_env import configure_process, start_local_ray\n"
+              "configure_process(1)\nimport os, ray\nstart_local_ray(num_cpus=1)\n"
+              "print('ray up under', os.environ['RAY_TMPDIR'], ray.cluster_resources()['CPU'])\nray.shutdown()\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_TMPDIR", "RAY_ADDRESS")}
+    env["TMPDIR"] = str(long)
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=180)
+    assert done.returncode == 0 and "ray up under /tmp 1.0" in done.stdout, done.stderr[-2000:]

@@ -29,32 +29,35 @@ pytest.importorskip("ray")
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def _processes() -> dict[int, tuple[int, str, str]]:
-    """pid -> (parent pid, state, command line) of every process (Linux ``/proc``)."""
+def _processes() -> dict[int, tuple[int, str, str, str]]:
+    """pid -> (parent pid, state, program, whole command line) of every process (Linux ``/proc``). The program is
+    the file name of argv[0] (``raylet`` for ``<any long path>/ray/core/src/ray/raylet/raylet --flags``): finding
+    Ray's processes must not depend on how long the checkout's path is."""
     out = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            argv = (entry / "cmdline").read_bytes().decode(errors="replace").split("\0")
         except (OSError, IndexError):
             continue
-        out[int(entry.name)] = (int(stat[1]), stat[0], cmd)
+        out[int(entry.name)] = (int(stat[1]), stat[0], Path(argv[0]).name, " ".join(argv).strip())
     return out
 
 
 def _descendants(root: int) -> set[int]:
     procs, found, frontier = _processes(), set(), {root}
     while frontier:
-        frontier = {pid for pid, (ppid, _, _) in procs.items() if ppid in frontier} - found
+        frontier = {pid for pid, (ppid, *_) in procs.items() if ppid in frontier} - found
         found |= frontier
     return found
 
 
 def _alive(pids: set[int], marker: str) -> dict[int, str]:
-    """Those of ``pids`` still running (zombies excluded), plus any process naming ``marker`` (our temp dir)."""
-    return {pid: cmd[:120] for pid, (_, state, cmd) in _processes().items()
+    """Those of ``pids`` still running (zombies excluded), plus any process naming ``marker`` (our temp dir):
+    pid -> its program and the start of its command line."""
+    return {pid: f"{program}: {cmd[:200]}" for pid, (_, state, program, cmd) in _processes().items()
             if state != "Z" and (pid in pids or marker in cmd) and pid != os.getpid()}
 
 
@@ -101,8 +104,8 @@ def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, t
         assert ready.wait(300), "retrec serve did not start:\n" + "".join(lines[-30:])
         session = _descendants(proc.pid)
         procs = _processes()
-        tree = [procs[p][2][:80] for p in session if p in procs]
-        assert any("raylet" in cmd for cmd in tree), f"no raylet among {proc.pid}'s processes: {tree}"
+        programs = sorted(procs[p][2] for p in session if p in procs)
+        assert "raylet" in programs, f"no raylet among {proc.pid}'s processes: {programs}"
         stop_load = threading.Event()
 
         def load() -> None:  # a server is stopped while it serves
@@ -134,7 +137,7 @@ def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, t
         left = _alive(session, ray_tmp)
         print(f"retrec serve stopped ({how}) in {took:.1f} s; left behind: {len(left)}")
         assert took <= 10.0, f"took {took:.1f} s to stop:\n" + "".join(lines[-40:])
-        assert not left, f"Ray processes left behind: {left}"
+        assert not left, f"Ray processes left behind: {sorted(v.split(': ')[0] for v in left.values())}: {left}"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -69,7 +69,10 @@ def test_max_pooled_product_equals_autograd_through_the_full_product() -> None:
         return MaxPooledProduct.apply(s, t, keep)
 
     got, expected = pooled(states, table), full(states, table)
-    assert torch.equal(got, expected) and torch.isinf(got[2]).all()
+    # Two computation orders of the same float64 dot products (5 terms of N(0, 1) products): they agree to a few
+    # ulps of the sum of |terms| (~1e-15), and exactly only for some BLAS kernels, so a 1e-12 tolerance.
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    assert torch.isinf(got[2]).all() and torch.isfinite(got[:2]).all()
     grads = [torch.autograd.grad((torch.log1p(torch.relu(f(states, table) + bias)) * upstream).sum(), (states, table))
              for f in (pooled, full)]
     assert grads[0][0].abs().sum() > 0 and grads[0][1].abs().sum() > 0
