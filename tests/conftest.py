@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -7,6 +8,13 @@ import pytest
 from retrec.data.synthetic import SyntheticConfig, write_default_dataset
 from retrec.process_env import configure_process
 
+# The suite asserts on the CLI's plain output; a runner's environment must not turn on terminal features. Typer
+# and rich read these once, at import (nothing above imports them; test modules do, later): GITHUB_ACTIONS,
+# FORCE_COLOR, PY_COLORS and TTY_COMPATIBLE switch on colour and live bars, TERMINAL_WIDTH and COLUMNS re-wrap
+# help texts and tables.
+for _var in ("FORCE_COLOR", "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "TERMINAL_WIDTH", "COLUMNS"):
+    os.environ.pop(_var, None)
+os.environ["_TYPER_FORCE_DISABLE_TERMINAL"] = "1"
 configure_process()
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

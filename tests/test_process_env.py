@@ -32,9 +32,10 @@ def test_cache_dir_follows_retrec_cache(monkeypatch: pytest.MonkeyPatch, tmp_pat
 
 
 _FAULTS = """
-import resource, sys
+import ctypes, resource, sys
 import torch
 from retrec.process_env import keep_freed_memory
+ctypes.CDLL(None).prctl(41, 1, 0, 0, 0)  # PR_SET_THP_DISABLE: count 4 KiB pages wherever huge pages are on
 applied = keep_freed_memory() if sys.argv[1] == "keep" else None
 for rounds in (20, 10):  # the first rounds grow the heap; the next ones are what a training step sees
     before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt

@@ -38,6 +38,18 @@ def tiny_model(seed: int = 0) -> SpladeEncoder:
     return SpladeEncoder(bert, special_ids(load_tokenizer())).eval()
 
 
+def assert_same_vectors(got: list[tuple[np.ndarray, np.ndarray]], expected: list[tuple[np.ndarray, np.ndarray]],
+                        atol: float = 1e-4) -> None:
+    """ONNX Runtime and torch give the same sparse vectors within ``atol``: compared over the vocabulary, since a
+    term whose weight is within float32 rounding of zero may be kept by one and dropped by the other."""
+    assert len(got) == len(expected)
+    for (gi, gw), (ei, ew) in zip(got, expected):
+        a, b = np.zeros(30522), np.zeros(30522)
+        a[gi], b[ei] = gw, ew
+        np.testing.assert_allclose(a, b, atol=atol)
+        assert len(set(gi.tolist()) ^ set(ei.tolist())) <= 2  # the same terms, but for such borderline ones
+
+
 def test_weights_are_max_pooled_log_saturated_logits_without_special_tokens() -> None:
     model, tok = tiny_model(), load_tokenizer()
     model.set_head(3.0, 0.0)
@@ -133,10 +145,7 @@ def test_onnx_export_matches_torch_siamese(tmp_path: Path) -> None:
     encoder = OnnxSparseEncoder(tmp_path / "b")
     for texts, got, length in ((DOCS + ODD, encoder.encode_documents(DOCS + ODD), 32),
                                (DOCS + ODD, encoder.encode_queries(DOCS + ODD), 16)):
-        expected = sparse_vectors(model, tok, texts, length)
-        for (gi, gw), (ei, ew) in zip(got, expected):
-            assert np.array_equal(gi, ei)
-            np.testing.assert_allclose(gw, ew, atol=1e-4)
+        assert_same_vectors(got, sparse_vectors(model, tok, texts, length))
     empty, punctuation, _, unknown = encoder.encode_queries(ODD)
     assert len(empty[0]) == 0 and len(unknown[0]) == 0  # no word: nothing pooled
     assert len(punctuation[0]) > 0  # punctuation is text: it has expansions
@@ -167,9 +176,7 @@ def test_lexical_channel_adds_bm25_saturation_and_exports(tmp_path: Path) -> Non
     export_sparse(model, tmp_path / "b", tokenizer=tok, config=SparseConfig(max_doc_length=32), name="lex")
     encoder = OnnxSparseEncoder(tmp_path / "b")
     assert load_bundle(tmp_path / "b").config["lexical"] == model.lexical
-    for (gi, gw), (ei, ew) in zip(encoder.encode_documents(DOCS + ODD), with_lex):
-        assert np.array_equal(gi, ei)
-        np.testing.assert_allclose(gw, ew, atol=1e-4)
+    assert_same_vectors(encoder.encode_documents(DOCS + ODD), with_lex)
 
 
 def test_document_top_k_keeps_the_largest_weights(tmp_path: Path) -> None:

@@ -214,8 +214,10 @@ def test_reindex_on_a_local_ray_cluster_equals_the_local_run(tiny_data: Path, en
     ray = pytest.importorskip("ray")
     from retrec.process_env import start_local_ray
 
+    # One ONNX thread on both sides: the same parts then encode to the same bytes on any machine (a local run's
+    # default is one thread per CPU, and ONNX Runtime's sums over more threads differ in the last bits).
     local = reindex(ReindexConfig(kind="dense", data=tiny_data, out=tmp_path / "local", model=encoder, local=True,
-                                  part_size=32, progress=False))
+                                  threads=1, part_size=32, progress=False))
     bm25_local = reindex(ReindexConfig(kind="bm25", data=tiny_data, out=tmp_path / "bm25-local", local=True,
                                        progress=False))
     start_local_ray(num_cpus=2)  # one Ray for both runs (a reindex starts and stops its own otherwise)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +12,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from retrec.bundle import Publication, load_bundle
+from retrec.pipelines import train_loop
 from retrec.pipelines.train_loop import LoopConfig, LoopState, TorchAdapter, TrainRun, run_training
 
 
@@ -181,45 +181,63 @@ def test_dev_evaluations_inside_an_epoch_pick_the_best_step(tmp_path: Path) -> N
         assert torch.equal(_weights(out)[name], value)
 
 
+class Clock:
+    """The training loop's clock in a test: it moves only when a step or an evaluation says it took time, so timing
+    rules are checked exactly, whatever the machine's speed or load."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
 class SlowEvalAdapter(ToyAdapter):
-    """A step costs 10 ms, an evaluation 50 ms: evaluating after every step would take most of the time."""
+    """A step costs 10 ms, an evaluation 50 ms (on ``clock``): evaluating after every step would take most of the
+    time."""
+
+    def __init__(self, clock: Clock, eval_s: float = 0.05) -> None:
+        super().__init__()
+        self.clock, self.eval_s = clock, eval_s
 
     def step(self, batch: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
-        time.sleep(0.01)
+        self.clock.now += 0.01
         return super().step(batch)
 
     def evaluate(self) -> dict[str, float | None]:
-        time.sleep(0.05)
+        self.clock.now += self.eval_s
         return super().evaluate()
 
 
-def test_eval_share_skips_evaluations_that_would_take_too_much_of_the_time(tmp_path: Path) -> None:
-    adapter = SlowEvalAdapter()
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(train_loop, "time", fake)
+    return fake
+
+
+def test_eval_share_skips_evaluations_that_would_take_too_much_of_the_time(tmp_path: Path, clock: Clock) -> None:
+    adapter = SlowEvalAdapter(clock)
     loop = LoopConfig(lr=0.1, epochs=3, monitor="dev", keep_best=True, eval_at_start=True, eval_every=1,
                       eval_share=0.5)
     out = run_training(adapter, loop, tmp_path / "share", progress=False)
     evaluated = [c["step"] for c in json.loads((out / "training_curve.json").read_text()) if "dev" in c]
     assert evaluated[0] == 0 and evaluated[-1] == 12  # the start and the last always run
     assert 2 < len(evaluated) < 13  # some, not all, of the 12 due evaluations ran
-    unlimited = run_training(SlowEvalAdapter(), LoopConfig(lr=0.1, epochs=3, monitor="dev", keep_best=True,
-                                                           eval_at_start=True, eval_every=1),
+    unlimited = run_training(SlowEvalAdapter(clock), LoopConfig(lr=0.1, epochs=3, monitor="dev", keep_best=True,
+                                                                eval_at_start=True, eval_every=1),
                              tmp_path / "all", progress=False)
     assert len([c for c in json.loads((unlimited / "training_curve.json").read_text()) if "dev" in c]) == 13
 
 
-class SlowerEvalAdapter(SlowEvalAdapter):
-    def evaluate(self) -> dict[str, float | None]:
-        time.sleep(0.4)
-        return super().evaluate()
-
-
-def test_the_time_budget_covers_the_closing_evaluation(tmp_path: Path) -> None:
-    # a start evaluation of ~0.45 s, steps of 10 ms, a 1.2 s budget: steps stop early enough for the closing
+def test_the_time_budget_covers_the_closing_evaluation(tmp_path: Path, clock: Clock) -> None:
+    # a start evaluation of 0.45 s, steps of 10 ms, a 1.2 s budget: steps stop early enough for the closing
     # evaluation to end within the budget (before, it ran after the budget: ~1.65 s)
-    adapter = SlowerEvalAdapter()
+    adapter = SlowEvalAdapter(clock, eval_s=0.45)
     loop = LoopConfig(lr=0.1, epochs=1000, max_minutes=1.2 / 60, monitor="dev", keep_best=True, eval_at_start=True,
                       lr_schedule="linear", eval_share=0.3)  # only the start and the closing evaluation run
     out = run_training(adapter, loop, tmp_path / "budget", progress=False)
     curve = json.loads((out / "training_curve.json").read_text())
-    assert curve[-1]["seconds"] < 1.45 and curve[-1]["step"] > 5
+    assert [c["step"] for c in curve if "dev" in c] == [0, curve[-1]["step"]]
+    assert clock.now <= 1.2 + 1e-9 and curve[-1]["step"] > 5, (clock.now, curve[-1])
     assert adapter.lrs[-1] < 0.25 * adapter.lrs[len(adapter.lrs) // 4]  # the schedule decays over the shorter time

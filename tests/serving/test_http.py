@@ -453,7 +453,9 @@ def test_shard_failure_is_partial_and_recovers(client: httpx.Client) -> None:
         started = time.monotonic()
         r = client.post("/v1/search", json=body)
         elapsed = time.monotonic() - started
-        assert elapsed < 2.0, f"request took {elapsed:.2f} s"
+        # a dead shard costs its shard timeout (0.75 s), never the whole request timeout (5 s); the margin is
+        # for a loaded machine, where Serve starts the replacement replica on the same cores
+        assert elapsed < 4.0, f"request took {elapsed:.2f} s"
         assert r.status_code in (200, 503), r.text
         if r.status_code == 200 and r.json()["partial"]:
             saw_partial = True

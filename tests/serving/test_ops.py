@@ -41,16 +41,17 @@ def busy_app() -> Iterator[FastAPI]:
     app = FastAPI()
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware)
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
 
     @app.post("/v1/slow")
     async def slow(body: dict) -> dict:
+        entered.set()
         await asyncio.wait_for(gate.wait(), 5)
         return body
 
     for path in ("/healthz", "/readyz", "/metrics"):
         app.add_api_route(path, lambda: {"status": "ok"}, methods=["GET"])
-    app.state.gate = gate
+    app.state.gate, app.state.entered = gate, entered
     saved = (GUARD.max_inflight, GUARD.api_keys, GUARD.require_keys)
     GUARD.configure(max_inflight=1, api_keys=(), require_keys=False)  # auth.mode: none
     yield app
@@ -63,7 +64,8 @@ def test_health_endpoints_are_never_shed(busy_app: FastAPI, root_path: str) -> N
         transport = httpx.ASGITransport(app=busy_app, root_path=root_path)
         async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
             slow = asyncio.create_task(c.post(f"{root_path}/v1/slow", json={"a": 1}))
-            await asyncio.sleep(0.05)  # the one allowed request is in flight: the server is "overloaded"
+            # the one allowed request is in flight: the server is "overloaded"
+            await asyncio.wait_for(busy_app.state.entered.wait(), 5)
             probes = [await c.get(f"{root_path}{p}") for p in ("/healthz", "/readyz", "/metrics")]
             shed = await c.post(f"{root_path}/v1/slow", json={"b": 2})
             busy_app.state.gate.set()

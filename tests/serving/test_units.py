@@ -57,10 +57,11 @@ def guarded() -> Iterator[FastAPI]:
     app = FastAPI()
     install_error_handlers(app)
     app.add_middleware(GuardMiddleware)
-    gate = asyncio.Event()
+    gate, entered = asyncio.Event(), asyncio.Event()
 
     @app.post("/v1/slow")
     async def slow(body: dict) -> dict:
+        entered.set()
         await asyncio.wait_for(gate.wait(), 5)
         return body
 
@@ -68,7 +69,7 @@ def guarded() -> Iterator[FastAPI]:
     async def echo(body: dict) -> dict:
         return body
 
-    app.state.gate = gate
+    app.state.gate, app.state.entered = gate, entered
     saved = dict(vars(GUARD))
     yield app
     vars(GUARD).update(saved)
@@ -80,7 +81,7 @@ def test_backpressure_is_503_with_retry_after(guarded: FastAPI) -> None:
     async def scenario() -> tuple[httpx.Response, httpx.Response]:
         async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded), base_url="http://t") as c:
             first = asyncio.create_task(c.post("/v1/slow", json={"a": 1}))
-            await asyncio.sleep(0.05)
+            await asyncio.wait_for(guarded.state.entered.wait(), 5)  # the first is in flight
             second = await c.post("/v1/echo", json={"b": 2})
             guarded.state.gate.set()
             return await first, second
