@@ -77,7 +77,8 @@ def interleaved(data: Path, steps: int) -> list[dict[str, Any]]:
     from retrec.data.beir import load_retrieval_data
     from retrec.models.text_encoder import resolve_base_model
     from retrec.pipelines.tas_sampling import topic_clusters
-    from retrec.pipelines.train_dense import DenseAdapter, DenseTrainConfig, build_miners, build_teacher, prepare
+    from retrec.pipelines.train_dense import DenseAdapter, DenseTrainConfig, build_teacher
+    from retrec.pipelines.training_set import build_miners, prepare
 
     cfg = DenseTrainConfig()
     ts = prepare(load_retrieval_data(data, split="train"), None, cfg)

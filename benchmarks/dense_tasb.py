@@ -144,7 +144,7 @@ def main() -> None:
     if args.reranker is not None and args.rerank_depth > 0:
         from retrec.pipelines.evaluate import run_retriever
         from retrec.pipelines.rerank import rerank_result, tune_first_stage_weight
-        from retrec.pipelines.train_dense import training_set
+        from retrec.pipelines.training_set import training_set
         from retrec.runtime.reranker import OnnxReranker
 
         reranker = OnnxReranker(args.reranker, variant=args.rerank_variant)

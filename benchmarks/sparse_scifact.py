@@ -96,7 +96,7 @@ def sparse_system(bundle: Path, doc_ids: list[str], texts: list[str], queries: l
 def dev_queries(bundle: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """The held-out dev queries the sparse trainer early-stopped on (its seeded split of the train queries)."""
     from retrec.pipelines.train_config import SparseTrainConfig
-    from retrec.pipelines.train_dense import prepare
+    from retrec.pipelines.training_set import prepare
 
     cfg = SparseTrainConfig(**load_bundle(bundle).config["train"])
     ts = prepare(load_retrieval_data(args.data, split="train"), None, cfg)

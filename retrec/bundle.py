@@ -43,8 +43,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from retrec import __version__
 from retrec.atomic import _fsync_dir, atomic_open, atomic_path, atomic_write_bytes, atomic_write_text, fsync_tree
+from retrec.version import __version__
 
 __all__ = ["MANIFEST", "SCHEMA_VERSION", "BundleError", "FileEntry", "Manifest", "Publication", "atomic_open",
            "atomic_path", "atomic_write_bytes", "atomic_write_text", "fsync_tree", "load_bundle", "publish",

@@ -69,7 +69,7 @@ def test_metadata_license_and_entry_point() -> None:
     assert "Apache License" in text and "Version 2.0, January 2004" in text and "END OF TERMS AND CONDITIONS" in text
     assert PROJECT["scripts"]["retrec"] == "retrec.cli:main"
     assert PROJECT["dynamic"] == ["version"]
-    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "retrec.__version__"}
+    assert PYPROJECT["tool"]["setuptools"]["dynamic"]["version"] == {"attr": "retrec.version.__version__"}
 
 
 def test_dependencies_are_ranges_not_pins() -> None:

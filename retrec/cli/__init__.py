@@ -32,7 +32,7 @@ def package_version() -> str:
     try:
         return dist_version("retrec")
     except PackageNotFoundError:
-        from retrec import __version__
+        from retrec.version import __version__
 
         return __version__
 

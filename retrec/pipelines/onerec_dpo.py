@@ -25,9 +25,9 @@ import torch
 
 from retrec.models.onerec import BOS, OneRec
 from retrec.models.reward import SessionReward, dpo_loss, reward_loss
+from retrec.pipelines.onerec_generation import generate, list_metrics, model_history
 from retrec.pipelines.train_bert4rec import PreparedData
 from retrec.pipelines.train_config import OneRecTrainConfig
-from retrec.pipelines.train_onerec import generate, list_metrics, model_history
 from retrec.runtime.semantic_ids import CodeTree
 
 log = logging.getLogger("retrec.train.onerec")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 if TYPE_CHECKING:
-    from retrec.pipelines.train_dense import TrainingSet
+    from retrec.pipelines.training_set import TrainingSet
 
 PREFIX = "pseudo:"
 MIN_WORDS, MAX_WORDS = 5, 40

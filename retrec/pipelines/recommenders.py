@@ -29,8 +29,8 @@ import numpy as np
 from retrec import kinds
 from retrec.bundle import BundleError, read_manifest
 from retrec.data.interactions import LeaveOneOut
-from retrec.models.count_recommenders import CooccurrenceRecommender, MarkovRecommender, PopularityRecommender
 from retrec.pipelines.evaluate_rec import ItemVocabulary, ScoreFn
+from retrec.runtime.count_scoring import CooccurrenceRecommender, MarkovRecommender, PopularityRecommender
 from retrec.runtime.recommender import Recommender, SkipReport
 
 log = logging.getLogger(__name__)

@@ -39,7 +39,7 @@ from typing import Any
 
 import numpy as np
 
-from retrec import __version__, kinds
+from retrec import kinds
 from retrec.bundle import read_manifest
 from retrec.data.beir import corpus_texts
 from retrec.data.corpus import read_corpus
@@ -54,6 +54,7 @@ from retrec.index.generic import (
 )
 from retrec.pipelines.reindex_checks import GateError, current_version, gate, move_current, verify_version
 from retrec.pipelines.reindex_parts import PartStore, encode_parts, plan_parts, prepare_documents
+from retrec.version import __version__
 
 __all__ = ["GateError", "ReindexConfig", "ReindexResult", "reindex"]
 

@@ -48,15 +48,14 @@ from retrec.pipelines.metrics import evaluate_run
 from retrec.pipelines.train_config import MultivectorTrainConfig
 from retrec.pipelines.train_dense import (
     ContrastiveAdapter,
-    Miners,
     Step,
-    TrainingSet,
     contrastive_inputs,
     dev_candidates,
     judged_mask,
     run_metrics,
 )
 from retrec.pipelines.train_loop import TrainRun, run_training, text_loop_config
+from retrec.pipelines.training_set import Miners, TrainingSet
 from retrec.runtime.fde import maxsim
 from retrec.runtime.token_encoder import OnnxTokenEncoder
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer, punctuation_ids

@@ -45,8 +45,9 @@ from retrec.pipelines.metrics import evaluate_run
 from retrec.pipelines.rerank import sweep_first_stage_weight
 from retrec.pipelines.tas_sampling import graded_pick, random_batches
 from retrec.pipelines.train_config import RerankerTrainConfig
-from retrec.pipelines.train_dense import Miners, TrainingSet, build_miners, dev_candidates, training_set
+from retrec.pipelines.train_dense import dev_candidates
 from retrec.pipelines.train_loop import TorchAdapter, TrainRun, run_training, text_loop_config
+from retrec.pipelines.training_set import Miners, TrainingSet, build_miners, training_set
 from retrec.runtime.reranker import OnnxReranker
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
 

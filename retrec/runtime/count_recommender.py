@@ -2,7 +2,7 @@
 torch-free.
 
 ``retrec eval-rec --model markov|markov-decay|cooc`` fits the count model on the fly; these are the same models
-(:mod:`retrec.models.count_recommenders`: first-order transitions, transitions from the recent history weighted by
+(:mod:`retrec.runtime.count_scoring`: first-order transitions, transitions from the recent history weighted by
 recency, or recency-weighted item co-occurrence; all backed off to popularity) fitted once on raw-id histories
 and stored as
 
@@ -34,7 +34,7 @@ from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, Manifest, load_bundle
 from retrec.kinds import COOC_MODEL, MARKOV_DECAY_MODEL, MARKOV_MODEL
-from retrec.models.count_recommenders import CooccurrenceRecommender, MarkovRecommender
+from retrec.runtime.count_scoring import CooccurrenceRecommender, MarkovRecommender
 from retrec.runtime.recommender import ScoringRecommender, SkipReport
 
 ITEMS_FILE = "items.parquet"

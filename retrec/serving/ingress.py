@@ -42,11 +42,11 @@ from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
 from retrec.serving.metrics import MetricsMiddleware
 from retrec.serving.middleware import GuardMiddleware, guard_settings
-from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder
+from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder, retriever_spec
 from retrec.serving.readiness import ReadinessCache
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.rollout import ServeRollout
-from retrec.serving.scatter import RetrieverSpec, Scatter, call_handle
+from retrec.serving.scatter import Scatter, call_handle
 from retrec.serving.schemas import (
     HYBRID,
     ErrorResponse,
@@ -105,7 +105,7 @@ class Ingress:
         if self.cfg.auth.mode == "none":
             log.warning("auth.mode is 'none': every endpoint answers without an API key")
         # retrievers: name -> {"kind", "payload", "shards": [handles], "ref": IndexRef, "encoder": bundle | None}
-        self.retrievers = {name: RetrieverSpec.from_args(name, r) for name, r in retrievers.items()}
+        self.retrievers = {name: retriever_spec(name, r) for name, r in retrievers.items()}
         # encoders: bundle path -> {"placement": "ingress", "bundle", "kwargs"} | {"placement": "deployment", ...}
         self.encoders: dict[str, LocalEncoder | RemoteEncoder] = {
             key: make_encoder(spec, limits.encoder_timeout_s) for key, spec in encoders.items()}

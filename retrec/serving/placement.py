@@ -31,7 +31,7 @@ import asyncio
 from typing import Any, Literal
 
 from retrec.bundle import Manifest
-from retrec.serving.scatter import IndexRef, call_handle
+from retrec.serving.scatter import IndexRef, RetrieverSpec, call_handle
 
 Placement = Literal["ingress", "deployment"]
 # An index this small (all its files, every shard) is served inside each ingress replica by default: each
@@ -148,3 +148,11 @@ def make_shard(spec: Any, initial: IndexRef) -> LocalShard | RemoteShard:
         cls = deployment(spec["kind"], IndexShard).func_or_class
         return LocalShard(cls(kind=spec["kind"], shard=spec["shard"], initial=initial, use_gpu=spec.get("use_gpu")))
     return RemoteShard(spec)
+
+
+def retriever_spec(name: str, args: dict[str, Any]) -> RetrieverSpec:
+    """One retriever of ``build_app``'s description ``{"kind", "payload", "placement", "shards", "encoder", "ref"}``
+    with its shards made (in-ingress shards load ``ref`` now)."""
+    shards = [make_shard(spec, args["ref"]) for spec in args["shards"]]
+    placement = shards[0].placement if shards else "deployment"
+    return RetrieverSpec(name, args["kind"], args["payload"], shards, args.get("encoder"), placement)

@@ -50,8 +50,8 @@ async def call_handle(response: Any, timeout: float) -> Any:
 
 @dataclass
 class RetrieverSpec:
-    """One deployed retriever: its index kind, payload type, shards (:mod:`retrec.serving.placement`: in this
-    ingress replica or deployments, never mixed) and query encoder (bundle path)."""
+    """One deployed retriever: its index kind, payload type, shards (in this ingress replica or deployments, never
+    mixed; built by :func:`retrec.serving.placement.retriever_spec`) and query encoder (bundle path)."""
 
     name: str
     kind: str
@@ -63,16 +63,6 @@ class RetrieverSpec:
 
     def __post_init__(self) -> None:
         self.pack = packer(self.payload)
-
-    @classmethod
-    def from_args(cls, name: str, args: dict[str, Any]) -> RetrieverSpec:
-        """From ``build_app``'s description ``{"kind", "payload", "placement", "shards", "encoder", "ref"}``
-        (in-ingress shards load ``ref`` now)."""
-        from retrec.serving.placement import make_shard
-
-        shards = [make_shard(spec, args["ref"]) for spec in args["shards"]]
-        placement = shards[0].placement if shards else "deployment"
-        return cls(name, args["kind"], args["payload"], shards, args.get("encoder"), placement)
 
 
 class Scatter:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrec.models.count_recommenders import MarkovRecommender
 from retrec.pipelines.count_models import CHOICES, choose_params, fit_count_model, validation_ndcg
 from retrec.runtime.count_recommender import CountBundle
+from retrec.runtime.count_scoring import MarkovRecommender
 
 
 def _histories(rng: np.random.Generator, noisy_last: bool) -> list[list[str]]:

@@ -12,7 +12,8 @@ import torch
 
 from retrec.bundle import load_bundle
 from retrec.pipelines.dense_teachers import CrossEncoderMember
-from retrec.pipelines.train_dense import DenseTrainConfig, Step, TrainingSet, step_loss, train_dense
+from retrec.pipelines.train_dense import DenseTrainConfig, Step, step_loss, train_dense
+from retrec.pipelines.training_set import TrainingSet
 
 
 class _Overlap:

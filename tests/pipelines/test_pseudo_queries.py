@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from retrec.pipelines.pseudo_queries import PREFIX, sentences, with_pseudo_queries
-from retrec.pipelines.train_dense import TrainingSet
+from retrec.pipelines.training_set import TrainingSet
 
 LONG = "The protein binds the receptor in most cells tested here."
 

@@ -25,7 +25,8 @@ from retrec.pipelines.tas_sampling import (
     topic_batches,
     topic_clusters,
 )
-from retrec.pipelines.train_dense import DenseTrainConfig, Step, TrainingSet, judged_mask, train_dense
+from retrec.pipelines.train_dense import DenseTrainConfig, Step, judged_mask, train_dense
+from retrec.pipelines.training_set import TrainingSet
 from retrec.runtime.onnx_encoder import OnnxEncoder
 
 # ---------------------------------------------------------------- losses

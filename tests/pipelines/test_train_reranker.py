@@ -13,8 +13,8 @@ from typer.testing import CliRunner
 
 from retrec.bundle import load_bundle
 from retrec.pipelines.train_config import RerankerTrainConfig
-from retrec.pipelines.train_dense import Miners, TrainingSet
 from retrec.pipelines.train_reranker import choose_first_stage_weight, plan_epoch, train_reranker
+from retrec.pipelines.training_set import Miners, TrainingSet
 
 TINY = {"batch_size": 2, "group_size": 3, "epochs": 1, "max_length": 32, "dev_max_queries": 4, "dev_candidates": 4,
         "checkpoint_every": 1, "max_minutes": None}

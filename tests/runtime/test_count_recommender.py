@@ -9,8 +9,8 @@ import pytest
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, publish, write_manifest
-from retrec.models.count_recommenders import MarkovRecommender
 from retrec.runtime.count_recommender import COUNTS_FILE, CountBundle
+from retrec.runtime.count_scoring import MarkovRecommender
 
 HISTORIES = [["a", "b", "c"], ["b", "c", "d"], ["a", "c"], ["d", "a", "b"]]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from retrec.models.count_recommenders import CooccurrenceRecommender
+from retrec.runtime.count_scoring import CooccurrenceRecommender
 
 
 def test_cooccurrence_is_cosine_over_users_weighted_by_recency() -> None:
