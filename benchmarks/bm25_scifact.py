@@ -28,7 +28,7 @@ def main() -> None:
     configure_process()
     from retrec.data.beir import load_retrieval_data
     from retrec.index.bm25_index import BM25Index
-    from retrec.pipelines.evaluate import evaluate_retriever
+    from retrec.pipelines.eval.retrieval import evaluate_retriever
 
     data = load_retrieval_data(args.data, split="test")
     ids, texts = data.doc_texts(with_title=True)

@@ -73,7 +73,7 @@ class _Phase(logging.Handler):
 
 def child(data: Path, out: Path, steps: int, report: Path, overrides: dict[str, Any]) -> None:
     """Train in this process while a thread samples RSS; write the samples' peak per phase to ``report``."""
-    from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
+    from retrec.pipelines.train.text.dense import DenseTrainConfig, train_dense
 
     handler = _Phase()
     logging.getLogger("retrec").addHandler(handler)

@@ -63,7 +63,7 @@ def main() -> None:
     from retrec.index.dense_retriever import DenseRetriever
     from retrec.index.faiss_index import FaissIndex
     from retrec.models.text_encoder import TextEncoder, encode_texts, zero_shot_bundle
-    from retrec.pipelines.evaluate import evaluate_retriever
+    from retrec.pipelines.eval.retrieval import evaluate_retriever
     from retrec.runtime.onnx_encoder import OnnxEncoder
 
     torch.set_num_threads(threads)

@@ -53,7 +53,7 @@ PER_PROCESS = {"after-release", "after-no-ceiling"}  # malloc settings: only who
 
 
 def run_arm(data: Path, out: Path, steps: int, overrides: dict[str, Any]) -> dict[str, Any]:
-    from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
+    from retrec.pipelines.train.text.dense import DenseTrainConfig, train_dense
 
     cfg = DenseTrainConfig(max_steps=steps, max_minutes=None, quantize=False, **overrides)
     started = time.perf_counter()
@@ -76,9 +76,10 @@ def interleaved(data: Path, steps: int) -> list[dict[str, Any]]:
 
     from retrec.data.beir import load_retrieval_data
     from retrec.models.text_encoder import resolve_base_model
-    from retrec.pipelines.tas_sampling import topic_clusters
-    from retrec.pipelines.train_dense import DenseAdapter, DenseTrainConfig, build_teacher
-    from retrec.pipelines.training_set import build_miners, prepare
+    from retrec.pipelines.train.text.contrastive import build_teacher
+    from retrec.pipelines.train.text.data import build_miners, prepare
+    from retrec.pipelines.train.text.dense import DenseAdapter, DenseTrainConfig
+    from retrec.pipelines.train.text.tas_sampling import topic_clusters
 
     cfg = DenseTrainConfig()
     ts = prepare(load_retrieval_data(data, split="train"), None, cfg)
@@ -126,7 +127,7 @@ def arm_process(args: argparse.Namespace, arm: str, out: Path) -> dict[str, Any]
 def mean_tokens(data: Path) -> tuple[float, float]:
     """Mean token count of the training queries and the corpus documents, truncated as training truncates."""
     from retrec.data.beir import load_retrieval_data
-    from retrec.pipelines.train_dense import DenseTrainConfig
+    from retrec.pipelines.train.text.dense import DenseTrainConfig
     from retrec.runtime.tokenizer import load_tokenizer
 
     cfg, train, tok = DenseTrainConfig(), load_retrieval_data(data, split="train"), load_tokenizer()

@@ -85,9 +85,9 @@ def main() -> None:
     from retrec.index.bm25_index import BM25Index
     from retrec.index.dense_retriever import DenseRetriever
     from retrec.models.text_encoder import zero_shot_bundle
-    from retrec.pipelines.compare import compare, comparison_table
-    from retrec.pipelines.evaluate import EvalResult, evaluate_retriever
-    from retrec.pipelines.train_dense import DenseTrainConfig, train_dense
+    from retrec.pipelines.eval.compare import compare, comparison_table
+    from retrec.pipelines.eval.retrieval import EvalResult, evaluate_retriever
+    from retrec.pipelines.train.text.dense import DenseTrainConfig, train_dense
     from retrec.process_env import cache_dir
     from retrec.runtime.onnx_encoder import OnnxEncoder
 
@@ -142,9 +142,9 @@ def main() -> None:
     comparisons += compare({n: results[n].per_query for n in ("bm25", best)}, "nDCG@10")
     weight_table: dict[str, Any] | None = None
     if args.reranker is not None and args.rerank_depth > 0:
-        from retrec.pipelines.evaluate import run_retriever
-        from retrec.pipelines.rerank import rerank_result, tune_first_stage_weight
-        from retrec.pipelines.training_set import training_set
+        from retrec.pipelines.eval.rerank import rerank_result, tune_first_stage_weight
+        from retrec.pipelines.eval.retrieval import run_retriever
+        from retrec.pipelines.train.text.data import training_set
         from retrec.runtime.reranker import OnnxReranker
 
         reranker = OnnxReranker(args.reranker, variant=args.rerank_variant)

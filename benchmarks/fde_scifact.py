@@ -22,7 +22,7 @@ import torch
 
 from retrec.data.beir import load_retrieval_data
 from retrec.models.text_encoder import TextEncoder
-from retrec.pipelines.evaluate import evaluate_hits
+from retrec.pipelines.eval.retrieval import evaluate_hits
 from retrec.runtime.fde import FDEConfig, encode_documents, encode_queries
 from retrec.runtime.tokenizer import load_tokenizer
 

@@ -1,7 +1,7 @@
 """Served hybrid == offline hybrid: every test query's fused ranking over HTTP equals the offline one.
 
 Opens two built index versions offline (``retrec index ...``; the dense one with its query encoder), fuses their
-rankings with :mod:`retrec.pipelines.hybrid` (the functions ``retrec eval --retriever hybrid`` uses), then serves
+rankings with :mod:`retrec.pipelines.eval.hybrid` (the functions ``retrec eval --retriever hybrid`` uses), then serves
 the same two index versions with Ray Serve on 127.0.0.1 and asks ``/v1/search {"retriever": "hybrid"}`` with the
 same fusion method, weights and depth for every query of the split. Reports how many rankings are identical
 (doc ids in order) and the largest score difference; exits 1 when any ranking differs.
@@ -52,8 +52,8 @@ def main() -> None:
 
     from retrec.data.beir import load_retrieval_data
     from retrec.index.generic import open_index, recorded_encoder
-    from retrec.pipelines.evaluate import run_retriever
-    from retrec.pipelines.hybrid import FusionSpec, fuse_runs
+    from retrec.pipelines.eval.hybrid import FusionSpec, fuse_runs
+    from retrec.pipelines.eval.retrieval import run_retriever
     from retrec.serving.launch import free_port, start, stop
 
     indexes = pairs(args.index)

@@ -47,8 +47,8 @@ import numpy as np  # noqa: E402
 
 from retrec.data.beir import load_retrieval_data  # noqa: E402
 from retrec.index.multivector import assemble_maxsim, assemble_muvera  # noqa: E402
-from retrec.pipelines.compare import compare  # noqa: E402
-from retrec.pipelines.evaluate import evaluate_hits  # noqa: E402
+from retrec.pipelines.eval.compare import compare  # noqa: E402
+from retrec.pipelines.eval.retrieval import evaluate_hits  # noqa: E402
 from retrec.runtime.fde import encode_documents as fde_documents  # noqa: E402
 from retrec.runtime.fde import encode_queries as fde_queries  # noqa: E402
 from retrec.runtime.token_encoder import OnnxTokenEncoder  # noqa: E402

@@ -39,7 +39,8 @@ def parity(bundle: Path, data: Path, users: int = 1000) -> float | None:
     from retrec.data.interactions import load_interactions, user_sequences
     from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig
     from retrec.models.sasrec import SASRec
-    from retrec.pipelines.train_bert4rec import onnx_parity, prepare
+    from retrec.pipelines.train.seq.data import prepare
+    from retrec.pipelines.train.seq.item_softmax import onnx_parity
     from retrec.tables import EmbeddingTable
 
     weights = bundle.with_name(bundle.name + ".ckpt") / "best.safetensors"
@@ -90,8 +91,8 @@ def main() -> None:
     from retrec.bundle import load_bundle
     from retrec.console import console, metrics_table
     from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
-    from retrec.pipelines.evaluate_rec import evaluate_recommender
-    from retrec.pipelines.recommenders import build_recommender, vocabulary_of
+    from retrec.pipelines.eval.rec import evaluate_recommender
+    from retrec.pipelines.eval.recommenders import build_recommender, vocabulary_of
 
     bundles, wall = list(args.bundle), {}
     if args.train:

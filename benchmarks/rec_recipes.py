@@ -45,16 +45,16 @@ def parse_arm(text: str) -> tuple[str, str, dict[str, Any]]:
 
 
 TRAINERS = {  # trainer → (config class, training function), imported in the worker
-    "sasrec": ("SASRecTrainConfig", "retrec.pipelines.train_sasrec:train_sasrec"),
-    "bert4rec": ("TrainConfig", "retrec.pipelines.train_bert4rec:train_bert4rec"),
-    "onerec": ("OneRecTrainConfig", "retrec.pipelines.train_onerec:train_onerec"),
+    "sasrec": ("SASRecTrainConfig", "retrec.pipelines.train.seq.sasrec:train_sasrec"),
+    "bert4rec": ("BERT4RecTrainConfig", "retrec.pipelines.train.seq.bert4rec:train_bert4rec"),
+    "onerec": ("OneRecTrainConfig", "retrec.pipelines.train.seq.onerec:train_onerec"),
 }
 
 
 def config_type(trainer: str) -> type:
-    from retrec.pipelines import train_config
+    from retrec.pipelines.train.seq import config
 
-    return getattr(train_config, TRAINERS[trainer][0])
+    return getattr(config, TRAINERS[trainer][0])
 
 
 def train_function(trainer: str) -> Any:
@@ -86,8 +86,8 @@ def train_and_test(name: str, trainer: str, values: dict[str, Any], data: str, o
 def test_bundle(row: dict[str, Any], data: str) -> dict[str, Any]:
     from retrec.bundle import load_bundle
     from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
-    from retrec.pipelines.evaluate_rec import evaluate_recommender
-    from retrec.pipelines.recommenders import build_recommender, vocabulary_of
+    from retrec.pipelines.eval.rec import evaluate_recommender
+    from retrec.pipelines.eval.recommenders import build_recommender, vocabulary_of
 
     loo = leave_one_out(user_sequences(load_interactions(data)))
     vocab = vocabulary_of(loo)

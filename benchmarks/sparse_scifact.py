@@ -45,8 +45,8 @@ from retrec.data.beir import load_retrieval_data  # noqa: E402
 from retrec.index.bm25_index import BM25Index  # noqa: E402
 from retrec.index.fusion import FUSIONS, rrf  # noqa: E402
 from retrec.index.sparse_index import assemble_index  # noqa: E402
-from retrec.pipelines.compare import compare  # noqa: E402
-from retrec.pipelines.evaluate import evaluate_hits  # noqa: E402
+from retrec.pipelines.eval.compare import compare  # noqa: E402
+from retrec.pipelines.eval.retrieval import evaluate_hits  # noqa: E402
 from retrec.runtime.sparse_encoder import OnnxSparseEncoder  # noqa: E402
 
 GRID = [round(w, 2) for w in np.arange(0.1, 0.95, 0.1)]
@@ -95,8 +95,8 @@ def sparse_system(bundle: Path, doc_ids: list[str], texts: list[str], queries: l
 
 def dev_queries(bundle: Path) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
     """The held-out dev queries the sparse trainer early-stopped on (its seeded split of the train queries)."""
-    from retrec.pipelines.train_config import SparseTrainConfig
-    from retrec.pipelines.training_set import prepare
+    from retrec.pipelines.train.text.config import SparseTrainConfig
+    from retrec.pipelines.train.text.data import prepare
 
     cfg = SparseTrainConfig(**load_bundle(bundle).config["train"])
     ts = prepare(load_retrieval_data(args.data, split="train"), None, cfg)

@@ -1,7 +1,7 @@
 """Generic rich terminal rendering of results (the data itself stays plain dicts).
 
 Tables specific to one concept live beside it (e.g. the paired comparison table in
-:mod:`retrec.pipelines.compare`).
+:mod:`retrec.pipelines.eval.compare`).
 
 Example::
 

@@ -97,7 +97,7 @@ def test_toy_recommender_kind_through_eval_rec_and_load(default_data: Path, tmp_
         listed = [i for i in rec.ranked[:rec.generate_k] if i not in seen]
         hits.append(test in listed[:10])
     assert out["users"] == len(loo.users) and out["HR@10"] == pytest.approx(np.mean(hits), abs=1e-12)
-    from retrec.pipelines.recommenders import catalogue_scorer, vocabulary_of
+    from retrec.pipelines.eval.recommenders import catalogue_scorer, vocabulary_of
 
     vocab = vocabulary_of(loo)
     seen = vocab.encode([rec.ranked[0], rec.ranked[2]])
@@ -182,7 +182,7 @@ def test_run_files_missing_queries_qrels_file_measures_and_fuse(default_data: Pa
         weights = {"cut.run": 0.5}
         want = {q: fn({n: r.get(q, []) for n, r in runs.items()}, 100, weights=weights, **extra)
                 for q in sorted({q for r in runs.values() for q in r})}
-        from retrec.pipelines.metrics import evaluate_run
+        from retrec.pipelines.eval.ir_metrics import evaluate_run
 
         judged = load_retrieval_data(default_data).qrels_dict()
         mean, _ = evaluate_run(judged, {q: dict(h) for q, h in want.items()})

@@ -22,7 +22,7 @@ def _literal(values: Iterable[str]) -> Any:
 
 def retriever_choice() -> Any:
     """``--retriever``: every index kind's eval names, then ``hybrid``."""
-    from retrec.pipelines.retrievers import retriever_names
+    from retrec.pipelines.eval.retrievers import retriever_names
 
     return _literal(retriever_names())
 
@@ -44,6 +44,6 @@ def fusion_choice() -> Any:
 
 def protocol_choice() -> Any:
     """``retrec eval-rec --protocol``: full ranking or 100 sampled negatives."""
-    from retrec.pipelines.evaluate_rec import PROTOCOLS
+    from retrec.pipelines.eval.rec import PROTOCOLS
 
     return _literal(PROTOCOLS)

@@ -23,7 +23,7 @@ def _measures(given: list[str] | None) -> tuple[tuple[str, ...], str]:
     """Reported measures (the defaults, then any others given) and the one --compare / tuning use."""
     import ir_measures
 
-    from retrec.pipelines.metrics import RETRIEVAL_MEASURES
+    from retrec.pipelines.eval.ir_metrics import RETRIEVAL_MEASURES
 
     names = []
     for m in given or []:
@@ -116,12 +116,12 @@ def eval_cmd(
     from retrec.console import console, metrics_table
     from retrec.data.beir import load_retrieval_data, qrels_to_dict, read_qrels
     from retrec.data.trec import rank_scores, read_run, write_run
-    from retrec.pipelines.compare import compare as paired
-    from retrec.pipelines.compare import comparison_table
-    from retrec.pipelines.evaluate import QueryMismatchError, evaluate_hits, evaluate_retriever
-    from retrec.pipelines.hybrid import FusionSpec, evaluate_hybrid, fuse_runs
-    from retrec.pipelines.retrievers import HYBRID, build_retriever, open_retriever
-    from retrec.pipelines.retrievers import component as make_component
+    from retrec.pipelines.eval.compare import compare as paired
+    from retrec.pipelines.eval.compare import comparison_table
+    from retrec.pipelines.eval.hybrid import FusionSpec, evaluate_hybrid, fuse_runs
+    from retrec.pipelines.eval.retrieval import QueryMismatchError, evaluate_hits, evaluate_retriever
+    from retrec.pipelines.eval.retrievers import HYBRID, build_retriever, open_retriever
+    from retrec.pipelines.eval.retrievers import component as make_component
 
     if retriever is None and not index and not run:
         raise _fail("give --retriever NAME, --index DIR and/or --run FILE")
@@ -199,7 +199,7 @@ def eval_cmd(
         else:
             results += [evaluate_hits(name, r, judged, measures) for name, r in read.items()]
         if rerank is not None:
-            from retrec.pipelines.rerank import rerank_result
+            from retrec.pipelines.eval.rerank import rerank_result
             from retrec.runtime.reranker import OnnxReranker
 
             assert collection is not None
@@ -266,8 +266,8 @@ def eval_rec_cmd(
     """Leave-one-out evaluation of recommenders: HR@k, NDCG@k, MRR."""
     from retrec.console import console, metrics_table
     from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
-    from retrec.pipelines.evaluate_rec import evaluate_recommender
-    from retrec.pipelines.recommenders import build_recommender, vocabulary_of
+    from retrec.pipelines.eval.rec import evaluate_recommender
+    from retrec.pipelines.eval.recommenders import build_recommender, vocabulary_of
 
     if split not in ("test", "valid"):
         raise _fail(f"split must be 'test' or 'valid', got {split!r}")

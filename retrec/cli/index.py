@@ -37,7 +37,7 @@ def index_cmd(
     from retrec import kinds
     from retrec.data.corpus import corpus_texts, read_corpus
     from retrec.index.generic import display_name, publish_index
-    from retrec.pipelines.retrievers import BUILD_ARGS, build_from_texts, resolve_kind
+    from retrec.pipelines.eval.retrievers import BUILD_ARGS, build_from_texts, resolve_kind
 
     options = {key: value for key, value in (("k1", k1), ("b", b)) if value is not None}
     params = parse_params(param)

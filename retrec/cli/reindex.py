@@ -56,10 +56,10 @@ def reindex_cmd(
 
     from retrec.console import console
     from retrec.index.generic import display_name, index_kind
-    from retrec.pipelines.reindex import GateError, ReindexConfig, reindex
-    from retrec.pipelines.reindex_checks import swap_server
+    from retrec.pipelines.reindex.checks import swap_server
+    from retrec.pipelines.reindex.job import GateError, ReindexConfig, reindex
 
-    for logger in ("retrec.pipelines.reindex", "retrec.pipelines.reindex_parts"):
+    for logger in ("retrec.pipelines.reindex.job", "retrec.pipelines.reindex.parts"):
         logging.getLogger(logger).setLevel(logging.INFO)  # what was reused, resumed and where the work ran
     cfg = ReindexConfig(kind=kind, data=data, out=out.absolute(), model=model, shards=shards, factory=factory,
                         base=base, full=full, actors=actors, threads=threads, gpus_per_actor=gpus_per_actor,

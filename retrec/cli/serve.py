@@ -53,7 +53,7 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="where data, bundles and runs are written")] = Path("runs/demo"),
 ) -> None:
     """Run the whole product end to end on the embedded default dataset (no download)."""
-    from retrec.pipelines.demo import run_demo
+    from retrec.cli.demo import run_demo
 
     try:
         run_demo(workdir)

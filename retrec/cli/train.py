@@ -29,15 +29,13 @@ import typer
 from retrec.bundle import BundleError
 from retrec.cli.common import _fail, train_app
 from retrec.data.errors import DataError
-from retrec.pipelines.options import choices, field_types
-from retrec.pipelines.train_config import (
+from retrec.pipelines.train.options import choices, field_types
+from retrec.pipelines.train.seq.config import BERT4RecTrainConfig, OneRecTrainConfig, SASRecTrainConfig
+from retrec.pipelines.train.text.config import (
     DenseTrainConfig,
     MultivectorTrainConfig,
-    OneRecTrainConfig,
     RerankerTrainConfig,
-    SASRecTrainConfig,
     SparseTrainConfig,
-    TrainConfig,
 )
 
 OUT_HELP = "bundle folder to write (checkpoints go to OUT.ckpt/)"
@@ -91,35 +89,35 @@ def config_command(config_type: type, train: str, data_help: str, doc: str) -> C
 
 
 train_app.command("bert4rec")(config_command(
-    TrainConfig, "retrec.pipelines.train_bert4rec:train_bert4rec",
+    BERT4RecTrainConfig, "retrec.pipelines.train.seq.bert4rec:train_bert4rec",
     "interactions: folder or file (Parquet, sequential, MovieLens)",
     "Train BERT4Rec (Cloze) with early stopping on the validation item; writes an ONNX bundle."))
 train_app.command("sasrec")(config_command(
-    SASRecTrainConfig, "retrec.pipelines.train_sasrec:train_sasrec",
+    SASRecTrainConfig, "retrec.pipelines.train.seq.sasrec:train_sasrec",
     "interactions: folder or file (Parquet, sequential, MovieLens)",
     "Train SASRec (causal, next item at every position) with early stopping on the validation item; writes an ONNX "
     "bundle (model/sasrec)."))
 train_app.command("onerec")(config_command(
-    OneRecTrainConfig, "retrec.pipelines.train_onerec:train_onerec",
+    OneRecTrainConfig, "retrec.pipelines.train.seq.onerec:train_onerec",
     "interactions: folder or file (Parquet, sequential, MovieLens)",
     "Train OneRec (semantic IDs, encoder–decoder with a sparse-MoE decoder) with early stopping on the validation "
     "item; writes an ONNX bundle (model/onerec) served by beam search."))
 train_app.command("dense")(config_command(
-    DenseTrainConfig, "retrec.pipelines.train_dense:train_dense",
+    DenseTrainConfig, "retrec.pipelines.train.text.dense:train_dense",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",
     "Train a TAS-Balanced bi-encoder from the packaged MiniLM or --base-model; writes an ONNX bundle (model/dense)."))
 train_app.command("multivector")(config_command(
-    MultivectorTrainConfig, "retrec.pipelines.train_multivector:train_multivector",
+    MultivectorTrainConfig, "retrec.pipelines.train.text.multivector:train_multivector",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",
     "Train a ColBERT-style token encoder (MaxSim) from the packaged MiniLM or --base-model; writes an ONNX bundle "
     "(model/multivector) for `retrec index muvera|maxsim`."))
 train_app.command("sparse")(config_command(
-    SparseTrainConfig, "retrec.pipelines.train_sparse:train_sparse",
+    SparseTrainConfig, "retrec.pipelines.train.text.sparse:train_sparse",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",
     "Train a SPLADE learned sparse encoder (siamese or inference-free) from the packaged MiniLM or --base-model; "
     "writes an ONNX bundle (model/sparse) for `retrec index sparse`."))
 train_app.command("reranker")(config_command(
-    RerankerTrainConfig, "retrec.pipelines.train_reranker:train_reranker",
+    RerankerTrainConfig, "retrec.pipelines.train.text.reranker:train_reranker",
     "BEIR folder (train qrels; dev qrels used for evaluation when present)",
     "Train a cross-encoder re-ranker from the packaged MiniLM or --base-model; writes an ONNX bundle "
     "(model/reranker) for `retrec eval --rerank` and `retrec train dense --teacher`."))
@@ -130,7 +128,7 @@ def _count_command(model: str, doc: str) -> None:
         data: Annotated[Path, typer.Option(help="interactions: folder or file (Parquet, sequential, MovieLens)")],
         out: Annotated[Path, typer.Option(help="bundle folder to write")],
     ) -> None:
-        from retrec.pipelines.train_fusion import train_counts
+        from retrec.pipelines.train.seq.fusion import train_counts
 
         try:
             bundle = train_counts(model, data, out, command=shlex.join(["retrec", *sys.argv[1:]]))
@@ -159,7 +157,7 @@ def train_fusion(
     grid_step: Annotated[float, typer.Option(help="step of the weight grid over the simplex")] = 0.05,
 ) -> None:
     """Combine recommenders (weights chosen on the validation item, full-ranking NDCG@10); writes model/rec-fusion."""
-    from retrec.pipelines.train_fusion import train_fusion as run
+    from retrec.pipelines.train.seq.fusion import train_fusion as run
 
     try:
         bundle = run(data, out, component, grid_step=grid_step, command=shlex.join(["retrec", *sys.argv[1:]]))

@@ -34,15 +34,15 @@ from ray.serve.exceptions import BackPressureError
 
 from retrec.bundle import read_manifest
 from retrec.index.fusion import FUSIONS
-from retrec.serving import metrics as serving_metrics
 from retrec.serving import middleware as guard
+from retrec.serving import prometheus as serving_metrics
 from retrec.serving import schemas
 from retrec.serving.admin import bundle_under_root, shown
 from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
-from retrec.serving.metrics import MetricsMiddleware
 from retrec.serving.middleware import GuardMiddleware, guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder, retriever_spec
+from retrec.serving.prometheus import MetricsMiddleware
 from retrec.serving.readiness import ReadinessCache
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.rollout import ServeRollout

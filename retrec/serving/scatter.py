@@ -28,7 +28,7 @@ from ray.serve.exceptions import BackPressureError
 
 from retrec.index.fusion import merge_hits
 from retrec.index.retriever import Hits
-from retrec.serving import metrics as serving_metrics
+from retrec.serving import prometheus as serving_metrics
 from retrec.serving.errors import ApiError
 from retrec.serving.payloads import Packer, packer
 

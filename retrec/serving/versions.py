@@ -40,7 +40,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from retrec.bundle import BundleError, Manifest, read_manifest
-from retrec.serving import metrics as serving_metrics
+from retrec.serving import prometheus as serving_metrics
 from retrec.serving.admin import failure
 from retrec.serving.errors import ApiError
 from retrec.serving.registry import check_hook

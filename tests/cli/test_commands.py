@@ -99,9 +99,10 @@ def test_bm25_bundle_via_cli(tiny_data: Path, tmp_path: Path) -> None:
 def test_train_options_come_from_the_config_dataclasses(monkeypatch, tmp_path: Path) -> None:
     import dataclasses
 
-    import retrec.pipelines.train_bert4rec as b4r
-    import retrec.pipelines.train_dense as dense
-    from retrec.pipelines.train_config import DenseTrainConfig, TrainConfig
+    import retrec.pipelines.train.seq.bert4rec as b4r
+    import retrec.pipelines.train.text.dense as dense
+    from retrec.pipelines.train.seq.config import BERT4RecTrainConfig
+    from retrec.pipelines.train.text.config import DenseTrainConfig
 
     seen: dict = {}
 
@@ -112,7 +113,7 @@ def test_train_options_come_from_the_config_dataclasses(monkeypatch, tmp_path: P
     monkeypatch.setattr(b4r, "train_bert4rec", fake_train)
     monkeypatch.setattr(dense, "train_dense", fake_train)
     base = ["--data", str(tmp_path), "--out", str(tmp_path / "o")]
-    for command, config in (("bert4rec", TrainConfig), ("dense", DenseTrainConfig)):
+    for command, config in (("bert4rec", BERT4RecTrainConfig), ("dense", DenseTrainConfig)):
         help_text = runner.invoke(app, ["train", command, "--help"], env={"COLUMNS": "200"}).stdout
         for f in dataclasses.fields(config):
             flag = f.metadata.get("flag", "--" + f.name.replace("_", "-")).split("/")[0]
@@ -124,13 +125,15 @@ def test_train_options_come_from_the_config_dataclasses(monkeypatch, tmp_path: P
         assert choices in help_text
     assert "[sampled|ce|gbce]" in runner.invoke(app, ["train", "bert4rec", "--help"], env={"COLUMNS": "200"}).stdout
     # The defaults scripts rely on, pinned.
-    assert (DenseTrainConfig().max_minutes, DenseTrainConfig().epochs, TrainConfig().max_minutes) == (30.0, 6, 55.0)
-    assert (TrainConfig().max_len, TrainConfig().mask_prob, TrainConfig().patience) == (None, None, 100)  # from data
+    b4r = BERT4RecTrainConfig()
+    assert (DenseTrainConfig().max_minutes, DenseTrainConfig().epochs, b4r.max_minutes) == (30.0, 6, 55.0)
+    assert (b4r.max_len, b4r.mask_prob, b4r.patience) == (None, None, 100)  # from data
 
     result = runner.invoke(app, ["train", "bert4rec", *base, "--max-len", "20", "--mask-prob", "0.6", "--resume",
                                  "--loss", "sampled", "--lr-schedule", "cosine"])
     assert result.exit_code == 0, result.output
-    assert seen == {"cfg": TrainConfig(max_len=20, mask_prob=0.6, loss="sampled", lr_schedule="cosine"), "resume": True}
+    expected = BERT4RecTrainConfig(max_len=20, mask_prob=0.6, loss="sampled", lr_schedule="cosine")
+    assert seen == {"cfg": expected, "resume": True}
     result = runner.invoke(app, ["train", "dense", *base, "--no-int8", "--max-minutes", "5", "--base-model", "m"])
     assert result.exit_code == 0, result.output
     assert seen["cfg"] == DenseTrainConfig(quantize=False, max_minutes=5.0, base_model="m")

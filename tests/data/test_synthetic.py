@@ -8,8 +8,8 @@ from retrec.bundle import sha256_file
 from retrec.data.beir import load_retrieval_data
 from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
 from retrec.data.synthetic import write_default_dataset
-from retrec.pipelines.evaluate_rec import evaluate_recommender
-from retrec.pipelines.recommenders import build_recommender, vocabulary_of
+from retrec.pipelines.eval.rec import evaluate_recommender
+from retrec.pipelines.eval.recommenders import build_recommender, vocabulary_of
 
 
 def test_generation_is_deterministic(tmp_path: Path, default_data: Path) -> None:

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from retrec.data.beir import load_retrieval_data
 from retrec.index.bm25_index import BM25Index
-from retrec.pipelines.evaluate import evaluate_retriever
+from retrec.pipelines.eval.retrieval import evaluate_retriever
 from tests.conftest import shared_dataset
 
 

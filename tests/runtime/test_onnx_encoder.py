@@ -16,8 +16,8 @@ from retrec.data.beir import RetrievalData
 from retrec.data.schemas import CORPUS, QRELS, QUERIES
 from retrec.index.dense_retriever import DenseRetriever, corpus_key
 from retrec.models.text_encoder import TextEncoder, encode_texts, export_onnx, zero_shot_bundle
-from retrec.pipelines.evaluate import evaluate_retriever
-from retrec.pipelines.retrievers import build_retriever
+from retrec.pipelines.eval.retrieval import evaluate_retriever
+from retrec.pipelines.eval.retrievers import build_retriever
 from retrec.runtime import onnx_session
 from retrec.runtime.onnx_encoder import OnnxEncoder, select_providers
 from retrec.runtime.tokenizer import ModelFilesError, load_tokenizer, minilm_dir

@@ -52,14 +52,14 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     enc = OnnxEncoder(out["encoder"], num_threads=1)
     DenseRetriever.build(enc, ids, texts, shards=2).save(root / "dense-v1")
     out["dense"] = with_version(root / "dense-v1", "dense-v1")
-    from retrec.pipelines.train_bert4rec import TrainConfig, train_bert4rec
+    from retrec.pipelines.train.seq.bert4rec import BERT4RecTrainConfig, train_bert4rec
 
-    out["bert4rec"] = train_bert4rec(tiny_data, root / "bert4rec", TrainConfig(
+    out["bert4rec"] = train_bert4rec(tiny_data, root / "bert4rec", BERT4RecTrainConfig(
         max_len=12, hidden=16, layers=1, heads=2, epochs=1, eval_users=50), progress=False)
-    from retrec.pipelines.train_fusion import train_fusion
+    from retrec.pipelines.train.seq.fusion import train_fusion
 
     out["fusion"] = train_fusion(tiny_data, root / "fusion", [str(out["bert4rec"]), "markov"], grid_step=0.25)
-    from retrec.pipelines.train_onerec import OneRecTrainConfig, train_onerec
+    from retrec.pipelines.train.seq.onerec import OneRecTrainConfig, train_onerec
 
     out["onerec"] = train_onerec(tiny_data, root / "onerec", OneRecTrainConfig(
         max_len=12, levels=2, hidden=16, layers=1, heads=2, experts=2, top_k=1, session=2, epochs=1, eval_users=50,
@@ -247,7 +247,7 @@ def test_recommend_http_equals_offline(client: httpx.Client, bundles: dict[str, 
 def test_fused_recommend_http_equals_eval_rec(client: httpx.Client, bundles: dict[str, Path]) -> None:
     """/v1/recommend {"model": "fusion"} returns the top of the scores `retrec eval-rec` ranks by."""
     from retrec.data.interactions import leave_one_out
-    from retrec.pipelines.recommenders import build_recommender, vocabulary_of
+    from retrec.pipelines.eval.recommenders import build_recommender, vocabulary_of
 
     loo = leave_one_out(user_sequences(load_interactions(bundles["data"])))
     vocab = vocabulary_of(loo)

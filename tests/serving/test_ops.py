@@ -189,7 +189,7 @@ def test_readiness_cache_goes_stale_when_checks_stop() -> None:
 def test_metrics_are_recorded_through_rays_metrics_api(monkeypatch: pytest.MonkeyPatch) -> None:
     import ray.util.metrics as ray_metrics
 
-    from retrec.serving.metrics import ServingMetrics
+    from retrec.serving.prometheus import ServingMetrics
 
     recorded: list[tuple[str, float, dict[str, str]]] = []
 
@@ -215,7 +215,7 @@ def test_metrics_are_recorded_through_rays_metrics_api(monkeypatch: pytest.Monke
 
 
 def test_requests_are_counted_by_route_under_a_prefix() -> None:
-    from retrec.serving import metrics
+    from retrec.serving import prometheus as metrics
 
     app = FastAPI()
     app.add_middleware(metrics.MetricsMiddleware)
@@ -232,7 +232,7 @@ def test_requests_are_counted_by_route_under_a_prefix() -> None:
 
 
 def test_every_metric_is_documented() -> None:
-    from retrec.serving.metrics import ServingMetrics
+    from retrec.serving.prometheus import ServingMetrics
 
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     names = ServingMetrics().names()
