@@ -72,8 +72,8 @@ def main() -> None:
     queries = list(data.query_texts().values())
 
     bundle, export_s = _timed(zero_shot_bundle)
-    fp32 = OnnxEncoder(bundle, num_threads=threads, batch_size=args.batch_size)
-    int8 = OnnxEncoder(bundle, variant="int8", num_threads=threads, batch_size=args.batch_size)
+    fp32 = OnnxEncoder(bundle, threads=threads, batch_size=args.batch_size)
+    int8 = OnnxEncoder(bundle, variant="int8", threads=threads, batch_size=args.batch_size)
 
     doc_vecs, encode_s = _timed(fp32.encode_documents, texts)
     flat = DenseRetriever(fp32, FaissIndex.build(doc_vecs, ids, factory="Flat", encoder=fp32.manifest))

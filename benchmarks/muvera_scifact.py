@@ -72,7 +72,7 @@ def dense_run(bundle: Path, doc_texts: list[str], doc_ids: list[str], qtexts: li
     from retrec.index.faiss_index import FaissIndex
     from retrec.runtime.onnx_encoder import OnnxEncoder
 
-    encoder = OnnxEncoder(bundle, num_threads=args.threads)
+    encoder = OnnxEncoder(bundle, threads=args.threads)
     index = FaissIndex.build(encoder.encode_documents(doc_texts), doc_ids, encoder=encoder.manifest)
     return index.search(encoder.encode_queries(qtexts), 1000)
 
@@ -83,7 +83,7 @@ def main() -> None:
     doc_ids, texts = data.doc_texts(with_title=True)
     qids, qtexts = list(data.query_texts()), list(data.query_texts().values())
     qrels = data.qrels_dict()
-    encoder = OnnxTokenEncoder(args.model, num_threads=args.threads)
+    encoder = OnnxTokenEncoder(args.model, threads=args.threads)
     t0 = time.perf_counter()
     docs = encoder.encode_documents(texts, progress=sys.stderr.isatty())
     queries = encoder.encode_queries(qtexts)

@@ -6,7 +6,7 @@ and deleting 1% of the documents — every arm a whole command in its own proces
         --out runs/reindex-bench [--arms loop ray-2x1 ray-1x2 local] [--json runs/reindex-bench/results.json]
 
 Arms (wall time of the whole process: start, imports, model load, encoding, index, publish):
-- ``loop``     ``OnnxEncoder(model, num_threads=2).encode_documents(texts)`` — the single-process peer;
+- ``loop``     ``OnnxEncoder(model, threads=2).encode_documents(texts)`` — the single-process peer;
 - ``local``    ``retrec reindex --full --local --threads 2`` (this process, no Ray);
 - ``ray-2x1``  ``retrec reindex --full --actors 2 --threads 1`` (the default on 2 cores), a local Ray started by
                the command (its start-up counted);
@@ -38,7 +38,7 @@ from retrec.data.beir import corpus_texts
 from retrec.data.corpus import read_corpus
 from retrec.runtime.onnx_encoder import OnnxEncoder
 ids, texts = corpus_texts(read_corpus(sys.argv[1]))
-encoder = OnnxEncoder(sys.argv[2], num_threads=2)
+encoder = OnnxEncoder(sys.argv[2], threads=2)
 t1 = time.perf_counter()
 encoder.encode_documents(texts)
 print(time.perf_counter() - t1, t1 - t0)

@@ -226,7 +226,7 @@ def encoder_ms_per_query(paths: dict[str, Path], queries: list[str], threads: in
     from retrec.runtime.onnx_encoder import OnnxEncoder
     from retrec.serving.encoders import CPU_ONNX_BATCH
 
-    encoder = OnnxEncoder(paths["encoder"], num_threads=threads, providers=["CPUExecutionProvider"],
+    encoder = OnnxEncoder(paths["encoder"], threads=threads, providers=["CPUExecutionProvider"],
                           batch_size=min(CPU_ONNX_BATCH, batch))
     encoder.encode_queries(queries[:batch])
     out = {}
@@ -246,7 +246,7 @@ def peers(paths: dict[str, Path], threads: int) -> dict[str, Any]:
     from retrec.index.dense_retriever import DenseRetriever
 
     return {"bm25": BM25Index.load(paths["bm25"]),
-            "dense": DenseRetriever.load(paths["encoder"], paths["dense"], num_threads=threads, spin="run")}
+            "dense": DenseRetriever.load(paths["encoder"], paths["dense"], threads=threads, spin="run")}
 
 
 def in_process(retrievers: dict[str, Any], queries: list[str], batch: int) -> dict[str, float]:

@@ -68,7 +68,7 @@ def timed(fn, items: list) -> tuple[list, list[float]]:
 
 
 def sparse_system(bundle: Path, doc_ids: list[str], texts: list[str], queries: list[str]) -> dict:
-    encoder = OnnxSparseEncoder(bundle, num_threads=args.threads)
+    encoder = OnnxSparseEncoder(bundle, threads=args.threads)
     t0 = time.perf_counter()
     docs = encoder.encode_documents(texts, progress=sys.stderr.isatty())
     encode_s = time.perf_counter() - t0
@@ -129,7 +129,7 @@ def main() -> None:
         from retrec.index.faiss_index import FaissIndex
         from retrec.runtime.onnx_encoder import OnnxEncoder
 
-        dense_enc = OnnxEncoder(args.dense, num_threads=args.threads)
+        dense_enc = OnnxEncoder(args.dense, threads=args.threads)
         dense_index = FaissIndex.build(dense_enc.encode_documents(texts), doc_ids, encoder=dense_enc.manifest)
         dense_hits = dense_index.search(dense_enc.encode_queries(queries), 1000)
         systems["dense"] = evaluate_hits("dense", dict(zip(qids, dense_hits)), qrels)

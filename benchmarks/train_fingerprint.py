@@ -36,7 +36,7 @@ RUNS: dict[str, list[str]] = {
     "reranker": ["reranker", "--batch-size", "2", "--group-size", "3", "--epochs", "1", "--max-length", "32",
                  "--dev-max-queries", "4", "--dev-candidates", "4", "--max-steps", "3", "--no-int8", "--lr", "1e-3"],
     "bert4rec": ["bert4rec", *SEQ, "--mask-prob", "0.4"],
-    "sasrec": ["sasrec", *SEQ, "--negatives", "64", "--warmup-steps", "0"],
+    "sasrec": ["sasrec", *SEQ, "--negatives", "64", "--warmup-steps", "0"],  # fusion's component too
     "onerec": ["onerec", "--max-len", "10", "--levels", "2", "--hidden", "16", "--layers", "1", "--heads", "2",
                "--experts", "3", "--top-k", "2", "--session", "3", "--batch-size", "64", "--epochs", "2",
                "--patience", "2", "--eval-users", "40", "--beam", "5", "--list-beam", "12", "--dpo-rounds", "1",
@@ -44,6 +44,7 @@ RUNS: dict[str, list[str]] = {
                "--dpo-lr", "1e-3", "--device", "cpu"],
     "markov": ["markov"],
     "cooc": ["cooc"],
+    "fusion": ["fusion", "--component", "{work}/sasrec", "--component", "markov", "--grid-step", "0.25"],
 }
 LOSS = re.compile(r"\bloss (\d+\.\d+)")
 TIMING = re.compile(r"seconds|minutes|_time|elapsed|onnx_max_abs_diff")
@@ -54,19 +55,28 @@ def fingerprint(manifest: dict, log: str) -> dict:
     return {"metrics": metrics, "losses": LOSS.findall(log)}
 
 
+def same(before: dict | None, after: dict) -> bool:
+    """Equal losses and equal values of every metric the earlier run had (metrics added since are not changes)."""
+    if before is None or before["losses"] != after["losses"]:
+        return False
+    return all(after["metrics"].get(k, "missing") == v for k, v in before["metrics"].items())
+
+
 def run_all(work: Path, only: list[str]) -> dict:
     from retrec.data.synthetic import SyntheticConfig, write_default_dataset
 
     data = write_default_dataset(work / "data", SyntheticConfig(docs=300, queries_train=40, queries_test=30,
                                                                 users=150, items=400, genres=10))
     retrec = str(Path(sys.executable).with_name("retrec"))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200"}
+    # one thread: a parallel reduction's order (and so the 4th decimal of a loss) may vary with the load
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "COLUMNS": "200", "RETREC_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     out: dict = {}
     for name, args in RUNS.items():
         if only and name not in only:
             continue
         started = time.monotonic()
         bundle = work / name
+        args = [a.format(work=work) for a in args]
         proc = subprocess.run([retrec, "train", *args, "--data", str(data), "--out", str(bundle)], env=env,
                               capture_output=True, text=True)
         if proc.returncode != 0:
@@ -89,9 +99,10 @@ def main() -> None:
     args.out.write_text(json.dumps(prints, indent=1, sort_keys=True) + "\n")
     if args.compare:
         before = json.loads(args.compare.read_text())
-        differ = [name for name in prints if before.get(name) != prints[name]]
+        differ = [name for name in prints if not same(before.get(name), prints[name])]
         for name in prints:
-            print(f"{name}: {'DIFFERS' if name in differ else 'same'}")
+            added = sorted(set(prints[name]["metrics"]) - set((before.get(name) or {}).get("metrics", {})))
+            print(f"{name}: {'DIFFERS' if name in differ else 'same'}" + (f" (new metrics: {added})" if added else ""))
         raise SystemExit(1 if differ else 0)
 
 

@@ -26,13 +26,15 @@ from typing import Any
 
 from retrec import kinds
 from retrec.bundle import BundleError, read_manifest
+from retrec.contracts import call_hook
 
 
 def load(path: str | os.PathLike[str], **options: Any) -> Any:
     """The object a bundle's kind stands for (retriever, recommender or query encoder); see the module doc.
 
     ``options`` go to the kind's loader; an index also takes ``model=`` (query-encoder bundle), ``verify=`` and
-    ``use_gpu=``, and passes the rest to its query encoder (e.g. ``num_threads=1``).
+    ``use_gpu=``, and passes the rest to its query encoder (e.g. ``threads=1``). An option the loader does not take
+    is refused with the list of those it takes (:class:`~retrec.contracts.UnknownOptionError`), never dropped.
     """
     manifest = read_manifest(path)
     try:
@@ -46,6 +48,6 @@ def load(path: str | os.PathLike[str], **options: Any) -> Any:
     if kind.role in ("recommender", "query_encoder") and kind.load is not None:
         if "model" in options:
             raise TypeError(f"model= is for index bundles; {path} is a {kind.kind} bundle")
-        return kinds.call(kind.load, path, **options)
+        return call_hook(kind.kind, kinds.resolve(kind.load), path, options=options)
     raise BundleError(f"{path}: a {kind.kind} bundle ({kind.role}) has nothing to load for search or "
                       "recommendation; retrec.load opens index versions, recommenders and query encoders")

@@ -6,12 +6,15 @@ re-ranker), its **payload** (what an index searches with, or what a query encode
 vector, sparse term weights, a variable-length token matrix), and its code as ``"module:attr"`` strings that
 are imported only when used (this module imports nothing of retrec, so every layer may read it):
 
-- ``load``: ``load(path, **options) -> object`` — an index (``search(payloads, k) -> list[Hits]``; with
-  ``shard=i`` one shard of it), a query encoder (``encode_queries(texts) -> payloads``), a recommender
-  (:class:`retrec.runtime.recommender.Recommender`) or a table;
+- ``load``: ``load(path, **options) -> object`` — an index (:class:`retrec.contracts.Index`: ``search(payloads,
+  k) -> list[Hits]``; with ``shard=i`` one shard of it), a query encoder (:class:`~retrec.contracts.QueryEncoder`:
+  ``encode_queries(texts) -> payloads``), a recommender (:class:`~retrec.contracts.Recommender`), a re-ranker
+  (:class:`~retrec.contracts.Reranker`) or a table (:class:`~retrec.contracts.Table`); its signature names every
+  option it takes, one name per option across kinds (``shard``, ``verify``, ``use_gpu``, ``threads``, ...), and
+  it refuses any other with the list (:func:`retrec.contracts.strict_options`);
 - ``build``: index kinds only — ``build(doc_ids, texts, *, encoder, factory, shards, progress) -> index``
-  (an object with ``save(directory, name=...)``); what ``retrec index KIND`` and ``retrec eval --retriever``
-  call;
+  (an object with ``save(directory, name=...) -> Manifest``); what ``retrec index KIND`` and ``retrec eval
+  --retriever`` call;
 - ``assemble``: index kinds only — ``assemble(doc_ids, encoded, *, encoder, factory, shards) -> index`` from
   documents already encoded (rows in ``doc_ids`` order): by the query encoder's ``encode_documents`` for encoded
   kinds, by the kind's ``prepare(texts, **options) -> per-document payloads`` (e.g. BM25's terms) for text kinds;
@@ -21,7 +24,13 @@ are imported only when used (this module imports nothing of retrec, so every lay
 - ``check``: index kinds only — ``check(index_manifest, encoder_manifest) -> None`` raising
   :class:`retrec.bundle.BundleError` when the pair does not fit (before a swap, an eval or a load);
 - ``serve``: the Ray Serve deployment of one shard / one recommender replica (default: the generic one);
-- ``default_model``: a callable giving the query-encoder bundle used when none is named (e.g. zero-shot MiniLM).
+- ``default_model``: a callable giving the query-encoder bundle used when none is named (e.g. zero-shot MiniLM);
+- ``train`` and ``train_config``: model kinds that can be trained — ``train(data, out, cfg, *, resume, command)
+  -> Path`` writes the bundle (a trainer may also take ``kind``, the kind string: one function for several kinds),
+  ``cfg`` an instance of the ``train_config`` dataclass, whose fields (declared with
+  :func:`retrec.pipelines.train.options.option`: default, help, choices) become the options of
+  ``retrec train NAME`` (``NAME``: ``train_name``, default the kind's name after ``model/``); the dataclass's
+  docstring is the command's help and its ``data_help`` class attribute the help of ``--data``.
 
 ``eval_names`` are the names ``retrec eval --retriever NAME`` and ``/v1/search {"retriever": NAME}`` know the
 kind by. Adding a model family is its own modules plus one :func:`register` call — built in below, or in a
@@ -97,6 +106,9 @@ class Kind:
     check: str | None = None
     serve: str | None = None
     default_model: str | None = None
+    train: str | None = None  # "module:function" writing a bundle of this kind (see the module docstring)
+    train_config: str | None = None  # "module:Class": the config dataclass of ``train``
+    train_name: str | None = None  # ``retrec train NAME`` (default: the kind's name after the slash)
     encoder_kinds: tuple[str, ...] = ()  # index kinds searched with encoded queries: the encoders that fit
     eval_names: tuple[str, ...] = ()
     options: dict[str, Any] = field(default_factory=dict)  # kind-specific defaults (e.g. {"factory": "Flat"})
@@ -110,9 +122,21 @@ class Kind:
             raise ValueError(f"kind {self.kind!r}: payload {self.payload!r} is not one of {', '.join(PAYLOADS)}")
         if self.role == "index" and self.payload is None:
             raise ValueError(f"kind {self.kind!r}: an index kind names the payload it searches with")
-        for ref in (self.load, self.build, self.assemble, self.prepare, self.check, self.serve, self.default_model):
+        for ref in (self.load, self.build, self.assemble, self.prepare, self.check, self.serve, self.default_model,
+                    self.train, self.train_config):
             if ref is not None and ref.count(":") != 1:
                 raise ValueError(f"kind {self.kind!r}: {ref!r} is not 'module:attr'")
+        if (self.train is None) != (self.train_config is None):
+            raise ValueError(f"kind {self.kind!r}: a trainer names both train and train_config")
+        if self.train is not None and self.role == "index":
+            raise ValueError(f"kind {self.kind!r}: indexes are built (retrec index), not trained")
+
+    @property
+    def command_name(self) -> str | None:
+        """``retrec train NAME`` for a trainable kind (None otherwise)."""
+        if self.train is None:
+            return None
+        return self.train_name or self.kind.partition("/")[2]
 
     @property
     def needs_encoder(self) -> bool:
@@ -131,7 +155,9 @@ BUILTIN: tuple[Kind, ...] = (
          check="retrec.index.faiss_index:check_index", default_model="retrec.models.text_encoder:zero_shot_bundle",
          encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "Flat"}),
     Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",
-         load="retrec.runtime.onnx_encoder:OnnxEncoder"),
+         load="retrec.runtime.onnx_encoder:OnnxEncoder",
+         train="retrec.pipelines.train.text.dense:train_dense",
+         train_config="retrec.pipelines.train.text.config:DenseTrainConfig"),
     Kind(MUVERA_INDEX, "index", "multi-vector: MUVERA FDEs in FAISS shards (fast-scan PQ or any index_factory "
          "string), each shard's "
          "top candidates re-ranked by exact MaxSim over its float16 token store", payload="tokens",
@@ -143,7 +169,9 @@ BUILTIN: tuple[Kind, ...] = (
          build="retrec.index.multivector:build_maxsim", assemble="retrec.index.multivector:assemble_maxsim",
          check="retrec.index.faiss_index:check_index", encoder_kinds=(MULTIVECTOR_MODEL,), eval_names=("maxsim",)),
     Kind(MULTIVECTOR_MODEL, "query_encoder", "ONNX token encoder (MiniLM + a projection, L2-normalised per token; "
-         "ColBERT-style)", payload="tokens", load="retrec.runtime.token_encoder:OnnxTokenEncoder"),
+         "ColBERT-style)", payload="tokens", load="retrec.runtime.token_encoder:OnnxTokenEncoder",
+         train="retrec.pipelines.train.text.multivector:train_multivector",
+         train_config="retrec.pipelines.train.text.config:MultivectorTrainConfig"),
     Kind(SPARSE_INDEX, "index", "learned sparse: an inverted index over quantised impacts (uint8 or float16), "
          "sharded, exact top-k by posting-list accumulation", payload="sparse",
          load="retrec.index.sparse_index:load_index", build="retrec.index.sparse_index:build_index",
@@ -151,25 +179,43 @@ BUILTIN: tuple[Kind, ...] = (
          encoder_kinds=(SPARSE_MODEL,), eval_names=("sparse",)),
     Kind(SPARSE_MODEL, "query_encoder", "ONNX SPLADE encoder (MiniLM + a head tied to the word embeddings; "
          "siamese, or inference-free: queries weighted by a table)", payload="sparse",
-         load="retrec.runtime.sparse_encoder:OnnxSparseEncoder"),
+         load="retrec.runtime.sparse_encoder:OnnxSparseEncoder",
+         train="retrec.pipelines.train.text.sparse:train_sparse",
+         train_config="retrec.pipelines.train.text.config:SparseTrainConfig"),
     Kind(RERANKER_MODEL, "reranker", "ONNX cross-encoder (MiniLM + a linear head) scoring (query, document) pairs",
-         load="retrec.runtime.reranker:OnnxReranker"),
+         load="retrec.runtime.reranker:OnnxReranker",
+         train="retrec.pipelines.train.text.reranker:train_reranker",
+         train_config="retrec.pipelines.train.text.config:RerankerTrainConfig"),
     Kind(BERT4REC_MODEL, "recommender", "BERT4Rec: ONNX user encoder over a collisionless item table",
-         load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("bert4rec",)),
+         load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("bert4rec",),
+         train="retrec.pipelines.train.seq.bert4rec:train_bert4rec",
+         train_config="retrec.pipelines.train.seq.config:BERT4RecTrainConfig"),
     Kind(MARKOV_MODEL, "recommender", "first-order Markov chain: transition counts backed off to popularity",
-         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("markov",)),
+         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("markov",),
+         train="retrec.pipelines.train.seq.fusion:train_count_kind",
+         train_config="retrec.pipelines.train.seq.config:CountTrainConfig"),
     Kind(MARKOV_DECAY_MODEL, "recommender", "transitions from the last items of the history, weighted by recency "
          "(the decay chosen on the validation item)",
-         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("markov-decay",)),
+         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("markov-decay",),
+         train="retrec.pipelines.train.seq.fusion:train_count_kind",
+         train_config="retrec.pipelines.train.seq.config:CountTrainConfig"),
     Kind(COOC_MODEL, "recommender", "item co-occurrence in histories (cosine), summed over the history by recency",
-         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("cooc",)),
+         load="retrec.runtime.count_recommender:CountBundle.load", eval_names=("cooc",),
+         train="retrec.pipelines.train.seq.fusion:train_count_kind",
+         train_config="retrec.pipelines.train.seq.config:CountTrainConfig"),
     Kind(FUSION_MODEL, "recommender", "weighted sum of its component recommenders' normalised scores",
-         load="retrec.runtime.fused_recommender:FusedRecommender.load", eval_names=("fusion",)),
+         load="retrec.runtime.fused_recommender:FusedRecommender.load", eval_names=("fusion",),
+         train="retrec.pipelines.train.seq.fusion:train_fusion_kind",
+         train_config="retrec.pipelines.train.seq.config:FusionTrainConfig", train_name="fusion"),
     Kind(SASREC_MODEL, "recommender", "SASRec: causal ONNX user encoder over a collisionless item table",
-         load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("sasrec",)),
+         load="retrec.runtime.sequence_recommender:SequenceRecommender.load", eval_names=("sasrec",),
+         train="retrec.pipelines.train.seq.sasrec:train_sasrec",
+         train_config="retrec.pipelines.train.seq.config:SASRecTrainConfig"),
     Kind(ONEREC_MODEL, "recommender", "OneRec: semantic IDs generated by an encoder–decoder (sparse-MoE decoder), "
          "ONNX steps driven by a trie-constrained beam search",
-         load="retrec.runtime.onerec:OneRecRecommender.load", eval_names=("onerec",)),
+         load="retrec.runtime.onerec:OneRecRecommender.load", eval_names=("onerec",),
+         train="retrec.pipelines.train.seq.onerec:train_onerec",
+         train_config="retrec.pipelines.train.seq.config:OneRecTrainConfig"),
     Kind(EMBEDDING_TABLE, "table", "collisionless embedding table snapshot (Parquet + safetensors)",
          load="retrec.tables:FrozenTable.load"),
     Kind(EMBEDDING_TABLE_DELTA, "table", "collisionless embedding table delta since a snapshot"),

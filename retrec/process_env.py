@@ -77,7 +77,7 @@ def ray_temp_root(environ: dict[str, str] | os._Environ[str] = os.environ) -> st
     return "/tmp"
 
 
-def configure_process(num_threads: int | None = None) -> int:
+def configure_process(threads: int | None = None) -> int:
     """Apply offline/telemetry defaults and cap thread pools; returns the thread count used.
 
     Environment variables already set by the user win. Libraries that are already imported
@@ -89,7 +89,7 @@ def configure_process(num_threads: int | None = None) -> int:
     short = ray_temp_root()
     if short is not None:
         os.environ["RAY_TMPDIR"] = short
-    threads = num_threads or int(os.environ.get("RETREC_NUM_THREADS", 0)) or available_cpus()
+    threads = threads or int(os.environ.get("RETREC_NUM_THREADS", 0)) or available_cpus()
     for key in _THREAD_VARS:
         os.environ.setdefault(key, str(threads))
     if "torch" in sys.modules:

@@ -2,7 +2,8 @@
 
 Layers (a module may import its own layer and the ones below it, never above):
 
-    0  data, atomic, bundle, process_env, kinds, console   (kinds names loaders as "module:attr" strings only)
+    0  data, atomic, bundle, process_env, kinds,      (kinds names loaders as "module:attr" strings only;
+       console, contracts                             contracts holds the Protocols of the hooks' products)
     1  tables                                         (collisionless ID tables)
     2  runtime                                        (torch-free inference, count models, the semantic-ID trie)
     3  models, index                                  (training must tokenise and post-process as inference does)
@@ -49,6 +50,7 @@ LAYERS: dict[str, int] = {
     "retrec.kinds": 0,
     "retrec.extras": 0,
     "retrec.console": 0,
+    "retrec.contracts": 0,
     "retrec.tables": 1,
     "retrec.runtime": 2,
     "retrec.models": 3,
@@ -227,7 +229,8 @@ def test_checker_sees_nested_relative_and_from_imports(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("name, layer", [("retrec.cli.demo", 5), ("retrec.pipelines.eval.compare", 4),
                                          ("retrec.tables.live", 1), ("retrec", 0), ("retrec.kinds", 0),
-                                         ("retrec.runtime.tokenizer", 2), ("retrec.models.splade", 3)])
+                                         ("retrec.contracts", 0), ("retrec.runtime.tokenizer", 2),
+                                         ("retrec.models.splade", 3)])
 def test_layer_map(name: str, layer: int) -> None:
     assert layer_of(name) == layer
 

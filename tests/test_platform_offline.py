@@ -6,6 +6,7 @@ version evaluates exactly as the in-memory build; run files, qrels files, measur
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -26,6 +27,7 @@ from retrec.index.fusion import minmax, rrf
 from tests.tiny_models import tiny_dense_encoder
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _invoke(args: list[str]) -> tuple[dict, str]:
@@ -42,6 +44,13 @@ def _fails(args: list[str], message: str) -> None:
     result = runner.invoke(app, [str(a) for a in args])
     flat = " ".join(result.output.replace("│", " ").split())  # no error-box borders or line wraps
     assert result.exit_code == 2 and message in flat, result.output
+
+
+def _plugin_cli(args: list) -> subprocess.CompletedProcess:
+    """``retrec ARGS`` in a fresh process that loads the toy kinds as a plugin (from the repository root)."""
+    env = {**os.environ, "RETREC_PLUGINS": "tests.toy_kinds", "PYTHONPATH": str(REPO)}
+    return subprocess.run([sys.executable, "-c", "from retrec.cli import main; main()", *map(str, args)], cwd=REPO,
+                          env=env, capture_output=True, text=True, timeout=300)
 
 
 def _ranked(path: Path) -> dict[str, list[tuple[str, float]]]:
@@ -84,9 +93,14 @@ def test_toy_retriever_kind_through_index_eval_hybrid_and_load(default_data: Pat
     assert loaded.search([queries[qids[0]]], 10)[0] == toy_hits[0][:10]
 
 
-def test_toy_recommender_kind_through_eval_rec_and_load(default_data: Path, tmp_path: Path) -> None:
+def test_toy_recommender_kind_through_train_eval_rec_and_load(default_data: Path, tmp_path: Path) -> None:
+    """A kind defined only in tests/ is trained by ``retrec train toy`` (the plugin named in $RETREC_PLUGINS),
+    evaluated by ``retrec eval-rec`` and loaded by ``retrec.load``; serving it: tests/serving/test_plugin_kinds.py."""
     sequences = user_sequences(load_interactions(default_data))
-    bundle = toy.write_toy_recommender(tmp_path / "toypop", sequences.items)
+    bundle = tmp_path / "toypop"
+    trained = _plugin_cli(["train", "toy", "--data", default_data, "--out", bundle, "--min-count", "1"])
+    assert trained.returncode == 0, trained.stderr
+    assert read_manifest(bundle).config["train"] == {"min_count": 1, "device": "cpu", "precision": "fp32"}
     out = _json(["eval-rec", "--data", default_data, "--model", bundle, "--json"])
     # independent check of HR@10: the toy generates its 100 most popular items; seen ones are excluded
     rec = retrec.load(bundle)
@@ -138,8 +152,8 @@ def test_dense_index_version_equals_in_memory_build(default_data: Path, tmp_path
     _fails(["eval", "--data", default_data, "--retriever", "bm25", "--model", encoder], "bm25 takes no model")
     _fails(["index", "dense", "--data", default_data, "--model", encoder, "--out", index], "written once")
     query = next(iter(load_retrieval_data(default_data).query_texts().items()))
-    assert retrec.load(encoder, num_threads=1).encode_queries(["scurvy"]).shape == (1, 16)
-    loaded = retrec.load(index, num_threads=1).search([query[1]], 5)[0]
+    assert retrec.load(encoder, threads=1).encode_queries(["scurvy"]).shape == (1, 16)
+    loaded = retrec.load(index, threads=1).search([query[1]], 5)[0]
     assert [d for d, _ in loaded] == [d for d, _ in a[query[0]][:5]]
     np.testing.assert_allclose([s for _, s in loaded], [s for _, s in a[query[0]][:5]], rtol=0, atol=1e-6)
 

@@ -14,7 +14,7 @@ def test_defaults_do_not_override_user_settings(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     monkeypatch.setenv("RAY_USAGE_STATS_ENABLED", "1")
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
-    threads = configure_process(num_threads=1)
+    threads = configure_process(threads=1)
     import os
 
     assert os.environ["HF_HUB_OFFLINE"] == "1"

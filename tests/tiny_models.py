@@ -119,3 +119,105 @@ def tiny_sparse_encoder(out: Path, seed: int = 0, mode: str = "siamese") -> Path
     export_sparse(model, out, tokenizer=tok, config=SparseConfig(mode=mode, max_query_length=16, max_doc_length=64),
                   query_weights=table, name="tiny-sparse", version=f"sparse-{seed}")
     return out
+
+
+ITEMS = ("i1", "i2", "i3", "i4", "i5", "i6")
+HISTORIES = [["i1", "i2", "i3"], ["i2", "i3", "i4"], ["i5", "i1", "i2"], ["i6", "i4", "i3", "i1"]]
+
+
+def _onnx(out: Path, nodes: list, inputs: list, outputs: list, initializers: dict[str, np.ndarray]) -> None:
+    import onnx
+    from onnx import helper, numpy_helper
+
+    graph = helper.make_graph(nodes, out.stem, inputs, outputs,
+                              initializer=[numpy_helper.from_array(v, k) for k, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.save(model, str(out))
+
+
+def tiny_table(out: Path, dim: int = 4, items: tuple[str, ...] = ITEMS, seed: int = 0) -> Path:
+    """A ``table/embedding`` snapshot of ``items`` (string ids) with random rows."""
+    from retrec.tables import EmbeddingTable
+
+    table = EmbeddingTable(dim)
+    table.observe(list(items), now=0.0)
+    table.update(list(items), np.random.default_rng(seed).standard_normal((len(items), dim)), now=0.0)
+    table.snapshot(out, name="tiny-items")
+    return out
+
+
+def tiny_sequence_recommender(out: Path, kind: str = "model/bert4rec", dim: int = 4, steps: int = 4) -> Path:
+    """A ``model/bert4rec`` or ``model/sasrec`` bundle: the user is the sum of its history's rows (ONNX, no torch)."""
+    from onnx import TensorProto, helper
+
+    out.mkdir(parents=True)
+    tiny_table(out / "items", dim)
+    _onnx(out / "user_encoder.onnx", [
+        helper.make_node("Not", ["padding"], ["real"]),
+        helper.make_node("Cast", ["real"], ["realf"], to=TensorProto.FLOAT),
+        helper.make_node("Unsqueeze", ["realf", "axis2"], ["real3"]),
+        helper.make_node("Mul", ["history", "real3"], ["kept"]),
+        helper.make_node("ReduceSum", ["kept", "axis1"], ["user"], keepdims=0)],
+        [helper.make_tensor_value_info("history", TensorProto.FLOAT, ["b", steps, dim]),
+         helper.make_tensor_value_info("padding", TensorProto.BOOL, ["b", steps])],
+        [helper.make_tensor_value_info("user", TensorProto.FLOAT, ["b", dim])],
+        {"axis1": np.array([1], np.int64), "axis2": np.array([2], np.int64)})
+    write_manifest(out, kind=kind, name="tiny-seq", dims={"history_len": steps, "row_dim": dim})
+    return out
+
+
+def tiny_onerec(out: Path, items: tuple[str, ...] = ITEMS, seed: int = 0) -> Path:
+    """A ``model/onerec`` bundle: two-level semantic ids; the decoder step scores the next token from the last one
+    (a random table, log-softmaxed), the encoder passes the history through (ONNX, no torch)."""
+    from onnx import TensorProto, helper
+
+    from retrec.runtime.onerec import IDS_FILE, write_semantic_ids
+    from retrec.runtime.semantic_ids import CodeTree
+
+    out.mkdir(parents=True)
+    codes = np.array([[i // 2, i % 2] for i in range(len(items))], np.int64)
+    write_semantic_ids(out / IDS_FILE, items, codes)
+    tree = CodeTree(codes)
+    _onnx(out / "encoder.onnx", [
+        helper.make_node("Cast", ["history"], ["memory"], to=TensorProto.FLOAT),
+        helper.make_node("ReduceSum", ["history", "axis2"], ["total"], keepdims=0),
+        helper.make_node("Equal", ["total", "zero"], ["padding"])],
+        [helper.make_tensor_value_info("history", TensorProto.INT64, ["b", "t", tree.depth])],
+        [helper.make_tensor_value_info("memory", TensorProto.FLOAT, ["b", "t", tree.depth]),
+         helper.make_tensor_value_info("padding", TensorProto.BOOL, ["b", "t"])],
+        {"axis2": np.array([2], np.int64), "zero": np.array(0, np.int64)})
+    table = np.random.default_rng(seed).standard_normal((tree.vocab, tree.vocab)).astype(np.float32)
+    _onnx(out / "decoder_step.onnx", [
+        helper.make_node("Gather", ["tokens", "last"], ["previous"], axis=1),
+        helper.make_node("Gather", ["table", "previous"], ["logits"]),
+        helper.make_node("LogSoftmax", ["logits"], ["logp"], axis=-1)],
+        [helper.make_tensor_value_info("memory", TensorProto.FLOAT, ["b", "t", tree.depth]),
+         helper.make_tensor_value_info("padding", TensorProto.BOOL, ["b", "t"]),
+         helper.make_tensor_value_info("tokens", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("logp", TensorProto.FLOAT, ["b", tree.vocab])],
+        {"table": table, "last": np.array(-1, np.int64)})
+    write_manifest(out, kind="model/onerec", name="tiny-onerec",
+                   dims={"max_len": 4, "session": 2, "beam": 3, "depth": tree.depth, "vocab": tree.vocab},
+                   config={"model": {"level_sizes": tree.sizes.tolist()}})
+    return out
+
+
+def tiny_count_recommender(out: Path, model: str = "markov") -> Path:
+    """A count-model bundle (``markov``, ``markov-decay`` or ``cooc``) fitted on :data:`HISTORIES`."""
+    from retrec.runtime.count_recommender import CountBundle
+
+    out.mkdir(parents=True)
+    write_manifest(out, **CountBundle.fit(model, HISTORIES).save(out))
+    return out
+
+
+def tiny_fusion(out: Path) -> Path:
+    """A ``model/rec-fusion`` bundle of a Markov and a co-occurrence component."""
+    out.mkdir(parents=True)
+    for name in ("markov", "cooc"):
+        tiny_count_recommender(out / "components" / name, name)
+    write_manifest(out, kind="model/rec-fusion", name="tiny-fusion",
+                   config={"components": [{"name": "markov", "weight": 0.5, "normalise": "sum"},
+                                          {"name": "cooc", "weight": 0.5, "normalise": "sum"}]})
+    return out

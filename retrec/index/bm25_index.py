@@ -4,7 +4,8 @@ Example::
 
     index = BM25Index.build(doc_ids, texts)            # Lucene BM25, k1=0.9 b=0.4, English stemming
     hits = index.search(["what causes scurvy"], k=10)   # [[(doc_id, score), ...]]
-    index.save("artifacts/bm25");  BM25Index.load("artifacts/bm25")
+    index.save("artifacts/bm25").version;  BM25Index.load("artifacts/bm25")   # save: the bundle's Manifest
+    load_index("artifacts/bm25", shard=0, foo=1)   # UnknownOptionError: ... it takes: shard, verify
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ import numpy as np
 import Stemmer
 from safetensors.numpy import load_file, save_file
 
-from retrec.bundle import BundleError, load_bundle, publish
+from retrec.bundle import BundleError, Manifest, load_bundle, publish
+from retrec.contracts import strict_options
 from retrec.index.retriever import Hits, top_k_rows
 from retrec.kinds import BM25_INDEX
 
@@ -56,6 +58,9 @@ class BM25Index:
         self.config = config
         self._stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
         self._order_key = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object))).astype(np.int64)
+
+    def __len__(self) -> int:
+        return len(self.doc_ids)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
         return tokenize(texts, self.config, self._stemmer)
@@ -101,8 +106,8 @@ class BM25Index:
             out.append([(self.doc_ids[i], float(s[i])) for i in rows])
         return out
 
-    def save(self, directory: str | Path, name: str = "bm25", metrics: dict | None = None) -> Path:
-        """Publish the index at ``directory`` atomically (an existing BM25 bundle there is replaced)."""
+    def save(self, directory: str | Path, name: str = "bm25", metrics: dict | None = None) -> Manifest:
+        """Publish the index at ``directory`` atomically (an existing BM25 bundle there is replaced); its manifest."""
         root = Path(directory)
         with publish(root) as pub:
             s = self.model.scores
@@ -112,11 +117,12 @@ class BM25Index:
             (pub.path / "doc_ids.json").write_text(json.dumps(self.doc_ids, ensure_ascii=False))
             pub.set_manifest(kind=KIND, name=name, config=asdict(self.config), metrics=metrics,
                              dims={"documents": len(self.doc_ids), "vocabulary": len(self.model.vocab_dict)})
-        return root
+        assert pub.manifest is not None
+        return pub.manifest
 
     @classmethod
-    def load(cls, directory: str | Path) -> BM25Index:
-        manifest = load_bundle(directory, kind=KIND)
+    def load(cls, directory: str | Path, verify: bool = True) -> BM25Index:
+        manifest = load_bundle(directory, kind=KIND, verify=verify)
         config = BM25Config(**manifest.config)
         arrays = load_file(str(manifest.file("scores.safetensors")))
         doc_ids = json.loads(manifest.file("doc_ids.json").read_text())
@@ -153,8 +159,10 @@ def assemble_index(doc_ids: Sequence[str], prepared: Sequence[list[str]], *, sha
     return BM25Index.from_tokens(doc_ids, prepared, _config(options))
 
 
-def load_index(path: str | Path, *, shard: int | None = None, verify: bool = True, **_: object) -> BM25Index:
-    """Registry loader: the BM25 index version at ``path`` (it has one shard, number 0)."""
+@strict_options(KIND)
+def load_index(path: str | Path, *, shard: int | None = None, verify: bool = True) -> BM25Index:
+    """Registry loader: the BM25 index version at ``path`` (it has one shard, number 0); ``verify=False`` skips
+    the checksums. Any other option is refused (:class:`~retrec.contracts.UnknownOptionError`)."""
     if shard not in (None, 0):
         raise BundleError(f"{path}: a BM25 index has one shard, not shard {shard}")
-    return BM25Index.load(path)
+    return BM25Index.load(path, verify=verify)

@@ -35,6 +35,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
+from retrec.contracts import strict_options
 from retrec.index.retriever import Hits
 from retrec.kinds import DENSE_INDEX
 from retrec.runtime.vectors import l2_normalize
@@ -164,6 +165,11 @@ class FaissIndex:
     def check_encoder(self, encoder: Manifest | Mapping[str, Any]) -> None:
         """Refuse an encoder this index's vectors did not come from (see :func:`check_encoder`)."""
         check_encoder(self.encoder_check_ref(), encoder)
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """Every document id held, shard by shard."""
+        return [d for ids in self.shard_ids for d in ids]
 
     @property
     def on_gpu(self) -> list[bool]:
@@ -357,6 +363,7 @@ def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any]) -> None:
     check_encoder(index_check_ref(index), encoder, where=str(index.path or index.name))
 
 
+@strict_options(KIND)
 def load_index(
     path: str | Path, *, shard: int | None = None, encoder: Manifest | Mapping[str, Any] | None = None,
     use_gpu: bool | None = None, verify: bool = True,

@@ -33,17 +33,18 @@ import pyarrow.parquet as pq
 
 from retrec import kinds
 from retrec.bundle import BundleError, Manifest, load_bundle, publish, read_manifest
-from retrec.index.retriever import Hits
+from retrec.contracts import Hits, Index, call_hook, check_options
 
 DOCUMENTS = "documents.parquet"  # in every index version: doc_id and the sha256 of the text it indexed
 LOAD_ARGS = ("shard", "encoder", "verify", "use_gpu")  # set by open_index and serving, never by index_options
+OPEN_ARGS = ("model", "verify", "use_gpu", "index_options")  # open_index's own; the rest go to the query encoder
 ENCODING_KEY = "retrec.encoding"  # documents.parquet metadata: the encoder identity of an encoded kind's vectors
 
 
 class IndexRetriever:
     """``search(queries, k)`` over an index of any kind; ``encoder`` encodes the queries of encoded kinds."""
 
-    def __init__(self, name: str, index: Any, encoder: Any | None = None, manifest: Manifest | None = None) -> None:
+    def __init__(self, name: str, index: Index, encoder: Any | None = None, manifest: Manifest | None = None) -> None:
         self.name = name
         self.index = index
         self.encoder = encoder
@@ -56,14 +57,12 @@ class IndexRetriever:
 
     @property
     def doc_ids(self) -> list[str] | None:
-        """The indexed document ids when the index exposes them (``doc_ids`` or per-shard ``shard_ids``)."""
+        """The indexed document ids (:attr:`retrec.contracts.Index.doc_ids`; None for an index without them)."""
         ids = getattr(self.index, "doc_ids", None)
-        if ids is not None:
-            return list(ids)
-        shards = getattr(self.index, "shard_ids", None)
-        return None if shards is None else [d for part in shards for d in part]
+        return None if ids is None else list(ids)
 
-    def save(self, directory: str | Path, name: str | None = None, metrics: dict[str, Any] | None = None) -> Any:
+    def save(self, directory: str | Path, name: str | None = None, metrics: dict[str, Any] | None = None
+             ) -> Manifest:
         """Save the index version in place (the encoder bundle stays where it is; see :func:`publish_index`)."""
         return self.index.save(directory, name=name or self.name, metrics=metrics)
 
@@ -83,7 +82,9 @@ def display_name(kind: kinds.Kind) -> str:
 
 
 def load_query_encoder(kind: kinds.Kind, model: str | Path | None, **options: Any) -> Any:
-    """The query encoder of an encoded index kind: bundle ``model``, else the kind's ``default_model``."""
+    """The query encoder of an encoded index kind: bundle ``model``, else the kind's ``default_model``; ``options``
+    go to the encoder's loader (e.g. ``threads=1``), refused with the list of its options when it takes no such one
+    (:class:`~retrec.contracts.UnknownOptionError`)."""
     if not kind.needs_encoder:
         raise ValueError(f"{kind.kind} searches with text: it has no query encoder")
     if model is None:
@@ -95,7 +96,7 @@ def load_query_encoder(kind: kinds.Kind, model: str | Path | None, **options: An
     if manifest.kind not in kind.encoder_kinds:
         raise BundleError(f"{model}: a {manifest.kind!r} bundle; {kind.kind} queries are encoded by "
                           f"{' or '.join(kind.encoder_kinds) or 'no registered kind'} bundles")
-    return kinds.call(kinds.get(manifest.kind).load, model, **options)
+    return call_hook(manifest.kind, kinds.resolve(kinds.get(manifest.kind).load), model, options=options)
 
 
 def build_index(
@@ -125,7 +126,8 @@ def open_index(
     index_options: dict[str, Any] | None = None, **encoder_options: Any,
 ) -> IndexRetriever:
     """A saved index version of any kind as a retriever; ``model`` overrides the recorded query encoder;
-    ``index_options`` go to the kind's loader (e.g. muvera's ``candidates``), refused unless it names them.
+    ``index_options`` go to the kind's loader (e.g. muvera's ``candidates``), refused unless it names them;
+    ``encoder_options`` to the query encoder's (e.g. ``threads``), refused by it, or here for a text kind.
 
     Raises :class:`BundleError` for a bundle that is not an index, an encoded index with no encoder to use,
     or an encoder the kind's ``check`` hook refuses.
@@ -156,6 +158,8 @@ def open_index(
                 raise BundleError(f"query encoder {encoder_path} does not fit index {path}: {exc}") from exc
     elif model is not None:
         raise BundleError(f"{path}: a {kind.kind} index searches with the query text; it takes no model")
+    else:
+        check_options(f"{path}: {kind.kind} (no query encoder)", encoder_options, OPEN_ARGS[1:])
     if index_options:
         kinds.check_params(kind.load, index_options, f"a {kind.kind} index", LOAD_ARGS)
     args: dict[str, Any] = {**(index_options or {}), "verify": verify, "use_gpu": use_gpu}

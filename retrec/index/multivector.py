@@ -39,6 +39,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
+from retrec.contracts import strict_options
 from retrec.index.faiss_index import (
     SHARD_HASH,
     _read_index,
@@ -145,6 +146,10 @@ class MultiVectorIndex:
     @property
     def shard_ids(self) -> list[list[str]]:
         return [list(s.ids) for s in self.shards]
+
+    @property
+    def doc_ids(self) -> list[str]:
+        return [d for s in self.shards for d in s.ids]
 
     def __len__(self) -> int:
         return len(self._ids_by_rank)
@@ -337,6 +342,7 @@ def build_maxsim(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, 
                            shards=shards)
 
 
+@strict_options(" / ".join(KINDS))
 def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest | Mapping[str, Any] | None = None,
                verify: bool = True, candidates: int | None = None, search_params: str | None = None,
                mmap: bool = True) -> MultiVectorIndex:

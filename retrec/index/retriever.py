@@ -1,4 +1,4 @@
-"""The retriever contract shared by offline evaluation and online serving.
+"""The retriever contract shared by offline evaluation and online serving (:class:`retrec.contracts.Retriever`).
 
 A retriever turns query texts into ranked ``(doc_id, score)`` lists. Rankings are deterministic:
 score descending, ties broken by doc_id descending — the order trec_eval itself uses, so a run
@@ -8,19 +8,12 @@ file's ranks are exactly the ranks that get evaluated.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
 
 import numpy as np
 
-Hits = list[tuple[str, float]]
+from retrec.contracts import Hits, Retriever
 
-
-class Retriever(Protocol):
-    name: str
-
-    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
-        """Top-``k`` hits for each query, best first."""
-        ...
+__all__ = ["Hits", "Retriever", "top_k", "top_k_rows"]  # the contract itself lives in retrec.contracts
 
 
 def top_k_rows(scores: np.ndarray, k: int, order_key: np.ndarray, rows: np.ndarray | None = None) -> np.ndarray:

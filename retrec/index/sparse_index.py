@@ -38,6 +38,7 @@ from safetensors import SafetensorError
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
+from retrec.contracts import SparseVector, strict_options
 from retrec.index.faiss_index import SHARD_HASH, check_encoder, encoder_ref, index_check_ref, shard_of
 from retrec.index.retriever import Hits
 from retrec.kinds import SPARSE_INDEX
@@ -48,7 +49,6 @@ QUANTIZATIONS = ("uint8", "float16")
 STORED = {"uint8": np.uint8, "float16": np.float16}  # the impacts' dtype on disk
 FLOAT16_MAX = float(np.finfo(np.float16).max)
 QUERY_CHUNK = 64  # queries multiplied by the postings at once (bounds the [queries, documents] product)
-SparseVector = tuple[np.ndarray, np.ndarray]  # (int64 term ids [t], float32 weights [t])
 
 
 @dataclass(eq=False)
@@ -135,6 +135,11 @@ class SparseIndex:
     @property
     def shard_ids(self) -> list[list[str]]:
         return [list(s.ids) for s in self.shards]
+
+    @property
+    def doc_ids(self) -> list[str]:
+        """Every document id held, shard by shard."""
+        return [d for s in self.shards for d in s.ids]
 
     def __len__(self) -> int:
         return len(self._ids_by_rank)
@@ -260,6 +265,7 @@ def build_index(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, s
                           shards=shards, quantization=quantization)
 
 
+@strict_options(KIND)
 def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest | Mapping[str, Any] | None = None,
                verify: bool = True) -> SparseIndex:
     """Registry loader: the whole index version, or one shard (``shard=i``), with its checks."""

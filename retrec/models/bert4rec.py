@@ -29,6 +29,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
+from retrec.models.onnx_export import BATCH_AXIS, OPSET, export_graph
+
+HISTORY_AXES = {0: "batch", 1: "steps"}  # a history input's (or per-position output's) dynamic axes
+
 
 @dataclass
 class BERT4RecConfig:
@@ -220,18 +224,13 @@ class UserEncoder(nn.Module):
         return torch.cat([user, torch.ones(b, 1, dtype=user.dtype)], dim=1)
 
 
-def export_user_encoder(model: BERT4Rec, path: str | Path, opset: int = 17) -> Path:
-    """Write the user encoder as ONNX with dynamic batch and history axes."""
-    path = Path(path)
+def export_user_encoder(model: BERT4Rec, path: str | Path, opset: int = OPSET) -> Path:
+    """Write the user encoder as ONNX with dynamic batch and history axes; leaves ``model`` in eval mode."""
     wrapper = UserEncoder(model).eval()
     d = model.cfg.hidden
     history = torch.randn(2, model.history_len(), d + 1)
     padding = torch.zeros(2, model.history_len(), dtype=torch.bool)
     padding[1, :3] = True
-    torch.onnx.export(
-        wrapper, (history, padding), str(path), input_names=["history", "padding"], output_names=["user"],
-        dynamic_axes={"history": {0: "batch", 1: "steps"}, "padding": {0: "batch", 1: "steps"},
-                      "user": {0: "batch"}},
-        opset_version=opset, dynamo=False,
-    )
-    return path
+    return export_graph(wrapper, path, inputs={"history": history, "padding": padding}, outputs=["user"],
+                        dynamic_axes={"history": HISTORY_AXES, "padding": HISTORY_AXES, "user": BATCH_AXIS},
+                        opset=opset, padding=("padding", True))

@@ -24,7 +24,6 @@ Example::
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -36,8 +35,11 @@ from torch import nn
 
 from retrec.bundle import Manifest, publish
 from retrec.kinds import RERANKER_MODEL
-from retrec.models.text_encoder import POOLINGS, _eager_attention, _quiet_transformers, onnx_variants
-from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer, minilm_dir
+from retrec.models.hf_backbone import eager_attention, load_bert
+from retrec.models.onnx_export import BATCH_AXIS, OPSET, export_graph, onnx_variants, text_axes
+from retrec.models.precision import on_model_device
+from retrec.models.text_encoder import POOLINGS
+from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer
 
 KIND = RERANKER_MODEL
 EXPORT_FORMAT = 1
@@ -89,17 +91,11 @@ class CrossEncoder(nn.Module):
     def from_pretrained(cls, folder: str | Path | None = None, pooling: str = "segments",
                         attn_implementation: str = "sdpa") -> CrossEncoder:
         """A BertModel from ``folder`` (default: the packaged MiniLM), offline, with a fresh head; eval mode."""
-        from transformers import BertModel
-
-        source = Path(folder) if folder is not None else minilm_dir()
-        with _quiet_transformers():
-            bert = BertModel.from_pretrained(
-                str(source), add_pooling_layer=False, local_files_only=True, attn_implementation=attn_implementation
-            )
-        return cls(bert, pooling=pooling).eval()
+        return cls(load_bert(folder, attn_implementation), pooling=pooling).eval()
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 token_type_ids: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask, token_type_ids = on_model_device(self, input_ids, attention_mask, token_type_ids)
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
                            token_type_ids=token_type_ids).last_hidden_state
         if self.pooling == "cls":
@@ -132,38 +128,23 @@ def score_pairs(model: CrossEncoder, tokenizer: TextTokenizer, pairs: Sequence[t
     out = np.zeros(len(pairs), dtype=np.float32)
     for positions, feeds in tokenizer.pair_batches(pairs, max_length, batch_size):
         scores = model(*(torch.from_numpy(feeds[name]) for name in INPUT_NAMES))
-        out[positions] = scores.float().numpy()
+        out[positions] = scores.float().cpu().numpy()
     return out
 
 
-def _export_graph(model: CrossEncoder, tokenizer: TextTokenizer, path: Path, opset: int) -> None:
-    # The example batch must contain padding and both segments: the trace keeps the mask and type paths.
-    args = pair_tensors(tokenizer, [("a query", "a short document"),
-                                    ("a longer query", "a longer document, padded on the other row")], 32)
-    if args[1].all():
-        raise RuntimeError("the export example batch has no padding")
-    axes = {0: "batch", 1: "sequence"}
-    dynamic_axes: dict[str, dict[int, str]] = {name: dict(axes) for name in INPUT_NAMES}
-    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _eager_attention(model), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python bools in HF masking code
-            torch.onnx.export(model, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                              dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
-    finally:
-        model.train(was_training)
-
-
 def write_reranker_files(model: CrossEncoder, out: Path, *, tokenizer: TextTokenizer, config: RerankerConfig,
-                         quantize: bool = False, opset: int = 17) -> tuple[dict[str, Any], dict[str, Any]]:
+                         quantize: bool = False, opset: int = OPSET) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write ``reranker.onnx`` (+ ``reranker-int8.onnx``) and ``tokenizer/`` into ``out``; no manifest. Returns the
     bundle's config and dims."""
     if config.pooling != model.pooling:
         raise ValueError(f"config pooling {config.pooling} differs from the model's {model.pooling}")
     tokenizer.save(out / TOKENIZER_DIR)
-    _export_graph(model, tokenizer, out / FP32_FILE, opset)
+    # The example batch must contain padding and both segments: the trace keeps the mask and type paths.
+    example = pair_tensors(tokenizer, [("a query", "a short document"),
+                                       ("a longer query", "a longer document, padded on the other row")], 32)
+    export_graph(model, out / FP32_FILE, inputs=dict(zip(INPUT_NAMES, example)), outputs=[OUTPUT_NAME],
+                 dynamic_axes={**text_axes(INPUT_NAMES), OUTPUT_NAME: BATCH_AXIS}, opset=opset,
+                 padding=("attention_mask", 0), context=eager_attention(model))
     variants, extra = onnx_variants(out, FP32_FILE, INT8_FILE, quantize)
     config_json = {**asdict(config), "variants": variants, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
                    "opset": opset, "export_format": EXPORT_FORMAT, "tokenizer": TOKENIZER_DIR, **extra}

@@ -22,18 +22,21 @@ Example::
     model = OneRec(OneRecConfig(level_sizes=[256, 256, 256, 4], max_len=50, session=5))
     memory, pad = model.encode(history_tokens)            # [B, T, depth] (oldest first) → [B, T, d], [B, T]
     logp = model.step(memory, pad, tokens)                # [B, vocab]: the next token's log-probabilities
+    export_onnx(model, bundle_dir)                        # encoder.onnx, decoder_step.onnx
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import nn
 
-from retrec.models.bert4rec import BERT4Rec
+from retrec.models.bert4rec import HISTORY_AXES, BERT4Rec
+from retrec.models.onnx_export import BATCH_AXIS, OPSET, export_graph
 
 PAD, BOS = 0, 1
 
@@ -281,3 +284,25 @@ class DecoderStep(nn.Module):
 
     def forward(self, memory: torch.Tensor, padding: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         return self.model.step(memory, padding, tokens)
+
+
+def export_onnx(model: OneRec, directory: Path, opset: int = OPSET) -> None:
+    """``encoder.onnx`` and ``decoder_step.onnx`` with dynamic batch, history and token axes; leaves ``model`` in
+    eval mode."""
+    depth = model.cfg.depth
+    history = torch.full((2, 3, depth + (model.cfg.items > 0)), PAD, dtype=torch.long)  # the first item: padding
+    history[:, 1:, :depth] = torch.tensor(model.cfg.offsets())
+    if model.cfg.items:
+        history[:, 1:, depth] = 1
+    export_graph(Encoder(model).eval(), directory / "encoder.onnx", inputs={"history": history},
+                 outputs=["memory", "padding"],
+                 dynamic_axes={"history": HISTORY_AXES, "memory": HISTORY_AXES, "padding": HISTORY_AXES},
+                 opset=opset, padding=("history", PAD))
+    with torch.no_grad():
+        memory, padding = model.encode(history)
+    tokens = torch.tensor([[BOS, model.cfg.offsets()[0]]] * 2)
+    export_graph(DecoderStep(model).eval(), directory / "decoder_step.onnx",
+                 inputs={"memory": memory, "padding": padding, "tokens": tokens}, outputs=["logp"],
+                 dynamic_axes={"memory": HISTORY_AXES, "padding": HISTORY_AXES, "tokens": {0: "batch", 1: "length"},
+                               "logp": BATCH_AXIS},
+                 opset=opset, padding=("padding", True))

@@ -60,6 +60,20 @@ def resolve_precision(requested: str, device: str = "cpu") -> Literal["bf16", "f
     return requested  # type: ignore[return-value]
 
 
+def model_device(model: torch.nn.Module) -> str:
+    """The device of ``model``'s parameters (``cpu``, ``cuda:0``); ``cpu`` for a model without any."""
+    for parameter in model.parameters():
+        return str(parameter.device)
+    return "cpu"
+
+
+def on_model_device(model: torch.nn.Module, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """``tensors`` on ``model``'s device (tokenised inputs arrive on the CPU); untouched when already there, so an
+    ONNX trace on the CPU records no copy."""
+    device = next(model.parameters()).device
+    return tuple(t if t.device == device else t.to(device) for t in tensors)
+
+
 @contextlib.contextmanager
 def autocast(precision: str, device: str = "cpu") -> Iterator[None]:
     """bf16 autocast on ``device`` for ``precision == "bf16"``; nothing for fp32."""

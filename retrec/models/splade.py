@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -42,7 +41,9 @@ from torch import nn
 
 from retrec.bundle import Manifest, publish
 from retrec.kinds import SPARSE_MODEL
-from retrec.models.text_encoder import _eager_attention, _quiet_transformers, onnx_variants
+from retrec.models.hf_backbone import eager_attention, load_bert
+from retrec.models.onnx_export import BATCH_AXIS, OPSET, example_text_inputs, export_graph, onnx_variants, text_axes
+from retrec.models.precision import on_model_device
 from retrec.runtime.sparse_encoder import nonzeros
 from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, minilm_dir, special_ids
 
@@ -149,15 +150,10 @@ class SpladeEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str | Path | None = None, attn_implementation: str = "sdpa") -> SpladeEncoder:
         """A BertModel from ``folder`` (default: the packaged MiniLM), offline; special tokens excluded."""
-        from transformers import BertModel
-
         from retrec.runtime.tokenizer import load_tokenizer
 
         source = Path(folder) if folder is not None else minilm_dir()
-        with _quiet_transformers():
-            bert = BertModel.from_pretrained(str(source), add_pooling_layer=False, local_files_only=True,
-                                             attn_implementation=attn_implementation)
-        return cls(bert, special_ids(load_tokenizer(source))).eval()
+        return cls(load_bert(source, attn_implementation), special_ids(load_tokenizer(source))).eval()
 
     @property
     def vocabulary(self) -> int:
@@ -192,6 +188,7 @@ class SpladeEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         # max_t log(1 + ReLU(s_t · E_j + b_j)) = log(1 + ReLU(max_t (s_t · E_j) + b_j)): the bias is added after
         # pooling, and with gradients the [batch, seq, vocab] products are never kept (MaxPooledProduct)
+        input_ids, attention_mask = on_model_device(self, input_ids, attention_mask)
         keep = self.pooled_positions(input_ids, attention_mask).bool()
         states = self.states(input_ids, attention_mask)
         table = self.bert.embeddings.word_embeddings.weight
@@ -256,7 +253,7 @@ def mean_pooled_length(model: SpladeEncoder, tokenizer: TextTokenizer, texts: Se
                        max_length: int) -> float:
     """Mean count of pooled (non-special) tokens of ``texts`` at ``max_length``: the lexical channel's average
     document length."""
-    allowed = model.allowed.numpy()
+    allowed = model.allowed.cpu().numpy()
     lengths = [float(allowed[np.asarray(ids, np.int64)].sum()) for ids in tokenizer.encode(list(texts), max_length)]
     return max(float(np.mean(lengths)), 1.0) if lengths else 1.0
 
@@ -289,51 +286,35 @@ def sparse_vectors(model: SpladeEncoder, tokenizer: TextTokenizer, texts: Sequen
     try:
         for rows, feeds in tokenizer.batches(texts, max_length, batch_size):
             weights = model(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
-            for row, vector in zip(rows, nonzeros(weights.float().numpy(), top_k)):
+            for row, vector in zip(rows, nonzeros(weights.float().cpu().numpy(), top_k)):
                 out[row] = vector
     finally:
         model.train(was)
     return out
 
 
-def _export_graph(model: SpladeEncoder, tokenizer: TextTokenizer, path: Path, opset: int) -> None:
-    feeds = tokenizer(["a short query", "a longer document, padded on the other row of the example batch"], 32)
-    if feeds["attention_mask"].all():
-        raise RuntimeError("the export example batch has no padding")
-    args = (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
-    dynamic_axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"} for name in INPUT_NAMES}
-    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _eager_attention(model), warnings.catch_warnings():  # type: ignore[arg-type]
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                              dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
-    finally:
-        model.train(was_training)
-
-
 def write_sparse_files(model: SpladeEncoder, out: Path, *, tokenizer: TextTokenizer, config: SparseConfig,
                        query_weights: np.ndarray | None = None, quantize: bool = False,
-                       opset: int = 17) -> tuple[dict[str, Any], dict[str, Any]]:
+                       opset: int = OPSET) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write ``encoder.onnx`` (+ int8), ``tokenizer/`` and, inference-free, the query weight table into ``out``;
     the manifest's ``config`` and ``dims``."""
     if (config.mode == "inference-free") != (query_weights is not None):
         raise ValueError("an inference-free bundle needs its query weight table; a siamese one has none")
     tokenizer.save(out / TOKENIZER_DIR)
-    _export_graph(model, tokenizer, out / FP32_FILE, opset)
+    export_graph(model, out / FP32_FILE, inputs=example_text_inputs(tokenizer, INPUT_NAMES), outputs=[OUTPUT_NAME],
+                 dynamic_axes={**text_axes(INPUT_NAMES), OUTPUT_NAME: BATCH_AXIS}, opset=opset,
+                 padding=("attention_mask", 0), context=eager_attention(model))
     variants, extra = onnx_variants(out, FP32_FILE, INT8_FILE, quantize)
     if query_weights is not None:
         table = np.asarray(query_weights, np.float32)
         if table.shape != (model.vocabulary,) or not np.isfinite(table).all() or (table < 0).any():
             raise ValueError(f"query weights: expected {model.vocabulary} finite non-negative values")
-        table = table * model.allowed.numpy()  # special tokens never weigh
+        table = table * model.allowed.cpu().numpy()  # special tokens never weigh
         save_file({"weights": table}, str(out / QUERY_WEIGHTS_FILE))
         extra["query_weights"] = QUERY_WEIGHTS_FILE
     config_json = {**asdict(config), "similarity": "dot", "variants": variants, "inputs": list(INPUT_NAMES),
                    "output": OUTPUT_NAME, "opset": opset, "export_format": EXPORT_FORMAT, "tokenizer": TOKENIZER_DIR,
-                   "excluded_ids": np.flatnonzero(model.allowed.numpy() == 0).tolist(), "lexical": model.lexical,
+                   "excluded_ids": np.flatnonzero(model.allowed.cpu().numpy() == 0).tolist(), "lexical": model.lexical,
                    **extra}
     return config_json, {"dim": model.vocabulary}
 

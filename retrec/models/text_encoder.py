@@ -16,14 +16,12 @@ Example::
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
 import shutil
 import tempfile
-import warnings
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +32,18 @@ from torch import nn
 
 from retrec.bundle import MANIFEST, BundleError, Manifest, load_bundle, publish, sha256_file
 from retrec.kinds import DENSE_MODEL
+from retrec.models.hf_backbone import eager_attention, load_bert
+from retrec.models.onnx_export import (
+    BATCH_AXIS,
+    OPSET,
+    QUANTIZATION,
+    check_opset,
+    example_text_inputs,
+    export_graph,
+    onnx_variants,
+    text_axes,
+)
+from retrec.models.precision import on_model_device
 from retrec.process_env import cache_dir
 from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, load_tokenizer, minilm_dir
 
@@ -44,7 +54,6 @@ OUTPUT_NAME = "embeddings"
 FP32_FILE = "encoder.onnx"
 INT8_FILE = "encoder-int8.onnx"
 TOKENIZER_DIR = "tokenizer"
-QUANTIZATION = {"method": "dynamic", "weight_type": "QInt8", "per_channel": True}
 POOLINGS = ("mean", "cls")
 SIMILARITIES = ("cosine", "dot")
 log = logging.getLogger(__name__)
@@ -141,22 +150,6 @@ def resolve_base_model(folder: str | Path | None = None) -> BaseModel:
     return BaseModel(folder=root, name=name, revision=revision, pooling=_st_pooling(root))
 
 
-@contextlib.contextmanager
-def _quiet_transformers() -> Iterator[None]:
-    """Silence transformers' load report (the unused pooler head) and weight-loading progress bar."""
-    from transformers.utils import logging as hf_logging
-
-    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        yield
-    finally:
-        hf_logging.set_verbosity(verbosity)
-        if bars:
-            hf_logging.enable_progress_bar()
-
-
 class TextEncoder(nn.Module):
     """BERT + mean (or CLS) pooling + optional L2 normalisation → ``[batch, hidden]``."""
 
@@ -174,20 +167,14 @@ class TextEncoder(nn.Module):
         attn_implementation: str = "sdpa",
     ) -> TextEncoder:
         """Load a BertModel from ``folder`` (default: the packaged MiniLM), offline, in eval mode."""
-        from transformers import BertModel
-
-        source = Path(folder) if folder is not None else minilm_dir()
-        with _quiet_transformers():
-            bert = BertModel.from_pretrained(
-                str(source), add_pooling_layer=False, local_files_only=True, attn_implementation=attn_implementation
-            )
-        return cls(bert, pooling=pooling, normalize=normalize).eval()
+        return cls(load_bert(folder, attn_implementation), pooling=pooling, normalize=normalize).eval()
 
     @property
     def dim(self) -> int:
         return int(self.bert.config.hidden_size)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        input_ids, attention_mask = on_model_device(self, input_ids, attention_mask)
         hidden = self.bert(
             input_ids=input_ids, attention_mask=attention_mask, token_type_ids=torch.zeros_like(input_ids)
         ).last_hidden_state
@@ -209,7 +196,7 @@ def encode_texts(
     out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
     for positions, feeds in tokenizer.batches(texts, max_length, batch_size):
         vectors = encoder(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
-        out[positions] = vectors.float().numpy()
+        out[positions] = vectors.float().cpu().numpy()
     return out
 
 
@@ -224,8 +211,8 @@ def embed_grouped(encoder: TextEncoder, tokenizer: TextTokenizer, texts: Sequenc
     for rows, feeds in tokenizer.batches(texts, max_length, chunk):
         positions.append(rows)
         parts.append(encoder(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])))
-    order = torch.from_numpy(np.argsort(np.concatenate(positions)))
-    return torch.cat(parts)[order]
+    vectors = torch.cat(parts)
+    return vectors[torch.from_numpy(np.argsort(np.concatenate(positions))).to(vectors.device)]
 
 
 def set_attention_dropout(bert: nn.Module, p: float) -> None:
@@ -237,82 +224,23 @@ def set_attention_dropout(bert: nn.Module, p: float) -> None:
             module.dropout.p = p
 
 
-@contextlib.contextmanager
-def _eager_attention(encoder: TextEncoder) -> Iterator[None]:
-    """Export with eager attention: its ONNX graph runs faster in ONNX Runtime than the SDPA one."""
-    bert = encoder.bert
-    previous = getattr(bert.config, "_attn_implementation", None)
-    switch = previous not in (None, "eager") and hasattr(bert, "set_attn_implementation")
-    if switch:
-        bert.set_attn_implementation("eager")
-    try:
-        yield
-    finally:
-        if switch:
-            bert.set_attn_implementation(previous)
-
-
-def _export_graph(encoder: TextEncoder, tokenizer: TextTokenizer, path: Path, opset: int) -> None:
-    # The example batch must contain padding: the trace must keep the attention-mask path.
-    feeds = tokenizer(["a short query", "a longer document, padded on the other row of the example batch"], 32)
-    if feeds["attention_mask"].all():
-        raise RuntimeError("the export example batch has no padding")
-    args = (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
-    axes = {"batch": 0, "sequence": 1}
-    dynamic_axes: dict[str, dict[int, str]] = {name: {v: k for k, v in axes.items()} for name in INPUT_NAMES}
-    dynamic_axes[OUTPUT_NAME] = {0: "batch"}
-    was_training = encoder.training
-    encoder.eval()
-    try:
-        with torch.no_grad(), _eager_attention(encoder), warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer warnings about Python bools in HF masking code
-            # The TorchScript exporter (dynamo=False) exports MiniLM in ~1 s with exact dynamic axes.
-            torch.onnx.export(
-                encoder, args, str(path), input_names=list(INPUT_NAMES), output_names=[OUTPUT_NAME],
-                dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False,
-            )
-    finally:
-        encoder.train(was_training)
-
-
-def _quantize(fp32: Path, int8: Path) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # "consider pre-processing" advice, logged on the root logger
-    try:
-        # Per-channel weight scales: cosine to fp32 ≈ 0.99 on MiniLM, against ≈ 0.96 per-tensor.
-        quantize_dynamic(str(fp32), str(int8), weight_type=getattr(QuantType, QUANTIZATION["weight_type"]),
-                         per_channel=QUANTIZATION["per_channel"])
-    finally:
-        root.setLevel(level)
-
-
-def onnx_variants(out: Path, fp32: str, int8: str, quantize: bool) -> tuple[dict[str, str], dict[str, Any]]:
-    """A bundle's ``variants`` for the exported graph ``out/fp32`` — with ``quantize``, also ``out/int8``, a
-    dynamically int8-quantised copy — and the config entries that describe them."""
-    if not quantize:
-        return {"fp32": fp32}, {}
-    _quantize(out / fp32, out / int8)
-    return {"fp32": fp32, "int8": int8}, {"quantization": QUANTIZATION}
-
-
 def write_onnx_files(
     encoder: TextEncoder, out: Path, *, tokenizer: TextTokenizer, config: EncoderConfig, quantize: bool = False,
-    opset: int = 17,
+    opset: int = OPSET,
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write ``encoder.onnx`` (+ ``encoder-int8.onnx``) and ``tokenizer/`` into ``out``; no manifest.
 
     Returns the manifest ``config`` and ``dims`` of the ``model/dense`` bundle these files make.
     """
-    if opset < 17:
-        raise ValueError(f"opset must be >= 17, got {opset}")
+    check_opset(opset)
     if (config.pooling, config.normalize) != (encoder.pooling, encoder.normalize):
         raise ValueError(f"config pooling/normalize {config.pooling}/{config.normalize} differ from the "
                          f"encoder's {encoder.pooling}/{encoder.normalize}")
     tokenizer.save(out / TOKENIZER_DIR)
-    _export_graph(encoder, tokenizer, out / FP32_FILE, opset)
+    inputs = example_text_inputs(tokenizer, INPUT_NAMES)
+    export_graph(encoder, out / FP32_FILE, inputs=inputs, outputs=[OUTPUT_NAME],
+                 dynamic_axes={**text_axes(INPUT_NAMES), OUTPUT_NAME: BATCH_AXIS}, opset=opset,
+                 padding=("attention_mask", 0), context=eager_attention(encoder))
     variants, extra = onnx_variants(out, FP32_FILE, INT8_FILE, quantize)
     config_json = {**asdict(config), "variants": variants, "inputs": list(INPUT_NAMES), "output": OUTPUT_NAME,
                    "opset": opset, "export_format": EXPORT_FORMAT, "tokenizer": TOKENIZER_DIR, **extra}
@@ -328,7 +256,7 @@ def export_onnx(
     version: str | None = None,
     config: EncoderConfig | None = None,
     quantize: bool = False,
-    opset: int = 17,
+    opset: int = OPSET,
     metrics: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> Manifest:

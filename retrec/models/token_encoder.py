@@ -21,7 +21,6 @@ Example::
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -33,8 +32,10 @@ from torch import nn
 
 from retrec.bundle import Manifest, publish
 from retrec.kinds import MULTIVECTOR_MODEL
-from retrec.models.text_encoder import _eager_attention, _quiet_transformers, onnx_variants
-from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, document_keep, minilm_dir, punctuation_ids, query_batch
+from retrec.models.hf_backbone import eager_attention, load_bert
+from retrec.models.onnx_export import OPSET, example_text_inputs, export_graph, onnx_variants, text_axes
+from retrec.models.precision import on_model_device
+from retrec.runtime.tokenizer import MINILM_NAME, TextTokenizer, document_keep, punctuation_ids, query_batch
 
 KIND = MULTIVECTOR_MODEL
 EXPORT_FORMAT = 1
@@ -75,13 +76,7 @@ class TokenEncoder(nn.Module):
     def from_pretrained(cls, folder: str | Path | None = None, dim: int = 128,
                         attn_implementation: str = "sdpa") -> TokenEncoder:
         """A BertModel from ``folder`` (default: the packaged MiniLM), offline, with a fresh projection."""
-        from transformers import BertModel
-
-        source = Path(folder) if folder is not None else minilm_dir()
-        with _quiet_transformers():
-            bert = BertModel.from_pretrained(str(source), add_pooling_layer=False, local_files_only=True,
-                                             attn_implementation=attn_implementation)
-        return cls(bert, dim).eval()
+        return cls(load_bert(folder, attn_implementation), dim).eval()
 
     @property
     def dim(self) -> int:
@@ -93,6 +88,7 @@ class TokenEncoder(nn.Module):
             self.proj.weight.copy_(torch.from_numpy(np.asarray(weight, np.float32)))
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        input_ids, attention_mask = on_model_device(self, input_ids, attention_mask)
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask,
                            token_type_ids=torch.zeros_like(input_ids)).last_hidden_state
         mask = attention_mask.to(hidden.dtype)
@@ -130,8 +126,8 @@ def encode_documents(model: TokenEncoder, tokenizer: TextTokenizer, texts: Seque
         keeps.append(torch.from_numpy(document_keep(feeds["input_ids"], feeds["attention_mask"], skip_ids)))
     width = max(p.shape[1] for p in parts)
     vectors = torch.cat([nn.functional.pad(p, (0, 0, 0, width - p.shape[1])) for p in parts])
-    keep = torch.cat([nn.functional.pad(k, (0, width - k.shape[1])) for k in keeps])
-    order = torch.from_numpy(np.argsort(np.concatenate(positions)))
+    keep = torch.cat([nn.functional.pad(k, (0, width - k.shape[1])) for k in keeps]).to(vectors.device)
+    order = torch.from_numpy(np.argsort(np.concatenate(positions))).to(vectors.device)
     return vectors[order], keep[order]
 
 
@@ -165,36 +161,20 @@ def token_vectors(model: TokenEncoder, tokenizer: TextTokenizer, texts: Sequence
             keep = mask.bool()
         else:
             vectors, keep = encode_documents(model, tokenizer, texts, config, skip_ids, chunk=16)
-        return [vectors[i][keep[i]].float().numpy() for i in range(len(texts))]
+        return [vectors[i][keep[i]].float().cpu().numpy() for i in range(len(texts))]
     finally:
         model.train(was)
 
 
-def _export_graph(model: TokenEncoder, tokenizer: TextTokenizer, path: Path, opset: int) -> None:
-    feeds = tokenizer(["a short query", "a longer document, padded on the other row of the example batch"], 32)
-    if feeds["attention_mask"].all():
-        raise RuntimeError("the export example batch has no padding")
-    args = (torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"]))
-    dynamic_axes: dict[str, dict[int, str]] = {name: {0: "batch", 1: "sequence"}
-                                               for name in (*INPUT_NAMES, *OUTPUT_NAMES)}
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad(), _eager_attention(model), warnings.catch_warnings():  # type: ignore[arg-type]
-            warnings.simplefilter("ignore")
-            torch.onnx.export(model, args, str(path), input_names=list(INPUT_NAMES), output_names=list(OUTPUT_NAMES),
-                              dynamic_axes=dynamic_axes, opset_version=opset, do_constant_folding=True, dynamo=False)
-    finally:
-        model.train(was_training)
-
-
 def write_multivector_files(model: TokenEncoder, out: Path, *, tokenizer: TextTokenizer, config: MultivectorConfig,
-                            quantize: bool = False, opset: int = 17) -> tuple[dict[str, Any], dict[str, Any]]:
+                            quantize: bool = False, opset: int = OPSET) -> tuple[dict[str, Any], dict[str, Any]]:
     """Write ``encoder.onnx`` (+ int8) and ``tokenizer/`` into ``out``; the manifest's ``config`` and ``dims``."""
     if config.dim != model.dim:
         raise ValueError(f"config dim {config.dim} differs from the model's {model.dim}")
     tokenizer.save(out / TOKENIZER_DIR)
-    _export_graph(model, tokenizer, out / FP32_FILE, opset)
+    export_graph(model, out / FP32_FILE, inputs=example_text_inputs(tokenizer, INPUT_NAMES), outputs=OUTPUT_NAMES,
+                 dynamic_axes=text_axes((*INPUT_NAMES, *OUTPUT_NAMES)), opset=opset, padding=("attention_mask", 0),
+                 context=eager_attention(model))
     variants, extra = onnx_variants(out, FP32_FILE, INT8_FILE, quantize)
     skip = punctuation_ids(tokenizer) if config.skip_punctuation else []
     config_json = {**asdict(config), "skip_ids": skip, "similarity": "maxsim", "variants": variants,

@@ -33,6 +33,7 @@ import scipy.sparse as sp
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.contracts import strict_options
 from retrec.kinds import COOC_MODEL, MARKOV_DECAY_MODEL, MARKOV_MODEL
 from retrec.runtime.count_scoring import CooccurrenceRecommender, MarkovRecommender
 from retrec.runtime.recommender import ScoringRecommender, SkipReport
@@ -100,6 +101,7 @@ class CountBundle(ScoringRecommender):
                 "dims": {"items": len(self.item_ids), "entries": int(t.nnz)}}
 
     @classmethod
+    @strict_options(" / ".join(kind for kind, _, _ in MODELS.values()))
     def load(cls, directory: str | Path) -> CountBundle:
         manifest = load_bundle(directory)
         found = [name for name, (kind, _, _) in MODELS.items() if kind == manifest.kind]

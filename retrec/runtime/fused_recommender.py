@@ -32,6 +32,7 @@ import numpy as np
 
 from retrec import kinds
 from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.contracts import strict_options
 from retrec.kinds import FUSION_MODEL
 from retrec.runtime.recommender import Recommender, ScoringRecommender, SkipReport
 
@@ -116,6 +117,7 @@ class FusedRecommender(ScoringRecommender):
         return self.combine(self.probabilities(histories, report))
 
     @classmethod
+    @strict_options(FUSION_MODEL)
     def load(cls, directory: str | Path, threads: int | None = None) -> FusedRecommender:
         return cls.from_manifest(load_bundle(directory, kind=FUSION_MODEL), threads)
 

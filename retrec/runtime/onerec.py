@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.contracts import strict_options
 from retrec.kinds import ONEREC_MODEL
 from retrec.runtime.onnx_session import create_session
 from retrec.runtime.recommender import GeneratingRecommender, ItemList, SkipReport, known_rows
@@ -110,6 +111,7 @@ class OneRecRecommender(GeneratingRecommender):
         self.decoder = create_session(manifest.file("decoder_step.onnx"), threads=threads)
 
     @classmethod
+    @strict_options(ONEREC_MODEL)
     def load(cls, directory: str | Path, threads: int | None = None) -> OneRecRecommender:
         return cls(load_bundle(directory, kind=ONEREC_MODEL), threads=threads)
 

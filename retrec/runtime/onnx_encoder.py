@@ -9,7 +9,7 @@ Example::
     encoder = OnnxEncoder("artifacts/minilm-onnx")          # checksums verified, fp32 variant
     q = encoder.encode_queries(["what causes scurvy"])       # truncated to the bundle's max_query_length
     d = encoder.encode_documents(doc_texts, progress=True)   # max_doc_length, longest-first batches
-    OnnxEncoder("artifacts/minilm-onnx", variant="int8", num_threads=1)
+    OnnxEncoder("artifacts/minilm-onnx", variant="int8", threads=1)
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from retrec.bundle import BundleError, Manifest
+from retrec.contracts import strict_options
 from retrec.kinds import DENSE_MODEL
 from retrec.runtime.onnx_session import SPIN, BundleModel, Spin, default_threads, select_providers
 from retrec.runtime.vectors import l2_normalize
@@ -34,19 +35,20 @@ KIND = DENSE_MODEL
 class OnnxEncoder(BundleModel):
     """``encode_queries`` / ``encode_documents`` over one ONNX model shared by queries and documents."""
 
+    @strict_options(KIND)
     def __init__(
         self,
         bundle: str | Path | Manifest,
         *,
         variant: str = "fp32",
-        num_threads: int | None = None,
+        threads: int | None = None,
         providers: Sequence[str] | None = None,
         batch_size: int = 32,
         max_query_length: int | None = None,
         max_doc_length: int | None = None,
         spin: Spin = "always",
     ) -> None:
-        super().__init__(bundle, KIND, variant=variant, num_threads=num_threads, providers=providers, spin=spin)
+        super().__init__(bundle, KIND, variant=variant, threads=threads, providers=providers, spin=spin)
         config = self.manifest.config
         self.dim = int(self.manifest.dims["dim"])
         self.similarity: str = config["similarity"]

@@ -39,9 +39,9 @@ def select_providers(available: Sequence[str] | None = None) -> list[str]:
     return [CUDA, CPU] if CUDA in available else [CPU]
 
 
-def default_threads(num_threads: int | None = None) -> int:
-    """``num_threads``, else ``$RETREC_NUM_THREADS``, else the CPUs this process may use."""
-    return num_threads or int(os.environ.get("RETREC_NUM_THREADS", 0) or 0) or available_cpus()
+def default_threads(threads: int | None = None) -> int:
+    """``threads``, else ``$RETREC_NUM_THREADS``, else the CPUs this process may use."""
+    return threads or int(os.environ.get("RETREC_NUM_THREADS", 0) or 0) or available_cpus()
 
 
 def inference_session(path: str | Path, threads: int | None = None, spin: Spin = "always",
@@ -79,7 +79,7 @@ class BundleModel:
     """
 
     def __init__(self, bundle: str | Path | Manifest, kind: str, *, variant: str = "fp32",
-                 num_threads: int | None = None, providers: Sequence[str] | None = None,
+                 threads: int | None = None, providers: Sequence[str] | None = None,
                  spin: Spin = "always") -> None:
         self.manifest: Manifest = bundle if isinstance(bundle, Manifest) else load_bundle(bundle, kind=kind)
         if self.manifest.kind != kind or self.manifest.path is None:
@@ -92,7 +92,7 @@ class BundleModel:
         tokenizer_dir = config.get("tokenizer", "tokenizer")
         self.manifest.file(f"{tokenizer_dir}/tokenizer.json")  # listed, hence verified
         self.tokenizer: TextTokenizer = load_tokenizer(self.manifest.path / tokenizer_dir)
-        self.threads = default_threads(num_threads)
+        self.threads = default_threads(threads)
         self.model_path = self.manifest.file(variants[variant])
         self.session = inference_session(self.model_path, self.threads, spin, providers)
         self._inputs = [i.name for i in self.session.get_inputs()]

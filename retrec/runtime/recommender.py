@@ -1,4 +1,5 @@
-"""The one recommender contract, shared by ``retrec eval-rec`` and ``/v1/recommend``.
+"""The one recommender contract (:class:`retrec.contracts.Recommender`), shared by ``retrec eval-rec`` and
+``/v1/recommend``.
 
 A recommender knows a catalogue (``item_ids``) and, for raw-id histories, gives
 
@@ -21,25 +22,13 @@ Example::
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-ItemList = list[tuple[str, float]]
+from retrec.contracts import ItemList, Recommender, SkipReport
 
-
-@dataclass
-class SkipReport:
-    """History items a model does not know: counted, with a few examples."""
-
-    unknown_items: int = 0
-    examples: list[str] = field(default_factory=list)
-
-    def add(self, item: str) -> None:
-        self.unknown_items += 1
-        if len(self.examples) < 5:
-            self.examples.append(item)
+__all__ = ["GeneratingRecommender", "ItemList", "Recommender", "ScoringRecommender", "SkipReport", "known_rows",
+           "top_items"]  # the contract itself (Recommender, SkipReport, ItemList) lives in retrec.contracts
 
 
 def known_rows(history: Sequence[str], rows: np.ndarray, report: SkipReport | None = None) -> np.ndarray:
@@ -48,19 +37,6 @@ def known_rows(history: Sequence[str], rows: np.ndarray, report: SkipReport | No
         for item in np.asarray(history, dtype=object)[rows < 0].tolist():
             report.add(str(item))
     return rows[rows >= 0]
-
-
-@runtime_checkable
-class Recommender(Protocol):
-    name: str
-
-    @property
-    def item_ids(self) -> Sequence[str]: ...
-
-    def score(self, histories: Sequence[Sequence[str]], report: SkipReport | None = None) -> np.ndarray: ...
-
-    def recommend(self, histories: Sequence[Sequence[str]], k: int = 10, exclude_seen: bool = True,
-                  report: SkipReport | None = None) -> list[ItemList]: ...
 
 
 def top_items(scores: np.ndarray, item_ids: Sequence[str], k: int) -> ItemList:

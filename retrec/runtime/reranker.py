@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from retrec.bundle import BundleError, Manifest
+from retrec.contracts import strict_options
 from retrec.kinds import RERANKER_MODEL
 from retrec.runtime.onnx_session import BundleModel, Spin
 
@@ -49,10 +50,11 @@ def interpolate(scores: np.ndarray, first_scores: np.ndarray, weight: float) -> 
 class OnnxReranker(BundleModel):
     """Scores (query, document) pairs with one ONNX cross-encoder."""
 
-    def __init__(self, bundle: str | Path | Manifest, *, variant: str = "fp32", num_threads: int | None = None,
+    @strict_options(KIND)
+    def __init__(self, bundle: str | Path | Manifest, *, variant: str = "fp32", threads: int | None = None,
                  providers: Sequence[str] | None = None, batch_size: int = 32, max_length: int | None = None,
                  spin: Spin = "always") -> None:
-        super().__init__(bundle, KIND, variant=variant, num_threads=num_threads, providers=providers, spin=spin)
+        super().__init__(bundle, KIND, variant=variant, threads=threads, providers=providers, spin=spin)
         self.max_length = int(max_length or self.manifest.config["max_length"])
         self.batch_size = batch_size
         self.first_stage_weight = float(self.manifest.config.get("first_stage_weight", 0.0))

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.contracts import strict_options
 from retrec.kinds import BERT4REC_MODEL, SASREC_MODEL
 from retrec.runtime.onnx_session import create_session
 from retrec.runtime.recommender import ScoringRecommender, SkipReport, known_rows
@@ -44,6 +45,7 @@ class SequenceRecommender(ScoringRecommender):
         self.matrix = np.ascontiguousarray(table.embeddings)
 
     @classmethod
+    @strict_options(" / ".join(KINDS))
     def load(cls, directory: str | Path, threads: int | None = None) -> SequenceRecommender:
         manifest = load_bundle(directory)
         return cls(manifest, FrozenTable.load(Path(directory) / "items"), threads=threads)

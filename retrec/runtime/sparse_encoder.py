@@ -30,11 +30,11 @@ from rich.progress import Progress
 from safetensors.numpy import load_file
 
 from retrec.bundle import BundleError, Manifest
+from retrec.contracts import SparseVector, strict_options
 from retrec.kinds import SPARSE_MODEL
 from retrec.runtime.onnx_session import BundleModel, Spin
 
 KIND = SPARSE_MODEL
-SparseVector = tuple[np.ndarray, np.ndarray]
 
 
 def nonzeros(weights: np.ndarray, top_k: int = 0) -> list[SparseVector]:
@@ -51,9 +51,10 @@ def nonzeros(weights: np.ndarray, top_k: int = 0) -> list[SparseVector]:
 class OnnxSparseEncoder(BundleModel):
     """``encode_queries`` / ``encode_documents`` → one ``(term ids, weights)`` pair per text."""
 
-    def __init__(self, bundle: str | Path | Manifest, *, variant: str = "fp32", num_threads: int | None = None,
+    @strict_options(KIND)
+    def __init__(self, bundle: str | Path | Manifest, *, variant: str = "fp32", threads: int | None = None,
                  providers: Sequence[str] | None = None, batch_size: int = 32, spin: Spin = "always") -> None:
-        super().__init__(bundle, KIND, variant=variant, num_threads=num_threads, providers=providers, spin=spin)
+        super().__init__(bundle, KIND, variant=variant, threads=threads, providers=providers, spin=spin)
         config = self.manifest.config
         self.dim = int(self.manifest.dims["dim"])
         self.mode = str(config["mode"])

@@ -29,6 +29,7 @@ from rich.console import Console
 from rich.progress import Progress
 
 from retrec.bundle import BundleError, Manifest
+from retrec.contracts import strict_options
 from retrec.kinds import MULTIVECTOR_MODEL
 from retrec.runtime.onnx_session import BundleModel, Spin
 from retrec.runtime.tokenizer import document_keep, query_batch
@@ -39,9 +40,10 @@ KIND = MULTIVECTOR_MODEL
 class OnnxTokenEncoder(BundleModel):
     """``encode_queries`` / ``encode_documents`` → one ``float32 [tokens, dim]`` matrix per text."""
 
-    def __init__(self, bundle: str | Path | Manifest, *, variant: str = "fp32", num_threads: int | None = None,
+    @strict_options(KIND)
+    def __init__(self, bundle: str | Path | Manifest, *, variant: str = "fp32", threads: int | None = None,
                  providers: Sequence[str] | None = None, batch_size: int = 32, spin: Spin = "always") -> None:
-        super().__init__(bundle, KIND, variant=variant, num_threads=num_threads, providers=providers, spin=spin)
+        super().__init__(bundle, KIND, variant=variant, threads=threads, providers=providers, spin=spin)
         config = self.manifest.config
         self.dim = int(self.manifest.dims["dim"])
         self.max_query_length = int(config["max_query_length"])

@@ -63,8 +63,8 @@ class BatchingEncoder:
         # spin="run": ONNX threads spinning while idle took the CPU the event loop, Ray and the shards need
         # (RESULTS.md "Serving throughput": dense c=32 +15% QPS, -25% CPU per request); never spinning cost
         # ~0.5 ms per query alone. So they spin inside a run and stop when it returns.
-        self.encoder = call_supported(loader(kind), bundle, variant=variant, num_threads=self.threads,
-                                      threads=self.threads, use_gpu=use_gpu, spin="run",
+        self.encoder = call_supported(loader(kind), bundle, variant=variant, threads=self.threads,
+                                      use_gpu=use_gpu, spin="run",
                                       providers=["CPUExecutionProvider"] if use_gpu is False else None)
         self.providers = list(getattr(self.encoder, "providers", None) or [])
         if hasattr(self.encoder, "batch_size"):

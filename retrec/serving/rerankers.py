@@ -50,7 +50,7 @@ class Reranker:
         self.manifest = read_manifest(bundle)
         self.kind = kind_of(self.manifest.kind, "reranker", f"rerank bundle {bundle}")
         # spin="run": the threads stop busy-waiting when a call returns (the replica shares its cores)
-        self.model = call_supported(loader(self.kind.kind), bundle, variant=variant, num_threads=threads, spin="run")
+        self.model = call_supported(loader(self.kind.kind), bundle, variant=variant, threads=threads, spin="run")
         self.texts = document_texts(documents)
         warning = getattr(self.model, "dev_warning", lambda: None)()
         if warning:

@@ -16,6 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from retrec.bundle import BundleError, load_bundle
+from retrec.contracts import strict_options
 from retrec.tables.cuckoo import CuckooIndex
 from retrec.tables.keys import dedupe
 from retrec.tables.rows import KeyedRows, TableStats
@@ -78,6 +79,7 @@ class FrozenTable(KeyedRows):
         return self.keys.shape[0]
 
     @classmethod
+    @strict_options(KIND)
     def load(cls, directory: str | os.PathLike[str]) -> FrozenTable:
         """Load a ``table/embedding`` bundle, verifying every checksum (raises BundleError)."""
         manifest = load_bundle(directory, kind=KIND)

@@ -72,7 +72,7 @@ def _terminal_signals() -> None:
 @pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
 def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, tmp_path: Path, how: str) -> None:
     ids, texts = load_retrieval_data(tiny_data, split="test").doc_texts()
-    bundle = BM25Index.build(ids, texts).save(tmp_path / "bm25", name="bm25")
+    bundle = BM25Index.build(ids, texts).save(tmp_path / "bm25", name="bm25").path
     port = free_port()
     two = {"replicas": 2, "num_cpus": 0}  # two replicas per role, as on k8s: more for Serve to stop
     config = tmp_path / "serve.yaml"

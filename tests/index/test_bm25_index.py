@@ -13,7 +13,7 @@ def test_saved_index_gives_identical_results(tiny_data: Path, tmp_path: Path) ->
     data = load_retrieval_data(tiny_data)
     ids, texts = data.doc_texts()
     index = BM25Index.build(ids, texts)
-    loaded = BM25Index.load(index.save(tmp_path / "b"))
+    loaded = BM25Index.load(index.save(tmp_path / "b").path)
     queries = list(data.query_texts().values())
     assert loaded.search(queries, 50) == index.search(queries, 50)
     assert index.search(["zzzz-not-a-word"], 10) == [[]]

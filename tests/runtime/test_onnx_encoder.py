@@ -128,7 +128,7 @@ def test_corrupted_cache_is_exported_again(bundle: Path, cache: Path) -> None:
 
 
 def test_int8_variant_stays_close(bundle: Path, encoder: OnnxEncoder) -> None:
-    int8 = OnnxEncoder(bundle, variant="int8", num_threads=1)
+    int8 = OnnxEncoder(bundle, variant="int8", threads=1)
     assert int8.threads == 1 and int8.model_path.stat().st_size < encoder.model_path.stat().st_size / 3
     cosine = (int8.encode_documents(SENTENCES) * encoder.encode_documents(SENTENCES)).sum(axis=1)
     assert cosine.min() >= 0.95
@@ -235,10 +235,10 @@ def test_served_encoder_stops_spinning_between_runs_and_encodes_the_same(bundle:
                 options.get_session_config_entry("session.force_spinning_stop"))
 
     served = BatchingEncoder(str(bundle), threads=1, use_gpu=False)
-    never = OnnxEncoder(bundle, num_threads=1, spin="never")
+    never = OnnxEncoder(bundle, threads=1, spin="never")
     assert config(encoder.session) == ("1", "0")
     assert config(served.encoder.session) == ("1", "1")
     assert config(never.session)[0] == "0"
     np.testing.assert_allclose(served.encode_now(SENTENCES), encoder.encode_queries(SENTENCES), atol=1e-5)
     with pytest.raises(ValueError, match="spin must be one of"):
-        OnnxEncoder(bundle, num_threads=1, spin=False)  # type: ignore[arg-type]
+        OnnxEncoder(bundle, threads=1, spin=False)  # type: ignore[arg-type]

@@ -35,12 +35,12 @@ def bundles(request: pytest.FixtureRequest, tiny_data: Path, tmp_path_factory: p
     ids, texts = load_retrieval_data(tiny_data, split="test").doc_texts()
     model = make_model(root / "model")
     kind = index_kind(name)
-    encoder = load_query_encoder(kind, model, num_threads=1)
+    encoder = load_query_encoder(kind, model, threads=1)
     index = build_index(kind, ids, texts, encoder=encoder, shards=2, **params)
     (root / "keys.txt").write_text(f"{API_KEY}\n")
     return {"name": name, "data": tiny_data, "model": model, "keys": root / "keys.txt",
             "index": publish_index(index, root / f"{name}-v1", name, texts=(ids, texts), encoder=encoder),
-            "bm25": BM25Index.build(ids, texts).save(root / "bm25", name="bm25")}
+            "bm25": BM25Index.build(ids, texts).save(root / "bm25", name="bm25").path}
 
 
 @pytest.fixture(scope="module")

@@ -44,12 +44,12 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     collection = load_retrieval_data(tiny_data, split="test")
     ids, texts = collection.doc_texts()
     out = {"data": tiny_data}
-    out["bm25"] = with_version(BM25Index.build(ids, texts).save(root / "bm25-v1", name="bm25"), "bm25-v1")
+    out["bm25"] = with_version(BM25Index.build(ids, texts).save(root / "bm25-v1", name="bm25").path, "bm25-v1")
     out["bm25_v2"] = with_version(BM25Index.build(ids, texts, BM25Config(k1=1.5, b=0.75))
-                                   .save(root / "bm25-v2", name="bm25"), "bm25-v2")
+                                   .save(root / "bm25-v2", name="bm25").path, "bm25-v2")
     out["encoder"] = tiny_dense_encoder(root / "encoder")
     out["reranker"] = tiny_reranker(root / "reranker")
-    enc = OnnxEncoder(out["encoder"], num_threads=1)
+    enc = OnnxEncoder(out["encoder"], threads=1)
     DenseRetriever.build(enc, ids, texts, shards=2).save(root / "dense-v1")
     out["dense"] = with_version(root / "dense-v1", "dense-v1")
     from retrec.pipelines.train.seq.bert4rec import BERT4RecTrainConfig, train_bert4rec
@@ -140,7 +140,7 @@ def test_rerank_stage_reorders_bm25_top_depth_as_offline(client: httpx.Client, b
     from retrec.data.corpus import corpus_texts, read_corpus
     from retrec.runtime.reranker import OnnxReranker
 
-    index, reranker = BM25Index.load(bundles["bm25"]), OnnxReranker(bundles["reranker"], num_threads=1)
+    index, reranker = BM25Index.load(bundles["bm25"]), OnnxReranker(bundles["reranker"], threads=1)
     texts = dict(zip(*corpus_texts(read_corpus(bundles["data"]))))
     for q in _queries(bundles)[:3]:
         r = client.post("/v1/search", json={"query": q, "k": 3, "retriever": "bm25", "rerank": True})
@@ -153,7 +153,7 @@ def test_rerank_stage_reorders_bm25_top_depth_as_offline(client: httpx.Client, b
 
 
 def _offline_dense(bundles: dict[str, Path]) -> DenseRetriever:
-    return DenseRetriever(OnnxEncoder(bundles["encoder"], num_threads=1), FaissIndex.load(bundles["dense"]))
+    return DenseRetriever(OnnxEncoder(bundles["encoder"], threads=1), FaissIndex.load(bundles["dense"]))
 
 
 def _encoder_info(models: dict[str, Any], bundles: dict[str, Path]) -> dict[str, Any]:

@@ -23,7 +23,7 @@ def test_runtime_env_reaches_replicas_and_metrics_leave_through_ray(tiny_data: P
     if ray.is_initialized():
         pytest.skip("needs its own Ray instance")
     ids, texts = load_retrieval_data(tiny_data, split="test").doc_texts()
-    bundle = BM25Index.build(ids, texts).save(tmp_path / "bm25", name="bm25")
+    bundle = BM25Index.build(ids, texts).save(tmp_path / "bm25", name="bm25").path
     app = launch.load_serve_config(launch.DEFAULT_CONFIG)["applications"][0]
     light = {"replicas": 1, "num_cpus": 0}
     config = {"http_options": {"host": "127.0.0.1", "port": launch.free_port()},

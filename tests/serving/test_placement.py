@@ -26,7 +26,7 @@ pytest.importorskip("ray")
 @pytest.fixture(scope="module")
 def bm25(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     ids, texts = load_retrieval_data(tiny_data, split="test").doc_texts()
-    return Path(BM25Index.build(ids, texts).save(tmp_path_factory.mktemp("placement") / "bm25", name="bm25"))
+    return Path(BM25Index.build(ids, texts).save(tmp_path_factory.mktemp("placement") / "bm25", name="bm25").path)
 
 
 def test_auto_serves_small_cpu_indices_in_the_ingress(bm25: Path, monkeypatch: pytest.MonkeyPatch) -> None:

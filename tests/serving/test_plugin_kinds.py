@@ -25,7 +25,6 @@ import pytest
 
 from retrec.bundle import BundleError
 from retrec.data.beir import load_retrieval_data
-from retrec.data.interactions import load_interactions, user_sequences
 from retrec.index.bm25_index import BM25Index
 from retrec.index.dense_retriever import DenseRetriever
 from retrec.index.faiss_index import FaissIndex
@@ -49,12 +48,11 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     (root / "admin-keys.txt").write_text(f"{ADMIN_KEY}\n")
     toy_kinds.build_toy_index(ids, texts).save(root / "toy", name="toy")
     out["toy"] = root / "toy"
-    out["bm25"] = BM25Index.build(ids, texts).save(root / "bm25")
-    sequences = user_sequences(load_interactions(tiny_data)).items
-    out["toypop"] = toy_kinds.write_toy_recommender(root / "toypop", sequences)
+    out["bm25"] = BM25Index.build(ids, texts).save(root / "bm25").path
+    out["toypop"] = toy_kinds.train_toy(tiny_data, root / "toypop", toy_kinds.ToyTrainConfig())  # retrec train toy
     for name, dim, seed in (("a", 16, 0), ("b", 8, 1)):  # two encoder bundles: different weights and dims
         out[f"enc_{name}"] = tiny_dense_encoder(root / f"enc-{name}", dim=dim, seed=seed)
-        DenseRetriever.build(OnnxEncoder(out[f"enc_{name}"], num_threads=1), ids, texts, shards=2).save(
+        DenseRetriever.build(OnnxEncoder(out[f"enc_{name}"], threads=1), ids, texts, shards=2).save(
             root / f"dense-{name}")
         out[f"dense_{name}"] = root / f"dense-{name}"
     return out
@@ -188,7 +186,7 @@ def _assert_close(got: list[tuple[str, float]], want: list[tuple[str, float]]) -
 def test_two_dense_retrievers_with_their_own_encoders(url: str, bundles: dict[str, Path], prefix: str) -> None:
     """Concurrent requests to two dense retrievers (different encoder bundles and dims) and their hybrid:
     each encoder batches only its own queries; every answer equals its offline retriever's."""
-    offline = {n: DenseRetriever(OnnxEncoder(bundles[f"enc_{n[-1]}"], num_threads=1),
+    offline = {n: DenseRetriever(OnnxEncoder(bundles[f"enc_{n[-1]}"], threads=1),
                                  FaissIndex.load(bundles[f"dense_{n[-1]}"])) for n in ("dense_a", "dense_b")}
     queries = _queries(bundles)
     bodies = [{"query": q, "k": 7, "retriever": r} for q in queries for r in ("dense_a", "dense_b", "hybrid")]

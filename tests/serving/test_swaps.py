@@ -31,8 +31,8 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     ids, texts = load_retrieval_data(tiny_data, split="test").doc_texts()
     out = {"data": tiny_data}
     for key, k1, version in (("v1", 0.9, "bm25-v1"), ("v2", 1.5, "bm25-v2"), ("v2b", 2.5, "bm25-v2")):
-        out[key] = with_version(BM25Index.build(ids, texts, BM25Config(k1=k1, b=0.75)).save(root / key, name="bm25"),
-                                 version)
+        saved = BM25Index.build(ids, texts, BM25Config(k1=k1, b=0.75)).save(root / key, name="bm25")
+        out[key] = with_version(saved.path, version)
     (root / "keys.txt").write_text(f"{API_KEY}\n")
     (root / "admin-keys.txt").write_text(f"{ADMIN_KEY}\n")
     out["keys"], out["admin_keys"], out["root"] = root / "keys.txt", root / "admin-keys.txt", root

@@ -48,8 +48,8 @@ def bm25_same_version(corpus: tuple[list[str], list[str]], tmp_path_factory: pyt
     """Two different BM25 index versions whose manifests carry the same version string."""
     root = tmp_path_factory.mktemp("same-version")
     ids, texts = corpus
-    a = BM25Index.build(ids, texts, BM25Config(k1=0.9, b=0.4)).save(root / "a", name="bm25")
-    b = BM25Index.build(ids, texts, BM25Config(k1=1.8, b=0.9)).save(root / "b", name="bm25")
+    a = BM25Index.build(ids, texts, BM25Config(k1=0.9, b=0.4)).save(root / "a", name="bm25").path
+    b = BM25Index.build(ids, texts, BM25Config(k1=1.8, b=0.9)).save(root / "b", name="bm25").path
     return [with_version(Path(a), "same"), with_version(Path(b), "same")]
 
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from retrec import kinds
 from retrec.bundle import BundleError, read_manifest
+from retrec.contracts import call_hook
 from retrec.data.interactions import LeaveOneOut
 from retrec.pipelines.eval.rec import ItemVocabulary, ScoreFn
 from retrec.runtime.count_scoring import CooccurrenceRecommender, MarkovRecommender, PopularityRecommender
@@ -75,7 +76,8 @@ BUILDERS = BASELINES  # the fitted-by-name recommenders (older name)
 
 
 def load_recommender(path: str | Path, **options: Any) -> Recommender:
-    """A recommender bundle of any registered kind, through the registry's loader."""
+    """A recommender bundle of any registered kind, through the registry's loader (``options``, e.g. ``threads``,
+    refused when it takes no such one)."""
     manifest = read_manifest(path)
     try:
         kind = kinds.get(manifest.kind)
@@ -83,7 +85,7 @@ def load_recommender(path: str | Path, **options: Any) -> Recommender:
         raise BundleError(f"{path}: {exc}") from exc
     if kind.role != "recommender" or kind.load is None:
         raise BundleError(f"{path}: a {kind.kind} bundle ({kind.role}), not a recommender")
-    return kinds.call(kind.load, path, **options)
+    return call_hook(kind.kind, kinds.resolve(kind.load), path, options=options)
 
 
 def build_recommender(

@@ -41,6 +41,7 @@ import numpy as np
 
 from retrec import kinds
 from retrec.bundle import read_manifest
+from retrec.contracts import StoredEncodings
 from retrec.data.beir import corpus_texts
 from retrec.data.corpus import read_corpus
 from retrec.index.generic import (
@@ -153,7 +154,7 @@ def _reusable(kind: kinds.Kind, base: Path | None, encoder: Any, corpus: _Corpus
         if identity != encoding_identity(encoder):
             raise ValueError("its vectors came from another encoder (bundle, variant or document length)")
         index = kinds.call(kind.load, base, verify=True, use_gpu=False)
-        pairs = index.encoded_documents() if hasattr(index, "encoded_documents") else None
+        pairs = index.encoded_documents() if isinstance(index, StoredEncodings) else None
         if pairs is None:
             raise ValueError("its index cannot give its vectors back exactly (a lossy factory)")
         rows = {d: i for i, d in enumerate(pairs[0])}

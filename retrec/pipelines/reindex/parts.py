@@ -126,7 +126,7 @@ class PartEncoder:
         from retrec.process_env import configure_process
 
         configure_process(threads)
-        self.encoder = load_query_encoder(kinds.get(kind), model, num_threads=threads)
+        self.encoder = load_query_encoder(kinds.get(kind), model, threads=threads)
 
     def encode(self, number: int, texts: list[str]) -> tuple[int, np.ndarray | list[np.ndarray]]:
         return number, self.encoder.encode_documents(texts)

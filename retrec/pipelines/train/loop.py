@@ -140,10 +140,26 @@ class TrainAdapter(Protocol):
 
 
 class TorchAdapter:
-    """Checkpoint defaults for adapters: the model's and the optimizer's state."""
+    """Defaults for adapters: where they run (:meth:`place`), checkpoints of the model's and the optimizer's state.
+
+    An adapter calls ``self.place(cfg.device, cfg.precision)`` first, puts its model on ``self.device`` and runs
+    its forward passes under ``autocast(self.precision, self.device)``; the loop records both in the bundle
+    (``metrics.device``, ``metrics.precision``). Exports and their parity checks run on the CPU.
+    """
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
+    name: str
+    device: str = "cpu"
+    precision: str = "fp32"
+
+    def place(self, device: str, precision: str) -> None:
+        """Resolve ``auto`` and check the device (a GPU asked for that torch does not see is refused)."""
+        from retrec.models.precision import resolve_device, resolve_precision
+
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        log.info("%s: training on %s, %s", getattr(self, "name", "model"), self.device, self.precision)
 
     def state_dict(self) -> dict[str, Any]:
         return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict()}
@@ -320,6 +336,9 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     log.info("%s: exporting to %s", adapter.name, out)
     with publish(out) as pub:
         manifest_fields = adapter.export(pub, run)
+        ran_on = {k: getattr(adapter, k) for k in ("device", "precision") if isinstance(getattr(adapter, k, None),
+                                                                                      str)}
+        manifest_fields["metrics"] = {**manifest_fields.get("metrics", {}), **ran_on}  # where it trained
         (pub.path / CURVE_FILE).write_text(json.dumps(curve, indent=1))
         pub.set_manifest(**{"command": command, **manifest_fields})
     return out

@@ -19,8 +19,13 @@ Example::
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from typing import Any, Literal
+
+DEVICE_HELP = "auto (a CUDA GPU when torch sees one, else cpu) | cpu | cuda | cuda:N"
+PRECISION_HELP = "auto (bf16 autocast where the hardware runs bf16 natively, else fp32) | bf16 | fp32"
+_DEVICE = re.compile(r"auto|cpu|cuda(:[0-9]{1,3})?")
 
 
 def option(default: Any, help: str, *, flag: str | None = None) -> Any:
@@ -42,7 +47,11 @@ def choices(annotation: Any) -> tuple[str, ...] | None:
 
 
 def check_choices(config: Any) -> None:
-    """Refuse a value outside its field's ``Literal`` choices: ``unknown lr schedule 'step'; choose one of …``."""
+    """Refuse a value outside its field's ``Literal`` choices: ``unknown lr schedule 'step'; choose one of …``; and
+    a ``device`` field that is not auto, cpu, cuda or cuda:N (whether that GPU exists is the trainer's check)."""
+    device = getattr(config, "device", "auto")
+    if not isinstance(device, str) or not _DEVICE.fullmatch(device):
+        raise ValueError(f"device must be auto, cpu, cuda or cuda:N, not {device!r}")
     types = field_types(type(config))
     for f in dataclasses.fields(config):
         allowed = choices(types[f.name])

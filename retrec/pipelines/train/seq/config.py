@@ -13,11 +13,15 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from retrec.pipelines.train.lr_schedule import Schedule
-from retrec.pipelines.train.options import check_choices, option
+from retrec.pipelines.train.options import DEVICE_HELP, check_choices, option
+
+INTERACTIONS_HELP = "interactions: folder or file (Parquet, sequential, MovieLens)"
+CPU_ONLY_HELP = "cpu (counting runs in numpy: auto means cpu, cuda is refused)"
 
 
 @dataclass
@@ -30,6 +34,8 @@ class SequenceOptions:
     derived from the data (the 99th percentile of sequence lengths rounded up to 10, from 10 up to
     :meth:`max_len_cap`: 200, the paper's settings, Beauty 50 and MovieLens 200; BERT4Rec's default layout 50).
     """
+
+    data_help: ClassVar[str] = INTERACTIONS_HELP
 
     max_len: int | None = option(None, "sequence length (default: from the data, the 99th percentile of "
                                        "sequence lengths rounded up to 10, 10..200; BERT4Rec's pre-LN layout "
@@ -54,7 +60,7 @@ class SequenceOptions:
     max_minutes: float | None = option(45.0, "training time budget (the learning rate decays over it)")
     admit_threshold: int = option(1, "occurrences before an item gets a table row")
     seed: int = option(0, "random seed")
-    device: str = option("auto", "auto (a CUDA GPU when torch sees one, else cpu) | cpu | cuda | cuda:N")
+    device: str = option("auto", DEVICE_HELP)
     precision: Literal["auto", "bf16", "fp32"] = option(
         "fp32", "fp32 | bf16 (autocast: matrix products in bf16) | auto (bf16 where the hardware runs it natively)")
 
@@ -86,23 +92,23 @@ class SequenceTrainOptions(SequenceOptions):
 
 @dataclass
 class BERT4RecTrainConfig(SequenceTrainOptions):
-    """BERT4Rec Cloze training (see retrec/pipelines/train/seq/bert4rec.py)."""
+    """Train BERT4Rec (Cloze) with early stopping on the validation item; writes an ONNX bundle (model/bert4rec)."""
 
     mask_prob: float | None = option(None, "Cloze mask probability (default: from the data, the paper's 0.6 for "
                                            "short sequences (median under 20 items, e.g. Beauty), else 0.2)")
     mask_last: float = option(0.1, "share of the training windows that mask only their last item (the served "
-                                   "task: history, then [MASK]; the paper's fine-tuning samples; Beauty, with "
-                                   "--precision auto, side by side: test NDCG@10 0.0204 against 0.0200 without)")
+                                   "task: history, then [MASK]; the paper's fine-tuning samples; a small gain "
+                                   "on Beauty: benchmarks/RESULTS.md)")
     precision: Literal["auto", "bf16", "fp32"] = option(
         "auto", "auto (bf16 autocast where the hardware runs it natively, else fp32) | bf16 | fp32")
     block: Literal["sasrec", "bert"] = option(
         "sasrec", "block layout: sasrec (SASRec's pre-LN blocks: normalised query, feed-forward of width d, a final "
-                  "LayerNorm; attention stays bidirectional; Beauty test NDCG@10 0.0212-0.0215 against the bert "
-                  "layout's 0.0186-0.0204) | bert (the paper's post-LN blocks and output head)")
+                  "LayerNorm; attention stays bidirectional; ahead of the bert layout on Beauty: "
+                  "benchmarks/RESULTS.md) | bert (the paper's post-LN blocks and output head)")
     max_minutes: float | None = option(55.0, "training time budget (the learning rate decays over it; Cloze learns "
                                              "from the masked positions only, so it gets longer than SASRec)")
-    patience: int = option(100, "epochs without validation gain before stopping (Beauty: 20 stopped at epoch 45 "
-                                "before the decay, test NDCG@10 0.0182; validation kept rising as the rate decayed)")
+    patience: int = option(100, "epochs without validation gain before stopping (on Beauty a patience of 20 "
+                                "stopped before the decay, while validation kept rising as the rate decayed)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -118,17 +124,18 @@ class BERT4RecTrainConfig(SequenceTrainOptions):
 
 @dataclass
 class SASRecTrainConfig(SequenceTrainOptions):
-    """SASRec next-item training at every position (see retrec/pipelines/train/seq/sasrec.py)."""
+    """Train SASRec (causal, next item at every position) with early stopping on the validation item; writes an
+    ONNX bundle (model/sasrec)."""
 
-    dropout: float = option(0.5, "dropout (hidden and attention; Beauty validation NDCG@10 over 30 epochs: 0.5 "
-                                 "0.044, 0.2 0.041, 0.1 0.040 — every position is a target, so it overfits "
+    dropout: float = option(0.5, "dropout (hidden and attention; 0.5 validated best of 0.5, 0.2 and 0.1 on Beauty: "
+                                 "benchmarks/RESULTS.md — every position is a target, so it overfits "
                                  "sooner than BERT4Rec)")
     max_steps: int | None = option(10_000, "optimizer-step budget: the learning rate decays over the smallest of "
                                            "the time, epoch and step budgets, and training ends with the epoch "
                                            "that reaches it (Beauty: 31 epochs; MovieLens-100k: 200 epochs first)")
     precision: Literal["auto", "bf16", "fp32"] = option(
-        "auto", "auto (bf16 autocast where the hardware runs it natively, else fp32; Beauty: the same test NDCG@10 "
-                "as fp32, 0.0337, with 1.16x faster steps) | bf16 | fp32")
+        "auto", "auto (bf16 autocast where the hardware runs it natively, else fp32; on Beauty the same test "
+                "quality as fp32 with faster steps: benchmarks/RESULTS.md) | bf16 | fp32")
     block: Literal["sasrec", "bert"] = option(
         "sasrec", "block layout: sasrec (the paper's: normalised query, feed-forward of width d) | bert (BERT4Rec's "
                   "post-LN blocks and output head)")
@@ -136,13 +143,15 @@ class SASRecTrainConfig(SequenceTrainOptions):
 
 @dataclass
 class OneRecTrainConfig(SequenceOptions):
-    """OneRec: semantic IDs + an encoder–decoder with sparse-MoE feed-forward layers (pipelines/train_onerec.py)."""
+    """Train OneRec (semantic IDs, encoder–decoder with a sparse-MoE decoder) with early stopping on the validation
+    item; writes an ONNX bundle (model/onerec) served by beam search."""
 
     ids_from: str = option("cooccurrence", "item vectors the semantic IDs cluster: cooccurrence (PPMI + SVD of the "
                                            "training histories, no model needed) | a model/bert4rec or model/sasrec "
                                            "bundle folder (its item table, output bias dropped)")
-    levels: int = option(2, "semantic-ID levels before the disambiguating code (Beauty, validation NDCG@10 at equal "
-                            "epochs: 2 levels of 1024 codes above 2 of 512, 2 of 256 and 3 of 64)")
+    levels: int = option(2, "semantic-ID levels before the disambiguating code (on Beauty, at equal epochs, 2 "
+                            "levels of 1024 codes validated above 2 of 512, 2 of 256 and 3 of 64: "
+                            "benchmarks/RESULTS.md)")
     codes: int | None = option(None, "codes per level (default: from the catalogue, the smallest power of two with "
                                      "codes^levels >= 16 x items, 4..1024; Beauty, 2 levels: 1024)")
     session: int = option(10, "items of the next session the decoder learns to generate (and generates at most)")
@@ -152,8 +161,8 @@ class OneRecTrainConfig(SequenceOptions):
     aux_weight: float = option(0.01, "weight of the experts' load-balancing loss")
     beam: int = option(10, "beam width of session generation (the bundle's default)")
     list_beam: int = option(20, "beam width of a top-k list of next items (validation, /v1/recommend, eval-rec: "
-                                "max(k, list_beam) beams; wider than k keeps items a narrow beam prunes early — "
-                                "Beauty test NDCG@10 +11% at 20 over 10)")
+                                "max(k, list_beam) beams; wider than k keeps items a narrow beam prunes early: "
+                                "benchmarks/RESULTS.md)")
     cuts: int = option(16, "examples (history, next session) drawn per training window and step: one encoder pass "
                            "over the window serves them all")
     item_inputs: bool = option(True, "the encoder embeds each history item itself besides its semantic-ID tokens "
@@ -188,3 +197,34 @@ class OneRecTrainConfig(SequenceOptions):
             raise ValueError("top_k must be in 1..experts")
         if self.first_weight <= 0:
             raise ValueError("first_weight must be positive")
+
+
+@dataclass
+class CountTrainConfig:
+    """Fit the count model ({description}) on every history but each user's test item, its parameters chosen on the
+    validation item; writes {kind}.
+
+    One config for the three count kinds (markov, markov-decay, cooc); ``{description}`` and ``{kind}`` in the
+    first paragraph are filled in per command."""
+
+    data_help: ClassVar[str] = INTERACTIONS_HELP
+
+    device: str = option("auto", CPU_ONLY_HELP)
+    precision: Literal["auto", "fp32"] = option("auto", "fp32 (counts and scores in float32; auto means fp32)")
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        if self.device.startswith("cuda"):
+            raise ValueError(f"device {self.device!r}: count models fit on the CPU (numpy); use auto or cpu")
+
+
+@dataclass
+class FusionTrainConfig(CountTrainConfig):
+    """Combine recommenders (weights chosen on the validation item, full-ranking NDCG@10); writes
+    model/rec-fusion."""
+
+    data_help: ClassVar[str] = "the interactions the components were trained on"
+
+    component: list[str] = dataclasses.field(default_factory=list, metadata={
+        "help": "a recommender bundle folder, or markov / markov-decay / cooc (fitted here); two or more"})
+    grid_step: float = option(0.05, "step of the weight grid over the simplex")

@@ -22,6 +22,7 @@ import math
 import re
 import shutil
 from collections.abc import Sequence
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +34,7 @@ from retrec.data.interactions import Sequences, load_interactions, user_sequence
 from retrec.kinds import FUSION_MODEL
 from retrec.pipelines.eval.ir_metrics import mean_metrics, next_item_ranks, rec_metrics_from_ranks
 from retrec.pipelines.eval.recommenders import load_recommender
-from retrec.pipelines.train.seq.config import SequenceTrainOptions
+from retrec.pipelines.train.seq.config import CountTrainConfig, FusionTrainConfig, SequenceTrainOptions
 from retrec.pipelines.train.seq.counts import fit_count_model
 from retrec.pipelines.train.seq.data import held_out_users, training_part, users_digest
 from retrec.runtime.count_recommender import MODELS as COUNT_MODELS
@@ -45,6 +46,7 @@ log = logging.getLogger("retrec.train.fusion")
 SPLIT_KEYS = ("eval_users", "valid_fraction", "seed")
 MAX_GRID = 10_000  # weight vectors a search scores
 MAX_COMPONENTS = 8
+CPU_RUN = {"device": "cpu", "precision": "fp32"}  # what counting and fusion run on, recorded
 TEMPERATURES = (0.5, 1.0, 2.0)  # softmax temperatures tried for each neural component
 Point = tuple[tuple[float, ...], tuple[float, ...]]  # (weights, temperatures)
 
@@ -137,8 +139,10 @@ def normalisation_of(rec: Recommender) -> str:
 
 
 def train_fusion(data: str | Path, out: str | Path, components: Sequence[str], grid_step: float = 0.05,
-                 command: str | None = None) -> Path:
-    """Choose the weights of ``components`` (bundle folders and/or count models by name) and publish the fusion."""
+                 command: str | None = None, run: dict[str, Any] | None = None) -> Path:
+    """Choose the weights of ``components`` (bundle folders and/or count models by name) and publish the fusion.
+
+    ``run``: the run's options as recorded in the manifest (``config.train``; default: device cpu, fp32)."""
     if not 2 <= len(components) <= MAX_COMPONENTS:
         raise ValueError(f"fusion takes 2 to {MAX_COMPONENTS} components (e.g. --component BUNDLE --component markov)")
     grid_size = len(simplex(len(components), grid_step)) * len(TEMPERATURES) ** sum(c not in COUNT_MODELS
@@ -181,15 +185,15 @@ def train_fusion(data: str | Path, out: str | Path, components: Sequence[str], g
             specs.append({"name": name, "weight": w, "normalise": how, "temperature": t})
         pub.set_manifest(kind=FUSION_MODEL, name="+".join(names), command=command,
                          config={"components": specs, "grid_step": grid_step, "temperatures": list(TEMPERATURES),
-                                 "split": split},
-                         metrics={"valid_NDCG@10": ndcg[best], "valid_users": len(order),
+                                 "split": split, "train": run or CPU_RUN},
+                         metrics={"valid_NDCG@10": ndcg[best], "valid_users": len(order), **CPU_RUN,
                                   **{f"valid_NDCG@10 {n} alone": v for n, v in alone.items()}})
         FusedRecommender.from_manifest(pub.draft())  # what is published loads
     return Path(out)
 
 
 def train_counts(model: str, data: str | Path, out: str | Path, command: str | None = None,
-                 split: dict[str, Any] | None = None) -> Path:
+                 split: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> Path:
     """Fit a count model (``markov``, ``markov-decay``, ``cooc``) on every history but each user's test item (as the
     sequence trainers hold it out), its parameters chosen first on the validation item of the users they hold out
     (``split``: theirs; default: the trainers' defaults), and publish it as a bundle."""
@@ -200,8 +204,28 @@ def train_counts(model: str, data: str | Path, out: str | Path, command: str | N
     valid = ([list(seqs.items[i][:-2]) for i in sorted(held)], [seqs.items[i][-2] for i in sorted(held)])
     fitted = fit_count_model(model, train, valid, refit=[training_part(s, False) for s in seqs.items])
     with publish(out) as pub:
-        pub.set_manifest(command=command, **fitted.save(pub.path))
+        saved = fitted.save(pub.path)
+        pub.set_manifest(command=command, **{**saved, "config": {**saved["config"], "train": run or CPU_RUN}},
+                         metrics=dict(CPU_RUN))
     return Path(out)
+
+
+def train_count_kind(data: str | Path, out: str | Path, cfg: CountTrainConfig | None = None, *, kind: str,
+                     resume: bool = False, command: str | None = None) -> Path:
+    """The registry's trainer of the count kinds (``model/markov``, ``model/markov-decay``, ``model/cooc``): a fit
+    takes seconds, so ``resume`` starts it again."""
+    cfg = cfg or CountTrainConfig()
+    model = kind.partition("/")[2]
+    if model not in COUNT_MODELS:
+        raise ValueError(f"{kind}: not a count model kind ({', '.join(COUNT_MODELS)})")
+    return train_counts(model, data, out, command=command, run={**asdict(cfg), **CPU_RUN})
+
+
+def train_fusion_kind(data: str | Path, out: str | Path, cfg: FusionTrainConfig, *, resume: bool = False,
+                      command: str | None = None) -> Path:
+    """The registry's trainer of ``model/rec-fusion``: :func:`train_fusion` with the config's components."""
+    return train_fusion(data, out, cfg.component, cfg.grid_step, command=command,
+                        run={**asdict(cfg), **CPU_RUN})
 
 
 def _names(components: Sequence[str]) -> list[str]:

@@ -25,7 +25,7 @@ import torch.nn.functional as F  # noqa: N812
 from retrec.bundle import Manifest, Publication
 from retrec.data.interactions import load_interactions, user_sequences
 from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder
-from retrec.models.precision import resolve_device, resolve_precision
+from retrec.models.precision import resolve_device
 from retrec.pipelines.eval.ir_metrics import mean_metrics, rec_metrics_from_ranks
 from retrec.pipelines.train.loop import TorchAdapter, TrainRun, run_training
 from retrec.pipelines.train.seq.config import SequenceTrainOptions
@@ -104,9 +104,7 @@ class ItemSoftmaxAdapter(TorchAdapter):
         self.prep, self.table, self.cfg = prep, table, cfg
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)  # CPU: masks and negatives, the same on every device
-        self.device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
-        log.info("%s: training on %s, %s", self.name, self.device, self.precision)
+        self.place(cfg.device, cfg.precision)
         self.model = self.model_type(BERT4RecConfig(
             num_items=len(prep.item_keys), max_len=cfg.max_len, hidden=cfg.hidden, layers=cfg.layers, heads=cfg.heads,
             dropout=cfg.dropout, attention_dropout=cfg.dropout, block=cfg.block)).to(self.device)
@@ -161,6 +159,7 @@ def train_sequence(
 ) -> Path:
     """Train a sequential recommender on ``data``'s interactions and write its bundle to ``out``."""
     loop_config(cfg)  # rejects a bad configuration before any work
+    resolve_device(cfg.device)  # and a GPU that is not there
     seqs = user_sequences(load_interactions(data))
     cfg = resolve_defaults(cfg, seqs)
     table = EmbeddingTable(cfg.hidden + 1, admit_threshold=cfg.admit_threshold, seed=cfg.seed,

@@ -34,8 +34,8 @@ import torch
 from retrec.bundle import Publication
 from retrec.data.interactions import load_interactions, user_sequences
 from retrec.kinds import ONEREC_MODEL
-from retrec.models.onerec import BOS, PAD, DecoderStep, Encoder, OneRec, OneRecConfig
-from retrec.models.precision import autocast, resolve_device, resolve_precision
+from retrec.models.onerec import BOS, PAD, OneRec, OneRecConfig, export_onnx
+from retrec.models.precision import autocast, resolve_device
 from retrec.models.semantic_ids import cooccurrence_vectors, semantic_ids
 from retrec.pipelines.train.loop import TorchAdapter, TrainRun, run_training
 from retrec.pipelines.train.seq.config import OneRecTrainConfig
@@ -93,8 +93,7 @@ class OneRecAdapter(TorchAdapter):
         self.tree = CodeTree(codes)
         torch.manual_seed(cfg.seed)
         self.gen = torch.Generator().manual_seed(cfg.seed)
-        self.device = resolve_device(cfg.device)
-        self.precision = resolve_precision(cfg.precision, self.device)
+        self.place(cfg.device, cfg.precision)
         self.model = OneRec(OneRecConfig(
             level_sizes=self.tree.sizes.tolist(), max_len=cfg.max_len, session=cfg.session, hidden=cfg.hidden,
             layers=cfg.layers, heads=cfg.heads, experts=cfg.experts, top_k=cfg.top_k,
@@ -207,27 +206,6 @@ class OneRecAdapter(TorchAdapter):
         return {**bundle, "metrics": {**metrics, **prep.stats}}
 
 
-def export_onnx(model: OneRec, directory: Path, opset: int = 17) -> None:
-    """``encoder.onnx`` and ``decoder_step.onnx`` with dynamic batch, history and token axes."""
-    depth = model.cfg.depth
-    history = torch.full((2, 3, depth + (model.cfg.items > 0)), PAD, dtype=torch.long)
-    history[:, 1:, :depth] = torch.tensor(model.cfg.offsets())
-    if model.cfg.items:
-        history[:, 1:, depth] = 1
-    torch.onnx.export(Encoder(model).eval(), (history,), str(directory / "encoder.onnx"), input_names=["history"],
-                      output_names=["memory", "padding"],
-                      dynamic_axes={"history": {0: "batch", 1: "steps"}, "memory": {0: "batch", 1: "steps"},
-                                    "padding": {0: "batch", 1: "steps"}}, opset_version=opset, dynamo=False)
-    with torch.no_grad():
-        memory, padding = model.encode(history)
-    tokens = torch.tensor([[BOS, model.cfg.offsets()[0]]] * 2)
-    torch.onnx.export(DecoderStep(model).eval(), (memory, padding, tokens), str(directory / "decoder_step.onnx"),
-                      input_names=["memory", "padding", "tokens"], output_names=["logp"],
-                      dynamic_axes={"memory": {0: "batch", 1: "steps"}, "padding": {0: "batch", 1: "steps"},
-                                    "tokens": {0: "batch", 1: "length"}, "logp": {0: "batch"}},
-                      opset_version=opset, dynamo=False)
-
-
 def onnx_agreement(model: OneRec, tree: CodeTree, draft: Any, histories: list[np.ndarray], beam: int,
                    list_beam: int) -> dict[str, float]:
     """Share of users whose top-10 list and whose best session are the same through ONNX Runtime as through torch."""
@@ -249,6 +227,7 @@ def train_onerec(
     """Train on ``data``'s interactions and write a ``model/onerec`` bundle to ``out``."""
     cfg = cfg or OneRecTrainConfig()
     loop = replace(loop_config(cfg), stop_within_epoch=True)  # rejects a bad configuration before any work
+    resolve_device(cfg.device)  # and a GPU that is not there
     seqs = user_sequences(load_interactions(data))
     cfg = resolve_defaults(cfg, seqs)  # type: ignore[assignment]
     table = EmbeddingTable(1, admit_threshold=cfg.admit_threshold, seed=cfg.seed,

@@ -15,16 +15,18 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import ClassVar, Literal
 
 from retrec.pipelines.train.lr_schedule import Schedule
-from retrec.pipelines.train.options import check_choices, option
+from retrec.pipelines.train.options import DEVICE_HELP, PRECISION_HELP, check_choices, option
 
 
 @dataclass
 class TextTrainingOptions:
-    """The options every text-model trainer shares: budget, schedule, precision, dev split, checkpoints, export
-    and the base model (``retrec train dense`` and ``retrec train reranker``)."""
+    """The options every text-model trainer shares: budget, schedule, device, precision, dev split, checkpoints,
+    export and the base model (``retrec train dense|multivector|sparse|reranker``)."""
+
+    data_help: ClassVar[str] = "BEIR folder (train qrels; dev qrels used for evaluation when present)"
 
     epochs: int = option(6, "passes over the training queries")
     max_minutes: float | None = option(30.0, "training time budget, dev evaluation included "
@@ -34,8 +36,8 @@ class TextTrainingOptions:
         "linear", "decay after the warm-up, over the budget (time or steps)")
     warmup_fraction: float = option(0.1, "share of the budget (time or steps) spent in linear warm-up")
     weight_decay: float = option(0.01, "AdamW weight decay")
-    precision: Literal["auto", "bf16", "fp32"] = option(
-        "auto", "auto (bf16 autocast where the hardware runs bf16 natively, else fp32) | bf16 | fp32")
+    device: str = option("auto", DEVICE_HELP)
+    precision: Literal["auto", "bf16", "fp32"] = option("auto", PRECISION_HELP)
     grad_checkpoint: bool = option(True, "recompute each layer's activations in the backward pass: a quarter of "
                                          "the peak memory, steps ~1.4x slower",
                                    flag="--grad-checkpoint/--no-grad-checkpoint")
@@ -104,19 +106,20 @@ class ContrastiveOptions(TextTrainingOptions):
 
 @dataclass
 class DenseTrainConfig(ContrastiveOptions):
-    """TAS-Balanced bi-encoder fine-tuning (see retrec/pipelines/train/text/dense.py)."""
+    """Train a TAS-Balanced bi-encoder from the packaged MiniLM or --base-model; writes an ONNX bundle (model/dense)."""
 
     similarity: Literal["cosine", "dot"] = option("cosine", "cosine (normalised embeddings) | dot")
 
 
 @dataclass
 class MultivectorTrainConfig(ContrastiveOptions):
-    """ColBERT-style token encoder fine-tuning, MaxSim scores (see retrec/pipelines/train/text/multivector.py)."""
+    """Train a ColBERT-style token encoder (MaxSim) from the packaged MiniLM or --base-model; writes an ONNX bundle
+    (model/multivector) for `retrec index muvera|maxsim`."""
 
-    epochs: int = option(10, "passes over the training queries (SciFact dev nDCG@10: 10 epochs 0.7541, 6: 0.7516; "
-                             "the best evaluated weights are exported)")
-    max_minutes: float | None = option(40.0, "training time budget, dev evaluation included (10 epochs of SciFact "
-                                             "took 34 min on 2 cores)")
+    epochs: int = option(10, "passes over the training queries (10 did better than 6 on SciFact's dev queries: "
+                             "benchmarks/RESULTS.md; the best evaluated weights are exported)")
+    max_minutes: float | None = option(40.0, "training time budget, dev evaluation included (sized for 10 epochs "
+                                             "of SciFact on 2 cores)")
     dim: int = option(128, "token vector dimension (a projection of the base model's states, initialised by PCA "
                            "of the corpus's token states)")
     max_query_length: int = option(32, "query tokens kept (with --query-augment: every query padded to it)")
@@ -135,7 +138,8 @@ class MultivectorTrainConfig(ContrastiveOptions):
 
 @dataclass
 class SparseTrainConfig(ContrastiveOptions):
-    """SPLADE fine-tuning: contrastive + FLOPS regularisation (see retrec/pipelines/train/text/sparse.py)."""
+    """Train a SPLADE learned sparse encoder (siamese or inference-free) from the packaged MiniLM or --base-model;
+    writes an ONNX bundle (model/sparse) for `retrec index sparse`."""
 
     mode: Literal["siamese", "inference-free"] = option(
         "siamese", "siamese (queries encoded by the model) | inference-free (documents only; a query's tokens "
@@ -149,14 +153,15 @@ class SparseTrainConfig(ContrastiveOptions):
                 "siamese")
     epochs: int = option(20, "passes over the training queries (the best evaluated weights are exported; on "
                              "SciFact the time budget ends training first)")
-    lr: float = option(1e-4, "peak learning rate (AdamW; SciFact dev nDCG@10 after 146 steps: 0.728 at 1e-4, "
-                             "0.700 at 3e-5)")
-    max_minutes: float | None = option(37.0, "training time budget, dev evaluations included (on SciFact with one "
-                                             "thread the whole command, mining and export included, takes ~45 min)")
+    lr: float = option(1e-4, "peak learning rate (AdamW; 1e-4 did better than 3e-5 on SciFact's dev queries: "
+                             "benchmarks/RESULTS.md)")
+    max_minutes: float | None = option(37.0, "training time budget, dev evaluations included (sized so that on "
+                                             "SciFact with one thread the whole command, mining and export "
+                                             "included, fits in 45 minutes)")
     scale: float | None = option(None, "logit scale of the sparse dot products in the cross-entropy (default: 1 "
                                        "siamese; 0.2 inference-free, whose IDF-weighted queries weigh ~3x more: "
-                                       "at 1 its cross-entropy is a hard max that drops every expansion, SciFact "
-                                       "dev 0.735 -> 0.717; at 0.2 dev 0.763)")
+                                       "at 1 its cross-entropy is a hard max that drops every expansion; "
+                                       "benchmarks/RESULTS.md)")
     lambda_q: float = option(0.03, "FLOPS weight on the query vectors (siamese; at the start of SciFact training "
                                    "FLOPS(queries) ~2 and FLOPS(documents) ~9 against a cross-entropy ~3)")
     lambda_d: float = option(0.01, "FLOPS weight on the document vectors")
@@ -171,8 +176,8 @@ class SparseTrainConfig(ContrastiveOptions):
                                            "is 0.1; SDPA then leaves its fused kernel, the unfused attention adds "
                                            "a random draw per map: benchmarks/sparse_step_cost.py)")
     grad_checkpoint: bool = option(False, "recompute each layer's activations in the backward pass (the sparse "
-                                          "head keeps no [batch, seq, vocabulary] block: 3.2 GiB peak for 64 "
-                                          "documents of 256 tokens without it; steps ~1.2x slower with it)",
+                                          "head keeps no [batch, seq, vocabulary] block, so the peak memory stays "
+                                          "moderate without it; steps ~1.2x slower with it)",
                                    flag="--grad-checkpoint/--no-grad-checkpoint")
 
     @property
@@ -196,7 +201,8 @@ class SparseTrainConfig(ContrastiveOptions):
 
 @dataclass
 class RerankerTrainConfig(TextTrainingOptions):
-    """Cross-encoder re-ranker fine-tuning (see retrec/pipelines/train/text/reranker.py)."""
+    """Train a cross-encoder re-ranker from the packaged MiniLM or --base-model; writes an ONNX bundle
+    (model/reranker) for `retrec eval --rerank` and `retrec train dense --teacher`."""
 
     batch_size: int = option(8, "queries per step")
     group_size: int = option(8, "pairs per query in a step: one judged positive (drawn by grade) and "

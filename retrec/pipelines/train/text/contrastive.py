@@ -26,6 +26,7 @@ import torch
 
 from retrec.bundle import load_bundle
 from retrec.kinds import RERANKER_MODEL
+from retrec.models.precision import resolve_device
 from retrec.models.text_encoder import BaseModel, resolve_base_model
 from retrec.pipelines.train.loop import TorchAdapter, TrainRun
 from retrec.pipelines.train.text.config import ContrastiveOptions
@@ -181,6 +182,7 @@ def contrastive_inputs(data: str | Path, cfg: ContrastiveOptions, progress: bool
                        ) -> tuple[BaseModel, TrainingSet, Miners, Teacher, np.ndarray | None]:
     """What every bi-encoder trainer starts from: the base model (a bad folder refused before any work), the
     training set, the miners, the teacher and the topic clusters of the training queries (None: random batches)."""
+    resolve_device(cfg.device)  # a GPU that is not there is refused before any work
     base = resolve_base_model(cfg.base_model)
     ts = training_set(data, cfg)
     log.info("%s: %d training queries (%d judgements), %d dev queries (%s), %d documents", what, len(ts.query_ids),

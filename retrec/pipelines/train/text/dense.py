@@ -37,7 +37,7 @@ import torch
 
 from retrec.bundle import Publication
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
-from retrec.models.precision import autocast, resolve_precision
+from retrec.models.precision import autocast, model_device
 from retrec.models.text_encoder import (
     KIND,
     BaseModel,
@@ -78,19 +78,19 @@ __all__ = ["DenseTrainConfig", "train_dense"]
 def step_loss(model: TextEncoder, tokenizer: TextTokenizer, step: Step, ts: TrainingSet, teacher: Teacher,
               cfg: DenseTrainConfig, precision: str = "fp32") -> tuple[torch.Tensor, dict[str, float]]:
     docs = np.concatenate([step.positives, step.negatives])
-    with autocast(precision):
+    with autocast(precision, model_device(model)):
         q = model(*tensors(tokenizer, [ts.query_texts[x] for x in step.queries], cfg.max_query_length))
         d = embed_grouped(model, tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length, cfg.doc_chunk)
     q, d = q.float(), d.float()  # the losses in fp32
     scores = q @ d.T
-    judged = judged_mask(step, ts)
+    judged = judged_mask(step, ts).to(scores.device)
     mask = judged if cfg.mask_judged else torch.zeros_like(judged)
     scale = cfg.scale if cfg.similarity == "cosine" else 1.0
     ce = in_batch_cross_entropy(scores, scale, mask)
     parts = {"ce": float(ce.detach()), "judged_negatives": float(judged.sum())}
     loss = ce
     if cfg.distill_weight > 0:
-        target = torch.from_numpy(np.stack([teacher.scores(qid, docs) for qid in step.queries]))
+        target = torch.from_numpy(np.stack([teacher.scores(qid, docs) for qid in step.queries])).to(scores.device)
         if cfg.similarity == "dot":
             target = target * scale
         pair = margin_mse(scores, target)
@@ -109,7 +109,7 @@ def dev_ndcg(model: TextEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cand
     was = model.training
     model.eval()
     docs = np.unique(np.concatenate(list(cands.values())))
-    with autocast(precision):
+    with autocast(precision, model_device(model)):
         dvec = encode_texts(model, tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length)
         qvec = encode_texts(model, tokenizer, [ts.query_texts[q] for q in cands], cfg.max_query_length)
     model.train(was)
@@ -142,13 +142,12 @@ class DenseAdapter(ContrastiveAdapter):
                  labels: np.ndarray | None, base: BaseModel, bundle_name: str) -> None:
         self.ts, self.cfg, self.miners, self.teacher, self.labels = ts, cfg, miners, teacher, labels
         self.base, self.bundle_name = base, bundle_name
-        self.precision = resolve_precision(cfg.precision)
-        log.info("dense: %s training", self.precision)
+        self.place(cfg.device, cfg.precision)
         self.dev_cands = dev_candidates(ts, miners, cfg.dev_candidates)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(base.folder)
         self.model = TextEncoder.from_pretrained(base.folder, pooling=base.pooling,
-                                                 normalize=cfg.similarity == "cosine").train()
+                                                 normalize=cfg.similarity == "cosine").train().to(self.device)
         self._optimize()
 
     def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
@@ -159,6 +158,7 @@ class DenseAdapter(ContrastiveAdapter):
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts
+        self.model.cpu()  # export and parity on the CPU
         enc_cfg = EncoderConfig(pooling=self.base.pooling, normalize=cfg.similarity == "cosine",
                                 similarity=cfg.similarity, max_query_length=cfg.max_query_length,
                                 max_doc_length=cfg.max_doc_length, base_model=self.base.name)

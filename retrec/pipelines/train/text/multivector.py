@@ -30,7 +30,7 @@ import torch
 
 from retrec.bundle import Publication
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
-from retrec.models.precision import autocast, resolve_precision
+from retrec.models.precision import autocast, model_device
 from retrec.models.text_encoder import BaseModel
 from retrec.models.token_encoder import (
     KIND,
@@ -76,18 +76,18 @@ def step_loss(model: TokenEncoder, tokenizer: TextTokenizer, step: Step, ts: Tra
               precision: str = "fp32") -> tuple[torch.Tensor, dict[str, float]]:
     """In-batch cross-entropy over MaxSim (judged-relevant negatives masked) + optional Margin-MSE distillation."""
     docs = np.concatenate([step.positives, step.negatives])
-    with autocast(precision):
+    with autocast(precision, model_device(model)):
         q, qmask = encode_queries(model, tokenizer, [ts.query_texts[x] for x in step.queries], mcfg)
         d, keep = encode_documents(model, tokenizer, [ts.doc_texts[i] for i in docs], mcfg, skip, cfg.doc_chunk)
     scores = maxsim_scores(q.float(), qmask.float(), d.float(), keep)  # [B, 2B], the losses in fp32
-    judged = judged_mask(step, ts)
+    judged = judged_mask(step, ts).to(scores.device)
     mask = judged if cfg.mask_judged else torch.zeros_like(judged)
     ce = in_batch_cross_entropy(scores, cfg.scale, mask)
     parts = {"ce": float(ce.detach()), "judged_negatives": float(judged.sum())}
     loss = ce
     if cfg.distill_weight > 0:  # per query token, MaxSim is a mean cosine: the teacher's scale
         per_token = scores / qmask.float().sum(dim=1, keepdim=True).clamp(min=1.0)
-        target = torch.from_numpy(np.stack([teacher.scores(qid, docs) for qid in step.queries]))
+        target = torch.from_numpy(np.stack([teacher.scores(qid, docs) for qid in step.queries])).to(scores.device)
         pair = margin_mse(per_token, target)
         inbatch = in_batch_margin_mse(per_token, target, mask)
         loss = loss + cfg.distill_weight * (pair + cfg.inbatch_weight * inbatch)
@@ -103,7 +103,7 @@ def dev_ndcg(model: TokenEncoder, tokenizer: TextTokenizer, ts: TrainingSet, can
         return None
     rows = np.unique(np.concatenate(list(cands.values())))
     where = {int(r): i for i, r in enumerate(rows)}
-    with autocast(precision):  # token_vectors runs the model in eval mode and restores its mode
+    with autocast(precision, model_device(model)):  # token_vectors runs the model in eval mode and restores its mode
         docs = token_vectors(model, tokenizer, [ts.doc_texts[i] for i in rows], mcfg, skip, query=False)
         queries = token_vectors(model, tokenizer, [ts.query_texts[q] for q in cands], mcfg, skip, query=True)
     run = {q: {ts.doc_ids[int(r)]: maxsim(qv, docs[where[int(r)]]) for r in cand}
@@ -122,7 +122,7 @@ class MultivectorAdapter(ContrastiveAdapter):
         self.ts, self.cfg, self.miners, self.teacher, self.labels = ts, cfg, miners, teacher, labels
         self.base, self.bundle_name = base, bundle_name
         self.mcfg = model_config(cfg, base)
-        self.precision = resolve_precision(cfg.precision)
+        self.place(cfg.device, cfg.precision)
         self.dev_cands = dev_candidates(ts, miners, cfg.dev_candidates)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(base.folder)
@@ -134,7 +134,7 @@ class MultivectorAdapter(ContrastiveAdapter):
                  self.precision, self.model.bert.config.hidden_size, cfg.dim, len(sample))
         self.model.init_projection(pca_projection(self.model.bert, self.tokenizer,
                                                   [ts.doc_texts[i] for i in sample], cfg.dim, cfg.max_doc_length))
-        self.model.train()
+        self.model.train().to(self.device)
         self._optimize()
 
     def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
@@ -147,6 +147,7 @@ class MultivectorAdapter(ContrastiveAdapter):
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts
+        self.model.cpu()  # export and parity on the CPU
         config, dims = write_multivector_files(self.model, pub.path, tokenizer=self.tokenizer, config=self.mcfg,
                                                quantize=cfg.quantize)
         fields: dict[str, Any] = {"kind": KIND, "name": self.bundle_name, "dims": dims}

@@ -39,7 +39,7 @@ from retrec.models.cross_encoder import (
     score_pairs,
     write_reranker_files,
 )
-from retrec.models.precision import autocast, resolve_precision
+from retrec.models.precision import autocast, model_device, resolve_device
 from retrec.models.text_encoder import BaseModel, resolve_base_model
 from retrec.pipelines.eval.ir_metrics import evaluate_run
 from retrec.pipelines.eval.rerank import sweep_first_stage_weight
@@ -94,14 +94,15 @@ def step_loss(model: CrossEncoder, tokenizer: TextTokenizer, group: Group, ts: T
     pairs = [(ts.query_texts[q], ts.doc_texts[int(d)]) for q, row in zip(group.queries, group.docs) for d in row]
     chunk = cfg.chunk if 0 < cfg.chunk < len(pairs) else len(pairs)
     positions, parts = [], []
-    with autocast(precision):
+    with autocast(precision, model_device(model)):
         for rows, feeds in tokenizer.pair_batches(pairs, cfg.max_length, chunk):
             positions.append(rows)
             parts.append(model(*(torch.from_numpy(feeds[k]) for k in ("input_ids", "attention_mask",
                                                                         "token_type_ids"))))
-    order = torch.from_numpy(np.argsort(np.concatenate(positions)))
-    scores = torch.cat(parts).float()[order].view(len(group.queries), -1)
-    loss = nn.functional.cross_entropy(scores, torch.zeros(len(group.queries), dtype=torch.long))
+    scores = torch.cat(parts).float()
+    scores = scores[torch.from_numpy(np.argsort(np.concatenate(positions))).to(scores.device)]
+    scores = scores.view(len(group.queries), -1)
+    loss = nn.functional.cross_entropy(scores, torch.zeros(len(group.queries), dtype=torch.long, device=scores.device))
     accuracy = float((scores.argmax(dim=1) == 0).float().mean())
     return loss, {"ce": float(loss.detach()), "group_accuracy": accuracy}
 
@@ -112,7 +113,7 @@ def dev_scores(model: CrossEncoder, tokenizer: TextTokenizer, ts: TrainingSet, c
     was = model.training
     model.eval()
     pairs = [(ts.query_texts[q], ts.doc_texts[int(r)]) for q, rows in cands.items() for r in rows]
-    with autocast(precision):
+    with autocast(precision, model_device(model)):
         scores = score_pairs(model, tokenizer, pairs, cfg.max_length)
     model.train(was)
     bounds = np.cumsum([0, *(len(rows) for rows in cands.values())])
@@ -151,14 +152,14 @@ class RerankerAdapter(TorchAdapter):
     def __init__(self, ts: TrainingSet, cfg: RerankerTrainConfig, miners: Miners, base: BaseModel,
                  bundle_name: str) -> None:
         self.ts, self.cfg, self.miners, self.base, self.bundle_name = ts, cfg, miners, base, bundle_name
-        self.precision = resolve_precision(cfg.precision)
+        self.place(cfg.device, cfg.precision)
         log.info("reranker: %s training", self.precision)
         self.dev_cands = dev_candidates(ts, miners, cfg.dev_candidates)
         self.first_scores = first_stage_scores(miners, self.dev_cands)
         self.first_stage = candidates_ndcg(ts, self.dev_cands, self.first_scores)
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(base.folder)
-        self.model = CrossEncoder.from_pretrained(base.folder, pooling=cfg.pooling).train()
+        self.model = CrossEncoder.from_pretrained(base.folder, pooling=cfg.pooling).train().to(self.device)
         if cfg.grad_checkpoint:
             self.model.bert.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -187,6 +188,7 @@ class RerankerAdapter(TorchAdapter):
             log.info("reranker: first-stage weight %.1f (dev nDCG@10 %.4f; the model alone %s, the first stage "
                      "alone %s)", weight, interpolated or 0.0, candidates_ndcg(ts, self.dev_cands, scores),
                      self.first_stage)
+        self.model.cpu()  # export and parity on the CPU
         rcfg = RerankerConfig(pooling=cfg.pooling, max_length=cfg.max_length, base_model=self.base.name)
         config, dims = write_reranker_files(self.model, pub.path, tokenizer=self.tokenizer, config=rcfg,
                                             quantize=cfg.quantize)
@@ -222,6 +224,7 @@ def train_reranker(
 ) -> Path:
     """Train on ``data``'s train split (dev split when present), write a ``model/reranker`` bundle to ``out``."""
     cfg = cfg or RerankerTrainConfig()
+    resolve_device(cfg.device)  # a GPU that is not there is refused before any work
     base = resolve_base_model(cfg.base_model)
     ts = training_set(data, cfg)
     log.info("reranker: %d training queries, %d dev queries (%s), %d documents", len(ts.query_ids),

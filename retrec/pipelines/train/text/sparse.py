@@ -40,7 +40,7 @@ import torch
 
 from retrec.bundle import Publication
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
-from retrec.models.precision import autocast, resolve_precision
+from retrec.models.precision import autocast
 from retrec.models.splade import (
     KIND,
     SparseConfig,
@@ -87,16 +87,16 @@ def encode_grouped(model: SpladeEncoder, tokenizer: TextTokenizer, texts: list[s
     for rows, feeds in tokenizer.batches(texts, max_length, size):
         parts.append(model(torch.from_numpy(feeds["input_ids"]), torch.from_numpy(feeds["attention_mask"])))
         positions.append(rows)
-    order = torch.from_numpy(np.argsort(np.concatenate(positions)))
-    return torch.cat(parts)[order]
+    weights = torch.cat(parts)
+    return weights[torch.from_numpy(np.argsort(np.concatenate(positions))).to(weights.device)]
 
 
 def query_table_vectors(tokenizer: TextTokenizer, texts: list[str], table: torch.Tensor,
                         max_length: int) -> torch.Tensor:
     """Inference-free query vectors ``[texts, vocabulary]``: each distinct token weighted by ``table``."""
-    out = torch.zeros(len(texts), table.shape[0])
+    out = torch.zeros(len(texts), table.shape[0], device=table.device)
     for row, ids in enumerate(tokenizer.encode(texts, max_length)):
-        terms = torch.as_tensor(sorted(set(ids)), dtype=torch.long)
+        terms = torch.as_tensor(sorted(set(ids)), dtype=torch.long, device=table.device)
         out[row, terms] = table[terms]
     return out
 
@@ -132,7 +132,7 @@ class SparseAdapter(ContrastiveAdapter):
         self.ts, self.cfg, self.miners, self.teacher, self.labels = ts, cfg, miners, teacher, labels
         self.base, self.bundle_name = base, bundle_name
         self.mcfg = model_config(cfg, base)
-        self.precision = resolve_precision(cfg.precision)
+        self.place(cfg.device, cfg.precision)
         self.dev_cands = dev_candidates(ts, miners, cfg.dev_candidates)
         self.steps_done = 0
         torch.manual_seed(cfg.seed)
@@ -140,7 +140,7 @@ class SparseAdapter(ContrastiveAdapter):
         # on CPU the unfused attention makes a step 1.5x cheaper than SDPA's fused kernel, whose backward pass is
         # slow there (benchmarks/sparse_step_cost.py); on a GPU the fused kernel
         self.model = SpladeEncoder.from_pretrained(
-            base.folder, attn_implementation="sdpa" if torch.cuda.is_available() else "eager")
+            base.folder, attn_implementation="sdpa" if self.device.startswith("cuda") else "eager").to(self.device)
         set_attention_dropout(self.model.bert, cfg.attention_dropout)
         sample = np.random.default_rng(cfg.seed).permutation(len(ts.doc_texts))[: cfg.calibration_documents]
         head = self.model.calibrate(self.tokenizer, [ts.doc_texts[i] for i in sample], cfg.start_terms,
@@ -165,6 +165,8 @@ class SparseAdapter(ContrastiveAdapter):
             log.info("sparse: IDF-aware FLOPS scaled by %.3g (its start value equals the plain FLOPS)",
                      self.idf_flops_scale)
         groups: list[dict[str, Any]] = []
+        if self.idf is not None:
+            self.idf = self.idf.to(self.device)
         if self.idf is not None and cfg.query_weights == "learned":  # a model parameter: kept with the best weights
             self.model.query_table = torch.nn.Parameter(self.idf.clone())
             groups.append({"params": [self.model.query_table], "lr_scale": 100.0, "weight_decay": 0.0})
@@ -188,24 +190,25 @@ class SparseAdapter(ContrastiveAdapter):
     def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
         cfg, ts = self.cfg, self.ts
         docs = np.concatenate([batch.positives, batch.negatives])
-        with autocast(self.precision):
+        with autocast(self.precision, self.device):
             q = self.queries([ts.query_texts[x] for x in batch.queries])
             d = encode_grouped(self.model, self.tokenizer, [ts.doc_texts[i] for i in docs], cfg.max_doc_length,
                                cfg.doc_chunk)
         q, d = q.float(), d.float()
         scores = q @ d.T
-        judged = judged_mask(batch, ts)
+        judged = judged_mask(batch, ts).to(scores.device)
         mask = judged if cfg.mask_judged else torch.zeros_like(judged)
         ce = in_batch_cross_entropy(scores, cfg.logit_scale, mask)
         warm = flops_weight(self.steps_done, cfg.flops_warmup_steps)
         doc_flops = flops(d * self.idf) * self.idf_flops_scale if self.idf is not None else flops(d)
-        query_flops = flops(q) if self.idf is None else torch.zeros(())
+        query_flops = flops(q) if self.idf is None else torch.zeros((), device=scores.device)
         loss = ce + warm * (cfg.lambda_q * query_flops + cfg.lambda_d * doc_flops)
         parts = {"ce": float(ce.detach()), "flops_q": float(query_flops.detach()),
                  "flops_d": float(doc_flops.detach()), "terms_q": float((q > 0).sum(1).float().mean()),
                  "terms_d": float((d > 0).sum(1).float().mean()), "judged_negatives": float(judged.sum())}
         if cfg.distill_weight > 0:
             target = torch.from_numpy(np.stack([self.teacher.scores(qid, docs) for qid in batch.queries]))
+            target = target.to(scores.device)
             pair, inbatch = margin_mse(scores, target), in_batch_margin_mse(scores, target, mask)
             loss = loss + cfg.distill_weight * (pair + cfg.inbatch_weight * inbatch)
             parts.update(margin_mse=float(pair.detach()), inbatch_mse=float(inbatch.detach()))
@@ -223,7 +226,7 @@ class SparseAdapter(ContrastiveAdapter):
         whole = len(ts.doc_texts) <= 2 * len(rows)
         if whole:
             rows = np.arange(len(ts.doc_texts))
-        with autocast(self.precision):
+        with autocast(self.precision, self.device):
             docs = sparse_vectors(self.model, self.tokenizer, [ts.doc_texts[i] for i in rows], self.cfg.max_doc_length,
                                   self.cfg.doc_top_k)
             queries = self.query_vectors([ts.query_texts[q] for q in cands])
@@ -265,8 +268,9 @@ class SparseAdapter(ContrastiveAdapter):
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts
+        self.model.cpu()  # export and parity on the CPU
         learned = self.query_weights()
-        table = learned.detach().numpy().copy() if learned is not None else None
+        table = learned.detach().cpu().numpy().copy() if learned is not None else None
         config, dims = write_sparse_files(self.model, pub.path, tokenizer=self.tokenizer, config=self.mcfg,
                                           query_weights=table, quantize=cfg.quantize)
         fields: dict[str, Any] = {"kind": KIND, "name": self.bundle_name, "dims": dims}

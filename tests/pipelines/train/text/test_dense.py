@@ -325,13 +325,28 @@ def test_cli_refuses_a_base_model_that_is_not_a_model(tiny_data: Path, tmp_path:
 
 def test_training_that_cannot_help_exports_the_start_and_says_so(tiny_data: Path, tmp_path: Path,
                                                                   private_cache: Path,
-                                                                  caplog: pytest.LogCaptureFixture) -> None:
+                                                                  caplog: pytest.LogCaptureFixture,
+                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     """Judgements shuffled across documents (nothing to learn; no teacher term) and a destructive learning rate;
     dev keeps the real judgements (a dev split): the run reports no gain and exports the starting model, whose
-    dev score it records."""
+    dev score it records.
+
+    On this tiny synthetic collection the zero-shot dev score is near chance, so whether a destroyed model lands
+    just above or just below it depends on the CPU's float kernels: every evaluation after the start is scored
+    as the destroyed model it is (0), which makes the premise hold on any machine."""
     import shutil
 
+    import retrec.pipelines.train.text.dense as dense_module
     from retrec.models.text_encoder import zero_shot_bundle
+
+    real_dev_ndcg, calls = dense_module.dev_ndcg, []
+
+    def destroyed_after_the_start(*args: object, **kwargs: object) -> float | None:
+        calls.append(1)
+        value = real_dev_ndcg(*args, **kwargs)  # type: ignore[arg-type]
+        return value if len(calls) == 1 else 0.0
+
+    monkeypatch.setattr(dense_module, "dev_ndcg", destroyed_after_the_start)
 
     data = tmp_path / "shuffled"
     shutil.copytree(tiny_data, data)
@@ -350,7 +365,7 @@ def test_training_that_cannot_help_exports_the_start_and_says_so(tiny_data: Path
     assert metrics["dev_nDCG@10"] == metrics["dev_nDCG@10_zero_shot"] > 0 and metrics["dev_gain"] == 0
     curve = json.loads((out / "training_curve.json").read_text())
     trained = [c["dev_nDCG@10"] for c in curve if c.get("step") and c.get("dev_nDCG@10") is not None]
-    assert trained and max(trained) < metrics["dev_nDCG@10_zero_shot"]
+    assert trained and max(trained) < metrics["dev_nDCG@10_zero_shot"] and len(calls) == 1 + len(trained)
     assert any("no gain on dev" in r.getMessage() for r in caplog.records)
     texts = ["a query about genes", "vitamin c and scurvy"]
     np.testing.assert_allclose(OnnxEncoder(out).encode_queries(texts),
