@@ -1,7 +1,8 @@
 """`retrec train NAME`: train models into bundles, one command per trainable kind of the registry.
 
-The commands come from the registry of kinds (:mod:`retrec.kinds`): each kind that names a ``train`` function and
-its ``train_config`` dataclass gets ``retrec train NAME`` (``Kind.command_name``), its options generated from the
+The commands come from the registry of kinds (:mod:`retrec.kinds`), read when ``retrec train`` lists or runs its
+commands (:class:`retrec.cli.common.RegistryGroup`): each kind that names a ``train`` function and its
+``train_config`` dataclass gets ``retrec train NAME`` (``Kind.command_name``), its options generated from the
 config's fields (retrec/pipelines/train/options.py): one ``--option`` per field, with the field's default, help
 text and choices, so a new field is a new option and a new kind (built in or a plugin's, ``$RETREC_PLUGINS``) a
 new command without an edit here. ``--data``, ``--out`` and ``--resume`` are the run's, not the model's. Every
@@ -27,11 +28,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
+import click
 import typer
 
 from retrec import kinds
 from retrec.bundle import BundleError
-from retrec.cli.common import _fail, train_app
+from retrec.cli.common import _fail
 from retrec.data.errors import DataError
 from retrec.pipelines.train.options import choices, field_types
 
@@ -104,15 +106,15 @@ def kind_command(kind: kinds.Kind) -> Callable[..., None]:
     return command
 
 
-def register_commands() -> list[str]:
-    """Add ``retrec train NAME`` for every trainable kind in the registry; the names added."""
-    names = []
+def missing_commands(known: set[str]) -> list[click.Command]:
+    """The ``retrec train`` commands of the trainable kinds in the registry whose names are not in ``known`` (in
+    registration order): what :class:`retrec.cli.common.RegistryGroup` adds when it lists or finds a command."""
+    out = []
     for kind in kinds.registry().values():
         name = kind.command_name
-        if name is not None:
-            train_app.command(name)(kind_command(kind))
-            names.append(name)
-    return names
-
-
-register_commands()
+        if name is not None and name not in known:
+            single = typer.Typer()
+            single.command(name)(kind_command(kind))
+            out.append(typer.main.get_command(single))
+            known.add(name)
+    return out

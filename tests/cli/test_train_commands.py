@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -34,7 +35,8 @@ def _cli(args: list, plugins: str = "") -> subprocess.CompletedProcess:
 def test_every_trainable_kind_is_a_command_with_its_config_options() -> None:
     trainable = {k.command_name: k for k in kinds.registry().values() if k.train is not None}
     assert set(trainable) >= BUILTIN_TRAINERS
-    commands = {c.name for c in typer.main.get_group(train_app).commands.values()}
+    group = typer.main.get_group(train_app)
+    commands = set(group.list_commands(click.Context(group)))
     assert commands == set(trainable)  # nothing wired by hand, nothing missing
     for name, kind in trainable.items():
         config = kinds.resolve(kind.train_config)
@@ -84,6 +86,16 @@ def test_device_and_precision_are_recorded_in_the_bundle(tiny_data: Path, tmp_pa
     manifest = json.loads((tmp_path / "c" / "manifest.json").read_text())
     assert (manifest["metrics"]["device"], manifest["metrics"]["precision"]) == ("cpu", "fp32")
     assert manifest["config"]["train"] == {"device": "cpu", "precision": "fp32"}
+
+
+def test_a_kind_registered_after_the_cli_was_imported_gets_its_command(tiny_data: Path, tmp_path: Path) -> None:
+    import tests.toy_kinds  # noqa: F401  (registers model/toy-popular, trained by `retrec train toy`)
+
+    result = runner.invoke(app, ["train", "toy", "--help"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0 and "--min-count" in result.stdout and "model/toy-popular" in result.stdout
+    result = runner.invoke(app, ["train", "toy", "--data", tiny_data, "--out", tmp_path / "t"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "t" / "manifest.json").read_text())["kind"] == "model/toy-popular"
 
 
 def test_a_plugin_kind_trains_without_an_edit_under_retrec(tiny_data: Path, tmp_path: Path) -> None:

@@ -67,7 +67,9 @@ def test_step_budget_schedule_curve_and_one_manifest(tmp_path: Path) -> None:
     loop = LoopConfig(lr=0.1, epochs=3, max_steps=6, lr_schedule="linear", warmup_steps=2, eval_at_start=True)
     out = run_training(adapter, loop, tmp_path / "toy", progress=False, command="retrec train toy")
     manifest = load_bundle(out, kind="model/toy")
-    assert manifest.metrics == {"steps": 6, "epochs": 1, "best_epoch": -1} and manifest.command == "retrec train toy"
+    ran_on = {"device": "cpu", "precision": "fp32"}  # the loop records where the adapter trained
+    assert manifest.metrics == {"steps": 6, "epochs": 1, "best_epoch": -1, **ran_on}
+    assert manifest.command == "retrec train toy"
     assert set(manifest.files) == {"weights.safetensors", "training_curve.json"}
     assert adapter.lrs[0] == pytest.approx(0.05) and adapter.lrs[1] == pytest.approx(0.1 * (1 - 1 / 6))
     assert all(a > b for a, b in zip(adapter.lrs[1:], adapter.lrs[2:]))  # linear decay over the 6 steps
@@ -125,7 +127,7 @@ def test_resume_reads_an_old_format_checkpoint(tmp_path: Path) -> None:
                ckpt / "last.pt")
     (ckpt / "curve.json").write_text(json.dumps([{"step": 4, "epoch": 1, "loss": 1.0}]))
     out = run_training(adapter, LoopConfig(lr=0.1, epochs=2), tmp_path / "old", resume=True, progress=False)
-    assert load_bundle(out).metrics == {"steps": 8, "epochs": 2, "best_epoch": -1}
+    assert load_bundle(out).metrics == {"steps": 8, "epochs": 2, "best_epoch": -1, "device": "cpu", "precision": "fp32"}
 
 
 def test_early_stopping_exports_the_best_epoch(tmp_path: Path) -> None:
@@ -241,3 +243,21 @@ def test_the_time_budget_covers_the_closing_evaluation(tmp_path: Path, clock: Cl
     assert [c["step"] for c in curve if "dev" in c] == [0, curve[-1]["step"]]
     assert clock.now <= 1.2 + 1e-9 and curve[-1]["step"] > 5, (clock.now, curve[-1])
     assert adapter.lrs[-1] < 0.25 * adapter.lrs[len(adapter.lrs) // 4]  # the schedule decays over the shorter time
+
+
+def test_place_resolves_the_device_and_the_loop_records_it(tmp_path: Path) -> None:
+    adapter = ToyAdapter()
+    adapter.place("auto", "fp32")  # auto: a GPU when torch sees one
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert (adapter.device, adapter.precision) == (expected, "fp32")
+    adapter.model.to(adapter.device)
+    adapter.x, adapter.y = adapter.x.to(adapter.device), adapter.y.to(adapter.device)
+    out = run_training(adapter, LoopConfig(lr=0.1, epochs=1), tmp_path / "b", progress=False)
+    assert load_bundle(out).metrics["device"] == expected
+    with pytest.raises(ValueError, match="device must be auto, cpu, cuda or cuda:N"):
+        ToyAdapter().place("tpu", "fp32")
+    with pytest.raises(ValueError, match="precision must be auto, bf16 or fp32"):
+        ToyAdapter().place("cpu", "fp16")
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="torch sees no CUDA GPU"):
+            ToyAdapter().place("cuda:0", "auto")
