@@ -5,36 +5,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import click
 import typer
-from typer.core import TyperGroup
-
-
-class RegistryGroup(TyperGroup):
-    """``retrec train``: a command per trainable kind, read from the registry whenever the group lists or finds its
-    commands, so that a kind registered after this module was imported (a plugin imported by a notebook or a test)
-    still gets its command."""
-
-    def _sync(self) -> None:
-        from retrec.cli.train import missing_commands
-
-        for command in missing_commands(set(self.commands)):
-            self.add_command(command)
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        self._sync()
-        return super().list_commands(ctx)
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        self._sync()
-        return super().get_command(ctx, cmd_name)
-
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval and recommendation stack.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded default, format conversion.")
-train_app = typer.Typer(cls=RegistryGroup, no_args_is_help=True, help="Train models into bundles.")
 app.add_typer(data_app, name="data")
-app.add_typer(train_app, name="train")
 
 EXIT_BAD_INPUT = 2
 

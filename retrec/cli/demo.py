@@ -150,7 +150,7 @@ def step_bert4rec(demo: Demo, title: str) -> None:
 
 
 def step_sasrec_fusion(demo: Demo, title: str) -> None:
-    from retrec.pipelines.train.seq.fusion import train_fusion
+    from retrec.pipelines.train.seq.rec_fusion import train_fusion
     from retrec.pipelines.train.seq.sasrec import train_sasrec
 
     console.print(f"[bold]{title}[/]: SASRec (next item at every position, short budget), then its fusion with "

@@ -1,7 +1,7 @@
 """`retrec train NAME`: train models into bundles, one command per trainable kind of the registry.
 
 The commands come from the registry of kinds (:mod:`retrec.kinds`), read when ``retrec train`` lists or runs its
-commands (:class:`retrec.cli.common.RegistryGroup`): each kind that names a ``train`` function and its
+commands (:class:`RegistryGroup`): each kind that names a ``train`` function and its
 ``train_config`` dataclass gets ``retrec train NAME`` (``Kind.command_name``), its options generated from the
 config's fields (retrec/pipelines/train/options.py): one ``--option`` per field, with the field's default, help
 text and choices, so a new field is a new option and a new kind (built in or a plugin's, ``$RETREC_PLUGINS``) a
@@ -30,13 +30,35 @@ from typing import Annotated, Any
 
 import click
 import typer
+from typer.core import TyperGroup
 
 from retrec import kinds
 from retrec.bundle import BundleError
-from retrec.cli.common import _fail
+from retrec.cli.common import _fail, app
 from retrec.data.errors import DataError
 from retrec.pipelines.train.options import choices, field_types
 
+
+class RegistryGroup(TyperGroup):
+    """``retrec train``: a command per trainable kind, read from the registry whenever the group lists or finds its
+    commands, so that a kind registered after this module was imported (a plugin imported by a notebook or a test)
+    still gets its command."""
+
+    def _sync(self) -> None:
+        for command in missing_commands(set(self.commands)):
+            self.add_command(command)
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        self._sync()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        self._sync()
+        return super().get_command(ctx, cmd_name)
+
+
+train_app = typer.Typer(cls=RegistryGroup, no_args_is_help=True, help="Train models into bundles.")
+app.add_typer(train_app, name="train")
 OUT_HELP = "bundle folder to write (checkpoints go to OUT.ckpt/)"
 
 
@@ -108,7 +130,7 @@ def kind_command(kind: kinds.Kind) -> Callable[..., None]:
 
 def missing_commands(known: set[str]) -> list[click.Command]:
     """The ``retrec train`` commands of the trainable kinds in the registry whose names are not in ``known`` (in
-    registration order): what :class:`retrec.cli.common.RegistryGroup` adds when it lists or finds a command."""
+    registration order): what :class:`RegistryGroup` adds when it lists or finds a command."""
     out = []
     for kind in kinds.registry().values():
         name = kind.command_name

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from retrec import kinds
 from retrec.cli import app
-from retrec.cli.common import train_app
+from retrec.cli.train import train_app
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[2]

@@ -56,7 +56,7 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
 
     out["bert4rec"] = train_bert4rec(tiny_data, root / "bert4rec", BERT4RecTrainConfig(
         max_len=12, hidden=16, layers=1, heads=2, epochs=1, eval_users=50), progress=False)
-    from retrec.pipelines.train.seq.fusion import train_fusion
+    from retrec.pipelines.train.seq.rec_fusion import train_fusion
 
     out["fusion"] = train_fusion(tiny_data, root / "fusion", [str(out["bert4rec"]), "markov"], grid_step=0.25)
     from retrec.pipelines.train.seq.onerec import OneRecTrainConfig, train_onerec

@@ -1,4 +1,4 @@
-"""Count models fitted with their parameters chosen on the validation item (``markov-decay``'s recency decay).
+"""Count models (``retrec train markov|markov-decay|cooc``), their parameters chosen on the validation item.
 
 A count model has no training loop; what it has to learn from the data is a parameter or two. Each candidate in
 :data:`CHOICES` is fitted on the training histories and scored by full-ranking NDCG@10 of the validation items
@@ -15,10 +15,18 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from retrec.bundle import publish
+from retrec.data.interactions import load_interactions, user_sequences
 from retrec.pipelines.eval.ir_metrics import mean_metrics, next_item_ranks, rec_metrics_from_ranks
+from retrec.pipelines.train.seq.config import CountTrainConfig, SequenceTrainOptions
+from retrec.pipelines.train.seq.data import held_out_users, training_part
+from retrec.runtime.count_recommender import MODELS as COUNT_MODELS
 from retrec.runtime.count_recommender import CountBundle
 
 log = logging.getLogger("retrec.count_models")
@@ -63,3 +71,38 @@ def fit_count_model(model: str, train: Sequence[Sequence[str]],
     ``train``): choose on the validation item, then fit on everything the final model may see."""
     params = choose_params(model, train, valid) if valid is not None else {}
     return CountBundle.fit(model, train if refit is None else refit, **params)
+
+
+SPLIT_KEYS = ("eval_users", "valid_fraction", "seed")
+
+
+CPU_RUN = {"device": "cpu", "precision": "fp32"}  # what counting and fusion run on, recorded
+
+
+def train_counts(model: str, data: str | Path, out: str | Path, command: str | None = None,
+                 split: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> Path:
+    """Fit a count model (``markov``, ``markov-decay``, ``cooc``) on every history but each user's test item (as the
+    sequence trainers hold it out), its parameters chosen first on the validation item of the users they hold out
+    (``split``: theirs; default: the trainers' defaults), and publish it as a bundle."""
+    seqs = user_sequences(load_interactions(data))
+    split = split or {k: getattr(SequenceTrainOptions(), k) for k in SPLIT_KEYS}
+    held = held_out_users([len(s) for s in seqs.items], split["eval_users"], split["valid_fraction"], split["seed"])
+    train = [training_part(s, i in held) for i, s in enumerate(seqs.items)]
+    valid = ([list(seqs.items[i][:-2]) for i in sorted(held)], [seqs.items[i][-2] for i in sorted(held)])
+    fitted = fit_count_model(model, train, valid, refit=[training_part(s, False) for s in seqs.items])
+    with publish(out) as pub:
+        saved = fitted.save(pub.path)
+        pub.set_manifest(command=command, **{**saved, "config": {**saved["config"], "train": run or CPU_RUN}},
+                         metrics=dict(CPU_RUN))
+    return Path(out)
+
+
+def train_count_kind(data: str | Path, out: str | Path, cfg: CountTrainConfig | None = None, *, kind: str,
+                     resume: bool = False, command: str | None = None) -> Path:
+    """The registry's trainer of the count kinds (``model/markov``, ``model/markov-decay``, ``model/cooc``): a fit
+    takes seconds, so ``resume`` starts it again."""
+    cfg = cfg or CountTrainConfig()
+    model = kind.partition("/")[2]
+    if model not in COUNT_MODELS:
+        raise ValueError(f"{kind}: not a count model kind ({', '.join(COUNT_MODELS)})")
+    return train_counts(model, data, out, command=command, run={**asdict(cfg), **CPU_RUN})

@@ -34,8 +34,8 @@ from retrec.data.interactions import Sequences, load_interactions, user_sequence
 from retrec.kinds import FUSION_MODEL
 from retrec.pipelines.eval.ir_metrics import mean_metrics, next_item_ranks, rec_metrics_from_ranks
 from retrec.pipelines.eval.recommenders import load_recommender
-from retrec.pipelines.train.seq.config import CountTrainConfig, FusionTrainConfig, SequenceTrainOptions
-from retrec.pipelines.train.seq.counts import fit_count_model
+from retrec.pipelines.train.seq.config import FusionTrainConfig, SequenceTrainOptions
+from retrec.pipelines.train.seq.counts import CPU_RUN, SPLIT_KEYS, fit_count_model, train_counts
 from retrec.pipelines.train.seq.data import held_out_users, training_part, users_digest
 from retrec.runtime.count_recommender import MODELS as COUNT_MODELS
 from retrec.runtime.count_recommender import CountBundle
@@ -43,10 +43,8 @@ from retrec.runtime.fused_recommender import FusedRecommender
 from retrec.runtime.recommender import Recommender
 
 log = logging.getLogger("retrec.train.fusion")
-SPLIT_KEYS = ("eval_users", "valid_fraction", "seed")
 MAX_GRID = 10_000  # weight vectors a search scores
 MAX_COMPONENTS = 8
-CPU_RUN = {"device": "cpu", "precision": "fp32"}  # what counting and fusion run on, recorded
 TEMPERATURES = (0.5, 1.0, 2.0)  # softmax temperatures tried for each neural component
 Point = tuple[tuple[float, ...], tuple[float, ...]]  # (weights, temperatures)
 
@@ -190,35 +188,6 @@ def train_fusion(data: str | Path, out: str | Path, components: Sequence[str], g
                                   **{f"valid_NDCG@10 {n} alone": v for n, v in alone.items()}})
         FusedRecommender.from_manifest(pub.draft())  # what is published loads
     return Path(out)
-
-
-def train_counts(model: str, data: str | Path, out: str | Path, command: str | None = None,
-                 split: dict[str, Any] | None = None, run: dict[str, Any] | None = None) -> Path:
-    """Fit a count model (``markov``, ``markov-decay``, ``cooc``) on every history but each user's test item (as the
-    sequence trainers hold it out), its parameters chosen first on the validation item of the users they hold out
-    (``split``: theirs; default: the trainers' defaults), and publish it as a bundle."""
-    seqs = user_sequences(load_interactions(data))
-    split = split or {k: getattr(SequenceTrainOptions(), k) for k in SPLIT_KEYS}
-    held = held_out_users([len(s) for s in seqs.items], split["eval_users"], split["valid_fraction"], split["seed"])
-    train = [training_part(s, i in held) for i, s in enumerate(seqs.items)]
-    valid = ([list(seqs.items[i][:-2]) for i in sorted(held)], [seqs.items[i][-2] for i in sorted(held)])
-    fitted = fit_count_model(model, train, valid, refit=[training_part(s, False) for s in seqs.items])
-    with publish(out) as pub:
-        saved = fitted.save(pub.path)
-        pub.set_manifest(command=command, **{**saved, "config": {**saved["config"], "train": run or CPU_RUN}},
-                         metrics=dict(CPU_RUN))
-    return Path(out)
-
-
-def train_count_kind(data: str | Path, out: str | Path, cfg: CountTrainConfig | None = None, *, kind: str,
-                     resume: bool = False, command: str | None = None) -> Path:
-    """The registry's trainer of the count kinds (``model/markov``, ``model/markov-decay``, ``model/cooc``): a fit
-    takes seconds, so ``resume`` starts it again."""
-    cfg = cfg or CountTrainConfig()
-    model = kind.partition("/")[2]
-    if model not in COUNT_MODELS:
-        raise ValueError(f"{kind}: not a count model kind ({', '.join(COUNT_MODELS)})")
-    return train_counts(model, data, out, command=command, run={**asdict(cfg), **CPU_RUN})
 
 
 def train_fusion_kind(data: str | Path, out: str | Path, cfg: FusionTrainConfig, *, resume: bool = False,

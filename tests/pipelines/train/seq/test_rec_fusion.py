@@ -16,7 +16,7 @@ from retrec.data.interactions import leave_one_out, load_interactions, user_sequ
 from retrec.pipelines.eval.rec import evaluate_recommender
 from retrec.pipelines.eval.recommenders import build_recommender, load_recommender, vocabulary_of
 from retrec.pipelines.train.seq.config import SASRecTrainConfig
-from retrec.pipelines.train.seq.fusion import simplex, train_fusion
+from retrec.pipelines.train.seq.rec_fusion import simplex, train_fusion
 from retrec.pipelines.train.seq.sasrec import train_sasrec
 from retrec.runtime.count_recommender import CountBundle
 from retrec.runtime.fused_recommender import FusedRecommender
