@@ -28,7 +28,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -48,11 +47,11 @@ class RegistryGroup(TyperGroup):
         for command in missing_commands(set(self.commands)):
             self.add_command(command)
 
-    def list_commands(self, ctx: click.Context) -> list[str]:
+    def list_commands(self, ctx: typer.Context) -> list[str]:
         self._sync()
         return super().list_commands(ctx)
 
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+    def get_command(self, ctx: typer.Context, cmd_name: str) -> Any:
         self._sync()
         return super().get_command(ctx, cmd_name)
 
@@ -128,7 +127,7 @@ def kind_command(kind: kinds.Kind) -> Callable[..., None]:
     return command
 
 
-def missing_commands(known: set[str]) -> list[click.Command]:
+def missing_commands(known: set[str]) -> list[Any]:
     """The ``retrec train`` commands of the trainable kinds in the registry whose names are not in ``known`` (in
     registration order): what :class:`RegistryGroup` adds when it lists or finds a command."""
     out = []

@@ -11,7 +11,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import click
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -36,7 +35,7 @@ def test_every_trainable_kind_is_a_command_with_its_config_options() -> None:
     trainable = {k.command_name: k for k in kinds.registry().values() if k.train is not None}
     assert set(trainable) >= BUILTIN_TRAINERS
     group = typer.main.get_group(train_app)
-    commands = set(group.list_commands(click.Context(group)))
+    commands = set(group.list_commands(typer.Context(group)))
     assert commands == set(trainable)  # nothing wired by hand, nothing missing
     for name, kind in trainable.items():
         config = kinds.resolve(kind.train_config)
