@@ -153,7 +153,7 @@ BUILTIN: tuple[Kind, ...] = (
          payload="dense", load="retrec.index.faiss_index:load_index", build="retrec.index.dense_retriever:build_index",
          assemble="retrec.index.dense_retriever:assemble_index",
          check="retrec.index.faiss_index:check_index", default_model="retrec.models.text_encoder:zero_shot_bundle",
-         encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "Flat"}),
+         encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "auto"}),
     Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",
          load="retrec.runtime.onnx_encoder:OnnxEncoder",
          train="retrec.pipelines.train.text.dense:train_dense",

@@ -1,4 +1,4 @@
-"""`retrec data`: the embedded default dataset, format conversion."""
+"""`retrec data`: the embedded default dataset, format conversion, haystack distractors."""
 
 from __future__ import annotations
 
@@ -46,3 +46,25 @@ def data_convert(
             typer.echo(f"interactions: {table.num_rows} rows")
     except DataError as exc:
         raise _fail(str(exc)) from exc
+
+
+@data_app.command("haystack")
+def data_haystack(
+    base: Annotated[Path, typer.Option(help="base BEIR folder (corpus.jsonl, queries.jsonl, qrels/*.tsv)")],
+    docs: Annotated[int, typer.Option(help="number of distractor documents to generate")],
+    out: Annotated[Path, typer.Option(help="output BEIR folder (new or empty)")],
+    seed: Annotated[int, typer.Option(help="random seed; the same base, docs and seed give identical bytes")] = 0,
+    chunk_size: Annotated[int, typer.Option(help="distractors per seeded chunk (another size: other text)")] = 10_000,
+    id_prefix: Annotated[str, typer.Option(help="distractor ids: PREFIX + 8-digit index")] = "haystack-",
+) -> None:
+    """Write BASE plus DOCS distractors generated from a bigram model of its text (needle-in-a-haystack)."""
+    import logging
+
+    from retrec.data.haystack import write_haystack
+
+    logging.getLogger("retrec.data.haystack").setLevel(logging.INFO)  # progress every ~10%
+    try:
+        write_haystack(base, out, docs, seed, chunk_size=chunk_size, id_prefix=id_prefix)
+    except (DataError, ValueError, FileExistsError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {out}: the documents of {base} + {docs} distractors (provenance: {out / 'haystack.json'})")

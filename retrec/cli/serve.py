@@ -17,14 +17,18 @@ def serve_cmd(
     config: Annotated[Path, typer.Option(help="Ray Serve config YAML (e.g. configs/serve.yaml)")],
     host: Annotated[str | None, typer.Option(help="bind address (default: the file's, else 127.0.0.1)")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default: the file's, else 8000)")] = None,
+    ray_address: Annotated[str | None, typer.Option(
+        help="Ray cluster to join, HOST:PORT of its GCS (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
+    ] = None,
 ) -> None:
-    """Serve search and recommendation over HTTP (Ray Serve) until interrupted."""
+    """Serve search and recommendation over HTTP (Ray Serve) until interrupted; on a Ray cluster with
+    --ray-address (Ctrl-C then shuts Serve down there, and leaves the cluster running)."""
     from retrec.serving.launch import DEFAULT_HOST, direct_url, load_serve_config, start, stop
 
     try:
         spec = load_serve_config(config)
-        url = start(spec, host=host, port=port)
-    except (BundleError, ValueError, OSError) as exc:
+        url = start(spec, host=host, port=port, address=ray_address)
+    except (BundleError, ValueError, OSError) as exc:  # OSError: ConnectionError (no cluster there) too
         raise _fail(str(exc)) from exc
     typer.echo(f"serving at {url}  (OpenAPI: {url}/docs; Ctrl-C stops)")
     direct = direct_url(spec, host or (spec.get("http_options") or {}).get("host") or DEFAULT_HOST)

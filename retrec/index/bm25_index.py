@@ -1,4 +1,12 @@
-"""BM25 over bm25s's sparse score matrix, saved as a bundle (safetensors + JSON, no pickle).
+"""BM25 as a term-major sparse score matrix, saved as a bundle (safetensors + JSON, no pickle).
+
+Building streams (:mod:`retrec.index.bm25_build`): documents are analysed in chunks straight to term ids, so a
+million documents cost their postings (about 14 bytes each while building, 8 once built), never lists of strings.
+The matrix and its scores are exactly bm25s's (Lucene BM25 by default), and so are the files.
+
+Search accumulates only the posting lists of the query's terms (in query order, float32, as bm25s) and ranks the
+documents that share a term with the query: score descending, then doc id descending. The k-th best score of one
+posting list bounds the k-th best overall from below, so only documents scoring at least that are sorted.
 
 Example::
 
@@ -13,110 +21,135 @@ from __future__ import annotations
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
-import bm25s
 import numpy as np
-import Stemmer
+import pyarrow as pa
+import pyarrow.compute as pc
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
 from retrec.contracts import strict_options
-from retrec.index.retriever import Hits, top_k_rows
+from retrec.index.bm25_build import Analyzer, BM25Config, PostingsBuilder, ScoreMatrix
+from retrec.index.retriever import Hits
 from retrec.kinds import BM25_INDEX
 
 KIND = BM25_INDEX
+__all__ = ["BM25Config", "BM25Index", "assemble_index", "build_index", "load_index", "order_key", "prepare_documents",
+           "tokenize", "top_rows"]
+CHUNK = 5_000  # documents analysed at once while building (their words are the transient memory)
 logging.getLogger("bm25s").setLevel(logging.WARNING)
 
 
-@dataclass(frozen=True)
-class BM25Config:
-    k1: float = 0.9  # Anserini's defaults, also used for BEIR's Lucene baselines
-    b: float = 0.4
-    method: str = "lucene"
-    stemmer: str | None = "english"
-    stopwords: str | None = "en"
-
-
-def tokenize(texts: Sequence[str], config: BM25Config, stemmer: Stemmer.Stemmer | None = None) -> list[list[str]]:
+def tokenize(texts: Sequence[str], config: BM25Config, analyzer: Analyzer | None = None) -> list[list[str]]:
     """Each text's terms as this index counts them (lower-cased, stop words out, stemmed): per document, so
     documents may be tokenized in parallel and indexed together (:meth:`BM25Index.from_tokens`)."""
-    if stemmer is None and config.stemmer:
-        stemmer = Stemmer.Stemmer(config.stemmer)
-    tokenized = bm25s.tokenize(list(texts), stopwords=config.stopwords, stemmer=stemmer, return_ids=False,
-                               show_progress=False)
-    return [list(t) for t in tokenized]
+    return (analyzer or Analyzer(config.stemmer, config.stopwords)).terms(texts)
+
+
+def order_key(doc_ids: Sequence[str]) -> np.ndarray:
+    """Each doc id's rank in ascending string order (int64): the tie-break key of :func:`top_k_rows`."""
+    try:  # UTF-8 byte order is code point order: Python's string order
+        ranks = pc.rank(pa.array(doc_ids, pa.string()), sort_keys="ascending", tiebreaker="first")
+        return ranks.to_numpy().astype(np.int64) - 1
+    except (pa.ArrowException, UnicodeEncodeError):  # e.g. a lone surrogate, not UTF-8
+        return np.argsort(np.argsort(np.asarray(doc_ids, dtype=object), kind="stable")).astype(np.int64)
 
 
 class BM25Index:
     name = "bm25"
 
-    def __init__(self, model: bm25s.BM25, doc_ids: list[str], config: BM25Config) -> None:
-        self.model = model
+    def __init__(self, matrix: ScoreMatrix, doc_ids: list[str], config: BM25Config) -> None:
+        if matrix.documents != len(doc_ids):
+            raise ValueError(f"{len(doc_ids)} doc ids for a score matrix of {matrix.documents} documents")
+        self.matrix = matrix
         self.doc_ids = doc_ids
         self.config = config
-        self._stemmer = Stemmer.Stemmer(config.stemmer) if config.stemmer else None
-        self._order_key = np.argsort(np.argsort(np.asarray(doc_ids, dtype=object))).astype(np.int64)
+        self.vocab = {term: i for i, term in enumerate(matrix.vocabulary)}
+        self.analyzer = Analyzer(config.stemmer, config.stopwords)
+        self._order_key = order_key(doc_ids)
 
     def __len__(self) -> int:
         return len(self.doc_ids)
 
     def tokenize(self, texts: Sequence[str]) -> list[list[str]]:
-        return tokenize(texts, self.config, self._stemmer)
+        return self.analyzer.terms(texts)
 
     @classmethod
-    def build(cls, doc_ids: Sequence[str], texts: Sequence[str], config: BM25Config | None = None) -> BM25Index:
+    def build(cls, doc_ids: Sequence[str], texts: Sequence[str], config: BM25Config | None = None,
+              chunk: int = CHUNK) -> BM25Index:
+        """The index of ``texts``, analysed ``chunk`` documents at a time (progress logged every tenth)."""
         config = config or BM25Config()
-        if len(doc_ids) != len(texts):
-            raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
-        if not doc_ids:
-            raise ValueError("cannot index an empty corpus")
-        return cls.from_tokens(doc_ids, tokenize(texts, config), config)
+        _check(doc_ids, texts, "texts")
+        builder = PostingsBuilder(config, total=len(texts))
+        for start in range(0, len(texts), chunk):
+            builder.add_texts(texts[start:start + chunk])
+        return cls(builder.finish(), list(doc_ids), config)
 
     @classmethod
-    def from_tokens(cls, doc_ids: Sequence[str], tokens: Sequence[list[str]],
-                    config: BM25Config | None = None) -> BM25Index:
-        """The index of documents already tokenized by :func:`tokenize` with the same ``config``."""
+    def from_tokens(cls, doc_ids: Sequence[str], tokens: Sequence[Sequence[str] | str],
+                    config: BM25Config | None = None, chunk: int = CHUNK) -> BM25Index:
+        """The index of documents already tokenized by :func:`tokenize` with the same ``config``: each a list of
+        terms, or the terms joined by spaces (what :func:`prepare_documents` gives)."""
         config = config or BM25Config()
-        if len(doc_ids) != len(tokens):
-            raise ValueError(f"{len(doc_ids)} doc ids for {len(tokens)} tokenized documents")
-        if not doc_ids:
-            raise ValueError("cannot index an empty corpus")
-        # The vocabulary in sorted order: bm25s numbers terms in set order, which changes with Python's hash seed,
-        # so the same corpus would give other files in every process (index versions must be reproducible).
-        vocab = {term: i for i, term in enumerate(sorted({t for doc in tokens for t in doc}))}
-        model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
-        model.index(([[vocab[t] for t in doc] for doc in tokens], vocab), show_progress=False)
-        return cls(model, list(doc_ids), config)
+        _check(doc_ids, tokens, "tokenized documents")
+        builder = PostingsBuilder(config, total=len(tokens))
+        for start in range(0, len(tokens), chunk):
+            builder.add_terms([t.split() if isinstance(t, str) else t for t in tokens[start:start + chunk]])
+        return cls(builder.finish(), list(doc_ids), config)
+
+    def term_ids(self, query: str) -> list[int]:
+        """The query's terms that the index knows, as term ids, in query order (repeats kept)."""
+        return [self.vocab[t] for t in self.tokenize([query])[0] if t in self.vocab]
+
+    def _accumulate(self, ids: Sequence[int]) -> np.ndarray:
+        """Scores of every document (float32), summed term by term in query order with ``np.add.at``: bm25s's
+        own sums, bit for bit (float32 addition depends on the order)."""
+        m = self.matrix
+        scores = np.zeros(len(self.doc_ids), dtype=np.float32)
+        for t in ids:
+            lo, hi = m.indptr[t], m.indptr[t + 1]
+            np.add.at(scores, m.indices[lo:hi], m.data[lo:hi])
+        return scores
+
+    def _shortest_list(self, ids: Sequence[int], k: int) -> np.ndarray | None:
+        """The documents of the query's shortest posting list holding at least ``k`` (None if none does)."""
+        lengths = [(int(self.matrix.indptr[t + 1] - self.matrix.indptr[t]), t) for t in set(ids)]
+        fit = [(n, t) for n, t in lengths if n >= k]
+        if not fit:
+            return None
+        t = min(fit)[1]
+        return self.matrix.indices[self.matrix.indptr[t]:self.matrix.indptr[t + 1]]
 
     def scores(self, query: str) -> np.ndarray:
-        tokens = self.tokenize([query])[0]
-        ids = self.model.get_tokens_ids(tokens)
-        if not ids:
-            return np.zeros(len(self.doc_ids), dtype=np.float32)
-        return self.model.get_scores_from_ids(ids)
+        """The query's BM25 score for every document (float32, 0 where no term is shared)."""
+        return self._accumulate(self.term_ids(query))
 
     def search(self, queries: Sequence[str], k: int) -> list[Hits]:
         """Top-``k`` documents per query; only documents sharing a term with it (score > 0) are ranked."""
         out = []
         for q in queries:
-            s = self.scores(q)
-            rows = top_k_rows(s, k, self._order_key, rows=np.flatnonzero(s > 0.0))  # no term overlap: not retrieved
+            ids = self.term_ids(q)
+            if not ids or k <= 0:
+                out.append([])
+                continue
+            s = self._accumulate(ids)
+            rows = top_rows(s, k, self._order_key, self._shortest_list(ids, k))
             out.append([(self.doc_ids[i], float(s[i])) for i in rows])
         return out
 
     def save(self, directory: str | Path, name: str = "bm25", metrics: dict | None = None) -> Manifest:
         """Publish the index at ``directory`` atomically (an existing BM25 bundle there is replaced); its manifest."""
         root = Path(directory)
+        m = self.matrix
+        vocab = {**self.vocab, "": len(self.vocab)}  # bm25s's empty token, kept so the files stay as they were
         with publish(root) as pub:
-            s = self.model.scores
-            save_file({"data": np.asarray(s["data"]), "indices": np.asarray(s["indices"]),
-                       "indptr": np.asarray(s["indptr"])}, str(pub.path / "scores.safetensors"))
-            (pub.path / "vocab.json").write_text(json.dumps(self.model.vocab_dict, ensure_ascii=False))
+            save_file({"data": m.data, "indices": m.indices, "indptr": m.indptr}, str(pub.path / "scores.safetensors"))
+            (pub.path / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False))
             (pub.path / "doc_ids.json").write_text(json.dumps(self.doc_ids, ensure_ascii=False))
             pub.set_manifest(kind=KIND, name=name, config=asdict(self.config), metrics=metrics,
-                             dims={"documents": len(self.doc_ids), "vocabulary": len(self.model.vocab_dict)})
+                             dims={"documents": len(self.doc_ids), "vocabulary": len(vocab)})
         assert pub.manifest is not None
         return pub.manifest
 
@@ -126,12 +159,42 @@ class BM25Index:
         config = BM25Config(**manifest.config)
         arrays = load_file(str(manifest.file("scores.safetensors")))
         doc_ids = json.loads(manifest.file("doc_ids.json").read_text())
-        model = bm25s.BM25(k1=config.k1, b=config.b, method=config.method)
-        model.scores = {**arrays, "num_docs": len(doc_ids)}
-        model.vocab_dict = json.loads(manifest.file("vocab.json").read_text())
-        model.unique_token_ids_set = set(model.vocab_dict.values())
-        model.nonoccurrence_array = None
-        return cls(model, doc_ids, config)
+        vocab = json.loads(manifest.file("vocab.json").read_text())
+        terms = sorted((i, t) for t, i in vocab.items() if t != "")
+        indptr = arrays["indptr"].astype(np.int64, copy=False)
+        if [i for i, _ in terms] != list(range(len(indptr) - 1)):
+            raise BundleError(f"{manifest.path}: vocab.json does not number the score matrix's "
+                              f"{len(indptr) - 1} terms 0..{len(indptr) - 2}")
+        matrix = ScoreMatrix(arrays["data"].astype(np.float32, copy=False),
+                             arrays["indices"].astype(np.int32, copy=False), indptr, [t for _, t in terms],
+                             len(doc_ids))
+        return cls(matrix, doc_ids, config)
+
+
+def top_rows(scores: np.ndarray, k: int, key: np.ndarray, some: np.ndarray | None = None) -> np.ndarray:
+    """Rows of the ``k`` best positive scores, best first: score descending, then ``key`` (doc id rank)
+    descending — :func:`retrec.index.retriever.top_k_rows` over the rows scoring > 0, the same rows.
+
+    ``some``: at least ``k`` rows (e.g. one of the query's posting lists). Their ``k``-th best score is at most
+    the ``k``-th best of all, so only the rows scoring at least that are ranked, not every matching row.
+    """
+    floor = 0.0
+    if some is not None and len(some) >= k > 0:
+        part = scores[some]
+        floor = float(np.partition(part, len(part) - k)[len(part) - k])
+    rows = np.flatnonzero(scores >= floor) if floor > 0.0 else np.flatnonzero(scores > 0.0)
+    s = scores[rows]
+    if len(rows) > k:  # every row tied with the k-th score stays a candidate
+        keep = s >= np.partition(s, len(s) - k)[len(s) - k]
+        rows, s = rows[keep], s[keep]
+    return rows[np.lexsort((-key[rows], -s))[:k]]
+
+
+def _check(doc_ids: Sequence[str], docs: Sequence[object], what: str) -> None:
+    if len(doc_ids) != len(docs):
+        raise ValueError(f"{len(doc_ids)} doc ids for {len(docs)} {what}")
+    if not len(doc_ids):
+        raise ValueError("cannot index an empty corpus")
 
 
 def build_index(doc_ids: Sequence[str], texts: Sequence[str], *, shards: int = 1, progress: bool = False,
@@ -146,12 +209,13 @@ def _config(options: dict[str, object]) -> BM25Config:
     return BM25Config(**{k: v for k, v in options.items() if k in ("k1", "b") and v is not None})  # type: ignore[arg-type]
 
 
-def prepare_documents(texts: Sequence[str], **options: object) -> list[list[str]]:
-    """Registry hook (``retrec reindex``, run in parallel over parts of the corpus): the documents' terms."""
-    return tokenize(texts, _config(options))
+def prepare_documents(texts: Sequence[str], **options: object) -> list[str]:
+    """Registry hook (``retrec reindex``, run in parallel over parts of the corpus): each document's terms, joined
+    by spaces (one string a document, not a list of strings: a tenth of the memory)."""
+    return [" ".join(terms) for terms in tokenize(texts, _config(options))]
 
 
-def assemble_index(doc_ids: Sequence[str], prepared: Sequence[list[str]], *, shards: int = 1,
+def assemble_index(doc_ids: Sequence[str], prepared: Sequence[str | Sequence[str]], *, shards: int = 1,
                    **options: object) -> BM25Index:
     """Registry hook (``retrec reindex``): the index of every document's terms (the statistics are global)."""
     if shards != 1:

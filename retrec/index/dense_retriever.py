@@ -125,5 +125,5 @@ def assemble_index(
     shards: int = 1, use_gpu: bool | None = None, **_: object,
 ) -> FaissIndex:
     """Registry hook (``retrec reindex``): index document vectors that ``encoder`` produced (rows by doc id)."""
-    return FaissIndex.build(encoded, doc_ids, factory=factory or "Flat", shards=shards, encoder=encoder.manifest,
+    return FaissIndex.build(encoded, doc_ids, factory=factory or "auto", shards=shards, encoder=encoder.manifest,
                             use_gpu=use_gpu)

@@ -22,7 +22,6 @@ Example::
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -31,72 +30,44 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
 from retrec.contracts import strict_options
+from retrec.index import ann
+from retrec.index.doc_ids import DocIdTable, IdColumn
+from retrec.index.encoder_check import check_encoder, check_index, encoder_ref, index_check_ref
+from retrec.index.faiss_build import REFINE_DTYPE, SHARD_HASH, VectorSource, shard_of, stream_shards
 from retrec.index.retriever import Hits
 from retrec.kinds import DENSE_INDEX
 from retrec.runtime.vectors import l2_normalize
 
+__all__ = ["SHARD_HASH", "FaissIndex", "check_encoder", "check_index", "encoder_ref", "index_check_ref", "load_index",
+           "shard_of"]
+
 KIND = DENSE_INDEX
 METRIC = "inner_product"
 SIMILARITIES = ("cosine", "dot")
-SHARD_HASH = "blake2b-64 mod shards"
 # factory tokens whose stored vectors differ from the input (incremental reindexing encodes again)
 LOSSY = ("PQ", "SQ", "LSH", "RaBitQ", "LSQ", "RQ", "PCA", "ITQ")
 log = logging.getLogger(__name__)
 
 
-def shard_of(doc_id: str, shards: int) -> int:
-    """Stable shard number of a doc id (the same in every process and Python version)."""
-    digest = hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest()
-    return int.from_bytes(digest, "little") % shards
-
-
-def encoder_ref(encoder: Manifest | Mapping[str, Any]) -> dict[str, Any]:
-    """What an index records about its encoder bundle: name, version, dim, similarity and absolute path."""
-    if isinstance(encoder, Manifest):
-        return {"name": encoder.name, "version": encoder.version, "dim": int(encoder.dims["dim"]),
-                "similarity": encoder.config.get("similarity"),
-                "path": str(Path(encoder.path).resolve()) if encoder.path is not None else None}
-    return {k: encoder.get(k) for k in ("name", "version", "dim", "similarity", "path")}
-
-
-def check_encoder(index_ref: Mapping[str, Any], encoder: Manifest | Mapping[str, Any], where: str = "index") -> None:
-    """Refuse an encoder whose dimension, similarity or bundle version differs from the index's."""
-    enc = encoder_ref(encoder)
-    if int(index_ref["dim"]) != int(enc["dim"]):
-        raise BundleError(f"{where}: dimension {index_ref['dim']} does not match encoder {enc['name']!r} "
-                          f"(dim {enc['dim']}); rebuild the index with this encoder")
-    if enc["similarity"] is not None and index_ref.get("similarity") != enc["similarity"]:
-        raise BundleError(f"{where}: metric mismatch — index similarity {index_ref.get('similarity')!r}, "
-                          f"encoder {enc['name']!r} uses {enc['similarity']!r}")
-    name, version = index_ref.get("encoder_name"), index_ref.get("encoder_version")
-    if name is not None and (name, version) != (enc["name"], enc["version"]):
-        raise BundleError(f"{where}: built with encoder {name!r} version {version!r}, not "
-                          f"{enc['name']!r} version {enc['version']!r}; its vectors are not comparable")
-
-
-def new_index(dim: int, factory: str) -> faiss.Index:
-    """An empty inner-product FAISS index from an ``index_factory`` string; ValueError for a string FAISS refuses."""
-    try:
-        return faiss.index_factory(dim, factory, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError as exc:
-        raise ValueError(f"FAISS cannot build index {factory!r} over {dim}-d vectors: "
-                         f"{str(exc).strip().splitlines()[-1][:200]}") from None
-
-
-def train_index(index: faiss.Index, vectors: np.ndarray, factory: str, shard: int) -> None:
-    """Train ``index`` on ``vectors`` when its factory needs training (IVF, PQ, ...); ValueError naming the shard."""
-    if index.is_trained:
-        return
-    try:
-        index.train(vectors)
-    except RuntimeError as exc:
-        raise ValueError(f"shard {shard}: cannot train {factory!r} on {len(vectors)} vectors ({exc}); "
-                         "use fewer shards/lists or a Flat/HNSW factory") from exc
+def split_params(params: str | None) -> tuple[str, int]:
+    """``"nprobe=32,refine=8"`` → ``("nprobe=32", 8)``: FAISS's own parameters, and the refine depth (0: none)."""
+    faiss_parts, depth = [], 0
+    for part in (params or "").split(","):
+        key, _, value = part.strip().partition("=")
+        if key == "refine":
+            try:
+                depth = int(value)
+            except ValueError:
+                raise ValueError(f"search parameter refine={value!r}: must be a whole number") from None
+            if depth < 1:
+                raise ValueError(f"search parameter refine={depth}: must be >= 1")
+        elif key:
+            faiss_parts.append(part.strip())
+    return ",".join(faiss_parts), depth
 
 
 def _gpu_copy(index: faiss.Index, use_gpu: bool | None) -> faiss.Index | None:
@@ -121,12 +92,20 @@ def _read_index(path: Path, mmap: bool) -> faiss.Index:
 
 
 class FaissIndex:
-    """N FAISS shards with their doc ids; ``search(vectors, k) -> list[Hits]``."""
+    """N FAISS shards with their doc ids; ``search(vectors, k) -> list[Hits]``.
+
+    ``refine`` (optional, one per shard): each shard's vectors (float16, row-aligned with its FAISS ids,
+    typically memory-mapped) that an approximate shard's candidates are re-scored against exactly; the search
+    parameter ``refine=D`` (in ``search_params``, beside FAISS's own such as ``nprobe=32``) asks each shard
+    for ``D × k`` candidates. ``tuning`` is what ``auto`` measured when it built the index (see
+    :mod:`retrec.index.ann`), recorded in the manifest.
+    """
 
     def __init__(
-        self, shards: Sequence[faiss.Index], shard_ids: Sequence[Sequence[str]], *, factory: str,
+        self, shards: Sequence[faiss.Index], shard_ids: Sequence[IdColumn], *, factory: str,
         similarity: str = "cosine", encoder: Mapping[str, Any] | None = None, search_params: str | None = None,
-        use_gpu: bool | None = None,
+        use_gpu: bool | None = None, refine: Sequence[np.ndarray] | None = None,
+        tuning: Mapping[str, Any] | None = None,
     ) -> None:
         if len(shards) != len(shard_ids) or not shards:
             raise ValueError(f"{len(shards)} shard indices for {len(shard_ids)} id tables")
@@ -135,26 +114,28 @@ class FaissIndex:
         for i, (index, ids) in enumerate(zip(shards, shard_ids)):
             if index.ntotal != len(ids):
                 raise ValueError(f"shard {i}: {index.ntotal} vectors for {len(ids)} doc ids")
+        if refine is not None and (len(refine) != len(shards) or any(
+                r.shape != (s.ntotal, s.d) for r, s in zip(refine, shards))):
+            raise ValueError("refine stores must be one [documents, dim] array per shard")
         self.dim = int(shards[0].d)
         self.factory = factory
         self.similarity = similarity
         self.encoder = dict(encoder) if encoder is not None else None
         self.cpu_shards = list(shards)
-        all_ids = pa.concat_arrays([pa.array(list(ids), pa.string()) for ids in shard_ids])
-        if len(pc.unique(all_ids)) != len(all_ids):
-            raise ValueError("duplicate doc ids")
-        # Global rank of every doc id in ascending (UTF-8 byte = code point) order: the tie-breaker.
-        ranks = pc.rank(all_ids, sort_keys="ascending", tiebreaker="first").to_numpy().astype(np.int64) - 1
-        offsets = np.cumsum([0] + [len(ids) for ids in shard_ids])
-        self._keys = [ranks[offsets[i]:offsets[i + 1]] for i in range(len(shard_ids))]
-        self._ids_by_rank = np.empty(len(all_ids), dtype=object)
-        self._ids_by_rank[ranks] = np.asarray(all_ids.to_pylist(), dtype=object)
-        self.shard_ids = [list(ids) for ids in shard_ids]
-        self.search_params = None
+        self.ids = DocIdTable(shard_ids)
+        self.refine = list(refine) if refine is not None else None
+        self.tuning = dict(tuning) if tuning is not None else None
+        self.search_params: str | None = None
+        self._refine_depth = 0
         gpu_copies = [_gpu_copy(index, use_gpu) for index in self.cpu_shards]
         self._search_shards = [cpu if gpu is None else gpu for cpu, gpu in zip(self.cpu_shards, gpu_copies)]
         if search_params:
             self.set_search_params(search_params)
+
+    @property
+    def shard_ids(self) -> list[list[str]]:
+        """Each shard's doc ids in row order (Python lists: built on each call)."""
+        return [self.ids.shard(s) for s in range(self.ids.shard_count)]
 
     def encoder_check_ref(self) -> dict[str, Any]:
         """The facts :func:`check_encoder` compares: dim, similarity, encoder name and version."""
@@ -169,55 +150,68 @@ class FaissIndex:
     @property
     def doc_ids(self) -> list[str]:
         """Every document id held, shard by shard."""
-        return [d for ids in self.shard_ids for d in ids]
+        return [d for s in range(self.ids.shard_count) for d in self.ids.shard(s)]
 
     @property
     def on_gpu(self) -> list[bool]:
         return [s is not c for s, c in zip(self._search_shards, self.cpu_shards)]
 
     def __len__(self) -> int:
-        return len(self._ids_by_rank)
+        return len(self.ids)
 
     @classmethod
     def build(
         cls, vectors: np.ndarray, doc_ids: Sequence[str], *, factory: str = "Flat", shards: int = 1,
         similarity: str = "cosine", encoder: Manifest | Mapping[str, Any] | None = None,
-        search_params: str | None = None, use_gpu: bool | None = None,
+        search_params: str | None = None, use_gpu: bool | None = None, **auto: Any,
     ) -> FaissIndex:
-        """Index ``vectors`` (one row per doc id); cosine normalises them, IVF/PQ factories train per shard."""
-        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        """Index ``vectors`` (one row per doc id); cosine normalises them; see :meth:`from_source`."""
+        from retrec.data.vectors import ArraySource
+
         if vectors.ndim != 2 or vectors.shape[0] != len(doc_ids):
             raise ValueError(f"vectors of shape {vectors.shape} for {len(doc_ids)} doc ids")
-        if not len(doc_ids):
-            raise ValueError("cannot index an empty corpus")
-        if shards < 1:
-            raise ValueError(f"shards must be >= 1, got {shards}")
+        return cls.from_source(ArraySource(vectors, doc_ids), factory=factory, shards=shards, similarity=similarity,
+                               encoder=encoder, search_params=search_params, use_gpu=use_gpu, **auto)
+
+    @classmethod
+    def from_source(
+        cls, source: VectorSource, *, factory: str = "Flat", shards: int = 1, similarity: str = "cosine",
+        encoder: Manifest | Mapping[str, Any] | None = None, search_params: str | None = None,
+        use_gpu: bool | None = None, target_recall: float = ann.TARGET_RECALL, **stream: Any,
+    ) -> FaissIndex:
+        """Index every vector of ``source`` (streamed: :func:`~retrec.index.faiss_build.stream_shards`).
+
+        ``factory``: a FAISS ``index_factory`` string (IVF/PQ structures train once on a sample, shared by the
+        shards), or ``auto`` (:mod:`retrec.index.ann`: exact when small, else IVF-PQ with a refine store whose
+        search parameters are tuned here to ``target_recall`` and recorded in :attr:`tuning`). ``stream``:
+        ``pseudo_queries``, ``seed``, ``exact_max``, ``batch_size``.
+        """
         ref = encoder_ref(encoder) if encoder is not None else None
         if ref is not None:
-            if ref["dim"] != vectors.shape[1]:
-                raise ValueError(f"vectors have dim {vectors.shape[1]}, encoder {ref['name']!r} has {ref['dim']}")
+            if int(ref["dim"]) != source.dim:
+                raise ValueError(f"vectors have dim {source.dim}, encoder {ref['name']!r} has {ref['dim']}")
             similarity = ref["similarity"] or similarity
-        if similarity == "cosine":
-            vectors = l2_normalize(vectors)
-        assignment = np.fromiter((shard_of(d, shards) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
-        indices, id_lists = [], []
-        for s in range(shards):
-            rows = np.flatnonzero(assignment == s)
-            index = new_index(vectors.shape[1], factory)
-            part = vectors[rows]
-            train_index(index, part, factory, s)
-            if len(rows):
-                index.add(part)
-            indices.append(index)
-            id_lists.append([doc_ids[i] for i in rows])
-        return cls(indices, id_lists, factory=factory, similarity=similarity, encoder=ref,
-                   search_params=search_params, use_gpu=use_gpu)
+        if similarity not in SIMILARITIES:
+            raise ValueError(f"similarity must be one of {SIMILARITIES}, got {similarity!r}")
+        if not 0.0 < target_recall <= 1.0:
+            raise ValueError(f"target_recall must be in (0, 1], got {target_recall}")
+        parts = stream_shards(source, factory=factory, shards=shards, normalize=similarity == "cosine", **stream)
+        index = cls(parts.indices, parts.shard_ids, factory=parts.recipe.factory, similarity=similarity,
+                    encoder=ref, use_gpu=use_gpu, refine=parts.refine)
+        if parts.truth is not None:
+            index.tuning = ann.tune_index(index, parts.ids, parts.queries, parts.query_rows, parts.truth,
+                                          parts.recipe, target_recall)
+            index.tuning["build_seconds"] = round(parts.seconds, 1)
+            search_params = search_params or index.tuning["search_params"]
+        if search_params:
+            index.set_search_params(search_params)
+        return index
 
     def encoded_documents(self) -> tuple[list[str], np.ndarray] | None:
         """Every document's vector as indexed (shard by shard), or None when the factory stores them lossily
         (PQ, SQ, ...) or cannot give them back: what an incremental reindex reuses for unchanged documents."""
         if any(token in self.factory for token in LOSSY):
-            return None
+            return None  # (a refine store holds float16: not the vectors a full rebuild would index)
         parts = []
         try:
             for shard in self.cpu_shards:
@@ -226,15 +220,20 @@ class FaissIndex:
         except RuntimeError as exc:  # e.g. an IVF index without a direct map
             log.info("index vectors cannot be read back (%s): unchanged documents are encoded again", exc)
             return None
-        return [d for ids in self.shard_ids for d in ids], np.concatenate(parts).astype(np.float32, copy=False)
+        return self.doc_ids, np.concatenate(parts).astype(np.float32, copy=False)
 
     def set_search_params(self, params: str) -> None:
-        """FAISS search-time parameters for every shard, e.g. ``"nprobe=16"`` or ``"efSearch=128"``."""
+        """Search-time parameters for every shard: FAISS's own (``"nprobe=16"``, ``"efSearch=128"``) and
+        ``refine=D`` (re-score ``D × k`` candidates a shard, for an index with refine stores)."""
+        faiss_params, depth = split_params(params)
+        if depth and self.refine is None:
+            raise ValueError(f"search parameter refine={depth}: this index keeps no vectors to refine with")
         for cpu, shard in zip(self.cpu_shards, self._search_shards):
-            faiss.ParameterSpace().set_index_parameters(cpu, params)
-            if shard is not cpu:
-                faiss.GpuParameterSpace().set_index_parameters(shard, params)
-        self.search_params = params
+            if faiss_params:
+                faiss.ParameterSpace().set_index_parameters(cpu, faiss_params)
+                if shard is not cpu:
+                    faiss.GpuParameterSpace().set_index_parameters(shard, faiss_params)
+        self.search_params, self._refine_depth = params, depth
 
     def _shard_search(self, s: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         shard = self._search_shards[s]
@@ -263,6 +262,19 @@ class FaissIndex:
             scores[open_rows], ids[open_rows] = more_scores, more_ids
         return scores, ids
 
+    def _refined_top(self, s: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Shard ``s``'s ``refine × k`` approximate candidates, re-scored exactly against its refine store."""
+        assert self.refine is not None
+        width = min(self._refine_depth * k, self.cpu_shards[s].ntotal)
+        _, ids = self._shard_search(s, queries, width)
+        valid = ids >= 0
+        rows = np.where(valid, ids, 0)
+        flat = np.unique(rows)  # read each stored vector once, in file order (a memory-mapped store)
+        stored = np.asarray(self.refine[s][flat], dtype=np.float32)
+        where = np.searchsorted(flat, rows)
+        scores = np.einsum("qwd,qd->qw", stored[where], queries, optimize=True)
+        return np.where(valid, scores, -np.inf).astype(np.float32), ids
+
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """Top-``k`` ``(doc_id, score)`` per query row, merged over shards deterministically."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
@@ -276,9 +288,12 @@ class FaissIndex:
         for s in range(len(self.cpu_shards)):
             if self.cpu_shards[s].ntotal == 0:
                 continue
-            scores, ids = self._complete_top_k(s, queries, k)
+            if self._refine_depth and self.refine is not None:
+                scores, ids = self._refined_top(s, queries, k)
+            else:
+                scores, ids = self._complete_top_k(s, queries, k)
             valid = ids >= 0
-            key_parts.append(np.where(valid, self._keys[s][np.where(valid, ids, 0)], -1))
+            key_parts.append(np.where(valid, self.ids.keys(s)[np.where(valid, ids, 0)], -1))
             score_parts.append(np.where(valid, scores, -np.inf).astype(np.float32))
         scores = np.concatenate(score_parts, axis=1)
         keys = np.concatenate(key_parts, axis=1)
@@ -288,7 +303,7 @@ class FaissIndex:
         out = []
         for row_keys, row_scores in zip(top_keys, top_scores):
             valid = row_keys >= 0
-            out.append(list(zip(self._ids_by_rank[row_keys[valid]].tolist(), row_scores[valid].tolist())))
+            out.append(list(zip(self.ids.lookup(row_keys[valid]), row_scores[valid].tolist())))
         return out
 
     def save(self, directory: str | Path, name: str = "dense", metrics: dict[str, Any] | None = None) -> Manifest:
@@ -299,17 +314,24 @@ class FaissIndex:
         encoder = self.encoder or {}
         with publish(directory, replace=False) as pub:
             (pub.path / "shards").mkdir()
-            for s, (index, ids) in enumerate(zip(self.cpu_shards, self.shard_ids)):
+            for s, index in enumerate(self.cpu_shards):
                 faiss.write_index(index, str(pub.path / "shards" / f"{s:03d}.faiss"))
-                pq.write_table(pa.table({"doc_id": pa.array(ids, pa.string())}),
+                pq.write_table(pa.table({"doc_id": self.ids.shard_array(s).cast(pa.string())}),
                                pub.path / "shards" / f"{s:03d}.ids.parquet")
+                if self.refine is not None:
+                    np.save(pub.path / "shards" / f"{s:03d}.vectors.npy", np.asarray(self.refine[s], REFINE_DTYPE))
+            config = {"factory": self.factory, "metric": METRIC, "similarity": self.similarity,
+                      "shards": len(self.cpu_shards), "shard_hash": SHARD_HASH, "search_params": self.search_params,
+                      "encoder": {"name": encoder.get("name"), "version": encoder.get("version"),
+                                  "path": encoder.get("path")}}
+            if self.refine is not None:
+                config["refine_store"] = np.dtype(REFINE_DTYPE).name
+            if self.tuning is not None:
+                config["auto"] = self.tuning
             pub.set_manifest(
-                kind=KIND, name=name, metrics=metrics,
-                config={"factory": self.factory, "metric": METRIC, "similarity": self.similarity,
-                        "shards": len(self.cpu_shards), "shard_hash": SHARD_HASH, "search_params": self.search_params,
-                        "encoder": {"name": encoder.get("name"), "version": encoder.get("version"),
-                                    "path": encoder.get("path")}},
-                dims={"dim": self.dim, "documents": len(self), "shard_documents": [len(i) for i in self.shard_ids]},
+                kind=KIND, name=name, metrics=metrics, config=config,
+                dims={"dim": self.dim, "documents": len(self),
+                      "shard_documents": [self.ids.shard_size(s) for s in range(self.ids.shard_count)]},
             )
         assert pub.manifest is not None
         return pub.manifest
@@ -336,31 +358,23 @@ class FaissIndex:
         if bad or not wanted:
             raise BundleError(f"{directory}: has {count} shards, cannot load shard(s) {bad or wanted}")
         enc = config.get("encoder") or {}
-        shard_indices, id_lists = [], []
+        shard_indices, id_lists, refine = [], [], []
         for s in wanted:
             index = _read_index(manifest.file(f"shards/{s:03d}.faiss"), mmap)
             if index.d != int(dims["dim"]) or index.metric_type != faiss.METRIC_INNER_PRODUCT:
                 raise BundleError(f"{directory}: shard {s} has dim {index.d} / metric {index.metric_type}, "
                                   f"manifest says dim {dims['dim']} / {METRIC}")
             shard_indices.append(index)
-            id_lists.append(pq.read_table(manifest.file(f"shards/{s:03d}.ids.parquet")).column("doc_id").to_pylist())
+            id_lists.append(pq.read_table(manifest.file(f"shards/{s:03d}.ids.parquet")).column("doc_id"))
+            if config.get("refine_store"):
+                refine.append(np.load(manifest.file(f"shards/{s:03d}.vectors.npy"), mmap_mode="r" if mmap else None,
+                                      allow_pickle=False))
         encoder_info = ({"name": enc.get("name"), "version": enc.get("version"), "dim": dims["dim"],
                          "similarity": config["similarity"], "path": enc.get("path")}
                         if enc.get("name") is not None else None)
         return cls(shard_indices, id_lists, factory=config["factory"], similarity=config["similarity"],
-                   encoder=encoder_info, search_params=config.get("search_params"), use_gpu=use_gpu)
-
-
-def index_check_ref(manifest: Manifest) -> dict[str, Any]:
-    """What :func:`check_encoder` compares, read from an ``index/dense`` manifest."""
-    enc = manifest.config.get("encoder") or {}
-    return {"dim": manifest.dims["dim"], "similarity": manifest.config["similarity"],
-            "encoder_name": enc.get("name"), "encoder_version": enc.get("version")}
-
-
-def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any]) -> None:
-    """Registry hook: refuse a query encoder that this index version's vectors did not come from."""
-    check_encoder(index_check_ref(index), encoder, where=str(index.path or index.name))
+                   encoder=encoder_info, search_params=config.get("search_params"), use_gpu=use_gpu,
+                   refine=refine or None, tuning=config.get("auto"))
 
 
 @strict_options(KIND)

@@ -35,21 +35,14 @@ from typing import Any
 import faiss
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
 from retrec.contracts import strict_options
-from retrec.index.faiss_index import (
-    SHARD_HASH,
-    _read_index,
-    check_encoder,
-    encoder_ref,
-    index_check_ref,
-    new_index,
-    shard_of,
-    train_index,
-)
+from retrec.index.doc_ids import DocIdTable
+from retrec.index.encoder_check import check_encoder, encoder_ref, index_check_ref
+from retrec.index.faiss_build import SHARD_HASH, new_index, shard_of, train_index
+from retrec.index.faiss_index import _read_index
 from retrec.index.retriever import Hits
 from retrec.kinds import MAXSIM_INDEX, MUVERA_INDEX
 from retrec.runtime.fde import FDEConfig
@@ -132,14 +125,8 @@ class MultiVectorIndex:
         self.candidates = candidates
         self.search_params = None
         self._half = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)  # decodes the token store
-        all_ids = pa.array([d for s in self.shards for d in s.ids], pa.string())
-        if len(pc.unique(all_ids)) != len(all_ids):
-            raise ValueError("duplicate doc ids")
-        ranks = pc.rank(all_ids, sort_keys="ascending", tiebreaker="first").to_numpy().astype(np.int64) - 1
-        bounds = np.cumsum([0] + [len(s.ids) for s in self.shards])
-        self._keys = [ranks[bounds[i]:bounds[i + 1]] for i in range(len(self.shards))]
-        self._ids_by_rank = np.empty(len(all_ids), dtype=object)
-        self._ids_by_rank[ranks] = np.asarray(all_ids.to_pylist(), dtype=object)
+        self._table = DocIdTable([s.ids for s in self.shards])  # the tie-break keys; ValueError on a duplicate
+        self._keys = [self._table.keys(i) for i in range(len(self.shards))]
         if search_params:
             self.set_search_params(search_params)
 
@@ -152,7 +139,7 @@ class MultiVectorIndex:
         return [d for s in self.shards for d in s.ids]
 
     def __len__(self) -> int:
-        return len(self._ids_by_rank)
+        return len(self._table)
 
     def set_search_params(self, params: str) -> None:
         """FAISS search-time parameters of the FDE indices, e.g. ``"efSearch=128"`` or ``"nprobe=16"``."""
@@ -222,7 +209,7 @@ class MultiVectorIndex:
                 continue
             all_scores, all_keys = np.concatenate(scores), np.concatenate(keys)
             order = np.lexsort((-all_keys, -all_scores))[:k]
-            out.append(list(zip(self._ids_by_rank[all_keys[order]].tolist(), all_scores[order].tolist())))
+            out.append(list(zip(self._table.lookup(all_keys[order]), all_scores[order].tolist())))
         return out
 
     def save(self, directory: str | Path, name: str = "multivector", metrics: dict[str, Any] | None = None) -> Manifest:

@@ -9,10 +9,13 @@ safetensors (``indptr`` int64, ``docs`` int32, ``impacts`` uint8 or float16) bes
 - **Quantisation** (``uint8``, default): impact = round(weight / scale), scale = the largest weight of the whole
   index / 255 (one scale for every shard, so shard scores are comparable); impacts that round to 0 are dropped.
   ``float16`` keeps the weights to 3 significant digits.
-- **Search** is exact posting-list accumulation, vectorised: the queries of a batch form a sparse matrix
-  ``[queries, vocabulary]`` multiplied by the shard's postings (SciPy's sparse product, in C++), so only the
-  posting lists of the query terms are read. Only documents sharing a term with the query (score > 0) are
-  ranked; hits merge across shards by score descending, then doc id descending, so N shards equal one.
+- **Building** streams (:mod:`retrec.index.sparse_build`): vectors are checked in bulk and their impacts written
+  chunk by chunk into the final arrays, so a million documents cost the index (5 bytes a posting), not copies.
+- **Search** is exact posting-list accumulation: for each query term, in query order, weight × impact weight is
+  added (float32, ``np.add.at``) to the scores of its posting list's documents, so only the posting lists of the
+  query terms are read. Only documents sharing a term with the query (score > 0) are ranked, and of those only
+  the ones reaching the k-th best score of one posting list (a floor: that list's documents are scored too); hits
+  merge across shards by score descending, then doc id descending, so N shards equal one.
 
 Example::
 
@@ -31,7 +34,6 @@ from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 from safetensors import SafetensorError
@@ -39,16 +41,22 @@ from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
 from retrec.contracts import SparseVector, strict_options
-from retrec.index.faiss_index import SHARD_HASH, check_encoder, encoder_ref, index_check_ref, shard_of
+from retrec.index.doc_ids import DocIdTable
+from retrec.index.faiss_index import SHARD_HASH, check_encoder, encoder_ref, index_check_ref
 from retrec.index.retriever import Hits
+from retrec.index.sparse_build import (  # noqa: F401 (FLOAT16_MAX, quantize: this module's names before the split)
+    FLOAT16_MAX,
+    QUANTIZATIONS,
+    STORED,
+    build_shards,
+    check_quantization,
+    check_vector,
+    quantize,
+)
 from retrec.kinds import SPARSE_INDEX
 
 KIND = SPARSE_INDEX
 Quantization = Literal["uint8", "float16"]
-QUANTIZATIONS = ("uint8", "float16")
-STORED = {"uint8": np.uint8, "float16": np.float16}  # the impacts' dtype on disk
-FLOAT16_MAX = float(np.finfo(np.float16).max)
-QUERY_CHUNK = 64  # queries multiplied by the postings at once (bounds the [queries, documents] product)
 
 
 @dataclass(eq=False)
@@ -57,57 +65,6 @@ class SparseShard:
 
     ids: list[str]
     postings: sp.csr_matrix  # uint8 impacts, or float16 weights held as float32
-
-    def scorer(self, scale: float) -> sp.csr_matrix:
-        """The postings as float32 weights (impact × scale), what a search multiplies by."""
-        p = self.postings  # the float32 weights share the postings' index arrays
-        return sp.csr_matrix((p.data.astype(np.float32) * np.float32(scale), p.indices, p.indptr), shape=p.shape,
-                             copy=False)
-
-
-def check_vector(ids: Any, weights: Any, vocabulary: int, what: str) -> SparseVector:
-    """``(ids, weights)`` as int64 / float32 arrays with unique in-vocabulary ids and finite weights ≥ 0."""
-    raw = np.asarray(ids)
-    if raw.size and raw.dtype.kind not in "iu":
-        raise ValueError(f"{what}: term ids must be integers, got {raw.dtype}")
-    try:
-        ids, weights = raw.astype(np.int64).ravel(), np.asarray(weights, np.float32).ravel()
-    except (OverflowError, TypeError, ValueError):
-        raise ValueError(f"{what}: term ids must be int64 and weights numbers") from None
-    if ids.shape != weights.shape:
-        raise ValueError(f"{what}: {len(ids)} term ids for {len(weights)} weights")
-    if len(ids) and (ids.min() < 0 or ids.max() >= vocabulary):
-        raise ValueError(f"{what}: term ids must be in [0, {vocabulary}), got {int(ids.min())}..{int(ids.max())}")
-    if not np.isfinite(weights).all() or (weights < 0).any():
-        raise ValueError(f"{what}: weights must be finite and non-negative")
-    if len(np.unique(ids)) != len(ids):
-        raise ValueError(f"{what}: repeated term ids")
-    return ids, weights
-
-
-def quantize(weights: np.ndarray, quantization: str, scale: float) -> np.ndarray:
-    """Impacts of ``weights`` (uint8: round(w / scale), clipped to 255; float16: the weights to float16 precision,
-    held as float32)."""
-    if quantization == "uint8":
-        return np.clip(np.rint(weights / scale), 0, 255).astype(np.uint8)
-    if quantization == "float16":  # float16 on disk; SciPy holds it as float32 (exactly the same values)
-        if len(weights) and float(weights.max()) > FLOAT16_MAX:
-            raise ValueError(f"a weight of {float(weights.max()):.4g} exceeds float16's range; use uint8")
-        return weights.astype(np.float16).astype(np.float32)
-    raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
-
-
-def _postings(vectors: Sequence[SparseVector], vocabulary: int, quantization: str, scale: float) -> sp.csr_matrix:
-    """Term-major postings of documents (rows of ``vectors``, already checked), zero impacts dropped."""
-    lengths = np.array([len(ids) for ids, _ in vectors], dtype=np.int64)
-    terms = np.concatenate([ids for ids, _ in vectors]) if len(vectors) else np.zeros(0, np.int64)
-    weights = np.concatenate([w for _, w in vectors]) if len(vectors) else np.zeros(0, np.float32)
-    docs = np.repeat(np.arange(len(vectors), dtype=np.int32), lengths)
-    impacts = quantize(weights, quantization, scale)
-    keep = impacts != 0
-    matrix = sp.csr_matrix((impacts[keep], (terms[keep], docs[keep])), shape=(vocabulary, len(vectors)))
-    matrix.sort_indices()
-    return matrix
 
 
 class SparseIndex:
@@ -122,15 +79,9 @@ class SparseIndex:
         self.encoder = dict(encoder) if encoder is not None else None
         self.shards = list(shards)
         self.total_shards = total_shards or len(self.shards)
-        self._scorers = [s.scorer(self.scale) for s in self.shards]
-        all_ids = pa.array([d for s in self.shards for d in s.ids], pa.string())
-        if len(pc.unique(all_ids)) != len(all_ids):
-            raise ValueError("duplicate doc ids")
-        ranks = pc.rank(all_ids, sort_keys="ascending", tiebreaker="first").to_numpy().astype(np.int64) - 1
-        bounds = np.cumsum([0] + [len(s.ids) for s in self.shards])
-        self._keys = [ranks[bounds[i]:bounds[i + 1]] for i in range(len(self.shards))]
-        self._ids_by_rank = np.empty(len(all_ids), dtype=object)
-        self._ids_by_rank[ranks] = np.asarray(all_ids.to_pylist(), dtype=object)
+        self._scale = np.float32(self.scale)  # impact x scale (float32): a posting's weight
+        self._table = DocIdTable([s.ids for s in self.shards])  # the tie-break keys; ValueError on a duplicate
+        self._keys = [self._table.keys(i) for i in range(len(self.shards))]
 
     @property
     def shard_ids(self) -> list[list[str]]:
@@ -142,7 +93,7 @@ class SparseIndex:
         return [d for s in self.shards for d in s.ids]
 
     def __len__(self) -> int:
-        return len(self._ids_by_rank)
+        return len(self._table)
 
     def postings(self) -> int:
         """Stored (term, document) impacts over every shard held."""
@@ -156,44 +107,52 @@ class SparseIndex:
         """Impacts are quantised: an incremental reindex encodes every document again."""
         return None
 
-    def _query_matrix(self, queries: Sequence[SparseVector]) -> sp.csr_matrix:
-        checked = [check_vector(ids, w, self.vocabulary, f"query {i}") for i, (ids, w) in enumerate(queries)]
-        lengths = np.array([len(ids) for ids, _ in checked], dtype=np.int64)
-        indptr = np.concatenate([[0], np.cumsum(lengths)])
-        ids = np.concatenate([ids for ids, _ in checked]) if checked else np.zeros(0, np.int64)
-        weights = np.concatenate([w for _, w in checked]) if checked else np.zeros(0, np.float32)
-        return sp.csr_matrix((weights, ids, indptr), shape=(len(checked), self.vocabulary))
-
     def search(self, queries: Sequence[SparseVector], k: int) -> list[Hits]:
         """Top-``k`` ``(doc_id, score)`` per query vector, only documents sharing a term with it."""
-        if not len(queries):
-            return []
-        q = self._query_matrix(queries)
+        checked = [check_vector(ids, w, self.vocabulary, f"query {i}") for i, (ids, w) in enumerate(queries)]
         if k <= 0:
-            return [[] for _ in queries]
-        out: list[Hits] = []
-        for start in range(0, q.shape[0], QUERY_CHUNK):
-            chunk = q[start:start + QUERY_CHUNK]
-            per_shard = [(chunk @ scorer).tocsr() for scorer in self._scorers]  # [queries, shard documents] each
-            out.extend(self._top(per_shard, qi, k) for qi in range(chunk.shape[0]))
-        return out
+            return [[] for _ in checked]
+        return [self._search_one(ids, weights, k) for ids, weights in checked]
 
-    def _top(self, per_shard: list[sp.csr_matrix], qi: int, k: int) -> Hits:
-        """Query ``qi``'s top ``k`` over the shards' score rows: score desc, then doc id desc."""
+    def _scores(self, s: int, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Shard ``s``'s documents' scores (float32): per query term, in query order, weight × impact weight added
+        to the documents of its posting list (exact, float32, the sums SciPy's sparse product gave)."""
+        p = self.shards[s].postings
+        scores = np.zeros(p.shape[1], dtype=np.float32)
+        for t, w in zip(ids.tolist(), weights):
+            lo, hi = p.indptr[t], p.indptr[t + 1]
+            if hi > lo:  # the scorer's float32 weights were impact x scale, then times the query weight
+                np.add.at(scores, p.indices[lo:hi], p.data[lo:hi].astype(np.float32) * self._scale * w)
+        return scores
+
+    def _floor(self, s: int, scores: np.ndarray, ids: np.ndarray, weights: np.ndarray, k: int) -> float:
+        """A score the ``k``-th best document reaches (0 if none is known): the ``k``-th best of the documents in
+        the shortest posting list of a positive-weight query term holding ``k`` (their scores are all of them)."""
+        p = self.shards[s].postings
+        fit = [(int(p.indptr[t + 1] - p.indptr[t]), t) for t, w in zip(ids.tolist(), weights) if w > 0]
+        fit = [(n, t) for n, t in fit if n >= k]
+        if not fit:
+            return 0.0
+        t = min(fit)[1]
+        part = scores[p.indices[p.indptr[t]:p.indptr[t + 1]]]
+        return float(np.partition(part, len(part) - k)[len(part) - k])
+
+    def _search_one(self, ids: np.ndarray, weights: np.ndarray, k: int) -> Hits:
+        """One query's top ``k`` over every shard: score desc, then doc id desc (only scores > 0 are ranked)."""
+        per_shard = [self._scores(s, ids, weights) for s in range(len(self.shards))]
+        floor = max((self._floor(s, x, ids, weights, k) for s, x in enumerate(per_shard)), default=0.0)
         scores, keys = [], []
-        for s, result in enumerate(per_shard):
-            lo, hi = result.indptr[qi], result.indptr[qi + 1]
-            rows, values = result.indices[lo:hi], result.data[lo:hi]
-            hit = values > 0
-            scores.append(values[hit])
-            keys.append(self._keys[s][rows[hit]])
+        for s, x in enumerate(per_shard):
+            rows = np.flatnonzero(x >= floor) if floor > 0.0 else np.flatnonzero(x > 0.0)
+            scores.append(x[rows])
+            keys.append(self._keys[s][rows])
         all_scores = np.concatenate(scores) if scores else np.zeros(0, np.float32)
         all_keys = np.concatenate(keys) if keys else np.zeros(0, np.int64)
         if len(all_scores) > k:  # every document tied with the k-th score stays, then the exact order
             keep = all_scores >= np.partition(all_scores, len(all_scores) - k)[len(all_scores) - k]
             all_scores, all_keys = all_scores[keep], all_keys[keep]
         order = np.lexsort((-all_keys, -all_scores))[:k]
-        return list(zip(self._ids_by_rank[all_keys[order]].tolist(), all_scores[order].tolist()))
+        return list(zip(self._table.lookup(all_keys[order]), all_scores[order].tolist()))
 
     def save(self, directory: str | Path, name: str = "sparse", metrics: dict[str, Any] | None = None) -> Manifest:
         """Publish the index version atomically (postings, doc tables, manifest)."""
@@ -221,14 +180,6 @@ class SparseIndex:
         return pub.manifest
 
 
-def global_scale(vectors: Sequence[SparseVector], quantization: str) -> float:
-    """One scale for the whole index: the largest weight / 255 for uint8 (1.0 for float16 or no weight)."""
-    if quantization != "uint8":
-        return 1.0
-    top = max((float(w.max()) for _, w in vectors if len(w)), default=0.0)
-    return top / 255.0 if top > 0 else 1.0
-
-
 def assemble_index(doc_ids: Sequence[str], encoded: Sequence[SparseVector], *, encoder: Any, shards: int = 1,
                    quantization: str = "uint8") -> SparseIndex:
     """Registry hook (``retrec reindex``): index documents' sparse vectors (rows by doc id) from ``encoder``."""
@@ -240,21 +191,10 @@ def assemble_index(doc_ids: Sequence[str], encoded: Sequence[SparseVector], *, e
         raise ValueError(f"shards must be >= 1, got {shards}")
     check_quantization(quantization)
     ref = encoder_ref(encoder.manifest)
-    vocabulary = int(ref["dim"])
-    vectors = [check_vector(ids, w, vocabulary, f"document {d!r}") for d, (ids, w) in zip(doc_ids, encoded)]
-    scale = global_scale(vectors, quantization)
-    assignment = np.fromiter((shard_of(d, shards) for d in doc_ids), dtype=np.int64, count=len(doc_ids))
-    parts = []
-    for s in range(shards):
-        rows = np.flatnonzero(assignment == s)
-        parts.append(SparseShard([doc_ids[i] for i in rows],
-                                 _postings([vectors[i] for i in rows], vocabulary, quantization, scale)))
-    return SparseIndex(parts, vocabulary=vocabulary, quantization=quantization, scale=scale, encoder=ref)
-
-
-def check_quantization(quantization: str) -> None:
-    if quantization not in QUANTIZATIONS:
-        raise ValueError(f"quantization must be one of {QUANTIZATIONS}, got {quantization!r}")
+    parts, scale = build_shards(doc_ids, encoded, vocabulary=int(ref["dim"]), quantization=quantization,
+                                shards=shards)
+    return SparseIndex([SparseShard(ids, postings) for ids, postings in parts], vocabulary=int(ref["dim"]),
+                       quantization=quantization, scale=scale, encoder=ref)
 
 
 def build_index(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, shards: int = 1,

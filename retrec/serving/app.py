@@ -6,10 +6,12 @@ Every configured bundle's ``kind`` (its manifest) is looked up in the one regist
   :class:`~retrec.serving.shards.IndexShard` (which loads shard ``i`` through the kind's registry loader) or
   the kind's own ``serve`` deployment class; ``placement`` (per retriever, :mod:`retrec.serving.placement`)
   runs them inside each ingress replica (``ingress``: no hop; ``auto`` picks it for small indices) or as one
-  deployment per shard (``deployment``: ``NAME-shard-i``); the choice is logged. A kind whose payload is
-  not ``text`` needs ``encoder:``, a query-encoder bundle whose kind produces that payload (and is one of
-  the index kind's ``encoder_kinds``, when it names any); the pair is checked with the kind's ``check`` hook
-  here, and again on every swap.
+  deployment per shard (``deployment``: ``NAME-shard-i``); the choice is logged. ``shards.resources`` (every
+  shard) and ``shard_resources`` (one entry per shard, checked against the manifest's count) pin the shard
+  deployments to the Ray nodes offering those custom resources (``auto`` then means ``deployment``). A kind
+  whose payload is not ``text`` needs ``encoder:``, a query-encoder bundle whose kind produces that payload
+  (and is one of the index kind's ``encoder_kinds``, when it names any); the pair is checked with the kind's
+  ``check`` hook here, and again on every swap.
 - **query encoders** are keyed by their bundle: retrievers naming the same bundle share one encoder, and an
   application may use several. ``encoder.placement: ingress`` (default) runs each inside the ``Ingress``
   replica; ``deployment`` serves each as a ``QueryEncoder`` deployment (the first as ``QueryEncoder``,
@@ -53,7 +55,7 @@ from retrec.serving.recommenders import Recommender
 from retrec.serving.registry import check_hook, deployment, kind_of
 from retrec.serving.rerankers import Reranker
 from retrec.serving.schemas import HYBRID
-from retrec.serving.shards import IndexShard, index_ref, shard_deployment
+from retrec.serving.shards import IndexShard, index_ref
 from retrec.serving.versions import INGRESS
 
 log = logging.getLogger("retrec.serving")
@@ -147,7 +149,10 @@ def build_app(args: dict[str, Any]) -> Application:
                                                   else f"QueryEncoder-{name}")
         ref = index_ref(path)
         n = int(manifest.config.get("shards", 1))
-        placement, why = shard_placement(rc.placement, manifest, cfg.use_gpu, rc.shards.num_gpus)
+        if rc.pinned and rc.placement == "auto":
+            placement, why = "deployment", "auto: pinned to nodes (shards.resources / shard_resources)"
+        else:
+            placement, why = shard_placement(rc.placement, manifest, cfg.use_gpu, rc.shards.num_gpus)
         log.info("retriever %s: %d %s shard(s) served in %s (%s)", name, n, kind.kind,
                  "each ingress replica" if placement == "ingress" else "their own deployments", why)
         if placement == "ingress":
@@ -156,10 +161,17 @@ def build_app(args: dict[str, Any]) -> Application:
         else:
             shard_class = deployment(kind.kind, IndexShard)
             # The versions each shard replica holds: its user_config, which index swaps update (versions.py).
-            shards = [shard_class.options(**rc.shards.deployment_options(shard_deployment(name, i)),
-                                          user_config={"versions": [ref]}).bind(
+            try:  # shard i's options: shards, with its entry of shard_resources (one per shard of the manifest)
+                options = [rc.shard_options(name, i, n) for i in range(n)]
+            except ValueError as exc:
+                raise BundleError(str(exc)) from exc
+            for i, opts in enumerate(options):
+                if opts["ray_actor_options"].get("resources"):
+                    log.info("retriever %s: shard %d pinned to nodes offering %s", name, i,
+                             opts["ray_actor_options"]["resources"])
+            shards = [shard_class.options(**opts, user_config={"versions": [ref]}).bind(
                           kind=kind.kind, shard=i, initial=ref, use_gpu=cfg.use_gpu)
-                      for i in range(n)]
+                      for i, opts in enumerate(options)]
         retrievers[name] = {"kind": kind.kind, "payload": kind.payload, "placement": placement, "shards": shards,
                             "ref": ref, "encoder": encoder}
     recommenders: dict[str, Any] = {}

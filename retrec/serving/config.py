@@ -3,12 +3,20 @@
 The same dict is accepted by ``build_app(args)`` from ``retrec serve --config``, ``serve run`` and
 ``serve deploy``. Relative bundle paths resolve against ``base_dir`` (default: the working directory).
 
+Shards across Ray nodes: a retriever's ``shards.resources`` (every shard) and ``shard_resources`` (one entry per
+shard of the index) are Ray custom resources its shard replicas ask for, so each runs only on the nodes offering
+them (``ray start --resources``, KubeRay's ``rayStartParams.resources``); ``max_replicas_per_node`` spreads a
+role's replicas over nodes.
+
 Example::
 
     cfg = ServingConfig.model_validate({
         "retrievers": {"bm25": {"index": "runs/demo/bundles/bm25"}},
         "recommenders": {"bert4rec": {"bundle": "runs/demo/bundles/bert4rec"}},
     })
+    pinned = RetrieverConfig.model_validate({"index": "/models/dense", "placement": "deployment",
+                                             "shard_resources": [{"node_a": 0.01}, {"node_b": 0.01}]})
+    pinned.shard_options("dense", 1, 2)["ray_actor_options"]["resources"]   # {"node_b": 0.01}
 """
 
 from __future__ import annotations
@@ -16,13 +24,39 @@ from __future__ import annotations
 import ipaddress
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
+
+
+# Ray's own resources, asked for through num_cpus / num_gpus (and memory options), never as custom resources.
+RESERVED_RESOURCES = frozenset({"CPU", "GPU", "memory", "object_store_memory"})
+RESOURCE_PRECISION = 1e-4  # Ray refuses a non-zero fractional quantity below this
+
+
+def check_resources(resources: dict[str, float]) -> dict[str, float]:
+    """Ray custom resources a replica asks for, checked the way Ray would refuse them (but with the config's
+    words): a name that is not empty and not one of :data:`RESERVED_RESOURCES`, a quantity > 0 and >= 0.0001.
+
+    >>> check_resources({"shard_node_a": 0.01})
+    {'shard_node_a': 0.01}
+    """
+    for name, quantity in resources.items():
+        if not name.strip() or name != name.strip():
+            raise ValueError(f"resource name {name!r}: empty or padded with spaces")
+        if name in RESERVED_RESOURCES:
+            raise ValueError(f"resource {name!r} is Ray's own: use num_cpus / num_gpus, not resources")
+        if not quantity >= RESOURCE_PRECISION:
+            raise ValueError(f"resource {name!r}: quantity {quantity!r} must be >= {RESOURCE_PRECISION} "
+                             "(a small fraction, e.g. 0.01, pins without limiting replicas per node)")
+    return resources
+
+
+Resources = Annotated[dict[str, float], AfterValidator(check_resources)]
 
 
 class ReplicaOptions(_Strict):
@@ -34,18 +68,33 @@ class ReplicaOptions(_Strict):
     max_ongoing_requests: int = Field(32, ge=1, le=10_000)
     max_queued_requests: int = Field(256, ge=-1, description="queued at each caller beyond this: 503")
     retry_after_s: float = Field(1.0, ge=0, description="Retry-After of Ray's own 503 on a full queue")
+    resources: Resources = Field(default_factory=dict, description="Ray custom resources each replica asks for "
+                                 "(its ray_actor_options.resources): the replicas run only on nodes that offer them "
+                                 "(`ray start --resources`, KubeRay's rayStartParams resources), e.g. "
+                                 "{shard_node_a: 0.01}; CPUs and GPUs are num_cpus / num_gpus")
+    max_replicas_per_node: int | None = Field(None, ge=1, le=100, description="at most this many of the role's "
+                                              "replicas on one Ray node (1: each replica on its own node, so a "
+                                              "node lost takes one replica, not all); default: no bound")
 
-    def deployment_options(self, name: str) -> dict[str, Any]:
-        return {
+    def deployment_options(self, name: str, resources: dict[str, float] | None = None) -> dict[str, Any]:
+        """Serve deployment options; ``resources`` (e.g. one shard's pinning) are merged over :attr:`resources`."""
+        actor: dict[str, Any] = {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus}
+        wanted = {**self.resources, **(resources or {})}
+        if wanted:
+            actor["resources"] = wanted
+        options = {
             "name": name,
             "num_replicas": self.replicas,
             "max_ongoing_requests": self.max_ongoing_requests,
             "max_queued_requests": self.max_queued_requests,
             "backpressure_config": {"status_code": 503, "retry_after_s": self.retry_after_s},
-            "ray_actor_options": {"num_cpus": self.num_cpus, "num_gpus": self.num_gpus},
+            "ray_actor_options": actor,
             "health_check_period_s": 2.0,
             "health_check_timeout_s": 10.0,
         }
+        if self.max_replicas_per_node is not None:
+            options["max_replicas_per_node"] = self.max_replicas_per_node
+        return options
 
 
 class RetrieverConfig(_Strict):
@@ -58,9 +107,44 @@ class RetrieverConfig(_Strict):
     placement: Literal["auto", "ingress", "deployment"] = Field(
         "auto", description="where its shards run: inside each ingress replica (no hop per query; one copy of the "
         "index per ingress replica), their own deployments (own memory, replicas, GPUs), or auto: ingress for "
-        "an index of at most 256 MiB that asks for no GPU (retrec.serving.placement)")
+        "an index of at most 256 MiB that asks for no GPU and is not pinned to nodes (retrec.serving.placement)")
     shards: ReplicaOptions = Field(default_factory=ReplicaOptions, description="shard deployments (placement: "
-                                   "deployment); unused in the ingress")
+                                   "deployment); unused in the ingress. shards.resources pins every shard")
+    shard_resources: list[Resources] | None = Field(
+        None, min_length=1, description="per-shard pinning (placement: deployment): entry i is the Ray custom "
+        "resources of shard i's replicas (merged over shards.resources), e.g. [{node_a: 0.01}, {node_b: 0.01}] "
+        "puts shard 0 on the nodes offering node_a and shard 1 on those offering node_b; one entry per shard of "
+        "the index (checked against its manifest when the application is built)")
+
+    @property
+    def pinned(self) -> bool:
+        """Its shards ask for custom resources (``auto`` placement then means ``deployment``)."""
+        return bool(self.shard_resources or self.shards.resources)
+
+    @model_validator(mode="after")
+    def _pinning_needs_deployments(self) -> RetrieverConfig:
+        if self.placement == "ingress" and self.pinned:
+            raise ValueError("shard pinning (shards.resources / shard_resources) needs placement: deployment "
+                             "(shards inside the ingress run where the ingress runs)")
+        return self
+
+    def shard_options(self, name: str, shard: int, count: int) -> dict[str, Any]:
+        """Deployment options of shard ``shard`` of ``count`` (the index manifest's shard count) of retriever
+        ``name``: ``shards`` with that shard's entry of ``shard_resources``.
+
+        Example::
+
+            rc.shard_options("dense", 1, 4)["ray_actor_options"]["resources"]   # {"node_b": 0.01}
+        """
+        from retrec.serving.shards import shard_deployment
+
+        extra = None
+        if self.shard_resources is not None:
+            if len(self.shard_resources) != count:
+                raise ValueError(f"retriever {name!r}: shard_resources has {len(self.shard_resources)} entries, "
+                                 f"its index {self.index} has {count} shard(s): give one entry per shard")
+            extra = self.shard_resources[shard]
+        return self.shards.deployment_options(shard_deployment(name, shard), extra)
 
 
 class RecommenderConfig(_Strict):

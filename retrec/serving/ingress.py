@@ -43,7 +43,7 @@ from retrec.serving.errors import ApiError, install_error_handlers
 from retrec.serving.middleware import GuardMiddleware, guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder, retriever_spec
 from retrec.serving.prometheus import MetricsMiddleware
-from retrec.serving.readiness import ReadinessCache
+from retrec.serving.readiness import ReadinessCache, any_of_each
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.rollout import ServeRollout
 from retrec.serving.scatter import Scatter, call_handle
@@ -132,7 +132,10 @@ class Ingress:
         schemas.PUBLISHED.swappable = names
         schemas.PUBLISHED.recommenders = list(recommenders)
         schemas.PUBLISHED.rerank = reranker is not None
-        self.readiness = ReadinessCache(self._readiness_checks, period_s=1.0)
+        # Ready while each retriever has a shard answering (the others' loss: partial results, /readyz degraded).
+        shard_checks = {name: [f"{name}-{i}" for i in range(len(spec.shards))]
+                        for name, spec in self.retrievers.items()}
+        self.readiness = ReadinessCache(self._readiness_checks, period_s=1.0, verdict=any_of_each(shard_checks))
         self.readiness.start()  # on the replica's loop when there is one; else with the first probe
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
@@ -364,11 +367,15 @@ class Ingress:
 
     @api.get("/readyz", responses=_ERRORS)
     async def readyz(self) -> Any:
-        """Readiness from the cache that a background task refreshes every second (a probe never fans out)."""
+        """Readiness from the cache that a background task refreshes every second (a probe never fans out):
+        ``degraded`` (200) while some shards are down but each retriever has one answering (partial results)."""
         ready, checks = self.readiness.answer()
+        down = [k for k, ok in checks.items() if ok is False]
         if not ready:
-            reason = checks.get("reason") or ", ".join(k for k, ok in checks.items() if not ok)
+            reason = checks.get("reason") or ", ".join(down)
             raise ApiError(503, "not_ready", f"not ready: {reason}")
+        if down:
+            return {"status": "degraded", "checks": checks, "unavailable": down}
         return {"status": "ready", "checks": checks}
 
     @api.get("/metrics", response_class=PlainTextResponse)

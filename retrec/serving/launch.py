@@ -18,6 +18,12 @@ throughput"). The proxy URL keeps working; every route answers through the same 
 A replica that restarts may come back on another port, so put a balancer that follows the replicas in front,
 or run one ingress replica and use :func:`direct_url`. Ray calls the flag experimental; it is off by default.
 
+**A Ray cluster** (``retrec serve --ray-address HOST:PORT``, or ``$RAY_ADDRESS``; :func:`cluster_address`, the
+rule ``retrec reindex --ray-address`` follows too): :func:`start` joins it instead of starting a local Ray, and
+Serve places each replica on a node that offers what its options ask for — e.g. index shards pinned to nodes by
+custom resources (``shards.resources`` / ``shard_resources`` in the serve config; ``ray start --resources``,
+KubeRay's ``rayStartParams.resources``). Keys in ``api_keys_env`` are then read from the nodes' environment.
+
 Plugin kinds (``$RETREC_PLUGINS``, see :mod:`retrec.kinds`): the local Ray that :func:`start` launches
 inherits this process's environment, and Ray puts the driver's working directory on its workers' path, so
 set the variable (and run from the folder the plugin modules import from, or set ``PYTHONPATH``) before
@@ -28,6 +34,7 @@ Example::
     url = start(load_serve_config("configs/serve.yaml"), port=free_port())
     httpx.post(f"{url}/v1/search", json={"query": "scurvy", "k": 3})
     stop()
+    url = start(load_serve_config("configs/serve.yaml"), address="127.0.0.1:6379")   # a running cluster
 """
 
 from __future__ import annotations
@@ -134,9 +141,41 @@ def wait_ready(url: str, timeout_s: float = 120.0, headers: dict[str, str] | Non
     raise TimeoutError(f"{url} not ready after {timeout_s} s: {last}")
 
 
+def cluster_address(address: str | None = None) -> str | None:
+    """The Ray cluster to join: ``address``, else ``$RAY_ADDRESS``; ``None`` (or ``local``): start a local Ray.
+    The same rule as ``retrec reindex --ray-address`` (:mod:`retrec.pipelines.reindex.parts`).
+
+    >>> cluster_address("127.0.0.1:6379")
+    '127.0.0.1:6379'
+    """
+    chosen = address or os.environ.get("RAY_ADDRESS") or None
+    return None if chosen == "local" else chosen
+
+
+def join_ray(address: str) -> None:
+    """Connect this process to the running Ray cluster at ``address`` (``host:port`` of its GCS, or ``auto``).
+
+    Serve's controller and proxies, when this call's :func:`deploy` starts them there, run with the cluster
+    nodes' environment; the config's ``runtime_env.env_vars`` still reach every replica.
+    """
+    import ray
+
+    try:
+        ray.init(address=address, configure_logging=False, log_to_driver=False)
+    except ConnectionError as exc:  # no cluster there, or it refused this process's token (Ray's log says which)
+        raise ConnectionError(f"could not join the Ray cluster at {address} ({exc}); a cluster with Ray's token "
+                              "auth needs RAY_AUTH_MODE=token here and its token (RAY_AUTH_TOKEN or "
+                              "~/.ray/auth_token): an explicit address never turns token auth on") from exc
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    log.info("joined the Ray cluster at %s: %d node(s), resources %s", address, len(nodes),
+             {k: v for k, v in sorted(ray.cluster_resources().items()) if not k.startswith("node:")})
+
+
 def start(config: dict[str, Any], *, host: str | None = None, port: int | None = None,
-          num_cpus: int | None = None, wait: bool = True) -> str:
-    """Start Ray (locally, unless connected already), Serve and every application; returns the base URL."""
+          num_cpus: int | None = None, wait: bool = True, address: str | None = None) -> str:
+    """Start Serve and every application, on the Ray this process is connected to, else on the cluster at
+    ``address`` (or ``$RAY_ADDRESS``: :func:`cluster_address`), else on a local Ray it starts; returns the base
+    URL. ``num_cpus`` sizes a local Ray only."""
     import ray
 
     from retrec.process_env import configure_process
@@ -145,8 +184,13 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
     http = dict(config.get("http_options") or {})
     http["host"] = host or http.get("host") or DEFAULT_HOST
     http["port"] = int(port or http.get("port") or 8000)
-    preflight(config, http["host"], local=not ray.is_initialized())
-    if not ray.is_initialized():
+    joining = None if ray.is_initialized() else cluster_address(address)
+    if joining and num_cpus is not None:
+        raise ValueError("num_cpus sizes a local Ray; a Ray cluster (--ray-address / $RAY_ADDRESS) has its own")
+    preflight(config, http["host"], local=not ray.is_initialized() and not joining)
+    if joining:
+        join_ray(joining)
+    elif not ray.is_initialized():
         init_local_ray(num_cpus, config)
     prefixes = deploy({**config, "http_options": http})
     url = f"http://{http['host']}:{http['port']}"
@@ -161,8 +205,8 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
 
 def preflight(config: dict[str, Any], host: str, *, local: bool) -> None:
     """Refuse, before Ray starts, what the application would refuse later: ``auth.mode: none`` on a host that is
-    not loopback and, when Ray runs here (``local``: keys are read from this environment), ``auth.mode:
-    keys`` without a key or an enabled admin plane without an admin key."""
+    not loopback and, when Ray runs here (``local``: keys are read from this environment; a cluster's replicas
+    read their nodes'), ``auth.mode: keys`` without a key or an enabled admin plane without an admin key."""
     from retrec.serving.middleware import guard_settings
 
     for spec in config.get("applications") or []:
@@ -200,7 +244,8 @@ def deploy(config: dict[str, Any]) -> list[str]:
 
 def stop(drain_s: float = STOP_DRAIN_S) -> None:
     """Shut Serve down, giving in-flight requests up to ``drain_s``, then Ray: a local Ray that :func:`start`
-    launched goes with all its processes (raylet, GCS, workers); a cluster it connected to keeps running.
+    launched goes with all its processes (raylet, GCS, workers); a cluster it connected to keeps running, without
+    Serve (as after ``serve run``'s Ctrl-C).
 
     Serve's own shutdown waits up to 30 s for its controller (and longer when a worker it waits on was hit
     by the same Ctrl-C); bounded here, so ``retrec serve`` stops within about ``drain_s`` + 3 s.

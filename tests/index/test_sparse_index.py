@@ -189,3 +189,81 @@ def test_documents_without_postings_are_counted(tmp_path: Path) -> None:
                (np.zeros(0, np.int64), np.zeros(0, np.float32))]
     manifest = assemble_index(["a", "b", "c"], vectors, encoder=encoder()).save(tmp_path / "idx")
     assert manifest.dims["documents_without_postings"] == 2  # b's weight rounds to 0 in uint8; c has none
+
+
+def _scipy_postings(vectors: list[tuple[np.ndarray, np.ndarray]], quantization: str) -> object:
+    """The postings as first built: every vector checked and copied, one COO -> CSR conversion by SciPy."""
+    import scipy.sparse as sp
+
+    from retrec.index.sparse_build import quantize
+
+    top = max((float(w.max()) for _, w in vectors if len(w)), default=0.0)
+    scale = top / 255 if quantization == "uint8" and top > 0 else 1.0
+    lengths = [len(i) for i, _ in vectors]
+    impacts = quantize(np.concatenate([w for _, w in vectors]).astype(np.float32), quantization, scale)
+    terms = np.concatenate([i for i, _ in vectors]).astype(np.int64)
+    docs = np.repeat(np.arange(len(vectors)), lengths)
+    keep = impacts != 0
+    matrix = sp.csr_matrix((impacts[keep], (terms[keep], docs[keep])), shape=(VOCAB, len(vectors)))
+    matrix.sort_indices()
+    return matrix
+
+
+@pytest.mark.parametrize("quantization", ["uint8", "float16"])
+def test_chunked_build_equals_one_scipy_conversion(monkeypatch: pytest.MonkeyPatch, quantization: str) -> None:
+    """Built three chunks of documents at a time (checks, list lengths, placement), the postings are SciPy's
+    COO -> CSR conversion of every vector at once: same rows, same order, same impacts; unsorted ids, int32 ids
+    and float64 weights are taken as before."""
+    from retrec.index import sparse_build
+
+    monkeypatch.setattr(sparse_build, "CHUNK", 7)
+    docs = random_vectors(50, 40, 12)
+    docs[3] = (docs[3][0][::-1].copy(), docs[3][1][::-1].astype(np.float64))
+    docs[8] = (docs[8][0].astype(np.int32), docs[8][1])
+    index = assemble_index([f"d{i:02d}" for i in range(50)], docs, encoder=encoder(), quantization=quantization)
+    want = _scipy_postings(docs, quantization)
+    got = index.shards[0].postings
+    assert np.array_equal(got.indptr, want.indptr) and np.array_equal(got.indices, want.indices)
+    assert got.data.dtype == want.data.dtype and np.array_equal(got.data, want.data)
+
+
+def test_the_first_bad_document_is_named_whatever_its_chunk(monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrec.index import sparse_build
+
+    monkeypatch.setattr(sparse_build, "CHUNK", 4)
+    docs = random_vectors(12, 20, 13)
+    ids = [f"d{i:02d}" for i in range(12)]
+    bad = [(6, (np.array([4, 9, 4]), np.ones(3, np.float32)), "document 'd06': repeated term ids"),
+           (9, (np.array([1, 3]), np.array([1.0, np.inf], np.float32)), "document 'd09': weights must be finite"),
+           (5, (np.array([VOCAB + 3]), np.ones(1)), "document 'd05': term ids must be in")]
+    for row, vector, message in bad:
+        broken = list(docs)
+        broken[row] = vector
+        broken[11] = (np.array([-1]), np.ones(1, np.float32))  # also bad, but later: the first is named
+        with pytest.raises(ValueError, match=message):
+            assemble_index(ids, broken, encoder=encoder())
+
+
+def test_ranking_from_a_posting_list_floor_equals_ranking_every_match(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Search ranks only documents reaching the k-th best score of one posting list: the hits equal those of
+    ranking every matching document (two weight levels, so ties at the boundary abound, across 3 shards)."""
+    from retrec.index.sparse_index import SparseIndex
+
+    rng = np.random.default_rng(14)
+    docs = []
+    for _ in range(600):
+        ids = np.sort(rng.choice(40, size=int(rng.integers(1, 8)), replace=False))
+        docs.append((ids.astype(np.int64), rng.choice(np.array([1.0, 2.0], np.float32), len(ids))))
+    queries = []
+    for _ in range(30):
+        q = np.sort(rng.choice(40, size=int(rng.integers(1, 5)), replace=False)).astype(np.int64)
+        queries.append((q, rng.choice(np.array([0.0, 1.0, 2.0], np.float32), len(q))))  # a 0 weight: no floor
+    index = assemble_index([f"doc{i:03d}" for i in range(len(docs))], docs, encoder=encoder(), shards=3)
+    floor, floors = SparseIndex._floor, []
+    monkeypatch.setattr(SparseIndex, "_floor", lambda *a: floors.append(floor(*a)) or floors[-1])
+    floored = {k: index.search(queries, k) for k in (1, 5, 40, 1000)}
+    assert sum(f > 0 for f in floors) > len(floors) / 4  # the floor did cut, often
+    monkeypatch.setattr(SparseIndex, "_floor", lambda *a: 0.0)  # every matching document ranked
+    for k, hits in floored.items():
+        assert index.search(queries, k) == hits, k
+    assert any(len(h) == 40 for h in floored[40])

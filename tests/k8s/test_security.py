@@ -60,7 +60,7 @@ def test_jobs_share_no_serving_credentials(where: str, job: dict[str, Any]) -> N
     assert {t["metadata"]["labels"][COMPONENT] for t in templates(cluster(job))} == {component}
 
 
-@pytest.mark.parametrize("folder", ["base", "overlays/cpu", "overlays/gpu"])
+@pytest.mark.parametrize("folder", ["base", "overlays/cpu", "overlays/gpu", "overlays/sharded"])
 def test_serving_pods_are_labelled_serving_and_mount_models_read_only(folder: str) -> None:
     (service,) = [d for d in kustomize(K8S / folder) if d["kind"] == "RayService"]
     assert {t["metadata"]["labels"][COMPONENT] for t in templates(cluster(service))} == {"serving"}

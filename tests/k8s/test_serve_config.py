@@ -1,6 +1,7 @@
-"""The RayService's serve config has one source per variant — configs/serve-k8s.yaml (CPU) and
-configs/serve-k8s-gpu.yaml (k8s/overlays/gpu) — that ``retrec serve --config FILE`` accepts too; the variants'
-images, GPU worker group and capacity; the zero-downtime upgrade strategy."""
+"""The RayService's serve config has one source per variant — configs/serve-k8s.yaml (CPU),
+configs/serve-k8s-gpu.yaml (k8s/overlays/gpu) and configs/serve-k8s-sharded.yaml (k8s/overlays/sharded) — that
+``retrec serve --config FILE`` accepts too; the variants' images, GPU worker group and capacity; the zero-downtime
+upgrade strategy."""
 
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ import yaml
 from tests.k8s.manifests import CONFIGS, K8S, cluster, cpus, groups, kustomize, parse_retrec, rendered
 
 VARIANTS = {"base": CONFIGS / "serve-k8s.yaml", "overlays/cpu": CONFIGS / "serve-k8s.yaml",
-            "overlays/gpu": CONFIGS / "serve-k8s-gpu.yaml"}
+            "overlays/gpu": CONFIGS / "serve-k8s-gpu.yaml", "overlays/sharded": CONFIGS / "serve-k8s-sharded.yaml"}
 IMAGES = {"base": "retrec:latest", "overlays/cpu": "retrec:cpu", "overlays/gpu": "retrec:gpu",
-          "jobs": "retrec:latest", "overlays/cpu/jobs": "retrec:cpu", "overlays/gpu/jobs": "retrec:gpu"}
+          "overlays/sharded": "retrec:cpu", "jobs": "retrec:latest", "overlays/cpu/jobs": "retrec:cpu",
+          "overlays/gpu/jobs": "retrec:gpu", "overlays/sharded/jobs": "retrec:cpu"}
 GPU = "nvidia.com/gpu"
 
 
@@ -96,7 +98,8 @@ def _gpus(group: dict[str, Any]) -> float:
     return float(container.get("resources", {}).get("limits", {}).get(GPU, 0))
 
 
-@pytest.mark.parametrize("folder", ["base", "overlays/cpu", "jobs", "overlays/cpu/jobs"])
+@pytest.mark.parametrize("folder", ["base", "overlays/cpu", "jobs", "overlays/cpu/jobs", "overlays/sharded",
+                                    "overlays/sharded/jobs"])
 def test_the_cpu_variant_asks_for_no_gpu(folder: str) -> None:
     for doc in kustomize(K8S / folder):
         assert GPU not in yaml.safe_dump(doc), (folder, doc["metadata"]["name"])

@@ -103,15 +103,17 @@ class _Corpus:
 
 
 def _prepare_on_ray(cfg: ReindexConfig, texts: list[str]) -> bool:
-    """Whether a text kind's documents are prepared on Ray: on a cluster (an address, or Ray already running), or
-    when the corpus is large enough to repay starting a local Ray (measured: BM25 terms of SciFact's 5,183
-    documents take 1.2 s in one process, 5.5 s with a local Ray started for them)."""
+    """Whether a text kind's documents are prepared on Ray: when actors are asked for (``--actors N``), on a
+    cluster (an address, or Ray already running), or when the corpus is large enough to repay starting a local Ray
+    (measured: BM25 terms of SciFact's 5,183 documents take 1.2 s in one process, 5.5 s with a local Ray started
+    for them)."""
     import sys
 
     if cfg.local:
         return False
     running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-    return bool(running or cfg.ray_address or os.environ.get("RAY_ADDRESS")) or len(texts) >= PREPARE_ON_RAY_DOCS
+    asked = cfg.actors is not None or cfg.ray_address or os.environ.get("RAY_ADDRESS")
+    return bool(running or asked) or len(texts) >= PREPARE_ON_RAY_DOCS
 
 
 def _stage(report: dict[str, Any], name: str, start: float, **extra: Any) -> None:
@@ -290,7 +292,8 @@ def reindex(cfg: ReindexConfig) -> ReindexResult:
         raise ValueError(f"{cfg.data}: the corpus has no documents")
     if len(set(doc_ids)) != len(doc_ids):
         raise ValueError(f"{cfg.data}: duplicate doc ids")
-    corpus = _Corpus(doc_ids, texts, [content_hash(t) for t in texts])
+    # content hashes: what an encoded kind's reuse compares; a text kind is rebuilt whole and never reads them
+    corpus = _Corpus(doc_ids, texts, [content_hash(t) for t in texts] if kind.needs_encoder else [])
     _stage(report, "read", start, documents=len(doc_ids))
     cfg.out.mkdir(parents=True, exist_ok=True)
     base = _base_version(cfg)
