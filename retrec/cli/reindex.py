@@ -27,7 +27,9 @@ def reindex_cmd(
     base: Annotated[str | None, typer.Option(
         help="version to reuse unchanged documents' encodings from (default: OUT/current)")] = None,
     full: Annotated[bool, typer.Option("--full", help="encode every document (ignore the base version)")] = False,
-    actors: Annotated[int | None, typer.Option(min=1, help="Ray encoder actors (default: CPUs // threads)")] = None,
+    actors: Annotated[int | None, typer.Option(
+        min=1, help="Ray actors: encoders (encoded kinds; default: CPUs // threads) or, for text kinds such as bm25, "
+                    "the workers preparing the documents (given: on Ray; default: the cluster's CPUs)")] = None,
     threads: Annotated[int | None, typer.Option(
         min=1, help="ONNX threads per actor (default 1; with --local: every CPU)")] = None,
     gpus_per_actor: Annotated[float, typer.Option(
