@@ -46,6 +46,8 @@ __all__ = ["SHARD_HASH", "FaissIndex", "check_encoder", "check_index", "encoder_
            "shard_of"]
 
 KIND = DENSE_INDEX
+REFINE_MAX = 4_096  # candidates a shard re-scores for one query, whatever k × refine asks (bounds a k=1000 request)
+REFINE_BLOCK = 16_384  # candidate vectors gathered at once (× dim × 4 bytes of temporary memory)
 METRIC = "inner_product"
 SIMILARITIES = ("cosine", "dot")
 # factory tokens whose stored vectors differ from the input (incremental reindexing encodes again)
@@ -263,17 +265,22 @@ class FaissIndex:
         return scores, ids
 
     def _refined_top(self, s: int, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """Shard ``s``'s ``refine × k`` approximate candidates, re-scored exactly against its refine store."""
+        """Shard ``s``'s ``refine × k`` approximate candidates (at most :data:`REFINE_MAX`, at least ``k``),
+        re-scored exactly against its refine store, a block of queries at a time (bounded temporary memory)."""
         assert self.refine is not None
-        width = min(self._refine_depth * k, self.cpu_shards[s].ntotal)
+        width = min(max(k, min(self._refine_depth * k, REFINE_MAX)), self.cpu_shards[s].ntotal)
         _, ids = self._shard_search(s, queries, width)
-        valid = ids >= 0
-        rows = np.where(valid, ids, 0)
-        flat = np.unique(rows)  # read each stored vector once, in file order (a memory-mapped store)
-        stored = np.asarray(self.refine[s][flat], dtype=np.float32)
-        where = np.searchsorted(flat, rows)
-        scores = np.einsum("qwd,qd->qw", stored[where], queries, optimize=True)
-        return np.where(valid, scores, -np.inf).astype(np.float32), ids
+        scores = np.full(ids.shape, -np.inf, dtype=np.float32)
+        block = max(1, REFINE_BLOCK // width)
+        for start in range(0, len(queries), block):
+            part = ids[start:start + block]
+            valid = part >= 0
+            rows = np.where(valid, part, 0)
+            flat = np.unique(rows)  # read each stored vector once, in file order (a memory-mapped store)
+            stored = np.asarray(self.refine[s][flat], dtype=np.float32)
+            exact = np.einsum("qwd,qd->qw", stored[np.searchsorted(flat, rows)], queries[start:start + block])
+            scores[start:start + block] = np.where(valid, exact, -np.inf)
+        return scores, ids
 
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """Top-``k`` ``(doc_id, score)`` per query row, merged over shards deterministically."""

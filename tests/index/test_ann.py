@@ -132,3 +132,23 @@ def test_tuning_on_query_vectors_and_the_margin_on_document_pseudo_queries() -> 
                       for a, b in zip(by_queries.search(held, 10), want)])
     assert recall >= 0.9  # unseen queries of the same kind
     assert ann.with_margin("nprobe=4,refine=8", 8, 16) == "nprobe=16,refine=8"
+
+
+def test_refine_candidates_are_bounded_and_blocks_give_the_same_scores(monkeypatch: pytest.MonkeyPatch) -> None:
+    from retrec.index import faiss_index
+
+    x, ids = _clustered(3_000)
+    index = FaissIndex.build(x, ids, factory="auto", exact_max=1_000, pseudo_queries=64)
+    queries = x[:40] + 0.1
+    whole = index.search(queries, 10)
+    monkeypatch.setattr(faiss_index, "REFINE_BLOCK", 50)  # a block of one query at a time
+    assert index.search(queries, 10) == whole
+    seen: list[int] = []
+    shard_search = index._shard_search
+    monkeypatch.setattr(index, "_shard_search", lambda s, q, w: seen.append(w) or shard_search(s, q, w))
+    monkeypatch.setattr(faiss_index, "REFINE_MAX", 100)
+    index.set_search_params("nprobe=4,refine=128")
+    assert len(index.search(queries[:2], 50)[0]) == 50 and max(seen) == 100  # not 128 × 50 candidates
+    seen.clear()
+    index.search(queries[:2], 300)
+    assert max(seen) == 300  # never fewer than k
