@@ -31,25 +31,28 @@ def _fsync_dir(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike[str], durable: bool = True) -> Iterator[Path]:
     """A hidden temporary sibling of ``path`` for writers that take a file name (safetensors, parquet, FAISS):
     on leaving, it is fsynced and renamed onto ``path`` and the folder fsynced; on an exception it is removed
-    and ``path`` is left as it was."""
+    and ``path`` is left as it was. ``durable=False`` skips both fsyncs: readers still never see a half-written
+    file, but a power cut may lose the write (for files whose content is checked on reading, e.g. by a digest)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.tmp-{secrets.token_hex(4)}")
     try:
         yield tmp
-        fd = os.open(tmp, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        if durable:
+            fd = os.open(tmp, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         os.replace(tmp, target)
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
-    _fsync_dir(target.parent)
+    if durable:
+        _fsync_dir(target.parent)
 
 
 @contextlib.contextmanager
@@ -63,10 +66,11 @@ def atomic_open(path: str | os.PathLike[str], mode: str = "wb", encoding: str | 
         yield fh
 
 
-def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> Path:
-    """Replace ``path`` with ``data`` atomically (a reader sees the old or the new content)."""
-    with atomic_open(path, "wb") as fh:
-        fh.write(data)
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, durable: bool = True) -> Path:
+    """Replace ``path`` with ``data`` atomically (a reader sees the old or the new content); ``durable``: see
+    :func:`atomic_path`."""
+    with atomic_path(path, durable) as tmp:
+        tmp.write_bytes(data)
     return Path(path)
 
 

@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 from safetensors.numpy import load_file, save
 
+from retrec.atomic import atomic_write_bytes
 from retrec.bundle import sha256_file
 from retrec.console import ProgressLog
 
@@ -105,9 +106,10 @@ class PartStore:
         else:
             tensors = {"encoded": np.ascontiguousarray(encoded)}
         payload = save(tensors)
-        _replace(data, payload)
-        _replace(record, json.dumps({"rows": len(part.doc_ids), "ids": _ids_digest(part.doc_ids),
-                                     "sha256": hashlib.sha256(payload).hexdigest()}).encode())
+        atomic_write_bytes(data, payload, durable=False)
+        meta = {"rows": len(part.doc_ids), "ids": _ids_digest(part.doc_ids),
+                "sha256": hashlib.sha256(payload).hexdigest()}
+        atomic_write_bytes(record, json.dumps(meta).encode(), durable=False)
 
     def read(self, part: Part) -> np.ndarray | list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
         tensors = load_file(str(self._paths(part.number)[0]))
@@ -117,18 +119,6 @@ class PartStore:
         if "lengths" in tensors:
             return np.split(tensors["tokens"], np.cumsum(tensors["lengths"])[:-1])
         return tensors["encoded"]
-
-
-def _replace(path: Path, data: bytes) -> None:
-    """``path`` replaced by ``data`` through a temporary sibling: a reader (a resumed run) sees the old file or the
-    new one, never a half-written one; no fsync (see the module docstring)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 class PartEncoder:
@@ -152,7 +142,6 @@ class PartEncoder:
 def _ray_init(address: str | None) -> bool:
     """Join the Ray cluster at ``address`` (or ``$RAY_ADDRESS`` / the one this process runs in), else start a
     local one on 127.0.0.1. True when this call started Ray (the caller shuts it down)."""
-    import os
 
     import ray
 
