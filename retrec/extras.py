@@ -59,6 +59,7 @@ OPTIONAL_MODULES: dict[str, OptionalModule] = {
     "httpx": OptionalModule("httpx", _SERVE, RUNTIME_EXTRAS),
     "prometheus_client": OptionalModule("prometheus_client", _SERVE, RUNTIME_EXTRAS),
     "yaml": OptionalModule("PyYAML", f"serving configs ({_SERVE})", RUNTIME_EXTRAS),
+    "redis": OptionalModule("redis", "the event log on Redis Streams (redis:// logs)", RUNTIME_EXTRAS),
     "torch": OptionalModule("PyTorch", _TRAIN, TRAIN_EXTRAS),
     "transformers": OptionalModule("transformers", _TRAIN, TRAIN_EXTRAS),
     "onnx": OptionalModule("ONNX", _TRAIN, TRAIN_EXTRAS),

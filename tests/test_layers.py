@@ -4,7 +4,7 @@ Layers (a module may import its own layer and the ones below it, never above):
 
     0  data, atomic, bundle, process_env, kinds,      (kinds names loaders as "module:attr" strings only;
        console, contracts                             contracts holds the Protocols of the hooks' products)
-    1  tables                                         (collisionless ID tables)
+    1  tables, events                                 (collisionless ID tables; the event log)
     2  runtime                                        (torch-free inference, count models, the semantic-ID trie)
     3  models, index                                  (training must tokenise and post-process as inference does)
     4  pipelines, serving
@@ -52,6 +52,7 @@ LAYERS: dict[str, int] = {
     "retrec.console": 0,
     "retrec.contracts": 0,
     "retrec.tables": 1,
+    "retrec.events": 1,
     "retrec.runtime": 2,
     "retrec.models": 3,
     "retrec.index": 3,

@@ -10,6 +10,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Retrieval and recommendation stack.")
 data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded default, format conversion.")
 app.add_typer(data_app, name="data")
+events_app = typer.Typer(no_args_is_help=True, help="The event log: append user actions, read them, see consumers.")
+app.add_typer(events_app, name="events")
 
 EXIT_BAD_INPUT = 2
 

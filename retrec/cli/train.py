@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
 import shlex
 import sys
 from collections.abc import Callable
@@ -103,6 +104,9 @@ def kind_command(kind: kinds.Kind) -> Callable[..., None]:
         run = kinds.resolve(kind.train)  # type: ignore[arg-type]
         from retrec.runtime.tokenizer import ModelFilesError
 
+        # its stages (mining negatives, teacher scores, epochs, dev evaluations) on stderr, so a non-interactive
+        # log shows progress from the first minute (a terminal also gets the bars)
+        logging.getLogger("retrec.train").setLevel(logging.INFO)
         data, out, resume = options.pop("data"), options.pop("out"), options.pop("resume")
         try:
             cfg = _config(config_type, options)

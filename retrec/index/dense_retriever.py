@@ -24,6 +24,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from retrec.bundle import Manifest, atomic_path
+from retrec.index import ann
 from retrec.index.faiss_index import FaissIndex
 from retrec.index.retriever import Hits
 from retrec.runtime.onnx_encoder import OnnxEncoder
@@ -111,19 +112,24 @@ class DenseRetriever:
 def build_index(
     doc_ids: Sequence[str], texts: Sequence[str], *, encoder: OnnxEncoder, factory: str | None = None,
     shards: int = 1, progress: bool = False, cache: str | Path | None = None, use_gpu: bool | None = None,
-    **_: object,
+    target_recall: float = ann.TARGET_RECALL, pseudo_queries: int = ann.PSEUDO_QUERIES, seed: int = 0,
+    exact_max: int = ann.EXACT_MAX_DOCS, **_: object,
 ) -> FaissIndex:
-    """Registry builder (``retrec index dense``): encode the documents with ``encoder``, index them in FAISS."""
+    """Registry builder (``retrec index dense``): encode the documents with ``encoder``, index them in FAISS
+    (``auto``'s parameters: see :mod:`retrec.index.ann`)."""
     if len(doc_ids) != len(texts):
         raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
     vectors = encode_corpus(encoder, texts, cache=cache, progress=progress)
-    return assemble_index(doc_ids, vectors, encoder=encoder, factory=factory, shards=shards, use_gpu=use_gpu)
+    return assemble_index(doc_ids, vectors, encoder=encoder, factory=factory, shards=shards, use_gpu=use_gpu,
+                          target_recall=target_recall, pseudo_queries=pseudo_queries, seed=seed, exact_max=exact_max)
 
 
 def assemble_index(
     doc_ids: Sequence[str], encoded: np.ndarray, *, encoder: OnnxEncoder, factory: str | None = None,
-    shards: int = 1, use_gpu: bool | None = None, **_: object,
+    shards: int = 1, use_gpu: bool | None = None, target_recall: float = ann.TARGET_RECALL,
+    pseudo_queries: int = ann.PSEUDO_QUERIES, seed: int = 0, exact_max: int = ann.EXACT_MAX_DOCS, **_: object,
 ) -> FaissIndex:
     """Registry hook (``retrec reindex``): index document vectors that ``encoder`` produced (rows by doc id)."""
     return FaissIndex.build(encoded, doc_ids, factory=factory or "auto", shards=shards, encoder=encoder.manifest,
-                            use_gpu=use_gpu)
+                            use_gpu=use_gpu, target_recall=target_recall, pseudo_queries=pseudo_queries, seed=seed,
+                            exact_max=exact_max)

@@ -3,8 +3,9 @@ batch, so a 5 M × 384 corpus never sits in memory as float32 (:meth:`FaissIndex
 
 The passes: (1) the doc ids (Arrow) → each document's shard (:func:`shard_of`, a stable hash); (2) a seeded
 sample of rows → training vectors for an IVF/PQ structure, trained once and copied to every shard, and the
-pseudo-queries of ``auto``'s recall check; (3) every batch → normalised (cosine), added to its shard's FAISS
-index and float16 refine store, and scored against the pseudo-queries (their exact top-k, for the check).
+pseudo-queries of ``auto``'s recall check; (3) every batch → normalised (cosine; with a refine store also
+rounded to its float16), added to its shard's FAISS index and refine store, and scored against the
+pseudo-queries (their exact top-k, for the check).
 
 Example::
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import faiss
@@ -84,6 +86,17 @@ def _recipe(factory: str, n: int, shards: int, dim: int, exact_max: int) -> ann.
     return ann.auto_recipe(max(n // shards, exact_max + 1), dim, exact_max)  # lists sized by a shard's documents
 
 
+def _preparer(normalize: bool, refine: bool) -> Callable[[np.ndarray], np.ndarray]:
+    """What every vector goes through before it is indexed: unit length for cosine, and with a refine store the
+    store's float16 rounding, so the structure, the store and the recall check all see the same vectors (and an
+    incremental reindex reusing the store's vectors builds what a full rebuild would)."""
+    def prepare(vectors: np.ndarray) -> np.ndarray:
+        out = l2_normalize(vectors) if normalize else vectors
+        return out.astype(REFINE_DTYPE).astype(np.float32) if refine else out
+
+    return prepare
+
+
 def _sample(n: int, size: int, seed: int) -> np.ndarray:
     return np.sort(np.random.default_rng(seed).choice(n, size=min(size, n), replace=False))
 
@@ -110,7 +123,7 @@ def stream_shards(
     assignment = np.fromiter((shard_of(d, shards) for d in ids.to_pylist()), dtype=np.int32, count=n)
     recipe = _recipe(factory, n, shards, dim, exact_max)
     tuned = factory == ann.AUTO and recipe.trains
-    prepare = l2_normalize if normalize else (lambda v: v)
+    prepare = _preparer(normalize, recipe.refine)
 
     template = new_index(dim, recipe.factory)
     queries, query_rows = np.zeros((0, dim), np.float32), np.zeros(0, np.int64)

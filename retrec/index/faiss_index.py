@@ -211,9 +211,12 @@ class FaissIndex:
 
     def encoded_documents(self) -> tuple[list[str], np.ndarray] | None:
         """Every document's vector as indexed (shard by shard), or None when the factory stores them lossily
-        (PQ, SQ, ...) or cannot give them back: what an incremental reindex reuses for unchanged documents."""
+        (PQ, SQ, ...) and keeps no refine store, or cannot give them back: what an incremental reindex reuses for
+        unchanged documents. With a refine store: its float16 vectors, which are what such an index indexes."""
+        if self.refine is not None:
+            return self.doc_ids, np.concatenate([np.asarray(r) for r in self.refine])
         if any(token in self.factory for token in LOSSY):
-            return None  # (a refine store holds float16: not the vectors a full rebuild would index)
+            return None
         parts = []
         try:
             for shard in self.cpu_shards:

@@ -249,6 +249,21 @@ class AdminConfig(_Strict):
         return self
 
 
+class EventsConfig(_Strict):
+    """``POST /v1/events``: batches of user actions appended to an event log (what online learning reads); off
+    (403) unless ``log`` is set. The embedded folder log serves the replicas of one node (a file lock orders
+    them); replicas on several nodes share a Redis stream."""
+
+    log: str | None = Field(None, description="a folder (the embedded segment log, relative to base_dir) or "
+                            "redis://[:PASSWORD@]HOST:PORT/DB?key=NAME (Redis Streams; $VAR expands)")
+    max_batch: int = Field(1000, ge=1, le=10_000, description="events a request may carry")
+    max_future_s: float = Field(300.0, ge=0, description="how far past the server's clock a timestamp may be")
+    max_body_bytes: int = Field(1 << 20, ge=1024, description="a /v1/events body over this is a 413 (other routes "
+                                "keep limits.max_body_bytes)")
+    fsync: bool = Field(True, description="folder log: fsync before acknowledging (off: a power cut may lose "
+                        "acknowledged events)")
+
+
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})
 
 
@@ -274,6 +289,7 @@ class ServingConfig(_Strict):
     use_gpu: bool | None = Field(None, description="null: use a GPU when FAISS/ONNX Runtime see one")
     admin: AdminConfig = Field(default_factory=AdminConfig)
     rerank: RerankConfig | None = None
+    events: EventsConfig = Field(default_factory=EventsConfig)
     base_dir: str | None = None
 
     @model_validator(mode="after")

@@ -40,6 +40,7 @@ from retrec.serving import schemas
 from retrec.serving.admin import bundle_under_root, shown
 from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
+from retrec.serving.events import EventIntake
 from retrec.serving.middleware import GuardMiddleware, guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder, retriever_spec
 from retrec.serving.prometheus import MetricsMiddleware
@@ -50,6 +51,8 @@ from retrec.serving.scatter import Scatter, call_handle
 from retrec.serving.schemas import (
     HYBRID,
     ErrorResponse,
+    EventsRequest,
+    EventsResponse,
     Hit,
     Item,
     RecommendRequest,
@@ -116,6 +119,7 @@ class Ingress:
                                       publish=ServeRollout().publish)
         self.recommenders = recommenders
         self.reranker = reranker  # a Reranker deployment handle (rerank: in the config), else None
+        self.events = EventIntake(self.cfg) if self.cfg.events.log else None
         # Resolved once: what each search name needs (no registry or config lookups per request).
         names = list(self.retrievers)
         self._targets: dict[str, list[str]] = {name: [name] for name in names}
@@ -302,6 +306,13 @@ class Ingress:
         return await self._bounded(self._recommend(req))
 
     # ---- index versions --------------------------------------------------------------------------------
+    @api.post("/v1/events", response_model=EventsResponse, responses=_ERRORS, dependencies=_JSON_BODY)
+    async def post_events(self, req: EventsRequest) -> EventsResponse:
+        """Append user actions to the event log, all or none (403 when no ``events.log`` is configured)."""
+        if self.events is None:
+            raise ApiError(403, "forbidden", "events are not taken here (events.log is not configured)")
+        return EventsResponse(**await self._bounded(self.events.append(req.events)))
+
     async def swap(self, name: str, path: str) -> dict[str, Any]:
         """Load the index version at ``path`` (an operator's path: the config's resolution) on every shard of
         ``name``, then make it the active one."""
@@ -343,7 +354,8 @@ class Ingress:
                     raise ApiError(503, "unavailable", f"recommender {name} failed: {type(exc).__name__}") from exc
         return {"retrievers": self.versions.describe(), "hybrid": HYBRID in self._targets,
                 "encoders": await self.encoder_info(), "recommenders": self._model_info,
-                "registered": {"retrievers": retriever_names(), "recommenders": recommender_names()}}
+                "registered": {"retrievers": retriever_names(), "recommenders": recommender_names()},
+                **({"events": self.events.describe()} if self.events else {})}
 
     @api.get("/healthz")
     async def healthz(self) -> dict[str, str]:

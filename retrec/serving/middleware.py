@@ -99,7 +99,8 @@ def guard_settings(cfg: ServingConfig) -> dict[str, Any]:
     public = PUBLIC_PATHS if auth.public_metrics else PUBLIC_PATHS - {"/metrics"}
     return {"max_body_bytes": limits.max_body_bytes, "max_inflight": limits.max_inflight,
             "retry_after_s": limits.retry_after_s, "require_keys": auth.mode == "keys", "api_keys": api_keys,
-            "admin_keys": admin_keys, "public_paths": public}
+            "admin_keys": admin_keys, "public_paths": public,
+            "body_limits": {"/v1/events": cfg.events.max_body_bytes} if cfg.events.log else {}}
 
 
 @dataclass
@@ -111,6 +112,7 @@ class GuardSettings:
     api_keys: tuple[bytes, ...] = field(default=(), repr=False)
     admin_keys: tuple[bytes, ...] = field(default=(), repr=False)
     public_paths: frozenset[str] = PUBLIC_PATHS
+    body_limits: dict[str, int] = field(default_factory=dict)  # route -> its own max_body_bytes
     inflight: int = 0
 
     def configure(self, **values: Any) -> None:
@@ -190,14 +192,15 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         if scope.get("method") == "POST":  # the content type is checked by the routes (after routing: 405 first)
+            limit = g.body_limits.get(route, g.max_body_bytes)
             declared = headers.get(b"content-length")
             try:
-                too_big = declared is not None and int(declared) > g.max_body_bytes
+                too_big = declared is not None and int(declared) > limit
             except ValueError:
                 await _reply(send, 400, "bad_request", "invalid Content-Length header")
                 return
             if too_big:
-                await _reply(send, 413, "body_too_large", f"request body over {g.max_body_bytes} bytes")
+                await _reply(send, 413, "body_too_large", f"request body over {limit} bytes")
                 return
             chunks, size = [], 0
             while True:  # read the (bounded) body before the app sees it, then replay it
@@ -206,8 +209,8 @@ class GuardMiddleware:
                     return
                 chunk = message.get("body", b"")
                 size += len(chunk)
-                if size > g.max_body_bytes:
-                    await _reply(send, 413, "body_too_large", f"request body over {g.max_body_bytes} bytes")
+                if size > limit:
+                    await _reply(send, 413, "body_too_large", f"request body over {limit} bytes")
                     return
                 chunks.append(chunk)
                 if not message.get("more_body", False):

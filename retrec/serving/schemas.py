@@ -125,6 +125,19 @@ class SwapRequest(_Strict):
         "'$VAR', '..' or absolute paths; symlinks must stay inside the root; no control characters)")
 
 
+class EventsRequest(_Strict):
+    """User actions for the event log, taken whole or refused whole (each checked by
+    :func:`retrec.events.parse_events`: exactly ``user``, ``item``, ``timestamp`` in Unix seconds, ``type``)."""
+
+    events: list[Any] = Field(description="[{user, item, timestamp, type}, ...], at most events.max_batch")
+
+
+class EventsResponse(BaseModel):
+    accepted: int
+    first_offset: int = Field(description="the event log offset of the batch's first event")
+    next_offset: int
+
+
 class ErrorBody(BaseModel):
     code: str
     message: str

@@ -84,6 +84,9 @@ def test_bm25_bundle_via_cli(tiny_data: Path, tmp_path: Path) -> None:
     assert loaded["nDCG@10"] == built["nDCG@10"] and loaded["retriever"] == "bm25"
     result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "bm25", "--model", str(bundle)])
     assert result.exit_code == 2 and "bm25 takes no model" in result.output and "--index" in result.output
+    result = runner.invoke(app, ["index", "bm25", "--data", str(tiny_data), "--out", str(tmp_path / "v"),
+                                 "--variant", "int8"])
+    assert result.exit_code == 2 and "bm25 takes no model" in result.output and not (tmp_path / "v").exists()
     other = tmp_path / "other"
     assert runner.invoke(app, ["index", "index/bm25", "--data", str(tiny_data), "--out", str(other), "--k1", "1.2",
                                "--b", "0.75"]).exit_code == 0

@@ -110,6 +110,8 @@ def test_index_dense_from_vectors_cli(tmp_path: Path) -> None:
     bm25 = runner.invoke(app, ["index", "bm25", *args[2:7], str(tmp_path / "o4")])
     assert bm25.exit_code == 2 and "index/dense" in bm25.output
     assert runner.invoke(app, [*args[:7], str(tmp_path / "o5"), "--param", "nprobe=3"]).exit_code == 2
+    encoded = runner.invoke(app, [*args[:7], str(tmp_path / "o6"), "--variant", "int8"])
+    assert encoded.exit_code == 2 and "encoded already" in encoded.output
     assert not (tmp_path / "o2").exists() and not (tmp_path / "o4").exists()
 
 

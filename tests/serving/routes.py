@@ -17,6 +17,7 @@ BODIES: dict[str, Any] = {  # a valid body for every POST route (a new route mus
     "/v1/search": {"query": "vitamin", "k": 3},
     "/v1/recommend": {"history": ["1", "2"], "k": 3},
     "/v1/admin/indexes": {"retriever": "bm25", "path": "bm25-v2"},
+    "/v1/events": {"events": [{"user": "u1", "item": "i1", "timestamp": 1_700_000_000, "type": "view"}]},
 }
 # send(method, path, json_body, headers) -> (status, error code or None)
 Send = Callable[[str, str, Any, dict[str, str]], tuple[int, str | None]]

@@ -97,6 +97,7 @@ def _args(models_root: Path, **overrides: Any) -> dict[str, Any]:
         "recommenders": {"bert4rec": {"bundle": str(models_root / "bm25-v1")}},
         "auth": {"mode": "keys", "api_keys_env": "TEST_RETREC_API_KEYS"},
         "admin": {"enabled": True, "keys_env": "TEST_RETREC_ADMIN_KEYS", "models_root": str(models_root)},
+        "events": {"log": str(models_root.parent / "events")},
     }
     return {**args, **overrides}
 

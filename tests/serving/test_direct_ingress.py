@@ -39,7 +39,8 @@ def served(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterato
                                          "ingress": zero, "use_gpu": False,
                                          "auth": {"api_keys_env": None, "api_keys_file": str(root / "keys.txt")},
                                          "admin": {"enabled": True, "keys_env": None,
-                                                   "keys_file": str(root / "admin.txt"), "models_root": str(root)}}}]}
+                                                   "keys_file": str(root / "admin.txt"), "models_root": str(root)},
+                                         "events": {"log": str(root / "events")}}}]}
     saved = {k: os.environ.get(k) for k in [*launch.serve_env(config), *launch.serve_env()]}
     if ray.is_initialized():
         ray.shutdown()

@@ -95,6 +95,7 @@ def _config(bundles: dict[str, Path], port: int, placement: str = "ingress") -> 
                 "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])},
                 "admin": {"enabled": True, "keys_env": None, "keys_file": str(bundles["admin_keys"]),
                           "models_root": str(bundles["root"])},
+                "events": {"log": str(bundles["root"].parent / "events")},
                 "use_gpu": False,
             },
         }],

@@ -41,16 +41,18 @@ def resolve_kind(name: str) -> kinds.Kind:
 
 def build_from_texts(
     kind: kinds.Kind, doc_ids: list[str], texts: list[str], *, model: str | Path | None = None,
-    factory: str | None = None, shards: int = 1, progress: bool = False, **options: Any,
+    factory: str | None = None, shards: int = 1, progress: bool = False,
+    encoder_options: dict[str, Any] | None = None, **options: Any,
 ) -> IndexRetriever:
-    """Build an index of ``kind`` (encoded kinds: documents encoded by ``model`` or the default encoder)."""
+    """Build an index of ``kind`` (encoded kinds: documents encoded by ``model`` or the default encoder, loaded
+    with ``encoder_options`` such as ``{"variant": "int8"}``)."""
     encoder = None
     if kind.needs_encoder:
-        encoder = load_query_encoder(kind, model)
+        encoder = load_query_encoder(kind, model, **(encoder_options or {}))
         from retrec.process_env import cache_dir
 
         options.setdefault("cache", cache_dir() / "embeddings")
-    elif model is not None:
+    elif model is not None or encoder_options:
         name = display_name(kind)
         raise ValueError(f"{name} takes no model: it searches with the query text (a built {name} index "
                          "goes to --index DIR)")

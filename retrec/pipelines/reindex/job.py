@@ -53,6 +53,7 @@ from retrec.index.generic import (
     publish_index,
     read_documents,
 )
+from retrec.pipelines.eval.retrievers import BUILD_ARGS
 from retrec.pipelines.reindex.checks import GateError, current_version, gate, move_current, verify_version
 from retrec.pipelines.reindex.parts import PartStore, encode_parts, plan_parts, prepare_documents
 from retrec.version import __version__
@@ -78,6 +79,8 @@ class ReindexConfig:
     full: bool = False
     actors: int | None = None
     threads: int | None = None
+    variant: str | None = None  # the encoder's model variant (e.g. int8); default: its loader's (fp32)
+    params: dict[str, Any] = field(default_factory=dict)  # the kind's assemble/build parameters (--param)
     gpus_per_actor: float = 0.0
     part_size: int = 256
     ray_address: str | None = None
@@ -165,8 +168,10 @@ def _reusable(kind: kinds.Kind, base: Path | None, encoder: Any, corpus: _Corpus
         if picked:
             again = encoder.encode_documents([corpus.texts[i] for i in picked])
             stored = pairs[1][[rows[corpus.doc_ids[i]] for i in picked]]
-            diff = float(np.abs(again - stored).max())
-            if diff > REUSE_TOLERANCE:
+            # a store of lower precision (an approximate index's float16 refine store) keeps vectors rounded to
+            # its type, and indexes them so: the fresh encodings are compared rounded alike, within one unit
+            diff = float(np.abs(again.astype(stored.dtype).astype(np.float32) - stored.astype(np.float32)).max())
+            if diff > REUSE_TOLERANCE + (float(np.finfo(stored.dtype).eps) if stored.dtype != np.float32 else 0.0):
                 raise ValueError(f"its stored vectors differ from this encoder's by up to {diff:.2g}")
         return {corpus.doc_ids[i]: pairs[1][rows[corpus.doc_ids[i]]] for i in same}
     except Exception as exc:
@@ -209,7 +214,8 @@ def _encoded_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, base: 
     if kind.assemble is None:
         raise ValueError(f"{kind.kind} registers no assemble hook: it cannot be reindexed in parallel")
     model = _encoder_model(kind, cfg.model)
-    encoder = load_query_encoder(kind, model)  # this process: identity, the reuse check, assembling
+    encoder_options = {"variant": cfg.variant} if cfg.variant else {}
+    encoder = load_query_encoder(kind, model, **encoder_options)  # this process: identity, reuse check, assembling
     start = time.perf_counter()
     reused = _reusable(kind, base, encoder, corpus)
     fresh = [i for i, d in enumerate(corpus.doc_ids) if d not in reused]
@@ -227,7 +233,7 @@ def _encoded_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, base: 
     with _claimed(store.folder):
         report["encode"] = encode_parts(parts, store, kind=kind.kind, model=model, local=cfg.local, actors=cfg.actors,
                                         threads=cfg.threads, gpus=cfg.gpus_per_actor, ray_address=cfg.ray_address,
-                                        progress=cfg.progress)
+                                        progress=cfg.progress, options=encoder_options)
         start = time.perf_counter()
         position = {d: i for i, d in enumerate(corpus.doc_ids)}
         encoded: Any = None  # float32 [n, dim], or one [tokens, dim] matrix per document (token payloads)
@@ -242,8 +248,8 @@ def _encoded_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, base: 
                 encoded = np.empty((len(corpus.doc_ids), *block.shape[1:]), dtype=block.dtype)
             encoded[[position[d] for d in part.doc_ids]] = block
         for doc_id, vector in reused.items():
-            if encoded is None:
-                encoded = np.empty((len(corpus.doc_ids), *vector.shape), dtype=vector.dtype)
+            if encoded is None:  # (a float16 store's vectors are indexed as float32, as fresh ones would be)
+                encoded = np.empty((len(corpus.doc_ids), *vector.shape), np.promote_types(vector.dtype, np.float32))
             encoded[position[doc_id]] = vector
         reused.clear()
         index = kinds.call(kind.assemble, corpus.doc_ids, encoded, encoder=encoder, use_gpu=False, **options)
@@ -254,8 +260,8 @@ def _encoded_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, base: 
 def _text_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, report: dict[str, Any],
                 options: dict[str, Any]) -> Any:
     """Text kinds: rebuilt whole — the kind's ``prepare`` in parallel then ``assemble``, else its ``build``."""
-    if cfg.model is not None:
-        raise ValueError(f"{display_name(kind)} takes no model: it searches with the query text")
+    if cfg.model is not None or cfg.variant is not None:
+        raise ValueError(f"{display_name(kind)} takes no model (nor a variant): it searches with the query text")
     start = time.perf_counter()
     if kind.prepare is not None and kind.assemble is not None:  # e.g. BM25: terms in parallel, then indexed
         prepared, report["prepare"] = prepare_documents(corpus.texts, kind=kind.kind,
@@ -299,6 +305,12 @@ def reindex(cfg: ReindexConfig) -> ReindexResult:
     base = _base_version(cfg)
     label = (cfg.data if cfg.data.is_dir() else cfg.data.absolute().parent).name
     options: dict[str, Any] = {"factory": cfg.factory or kind.options.get("factory"), "shards": cfg.shards}
+    if cfg.params:
+        hook = kind.assemble or kind.build
+        if hook is None:
+            raise ValueError(f"{display_name(kind)} takes no parameters")
+        kinds.check_params(hook, cfg.params, f"retrec reindex {display_name(kind)}", BUILD_ARGS)
+        options.update(cfg.params)
     store = encoder = None
     if kind.needs_encoder:
         index, encoder, store = _encoded_stage(cfg, kind, corpus, base, report, options)

@@ -122,15 +122,16 @@ class PartStore:
 
 
 class PartEncoder:
-    """One encoder of a pool (a Ray actor, or this process): the kind's query encoder with ``threads`` threads."""
+    """One encoder of a pool (a Ray actor, or this process): the kind's query encoder with ``threads`` threads and
+    ``options`` of its loader (e.g. ``{"variant": "int8"}``)."""
 
-    def __init__(self, kind: str, model: str, threads: int) -> None:
+    def __init__(self, kind: str, model: str, threads: int, options: dict[str, Any] | None = None) -> None:
         from retrec import kinds
         from retrec.index.generic import load_query_encoder
         from retrec.process_env import configure_process
 
         configure_process(threads)
-        self.encoder = load_query_encoder(kinds.get(kind), model, threads=threads)
+        self.encoder = load_query_encoder(kinds.get(kind), model, threads=threads, **(options or {}))
 
     def encode(self, number: int, texts: list[str]) -> tuple[int, np.ndarray | list[np.ndarray]]:
         return number, self.encoder.encode_documents(texts)
@@ -159,12 +160,13 @@ def _ray_init(address: str | None) -> bool:
 def encode_parts(
     parts: Sequence[Part], store: PartStore, *, kind: str, model: str | Path, local: bool = False,
     actors: int | None = None, threads: int | None = None, gpus: float = 0.0, ray_address: str | None = None,
-    progress: bool = True, on_part: Callable[[Part], None] | None = None,
+    progress: bool = True, on_part: Callable[[Part], None] | None = None, options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Encode every part not yet done into ``store``; returns what ran (actors, threads, parts skipped/encoded,
     documents, seconds). ``local`` encodes in this process; otherwise Ray actors, ``actors`` of them (default:
     the cluster's CPUs // ``threads``) with ``threads`` ONNX threads each (default 1) and ``gpus`` GPUs each (a
-    fraction shares one: 0.25 puts four actors on a GPU; ONNX Runtime's CUDA provider is used where installed)."""
+    fraction shares one: 0.25 puts four actors on a GPU; ONNX Runtime's CUDA provider is used where installed).
+    ``options`` go to the encoder's loader in every actor (e.g. ``{"variant": "int8"}``)."""
     from retrec.process_env import available_cpus
 
     pending = [p for p in parts if not store.done(p)]
@@ -188,12 +190,13 @@ def encode_parts(
             threads = threads or available_cpus()
             report.update(mode="local", actors=1, threads=threads)
             if pending:
-                encoder = PartEncoder(kind, str(model), threads)
+                encoder = PartEncoder(kind, str(model), threads, options)
                 for part in pending:
                     finished(part, encoder.encode(part.number, part.texts)[1])
         else:
             report.update(mode="ray", **_encode_on_ray(pending, finished, kind=kind, model=model, actors=actors,
-                                                        threads=threads or 1, gpus=gpus, address=ray_address))
+                                                        threads=threads or 1, gpus=gpus, address=ray_address,
+                                                        options=options))
     report["seconds"] = time.perf_counter() - start
     report["docs_per_s"] = docs / report["seconds"] if docs else 0.0
     running = report["seconds"] - report.get("startup_s", 0.0)  # with Ray: once the actors are up
@@ -203,7 +206,7 @@ def encode_parts(
 
 def _encode_on_ray(pending: Sequence[Part], finished: Callable[[Part, np.ndarray], None], *, kind: str,
                    model: str | Path, actors: int | None, threads: int, gpus: float,
-                   address: str | None) -> dict[str, Any]:
+                   address: str | None, options: dict[str, Any] | None = None) -> dict[str, Any]:
     import ray
 
     begin = time.perf_counter()
@@ -216,7 +219,7 @@ def _encode_on_ray(pending: Sequence[Part], finished: Callable[[Part, np.ndarray
             log.warning("%d actors x %d threads ask for more than the cluster's %d CPUs: they wait in turn",
                         count, threads, cpus)
         remote = ray.remote(num_cpus=threads, num_gpus=gpus)(PartEncoder)
-        pool.extend(remote.remote(kind, str(Path(model).absolute()), threads) for _ in range(count))
+        pool.extend(remote.remote(kind, str(Path(model).absolute()), threads, options) for _ in range(count))
         ray.get([actor.ready.remote() for actor in pool])  # Ray and every actor up, its model loaded
         startup = time.perf_counter() - begin
         log.info("encoding %d parts with %d Ray actors x %d ONNX threads (started in %.1f s)", len(pending), count,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from retrec.bundle import BundleError, load_bundle, read_manifest
+from retrec.bundle import BundleError, load_bundle, read_manifest, write_manifest
 from retrec.data.beir import corpus_texts
 from retrec.data.corpus import read_corpus
 from retrec.index.faiss_index import FaissIndex
@@ -26,6 +27,7 @@ from retrec.index.generic import index_kind, publish_index, read_documents
 from retrec.pipelines.eval.retrievers import build_from_texts
 from retrec.pipelines.reindex.checks import CURRENT
 from retrec.pipelines.reindex.job import GateError, ReindexConfig, reindex
+from retrec.runtime.onnx_encoder import OnnxEncoder
 from tests.tiny_models import tiny_dense_encoder
 
 
@@ -39,10 +41,10 @@ def _vectors(version: Path) -> dict[str, np.ndarray]:
     return dict(zip(ids, vectors))
 
 
-def _assert_same_vectors(a: Path, b: Path) -> None:
+def _assert_same_vectors(a: Path, b: Path, tolerance: float = 1e-5) -> None:
     va, vb = _vectors(a), _vectors(b)
     assert sorted(va) == sorted(vb)
-    assert max(float(np.abs(va[d] - vb[d]).max()) for d in va) <= 1e-5
+    assert max(float(np.abs(va[d].astype(np.float32) - vb[d]).max()) for d in va) <= tolerance
 
 
 def _files(version: Path) -> dict[str, str]:
@@ -96,6 +98,59 @@ def test_incremental_reindex_encodes_only_changed_documents_and_equals_a_full_re
     _assert_same_vectors(inc.version, full.version)
     assert (root / CURRENT).resolve() == inc.version
     assert len(_vectors(first.version)) == 300  # the previous version is untouched
+
+
+def test_an_approximate_index_gives_its_refine_store_back_to_an_incremental_reindex(
+        tiny_data: Path, encoder: Path, tmp_path: Path) -> None:
+    """``auto`` above its exact size (IVF-PQ + float16 refine store): the unchanged documents' vectors come back
+    from the store, as rounded as the index holds them, and the version equals a full rebuild's."""
+    params = {"exact_max": 100, "pseudo_queries": 32}  # 300 documents: IVF-PQ, not exact search
+    root = tmp_path / "dense"
+    first = reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=encoder, local=True, progress=False,
+                                  params=params))
+    config = read_manifest(first.version).config
+    assert "PQ" in config["factory"] and config["refine_store"] == "float16"
+    ids, stored = FaissIndex.load(first.version, use_gpu=False).encoded_documents()  # type: ignore[misc]
+    assert stored.dtype == np.float16 and len(ids) == 300
+
+    edited = _edit(tiny_data, tmp_path / "edited", edited=[3, 50, 120], deleted=[7, 200, 201])
+    inc = reindex(ReindexConfig(kind="dense", data=edited, out=root, model=encoder, local=True, progress=False,
+                                params=params))
+    assert (inc.report["plan"]["reused"], inc.report["encode"]["documents"]) == (294, 3)
+    full = reindex(ReindexConfig(kind="dense", data=edited, out=tmp_path / "full", model=encoder, local=True,
+                                 progress=False, params=params))
+    _assert_same_vectors(inc.version, full.version, tolerance=float(np.finfo(np.float16).eps))
+    assert read_manifest(inc.version).config["factory"] == read_manifest(full.version).config["factory"]
+
+    with pytest.raises(ValueError, match="takes no parameter nprobe"):
+        reindex(ReindexConfig(kind="dense", data=edited, out=root, model=encoder, local=True, progress=False,
+                              params={"nprobe": 4}))
+
+
+def test_the_encoder_variant_reaches_every_encoder_and_is_recorded(
+        tiny_data: Path, encoder: Path, tmp_path: Path) -> None:
+    """``variant`` (``--variant int8``) encodes the documents with that model of the bundle, in every encoder, and
+    is part of the encodings' identity; a text kind refuses it."""
+    bundle = tmp_path / "two-variants"
+    shutil.copytree(encoder, bundle)
+    other = tiny_dense_encoder(tmp_path / "other", seed=1)  # stands in for the int8 model: other outputs
+    shutil.copy(other / "model.onnx", bundle / "model.int8.onnx")
+    m = read_manifest(bundle)
+    write_manifest(bundle, kind=m.kind, name=m.name, version=m.version, dims=m.dims,
+                   config={**m.config, "variants": {"fp32": "model.onnx", "int8": "model.int8.onnx"}})
+    result = reindex(ReindexConfig(kind="dense", data=tiny_data, out=tmp_path / "dense", model=bundle,
+                                   variant="int8", local=True, progress=False, part_size=64))
+    assert read_documents(read_manifest(result.version))[1]["variant"] == "int8"  # type: ignore[index]
+    ids, texts = corpus_texts(read_corpus(tiny_data))
+    expected = OnnxEncoder(bundle, variant="int8").encode_documents(texts[:5])
+    got = _vectors(result.version)
+    assert max(float(np.abs(got[d] - v).max()) for d, v in zip(ids, expected)) <= 1e-5
+    with pytest.raises(BundleError, match="no 'int4' model"):
+        reindex(ReindexConfig(kind="dense", data=tiny_data, out=tmp_path / "x", model=bundle, variant="int4",
+                              local=True, progress=False))
+    with pytest.raises(ValueError, match="takes no model"):
+        reindex(ReindexConfig(kind="bm25", data=tiny_data, out=tmp_path / "y", variant="int8", local=True,
+                              progress=False))
 
 
 def test_a_base_that_cannot_be_trusted_is_not_reused(tiny_data: Path, encoder: Path, tmp_path: Path) -> None:

@@ -1,0 +1,76 @@
+"""``POST /v1/events``: a batch of user actions checked whole, then appended to the configured event log.
+
+A batch is all or nothing: one bad event refuses it (422 naming the event and field, never echoing its values)
+and nothing is appended; an accepted batch answers with its offsets once the log has it durably. A log that
+cannot be reached is a 503 (retry) that names neither the URL's password nor the exception's text.
+
+Example::
+
+    intake = EventIntake(cfg)                        # cfg.events.log set
+    await intake.append([{"user": "u1", "item": "i9", "timestamp": 1765000000, "type": "view"}])
+    # {"accepted": 1, "first_offset": 0, "next_offset": 1}
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+from typing import Any
+
+from retrec.events import EventError, EventLog, open_log, parse_events
+from retrec.serving.config import ServingConfig
+from retrec.serving.errors import ApiError
+
+log = logging.getLogger("retrec.serving")
+
+
+class EventIntake:
+    """The ingress's side of the event log: opened on first use, shared by the replica's requests."""
+
+    def __init__(self, cfg: ServingConfig) -> None:
+        events = cfg.events
+        if events.log is None:
+            raise ValueError("events.log is not configured")
+        self.options = events
+        spec = os.path.expandvars(events.log)
+        self.spec = spec if "://" in spec else cfg.resolve(spec)
+        self.retry_after_s = cfg.limits.retry_after_s
+        self._log: EventLog | None = None
+        self._lock = threading.Lock()
+        self.accepted = 0
+
+    def _open(self) -> EventLog:
+        with self._lock:
+            if self._log is None:
+                options = {} if "://" in self.spec else {"fsync": self.options.fsync}
+                self._log = open_log(self.spec, **options)
+            return self._log
+
+    def _unavailable(self, exc: BaseException) -> ApiError:
+        log.error("event log unavailable: %s", exc.__class__.__name__)
+        self._log = None if "://" in self.spec else self._log  # a broker connection is opened again next time
+        return ApiError(503, "event_log_unavailable", "the event log cannot take events now; retry later",
+                        {"Retry-After": str(self.retry_after_s)})
+
+    async def append(self, rows: list[Any]) -> dict[str, int]:
+        try:
+            events = parse_events(rows, max_batch=self.options.max_batch, max_future_s=self.options.max_future_s)
+        except EventError as exc:
+            raise ApiError(422, "invalid_events", str(exc)) from None
+        try:
+            first, count = await asyncio.to_thread(lambda: self._open().append(events))
+        except (OSError, ConnectionError, TimeoutError) as exc:
+            raise self._unavailable(exc) from None
+        except Exception as exc:  # a broker's own errors (redis.RedisError, ...): the same answer
+            if exc.__class__.__module__.split(".")[0] in ("redis", "retrec"):
+                raise self._unavailable(exc) from None
+            raise
+        self.accepted += count
+        return {"accepted": count, "first_offset": first, "next_offset": first + count}
+
+    def describe(self) -> dict[str, Any]:
+        """For ``/v1/models``: the backend and where (no secrets), and what this replica accepted."""
+        where = self.spec.split("@")[-1] if "://" in self.spec else self.spec
+        return {"log": where, "accepted": self.accepted, "max_batch": self.options.max_batch}
