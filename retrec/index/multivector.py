@@ -10,8 +10,9 @@ MaxSim, the sum over query tokens of the best dot product with any document toke
   :func:`default_factory`: fast-scan PQ from 1,000 documents a shard, else Flat) over
   the documents' MUVERA fixed dimensional encodings (:mod:`retrec.runtime.fde`; every FDE parameter in the
   manifest). A search encodes the query's FDE, takes each shard's top ``ceil(candidates / shards)`` documents by
-  FDE inner product and re-ranks them by exact MaxSim over their stored tokens; ``candidates`` (default 100) is
-  the re-ranked total.
+  FDE inner product and re-ranks them by exact MaxSim over their stored tokens; ``candidates`` is the re-ranked
+  total, tuned at build time to recall@10 >= 0.95 against exact MaxSim unless given (:mod:`~retrec.index.muvera_auto`;
+  the measurement in ``config.auto``).
 
 Shard results merge as dense does: score descending, then doc id descending. ``bytes_per_document`` in the
 manifest reports memory per document: FDE raw (float32), FDE as indexed (the FAISS file), token store.
@@ -39,6 +40,7 @@ import pyarrow.parquet as pq
 
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
 from retrec.contracts import strict_options
+from retrec.index import muvera_auto
 from retrec.index.doc_ids import DocIdTable
 from retrec.index.encoder_check import check_encoder, encoder_ref, index_check_ref
 from retrec.index.faiss_build import SHARD_HASH, new_index, shard_of, train_index
@@ -123,6 +125,7 @@ class MultiVectorIndex:
         self.shards = list(shards)
         self.total_shards = total_shards or len(self.shards)
         self.candidates = candidates
+        self.tuning: dict[str, Any] | None = None  # what auto measured when it chose ``candidates``
         self.search_params = None
         self._half = faiss.IndexScalarQuantizer(dim, faiss.ScalarQuantizer.QT_fp16)  # decodes the token store
         self._table = DocIdTable([s.ids for s in self.shards])  # the tie-break keys; ValueError on a duplicate
@@ -238,6 +241,7 @@ class MultiVectorIndex:
                         "shards": len(self.shards), "shard_hash": SHARD_HASH, "factory": self.factory,
                         "shard_factories": [s.fde_factory for s in self.shards],
                         "fde": asdict(self.fde) if self.fde is not None else None, "candidates": self.candidates,
+                        "auto": self.tuning,
                         "search_params": self.search_params,
                         "encoder": {k: encoder.get(k) for k in ("name", "version", "path")}},
                 dims={"dim": self.dim, "fde_dim": self.fde.output_dim if self.fde else None, "documents": len(self),
@@ -259,9 +263,10 @@ def _fde_index(fde: FDEConfig, factory: str, sets: list[np.ndarray], shard: int)
 
 
 def assemble(kind: str, doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *, encoder: Any,
-             factory: str | None = None, shards: int = 1, candidates: int = DEFAULT_CANDIDATES,
-             **fde_options: Any) -> MultiVectorIndex:
-    """Index documents' token matrices (rows by doc id) that ``encoder`` produced."""
+             factory: str | None = None, shards: int = 1, candidates: int | None = None,
+             target_recall: float = muvera_auto.TARGET_RECALL, **fde_options: Any) -> MultiVectorIndex:
+    """Index documents' token matrices (rows by doc id) that ``encoder`` produced; MUVERA's ``candidates``, when
+    not given, tuned to ``target_recall`` (:mod:`retrec.index.muvera_auto`)."""
     if len(doc_ids) != len(encoded):
         raise ValueError(f"{len(doc_ids)} doc ids for {len(encoded)} token matrices")
     if not len(doc_ids):
@@ -288,20 +293,25 @@ def assemble(kind: str, doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *
             index = _fde_index(fde, chosen, [encoded[i] for i in rows], s)
         parts.append(TokenShard([doc_ids[i] for i in rows], offsets, lengths, tokens, index, chosen))
     ref["similarity"] = "maxsim"
-    return MultiVectorIndex(parts, kind=kind, dim=dim, fde=fde, factory=(factory or "auto") if fde else None,
-                            encoder=ref, candidates=candidates)
+    index = MultiVectorIndex(parts, kind=kind, dim=dim, fde=fde, factory=(factory or "auto") if fde else None,
+                             encoder=ref, candidates=candidates or DEFAULT_CANDIDATES)
+    if fde is not None and candidates is None:
+        index.tuning = muvera_auto.tune_candidates(index, target_recall)
+    return index
 
 
 def assemble_muvera(doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *, encoder: Any,
-                    factory: str | None = None, shards: int = 1, candidates: int = DEFAULT_CANDIDATES,
+                    factory: str | None = None, shards: int = 1, candidates: int | None = None,
+                    target_recall: float = muvera_auto.TARGET_RECALL,
                     repetitions: int = FDE_DEFAULTS["repetitions"], simhash_bits: int = FDE_DEFAULTS["simhash_bits"],
                     projection_dim: int | None = FDE_DEFAULTS["projection_dim"], final_dim: int | None = None,
                     fill_empty: bool = True, seed: int = 0) -> MultiVectorIndex:
     """Registry hook (``retrec reindex``): a MUVERA index over token matrices ``encoder`` produced; the FDE
     parameters as :class:`~retrec.runtime.fde.FDEConfig` names them (``--param repetitions=40``)."""
     return assemble(MUVERA_INDEX, doc_ids, encoded, encoder=encoder, factory=factory, shards=shards,
-                    candidates=candidates, repetitions=repetitions, simhash_bits=simhash_bits,
-                    projection_dim=projection_dim, final_dim=final_dim, fill_empty=fill_empty, seed=seed)
+                    candidates=candidates, target_recall=target_recall, repetitions=repetitions,
+                    simhash_bits=simhash_bits, projection_dim=projection_dim, final_dim=final_dim,
+                    fill_empty=fill_empty, seed=seed)
 
 
 def assemble_maxsim(doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *, encoder: Any,
@@ -311,13 +321,15 @@ def assemble_maxsim(doc_ids: Sequence[str], encoded: Sequence[np.ndarray], *, en
 
 
 def build_muvera(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, factory: str | None = None,
-                 shards: int = 1, progress: bool = False, candidates: int = DEFAULT_CANDIDATES,
+                 shards: int = 1, progress: bool = False, candidates: int | None = None,
+                 target_recall: float = muvera_auto.TARGET_RECALL,
                  repetitions: int = FDE_DEFAULTS["repetitions"], simhash_bits: int = FDE_DEFAULTS["simhash_bits"],
                  projection_dim: int | None = FDE_DEFAULTS["projection_dim"], final_dim: int | None = None,
                  fill_empty: bool = True, seed: int = 0) -> MultiVectorIndex:
     """Registry builder (``retrec index muvera``): encode the documents' tokens, index their FDEs."""
     return assemble_muvera(doc_ids, encoder.encode_documents(list(texts), progress=progress), encoder=encoder,
-                           factory=factory, shards=shards, candidates=candidates, repetitions=repetitions,
+                           factory=factory, shards=shards, candidates=candidates, target_recall=target_recall,
+                           repetitions=repetitions,
                            simhash_bits=simhash_bits, projection_dim=projection_dim, final_dim=final_dim,
                            fill_empty=fill_empty, seed=seed)
 
@@ -381,6 +393,8 @@ def _load(manifest: Manifest, path: str | Path, shard: int | None, encoder: Mani
     enc = config.get("encoder") or {}
     ref = {"name": enc.get("name"), "version": enc.get("version"), "dim": dim, "similarity": "maxsim",
            "path": enc.get("path")}
-    return MultiVectorIndex(parts, kind=manifest.kind, dim=dim, fde=fde, factory=config.get("factory"), encoder=ref,
-                            candidates=candidates or int(config.get("candidates") or DEFAULT_CANDIDATES),
-                            total_shards=count, search_params=search_params or config.get("search_params"))
+    index = MultiVectorIndex(parts, kind=manifest.kind, dim=dim, fde=fde, factory=config.get("factory"),
+                             encoder=ref, candidates=candidates or int(config.get("candidates") or DEFAULT_CANDIDATES),
+                             total_shards=count, search_params=search_params or config.get("search_params"))
+    index.tuning = config.get("auto")
+    return index

@@ -137,7 +137,33 @@ def test_built_from_texts_with_a_real_token_encoder(tmp_path: Path) -> None:
         encoder.encode_queries(["vitamin scurvy citrus"]), 5)[0]
     assert [d for d, _ in hits] == [d for d, _ in exact]  # 40 documents, 100 candidates: exact
     config = json.loads((path / "manifest.json").read_text())["config"]
-    assert config["encoder"]["name"] == "tiny-multivector" and config["candidates"] == 100
+    assert config["encoder"]["name"] == "tiny-multivector" and config["candidates"] >= 40  # tuned: all 40 documents
+    assert config["auto"]["recall_at_10"] == 1.0 and config["auto"]["reached"] is True
+
+
+def test_auto_tunes_candidates_to_the_target_recall_and_records_it(tmp_path: Path) -> None:
+    """A weak FDE (2 repetitions) needs many candidates: the smallest count reaching 0.95 recall@10 against exact
+    MaxSim on document spans is kept (the one before it fell short), saved and loaded; a given count is kept."""
+    from retrec.index.muvera_auto import pseudo_queries
+
+    ids, docs, _ = corpus(1500, seed=3)
+    enc = FakeEncoder(tmp_path / "enc")
+    index = assemble_muvera(ids, docs, encoder=enc, shards=2, repetitions=2, simhash_bits=2, projection_dim=4)
+    auto = index.tuning
+    assert auto is not None and auto["reached"] and auto["recall_at_10"] >= 0.95
+    curve = {int(c): r for c, r in auto["curve"].items()}
+    assert index.candidates == auto["candidates"] == max(curve) > 50 and all(
+        r < 0.95 for c, r in curve.items() if c < index.candidates)
+    spans = pseudo_queries(index, 64, 32, seed=0)  # the spans it was tuned on: recall measured again
+    exact = assemble_maxsim(ids, docs, encoder=enc).search(spans, 10)
+    found = index.search(spans, 10)
+    again = np.mean([len({d for d, _ in f} & {d for d, _ in e}) / 10 for f, e in zip(found, exact)])
+    assert again == pytest.approx(auto["recall_at_10"], abs=1e-4)
+    index.save(tmp_path / "idx")
+    loaded = load_index(tmp_path / "idx")
+    assert loaded.candidates == index.candidates and loaded.tuning == auto
+    given = assemble_muvera(ids, docs, encoder=enc, repetitions=2, simhash_bits=2, projection_dim=4, candidates=70)
+    assert given.candidates == 70 and given.tuning is None
 
 
 def test_an_empty_shard_answers_nothing(tmp_path: Path) -> None:
