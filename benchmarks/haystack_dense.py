@@ -1,5 +1,6 @@
-"""A trained dense model over SciFact inside a text haystack, through ``retrec reindex``: the full run, the
-``auto`` index's quality against exact search, and an incremental run after editing a few documents.
+"""A trained dense (or sparse, ``--kind sparse``) model over SciFact inside a text haystack, through ``retrec
+reindex``: the full run, the ``auto`` index's quality against exact search, and an incremental run after editing a
+few documents.
 
 Stages (each figure from this one run; results in ``--json``):
 
@@ -43,7 +44,7 @@ RETREC = [str(Path(sys.executable).parent / "retrec")]
 
 def run_reindex(args: argparse.Namespace, data: Path) -> dict[str, Any]:
     """One ``retrec reindex`` in a subprocess: its JSON report plus the command's wall time and peak RSS."""
-    command = [*RETREC, "reindex", "--kind", "dense", "--data", str(data), "--model", str(args.model),
+    command = [*RETREC, "reindex", "--kind", args.kind, "--data", str(data), "--model", str(args.model),
                "--out", str(args.root), "--local", "--json"]
     if args.variant:
         command += ["--variant", args.variant]
@@ -86,7 +87,8 @@ def edit_corpus(haystack: Path, out: Path, edit: float, delete: float, seed: int
 
 
 def quality(args: argparse.Namespace, version: Path) -> dict[str, Any]:
-    """The version's own (``auto``) search against exact search over its stored vectors, on the test queries."""
+    """The version's own (``auto``) search against exact search over its stored vectors, on the test queries
+    (a sparse index is exact already: its nDCG@10 and latency only)."""
     import faiss
 
     from retrec.index.generic import open_index
@@ -99,6 +101,13 @@ def quality(args: argparse.Namespace, version: Path) -> dict[str, Any]:
     start = time.perf_counter()
     qvec = retriever.encoder.encode_queries([queries[q] for q in qids])
     encode_ms = (time.perf_counter() - start) * 1000 / len(qids)
+    if args.kind != "dense":
+        found = index.search(qvec, 100)
+        ndcg = evaluate_hits(args.kind, dict(zip(qids, found)), qrels, measures=("nDCG@10",)).metrics["nDCG@10"]
+        one = [qvec[i: i + 1] for i in range(len(qids))]
+        return {"queries": len(qids), "ndcg_at_10": round(ndcg, 4), "query_encoding_ms": round(encode_ms, 2),
+                "search": latency_ms(lambda q: index.search(q, 10), one, args.samples),
+                "bytes_on_disk": sum(p.stat().st_size for p in version.rglob("*") if p.is_file())}
     ids, stored = index.encoded_documents()
     flat = faiss.IndexFlatIP(stored.shape[1])
     flat.add(np.asarray(stored, np.float32))
@@ -139,6 +148,8 @@ def main() -> None:
     parser.add_argument("--haystack", type=Path, required=True, help="retrec data haystack folder")
     parser.add_argument("--model", type=Path, required=True, help="the dense bundle (retrec train dense)")
     parser.add_argument("--root", type=Path, required=True, help="versions root (a fresh one for the full run)")
+    parser.add_argument("--kind", default="dense", choices=("dense", "sparse"), help="the index kind")
+    parser.add_argument("--no-incremental", action="store_true", help="stop after the quality stage")
     parser.add_argument("--variant", default="int8", help="model variant that encodes the documents ('' = fp32)")
     parser.add_argument("--edit", type=float, default=0.01, help="fraction of documents edited")
     parser.add_argument("--delete", type=float, default=0.001, help="fraction of documents deleted")
@@ -165,6 +176,8 @@ def main() -> None:
     full_version = (args.root / "current").resolve()
     record["quality"] = quality(args, full_version)
     save()
+    if args.no_incremental:
+        return
     edited_dir = args.root.parent / f"{args.root.name}-edited"
     shutil.rmtree(edited_dir, ignore_errors=True)
     record["edit"], edited_ids = edit_corpus(args.haystack, edited_dir, args.edit, args.delete, seed=0)
