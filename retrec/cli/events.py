@@ -13,8 +13,11 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -25,23 +28,36 @@ from retrec.cli.common import _fail, events_app
 LOG_HELP = "the event log: a folder, or redis://HOST:PORT/DB?key=NAME"
 
 
-def _rows(path: Path) -> list[tuple[int, Any]]:
-    """``(line, row)`` of a JSON Lines file or a JSON array (line 1 for every element); DataError-like messages."""
-    text = sys.stdin.read() if str(path) == "-" else path.read_text(encoding="utf-8")
+def _chunks(path: Path, size: int) -> Iterator[list[tuple[int, Any]]]:
+    """``(line, row)`` lists of at most ``size``: a JSON Lines file streamed, a JSON array or stdin read whole."""
     name = "stdin" if str(path) == "-" else str(path)
-    if text.lstrip().startswith("["):
-        try:
-            return [(1, row) for row in json.loads(text)]
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{name}:{exc.lineno}: not valid JSON ({exc.msg})") from None
-    rows = []
-    for number, line in enumerate(text.splitlines(), 1):
-        if line.strip():
+    text = sys.stdin.read() if str(path) == "-" else None
+    with contextlib.ExitStack() as stack:
+        lines: Iterator[str] = iter(text.splitlines()) if text is not None else stack.enter_context(
+            open(path, encoding="utf-8"))
+        first = next(lines, "")
+        if first.lstrip().startswith("["):  # one JSON array (line 1 for every element)
+            whole = first + "".join(lines) if text is None else text
             try:
-                rows.append((number, json.loads(line)))
+                rows = [(1, row) for row in json.loads(whole)]
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{name}:{exc.lineno}: not valid JSON ({exc.msg})") from None
+            for start in range(0, len(rows), size):
+                yield rows[start:start + size]
+            return
+        chunk: list[tuple[int, Any]] = []
+        for number, line in enumerate(itertools.chain([first], lines), 1):
+            if not line.strip():
+                continue
+            try:
+                chunk.append((number, json.loads(line)))
             except json.JSONDecodeError as exc:
                 raise ValueError(f"{name}:{number}: not valid JSON ({exc.msg})") from None
-    return rows
+            if len(chunk) == size:
+                yield chunk
+                chunk = []
+        if chunk:
+            yield chunk
 
 
 @events_app.command("append")
@@ -49,29 +65,37 @@ def events_append(
     files: Annotated[list[Path], typer.Argument(help="JSON Lines files or JSON arrays of events ('-': stdin)")],
     log: Annotated[str, typer.Option(help=LOG_HELP)],
     default_type: Annotated[str | None, typer.Option(help="type of events that name none (e.g. view)")] = None,
-    batch: Annotated[int, typer.Option(min=1, help="events appended at a time")] = 1000,
+    batch: Annotated[int, typer.Option(min=1, max=10_000, help="events appended at a time")] = 1000,
 ) -> None:
-    """Check every event of each file, then append them in order (all of a file, or none of it)."""
+    """Check every event of each file (a first pass), then append them in order (a second): all of a file or none
+    of it. A file is streamed, never held whole (except a JSON array, or stdin, which is read once)."""
     from retrec.events import EventError, open_log, parse_events
+
+    def events_of(path: Path) -> Iterator[list[Any]]:
+        for chunk in _chunks(path, batch):
+            try:
+                yield parse_events([r for _, r in chunk], max_batch=batch, default_type=default_type)
+            except EventError as exc:
+                line = chunk[exc.index][0] if exc.index is not None else chunk[0][0]
+                raise ValueError(f"{path}:{line}: {str(exc).split(': ', 1)[-1]}") from None
 
     try:
         target = open_log(log)
         for path in files:
-            rows = _rows(path)
-            events = []
-            for start in range(0, len(rows), batch):
-                chunk = rows[start:start + batch]
-                try:
-                    events += parse_events([r for _, r in chunk], max_batch=batch, default_type=default_type)
-                except EventError as exc:
-                    line = chunk[exc.index][0] if exc.index is not None else chunk[0][0]
-                    raise ValueError(f"{path}:{line}: {str(exc).split(': ', 1)[-1]}") from None
-            first = target.end()
-            for start in range(0, len(events), batch):
-                first_offset, _ = target.append(events[start:start + batch])
-                first = min(first, first_offset)
-            typer.echo(f"{path}: {len(events)} events appended (offsets {first}-{first + len(events) - 1})"
-                       if events else f"{path}: no events")
+            if str(path) == "-":
+                checked = [e for events in events_of(path) for e in events]
+                passes: Iterator[list[Any]] = iter([checked[i:i + batch] for i in range(0, len(checked), batch)])
+            else:
+                for _ in events_of(path):  # the first pass: refuse the file before anything of it is stored
+                    pass
+                passes = events_of(path)
+            first, count = None, 0
+            for events in passes:
+                offset, n = target.append(events)
+                first = offset if first is None else first
+                count += n
+            typer.echo(f"{path}: {count} events appended, the first at offset {first}" if count  # (other writers
+                       else f"{path}: no events")  # may interleave between batches: offsets need not be contiguous)
     except (ValueError, OSError, ConnectionError) as exc:
         raise _fail(str(exc)) from exc
 

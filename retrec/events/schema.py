@@ -66,6 +66,10 @@ def _identifier(value: Any, field: str, index: int) -> str:
         raise EventError(f"{field} must be 1-{MAX_ID_LENGTH} characters, got {len(value)}", index)
     if any(ord(c) < 32 or ord(c) == 127 for c in value):
         raise EventError(f"{field} must not contain control characters", index)
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate ("\ud800") JSON allows and UTF-8 cannot store
+        raise EventError(f"{field} must be valid Unicode (no lone surrogates)", index) from None
     return value
 
 

@@ -140,7 +140,7 @@ def test_events_cli_appends_whole_files_and_names_the_bad_line(tmp_path: Path) -
                    '{"user": "u3", "item": 4, "timestamp": 1700000003, "type": "view"}\n')
     log = str(tmp_path / "log")
     result = runner.invoke(app, ["events", "append", "--log", log, "--default-type", "view", str(good)])
-    assert result.exit_code == 0 and "2 events appended (offsets 0-1)" in result.output
+    assert result.exit_code == 0 and "2 events appended, the first at offset 0" in result.output
     result = runner.invoke(app, ["events", "append", "--log", log, str(bad)])
     assert result.exit_code == 2 and f"{bad}:2: item must be a string" in result.output
     shown = runner.invoke(app, ["events", "read", "--log", log, "--from", "1"])

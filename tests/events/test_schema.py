@@ -25,6 +25,7 @@ def test_a_good_batch_round_trips_through_json() -> None:
     ([_row(), _row(item="")], "event 1: item must be 1-256 characters"),
     ([_row(item="x" * 257)], "item must be 1-256 characters, got 257"),
     ([_row(user="a\nb")], "must not contain control characters"),
+    ([_row(item="x\ud800")], "must be valid Unicode"),
     ([_row(timestamp="2026-01-01")], "timestamp must be a number"),
     ([_row(timestamp=True)], "timestamp must be a number"),
     ([_row(timestamp=float("nan"))], "finite, non-negative"),
