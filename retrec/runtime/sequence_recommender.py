@@ -11,6 +11,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,8 +42,22 @@ class SequenceRecommender(ScoringRecommender):
         if table.dim != int(manifest.dims["row_dim"]):
             raise BundleError(f"{manifest.path}: table width {table.dim} != model row width {manifest.dims['row_dim']}")
         self.session = create_session(manifest.file("user_encoder.onnx"), threads=threads)
+        self._use(table)
+
+    def _use(self, table: FrozenTable) -> None:
+        self.table = table
         self.item_ids = [table.raw.get(k, str(k)) for k in table.keys.tolist()]
         self.matrix = np.ascontiguousarray(table.embeddings)
+        self._positions = None
+
+    def with_table(self, table: FrozenTable) -> SequenceRecommender:
+        """This model over another item table of the same width (e.g. with an online delta applied); the ONNX
+        session is shared, this object is left as it was (requests in flight keep a consistent table)."""
+        if table.dim != self.table.dim:
+            raise BundleError(f"table width {table.dim} != the model's row width {self.table.dim}")
+        other = copy.copy(self)
+        other._use(table)
+        return other
 
     @classmethod
     @strict_options(" / ".join(KINDS))

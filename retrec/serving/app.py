@@ -47,6 +47,7 @@ from ray.serve import Application
 
 from retrec import kinds
 from retrec.bundle import BundleError, read_manifest
+from retrec.runtime.online_model import CURRENT
 from retrec.serving.config import RetrieverConfig, ServingConfig, check_exposure
 from retrec.serving.encoders import QueryEncoder
 from retrec.serving.ingress import Ingress
@@ -177,11 +178,13 @@ def build_app(args: dict[str, Any]) -> Application:
     recommenders: dict[str, Any] = {}
     for name, mc in cfg.recommenders.items():
         path = cfg.resolve(mc.bundle)
-        if not _deployable("recommender", name, path, mc.optional):
+        model = str(Path(path) / CURRENT) if mc.online else path  # an online folder: its current version
+        if not _deployable("recommender", name, model, mc.optional):
             continue
-        kind = kind_of(read_manifest(path).kind, "recommender", f"recommender {name!r} ({path})")
+        kind = kind_of(read_manifest(model).kind, "recommender", f"recommender {name!r} ({path})")
+        online = {"online": True, "poll_s": mc.poll_s} if mc.online else {}
         recommenders[name] = deployment(kind.kind, Recommender).options(
-            **mc.replicas.deployment_options(f"recommender-{name}")).bind(path, kind=kind.kind)
+            **mc.replicas.deployment_options(f"recommender-{name}")).bind(path, kind=kind.kind, **online)
     if not retrievers and not recommenders:
         raise BundleError("nothing to serve: every configured bundle is missing")
     reranker = None

@@ -149,6 +149,9 @@ class RetrieverConfig(_Strict):
 
 class RecommenderConfig(_Strict):
     bundle: str
+    online: bool = Field(False, description="bundle is an online model folder: serve its current version and apply "
+                         "its deltas as the online trainer publishes them")
+    poll_s: float = Field(1.0, gt=0, le=3600, description="online: how often a replica looks for new deltas")
     optional: bool = False
     replicas: ReplicaOptions = Field(default_factory=ReplicaOptions)
 

@@ -16,38 +16,81 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
+import logging
+import threading
+from pathlib import Path
 from typing import Any
 
 from ray import serve
 
-from retrec.bundle import read_manifest
+from retrec.bundle import BundleError, read_manifest
 from retrec.kinds import call_supported
 from retrec.process_env import configure_process
+from retrec.runtime.online_model import CURRENT, DeltaFollower
 from retrec.runtime.recommender import SkipReport
 from retrec.serving.registry import kind_of, loader
 from retrec.serving.resources import replica_threads
 
+log = logging.getLogger("retrec.serving")
+
 
 @serve.deployment
 class Recommender:
-    """One recommender bundle of any registered kind."""
+    """One recommender bundle of any registered kind; with ``online``, ``bundle`` is an online model folder whose
+    ``current`` version is served and whose deltas are applied as they appear (every ``poll_s`` seconds, on a
+    thread of the replica; :mod:`retrec.runtime.online_model`)."""
 
-    def __init__(self, bundle: str, kind: str | None = None, threads: int | None = None) -> None:
+    def __init__(self, bundle: str, kind: str | None = None, threads: int | None = None, online: bool = False,
+                 poll_s: float = 1.0) -> None:
         threads = replica_threads(threads)
         configure_process(threads)
-        self.manifest = read_manifest(bundle)
+        self.follower: DeltaFollower | None = None
+        self.manifest = read_manifest(Path(bundle) / CURRENT if online else bundle)
         self.kind = kind_of(kind or self.manifest.kind, "recommender", f"recommender bundle {bundle}")
-        self.model = call_supported(loader(self.kind.kind), bundle, threads=threads)
+        load = functools.partial(call_supported, loader(self.kind.kind), threads=threads)
+        if not online:
+            self.model = load(bundle)
+            return
+        self.follower = DeltaFollower(bundle, lambda path: load(str(path)))
+        if not hasattr(self.follower.model, "with_table"):
+            raise BundleError(f"{self.kind.kind} models cannot follow online deltas (no item table to update)")
+        self._stop = threading.Event()
+        threading.Thread(target=self._follow, args=(poll_s,), name="online-deltas", daemon=True).start()
+
+    @property
+    def model(self) -> Any:
+        return self.follower.model if self.follower is not None else self._model
+
+    @model.setter
+    def model(self, value: Any) -> None:
+        self._model = value
+
+    def _follow(self, poll_s: float) -> None:
+        """Apply new snapshots and deltas until the replica goes; a failed poll is logged and tried again."""
+        assert self.follower is not None
+        while not self._stop.wait(poll_s):
+            try:
+                if self.follower.poll():
+                    self.manifest = read_manifest(self.follower.snapshot)
+            except Exception:  # a half-deleted folder, a full disk: keep serving what is held
+                log.exception("online deltas of %s: poll failed; serving seq %d", self.follower.root,
+                              self.follower.seq)
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
-        return {"kind": m.kind, "name": m.name, "version": m.version, "items": len(self.model.item_ids)}
+        out = {"kind": m.kind, "name": m.name, "version": m.version, "items": len(self.model.item_ids)}
+        return {**out, "online": self.follower.describe()} if self.follower is not None else out
 
     def _recommend(self, history: list[str], k: int, exclude_seen: bool) -> dict[str, Any]:
         report = SkipReport()
-        items = self.model.recommend([history], k=k, exclude_seen=exclude_seen, report=report)[0]
-        return {"items": items, "skipped_unknown": report.unknown_items, "unknown_examples": report.examples,
-                "version": self.manifest.version, "name": self.manifest.name}
+        model, manifest = self.model, self.manifest  # one consistent version for the whole request
+        items = model.recommend([history], k=k, exclude_seen=exclude_seen, report=report)[0]
+        out = {"items": items, "skipped_unknown": report.unknown_items, "unknown_examples": report.examples,
+               "version": manifest.version, "name": manifest.name}
+        if self.follower is not None:
+            out["version"] = f"{manifest.version}+{self.follower.seq}"
+        return out
 
     async def recommend(self, history: list[str], k: int, exclude_seen: bool = True) -> dict[str, Any]:
         return await asyncio.to_thread(self._recommend, list(history), k, exclude_seen)
