@@ -26,6 +26,7 @@ from numpy.typing import NDArray
 
 from retrec.bundle import Manifest
 from retrec.tables.cuckoo import CuckooIndex
+from retrec.tables.frozen import FrozenTable
 from retrec.tables.keys import KeysLike, as_keys, dedupe
 from retrec.tables.rows import FreeList, KeyedRows, TableStats, fill_normal, grow
 from retrec.tables.storage import DELTA_KIND, FORMAT_VERSION, KIND, new_version, write_bundle
@@ -96,6 +97,21 @@ class EmbeddingTable(KeyedRows):
         self._rng = np.random.default_rng(seed)
         self._stats = TableStats()
         self.default_vector: NDArray[np.float32] = np.zeros(self.dim, np.float32)
+
+    @classmethod
+    def from_frozen(cls, frozen: FrozenTable, **options: Any) -> EmbeddingTable:
+        """A live table holding ``frozen``'s entries exactly (keys, rows, raw ids, last updates) whose next delta
+        is based on ``frozen``'s version: how a restarted writer continues the table it published."""
+        table = cls(frozen.dim, initial_capacity=max(16, 2 * len(frozen)), **options)
+        rows = table._admit(frozen.keys.view(np.uint64), 0.0)
+        table._emb[rows] = frozen.embeddings
+        table._last[rows] = frozen.last_update
+        table._raw = dict(frozen.raw)
+        table.default_vector = np.array(frozen.default_vector, np.float32)
+        table._dirty[:] = False
+        table._stats = TableStats()
+        table._base_version = frozen.version
+        return table
 
     # -- introspection
     def __len__(self) -> int:
@@ -310,11 +326,13 @@ class EmbeddingTable(KeyedRows):
         keys, rows = self._index.items()
         return self._publish(Path(out_dir), KIND, name, keys, rows, evicted=None, base=None, replace=replace)
 
-    def export_delta(self, out_dir: str | os.PathLike[str], name: str = "embedding-table") -> Manifest:
+    def export_delta(self, out_dir: str | os.PathLike[str], name: str = "embedding-table",
+                     extra: dict[str, Any] | None = None) -> Manifest:
         """Write the keys touched (admitted, observed, updated) or evicted since the last snapshot/delta.
 
-        The bundle (kind ``table/embedding-delta``) names its base version in ``config.base_version``;
-        apply it with :meth:`FrozenTable.apply_delta` on the table of that version.
+        The bundle (kind ``table/embedding-delta``) names its base version in ``config.base_version`` (and
+        carries ``extra`` in its config, e.g. a writer's sequence number); apply it with
+        :meth:`FrozenTable.apply_delta` on the table of that version.
         """
         if self._base_version is None:
             raise RuntimeError("export_delta needs a base: call snapshot() first")
@@ -328,10 +346,11 @@ class EmbeddingTable(KeyedRows):
         else:
             ev = np.empty(0, np.uint64)
         return self._publish(Path(out_dir), DELTA_KIND, name, keys, rows, evicted=ev.view(np.int64),
-                             base=self._base_version)
+                             base=self._base_version, extra=extra)
 
     def _publish(self, out_dir: Path, kind: str, name: str, keys: NDArray[np.uint64], rows: NDArray[np.int64],
-                 evicted: NDArray[np.int64] | None, base: str | None, replace: bool = False) -> Manifest:
+                 evicted: NDArray[np.int64] | None, base: str | None, replace: bool = False,
+                 extra: dict[str, Any] | None = None) -> Manifest:
         """Write ``rows`` as a bundle of ``kind`` and start a new delta window on its version."""
         version = new_version()
         manifest = write_bundle(
@@ -345,7 +364,7 @@ class EmbeddingTable(KeyedRows):
             raw=self._raw,
             default=self.default_vector,
             evicted=evicted,
-            config={**self.config, "base_version": base},
+            config={**self.config, **(extra or {}), "base_version": base},
             metrics=self.stats.as_dict(),
             replace=replace,
         )

@@ -111,5 +111,5 @@ def test_the_online_recommender_deployment_follows_and_names_the_seq(tmp_path: P
         assert rec._recommend([ITEMS[0]], 3, True)["version"].endswith("+1")
     finally:
         rec._stop.set()
-    with pytest.raises(Exception, match="current: no manifest.json"):
+    with pytest.raises(Exception, match=r"current: no manifest\.json"):
         Recommender.func_or_class(str(tmp_path / "empty"), online=True)

@@ -146,3 +146,26 @@ def test_matches_dict_model_under_random_operations() -> None:
 def test_export_delta_needs_snapshot(tmp_path: Path) -> None:
     with pytest.raises(RuntimeError):
         EmbeddingTable(DIM).export_delta(tmp_path / "d")
+
+
+def test_a_table_continued_from_its_snapshot_exports_deltas_that_chain(tmp_path: Path) -> None:
+    """A restarted writer: ``from_frozen`` holds the published entries exactly, changes nothing by itself, and its
+    next delta (with the writer's own config) applies to the table it continued from."""
+    from retrec.tables import FrozenTable
+
+    t = EmbeddingTable(DIM)
+    t.observe(["a", "b", "c"], now=1.0)
+    t.snapshot(tmp_path / "snap")
+    t.update(["b"], random_rows(1), now=2.0)
+    t.export_delta(tmp_path / "d1")
+    published = FrozenTable.load(tmp_path / "snap").apply_delta(tmp_path / "d1")
+    again = EmbeddingTable.from_frozen(published)
+    assert np.array_equal(again.embed(["a", "b", "c"]), published.embed(["a", "b", "c"]))
+    assert again.raw_ids(["a", "c"]) == ["a", "c"] and len(again) == 3 and again.stats.admitted == 0
+    again.observe(["d"], now=3.0)
+    again.update(["a"], random_rows(1, seed=5), now=3.0)
+    manifest = again.export_delta(tmp_path / "d2", extra={"seq": 2})
+    assert manifest.config["seq"] == 2 and manifest.config["base_version"] == published.version
+    final = published.apply_delta(tmp_path / "d2")
+    assert np.array_equal(final.embed(["a", "b", "c", "d"]), again.embed(["a", "b", "c", "d"]))
+    assert final.raw_ids(["d", "b"]) == ["d", "b"]

@@ -26,6 +26,7 @@ from retrec.bundle import Manifest, Publication
 from retrec.data.interactions import load_interactions, user_sequences
 from retrec.models.bert4rec import BERT4Rec, BERT4RecConfig, export_user_encoder
 from retrec.models.precision import resolve_device
+from retrec.models.seq_weights import save_weights
 from retrec.pipelines.eval.ir_metrics import mean_metrics, rec_metrics_from_ranks
 from retrec.pipelines.train.loop import TorchAdapter, TrainRun, run_training
 from retrec.pipelines.train.seq.config import SequenceTrainOptions
@@ -142,6 +143,7 @@ class ItemSoftmaxAdapter(TorchAdapter):
         self.table.update(prep.item_keys, rows, now=0.0)
         self.table.snapshot(pub.path / "items", name=f"{self.name}-items")
         export_user_encoder(model, pub.path / "user_encoder.onnx")
+        save_weights(model, prep.item_keys, pub.path)  # what an online trainer continues from
         bundle = {"kind": self.kind, "name": self.name,
                   "config": {"model": model.cfg.to_json(), "train": asdict(self.cfg)},
                   "dims": {"hidden": model.cfg.hidden, "row_dim": model.cfg.hidden + 1, "items": model.cfg.num_items,

@@ -38,6 +38,20 @@ def test_bundle_serves_what_torch_scores(bundle: Path) -> None:
     assert len(top[2]) == 5  # an empty history still gets a list
 
 
+def test_the_bundle_carries_the_weights_training_continues_from(bundle: Path) -> None:
+    from retrec.models.seq_weights import load_sequence_model
+
+    model, item_keys = load_sequence_model(bundle)
+    rec = SequenceRecommender.load(bundle)
+    rows = rec.table.lookup(item_keys)  # model row -> served table row
+    with torch.no_grad():
+        np.testing.assert_array_equal(model.table_rows().numpy(), rec.matrix[rows])
+        histories = [rows[:5], rows[7:19]]
+        model_rows = [np.arange(5), np.arange(7, 19)]
+        np.testing.assert_allclose(model.score_next(model_rows).numpy(), rec.score_rows(histories)[:, rows],
+                                   rtol=1e-4, atol=1e-4)
+
+
 def test_bert_layout_still_trains_and_serves(tiny_data: Path, tmp_path: Path) -> None:
     """Bundles trained before the paper's layout (``--block bert``) keep training, exporting and loading."""
     out = train_sasrec(tiny_data, tmp_path / "b", SASRecTrainConfig(**{**TINY.__dict__, "block": "bert",
