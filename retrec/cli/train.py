@@ -143,3 +143,48 @@ def missing_commands(known: set[str]) -> list[Any]:
             out.append(typer.main.get_command(single))
             known.add(name)
     return out
+
+
+@train_app.command("online")
+def train_online(
+    model: Annotated[Path, typer.Option(help="a trained model/sasrec or model/bert4rec bundle to continue")],
+    events: Annotated[str, typer.Option(help="the event log: a folder, or redis://HOST:PORT/DB?key=NAME")],
+    out: Annotated[Path, typer.Option(help="the online model folder (current, snapshots/, deltas/); an existing "
+                                           "one is continued from its committed offset")],
+    sync_s: Annotated[float, typer.Option(min=0.001, help="seconds between deltas")] = 10.0,
+    snapshot_s: Annotated[float, typer.Option(min=0.001, help="seconds between full versions")] = 3600.0,
+    batch_events: Annotated[int, typer.Option(min=1, help="events a training step reads")] = 256,
+    negatives: Annotated[int, typer.Option(min=1, help="uniform negatives a step shares")] = 256,
+    row_lr: Annotated[float, typer.Option(min=0.0, help="Adagrad rate of the item rows")] = 0.05,
+    dense_lr: Annotated[float, typer.Option(min=0.0, help="Adam rate of the user encoder")] = 1e-4,
+    admit_threshold: Annotated[int, typer.Option(min=1, help="sightings before a new item gets a row")] = 1,
+    max_touched: Annotated[int, typer.Option(min=1, help="keys a delta may carry (the rest dropped, counted)")
+                           ] = 1_000_000,
+    consumer: Annotated[str, typer.Option(help="the consumer name its offsets are committed under")] =
+    "online-trainer",
+    max_events: Annotated[int | None, typer.Option(min=1, help="stop after this many events")] = None,
+    until_idle: Annotated[bool, typer.Option("--until-idle", help="stop at the end of the log")] = False,
+) -> None:
+    """Train a sequence recommender on the event log as events arrive, publishing row deltas every --sync-s seconds
+    and full versions every --snapshot-s into OUT, which `retrec serve` follows (recommenders: {X: {bundle: OUT,
+    online: true}}). SIGTERM or Ctrl-C: a last delta, then exit."""
+    import json
+    import signal
+    import threading
+
+    from retrec.events import open_log
+    from retrec.pipelines.train.seq.online import OnlineConfig, OnlineTrainer
+
+    logging.getLogger("retrec.train").setLevel(logging.INFO)
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    try:
+        cfg = OnlineConfig(sync_s=sync_s, snapshot_s=snapshot_s, batch_events=batch_events, negatives=negatives,
+                           row_lr=row_lr, dense_lr=dense_lr, admit_threshold=admit_threshold,
+                           max_touched=max_touched, consumer=consumer)
+        trainer = OnlineTrainer(model, open_log(events), out, cfg)
+        trainer.run(max_events=max_events, stop_when_idle=until_idle, should_stop=stop.is_set)
+    except (BundleError, ValueError, OSError, ConnectionError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(json.dumps(trainer.report()))
