@@ -180,6 +180,44 @@ def step_onerec(demo: Demo, title: str) -> None:
                   f"a generated session: {session}", markup=False, highlight=False)
 
 
+def step_online(demo: Demo, title: str) -> None:
+    """The online loop in brief (``retrec train online``): events appended to a log, SASRec trained on them as
+    they come, the row delta applied by a follower as every serving replica does; a recommendation that changed."""
+    import time
+
+    import numpy as np
+
+    from retrec.events import Event, open_log
+    from retrec.pipelines.train.seq.online import OnlineConfig, OnlineTrainer
+    from retrec.runtime.online_model import DeltaFollower
+    from retrec.runtime.sequence_recommender import SequenceRecommender
+
+    console.print(f"[bold]{title}[/]: user actions into an event log, SASRec trained on them online, the row delta "
+                  "applied by a follower (as each serving replica does)")
+    assert demo.data_dir is not None
+    seqs, now, new_item = user_sequences(load_interactions(demo.data_dir)), time.time(), "NEW-ITEM-0001"
+    events = [Event(user, item, now - 60, "view") for user, items in zip(seqs.users[:200], seqs.items[:200])
+              for item in items[-3:]]
+    events += [Event(user, new_item, now - 30, "purchase") for user in seqs.users[:200]]
+    log = open_log(demo.workdir / "events")
+    log.append(events)
+    trainer = OnlineTrainer(demo.bundles["sasrec"], log, demo.workdir / "online",
+                            OnlineConfig(sync_s=3600, batch_events=128))
+    follower = DeltaFollower(demo.workdir / "online", SequenceRecommender.load)
+    history = seqs.items[0][-5:]
+    before = [i for i, _ in follower.model.recommend([history], k=5)[0]]
+    trainer.run(stop_when_idle=True)  # one delta, at the end of the log
+    follower.poll()
+    after = [i for i, _ in follower.model.recommend([history], k=5)[0]]
+    keys, _ = trainer.table.entries()
+    same = np.array_equal(follower.model.table.embed(keys), trainer.table.embed(keys))
+    report = trainer.report()
+    console.print(f"  {len(events)} events, {report['examples']} training examples, delta {follower.seq} applied; "
+                  f"rows identical to the trainer's: {same}; {new_item} in the catalogue: "
+                  f"{new_item in follower.model.item_ids}\n  a user's top 5 before: {before}\n  after: {after}",
+                  markup=False, highlight=False)
+
+
 def step_recommendation(demo: Demo, title: str) -> None:
     assert demo.data_dir is not None
     loo = leave_one_out(user_sequences(load_interactions(demo.data_dir)))
@@ -264,13 +302,14 @@ STEPS: list[tuple[str, Callable[[Demo, str], Any]]] = [
     ("BERT4Rec", step_bert4rec),
     ("SASRec and fusion", step_sasrec_fusion),
     ("OneRec", step_onerec),
+    ("online learning", step_online),
     ("recommendation", step_recommendation),
     ("serving", step_serving),
 ]
 
 
 MARKER = ".retrec-demo"
-WRITES = ("data", "data-edited", "bundles", "runs")  # what the demo writes under its work folder
+WRITES = ("data", "data-edited", "bundles", "runs", "events", "online")  # what the demo writes under its work folder
 
 
 def _fresh_workdir(workdir: Path) -> None:
