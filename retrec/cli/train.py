@@ -162,6 +162,8 @@ def train_online(
                            ] = 1_000_000,
     consumer: Annotated[str, typer.Option(help="the consumer name its offsets are committed under")] =
     "online-trainer",
+    histories: Annotated[Path | None, typer.Option(help="interactions whose per-user sequences seed the users' "
+                                                        "histories on a first start (e.g. the training data)")] = None,
     max_events: Annotated[int | None, typer.Option(min=1, help="stop after this many events")] = None,
     until_idle: Annotated[bool, typer.Option("--until-idle", help="stop at the end of the log")] = False,
 ) -> None:
@@ -183,8 +185,14 @@ def train_online(
         cfg = OnlineConfig(sync_s=sync_s, snapshot_s=snapshot_s, batch_events=batch_events, negatives=negatives,
                            row_lr=row_lr, dense_lr=dense_lr, admit_threshold=admit_threshold,
                            max_touched=max_touched, consumer=consumer)
-        trainer = OnlineTrainer(model, open_log(events), out, cfg)
+        seeds = None
+        if histories is not None:
+            from retrec.data.interactions import load_interactions, user_sequences
+
+            seqs = user_sequences(load_interactions(histories))
+            seeds = dict(zip(seqs.users, seqs.items))
+        trainer = OnlineTrainer(model, open_log(events), out, cfg, histories=seeds)
         trainer.run(max_events=max_events, stop_when_idle=until_idle, should_stop=stop.is_set)
-    except (BundleError, ValueError, OSError, ConnectionError) as exc:
+    except (BundleError, DataError, ValueError, OSError, ConnectionError) as exc:
         raise _fail(str(exc)) from exc
     typer.echo(json.dumps(trainer.report()))

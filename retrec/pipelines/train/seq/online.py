@@ -33,6 +33,7 @@ import logging
 import os
 import time
 from collections import OrderedDict, deque
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -83,7 +84,10 @@ class OnlineConfig:
 
 
 class OnlineTrainer:
-    def __init__(self, bundle: Path, events: EventLog, root: Path, cfg: OnlineConfig | None = None) -> None:
+    def __init__(self, bundle: Path, events: EventLog, root: Path, cfg: OnlineConfig | None = None,
+                 histories: Mapping[str, Sequence[str]] | None = None) -> None:
+        """``histories``: the users' items so far (e.g. the batch training data's sequences), used on a first
+        start only — a restart takes the snapshot's."""
         self.cfg = cfg or OnlineConfig()
         self.events, self.root = events, Path(root)
         self.base = read_manifest(bundle)
@@ -97,6 +101,8 @@ class OnlineTrainer:
         if (self.root / CURRENT).exists():
             self._resume()
         else:
+            for user, items in (histories or {}).items():
+                self.histories[str(user)] = deque((str(i) for i in items), maxlen=self.steps)
             self.table = EmbeddingTable.from_frozen(FrozenTable.load(Path(bundle) / "items"),
                                                     admit_threshold=self.cfg.admit_threshold, seed=self.cfg.seed)
             self.offset = self.events.committed(self.cfg.consumer)
