@@ -95,6 +95,7 @@ class OnlineTrainer:
         self.steps = self.model.history_len()
         self.histories: OrderedDict[str, deque[str]] = OrderedDict()
         self.dropped_touches = self.examples = self.events_read = self.deltas = self.snapshots = 0
+        self.delta_keys = self.delta_bytes = 0  # what the deltas carried (acceptance: ~ keys x row bytes)
         self.touched: set[int] = set()  # item keys in the coming delta
         self._acc: dict[int, np.ndarray] = {}  # Adagrad accumulators by item key
         self._gen = torch.Generator().manual_seed(self.cfg.seed)
@@ -174,11 +175,14 @@ class OnlineTrainer:
             self.events.commit(self.cfg.consumer, self.offset)
             return None
         path = delta_path(self.root, self.name, self.seq + 1)
-        self.table.export_delta(path, name=f"{self.base.name}-items",
-                                extra={"seq": self.seq + 1, "source_offsets": [self._delta_from, self.offset],
-                                       "dropped_touches": self.dropped_touches})
+        manifest = self.table.export_delta(path, name=f"{self.base.name}-items",
+                                           extra={"seq": self.seq + 1, "source_offsets": [self._delta_from,
+                                                                                          self.offset],
+                                                  "dropped_touches": self.dropped_touches})
         self.seq += 1
         self.deltas += 1
+        self.delta_keys += int(manifest.dims.get("rows", 0) or 0)
+        self.delta_bytes += sum(f.size for f in manifest.files.values())
         self.touched.clear()
         self.events.commit(self.cfg.consumer, self.offset)
         return path
@@ -294,7 +298,9 @@ class OnlineTrainer:
     def report(self) -> dict[str, Any]:
         return {"snapshot": self.name, "seq": self.seq, "offset": self.offset, "events_read": self.events_read,
                 "examples": self.examples, "deltas": self.deltas, "snapshots": self.snapshots,
-                "items": len(self.table), "users": len(self.histories), "dropped_touches": self.dropped_touches}
+                "items": len(self.table), "users": len(self.histories), "dropped_touches": self.dropped_touches,
+                "delta_keys": self.delta_keys, "delta_bytes": self.delta_bytes,
+                "row_bytes": self.table.dim * 4}
 
 
 def _keys(names: list[str]) -> np.ndarray:

@@ -66,6 +66,11 @@ def test_deltas_carry_the_trainers_rows_bit_identically_and_a_new_item(bundle: P
     assert spans[0][0] == 0 and spans[-1][1] == 600 and all(a[1] == b[0] for a, b in itertools.pairwise(spans))
     rec = follower.model.recommend([["brand-new-item"]], k=5, exclude_seen=False)[0]
     assert rec and follower.describe()["seq"] == 6
+    for delta in deltas:  # the row payload is the touched rows, within 10% (a header and the default vector)
+        manifest = read_manifest(delta)
+        payload = manifest.dims["rows"] * manifest.dims["dim"] * 4
+        assert payload > 0 and abs(manifest.files["rows.safetensors"].size - payload) <= 0.1 * payload
+    assert report["delta_bytes"] == sum(f.size for d in deltas for f in read_manifest(d).files.values())
 
 
 def test_the_touched_key_cap_bounds_a_delta_and_counts_what_it_drops(bundle: Path, tiny_data: Path,
