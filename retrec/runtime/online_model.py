@@ -34,10 +34,11 @@ from typing import Any
 
 from retrec.bundle import BundleError, read_manifest
 
-__all__ = ["CURRENT", "DELTAS", "SNAPSHOTS", "DeltaFollower", "delta_path"]
+__all__ = ["CURRENT", "DELTAS", "HISTORIES", "SNAPSHOTS", "DeltaFollower", "delta_path"]
 
 log = logging.getLogger(__name__)
 CURRENT, SNAPSHOTS, DELTAS = "current", "snapshots", "deltas"
+HISTORIES = "histories.parquet"  # a snapshot's users' recent items (at its config.online.source_offset)
 
 
 def delta_path(root: str | os.PathLike[str], snapshot: str, seq: int) -> Path:

@@ -50,6 +50,7 @@ from retrec.bundle import BundleError, read_manifest
 from retrec.runtime.online_model import CURRENT
 from retrec.serving.config import RetrieverConfig, ServingConfig, check_exposure
 from retrec.serving.encoders import QueryEncoder
+from retrec.serving.events import event_log_spec
 from retrec.serving.ingress import Ingress
 from retrec.serving.placement import shard_placement
 from retrec.serving.recommenders import Recommender
@@ -182,7 +183,9 @@ def build_app(args: dict[str, Any]) -> Application:
         if not _deployable("recommender", name, model, mc.optional):
             continue
         kind = kind_of(read_manifest(model).kind, "recommender", f"recommender {name!r} ({path})")
-        online = {"online": True, "poll_s": mc.poll_s} if mc.online else {}
+        online: dict[str, Any] = {"online": True, "poll_s": mc.poll_s} if mc.online else {}
+        if cfg.events.log:  # user histories for requests that name a user
+            online["events"] = event_log_spec(cfg)
         recommenders[name] = deployment(kind.kind, Recommender).options(
             **mc.replicas.deployment_options(f"recommender-{name}")).bind(path, kind=kind.kind, **online)
     if not retrievers and not recommenders:

@@ -26,16 +26,21 @@ from retrec.serving.errors import ApiError
 log = logging.getLogger("retrec.serving")
 
 
+def event_log_spec(cfg: ServingConfig) -> str:
+    """The configured event log as :func:`retrec.events.open_log` takes it: a URL with ``$VAR`` expanded, or a
+    folder resolved against ``base_dir``."""
+    if cfg.events.log is None:
+        raise ValueError("events.log is not configured")
+    spec = os.path.expandvars(cfg.events.log)
+    return spec if "://" in spec else cfg.resolve(spec)
+
+
 class EventIntake:
     """The ingress's side of the event log: opened on first use, shared by the replica's requests."""
 
     def __init__(self, cfg: ServingConfig) -> None:
-        events = cfg.events
-        if events.log is None:
-            raise ValueError("events.log is not configured")
-        self.options = events
-        spec = os.path.expandvars(events.log)
-        self.spec = spec if "://" in spec else cfg.resolve(spec)
+        self.options = cfg.events
+        self.spec = event_log_spec(cfg)
         self.retry_after_s = cfg.limits.retry_after_s
         self._log: EventLog | None = None
         self._lock = threading.Lock()

@@ -285,7 +285,7 @@ class Ingress:
                                f"(deployed: {deployed})")
             raise ApiError(422, "unknown_model", f"unknown model {model!r}; available: {deployed}")
         try:
-            out = await call_handle(handle.recommend.remote(req.history, req.k, req.exclude_seen),
+            out = await call_handle(handle.recommend.remote(req.history or [], req.k, req.exclude_seen, req.user),
                                     self.cfg.limits.request_timeout_s)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"recommender busy: {exc}",
@@ -294,6 +294,8 @@ class Ingress:
             raise ApiError(504, "timeout", "recommender timed out") from exc
         except Exception as exc:
             raise ApiError(503, "unavailable", f"recommender failed: {type(exc).__name__}") from exc
+        if "error" in out:  # the recommender's own refusal (e.g. a user with no history store)
+            raise ApiError(400, out["error"]["code"], out["error"]["message"])
         return RecommendResponse(
             model=model, model_version=out["version"], skipped_unknown=out["skipped_unknown"],
             unknown_examples=out["unknown_examples"],

@@ -25,10 +25,12 @@ from typing import Any
 from ray import serve
 
 from retrec.bundle import BundleError, read_manifest
+from retrec.events import open_log
 from retrec.kinds import call_supported
 from retrec.process_env import configure_process
 from retrec.runtime.online_model import CURRENT, DeltaFollower
 from retrec.runtime.recommender import SkipReport
+from retrec.runtime.user_histories import UserHistories
 from retrec.serving.registry import kind_of, loader
 from retrec.serving.resources import replica_threads
 
@@ -42,21 +44,28 @@ class Recommender:
     thread of the replica; :mod:`retrec.runtime.online_model`)."""
 
     def __init__(self, bundle: str, kind: str | None = None, threads: int | None = None, online: bool = False,
-                 poll_s: float = 1.0) -> None:
+                 poll_s: float = 1.0, events: str | None = None) -> None:
         threads = replica_threads(threads)
         configure_process(threads)
         self.follower: DeltaFollower | None = None
+        self.histories: UserHistories | None = None
+        self._stop = threading.Event()
         self.manifest = read_manifest(Path(bundle) / CURRENT if online else bundle)
         self.kind = kind_of(kind or self.manifest.kind, "recommender", f"recommender bundle {bundle}")
         load = functools.partial(call_supported, loader(self.kind.kind), threads=threads)
-        if not online:
+        if online:
+            self.follower = DeltaFollower(bundle, lambda path: load(str(path)))
+            if not hasattr(self.follower.model, "with_table"):
+                raise BundleError(f"{self.kind.kind} models cannot follow online deltas (no item table to update)")
+        else:
             self.model = load(bundle)
-            return
-        self.follower = DeltaFollower(bundle, lambda path: load(str(path)))
-        if not hasattr(self.follower.model, "with_table"):
-            raise BundleError(f"{self.kind.kind} models cannot follow online deltas (no item table to update)")
-        self._stop = threading.Event()
-        threading.Thread(target=self._follow, args=(poll_s,), name="online-deltas", daemon=True).start()
+        if events is not None:  # user histories from the event log (from the snapshot's, when online)
+            log_, length = open_log(events), int(getattr(self.model, "steps", 50))
+            self.histories = (UserHistories.from_snapshot(log_, self.follower.snapshot, length) if self.follower
+                              else UserHistories(log_, length=length))
+            self.histories.refresh(max_events=10_000_000)
+        if online or events is not None:
+            threading.Thread(target=self._follow, args=(poll_s,), name="online-deltas", daemon=True).start()
 
     @property
     def model(self) -> Any:
@@ -67,22 +76,28 @@ class Recommender:
         self._model = value
 
     def _follow(self, poll_s: float) -> None:
-        """Apply new snapshots and deltas until the replica goes; a failed poll is logged and tried again."""
-        assert self.follower is not None
+        """Apply new snapshots and deltas, read new events, until the replica goes; a failure is logged and tried
+        again (what is held keeps serving)."""
         while not self._stop.wait(poll_s):
             try:
-                if self.follower.poll():
+                if self.follower is not None and self.follower.poll():
                     self.manifest = read_manifest(self.follower.snapshot)
-            except Exception:  # a half-deleted folder, a full disk: keep serving what is held
-                log.exception("online deltas of %s: poll failed; serving seq %d", self.follower.root,
-                              self.follower.seq)
+                if self.histories is not None:
+                    self.histories.refresh()
+            except Exception:  # a half-deleted folder, a full disk, a broker away
+                log.exception("recommender %s: refreshing failed; serving what it holds", self.manifest.name)
 
     def info(self) -> dict[str, Any]:
         m = self.manifest
         out = {"kind": m.kind, "name": m.name, "version": m.version, "items": len(self.model.item_ids)}
         return {**out, "online": self.follower.describe()} if self.follower is not None else out
 
-    def _recommend(self, history: list[str], k: int, exclude_seen: bool) -> dict[str, Any]:
+    def _recommend(self, history: list[str], k: int, exclude_seen: bool, user: str | None = None) -> dict[str, Any]:
+        if user is not None:
+            if self.histories is None:
+                return {"error": {"code": "no_user_histories", "message": "this recommender keeps no user "
+                                  "histories (events.log is not configured): send history instead of user"}}
+            history = self.histories.get(user)
         report = SkipReport()
         model, manifest = self.model, self.manifest  # one consistent version for the whole request
         items = model.recommend([history], k=k, exclude_seen=exclude_seen, report=report)[0]
@@ -92,5 +107,6 @@ class Recommender:
             out["version"] = f"{manifest.version}+{self.follower.seq}"
         return out
 
-    async def recommend(self, history: list[str], k: int, exclude_seen: bool = True) -> dict[str, Any]:
-        return await asyncio.to_thread(self._recommend, list(history), k, exclude_seen)
+    async def recommend(self, history: list[str], k: int, exclude_seen: bool = True,
+                        user: str | None = None) -> dict[str, Any]:
+        return await asyncio.to_thread(self._recommend, list(history), k, exclude_seen, user)

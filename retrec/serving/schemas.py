@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints, model_validator
 
 from retrec.serving.registry import describe
 
@@ -93,12 +93,21 @@ class SearchResponse(BaseModel):
 
 
 class RecommendRequest(_Strict):
-    history: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)]
+    history: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)] | None = Field(
+        default=None, description="the user's items, oldest first; or give user")
+    user: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
+        default=None, description="a user whose history the event log holds (a recommender with events)")
     k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
     model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
         default=None, description="a deployed recommender; default: the first configured. Registered "
         f"recommender kinds: {describe('recommender')}")
     exclude_seen: bool = True
+
+    @model_validator(mode="after")
+    def _history_or_user(self) -> RecommendRequest:
+        if (self.history is None) == (self.user is None):
+            raise ValueError("give exactly one of history (items) and user (a user id)")
+        return self
 
 
 class Item(BaseModel):

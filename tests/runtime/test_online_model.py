@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from retrec.bundle import write_manifest
+from retrec.events import Event, open_log
 from retrec.runtime.online_model import CURRENT, SNAPSHOTS, DeltaFollower, delta_path
 from retrec.runtime.sequence_recommender import SequenceRecommender
 from retrec.tables import EmbeddingTable
@@ -111,5 +112,21 @@ def test_the_online_recommender_deployment_follows_and_names_the_seq(tmp_path: P
         assert rec._recommend([ITEMS[0]], 3, True)["version"].endswith("+1")
     finally:
         rec._stop.set()
+    events = open_log(tmp_path / "events")
+    events.append([Event("u1", ITEMS[0], 1.0), Event("u1", ITEMS[1], 2.0)])
+    with_users = Recommender.func_or_class(str(tmp_path), online=True, poll_s=0.05, events=str(tmp_path / "events"))
+    try:
+        assert with_users.histories is not None and with_users.histories.get("u1") == [ITEMS[0], ITEMS[1]]
+        events.append([Event("u1", ITEMS[2], 3.0)])
+        deadline = time.monotonic() + 10
+        while len(with_users.histories.get("u1")) < 3 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        by_user = with_users._recommend([], 6, True, user="u1")
+        assert [i for i, _ in by_user["items"]] == [i for i, _ in with_users._recommend(
+            [ITEMS[0], ITEMS[1], ITEMS[2]], 6, True)["items"]]
+        assert not {ITEMS[0], ITEMS[1], ITEMS[2]} & {i for i, _ in by_user["items"]}  # its history excluded
+    finally:
+        with_users._stop.set()
+    assert rec._recommend([], 3, True, user="u1")["error"]["code"] == "no_user_histories"
     with pytest.raises(Exception, match=r"current: no manifest\.json"):
         Recommender.func_or_class(str(tmp_path / "empty"), online=True)

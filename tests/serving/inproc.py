@@ -62,7 +62,11 @@ class FakeRecommender:
         self.recommend = _Method(self._recommend)
         self.info = _Method(lambda: _done({"kind": "model/fake", "name": "fake", "version": "r1"}))
 
-    def _recommend(self, history: list[str], k: int, exclude_seen: bool) -> asyncio.Future:
+    def _recommend(self, history: list[str], k: int, exclude_seen: bool, user: str | None = None) -> asyncio.Future:
+        if user is not None:  # this fake keeps one user's history
+            if user != "u-known":
+                return _done({"error": {"code": "no_user_histories", "message": "no history store"}})
+            history = ["i1", "i2"]
         known = [f"i{i}" for i in range(20)]
         skipped = [h for h in history if h not in known]
         items = [(i, 1.0 / (r + 1)) for r, i in enumerate(known) if not (exclude_seen and i in history)][:k]

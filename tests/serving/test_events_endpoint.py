@@ -72,3 +72,16 @@ def test_an_unreachable_broker_is_a_503_that_names_no_secret() -> None:
     assert r.status_code == 503 and r.json()["error"]["code"] == "event_log_unavailable"
     assert r.headers["retry-after"] and "s3cret" not in r.text and "127.0.0.1" not in r.text
     assert "s3cret" not in models.text
+
+
+def test_recommend_takes_a_user_or_a_history_never_both() -> None:
+    async def run() -> list[httpx.Response]:
+        with ingress_app(BASE) as app:
+            async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as client:
+                bodies = [{"user": "u-known", "k": 3}, {"user": "someone", "k": 3},
+                          {"user": "u-known", "history": ["i1"]}, {"k": 3}, {"user": "", "k": 3}]
+                return [await client.post("/v1/recommend", json=b) for b in bodies]
+    known, refused, both, neither, empty = asyncio.run(run())
+    assert known.status_code == 200 and [i["item_id"] for i in known.json()["items"]] == ["i0", "i3", "i4"]
+    assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_user_histories"
+    assert [r.status_code for r in (both, neither, empty)] == [422, 422, 422]

@@ -48,7 +48,7 @@ from retrec.bundle import publish, read_manifest
 from retrec.events import EventLog
 from retrec.models.bert4rec import UserEncoder, export_user_encoder
 from retrec.models.seq_weights import load_sequence_model, save_weights
-from retrec.runtime.online_model import CURRENT, SNAPSHOTS, DeltaFollower, delta_path
+from retrec.runtime.online_model import CURRENT, HISTORIES, SNAPSHOTS, DeltaFollower, delta_path
 from retrec.runtime.sequence_recommender import SequenceRecommender
 from retrec.tables import EmbeddingTable, FrozenTable
 from retrec.tables.keys import as_keys
@@ -56,7 +56,6 @@ from retrec.tables.keys import as_keys
 __all__ = ["OnlineConfig", "OnlineTrainer"]
 
 log = logging.getLogger("retrec.train.online")
-HISTORIES = "histories.parquet"
 
 
 @dataclass

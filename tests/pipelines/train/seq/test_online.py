@@ -24,6 +24,7 @@ from retrec.pipelines.train.seq.online import OnlineConfig, OnlineTrainer
 from retrec.pipelines.train.seq.sasrec import train_sasrec
 from retrec.runtime.online_model import DELTAS, DeltaFollower
 from retrec.runtime.sequence_recommender import SequenceRecommender
+from retrec.runtime.user_histories import UserHistories
 
 TINY = SASRecTrainConfig(max_len=8, hidden=16, layers=1, heads=2, batch_size=64, epochs=1, patience=1,
                          eval_users=50, negatives=32, warmup_steps=0)
@@ -71,6 +72,9 @@ def test_deltas_carry_the_trainers_rows_bit_identically_and_a_new_item(bundle: P
         payload = manifest.dims["rows"] * manifest.dims["dim"] * 4
         assert payload > 0 and abs(manifest.files["rows.safetensors"].size - payload) <= 0.1 * payload
     assert report["delta_bytes"] == sum(f.size for d in deltas for f in read_manifest(d).files.values())
+    view = UserHistories.from_snapshot(log, root / "current", length=trainer.steps)  # the snapshot's (offset 0)
+    assert view.offset == 0 and view.refresh() == 600
+    assert all(view.get(u) == list(h) for u, h in trainer.histories.items())  # what serving reads = the trainer's
 
 
 def test_the_touched_key_cap_bounds_a_delta_and_counts_what_it_drops(bundle: Path, tiny_data: Path,
