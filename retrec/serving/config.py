@@ -265,6 +265,9 @@ class EventsConfig(_Strict):
                                 "keep limits.max_body_bytes)")
     fsync: bool = Field(True, description="folder log: fsync before acknowledging (off: a power cut may lose "
                         "acknowledged events)")
+    catalogue: str | None = Field(None, description="a file of the item ids events may name (one a line, or a "
+                                  "Parquet item_id column), re-read when it changes; other items are a 422. "
+                                  "Default: any item (new items get rows online on admission)")
 
 
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "ip6-localhost"})

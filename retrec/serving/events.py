@@ -17,6 +17,8 @@ import asyncio
 import logging
 import os
 import threading
+import time
+from pathlib import Path
 from typing import Any
 
 from retrec.events import EventError, EventLog, open_log, parse_events
@@ -24,6 +26,42 @@ from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError
 
 log = logging.getLogger("retrec.serving")
+
+
+class Catalogue:
+    """The item ids events may name, from a file (one id a line, or a Parquet ``item_id`` column), read again
+    when the file changes (checked at most once a second)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._items: frozenset[str] = frozenset()
+        self._stamp: tuple[float, int] | None = None
+        self._checked = 0.0
+        self._load()
+
+    def _load(self) -> None:
+        stat = self.path.stat()
+        if self._stamp == (stat.st_mtime, stat.st_size):
+            return
+        if self.path.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            items = pq.read_table(self.path, columns=["item_id"]).column("item_id").to_pylist()
+        else:
+            items = [line.strip() for line in self.path.read_text(encoding="utf-8").splitlines()]
+        self._items = frozenset(str(i) for i in items if i)
+        self._stamp = (stat.st_mtime, stat.st_size)
+
+    def first_unknown(self, items: list[str]) -> int | None:
+        """The position of the first item not in the catalogue, or None."""
+        now = time.monotonic()
+        if now - self._checked >= 1.0:
+            self._checked = now
+            try:
+                self._load()
+            except OSError:  # a file being replaced: keep the last good catalogue
+                log.warning("events.catalogue %s could not be read; using the previous one", self.path.name)
+        return next((i for i, item in enumerate(items) if item not in self._items), None)
 
 
 def event_log_spec(cfg: ServingConfig) -> str:
@@ -42,6 +80,7 @@ class EventIntake:
         self.options = cfg.events
         self.spec = event_log_spec(cfg)
         self.retry_after_s = cfg.limits.retry_after_s
+        self.catalogue = Catalogue(Path(cfg.resolve(cfg.events.catalogue))) if cfg.events.catalogue else None
         self._log: EventLog | None = None
         self._lock = threading.Lock()
         self.accepted = 0
@@ -64,6 +103,10 @@ class EventIntake:
             events = parse_events(rows, max_batch=self.options.max_batch, max_future_s=self.options.max_future_s)
         except EventError as exc:
             raise ApiError(422, "invalid_events", str(exc)) from None
+        if self.catalogue is not None:
+            unknown = self.catalogue.first_unknown([e.item for e in events])
+            if unknown is not None:
+                raise ApiError(422, "unknown_item", f"event {unknown}: item is not in the catalogue")
         try:
             first, count = await asyncio.to_thread(lambda: self._open().append(events))
         except (OSError, ConnectionError, TimeoutError) as exc:

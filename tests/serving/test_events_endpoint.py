@@ -85,3 +85,22 @@ def test_recommend_takes_a_user_or_a_history_never_both() -> None:
     assert known.status_code == 200 and [i["item_id"] for i in known.json()["items"]] == ["i0", "i3", "i4"]
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_user_histories"
     assert [r.status_code for r in (both, neither, empty)] == [422, 422, 422]
+
+
+def test_a_catalogue_refuses_unknown_items_and_follows_its_file(tmp_path: Path) -> None:
+    catalogue = tmp_path / "items.txt"
+    catalogue.write_text("i0\ni1\n")
+    config = {**BASE, "events": {"log": str(tmp_path / "events"), "catalogue": str(catalogue)}}
+    known, unknown = _call(config, [("POST", {"json": {"events": _events(2)}}),
+                                    ("POST", {"json": {"events": _events(3)}})])
+    assert known.status_code == 200
+    assert unknown.status_code == 422 and unknown.json()["error"] == {
+        "code": "unknown_item", "message": "event 2: item is not in the catalogue"}
+    assert open_log(tmp_path / "events").end() == 2  # nothing of the refused batch
+    from retrec.serving.events import Catalogue
+
+    held = Catalogue(catalogue)
+    assert held.first_unknown(["i0", "i2"]) == 1
+    catalogue.write_text("i0\ni1\ni2\n")
+    held._checked = 0.0  # (re-read at most once a second)
+    assert held.first_unknown(["i0", "i2"]) is None
