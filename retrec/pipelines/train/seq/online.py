@@ -163,6 +163,7 @@ class OnlineTrainer:
         os.replace(tmp, link)  # readers see the old version or the new one
         self.name, self.seq = name, 0
         self.touched.clear()
+        self._delta_from = self.offset  # the next delta (seq 1 of this snapshot) covers events from here
         self.snapshots += 1
         self.events.commit(self.cfg.consumer, self.offset)
         log.info("online: snapshot %s at offset %d", name, self.offset)

@@ -118,3 +118,21 @@ def test_a_killed_trainer_resumes_with_no_lost_and_no_double_applied_delta(bundl
     follower = DeltaFollower(root, SequenceRecommender.load)
     follower.poll()
     assert follower.seq == len(deltas)
+
+
+def test_snapshots_move_current_and_their_deltas_start_at_their_offset(bundle: Path, tiny_data: Path,
+                                                                        tmp_path: Path) -> None:
+    log = open_log(tmp_path / "events")
+    log.append(_stream(tiny_data, 400))
+    root = tmp_path / "online"
+    trainer = OnlineTrainer(bundle, log, root, OnlineConfig(sync_s=0.001, snapshot_s=3600, batch_events=100))
+    follower = DeltaFollower(root, SequenceRecommender.load)
+    trainer.run(max_events=200)
+    trainer._snapshot()  # what the snapshot_s timer does
+    trainer.run(max_events=400)
+    assert trainer.report()["snapshots"] == 2 and (root / "current").resolve().name == trainer.name
+    spans = [read_manifest(d).config["source_offsets"] for d in sorted((root / DELTAS / trainer.name).iterdir())]
+    assert spans[0][0] == 200 and spans[-1][1] == 400
+    assert follower.poll() and follower.snapshot.name == trainer.name and follower.seq == trainer.seq
+    keys, _ = trainer.table.entries()
+    assert np.array_equal(follower.model.table.embed(keys), trainer.table.embed(keys))
