@@ -59,13 +59,24 @@ class Recommender:
                 raise BundleError(f"{self.kind.kind} models cannot follow online deltas (no item table to update)")
         else:
             self.model = load(bundle)
-        if events is not None:  # user histories from the event log (from the snapshot's, when online)
-            log_, length = open_log(events), int(getattr(self.model, "steps", 50))
-            self.histories = (UserHistories.from_snapshot(log_, self.follower.snapshot, length) if self.follower
-                              else UserHistories(log_, length=length))
-            self.histories.refresh(max_events=10_000_000)
+        self._events = events
+        if events is not None:
+            self._open_histories()
         if online or events is not None:
             threading.Thread(target=self._follow, args=(poll_s,), name="online-deltas", daemon=True).start()
+
+    def _open_histories(self) -> None:
+        """User histories from the event log (from the snapshot's, when online); a log that cannot be read now
+        (a broker away) leaves them off — requests naming a user get a 503 — and is tried again on each poll."""
+        try:
+            log_, length = open_log(self._events), int(getattr(self.model, "steps", 50))
+            view = (UserHistories.from_snapshot(log_, self.follower.snapshot, length) if self.follower
+                    else UserHistories(log_, length=length))
+            view.refresh(max_events=10_000_000)
+            self.histories = view
+        except Exception as exc:
+            log.error("recommender %s: user histories unavailable (%s); retrying", self.manifest.name,
+                      exc.__class__.__name__)
 
     @property
     def model(self) -> Any:
@@ -84,6 +95,8 @@ class Recommender:
                     self.manifest = read_manifest(self.follower.snapshot)
                 if self.histories is not None:
                     self.histories.refresh()
+                elif self._events is not None:
+                    self._open_histories()
             except Exception:  # a half-deleted folder, a full disk, a broker away
                 log.exception("recommender %s: refreshing failed; serving what it holds", self.manifest.name)
 
@@ -95,6 +108,8 @@ class Recommender:
     def _recommend(self, history: list[str], k: int, exclude_seen: bool, user: str | None = None) -> dict[str, Any]:
         if user is not None:
             if self.histories is None:
+                if self._events is not None:  # configured, not reachable now: the ingress answers 503
+                    raise RuntimeError("user histories unavailable: the event log cannot be read")
                 return {"error": {"code": "no_user_histories", "message": "this recommender keeps no user "
                                   "histories (events.log is not configured): send history instead of user"}}
             history = self.histories.get(user)

@@ -128,5 +128,12 @@ def test_the_online_recommender_deployment_follows_and_names_the_seq(tmp_path: P
     finally:
         with_users._stop.set()
     assert rec._recommend([], 3, True, user="u1")["error"]["code"] == "no_user_histories"
+    away = Recommender.func_or_class(str(tmp_path), online=True, poll_s=60, events="redis://127.0.0.1:1/0?key=k")
+    try:  # a broker away: the replica starts and serves histories given; a user is a failure (503) until it returns
+        assert away.histories is None and away._recommend([ITEMS[0]], 3, True)["items"]
+        with pytest.raises(RuntimeError, match="user histories unavailable"):
+            away._recommend([], 3, True, user="u1")
+    finally:
+        away._stop.set()
     with pytest.raises(Exception, match=r"current: no manifest\.json"):
         Recommender.func_or_class(str(tmp_path / "empty"), online=True)
