@@ -42,7 +42,7 @@ def test_every_retrec_command_parses(where: str, args: list[str]) -> None:
 
 def test_the_commands_found_are_the_jobs() -> None:
     found = {(shlex.join(a[:2]), w.split(":")[0]) for w, a in INVOCATIONS}
-    assert {c for c, _ in found} == {"reindex --kind", "train dense", "train bert4rec"}
+    assert {c for c, _ in found} == {"reindex --kind", "train dense", "train bert4rec", "train online"}
     assert {w for _, w in found} >= {"jobs/rayjob-train-dense.yaml", "overlays/gpu/jobs/ (kustomize)"}
 
 

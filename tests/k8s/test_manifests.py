@@ -34,7 +34,8 @@ RAY_DOCS = ray_documents()
 def test_the_manifests_hold_a_service_and_the_jobs() -> None:
     names = {(d["kind"], d["metadata"]["name"]) for _, d in RAY_DOCS}
     assert names == {("RayService", "retrec"), ("RayJob", "retrec-reindex-bm25"), ("RayJob", "retrec-reindex-dense"),
-                     ("RayJob", "retrec-train-dense"), ("RayJob", "retrec-train-bert4rec")}
+                     ("RayJob", "retrec-train-dense"), ("RayJob", "retrec-train-bert4rec"),
+                     ("RayJob", "retrec-train-online")}
     where = {w.split(":")[0] for w, _ in RAY_DOCS}
     assert {"overlays/cpu/ (kustomize)", "overlays/gpu/ (kustomize)", "overlays/gpu/jobs/ (kustomize)"} <= where
 

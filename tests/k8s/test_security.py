@@ -128,3 +128,28 @@ def test_network_policy_keeps_ray_ports_inside_and_the_dashboard_to_the_operator
                     "matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}, (component, peer)
             else:
                 assert ports == {8000} and component == "serving", (component, ports)
+
+
+def test_the_event_broker_is_durable_and_reached_only_by_serving_and_the_online_trainer() -> None:
+    import shlex
+
+    import yaml
+
+    from tests.k8s.manifests import CONFIGS
+
+    docs = {d["kind"]: d for d in yaml_docs(K8S / "base" / "events.yaml")}
+    (redis,) = docs["StatefulSet"]["spec"]["template"]["spec"]["containers"]
+    command = redis["command"]
+    assert command[command.index("--appendonly") + 1] == "yes"
+    assert command[command.index("--appendfsync") + 1] == "always"  # acknowledged events survive a restart
+    assert docs["StatefulSet"]["spec"]["template"]["spec"]["securityContext"]["runAsNonRoot"] is True
+    (rule,) = docs["NetworkPolicy"]["spec"]["ingress"]
+    assert {p["podSelector"]["matchLabels"][COMPONENT] for p in rule["from"]} == {"serving", "training"}
+    assert rule["ports"] == [{"port": 6379, "protocol": "TCP"}]
+    config = yaml.safe_load((CONFIGS / "serve-k8s.yaml").read_text())["applications"][0]["args"]
+    job = next(d for w, d in JOBS if d["metadata"]["name"] == "retrec-train-online")
+    args = shlex.split(job["spec"]["entrypoint"])
+    assert args[args.index("--events") + 1] == config["events"]["log"]  # one log, written and read
+    assert config["events"]["log"].startswith(f"redis://{docs['Service']['metadata']['name']}:6379/")
+    online = {r["bundle"] for r in config["recommenders"].values() if r.get("online")}
+    assert online == {args[args.index("--out") + 1]}  # serving follows what the trainer writes
