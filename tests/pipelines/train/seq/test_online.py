@@ -136,3 +136,20 @@ def test_snapshots_move_current_and_their_deltas_start_at_their_offset(bundle: P
     assert follower.poll() and follower.snapshot.name == trainer.name and follower.seq == trainer.seq
     keys, _ = trainer.table.entries()
     assert np.array_equal(follower.model.table.embed(keys), trainer.table.embed(keys))
+
+
+def test_a_bert4rec_bundle_trains_online_too(tiny_data: Path, tmp_path: Path) -> None:
+    from retrec.pipelines.train.seq.bert4rec import BERT4RecTrainConfig, train_bert4rec
+
+    cfg = BERT4RecTrainConfig(max_len=8, hidden=16, layers=1, heads=2, batch_size=64, epochs=1, patience=1,
+                              eval_users=50, negatives=32, warmup_steps=0)
+    bert = train_bert4rec(tiny_data, tmp_path / "bert4rec", cfg, progress=False)
+    log = open_log(tmp_path / "events")
+    log.append(_stream(tiny_data, 300))
+    trainer = OnlineTrainer(bert, log, tmp_path / "online", OnlineConfig(sync_s=3600, batch_events=100))
+    trainer.run(max_events=300)
+    assert trainer.steps == 7 and trainer.report()["examples"] > 100 and trainer.seq == 1
+    follower = DeltaFollower(tmp_path / "online", SequenceRecommender.load)
+    follower.poll()
+    keys, _ = trainer.table.entries()
+    assert np.array_equal(follower.model.table.embed(keys), trainer.table.embed(keys))
