@@ -294,8 +294,8 @@ class Ingress:
             raise ApiError(504, "timeout", "recommender timed out") from exc
         except Exception as exc:
             raise ApiError(503, "unavailable", f"recommender failed: {type(exc).__name__}") from exc
-        if "error" in out:  # the recommender's own refusal (e.g. a user with no history store)
-            raise ApiError(400, out["error"]["code"], out["error"]["message"])
+        if "error" in out:  # the recommender's own refusal: user histories not configured (403, as events)
+            raise ApiError(403, out["error"]["code"], out["error"]["message"])
         return RecommendResponse(
             model=model, model_version=out["version"], skipped_unknown=out["skipped_unknown"],
             unknown_examples=out["unknown_examples"],

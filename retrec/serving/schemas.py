@@ -93,10 +93,15 @@ class SearchResponse(BaseModel):
 
 
 class RecommendRequest(_Strict):
-    history: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)] | None = Field(
-        default=None, description="the user's items, oldest first; or give user")
-    user: Annotated[str, StringConstraints(min_length=1, max_length=256)] | None = Field(
-        default=None, description="a user whose history the event log holds (a recommender with events)")
+    """Exactly one of ``history`` and ``user`` (the OpenAPI document says so with ``oneOf``)."""
+
+    model_config = ConfigDict(**_Strict.model_config,
+                              json_schema_extra={"oneOf": [{"required": ["history"]}, {"required": ["user"]}]})
+    # (defaults are not validated: absent is allowed, an explicit null is not)
+    history: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)] = Field(
+        default=None, description="the user's items, oldest first; or give user")  # type: ignore[assignment]
+    user: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
+        default=None, description="a user whose history the event log holds (a recommender with events)")  # type: ignore[assignment]
     k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
     model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
         default=None, description="a deployed recommender; default: the first configured. Registered "

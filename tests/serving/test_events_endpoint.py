@@ -83,7 +83,7 @@ def test_recommend_takes_a_user_or_a_history_never_both() -> None:
                 return [await client.post("/v1/recommend", json=b) for b in bodies]
     known, refused, both, neither, empty = asyncio.run(run())
     assert known.status_code == 200 and [i["item_id"] for i in known.json()["items"]] == ["i0", "i3", "i4"]
-    assert refused.status_code == 400 and refused.json()["error"]["code"] == "no_user_histories"
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "no_user_histories"
     assert [r.status_code for r in (both, neither, empty)] == [422, 422, 422]
 
 
