@@ -153,6 +153,29 @@ def test_the_encoder_variant_reaches_every_encoder_and_is_recorded(
                               progress=False))
 
 
+def test_a_quantized_encoders_batch_noise_does_not_block_reuse(tiny_data: Path, encoder: Path, tmp_path: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """An int8 model's output depends on the batch (activations quantised per batch): reuse accepts differences of
+    that size for a quantized variant, never for fp32."""
+    bundle = tmp_path / "two-variants"
+    shutil.copytree(encoder, bundle)
+    shutil.copy(bundle / "model.onnx", bundle / "model.int8.onnx")
+    m = read_manifest(bundle)
+    write_manifest(bundle, kind=m.kind, name=m.name, version=m.version, dims=m.dims,
+                   config={**m.config, "variants": {"fp32": "model.onnx", "int8": "model.int8.onnx"}})
+    for variant, reused in (("fp32", 0), ("int8", 300)):
+        root = tmp_path / variant
+        reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=bundle, variant=variant, local=True,
+                              progress=False))
+        plain = OnnxEncoder.encode_documents
+        monkeypatch.setattr(OnnxEncoder, "encode_documents",  # what another batch does to an int8 model's output
+                            lambda self, texts, *a, **k: plain(self, texts, *a, **k) + 0.01)
+        again = reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=bundle, variant=variant,
+                                      local=True, progress=False))
+        monkeypatch.setattr(OnnxEncoder, "encode_documents", plain)
+        assert again.report["plan"]["reused"] == reused
+
+
 def test_a_base_that_cannot_be_trusted_is_not_reused(tiny_data: Path, encoder: Path, tmp_path: Path) -> None:
     """Retrained weights under the same name and version, a lossy factory, a damaged base: encode everything."""
     retrained = tiny_dense_encoder(tmp_path / "retrained", seed=1)  # same name "tiny-dense", version "enc-v1"
