@@ -285,8 +285,9 @@ class Ingress:
                                f"(deployed: {deployed})")
             raise ApiError(422, "unknown_model", f"unknown model {model!r}; available: {deployed}")
         try:
-            out = await call_handle(handle.recommend.remote(req.history or [], req.k, req.exclude_seen, req.user),
-                                    self.cfg.limits.request_timeout_s)
+            args = (req.history, req.k, req.exclude_seen) if req.user is None else ([], req.k, req.exclude_seen,
+                                                                                    req.user)  # (plugins: 3 args)
+            out = await call_handle(handle.recommend.remote(*args), self.cfg.limits.request_timeout_s)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"recommender busy: {exc}",
                            {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc

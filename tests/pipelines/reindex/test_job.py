@@ -163,13 +163,16 @@ def test_a_quantized_encoders_batch_noise_does_not_block_reuse(tiny_data: Path, 
     m = read_manifest(bundle)
     write_manifest(bundle, kind=m.kind, name=m.name, version=m.version, dims=m.dims,
                    config={**m.config, "variants": {"fp32": "model.onnx", "int8": "model.int8.onnx"}})
+    plain = OnnxEncoder.encode_documents
+
+    def noisy(self: OnnxEncoder, texts: list[str], *args: object, **kwargs: object) -> np.ndarray:
+        return plain(self, texts, *args, **kwargs) + 0.01  # what another batch does to an int8 model's output
+
     for variant, reused in (("fp32", 0), ("int8", 300)):
         root = tmp_path / variant
         reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=bundle, variant=variant, local=True,
                               progress=False))
-        plain = OnnxEncoder.encode_documents
-        monkeypatch.setattr(OnnxEncoder, "encode_documents",  # what another batch does to an int8 model's output
-                            lambda self, texts, *a, **k: plain(self, texts, *a, **k) + 0.01)
+        monkeypatch.setattr(OnnxEncoder, "encode_documents", noisy)
         again = reindex(ReindexConfig(kind="dense", data=tiny_data, out=root, model=bundle, variant=variant,
                                       local=True, progress=False))
         monkeypatch.setattr(OnnxEncoder, "encode_documents", plain)
