@@ -160,6 +160,8 @@ def train_online(
     admit_threshold: Annotated[int, typer.Option(min=1, help="sightings before a new item gets a row")] = 1,
     max_touched: Annotated[int, typer.Option(min=1, help="keys a delta may carry (the rest dropped, counted)")
                            ] = 1_000_000,
+    keep_snapshots: Annotated[int, typer.Option(min=1, help="snapshots kept with their deltas (older ones go)")
+                              ] = 2,
     consumer: Annotated[str, typer.Option(help="the consumer name its offsets are committed under")] =
     "online-trainer",
     histories: Annotated[Path | None, typer.Option(help="interactions whose per-user sequences seed the users' "
@@ -184,7 +186,7 @@ def train_online(
     try:
         cfg = OnlineConfig(sync_s=sync_s, snapshot_s=snapshot_s, batch_events=batch_events, negatives=negatives,
                            row_lr=row_lr, dense_lr=dense_lr, admit_threshold=admit_threshold,
-                           max_touched=max_touched, consumer=consumer)
+                           max_touched=max_touched, keep_snapshots=keep_snapshots, consumer=consumer)
         seeds = None
         if histories is not None:
             from retrec.data.interactions import load_interactions, user_sequences

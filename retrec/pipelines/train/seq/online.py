@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import time
 from collections import OrderedDict, deque
 from collections.abc import Mapping, Sequence
@@ -48,7 +49,7 @@ from retrec.bundle import publish, read_manifest
 from retrec.events import EventLog
 from retrec.models.bert4rec import UserEncoder, export_user_encoder
 from retrec.models.seq_weights import load_sequence_model, save_weights
-from retrec.runtime.online_model import CURRENT, HISTORIES, SNAPSHOTS, DeltaFollower, delta_path
+from retrec.runtime.online_model import CURRENT, DELTAS, HISTORIES, SNAPSHOTS, DeltaFollower, delta_path
 from retrec.runtime.sequence_recommender import SequenceRecommender
 from retrec.tables import EmbeddingTable, FrozenTable
 from retrec.tables.keys import as_keys
@@ -69,6 +70,7 @@ class OnlineConfig:
     admit_threshold: int = 1
     max_touched: int = 1_000_000  # keys a delta may carry
     max_users: int = 1_000_000  # histories kept (least recently active dropped first)
+    keep_snapshots: int = 2  # older snapshots and their deltas are removed (a replica may still read the last one)
     consumer: str = "online-trainer"
     poll_s: float = 0.5  # wait between reads at the end of the log
     seed: int = 0
@@ -77,7 +79,7 @@ class OnlineConfig:
         for name in ("sync_s", "snapshot_s", "row_lr", "dense_lr", "poll_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("batch_events", "negatives", "admit_threshold", "max_touched", "max_users"):
+        for name in ("batch_events", "negatives", "admit_threshold", "max_touched", "max_users", "keep_snapshots"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be at least 1, got {getattr(self, name)}")
 
@@ -167,7 +169,16 @@ class OnlineTrainer:
         self.snapshots += 1
         self.events.commit(self.cfg.consumer, self.offset)
         log.info("online: snapshot %s at offset %d", name, self.offset)
+        self._prune()
         return final
+
+    def _prune(self) -> None:
+        """Keep the newest ``keep_snapshots`` snapshots and their deltas (names sort by time); the rest go."""
+        names = sorted(p.name for p in (self.root / SNAPSHOTS).iterdir() if not p.name.startswith("."))
+        for old in names[: -self.cfg.keep_snapshots]:
+            shutil.rmtree(self.root / DELTAS / old, ignore_errors=True)
+            shutil.rmtree(self.root / SNAPSHOTS / old, ignore_errors=True)
+            log.info("online: removed snapshot %s and its deltas", old)
 
     def _delta(self) -> Path | None:
         """The rows touched since the last delta, durable, then the offset committed; None when nothing changed."""

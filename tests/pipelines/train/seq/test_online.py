@@ -136,6 +136,10 @@ def test_snapshots_move_current_and_their_deltas_start_at_their_offset(bundle: P
     assert follower.poll() and follower.snapshot.name == trainer.name and follower.seq == trainer.seq
     keys, _ = trainer.table.entries()
     assert np.array_equal(follower.model.table.embed(keys), trainer.table.embed(keys))
+    first = sorted(p.name for p in (root / "snapshots").iterdir())[0]
+    trainer._snapshot()  # a third: the oldest snapshot and its deltas go (two are kept)
+    assert not (root / "snapshots" / first).exists() and not (root / DELTAS / first).exists()
+    assert len(list((root / "snapshots").iterdir())) == 2
 
 
 def test_a_bert4rec_bundle_trains_online_too(tiny_data: Path, tmp_path: Path) -> None:
