@@ -30,6 +30,7 @@ import os
 import platform
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +98,12 @@ def main() -> None:
     parser.add_argument("--train-minutes", type=float, default=10.0, help="batch SASRec budget (each model)")
     parser.add_argument("--max-events", type=int, default=None, help="replay at most this many events (quick runs)")
     parser.add_argument("--no-reference", action="store_true", help="skip the retrained-on-everything reference")
+    parser.add_argument("--batch-bundle", type=Path, default=None, help="reuse a batch model (from an earlier run's "
+                        "OUT/sasrec with the same split) instead of training one")
+    parser.add_argument("--reference-bundle", type=Path, default=None, help="reuse the reference (OUT/sasrec-all)")
+    parser.add_argument("--row-lr", type=float, default=None, help="online: Adagrad rate of the rows")
+    parser.add_argument("--dense-lr", type=float, default=None, help="online: Adam rate of the encoder")
+    parser.add_argument("--negatives", type=int, default=None, help="online: negatives a step")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
@@ -121,9 +128,9 @@ def main() -> None:
     pq.write_table(batch, args.out / "batch" / "interactions.parquet")
     cfg = SASRecTrainConfig(max_minutes=args.train_minutes)
     log.info("batch: %d interactions; replay: %d events in %d shards", batch.num_rows, len(events), args.shards)
-    bundle = train_sasrec(args.out / "batch", args.out / "sasrec", cfg, progress=False)
-    reference = None
-    if not args.no_reference:
+    bundle = args.batch_bundle or train_sasrec(args.out / "batch", args.out / "sasrec", cfg, progress=False)
+    reference = SequenceRecommender.load(args.reference_bundle) if args.reference_bundle else None
+    if not args.no_reference and reference is None:
         everything = pa.concat_tables([batch, pa.table({
             "user_id": pa.array([u for u, _, _ in events]), "item_id": pa.array([i for _, i, _ in events]),
             "timestamp": pa.array([int(1e12 + t) for _, _, t in events], pa.int64())}).cast(batch.schema)])
@@ -135,7 +142,9 @@ def main() -> None:
     histories = {u: list(items) for u, items in zip(seqs.users, seqs.items)}
     event_log = open_log(args.out / "events", fsync=False)
     event_log.append([Event(u, i, 1_000_000.0 + n, "view") for n, (u, i, _) in enumerate(events)])
-    trainer = OnlineTrainer(bundle, event_log, args.out / "online", OnlineConfig(sync_s=1e9, snapshot_s=1e9),
+    knobs = {k: v for k, v in (("row_lr", args.row_lr), ("dense_lr", args.dense_lr), ("negatives", args.negatives))
+             if v is not None}
+    trainer = OnlineTrainer(bundle, event_log, args.out / "online", OnlineConfig(sync_s=1e9, snapshot_s=1e9, **knobs),
                             histories=histories)
     syncs = [int(s) for s in args.syncs.split(",")]
     arms: dict[str, Any] = {f"every {k}": DeltaFollower(args.out / "online", SequenceRecommender.load) for k in syncs}
@@ -164,7 +173,8 @@ def main() -> None:
     record = {"benchmark": "online_replay", "date": _dt.date.today().isoformat(), "command": " ".join(sys.argv),
               "machine": f"{platform.node()}, {os.cpu_count()} CPUs", "data": str(args.data),
               "batch_interactions": batch.num_rows, "replayed_events": len(events), "shards": args.shards,
-              "train_minutes": args.train_minutes, "trainer": trainer.report(), "summary": summary,
+              "train_minutes": args.train_minutes, "online": asdict(trainer.cfg), "trainer": trainer.report(),
+              "summary": summary,
               "per_shard": per_shard, "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps({"summary": summary, "trainer": trainer.report()}, indent=1))
     if args.json:
