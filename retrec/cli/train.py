@@ -155,7 +155,7 @@ def train_online(
     snapshot_s: Annotated[float, typer.Option(min=0.001, help="seconds between full versions")] = 3600.0,
     batch_events: Annotated[int, typer.Option(min=1, help="events a training step reads")] = 256,
     negatives: Annotated[int, typer.Option(min=1, help="uniform negatives a step shares")] = 256,
-    row_lr: Annotated[float, typer.Option(min=0.0, help="Adagrad rate of the item rows")] = 0.05,
+    row_lr: Annotated[float, typer.Option(min=0.0, help="Adagrad rate of the item rows")] = 0.0025,
     dense_lr: Annotated[float, typer.Option(min=0.0, help="Adam rate of the user encoder")] = 1e-4,
     admit_threshold: Annotated[int, typer.Option(min=1, help="sightings before a new item gets a row")] = 1,
     max_touched: Annotated[int, typer.Option(min=1, help="keys a delta may carry (the rest dropped, counted)")
