@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -47,13 +48,20 @@ def _stream(tiny_data: Path, n: int, new_item: str = "brand-new-item") -> list[E
     return out
 
 
+def _started(bundle: Path, tiny_data: Path, tmp_path: Path, events: int, **cfg: object
+             ) -> tuple[Any, Path, OnlineTrainer, DeltaFollower]:
+    """A log holding ``events`` events, a trainer on it writing ``tmp_path/online``, and a follower of that folder."""
+    log = open_log(tmp_path / "events")
+    log.append(_stream(tiny_data, events))
+    root = tmp_path / "online"
+    trainer = OnlineTrainer(bundle, log, root, OnlineConfig(**cfg))  # type: ignore[arg-type]
+    return log, root, trainer, DeltaFollower(root, SequenceRecommender.load)
+
+
 def test_deltas_carry_the_trainers_rows_bit_identically_and_a_new_item(bundle: Path, tiny_data: Path,
                                                                        tmp_path: Path) -> None:
-    log = open_log(tmp_path / "events")
-    log.append(_stream(tiny_data, 600))
-    root = tmp_path / "online"
-    trainer = OnlineTrainer(bundle, log, root, OnlineConfig(sync_s=0.001, batch_events=100, negatives=32))
-    follower = DeltaFollower(root, SequenceRecommender.load)
+    log, root, trainer, follower = _started(bundle, tiny_data, tmp_path, 600, sync_s=0.001, batch_events=100,
+                                            negatives=32)
     for _ in range(6):  # six batches, a delta after each; the follower checks every seq
         trainer.run(max_events=trainer.events_read + 100)
         assert follower.poll() and follower.seq == trainer.seq
@@ -122,11 +130,8 @@ def test_a_killed_trainer_resumes_with_no_lost_and_no_double_applied_delta(bundl
 
 def test_snapshots_move_current_and_their_deltas_start_at_their_offset(bundle: Path, tiny_data: Path,
                                                                         tmp_path: Path) -> None:
-    log = open_log(tmp_path / "events")
-    log.append(_stream(tiny_data, 400))
-    root = tmp_path / "online"
-    trainer = OnlineTrainer(bundle, log, root, OnlineConfig(sync_s=0.001, snapshot_s=3600, batch_events=100))
-    follower = DeltaFollower(root, SequenceRecommender.load)
+    _, root, trainer, follower = _started(bundle, tiny_data, tmp_path, 400, sync_s=0.001, snapshot_s=3600,
+                                          batch_events=100)
     trainer.run(max_events=200)
     trainer._snapshot()  # what the snapshot_s timer does
     trainer.run(max_events=400)
