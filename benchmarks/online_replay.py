@@ -10,8 +10,8 @@
    catalogue, for each event whose user has a history. Arms: a follower that applies the deltas after every shard,
    every 5, every 20 (``--syncs``), and never (the batch model frozen) — the trainer is the same, only the
    staleness of what serves differs, as in Monolith's sync-interval experiment.
-4. **Reference**: SASRec retrained on everything (the 80% and the replay), scored on the same shards — an upper
-   reference that has seen the answers.
+4. **Reference**: SASRec retrained on everything (the 80% and the replay; by default for the same epochs as the
+   batch model, ``--reference-minutes``), scored on the same shards — an upper reference that has seen the answers.
 
 Example::
 
@@ -96,6 +96,9 @@ def main() -> None:
     parser.add_argument("--syncs", default="1,5,20", help="sync every N shards, comma-separated (never: always)")
     parser.add_argument("--replay", type=float, default=0.2, help="fraction replayed")
     parser.add_argument("--train-minutes", type=float, default=10.0, help="batch SASRec budget (each model)")
+    parser.add_argument("--reference-minutes", type=float, default=None,
+                        help="the reference's budget (default: the batch budget scaled by its share of the "
+                        "interactions: the same epochs)")
     parser.add_argument("--max-events", type=int, default=None, help="replay at most this many events (quick runs)")
     parser.add_argument("--no-reference", action="store_true", help="skip the retrained-on-everything reference")
     parser.add_argument("--batch-bundle", type=Path, default=None, help="reuse a batch model (from an earlier run's "
@@ -130,14 +133,16 @@ def main() -> None:
     log.info("batch: %d interactions; replay: %d events in %d shards", batch.num_rows, len(events), args.shards)
     bundle = args.batch_bundle or train_sasrec(args.out / "batch", args.out / "sasrec", cfg, progress=False)
     reference = SequenceRecommender.load(args.reference_bundle) if args.reference_bundle else None
+    minutes = None
     if not args.no_reference and reference is None:
         everything = pa.concat_tables([batch, pa.table({
             "user_id": pa.array([u for u, _, _ in events]), "item_id": pa.array([i for _, i, _ in events]),
             "timestamp": pa.array([int(1e12 + t) for _, _, t in events], pa.int64())}).cast(batch.schema)])
         (args.out / "all").mkdir()
         pq.write_table(everything, args.out / "all" / "interactions.parquet")
-        reference = SequenceRecommender.load(train_sasrec(args.out / "all", args.out / "sasrec-all", cfg,
-                                                          progress=False))
+        minutes = args.reference_minutes or args.train_minutes * everything.num_rows / batch.num_rows
+        reference = SequenceRecommender.load(train_sasrec(args.out / "all", args.out / "sasrec-all",
+                                                          SASRecTrainConfig(max_minutes=minutes), progress=False))
     seqs = user_sequences(batch)
     histories = {u: list(items) for u, items in zip(seqs.users, seqs.items)}
     event_log = open_log(args.out / "events", fsync=False)
@@ -151,6 +156,7 @@ def main() -> None:
     frozen = SequenceRecommender.load(bundle)
     size = math.ceil(len(events) / args.shards)
     per_shard: dict[str, list[dict[str, float]]] = {name: [] for name in [*arms, "never", "reference"]}
+    exact = {"checked": 0, "identical": 0}  # rows of a follower at the trainer's seq against the trainer's
     for s in range(args.shards):
         shard = events[s * size:(s + 1) * size]
         if not shard:
@@ -164,6 +170,11 @@ def main() -> None:
         for k, follower in zip(syncs, arms.values()):
             if (s + 1) % k == 0:
                 follower.poll()
+                if follower.seq == trainer.seq:  # acceptance 1: the served rows are the trainer's, bit for bit
+                    keys, _ = trainer.table.entries()
+                    same = (follower.model.table.embed(keys) == trainer.table.embed(keys)).all(axis=1)
+                    exact["checked"] += int(same.size)
+                    exact["identical"] += int(same.sum())
         for u, i, _ in shard:
             histories.setdefault(u, []).append(i)
         log.info("shard %d/%d: %s", s + 1, args.shards, {n: round(v[-1]["NDCG@10"], 4) for n, v in per_shard.items()
@@ -173,10 +184,11 @@ def main() -> None:
     record = {"benchmark": "online_replay", "date": _dt.date.today().isoformat(), "command": " ".join(sys.argv),
               "machine": f"{platform.node()}, {os.cpu_count()} CPUs", "data": str(args.data),
               "batch_interactions": batch.num_rows, "replayed_events": len(events), "shards": args.shards,
-              "train_minutes": args.train_minutes, "online": asdict(trainer.cfg), "trainer": trainer.report(),
-              "summary": summary,
+              "train_minutes": args.train_minutes, "reference_minutes": minutes,
+              "online": asdict(trainer.cfg), "trainer": trainer.report(),
+              "summary": summary, "rows_bit_identical": exact,
               "per_shard": per_shard, "seconds": round(time.perf_counter() - started, 1)}
-    print(json.dumps({"summary": summary, "trainer": trainer.report()}, indent=1))
+    print(json.dumps({"summary": summary, "rows_bit_identical": exact, "trainer": trainer.report()}, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(record, indent=1) + "\n")

@@ -3,7 +3,7 @@
 (:mod:`~retrec.events.redis_log`). What learns online reads it; what serves appends to it."""
 
 from retrec.events.log import EventLog, open_log
-from retrec.events.offsets import OffsetError
+from retrec.events.offsets import LogUnavailableError, OffsetError
 from retrec.events.schema import Event, EventError, parse_events
 
-__all__ = ["Event", "EventError", "EventLog", "OffsetError", "open_log", "parse_events"]
+__all__ = ["Event", "EventError", "EventLog", "LogUnavailableError", "OffsetError", "open_log", "parse_events"]

@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["CONSUMER_NAME", "OffsetError", "check_commit", "check_consumer"]
+__all__ = ["CONSUMER_NAME", "LogUnavailableError", "OffsetError", "check_commit", "check_consumer"]
 
 CONSUMER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 
 
 class OffsetError(ValueError):
     """An offset outside what the log holds (beyond its end, or removed by retention), or a commit backwards."""
+
+
+class LogUnavailableError(ConnectionError):
+    """The log cannot be reached now (a broker restarting, a network away): retry later; nothing was changed
+    by the call that raised it, or — for an append — its events may be stored but were not acknowledged."""
 
 
 def check_consumer(name: str) -> str:

@@ -18,12 +18,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from retrec.events.offsets import OffsetError, check_commit, check_consumer
+from retrec.events.offsets import LogUnavailableError, OffsetError, check_commit, check_consumer
 from retrec.events.schema import Event
 
 __all__ = ["RedisLog"]
@@ -67,7 +68,7 @@ class RedisLog:
             self._append = self.client.register_script(APPEND)
             self.durability = self._durability()
         except redis.RedisError as exc:
-            raise ConnectionError(f"event log at {self.where}: {exc.__class__.__name__}") from None
+            raise LogUnavailableError(f"event log at {self.where}: {exc.__class__.__name__}") from None
         if self.durability != "appendfsync always":
             log.warning("event log at %s: the server runs with %s; an acknowledged event may be lost if it crashes "
                         "(set appendonly yes and appendfsync always)", self.where, self.durability)
@@ -85,17 +86,30 @@ class RedisLog:
             return "appendonly no"
         return f"appendfsync {fsync}"
 
+    @contextlib.contextmanager
+    def _reach(self) -> Iterator[None]:
+        """The server away, restarting or still loading its data: :class:`LogUnavailableError` (no URL, no secret)."""
+        import redis
+
+        try:
+            yield
+        except (redis.ConnectionError, redis.TimeoutError) as exc:  # BusyLoadingError is a ConnectionError
+            raise LogUnavailableError(f"event log at {self.where}: {exc.__class__.__name__}") from None
+
     def append(self, events: Sequence[Event]) -> tuple[int, int]:
         if not events:
             return self.end(), 0
-        first = self._append(keys=[self.key, f"{self.key}:next"], args=[e.to_json() for e in events])
+        with self._reach():
+            first = self._append(keys=[self.key, f"{self.key}:next"], args=[e.to_json() for e in events])
         return int(first), len(events)
 
     def end(self) -> int:
-        return int(self.client.get(f"{self.key}:next") or 0)
+        with self._reach():
+            return int(self.client.get(f"{self.key}:next") or 0)
 
     def start(self) -> int:
-        first = self.client.xrange(self.key, "-", "+", count=1)
+        with self._reach():
+            first = self.client.xrange(self.key, "-", "+", count=1)
         return _offset_of(first[0][0]) if first else self.end()
 
     def read(self, from_offset: int, max_events: int) -> list[tuple[int, Event]]:
@@ -103,13 +117,15 @@ class RedisLog:
             raise OffsetError(f"an offset is a non-negative integer, got {from_offset!r}")
         if max_events < 1:
             raise ValueError(f"max_events must be positive, got {max_events}")
-        rows = self.client.xrange(self.key, f"0-{from_offset + 1}", "+", count=max_events)
-        if not rows:
+        with self._reach():
+            rows = self.client.xrange(self.key, f"0-{from_offset + 1}", "+", count=max_events)
+        if not rows:  # at the end — or behind what retention removed; events appended since are read next time
             end = self.end()
             if from_offset > end:
                 raise OffsetError(f"offset {from_offset} is beyond the log's end ({end})")
-            if from_offset < end:
-                raise OffsetError(f"offset {from_offset} was removed by retention (the log starts at {self.start()})")
+            start = self.start()
+            if from_offset < start:
+                raise OffsetError(f"offset {from_offset} was removed by retention (the log starts at {start})")
             return []
         first = _offset_of(rows[0][0])
         if first != from_offset:
@@ -120,7 +136,8 @@ class RedisLog:
         import redis
 
         try:
-            groups = self.client.xinfo_groups(self.key)
+            with self._reach():
+                groups = self.client.xinfo_groups(self.key)
         except redis.ResponseError:  # no stream yet
             return None
         name = check_consumer(consumer).encode()
@@ -134,18 +151,20 @@ class RedisLog:
         import redis
 
         check_commit(offset, self.committed(consumer), self.end(), rewind)
-        try:
-            self.client.xgroup_create(self.key, check_consumer(consumer), id=f"0-{offset}", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
-            self.client.xgroup_setid(self.key, consumer, id=f"0-{offset}")
+        with self._reach():
+            try:
+                self.client.xgroup_create(self.key, check_consumer(consumer), id=f"0-{offset}", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+                self.client.xgroup_setid(self.key, consumer, id=f"0-{offset}")
 
     def consumers(self) -> dict[str, int]:
         import redis
 
         try:
-            groups = self.client.xinfo_groups(self.key)
+            with self._reach():
+                groups = self.client.xinfo_groups(self.key)
         except redis.ResponseError:
             return {}
         return {(g["name"].decode() if isinstance(g["name"], bytes) else g["name"]):
@@ -153,7 +172,8 @@ class RedisLog:
 
     def retain(self, before_offset: int) -> int:
         """Trim the events before ``before_offset``; the number removed."""
-        return int(self.client.xtrim(self.key, minid=f"0-{before_offset + 1}", approximate=False))
+        with self._reach():
+            return int(self.client.xtrim(self.key, minid=f"0-{before_offset + 1}", approximate=False))
 
     def describe(self) -> dict[str, Any]:
         return {"backend": "redis-streams", "where": self.where, "key": self.key, "durability": self.durability,

@@ -45,8 +45,14 @@ class SequenceRecommender(ScoringRecommender):
         self._use(table)
 
     def _use(self, table: FrozenTable) -> None:
+        held = getattr(self, "item_ids", None) and self.table
+        n = 0 if not held else len(held)
+        if held and len(table) >= n and np.array_equal(table.keys[:n], held.keys):
+            # the same rows first (an online delta): only the appended keys' ids are new
+            self.item_ids = self.item_ids + [table.raw.get(k, str(k)) for k in table.keys[n:].tolist()]
+        else:
+            self.item_ids = [table.raw.get(k, str(k)) for k in table.keys.tolist()]
         self.table = table
-        self.item_ids = [table.raw.get(k, str(k)) for k in table.keys.tolist()]
         self.matrix = np.ascontiguousarray(table.embeddings)
         self._positions = None
 

@@ -350,7 +350,7 @@ class Ingress:
     async def models(self) -> dict[str, Any]:
         """Versions loaded: index version per retriever, the encoder bundles, recommender bundles."""
         for name, handle in self.recommenders.items():
-            if name not in self._model_info:
+            if name not in self._model_info or "online" in self._model_info[name]:  # online: its seq moves
                 try:
                     self._model_info[name] = await call_handle(handle.info.remote(), 5.0)
                 except Exception as exc:

@@ -146,6 +146,29 @@ class ServingMetrics:
         return generate_latest(self.registry), CONTENT_TYPE_LATEST
 
 
+class OnlineMetrics:
+    """An online recommender replica's freshness (set on each poll of its delta folder, exported to Ray's metrics
+    by the replica): the seq applied, and the staleness — seconds since the trainer published the delta held (it
+    grows while the trainer publishes nothing: alert when it passes a few sync intervals)."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.seq = _Metric(self.registry, "gauge", "retrec_online_seq", "online model: delta seq applied", ("model",))
+        self.staleness = _Metric(self.registry, "gauge", "retrec_online_staleness_seconds",
+                                 "online model: age of the newest delta applied", ("model",))
+
+    def export_to_ray(self) -> None:
+        for m in (self.seq, self.staleness):
+            if m.ray is None:
+                m.export_to_ray()
+
+    def record(self, model: str, described: dict[str, Any]) -> None:
+        """From :meth:`retrec.runtime.online_model.DeltaFollower.describe`."""
+        self.seq.labels(model=model).set(float(described["seq"]))
+        if described.get("last_delta_age_s") is not None:
+            self.staleness.labels(model=model).set(float(described["last_delta_age_s"]))
+
+
 METRICS = ServingMetrics()  # one per ingress replica process
 ENDPOINTS = {"/v1/search", "/v1/recommend", "/v1/models", "/v1/admin/indexes", "/healthz", "/readyz", "/metrics"}
 

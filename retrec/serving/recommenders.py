@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import threading
@@ -31,6 +32,7 @@ from retrec.process_env import configure_process
 from retrec.runtime.online_model import CURRENT, DeltaFollower
 from retrec.runtime.recommender import SkipReport
 from retrec.runtime.user_histories import UserHistories
+from retrec.serving.prometheus import OnlineMetrics
 from retrec.serving.registry import kind_of, loader
 from retrec.serving.resources import replica_threads
 
@@ -57,6 +59,9 @@ class Recommender:
             self.follower = DeltaFollower(bundle, lambda path: load(str(path)))
             if not hasattr(self.follower.model, "with_table"):
                 raise BundleError(f"{self.kind.kind} models cannot follow online deltas (no item table to update)")
+            self.metrics = OnlineMetrics()
+            with contextlib.suppress(Exception):  # outside a Serve replica (tests): the local registry only
+                self.metrics.export_to_ray()
         else:
             self.model = load(bundle)
         self._events = events
@@ -91,8 +96,10 @@ class Recommender:
         again (what is held keeps serving)."""
         while not self._stop.wait(poll_s):
             try:
-                if self.follower is not None and self.follower.poll():
-                    self.manifest = read_manifest(self.follower.snapshot)
+                if self.follower is not None:
+                    if self.follower.poll():
+                        self.manifest = read_manifest(self.follower.snapshot)
+                    self.metrics.record(self.manifest.name, self.follower.describe())
                 if self.histories is not None:
                     self.histories.refresh()
                 elif self._events is not None:

@@ -17,6 +17,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import numpy as np
@@ -87,6 +88,15 @@ class CuckooIndex:
         self._vf = self.vals.reshape(-1)
         self.occ = np.zeros(num_buckets, np.uint8)  # occupancy bitmask per bucket (bit j: slot j used)
         self._owner = np.empty(num_buckets, np.int32)  # scratch for _place_chunk (one writer per bucket)
+
+    def copy(self) -> CuckooIndex:
+        """An independent index holding the same entries (arrays copied, their flat views re-made)."""
+        out = copy.copy(self)
+        out.keys, out.vals, out.occ = self.keys.copy(), self.vals.copy(), self.occ.copy()
+        out._kf, out._vf = out.keys.reshape(-1), out.vals.reshape(-1)
+        out._owner = np.empty_like(self._owner)
+        out._rng = copy.deepcopy(self._rng)
+        return out
 
     @property
     def nbytes(self) -> int:

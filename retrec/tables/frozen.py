@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import copy
 import os
 from typing import Any
 
@@ -121,6 +122,8 @@ class FrozenTable(KeyedRows):
         if emb.shape[1] != self.dim:
             raise BundleError(f"{directory}: delta width {emb.shape[1]} != table width {self.dim}")
         assert evicted is not None
+        if not evicted.size:  # the usual online delta: rows changed in place, new keys appended after the rest
+            return self._updated(keys, emb, last, raw, manifest.version)
         drop = np.zeros(len(self), bool)
         for ks in (evicted, keys):
             r = self._index.lookup(ks.view(np.uint64))
@@ -142,6 +145,29 @@ class FrozenTable(KeyedRows):
             config=self.config,
         )
 
+
+    def _updated(self, keys: NDArray[np.int64], emb: NDArray[np.float32], last: NDArray[np.float64],
+                 raw: dict[int, str], version: str) -> FrozenTable:
+        """A new table: these rows replaced where their keys are held, the other keys appended in order (rows of
+        the held keys keep their positions; the index is copied and extended, not rebuilt)."""
+        rows = self._index.lookup(keys.view(np.uint64))
+        held, new = rows >= 0, rows < 0
+        if dedupe(keys.view(np.uint64))[0].size != keys.size:
+            raise BundleError("a delta with duplicate keys")
+        out = copy.copy(self)
+        out.embeddings = np.concatenate([self.embeddings, emb[new]])
+        out.embeddings[rows[held]] = emb[held]
+        out.last_update = np.concatenate([self.last_update, last[new]])
+        out.last_update[rows[held]] = last[held]
+        out.keys = _readonly(np.concatenate([self.keys, keys[new]]))
+        for arr in (out.embeddings, out.last_update):
+            _readonly(arr)
+        out.raw = {**self.raw, **raw}
+        out.version, out.stats = version, TableStats()
+        out._index = self._index.copy()
+        out._index.insert_new(keys[new].view(np.uint64), np.arange(len(self), len(out.keys), dtype=np.int64))
+        out.stats.size = len(out.keys)
+        return out
 
 
 def _readonly(arr: NDArray[Any]) -> NDArray[Any]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from retrec.events import Event, OffsetError, open_log
+from retrec.events import Event, LogUnavailableError, OffsetError, open_log
 from retrec.events.segments import HEADER, SegmentLog
 
 pytest.importorskip("redis")
@@ -89,6 +89,24 @@ def test_concurrent_writers_get_distinct_contiguous_offsets(event_log) -> None:
                                                    for e in _events(5, 1000 * t + 10 * j))
 
 
+def test_a_reader_at_the_end_while_a_writer_appends_reads_each_event_once(event_log) -> None:
+    """A reader tailing the log (as the trainer does) never mistakes events appended during its read for a gap."""
+    done = threading.Event()
+
+    def write() -> None:
+        for j in range(400):
+            event_log.append(_events(1, j))
+        done.set()
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    got: list[int] = []
+    while not done.is_set() or len(got) < 400:
+        got += [o for o, _ in event_log.read(len(got), 50)]
+    writer.join()
+    assert got == list(range(400))
+
+
 def test_segments_from_several_processes_and_a_torn_tail(tmp_path: Path) -> None:
     """Writers in other processes share the folder (a lock); a writer that died mid-append left half a record:
     readers stop before it, the next append truncates it, nothing acknowledged is lost."""
@@ -120,10 +138,15 @@ def test_redis_restarted_after_a_kill_keeps_every_acknowledged_event(redis_serve
         log.append(_events(25, i))
     log.commit("trainer", 400)
     redis_server.kill()
+    for call in (lambda: log.append(_events(1, 500)), lambda: log.read(0, 10), lambda: log.commit("trainer", 450)):
+        with pytest.raises(LogUnavailableError, match="event log at redis://") as away:  # a retryable error, no secret
+            call()
+        assert "password" not in str(away.value)
     redis_server.start()
     again = open_log(f"{redis_server.url}?key={key}")
     assert [e for _, e in again.read(0, 1000)] == _events(500)
     assert again.committed("trainer") == 400 and again.append(_events(1, 500)) == (500, 1)
+    assert log.read(500, 10) == [(500, _events(1, 500)[0])]  # the first client reconnects by itself
 
 
 def test_events_cli_appends_whole_files_and_names_the_bad_line(tmp_path: Path) -> None:

@@ -110,6 +110,11 @@ def test_the_online_recommender_deployment_follows_and_names_the_seq(tmp_path: P
         info = rec.info()
         assert info["online"]["seq"] == 1 and info["items"] == len(ITEMS) + 1
         assert rec._recommend([ITEMS[0]], 3, True)["version"].endswith("+1")
+        time.sleep(0.2)  # a poll after the delta: the freshness gauges follow it
+        metrics = rec.metrics.registry
+        model = rec.manifest.name
+        assert metrics.get_sample_value("retrec_online_seq", {"model": model}) == 1
+        assert 0 <= metrics.get_sample_value("retrec_online_staleness_seconds", {"model": model}) < 30
     finally:
         rec._stop.set()
     events = open_log(tmp_path / "events")

@@ -12,14 +12,17 @@ model folder (:mod:`retrec.runtime.online_model`) that serving replicas follow:
 3. then every event's item is observed (a new item gets a row once seen ``admit_threshold`` times) and appended
    to its user's history (at most the model's history length, for at most ``max_users`` users);
 4. every ``sync_s`` seconds (10): the rows touched since the last delta as ``ROOT/deltas/SNAPSHOT/SEQ`` (seq and
-   source offsets in its config), and only then the consumer's offset committed — a crash replays events from the
-   last delta, never skips one. At most ``max_touched`` keys a delta: updates of further keys are dropped, counted;
+   source offsets in its config), and only then the consumer's offset committed (a log away: at the next delta) —
+   a crash replays events from the last delta, never skips one nor trains one twice. At most ``max_touched`` keys
+   a delta: updates of further keys are dropped, counted;
 5. every ``snapshot_s`` seconds (an hour) and at the end: a full version (user encoder ONNX, table, weights, the
    users' histories) in ``ROOT/snapshots`` and ``current`` moved to it; its deltas count from 1.
 
 A restart loads ``current``, applies its deltas (the table exactly as published), rebuilds the histories from the
-snapshot's plus the events between it and the committed offset, and goes on from that offset: what a crash loses
-is the encoder's training since the last snapshot and the rows since the last delta (replayed).
+snapshot's plus the events between it and the last delta, and goes on from the offset that delta covers up to (the
+commit follows it): what a crash loses is the encoder's training since the last snapshot and the rows since the
+last delta (replayed). An event log away (a broker restarting) is retried with backoff; deltas go on being
+published on time.
 
 Example::
 
@@ -46,7 +49,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from retrec.bundle import publish, read_manifest
-from retrec.events import EventLog
+from retrec.events import EventLog, LogUnavailableError
 from retrec.models.bert4rec import UserEncoder, export_user_encoder
 from retrec.models.seq_weights import load_sequence_model, save_weights
 from retrec.runtime.online_model import CURRENT, DELTAS, HISTORIES, SNAPSHOTS, DeltaFollower, delta_path
@@ -126,7 +129,15 @@ class OnlineTrainer:
         for row in pq.read_table(snapshot.file(HISTORIES)).to_pylist():
             self.histories[row["user"]] = deque(row["items"], maxlen=self.steps)
         cut = int(snapshot.config["online"]["source_offset"])
-        self.offset = self.events.committed(self.cfg.consumer)
+        # The rows held cover the events up to the last delta's end: go on from there, whatever the commit says
+        # (a crash between a delta and its commit must not train those events twice).
+        self.offset = (int(read_manifest(delta_path(self.root, self.name, self.seq)).config["source_offsets"][1])
+                       if self.seq else cut)
+        committed = self.events.committed(self.cfg.consumer)
+        if committed != self.offset:
+            log.info("online: the committed offset %d differs from what delta %d covers (%d); going on from %d",
+                     committed, self.seq, self.offset, self.offset)
+            self._commit()
         while cut < self.offset:  # the histories of the events between the snapshot and the commit
             batch = self.events.read(cut, min(self.cfg.batch_events, self.offset - cut))
             if not batch:
@@ -167,7 +178,7 @@ class OnlineTrainer:
         self.touched.clear()
         self._delta_from = self.offset  # the next delta (seq 1 of this snapshot) covers events from here
         self.snapshots += 1
-        self.events.commit(self.cfg.consumer, self.offset)
+        self._commit()
         log.info("online: snapshot %s at offset %d", name, self.offset)
         self._prune()
         return final
@@ -183,7 +194,7 @@ class OnlineTrainer:
     def _delta(self) -> Path | None:
         """The rows touched since the last delta, durable, then the offset committed; None when nothing changed."""
         if not self.touched:
-            self.events.commit(self.cfg.consumer, self.offset)
+            self._commit()
             return None
         path = delta_path(self.root, self.name, self.seq + 1)
         manifest = self.table.export_delta(path, name=f"{self.base.name}-items",
@@ -195,8 +206,16 @@ class OnlineTrainer:
         self.delta_keys += int(manifest.dims.get("rows", 0) or 0)
         self.delta_bytes += sum(f.size for f in manifest.files.values())
         self.touched.clear()
-        self.events.commit(self.cfg.consumer, self.offset)
+        self._commit()
         return path
+
+    def _commit(self) -> None:
+        """Commit the offset the published rows cover; a log away now is committed at the next delta (a restart
+        goes on from the deltas' offsets either way)."""
+        try:
+            self.events.commit(self.cfg.consumer, self.offset, rewind=True)
+        except LogUnavailableError as exc:
+            log.warning("online: offset %d not committed now (%s); the next delta will", self.offset, exc)
 
     # -- learning --------------------------------------------------------------------------------------------
     def _remember(self, events: list[Any]) -> None:
@@ -284,17 +303,26 @@ class OnlineTrainer:
         next_sync = time.monotonic() + self.cfg.sync_s
         next_snapshot = time.monotonic() + self.cfg.snapshot_s
         self._delta_from = self.offset
+        away = 0  # reads failed in a row (the log unreachable)
         while True:
             budget = self.cfg.batch_events if max_events is None else min(self.cfg.batch_events,
                                                                          max_events - self.events_read)
-            batch = self.events.read(self.offset, budget) if budget > 0 else []
+            try:
+                batch = self.events.read(self.offset, budget) if budget > 0 else []
+                if away:
+                    log.info("online: the event log is back after %d failed reads", away)
+                away = 0
+            except LogUnavailableError as exc:  # a broker restarting: keep what is held, try again, publish on time
+                if not away:
+                    log.warning("online: event log unavailable (%s); retrying", exc)
+                away, batch = away + 1, []
             if batch:
                 self.train_events([e for _, e in batch])
                 self.offset = batch[-1][0] + 1
                 self.events_read += len(batch)
             now = time.monotonic()
             finished = (max_events is not None and self.events_read >= max_events) or (
-                not batch and stop_when_idle) or (should_stop is not None and should_stop())
+                not batch and not away and stop_when_idle) or (should_stop is not None and should_stop())
             if now >= next_sync or finished:
                 self._delta()
                 self._delta_from, next_sync = self.offset, now + self.cfg.sync_s
@@ -304,7 +332,7 @@ class OnlineTrainer:
             if finished:
                 return
             if not batch:
-                time.sleep(self.cfg.poll_s)
+                time.sleep(min(5.0, self.cfg.poll_s * 2 ** min(away, 4)))
 
     def report(self) -> dict[str, Any]:
         return {"snapshot": self.name, "seq": self.seq, "offset": self.offset, "events_read": self.events_read,

@@ -19,7 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from retrec.bundle import read_manifest
-from retrec.events import Event, open_log
+from retrec.events import Event, LogUnavailableError, open_log
 from retrec.pipelines.train.seq.config import SASRecTrainConfig
 from retrec.pipelines.train.seq.online import OnlineConfig, OnlineTrainer
 from retrec.pipelines.train.seq.sasrec import train_sasrec
@@ -126,6 +126,48 @@ def test_a_killed_trainer_resumes_with_no_lost_and_no_double_applied_delta(bundl
     follower = DeltaFollower(root, SequenceRecommender.load)
     follower.poll()
     assert follower.seq == len(deltas)
+
+
+class _Flaky:
+    """An event log whose reads and commits fail (a broker restarting) while ``away`` is set."""
+
+    def __init__(self, log: Any) -> None:
+        self.log, self.away, self.failures = log, False, 0
+
+    def __getattr__(self, name: str) -> Any:
+        call = getattr(self.log, name)
+        if name not in ("read", "commit"):
+            return call
+
+        def maybe(*args: Any, **kwargs: Any) -> Any:
+            if self.away:
+                self.failures += 1
+                raise LogUnavailableError("event log at redis://x:6379/0: ConnectionError")
+            return call(*args, **kwargs)
+        return maybe
+
+
+def test_a_log_away_is_retried_and_a_lagging_commit_never_trains_events_twice(bundle: Path, tiny_data: Path,
+                                                                                tmp_path: Path) -> None:
+    log = open_log(tmp_path / "events")
+    log.append(_stream(tiny_data, 400))
+    flaky, root = _Flaky(log), tmp_path / "online"
+    trainer = OnlineTrainer(bundle, flaky, root, OnlineConfig(sync_s=0.001, batch_events=100, negatives=16,
+                                                                poll_s=0.01))
+    trainer.run(max_events=200)
+    flaky.away = True  # reads and commits fail: the trainer waits, holding what it has
+    polls = iter(range(4))
+    trainer.run(should_stop=lambda: next(polls, None) is None)
+    assert flaky.failures >= 3 and trainer.offset == 200 and log.committed("online-trainer") == 200
+    flaky.away = False
+    trainer.run(max_events=300)
+    log.commit("online-trainer", 200, rewind=True)  # a crash between the last delta and its commit
+    again = OnlineTrainer(bundle, log, root, OnlineConfig(sync_s=0.001, batch_events=100, negatives=16))
+    assert again.offset == 300 and log.committed("online-trainer") == 300  # what the deltas cover, not the commit
+    again.run(stop_when_idle=True)
+    spans = [read_manifest(d).config["source_offsets"] for d in sorted((root / DELTAS / again.name).iterdir())]
+    assert spans[0][0] == 0 and spans[-1][1] == 400
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(spans))  # nothing trained twice, nothing skipped
 
 
 def test_snapshots_move_current_and_their_deltas_start_at_their_offset(bundle: Path, tiny_data: Path,
