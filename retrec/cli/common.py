@@ -12,6 +12,8 @@ data_app = typer.Typer(no_args_is_help=True, help="Datasets: the embedded defaul
 app.add_typer(data_app, name="data")
 events_app = typer.Typer(no_args_is_help=True, help="The event log: append user actions, read them, see consumers.")
 app.add_typer(events_app, name="events")
+compat_app = typer.Typer(no_args_is_help=True, help="Encoder upgrades: how well a new encoder searches an old index.")
+app.add_typer(compat_app, name="compat")
 
 EXIT_BAD_INPUT = 2
 

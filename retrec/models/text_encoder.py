@@ -151,15 +151,18 @@ def resolve_base_model(folder: str | Path | None = None) -> BaseModel:
 
 
 class TextEncoder(nn.Module):
-    """BERT + mean (or CLS) pooling + optional L2 normalisation → ``[batch, hidden]``."""
+    """BERT + mean (or CLS) pooling [+ a backward-compatibility head] + optional L2 normalisation →
+    ``[batch, dim]`` (``dim``: the hidden width, or the head's output width; :mod:`retrec.models.compat`)."""
 
-    def __init__(self, bert: nn.Module, pooling: str = "mean", normalize: bool = True) -> None:
+    def __init__(self, bert: nn.Module, pooling: str = "mean", normalize: bool = True,
+                 head: nn.Module | None = None) -> None:
         super().__init__()
         if pooling not in POOLINGS:
             raise ValueError(f"pooling must be one of {POOLINGS}, got {pooling!r}")
         self.bert = bert
         self.pooling = pooling
         self.normalize = normalize
+        self.head = head
 
     @classmethod
     def from_pretrained(
@@ -171,7 +174,13 @@ class TextEncoder(nn.Module):
 
     @property
     def dim(self) -> int:
-        return int(self.bert.config.hidden_size)
+        return int(self.head.out_dim) if self.head is not None else int(self.bert.config.hidden_size)
+
+    def for_export(self) -> TextEncoder:
+        """This encoder with its head's parametrizations made plain weights (the same outputs)."""
+        if self.head is None:
+            return self
+        return TextEncoder(self.bert, self.pooling, self.normalize, head=self.head.frozen()).train(self.training)
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         input_ids, attention_mask = on_model_device(self, input_ids, attention_mask)
@@ -183,6 +192,8 @@ class TextEncoder(nn.Module):
         else:
             mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1e-9)
+        if self.head is not None:
+            pooled = self.head(pooled)
         if self.normalize:
             pooled = nn.functional.normalize(pooled, p=2.0, dim=-1)
         return pooled
@@ -238,6 +249,7 @@ def write_onnx_files(
                          f"encoder's {encoder.pooling}/{encoder.normalize}")
     tokenizer.save(out / TOKENIZER_DIR)
     inputs = example_text_inputs(tokenizer, INPUT_NAMES)
+    encoder = encoder.for_export()
     export_graph(encoder, out / FP32_FILE, inputs=inputs, outputs=[OUTPUT_NAME],
                  dynamic_axes={**text_axes(INPUT_NAMES), OUTPUT_NAME: BATCH_AXIS}, opset=opset,
                  padding=("attention_mask", 0), context=eager_attention(encoder))

@@ -109,6 +109,21 @@ class DenseTrainConfig(ContrastiveOptions):
     """Train a TAS-Balanced bi-encoder from the packaged MiniLM or --base-model; writes an ONNX bundle (model/dense)."""
 
     similarity: Literal["cosine", "dot"] = option("cosine", "cosine (normalised embeddings) | dot")
+    compatible_with: str | None = option(None, "a model/dense bundle whose index the new encoder must search: "
+                                               "trained with BCT's influence loss against its frozen document "
+                                               "vectors (retrec/models/compat.py)")
+    compat_mode: Literal["bt2", "bct"] = option("bt2", "with --compatible-with: bt2 (extra dimensions and a "
+                                                       "learned orthonormal basis; the old space is the first "
+                                                       "dimensions) | bct (the output is the old space)")
+    extra_dims: int = option(32, "bt2: dimensions added to the encoder's width")
+    compat_weight: float = option(1.0, "weight of the influence loss (new queries against the old documents)")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.extra_dims < 0 or self.compat_weight < 0:
+            raise ValueError("extra_dims and compat_weight must be >= 0")
+        if self.compatible_with is not None and self.similarity != "cosine":
+            raise ValueError("--compatible-with needs cosine similarity (the old space is compared normalised)")
 
 
 @dataclass

@@ -28,14 +28,17 @@ Example::
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from retrec.bundle import Publication
+from retrec.bundle import Publication, load_bundle
+from retrec.index.dense_retriever import encode_corpus
+from retrec.index.generic import encoding_identity
+from retrec.models.compat import CompatHead, influence_loss, old_space
 from retrec.models.dense_losses import in_batch_cross_entropy, in_batch_margin_mse, margin_mse
 from retrec.models.precision import autocast, model_device
 from retrec.models.text_encoder import (
@@ -68,15 +71,59 @@ from retrec.pipelines.train.text.data import (
 from retrec.pipelines.train.text.teachers import (
     Teacher,
 )
+from retrec.process_env import cache_dir
 from retrec.runtime.onnx_encoder import OnnxEncoder
 from retrec.runtime.tokenizer import TextTokenizer, load_tokenizer
 
 log = logging.getLogger("retrec.train.dense")
-__all__ = ["DenseTrainConfig", "train_dense"]
+__all__ = ["DenseTrainConfig", "OldSpace", "train_dense"]
+HEAD_LR_SCALE = 30.0  # the compatibility head's weights are new: ~1e-3 at the default 3e-5 (BT² trains it fresh)
+
+
+@dataclass(frozen=True)
+class OldSpace:
+    """What ``--compatible-with`` trains against: the old encoder's identity and its frozen vectors of the
+    training corpus (normalised, row = document)."""
+
+    docs: np.ndarray
+    record: dict[str, Any]
+
+    @property
+    def dim(self) -> int:
+        return int(self.docs.shape[1])
+
+    @classmethod
+    def of(cls, bundle: str | Path, ts: TrainingSet, progress: bool) -> OldSpace:
+        manifest = load_bundle(bundle, kind=KIND)
+        if manifest.config.get("similarity") != "cosine":
+            raise ValueError(f"--compatible-with {bundle}: its similarity is {manifest.config.get('similarity')!r}; "
+                             "only cosine encoders can be matched")
+        encoder = OnnxEncoder(bundle)
+        log.info("compatible with %s@%s: its vectors of %d documents", manifest.name, manifest.version,
+                 len(ts.doc_texts))
+        docs = encode_corpus(encoder, ts.doc_texts, cache=cache_dir() / "embeddings", progress=progress)
+        return cls(docs, {"name": manifest.name, "version": manifest.version, "dim": int(docs.shape[1]),
+                          "identity": encoding_identity(encoder)})
+
+
+def compat_loss(q: torch.Tensor, d: torch.Tensor, docs: np.ndarray, old: OldSpace, mask: torch.Tensor,
+                scale: float, mode: str) -> tuple[torch.Tensor, dict[str, float]]:
+    """The influence loss: new queries (their old-space part) against the old vectors of the batch's documents;
+    in bt2 mode also against the new documents' old-space part, so that part of a new index is searchable with
+    the old one (a half re-encoded index compares like with like)."""
+    qo = old_space(q, old.dim)
+    influence = influence_loss(qo, torch.from_numpy(old.docs[docs]).to(q.device), scale, mask)
+    parts = {"influence": float(influence.detach())}
+    if mode != "bt2":
+        return influence, parts
+    prefix = influence_loss(qo, old_space(d, old.dim), scale, mask)
+    parts["old_space_new_docs"] = float(prefix.detach())
+    return (influence + prefix) / 2, parts
 
 
 def step_loss(model: TextEncoder, tokenizer: TextTokenizer, step: Step, ts: TrainingSet, teacher: Teacher,
-              cfg: DenseTrainConfig, precision: str = "fp32") -> tuple[torch.Tensor, dict[str, float]]:
+              cfg: DenseTrainConfig, precision: str = "fp32",
+              old: OldSpace | None = None) -> tuple[torch.Tensor, dict[str, float]]:
     docs = np.concatenate([step.positives, step.negatives])
     with autocast(precision, model_device(model)):
         q = model(*tensors(tokenizer, [ts.query_texts[x] for x in step.queries], cfg.max_query_length))
@@ -97,6 +144,10 @@ def step_loss(model: TextEncoder, tokenizer: TextTokenizer, step: Step, ts: Trai
         inbatch = in_batch_margin_mse(scores, target, mask)
         loss = loss + cfg.distill_weight * (pair + cfg.inbatch_weight * inbatch)
         parts.update(margin_mse=float(pair.detach()), inbatch_mse=float(inbatch.detach()))
+    if old is not None and cfg.compat_weight > 0:
+        compat, extra = compat_loss(q, d, docs, old, mask, scale, cfg.compat_mode)
+        loss = loss + cfg.compat_weight * compat
+        parts.update(extra)
     return loss, parts
 
 
@@ -139,7 +190,7 @@ class DenseAdapter(ContrastiveAdapter):
     name = "dense"
 
     def __init__(self, ts: TrainingSet, cfg: DenseTrainConfig, miners: Miners, teacher: Teacher,
-                 labels: np.ndarray | None, base: BaseModel, bundle_name: str) -> None:
+                 labels: np.ndarray | None, base: BaseModel, bundle_name: str, progress: bool = False) -> None:
         self.ts, self.cfg, self.miners, self.teacher, self.labels = ts, cfg, miners, teacher, labels
         self.base, self.bundle_name = base, bundle_name
         self.place(cfg.device, cfg.precision)
@@ -147,11 +198,26 @@ class DenseAdapter(ContrastiveAdapter):
         torch.manual_seed(cfg.seed)
         self.tokenizer = load_tokenizer(base.folder)
         self.model = TextEncoder.from_pretrained(base.folder, pooling=base.pooling,
-                                                 normalize=cfg.similarity == "cosine").train().to(self.device)
-        self._optimize()
+                                                 normalize=cfg.similarity == "cosine").train()
+        self.old = OldSpace.of(cfg.compatible_with, ts, progress) if cfg.compatible_with else None
+        width = self.model.dim
+        if self.old is not None and cfg.compat_mode == "bt2":
+            self.model.head = CompatHead(width, cfg.extra_dims).train()
+        if self.old is not None and self.old.dim > self.model.dim:
+            hint = "bct keeps the encoder's width" if cfg.compat_mode == "bct" else "add --extra-dims"
+            raise ValueError(f"--compatible-with: the old space is {self.old.dim} wide, the new encoder "
+                             f"{self.model.dim} ({hint})")
+        self.model.to(self.device)
+        if self.model.head is None:
+            self._optimize()
+        else:  # the head's weights are new: a higher rate than the fine-tuned encoder's
+            self._optimize([{"params": list(self.model.bert.parameters())},
+                            {"params": list(self.model.head.parameters()), "lr_scale": HEAD_LR_SCALE,
+                             "weight_decay": 0.0}])
 
     def step(self, batch: Step) -> tuple[torch.Tensor, dict[str, float]]:
-        return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg, self.precision)
+        return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg, self.precision,
+                         self.old)
 
     def evaluate(self) -> dict[str, float | None]:
         return {DEV_METRIC: dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg, self.precision)}
@@ -174,6 +240,9 @@ class DenseAdapter(ContrastiveAdapter):
         config = {**config, "base_model_revision": self.base.revision, "train": asdict(cfg),
                   "train_precision": self.precision,
                   "teacher": self.teacher.description}
+        if self.old is not None:  # what this encoder's old-space part searches (retrec/models/compat.py)
+            config["compat"] = {"mode": cfg.compat_mode, "old": self.old.record, "old_dim": self.old.dim,
+                                "extra_dims": cfg.extra_dims if cfg.compat_mode == "bt2" else 0}
         return {**fields, "config": config, "metrics": metrics}
 
 
@@ -183,7 +252,10 @@ def train_dense(
 ) -> Path:
     """Train on ``data``'s train split (dev split when present), write a ``model/dense`` bundle to ``out``."""
     cfg = cfg or DenseTrainConfig()
+    if cfg.compatible_with:  # a bad old bundle is refused before any work
+        load_bundle(cfg.compatible_with, kind=KIND)
     base, ts, miners, teacher, labels = contrastive_inputs(data, cfg, progress, "dense")
-    adapter = DenseAdapter(ts, cfg, miners, teacher, labels, base, name or f"{Path(data).name}-dense")
+    adapter = DenseAdapter(ts, cfg, miners, teacher, labels, base, name or f"{Path(data).name}-dense",
+                           progress=progress)
     return run_training(adapter, text_loop_config(cfg, DEV_METRIC), out, resume=resume, progress=progress,
                         command=command)

@@ -370,3 +370,51 @@ def test_training_that_cannot_help_exports_the_start_and_says_so(tiny_data: Path
     texts = ["a query about genes", "vitamin c and scurvy"]
     np.testing.assert_allclose(OnnxEncoder(out).encode_queries(texts),
                                OnnxEncoder(zero_shot_bundle()).encode_queries(texts), atol=1e-4)
+
+
+def test_a_compatible_encoder_starts_in_the_old_space_and_records_it(tiny_data: Path, tiny_bert: Path,
+                                                                     tmp_path: Path, private_cache: Path) -> None:
+    """``--compatible-with`` (BT²): the influence loss is in the curve, the bundle is 384 + extra wide and names
+    the old encoder, its ONNX export matches torch, and its old-space part answers like the old encoder."""
+    from retrec.models.text_encoder import zero_shot_bundle
+
+    old = zero_shot_bundle()
+    out = tmp_path / "compatible"
+    cfg = DenseTrainConfig(**{**TINY, "dev_max_queries": 0}, max_steps=2, compatible_with=str(old), extra_dims=8)
+    train_dense(tiny_data, out, cfg, progress=False)
+    manifest = load_bundle(out, kind="model/dense")
+    compat = manifest.config["compat"]
+    assert (compat["mode"], compat["old_dim"], compat["extra_dims"], manifest.dims["dim"]) == ("bt2", 384, 8, 392)
+    assert compat["old"]["version"] == load_bundle(old).version and compat["old"]["identity"]["bundle_sha256"]
+    assert manifest.metrics["onnx_max_abs_diff"] <= 1e-4
+    steps = [c for c in json.loads((out / "training_curve.json").read_text()) if "loss" in c]
+    assert all(c["influence"] > 0 and c["old_space_new_docs"] > 0 for c in steps)
+    queries = ["a query about genes", "protein folding in cells", "vitamin c and scurvy"]
+    new = OnnxEncoder(out).encode_queries(queries)
+    assert new.shape == (3, 392)
+    prefix = new[:, :384] / np.linalg.norm(new[:, :384], axis=1, keepdims=True)
+    assert (np.sum(prefix * OnnxEncoder(old).encode_queries(queries), axis=1) > 0.98).all()  # two steps from it
+
+    from typer.testing import CliRunner
+
+    from retrec.cli import app
+    from retrec.pipelines.eval.compat import compat_report
+
+    cells = compat_report(old, out, tiny_data)
+    assert cells["backfill 0%"] == cells["new/old"] and set(cells) >= {"old/old", "new/new", "backfill 50%"}
+    assert abs(cells["new/old"]["nDCG@10"] - cells["old/old"]["nDCG@10"]) < 0.1  # two steps from the old encoder
+    shown = CliRunner().invoke(app, ["compat", "report", "--old", str(old), "--new", str(out), "--data",
+                                     str(tiny_data), "--json", str(tmp_path / "cells.json")])
+    assert shown.exit_code == 0 and "new/old - old/old" in shown.output
+    assert json.loads((tmp_path / "cells.json").read_text())["cells"] == cells
+    refused = CliRunner().invoke(app, ["compat", "report", "--old", str(out), "--new", str(old), "--data",
+                                       str(tiny_data)])  # the other way round: 384 against 392 wide
+    assert refused.exit_code == 2 and "--compatible-with OLD" in refused.output
+
+    narrow = DenseTrainConfig(**{**TINY, "dev_max_queries": 0}, max_steps=1, compatible_with=str(old),
+                              compat_mode="bct", base_model=str(tiny_bert))
+    with pytest.raises(ValueError, match="the old space is 384 wide, the new encoder 32"):
+        train_dense(tiny_data, tmp_path / "narrow", narrow, progress=False)
+    with pytest.raises(Exception, match="manifest"):
+        train_dense(tiny_data, tmp_path / "x", DenseTrainConfig(**TINY, compatible_with=str(tmp_path / "none")),
+                    progress=False)
