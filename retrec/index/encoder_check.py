@@ -21,25 +21,37 @@ from retrec.bundle import BundleError, Manifest
 def encoder_ref(encoder: Manifest | Mapping[str, Any]) -> dict[str, Any]:
     """What an index records about its encoder bundle: name, version, dim, similarity and absolute path."""
     if isinstance(encoder, Manifest):
+        compat = encoder.config.get("compat")
         return {"name": encoder.name, "version": encoder.version, "dim": int(encoder.dims["dim"]),
                 "similarity": encoder.config.get("similarity"),
-                "path": str(Path(encoder.path).resolve()) if encoder.path is not None else None}
-    return {k: encoder.get(k) for k in ("name", "version", "dim", "similarity", "path")}
+                "path": str(Path(encoder.path).resolve()) if encoder.path is not None else None,
+                "compat": {"name": compat["old"]["name"], "version": compat["old"]["version"],
+                           "old_dim": int(compat["old_dim"])} if compat else None}
+    return {k: encoder.get(k) for k in ("name", "version", "dim", "similarity", "path", "compat")}
 
 
-def check_encoder(index_ref: Mapping[str, Any], encoder: Manifest | Mapping[str, Any], where: str = "index") -> None:
-    """Refuse an encoder whose dimension, similarity or bundle version differs from the index's."""
+def check_encoder(index_ref: Mapping[str, Any], encoder: Manifest | Mapping[str, Any],
+                  where: str = "index") -> int | None:
+    """Refuse an encoder whose dimension, similarity or bundle version differs from the index's — unless it was
+    trained compatible with the index's encoder (``retrec train dense --compatible-with``): then the width of the
+    old space its queries search in (their first dimensions), else None (the index's own encoder)."""
     enc = encoder_ref(encoder)
-    if int(index_ref["dim"]) != int(enc["dim"]):
-        raise BundleError(f"{where}: dimension {index_ref['dim']} does not match encoder {enc['name']!r} "
-                          f"(dim {enc['dim']}); rebuild the index with this encoder")
     if enc["similarity"] is not None and index_ref.get("similarity") != enc["similarity"]:
         raise BundleError(f"{where}: metric mismatch — index similarity {index_ref.get('similarity')!r}, "
                           f"encoder {enc['name']!r} uses {enc['similarity']!r}")
     name, version = index_ref.get("encoder_name"), index_ref.get("encoder_version")
+    compat = enc.get("compat") or {}
     if name is not None and (name, version) != (enc["name"], enc["version"]):
+        if (compat.get("name"), compat.get("version")) == (name, version) and compat.get("old_dim") == int(
+                index_ref["dim"]):
+            return int(compat["old_dim"])
         raise BundleError(f"{where}: built with encoder {name!r} version {version!r}, not "
-                          f"{enc['name']!r} version {enc['version']!r}; its vectors are not comparable")
+                          f"{enc['name']!r} version {enc['version']!r}, which records no compatibility with it; "
+                          "its vectors are not comparable")
+    if int(index_ref["dim"]) != int(enc["dim"]):
+        raise BundleError(f"{where}: dimension {index_ref['dim']} does not match encoder {enc['name']!r} "
+                          f"(dim {enc['dim']}); rebuild the index with this encoder")
+    return None
 
 
 def index_check_ref(manifest: Manifest) -> dict[str, Any]:
@@ -50,5 +62,11 @@ def index_check_ref(manifest: Manifest) -> dict[str, Any]:
 
 
 def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any]) -> None:
-    """Registry hook: refuse a query encoder that this index version's vectors did not come from."""
-    check_encoder(index_check_ref(index), encoder, where=str(index.path or index.name))
+    """Registry hook (serving, ``retrec serve``'s pairing): refuse a query encoder that this index version's
+    vectors did not come from — a compatible one too, for now: serving does not yet search shards in an encoder's
+    old space (in process, :meth:`FaissIndex.load` does)."""
+    where = str(index.path or index.name)
+    if check_encoder(index_check_ref(index), encoder, where=where) is not None:
+        raise BundleError(f"{where}: encoder {encoder_ref(encoder)['name']!r} is compatible with this index's "
+                          "encoder, but serving cannot search an index through that yet; serve the index's own "
+                          "encoder, or re-encode the index")

@@ -123,6 +123,7 @@ class FaissIndex:
         self.factory = factory
         self.similarity = similarity
         self.encoder = dict(encoder) if encoder is not None else None
+        self.query_prefix: int | None = None  # a compatible query encoder's old-space width (check_encoder)
         self.cpu_shards = list(shards)
         self.ids = DocIdTable(shard_ids)
         self.refine = list(refine) if refine is not None else None
@@ -146,8 +147,9 @@ class FaissIndex:
                 "encoder_name": enc.get("name"), "encoder_version": enc.get("version")}
 
     def check_encoder(self, encoder: Manifest | Mapping[str, Any]) -> None:
-        """Refuse an encoder this index's vectors did not come from (see :func:`check_encoder`)."""
-        check_encoder(self.encoder_check_ref(), encoder)
+        """Refuse an encoder this index's vectors did not come from (see :func:`check_encoder`); one trained
+        compatible with it is taken, and its queries are searched in their old-space part."""
+        self.query_prefix = check_encoder(self.encoder_check_ref(), encoder)
 
     @property
     def doc_ids(self) -> list[str]:
@@ -288,6 +290,8 @@ class FaissIndex:
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """Top-``k`` ``(doc_id, score)`` per query row, merged over shards deterministically."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        if queries.ndim == 2 and queries.shape[1] > self.dim and self.query_prefix == self.dim:
+            queries = np.ascontiguousarray(queries[:, :self.dim])  # a compatible encoder: its old space
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"query vectors of shape {queries.shape}; this index has dim {self.dim}")
         if k <= 0 or not len(queries):
@@ -360,8 +364,7 @@ class FaissIndex:
         if config.get("metric") != METRIC:
             raise BundleError(f"{directory}: metric {config.get('metric')!r} is not supported ({METRIC!r} is)")
         ref = index_check_ref(manifest)
-        if encoder is not None:
-            check_encoder(ref, encoder, where=str(directory))
+        prefix = check_encoder(ref, encoder, where=str(directory)) if encoder is not None else None
         count = int(config["shards"])
         wanted = list(range(count)) if shards is None else list(shards)
         bad = [s for s in wanted if not 0 <= s < count]
@@ -382,9 +385,11 @@ class FaissIndex:
         encoder_info = ({"name": enc.get("name"), "version": enc.get("version"), "dim": dims["dim"],
                          "similarity": config["similarity"], "path": enc.get("path")}
                         if enc.get("name") is not None else None)
-        return cls(shard_indices, id_lists, factory=config["factory"], similarity=config["similarity"],
-                   encoder=encoder_info, search_params=config.get("search_params"), use_gpu=use_gpu,
-                   refine=refine or None, tuning=config.get("auto"))
+        index = cls(shard_indices, id_lists, factory=config["factory"], similarity=config["similarity"],
+                    encoder=encoder_info, search_params=config.get("search_params"), use_gpu=use_gpu,
+                    refine=refine or None, tuning=config.get("auto"))
+        index.query_prefix = prefix
+        return index
 
 
 @strict_options(KIND)

@@ -76,6 +76,41 @@ def test_cosine_normalises_documents_and_queries() -> None:
     assert score == pytest.approx(1.0, abs=1e-5) and np.allclose(x[ids.index(best)], x[0])
 
 
+def test_a_compatible_encoder_searches_the_old_index_in_its_old_space_and_others_are_refused(tmp_path: Path) -> None:
+    """An encoder trained --compatible-with the index's encoder is taken at load; its wider queries are searched
+    by their first dimensions. Without that record, or naming another version, it is refused at load; an index
+    loaded for its own encoder refuses the wider queries at query time."""
+    rng = np.random.default_rng(0)
+    docs, ids = rng.standard_normal((40, 8)).astype(np.float32), [f"d{i}" for i in range(40)]
+    own = _encoder_manifest(tmp_path, 8, "cosine")
+    FaissIndex.build(docs, ids, similarity="cosine", encoder=own).save(tmp_path / "idx")
+
+    def new_encoder(name: str, compat: dict | None) -> object:
+        root = tmp_path / name
+        root.mkdir()
+        (root / "encoder.onnx").write_bytes(b"not a model")
+        write_manifest(root, kind="model/dense", name=name, version="v2", dims={"dim": 12},
+                       config={"similarity": "cosine", **({"compat": compat} if compat else {})})
+        return load_bundle(root, kind="model/dense")
+
+    good = new_encoder("new", {"old": {"name": "enc", "version": "v1"}, "old_dim": 8, "mode": "bt2"})
+    loaded = FaissIndex.load(tmp_path / "idx", encoder=good)
+    assert loaded.query_prefix == 8
+    queries = rng.standard_normal((5, 8)).astype(np.float32)
+    wide = np.concatenate([queries * 2.0, rng.standard_normal((5, 4)).astype(np.float32)], axis=1)
+    assert loaded.search(wide, 10) == loaded.search(queries, 10)
+    from retrec.index.encoder_check import check_index
+
+    with pytest.raises(BundleError, match="serving cannot search an index through that yet"):
+        check_index(load_bundle(tmp_path / "idx"), good)  # the serving hook: not until shards project queries
+    for bad in (new_encoder("plain", None), new_encoder("other", {"old": {"name": "enc", "version": "v0"},
+                                                                   "old_dim": 8})):
+        with pytest.raises(BundleError, match="records no compatibility"):
+            FaissIndex.load(tmp_path / "idx", encoder=bad)
+    with pytest.raises(ValueError, match="this index has dim 8"):
+        FaissIndex.load(tmp_path / "idx", encoder=own).search(wide, 10)
+
+
 def test_save_load_round_trip(tmp_path: Path) -> None:
     x, ids, queries = _tied_vectors()
     encoder = _encoder_manifest(tmp_path, 16)
