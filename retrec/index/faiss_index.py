@@ -1,16 +1,15 @@
 """Dense index: FAISS shards (any ``index_factory`` string), inner product, saved as an index version.
 
-Documents go to one of N shards by a stable hash of their id (blake2b, not Python's salted
-``hash()``); each shard holds a FAISS index and a Parquet table of its doc ids. A search asks every
-shard for its top-k — widened until ties at the cut-off are all in — and merges them in the order
-:func:`retrec.index.retriever.top_k` uses (score descending, then doc_id descending), so N exact shards
-give exactly what one exact index gives. FAISS's ``-1`` padding is never returned.
+Documents go to one of N shards by a stable hash of their id (blake2b, not Python's salted ``hash()``); each
+shard holds a FAISS index and a Parquet table of its doc ids. A search asks every shard for its top-k — widened
+until ties at the cut-off are all in — and merges them in the order :func:`retrec.index.retriever.top_k` uses
+(score descending, then doc_id descending), so N exact shards give exactly what one exact index gives.
 
-The bundle (kind ``index/dense``) names the encoder bundle it was built with (name, version,
-similarity, dim); loading against an encoder refuses a different dimension, similarity or version.
-Shards are memory-mapped when FAISS supports it, and moved to the GPUs when FAISS sees any.
-Factory strings are FAISS's own; note ``IVF…,PQ32x8`` also trains polysemous codes (≈ 60 s on 5k×384,
-one core) — ``IVF…,PQ32x8np`` skips that (≈ 3.5 s) and searches the same way.
+The bundle (kind ``index/dense``) names the encoder bundle it was built with (name, version, similarity, dim); loading
+against an encoder refuses another dimension, similarity or version, unless the encoder was trained compatible with it
+(its queries' first dimensions are then searched). Shards are memory-mapped when FAISS supports it, and moved to the
+GPUs when FAISS sees any. Factory strings are FAISS's own; note ``IVF…,PQ32x8`` also trains polysemous codes (≈ 60 s on
+5k×384, one core) — ``IVF…,PQ32x8np`` skips that (≈ 3.5 s) and searches the same way.
 
 Example::
 
@@ -147,8 +146,7 @@ class FaissIndex:
                 "encoder_name": enc.get("name"), "encoder_version": enc.get("version")}
 
     def check_encoder(self, encoder: Manifest | Mapping[str, Any]) -> None:
-        """Refuse an encoder this index's vectors did not come from (see :func:`check_encoder`); one trained
-        compatible with it is taken, and its queries are searched in their old-space part."""
+        """Refuse an encoder this index's vectors did not come from, except a compatible one (:func:`check_encoder`)."""
         self.query_prefix = check_encoder(self.encoder_check_ref(), encoder)
 
     @property
@@ -290,8 +288,8 @@ class FaissIndex:
     def search(self, queries: np.ndarray, k: int) -> list[Hits]:
         """Top-``k`` ``(doc_id, score)`` per query row, merged over shards deterministically."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
-        if queries.ndim == 2 and queries.shape[1] > self.dim and self.query_prefix == self.dim:
-            queries = np.ascontiguousarray(queries[:, :self.dim])  # a compatible encoder: its old space
+        if queries.ndim == 2 and queries.shape[1] > self.dim == self.query_prefix:  # a compatible encoder's
+            queries = np.ascontiguousarray(queries[:, :self.dim])  # old space: its first dimensions
         if queries.ndim != 2 or queries.shape[1] != self.dim:
             raise ValueError(f"query vectors of shape {queries.shape}; this index has dim {self.dim}")
         if k <= 0 or not len(queries):

@@ -1,17 +1,16 @@
 """The HTTP ingress (FastAPI via ``@serve.ingress``): request validation, routing, fusion, introspection.
 
-A search picks the active index version of each retriever when it starts (:mod:`retrec.serving.versions`),
-encodes the query once per distinct query encoder the chosen retrievers need (encoders are keyed by their
-bundle; :mod:`retrec.serving.placement`), sends each retriever its payload — the query text, or its
-encoder's output — through the batched scatter (:mod:`retrec.serving.scatter`) and fuses retrievers for
-``hybrid`` (:mod:`retrec.index.fusion`). A shard that fails or times out makes the response ``partial``.
-Recommendations go to the named recommender deployment. Names: the configured retriever / recommender
-names; a registered kind's eval name that this application does not deploy is a 400 ``not_deployed``,
-any other unknown name a 422.
+A search picks the active index version of each retriever when it starts (:mod:`retrec.serving.versions`), encodes
+the query once per distinct query encoder the chosen retrievers need (encoders are keyed by their bundle;
+:mod:`retrec.serving.placement`), sends each retriever its payload — the query text, or its encoder's output —
+through the batched scatter (:mod:`retrec.serving.scatter`) and fuses retrievers for ``hybrid``
+(:mod:`retrec.index.fusion`). A shard that fails or times out makes the response ``partial``. Recommendations go to
+the named recommender deployment. Names: the configured retriever / recommender names; a registered kind's eval name
+that this application does not deploy is a 400 ``not_deployed``, any other unknown name a 422.
 
-Dynamic batching, end to end: query payloads come from encoders with their own ``@serve.batch`` queues;
-the shard scatter is batched too, so the requests ready together go to each shard as one call.
-``encoder.max_batch_size`` bounds both; ``1`` makes every request its own encoder call and shard call.
+Dynamic batching, end to end: query payloads come from encoders with their own ``@serve.batch`` queues; the shard
+scatter is batched too, so the requests ready together go to each shard as one call. ``encoder.max_batch_size``
+bounds both; ``1`` makes every request its own encoder call and shard call.
 
 Example::
 
@@ -45,6 +44,7 @@ from retrec.serving.middleware import GuardMiddleware, guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder, retriever_spec
 from retrec.serving.prometheus import MetricsMiddleware
 from retrec.serving.readiness import ReadinessCache, any_of_each
+from retrec.serving.recommenders import model_info
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.rollout import ServeRollout
 from retrec.serving.scatter import Scatter, call_handle
@@ -350,11 +350,7 @@ class Ingress:
     async def models(self) -> dict[str, Any]:
         """Versions loaded: index version per retriever, the encoder bundles, recommender bundles."""
         for name, handle in self.recommenders.items():
-            if name not in self._model_info or "online" in self._model_info[name]:  # online: its seq moves
-                try:
-                    self._model_info[name] = await call_handle(handle.info.remote(), 5.0)
-                except Exception as exc:
-                    raise ApiError(503, "unavailable", f"recommender {name} failed: {type(exc).__name__}") from exc
+            self._model_info[name] = await model_info(name, handle, self._model_info.get(name))
         return {"retrievers": self.versions.describe(), "hybrid": HYBRID in self._targets,
                 "encoders": await self.encoder_info(), "recommenders": self._model_info,
                 "registered": {"retrievers": retriever_names(), "recommenders": recommender_names()},

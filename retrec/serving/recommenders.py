@@ -32,9 +32,11 @@ from retrec.process_env import configure_process
 from retrec.runtime.online_model import CURRENT, DeltaFollower
 from retrec.runtime.recommender import SkipReport
 from retrec.runtime.user_histories import UserHistories
+from retrec.serving.errors import ApiError
 from retrec.serving.prometheus import OnlineMetrics
 from retrec.serving.registry import kind_of, loader
 from retrec.serving.resources import replica_threads
+from retrec.serving.scatter import call_handle
 
 log = logging.getLogger("retrec.serving")
 
@@ -132,3 +134,16 @@ class Recommender:
     async def recommend(self, history: list[str], k: int, exclude_seen: bool = True,
                         user: str | None = None) -> dict[str, Any]:
         return await asyncio.to_thread(self._recommend, list(history), k, exclude_seen, user)
+
+
+async def model_info(name: str, handle: Any, held: dict[str, Any] | None) -> dict[str, Any]:
+    """A recommender's ``/v1/models`` entry: asked once — an online one each time (its seq moves); an online one
+    that does not answer keeps its last entry, marked ``unreachable`` (a 503 only when there is none)."""
+    if held is not None and "online" not in held:
+        return held
+    try:
+        return await call_handle(handle.info.remote(), 5.0)
+    except Exception as exc:
+        if held is None:
+            raise ApiError(503, "unavailable", f"recommender {name} failed: {type(exc).__name__}") from exc
+        return {**held, "online": {**held["online"], "unreachable": True}}

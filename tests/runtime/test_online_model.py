@@ -142,3 +142,38 @@ def test_the_online_recommender_deployment_follows_and_names_the_seq(tmp_path: P
         away._stop.set()
     with pytest.raises(Exception, match=r"current: no manifest\.json"):
         Recommender.func_or_class(str(tmp_path / "empty"), online=True)
+
+
+def test_models_asks_an_online_recommender_each_time_and_keeps_its_last_entry_when_it_is_away() -> None:
+    import asyncio
+
+    from retrec.serving.errors import ApiError
+    from retrec.serving.recommenders import model_info
+
+    class Handle:  # what a deployment handle's ``info.remote()`` gives: an awaitable
+        def __init__(self, answers: list) -> None:
+            self.answers, self.info = answers, self
+
+        def remote(self) -> object:
+            answer = self.answers.pop(0)
+
+            async def reply() -> dict:
+                if isinstance(answer, Exception):
+                    raise answer
+                return answer
+            return reply()
+
+    async def scenario() -> None:
+        online = Handle([{"name": "m", "online": {"seq": 1}}, {"name": "m", "online": {"seq": 2}}, RuntimeError()])
+        first = await model_info("m", online, None)
+        second = await model_info("m", online, first)
+        assert (first["online"]["seq"], second["online"]["seq"]) == (1, 2)  # asked again: the seq moved
+        away = await model_info("m", online, second)
+        assert away["online"] == {"seq": 2, "unreachable": True}
+        batch = Handle([{"name": "b"}])
+        held = await model_info("b", batch, None)
+        assert await model_info("b", batch, held) is held  # a batch model is asked once
+        with pytest.raises(ApiError):
+            await model_info("x", Handle([RuntimeError()]), None)
+
+    asyncio.run(scenario())
