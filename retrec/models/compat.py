@@ -8,8 +8,9 @@ in-batch cross-entropy as the main loss), so ``M(new query, old docs) > M(old qu
 - ``bt2`` (BT², Zhou et al., ICCV 2023): the pooled vector ``h`` (width ``d``) is extended by ``extra`` learned
   dimensions and turned by a learnable orthonormal basis ``B``: ``y = B [h; W h]``. The first ``d_old`` dimensions
   of ``y`` are the old-compatible part, the rest carry what the old space cannot; since ``B`` is orthonormal,
-  new/new similarities use all of ``y`` undistorted. ``B`` starts as the identity and ``W`` at zero, so a model
-  fine-tuned from the old encoder starts exactly compatible.
+  new/new similarities use all of ``y`` undistorted. ``B`` starts as the identity and ``W`` small, so a model
+  fine-tuned from the old encoder starts with its old space exactly the old encoder's. (``W`` at zero is a saddle:
+  extra dimensions that are 0 in every vector get no gradient, through ``W`` or ``B``, and stay 0.)
 
 The compatible part of a (normalised) vector is :func:`old_space` of it: its first ``d_old`` dimensions,
 normalised again. The exported ONNX graph carries ``B`` as a constant (:meth:`CompatHead.frozen`).
@@ -33,6 +34,7 @@ from retrec.models.dense_losses import in_batch_cross_entropy
 __all__ = ["COMPAT_MODES", "CompatHead", "influence_loss", "old_space"]
 
 COMPAT_MODES = ("bt2", "bct")
+GROW_INIT_STD = 0.1  # the extra dimensions start at ~10% of the old ones' scale: the old space itself is unchanged
 
 
 class CompatHead(nn.Module):
@@ -44,8 +46,8 @@ class CompatHead(nn.Module):
             raise ValueError(f"a compatibility head needs a width >= 1 and extra >= 0, got {dim}, {extra}")
         self.dim, self.extra = dim, extra
         self.grow = nn.Linear(dim, extra, bias=False) if extra else None
-        if self.grow is not None:
-            nn.init.zeros_(self.grow.weight)
+        if self.grow is not None:  # small, not zero: extra dimensions that are 0 everywhere get no gradient
+            nn.init.normal_(self.grow.weight, std=GROW_INIT_STD / dim ** 0.5)
         basis = nn.Linear(dim + extra, dim + extra, bias=False)
         with torch.no_grad():
             basis.weight.copy_(torch.eye(dim + extra))

@@ -16,7 +16,12 @@ def test_the_head_starts_as_the_old_encoder_and_its_basis_stays_orthonormal() ->
     head = CompatHead(6, extra=3)
     h = torch.randn(5, 6)
     y = head(h)
-    assert y.shape == (5, 9) and torch.allclose(y[:, :6], h, atol=1e-6) and torch.all(y[:, 6:] == 0)
+    assert y.shape == (5, 9) and torch.allclose(y[:, :6], h, atol=1e-6)  # the old space is the old encoder's
+    assert 0 < y[:, 6:].norm() < 0.5 * h.norm()  # the extra dimensions start small, not at zero (a saddle)
+    scores = F.normalize(head(h), dim=-1) @ F.normalize(head(h.flip(0)), dim=-1).T
+    scores.diagonal().sum().backward()  # a new/new loss reaches the extra dimensions
+    assert head.grow.weight.grad.abs().sum() > 0
+    head.zero_grad()
     optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
     for _ in range(20):  # pull the output anywhere: the basis moves, and stays a rotation
         optimizer.zero_grad()
