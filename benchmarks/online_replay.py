@@ -10,8 +10,11 @@
    catalogue, for each event whose user has a history. Arms: a follower that applies the deltas after every shard,
    every 5, every 20 (``--syncs``), and never (the batch model frozen) — the trainer is the same, only the
    staleness of what serves differs, as in Monolith's sync-interval experiment.
-4. **Reference**: SASRec retrained on everything (the 80% and the replay; by default for the same epochs as the
-   batch model, ``--reference-minutes``), scored on the same shards — an upper reference that has seen the answers.
+4. **References**: SASRec retrained on everything (the 80% and the replay; by default for the same epochs as the
+   batch model, ``--reference-minutes``), scored on the same shards — an upper reference that has seen the answers;
+   and, with ``--reference-at 5,10,15,20``, the fair one: SASRec retrained from scratch on everything *before*
+   shard s (the batch model's recipe and epochs), scored on shard s only — what a nightly full retrain would serve
+   at that moment. The summary compares it with each arm on the same shards (``... @ reference shards``).
 
 Example::
 
@@ -88,6 +91,19 @@ def score_shard(model: Any, histories: dict[str, list[str]], shard: list[tuple[s
             "events": len(cases)}
 
 
+def as_table(events: list[tuple[str, str, float]], schema: pa.Schema) -> pa.Table:
+    """Replayed events as interactions after the batch ones (their timestamps keep the replay's order)."""
+    return pa.table({"user_id": pa.array([u for u, _, _ in events], pa.string()),
+                     "item_id": pa.array([i for _, i, _ in events], pa.string()),
+                     "timestamp": pa.array([int(1e12 + t) for _, _, t in events], pa.int64())}).cast(schema)
+
+
+def weighted(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Event-weighted means of a list of per-shard scores."""
+    weights = [r["events"] for r in rows]
+    return {m: float(np.average([r[m] for r in rows], weights=weights)) for m in ("NDCG@10", "HR@10")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", type=Path, required=True, help="interactions (Beauty's beauty.txt, ML-100k's u.data)")
@@ -101,6 +117,10 @@ def main() -> None:
                         "interactions: the same epochs)")
     parser.add_argument("--max-events", type=int, default=None, help="replay at most this many events (quick runs)")
     parser.add_argument("--no-reference", action="store_true", help="skip the retrained-on-everything reference")
+    parser.add_argument("--reference-at", default="", help="shards (1-based, comma-separated) before which a "
+                        "reference is retrained on everything seen so far (the fair reference; see above)")
+    parser.add_argument("--reference-epochs", type=int, default=None, help="epochs of each retrained-before-shard "
+                        "reference (default: the batch model's epochs_run)")
     parser.add_argument("--batch-bundle", type=Path, default=None, help="reuse a batch model (from an earlier run's "
                         "OUT/sasrec with the same split) instead of training one")
     parser.add_argument("--reference-bundle", type=Path, default=None, help="reuse the reference (OUT/sasrec-all)")
@@ -112,6 +132,7 @@ def main() -> None:
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
 
+    from retrec.bundle import read_manifest
     from retrec.data.interactions import load_interactions, user_sequences
     from retrec.events import Event, open_log
     from retrec.pipelines.train.seq.config import SASRecTrainConfig
@@ -135,14 +156,14 @@ def main() -> None:
     reference = SequenceRecommender.load(args.reference_bundle) if args.reference_bundle else None
     minutes = None
     if not args.no_reference and reference is None:
-        everything = pa.concat_tables([batch, pa.table({
-            "user_id": pa.array([u for u, _, _ in events]), "item_id": pa.array([i for _, i, _ in events]),
-            "timestamp": pa.array([int(1e12 + t) for _, _, t in events], pa.int64())}).cast(batch.schema)])
+        everything = pa.concat_tables([batch, as_table(events, batch.schema)])
         (args.out / "all").mkdir()
         pq.write_table(everything, args.out / "all" / "interactions.parquet")
         minutes = args.reference_minutes or args.train_minutes * everything.num_rows / batch.num_rows
         reference = SequenceRecommender.load(train_sasrec(args.out / "all", args.out / "sasrec-all",
                                                           SASRecTrainConfig(max_minutes=minutes), progress=False))
+    retrain_at = {int(x) for x in args.reference_at.split(",") if x.strip()}
+    ref_epochs = args.reference_epochs or int(read_manifest(bundle).metrics["epochs_run"])
     seqs = user_sequences(batch)
     histories = {u: list(items) for u, items in zip(seqs.users, seqs.items)}
     event_log = open_log(args.out / "events", fsync=False)
@@ -156,6 +177,7 @@ def main() -> None:
     frozen = SequenceRecommender.load(bundle)
     size = math.ceil(len(events) / args.shards)
     per_shard: dict[str, list[dict[str, float]]] = {name: [] for name in [*arms, "never", "reference"]}
+    fair: dict[str, list[dict[str, float]]] = {name: [] for name in [*arms, "never", "retrained before shard"]}
     exact = {"checked": 0, "identical": 0}  # rows of a follower at the trainer's seq against the trainer's
     for s in range(args.shards):
         shard = events[s * size:(s + 1) * size]
@@ -166,6 +188,19 @@ def main() -> None:
         per_shard["never"].append(score_shard(frozen, histories, shard))
         if reference is not None:
             per_shard["reference"].append(score_shard(reference, histories, shard))
+        if s + 1 in retrain_at:
+            seen = as_table(events[: s * size], batch.schema)
+            folder = args.out / f"before-{s + 1}"
+            folder.mkdir()
+            pq.write_table(pa.concat_tables([batch, seen]), folder / "interactions.parquet")
+            log.info("reference before shard %d: %d interactions, %d epochs", s + 1, batch.num_rows + seen.num_rows,
+                     ref_epochs)
+            retrained = SequenceRecommender.load(train_sasrec(
+                folder, args.out / f"sasrec-before-{s + 1}",
+                SASRecTrainConfig(max_minutes=None, epochs=ref_epochs), progress=False))
+            fair["retrained before shard"].append({**score_shard(retrained, histories, shard), "shard": s + 1})
+            for name in [*arms, "never"]:
+                fair[name].append({**per_shard[name][-1], "shard": s + 1})
         trainer.run(max_events=trainer.events_read + len(shard))  # trains on the shard; a delta at its end
         for k, follower in zip(syncs, arms.values()):
             if (s + 1) % k == 0:
@@ -179,15 +214,16 @@ def main() -> None:
             histories.setdefault(u, []).append(i)
         log.info("shard %d/%d: %s", s + 1, args.shards, {n: round(v[-1]["NDCG@10"], 4) for n, v in per_shard.items()
                                                          if v})
-    summary = {name: {m: float(np.average([r[m] for r in rows], weights=[r["events"] for r in rows]))
-                      for m in ("NDCG@10", "HR@10")} for name, rows in per_shard.items() if rows}
+    summary = {name: weighted(rows) for name, rows in per_shard.items() if rows}
+    summary.update({f"{name} @ reference shards": weighted(rows) for name, rows in fair.items() if rows})
     record = {"benchmark": "online_replay", "date": _dt.date.today().isoformat(), "command": " ".join(sys.argv),
               "machine": f"{platform.node()}, {os.cpu_count()} CPUs", "data": str(args.data),
               "batch_interactions": batch.num_rows, "replayed_events": len(events), "shards": args.shards,
               "train_minutes": args.train_minutes, "reference_minutes": minutes,
               "online": asdict(trainer.cfg), "trainer": trainer.report(),
               "summary": summary, "rows_bit_identical": exact,
-              "per_shard": per_shard, "seconds": round(time.perf_counter() - started, 1)}
+              "per_shard": per_shard, "reference_shards": fair, "reference_epochs": ref_epochs,
+              "seconds": round(time.perf_counter() - started, 1)}
     print(json.dumps({"summary": summary, "rows_bit_identical": exact, "trainer": trainer.report()}, indent=1))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)

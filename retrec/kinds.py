@@ -21,8 +21,10 @@ are imported only when used (this module imports nothing of retrec, so every lay
   what ``retrec reindex`` calls after encoding or preparing the documents in parallel. An index that can give
   its documents' encodings back exactly has ``encoded_documents() -> (doc_ids, encoded) | None`` (incremental
   reindexing reuses them);
-- ``check``: index kinds only — ``check(index_manifest, encoder_manifest) -> None`` raising
-  :class:`retrec.bundle.BundleError` when the pair does not fit (before a swap, an eval or a load);
+- ``check``: index kinds only — ``check(index_manifest, encoder_manifest) -> int | None`` raising
+  :class:`retrec.bundle.BundleError` when the pair does not fit (before a swap, an eval or a load, and at the
+  first query on a version a serving replica did not check); an int is the width of the query vectors the index
+  searches (a compatible encoder's old space: its vectors' first dimensions), None their whole width;
 - ``serve``: the Ray Serve deployment of one shard / one recommender replica (default: the generic one);
 - ``default_model``: a callable giving the query-encoder bundle used when none is named (e.g. zero-shot MiniLM);
 - ``train`` and ``train_config``: model kinds that can be trained — ``train(data, out, cfg, *, resume, command)
@@ -70,6 +72,7 @@ ENTRY_POINT_GROUP = "retrec.kinds"
 BM25_INDEX = "index/bm25"
 DENSE_INDEX = "index/dense"
 DENSE_MODEL = "model/dense"
+COMPAT_MAP = "model/compat-map"
 RERANKER_MODEL = "model/reranker"
 MULTIVECTOR_MODEL = "model/multivector"
 SPARSE_MODEL = "model/sparse"
@@ -153,11 +156,14 @@ BUILTIN: tuple[Kind, ...] = (
          payload="dense", load="retrec.index.faiss_index:load_index", build="retrec.index.dense_retriever:build_index",
          assemble="retrec.index.dense_retriever:assemble_index",
          check="retrec.index.faiss_index:check_index", default_model="retrec.models.text_encoder:zero_shot_bundle",
-         encoder_kinds=(DENSE_MODEL,), eval_names=("dense",), options={"factory": "auto"}),
+         encoder_kinds=(DENSE_MODEL, COMPAT_MAP), eval_names=("dense",), options={"factory": "auto"}),
     Kind(DENSE_MODEL, "query_encoder", "ONNX bi-encoder (MiniLM; zero-shot or TAS-B trained)", payload="dense",
          load="retrec.runtime.onnx_encoder:OnnxEncoder",
          train="retrec.pipelines.train.text.dense:train_dense",
          train_config="retrec.pipelines.train.text.config:DenseTrainConfig"),
+    Kind(COMPAT_MAP, "query_encoder", "a new dense encoder and a linear map of its vectors into an old encoder's "
+         "space (retrec compat fit): searches the old encoder's index", payload="dense",
+         load="retrec.runtime.compat_map:CompatMapEncoder"),
     Kind(MUVERA_INDEX, "index", "multi-vector: MUVERA FDEs in FAISS shards (fast-scan PQ or any index_factory "
          "string), each shard's "
          "top candidates re-ranked by exact MaxSim over its float16 token store", payload="tokens",

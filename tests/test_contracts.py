@@ -25,6 +25,7 @@ from retrec.index.generic import IndexRetriever, build_index, load_query_encoder
 from tests import toy_kinds
 from tests.tiny_models import (
     HISTORIES,
+    tiny_compat_map,
     tiny_count_recommender,
     tiny_dense_encoder,
     tiny_fusion,
@@ -38,6 +39,7 @@ from tests.tiny_models import (
 
 MODELS: dict[str, Callable[[Path], Path]] = {  # a tiny bundle of every built-in kind that is not an index
     kinds.DENSE_MODEL: tiny_dense_encoder,
+    kinds.COMPAT_MAP: tiny_compat_map,
     kinds.MULTIVECTOR_MODEL: tiny_multivector_encoder,
     kinds.SPARSE_MODEL: tiny_sparse_encoder,
     kinds.RERANKER_MODEL: tiny_reranker,

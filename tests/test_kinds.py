@@ -24,7 +24,8 @@ def test_every_builtin_reference_resolves_and_is_callable() -> None:
 def test_builtin_contract_facts() -> None:
     assert kinds.by_eval_name("bm25").kind == kinds.BM25_INDEX
     dense = kinds.get(kinds.DENSE_INDEX)
-    assert dense.needs_encoder and dense.payload == "dense" and dense.encoder_kinds == (kinds.DENSE_MODEL,)
+    assert dense.needs_encoder and dense.payload == "dense"
+    assert dense.encoder_kinds == (kinds.DENSE_MODEL, kinds.COMPAT_MAP)
     assert kinds.get(kinds.DENSE_MODEL).payload == dense.payload  # the encoder produces what the index searches
     assert not kinds.get(kinds.BM25_INDEX).needs_encoder
     assert {k.kind for k in kinds.by_role("recommender")} >= {kinds.BERT4REC_MODEL}

@@ -16,8 +16,12 @@ from retrec.bundle import read_manifest, write_manifest
 DIM = 16
 
 
-def tiny_dense_encoder(out: Path, dim: int = DIM, seed: int = 0) -> Path:
-    """A ``model/dense`` bundle: masked mean of random token embeddings (ONNX), MiniLM's tokenizer."""
+def tiny_dense_encoder(out: Path, dim: int = DIM, seed: int = 0, *, compatible_with: Path | None = None,
+                       extra_dims: int = 0) -> Path:
+    """A ``model/dense`` bundle: masked mean of random token embeddings (ONNX), MiniLM's tokenizer.
+
+    ``compatible_with`` (a tiny encoder of the same ``dim`` and ``seed``): a BT²-style upgrade of it — the same
+    first ``dim`` columns plus ``extra_dims`` new ones, recording compatibility (version ``enc-v2``)."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
 
@@ -28,6 +32,14 @@ def tiny_dense_encoder(out: Path, dim: int = DIM, seed: int = 0) -> Path:
     tok.save(out / "tokenizer")
     vocab = tok._base.get_vocab_size()
     table = np.random.default_rng(seed).standard_normal((vocab, dim)).astype(np.float32)
+    config: dict = {}
+    if compatible_with is not None:
+        old = read_manifest(compatible_with)
+        table = np.hstack([table, np.random.default_rng(seed + 1).standard_normal((vocab, extra_dims))
+                           ]).astype(np.float32)
+        config = {"compat": {"mode": "bt2", "old": {"name": old.name, "version": old.version, "dim": dim},
+                             "old_dim": dim, "extra_dims": extra_dims}}
+        dim += extra_dims
     nodes = [
         helper.make_node("Gather", ["table", "input_ids"], ["emb"]),
         helper.make_node("Cast", ["attention_mask"], ["maskf"], to=TensorProto.FLOAT),
@@ -49,9 +61,10 @@ def tiny_dense_encoder(out: Path, dim: int = DIM, seed: int = 0) -> Path:
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
     onnx.save(model, str(out / "model.onnx"))
-    write_manifest(out, kind="model/dense", name="tiny-dense", version="enc-v1", dims={"dim": dim},
+    write_manifest(out, kind="model/dense", name="tiny-dense-new" if config else "tiny-dense",
+                   version="enc-v2" if config else "enc-v1", dims={"dim": dim},
                    config={"variants": {"fp32": "model.onnx"}, "similarity": "cosine", "max_query_length": 32,
-                           "max_doc_length": 64, "tokenizer": "tokenizer", "output": "embeddings"})
+                           "max_doc_length": 64, "tokenizer": "tokenizer", "output": "embeddings", **config})
     return out
 
 
@@ -220,4 +233,26 @@ def tiny_fusion(out: Path) -> Path:
     write_manifest(out, kind="model/rec-fusion", name="tiny-fusion",
                    config={"components": [{"name": "markov", "weight": 0.5, "normalise": "sum"},
                                           {"name": "cooc", "weight": 0.5, "normalise": "sum"}]})
+    return out
+
+
+def tiny_compat_map(out: Path, seed: int = 0) -> Path:
+    """A ``model/compat-map`` bundle: a tiny dense encoder (written beside it, ``OUT-new``) and a random orthogonal
+    map of its vectors into the space of another tiny encoder (``OUT-old``, its identity recorded)."""
+    from safetensors.numpy import save_file
+
+    from retrec.bundle import load_bundle
+    from retrec.runtime.compat_map import MAP_FILE, files_digest
+
+    new = load_bundle(tiny_dense_encoder(out.with_name(f"{out.name}-new"), seed=seed + 3))
+    old = read_manifest(tiny_dense_encoder(out.with_name(f"{out.name}-old"), seed=seed))
+    weight, _ = np.linalg.qr(np.random.default_rng(seed).standard_normal((DIM, DIM)))
+    out.mkdir(parents=True)
+    save_file({"weight": weight.astype(np.float32), "bias": np.zeros(DIM, np.float32)}, str(out / MAP_FILE))
+    write_manifest(out, kind="model/compat-map", name="tiny-map", version="map-v1", dims={"dim": DIM},
+                   config={"similarity": "cosine", "method": "procrustes",
+                           "new": {"name": new.name, "version": new.version, "files_sha256": files_digest(new),
+                                   "path": str(Path(new.path).resolve()), "dim": DIM},
+                           "compat": {"mode": "map", "old": {"name": old.name, "version": "enc-v0", "dim": DIM},
+                                      "old_dim": DIM}})
     return out

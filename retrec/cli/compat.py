@@ -42,3 +42,32 @@ def compat_report_command(
     if json_out is not None:
         json_out.write_text(json.dumps({"old": str(old), "new": str(new), "data": str(data), "split": split,
                                         "cells": cells}, indent=1) + "\n")
+
+
+@compat_app.command("fit")
+def compat_fit_command(
+    old: Annotated[Path, typer.Option(help="the old model/dense bundle (its vectors are in the index)")],
+    new: Annotated[Path, typer.Option(help="the new model/dense bundle (trained without compatibility)")],
+    data: Annotated[Path, typer.Option(help="a corpus (BEIR folder, corpus.jsonl or .parquet): the documents "
+                                       "both encoders encode for the fit")],
+    out: Annotated[Path, typer.Option(help="where to write the model/compat-map bundle (new or empty)")],
+    method: Annotated[str, typer.Option(help="procrustes (orthogonal) | affine (least squares, optional rank)")
+                      ] = "procrustes",
+    rank: Annotated[int | None, typer.Option(min=1, help="affine: keep this many directions (low-rank)")] = None,
+    name: Annotated[str | None, typer.Option(help="bundle name (default: NEW-to-OLD)")] = None,
+) -> None:
+    """Fit a map from NEW's vectors into OLD's space on a corpus's documents: a small bundle that serves as a
+    query encoder for OLD's indexes (NEW's queries, mapped) — the query-side adapter (retrec/runtime/compat_map.py).
+    """
+    from retrec.bundle import BundleError, read_manifest
+    from retrec.data.errors import DataError
+    from retrec.pipelines.train.text.compat_map import METHODS, fit_compat_map
+
+    if method not in METHODS:
+        raise _fail(f"--method {method!r}: one of {', '.join(METHODS)}")
+    try:
+        path = fit_compat_map(old, new, data, out, method=method, rank=rank, name=name,  # type: ignore[arg-type]
+                              progress=True)
+    except (BundleError, DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
+        raise _fail(str(exc)) from exc
+    typer.echo(f"wrote {path}: {read_manifest(path).metrics}")

@@ -109,6 +109,7 @@ def eval_cmd(
     strict: Annotated[bool, typer.Option(help="unknown ids in qrels are errors, not skips")] = False,
 ) -> None:
     """Evaluate retrievers, index versions, hybrids and/or TREC run files: nDCG@10, RR@10, R@100, R@1000, AP.
+    With only --data (and --model): the default, BM25 fused by RRF with dense (or with the kind --model encodes).
 
     A judged query with no hits in a run scores 0 (trec_eval -c) and queries without judgements are ignored,
     each with a warning; a run sharing no query with the qrels is refused.
@@ -120,11 +121,16 @@ def eval_cmd(
     from retrec.pipelines.eval.compare import comparison_table
     from retrec.pipelines.eval.hybrid import FusionSpec, evaluate_hybrid, fuse_runs
     from retrec.pipelines.eval.retrieval import QueryMismatchError, evaluate_hits, evaluate_retriever
-    from retrec.pipelines.eval.retrievers import HYBRID, build_retriever, open_retriever
+    from retrec.pipelines.eval.retrievers import HYBRID, build_retriever, default_components, open_retriever
     from retrec.pipelines.eval.retrievers import component as make_component
 
     if retriever is None and not index and not run:
-        raise _fail("give --retriever NAME, --index DIR and/or --run FILE")
+        if data is None:
+            raise _fail("give --data (the default: BM25 and dense fused), or --index DIR and/or --run FILE")
+        try:  # the product default: every first stage available, fused by untuned RRF
+            retriever, component = HYBRID, default_components(model)
+        except (ValueError, OSError, BundleError) as exc:
+            raise _fail(str(exc)) from exc
     if (retriever is not None or index) and data is None:
         raise _fail("--retriever and --index need --data (the collection's documents and queries)")
     if data is None and qrels is None:

@@ -52,6 +52,10 @@ def reindex_cmd(
         help="the server's admin.models_root as seen from here (default: OUT's parent)")] = None,
     param: Annotated[list[str] | None, typer.Option(help=PARAM_HELP)] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default: CORPUS-KIND)")] = None,
+    rolling: Annotated[bool, typer.Option("--rolling", help=(
+        "dense: move the current version to --model, an encoder compatible with its encoder (trained "
+        "--compatible-with it, or a `retrec compat fit` map), one shard at a time: each step is published, made "
+        "current and (--swap) swapped in while the other shards still hold the old vectors; resumable"))] = False,
     as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON line")] = False,
 ) -> None:
     """Build a new version of an index under OUT from a corpus: only changed documents are encoded (their
@@ -65,27 +69,40 @@ def reindex_cmd(
     from retrec.pipelines.reindex.checks import swap_server
     from retrec.pipelines.reindex.job import GateError, ReindexConfig, reindex
 
-    for logger in ("retrec.pipelines.reindex.job", "retrec.pipelines.reindex.parts"):
+    for logger in ("retrec.pipelines.reindex.job", "retrec.pipelines.reindex.parts",
+                   "retrec.pipelines.reindex.rolling"):
         logging.getLogger(logger).setLevel(logging.INFO)  # what was reused, resumed and where the work ran
     cfg = ReindexConfig(kind=kind, data=data, out=out.absolute(), model=model, shards=shards, factory=factory,
                         base=base, full=full, actors=actors, threads=threads, variant=variant,
                         gpus_per_actor=gpus_per_actor,
                         part_size=part_size,
                         ray_address=ray_address, local=local, eval_data=eval_data, max_drop=max_drop, name=name,
-                        params=parse_params(param),
+                        params=parse_params(param), rolling=rolling,
                         progress=not as_json)
+    retriever = swap_retriever or display_name(index_kind(kind))
+    swaps: list[dict] = []
+
+    def swap_each(version: Path) -> None:  # --rolling --swap: every step goes live before the next one
+        swaps.append(swap_server(swap, retriever, version, swap_root or cfg.out.parent))  # type: ignore[arg-type]
+        typer.echo(f"swapped {retriever} to {version.name}", err=as_json)
+
     try:
-        result = reindex(cfg)
+        result = reindex(cfg, on_version=swap_each if rolling and swap is not None else None)
     except (GateError, DataError, BundleError, ValueError, FileExistsError, FileNotFoundError, RuntimeError) as exc:
         raise _fail(str(exc)) from exc
     if not as_json:
+        for step in result.report.get("rolling", {}).get("steps", []):
+            console.print(f"  {step['step']:<12} {step['version']} ({step['space']} space) "
+                          + (f"nDCG@10 {step['nDCG@10']:.4f} " if "nDCG@10" in step else "")
+                          + f"{step['seconds']:.1f} s", markup=False, highlight=False)
         for stage, row in result.report.items():
-            if isinstance(row, dict):
+            if isinstance(row, dict) and stage != "rolling":
                 console.print(f"  {stage:<9} " + ", ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}"
                                                               for k, v in row.items()), markup=False, highlight=False)
         typer.echo(f"wrote {result.version}; {cfg.out.name}/current -> {result.version.name}")
-    if swap is not None:
-        retriever = swap_retriever or display_name(index_kind(kind))
+    if swaps:
+        result.report["swaps"] = swaps
+    elif swap is not None:
         try:
             result.report["swap"] = swap_server(swap, retriever, result.version, swap_root or cfg.out.parent)
         except (ValueError, RuntimeError) as exc:

@@ -7,6 +7,7 @@ Example::
 
     ref = encoder_ref(load_bundle("artifacts/scifact-dense"))   # {"name", "version", "dim", "similarity", "path"}
     check_encoder(index_check_ref(index_manifest), ref)         # BundleError naming the mismatch, else None
+    check_index(index_manifest, encoder_manifest)   # the same, and the old-space width of a compatible encoder
 """
 
 from __future__ import annotations
@@ -54,19 +55,48 @@ def check_encoder(index_ref: Mapping[str, Any], encoder: Manifest | Mapping[str,
     return None
 
 
+def shard_stamp(encoder: Manifest | Mapping[str, Any]) -> dict[str, Any]:
+    """What a version records of the encoder that encoded one of its shards (``config.shard_encoders``)."""
+    return {k: v for k, v in encoder_ref(encoder).items() if k != "path"}
+
+
+def check_shard_stamps(manifest: Manifest) -> None:
+    """A version whose shards came from different encoders (a rolling re-encode, ``retrec reindex --rolling``)
+    lists each shard's encoder in ``config.shard_encoders``; every one must be the version's encoder (whose space
+    all its vectors share) or an encoder that records compatibility with it (its vectors in that space). Anything
+    else would rank incomparable scores side by side: BundleError."""
+    stamps = manifest.config.get("shard_encoders")
+    if stamps is None:
+        return
+    where = str(manifest.path or manifest.name)
+    if not isinstance(stamps, list) or len(stamps) != manifest.config.get("shards"):
+        raise BundleError(f"{where}: config.shard_encoders must list one encoder per shard")
+    enc = manifest.config.get("encoder") or {}
+    own = (enc.get("name"), enc.get("version"))
+    for shard, stamp in enumerate(stamps):
+        compat = (stamp or {}).get("compat") or {}
+        if (stamp or {}).get("name") is None:
+            raise BundleError(f"{where}: shard {shard} records no encoder")
+        if (stamp["name"], stamp.get("version")) == own:
+            continue
+        if (compat.get("name"), compat.get("version")) != own or compat.get("old_dim") != manifest.dims.get("dim"):
+            raise BundleError(f"{where}: shard {shard} was encoded by {stamp['name']!r} version "
+                              f"{stamp.get('version')!r}, which records no compatibility with the version's encoder "
+                              f"{own[0]!r} version {own[1]!r}: its scores are not comparable with the other shards'")
+
+
 def index_check_ref(manifest: Manifest) -> dict[str, Any]:
-    """What :func:`check_encoder` compares, read from an ``index/dense`` manifest."""
+    """What :func:`check_encoder` compares, read from an ``index/dense`` manifest (its shard stamps checked)."""
+    check_shard_stamps(manifest)
     enc = manifest.config.get("encoder") or {}
     return {"dim": manifest.dims["dim"], "similarity": manifest.config["similarity"],
             "encoder_name": enc.get("name"), "encoder_version": enc.get("version")}
 
 
-def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any]) -> None:
-    """Registry hook (serving, ``retrec serve``'s pairing): refuse a query encoder that this index version's
-    vectors did not come from — a compatible one too, for now: serving does not yet search shards in an encoder's
-    old space (in process, :meth:`FaissIndex.load` does)."""
-    where = str(index.path or index.name)
-    if check_encoder(index_check_ref(index), encoder, where=where) is not None:
-        raise BundleError(f"{where}: encoder {encoder_ref(encoder)['name']!r} is compatible with this index's "
-                          "encoder, but serving cannot search an index through that yet; serve the index's own "
-                          "encoder, or re-encode the index")
+def check_index(index: Manifest, encoder: Manifest | Mapping[str, Any] | None) -> int | None:
+    """Registry hook (``retrec serve``'s pairing, a swap, a query on a version not checked here yet): refuse a
+    query encoder that this index version's vectors did not come from and that records no compatibility with
+    their encoder (and a version whose shard stamps disagree). Returns the width of the query vectors the index
+    searches when the encoder is a compatible one (its old space: their first dimensions), else None."""
+    ref = index_check_ref(index)
+    return None if encoder is None else check_encoder(ref, encoder, where=str(index.path or index.name))

@@ -207,15 +207,17 @@ def read_documents(manifest: Manifest) -> tuple[dict[str, bytes], dict[str, Any]
 
 
 def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequence[str], Sequence[str]] | None = None,
-                  encoder: Any | None = None, metrics: dict[str, Any] | None = None) -> Path:
+                  encoder: Any | None = None, metrics: dict[str, Any] | None = None,
+                  config: dict[str, Any] | None = None) -> Path:
     """Save ``index`` (its kind's ``save``, which writes a whole bundle) and publish it at ``out`` atomically.
 
     The kind saves into a temporary sibling (:func:`retrec.bundle.publish`); with ``texts = (doc_ids, texts)``
     the version also records ``documents.parquet`` (each document's content hash and, given the ``encoder`` that
     encoded the documents, its :func:`encoding_identity`: what ``retrec reindex`` compares to re-encode only what
     changed) and is re-manifested with the kind's own fields (after verifying the kind's own manifest), ``metrics``
-    added; then the bundle is verified, fsynced and renamed into place. A failed or killed save publishes
-    nothing. ``out`` must not exist or be an empty folder: an index version is written once.
+    added and ``config`` merged into the kind's; then the bundle is verified, fsynced and renamed into place. A
+    failed or killed save publishes nothing. ``out`` must not exist or be an empty folder: an index version is
+    written once.
     """
     out = Path(out).absolute()
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
@@ -223,13 +225,14 @@ def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequen
                               "choose a new --out")
     with publish(out, replace=False) as pub:
         index.save(pub.path, name=name)
-        if texts is None and metrics is None:
+        if texts is None and metrics is None and config is None:
             pub.adopt()
         else:
             saved = load_bundle(pub.path)  # the kind's save, every checksum, before it is re-manifested
             if texts is not None:
                 identity = encoding_identity(encoder) if encoder is not None else None
                 pq.write_table(documents_table(*texts, encoding=identity), pub.path / DOCUMENTS)
-            pub.set_manifest(kind=saved.kind, name=saved.name, version=saved.version, config=saved.config,
+            pub.set_manifest(kind=saved.kind, name=saved.name, version=saved.version,
+                             config={**saved.config, **(config or {})},
                              dims=saved.dims, metrics={**saved.metrics, **(metrics or {})}, command=saved.command)
     return out

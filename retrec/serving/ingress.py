@@ -172,6 +172,9 @@ class Ingress:
         """One retriever on its active version → (hits, version, failed shards)."""
         spec, ref = self.retrievers[name], self.versions.active[name]
         payload = query if spec.encoder is None else await payloads[spec.encoder]
+        width = None if spec.encoder is None else self.versions.query_width(name, ref)
+        if width is not None:  # a compatible encoder on an index of the encoder it replaces: its old space
+            payload = payload[..., :width]
         hits, failed = await self.scatter.retrieve(name, payload, k, ref)
         return hits, ref["version"], failed
 
@@ -191,7 +194,7 @@ class Ingress:
 
     async def _search(self, req: SearchRequest) -> SearchResponse:
         started = time.perf_counter()
-        name = req.retriever or next(iter(self._targets), "")
+        name = req.retriever or (HYBRID if HYBRID in self._targets else next(iter(self._targets), ""))
         names = self._targets_of(name)
         hybrid = name == HYBRID
         if req.fusion.weights and not self.retrievers.keys() >= req.fusion.weights.keys():

@@ -7,7 +7,8 @@ OpenAPI 3.1 document (JSON Schema) says: ``k: 5.0`` is the integer 5 and ``rrf_k
 
 Retriever and model names are the application's: the descriptions list the registered kinds' eval names
 (:mod:`retrec.kinds`), and each ingress replica
-publishes its deployed names as enums (and the default, the first configured) in its OpenAPI schema
+publishes its deployed names as enums (and the default: hybrid when two or more retrievers are deployed, else
+the one; the first recommender configured) in its OpenAPI schema
 (:func:`openapi_schema`), fusion weight keys included.
 
 Example::
@@ -69,8 +70,8 @@ class SearchRequest(_Strict):
     query: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)]
     k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
     retriever: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
-        default=None, description="a deployed retriever, or hybrid (all of them fused); default: the first "
-        f"configured. Registered retriever kinds: {describe('index')}")
+        default=None, description="a deployed retriever, or hybrid (all of them fused); default: hybrid "
+        f"when two or more are deployed, else the one. Registered retriever kinds: {describe('index')}")
     fusion: FusionOptions = Field(default_factory=FusionOptions)
     rerank: bool = Field(False, description="re-order the first stage's top hits (the configured depth) with the "
                          "deployed cross-encoder (`rerank:` in the serve config); only false when none is deployed")
@@ -177,18 +178,18 @@ class PublishedNames:
 PUBLISHED = PublishedNames()
 
 
-def _enum(schema: dict[str, Any], model: str, prop: str, names: list[str], default: bool) -> None:
-    """``model.prop`` becomes a string enum of ``names`` (still nullable when optional; documented default: the
-    first name, which is what the server uses for null or a missing field)."""
+def _enum(schema: dict[str, Any], model: str, prop: str, names: list[str], default: str | None) -> None:
+    """``model.prop`` becomes a string enum of ``names`` (nullable, with its documented ``default`` — what the
+    server uses for null or a missing field — when it has one)."""
     props = schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {})
     if prop not in props or not names:
         return
     old = props[prop]
     enum = {"type": "string", "enum": list(names)}
-    props[prop] = {"anyOf": [enum, {"type": "null"}]} if default else dict(enum)
+    props[prop] = {"anyOf": [enum, {"type": "null"}]} if default is not None else dict(enum)
     props[prop]["title"] = old.get("title", prop.title())
-    if default:
-        props[prop]["default"] = names[0]
+    if default is not None:
+        props[prop]["default"] = default
     if "description" in old:
         props[prop]["description"] = old["description"]
 
@@ -205,9 +206,11 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     """FastAPI's schema of ``app`` with this replica's retriever and model names as enums (install it as
     ``app.openapi = functools.partial(openapi_schema, app)``)."""
     schema = FastAPI.openapi(app)  # generated once, cached by FastAPI
-    _enum(schema, "SearchRequest", "retriever", PUBLISHED.retrievers, default=True)
-    _enum(schema, "RecommendRequest", "model", PUBLISHED.recommenders, default=True)
-    _enum(schema, "SwapRequest", "retriever", PUBLISHED.swappable, default=False)
+    retrievers, recommenders = PUBLISHED.retrievers, PUBLISHED.recommenders
+    _enum(schema, "SearchRequest", "retriever", retrievers,
+          default=HYBRID if HYBRID in retrievers else next(iter(retrievers), None))
+    _enum(schema, "RecommendRequest", "model", recommenders, default=next(iter(recommenders), None))
+    _enum(schema, "SwapRequest", "retriever", PUBLISHED.swappable, default=None)
     _enum_keys(schema, "FusionOptions", "weights", PUBLISHED.swappable)
     rerank = schema.get("components", {}).get("schemas", {}).get("SearchRequest", {}).get("properties", {})
     if "rerank" in rerank and not PUBLISHED.rerank:

@@ -45,7 +45,7 @@ from retrec.serving.admin import failure
 from retrec.serving.errors import ApiError
 from retrec.serving.registry import check_hook
 from retrec.serving.scatter import IndexRef, RetrieverSpec
-from retrec.serving.shards import index_ref, shard_deployment
+from retrec.serving.shards import index_ref, manifest_digest, shard_deployment
 
 log = logging.getLogger("retrec.serving")
 INGRESS = "Ingress"  # the ingress deployment's name (build_app)
@@ -82,6 +82,10 @@ class IndexVersions:
         # shards): the replica fails Serve's health check until it has it, and Serve replaces it
         self.stale: dict[str, IndexRef] = {}
         self._checks = {name: check_hook(spec.kind) for name, spec in retrievers.items()}
+        # digest -> the width of the query vectors that version searches (a compatible encoder's old space) or
+        # None (the encoder's own): what its check hook said, at a swap here or at the first query on it
+        self._widths: dict[str, int | None] = {}
+        self._refused: dict[str, ApiError] = {}  # digest -> why a version never checked here was refused
         self._lock = asyncio.Lock()
         for name, ref in self.active.items():
             serving_metrics.METRICS.set_version(name, ref["version"])
@@ -103,10 +107,39 @@ class IndexVersions:
         check = self._checks[name]
         if check is not None:
             try:
-                check(manifest, self.encoders.get(spec.encoder) if spec.encoder else None)
+                width = check(manifest, self.encoders.get(spec.encoder) if spec.encoder else None)
             except BundleError as exc:
                 raise ApiError(400, "bad_bundle", _refusal(exc, path, label)) from exc
+            self._widths[ref["digest"]] = width if isinstance(width, int) else None
         return ref
+
+    def query_width(self, name: str, ref: IndexRef) -> int | None:
+        """The width of the query vectors ``ref`` searches: the retriever encoder's old space when that encoder
+        is compatible with the version's (their first dimensions), else None (as they are). A version this
+        replica never checked (the one it started with, one another replica swapped to) is checked at its first
+        query; one whose vectors the encoder cannot search is refused (503), never searched."""
+        if ref["digest"] in self._widths:
+            return self._widths[ref["digest"]]
+        if ref["digest"] in self._refused:
+            raise self._refused[ref["digest"]]
+        spec, check = self.retrievers[name], self._checks[name]
+        width = None
+        if check is not None and spec.encoder:
+            try:
+                manifest = read_manifest(ref["path"])
+                if manifest_digest(ref["path"]) != ref["digest"]:
+                    raise BundleError("its manifest changed after it was loaded")
+                found = check(manifest, self.encoders.get(spec.encoder))
+                width = found if isinstance(found, int) else None
+            except BundleError as exc:
+                log.error("retriever %s: index version %s refused for its query encoder: %s", name,
+                          ref["version"], exc)
+                refusal = ApiError(503, "incompatible_index", f"retriever {name}: index version "
+                                   f"{ref['version']!r} cannot be searched with its query encoder (server log)")
+                self._refused[ref["digest"]] = refusal
+                raise refusal from exc
+        self._widths[ref["digest"]] = width
+        return width
 
     async def _prepare(self, name: str, ref: IndexRef) -> None:
         """One replica of every shard (in-ingress shards: this replica's) loads ``ref`` with all its kind's

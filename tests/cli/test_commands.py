@@ -33,6 +33,20 @@ def test_eval_json_contract_and_run_file(tiny_data: Path, tmp_path: Path) -> Non
     assert again["nDCG@10"] == out["nDCG@10"] and again["AP"] == out["AP"]
 
 
+def test_eval_with_only_data_runs_the_default_hybrid(tiny_data: Path, tmp_path: Path) -> None:
+    """No retriever named: BM25 and zero-shot dense fused by untuned RRF, the product default (the explicit
+    hybrid, to the digit); a --model that no index kind encodes with is refused, as is no --data at all."""
+    default = _json(["eval", "--data", str(tiny_data), "--json"])
+    assert default["retriever"] == "hybrid" and default["components"] == ["bm25", "dense"]
+    assert default["fusion"]["method"] == "rrf" and default["fusion"]["weights"] is None
+    explicit = _json(["eval", "--data", str(tiny_data), "--retriever", "hybrid", "--component", "bm25",
+                      "--component", "dense", "--json"])
+    assert explicit["nDCG@10"] == default["nDCG@10"]
+    refused = runner.invoke(app, ["eval", "--data", str(tiny_data), "--model", str(tiny_data)])
+    assert refused.exit_code == 2 and "not a retrec bundle" in _flat(refused.output)
+    assert runner.invoke(app, ["eval"]).exit_code == 2
+
+
 def test_compare_reports_paired_test_and_win_tie_loss(tiny_data: Path, tmp_path: Path) -> None:
     run = tmp_path / "bm25.run"
     _json(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--json", "--run-out", str(run)])

@@ -101,14 +101,45 @@ def test_a_compatible_encoder_searches_the_old_index_in_its_old_space_and_others
     assert loaded.search(wide, 10) == loaded.search(queries, 10)
     from retrec.index.encoder_check import check_index
 
-    with pytest.raises(BundleError, match="serving cannot search an index through that yet"):
-        check_index(load_bundle(tmp_path / "idx"), good)  # the serving hook: not until shards project queries
+    assert check_index(load_bundle(tmp_path / "idx"), good) == 8  # the serving hook: queries cut to 8
+    assert check_index(load_bundle(tmp_path / "idx"), own) is None
     for bad in (new_encoder("plain", None), new_encoder("other", {"old": {"name": "enc", "version": "v0"},
                                                                    "old_dim": 8})):
         with pytest.raises(BundleError, match="records no compatibility"):
             FaissIndex.load(tmp_path / "idx", encoder=bad)
     with pytest.raises(ValueError, match="this index has dim 8"):
         FaissIndex.load(tmp_path / "idx", encoder=own).search(wide, 10)
+
+
+def test_shards_stamped_with_different_encoders_load_only_when_compatible(tmp_path: Path) -> None:
+    """A rolling re-encode's version lists each shard's encoder: its own or a compatible one loads (in process
+    and through the serving hook); a shard stamped by an encoder with no compatibility record is refused."""
+    from retrec.index.encoder_check import check_index, shard_stamp
+
+    rng = np.random.default_rng(1)
+    own = _encoder_manifest(tmp_path, 8, "cosine")
+    FaissIndex.build(rng.standard_normal((30, 8)).astype(np.float32), [f"d{i}" for i in range(30)],
+                     similarity="cosine", encoder=own, shards=2).save(tmp_path / "idx")
+    compatible = {"name": "new", "version": "v2", "dim": 12, "similarity": "cosine", "path": None,
+                  "compat": {"name": "enc", "version": "v1", "old_dim": 8}}
+    plain = {**compatible, "name": "plain", "compat": None}
+
+    def stamped(stamps: list) -> Path:
+        manifest = load_bundle(tmp_path / "idx")
+        write_manifest(tmp_path / "idx", kind=manifest.kind, name=manifest.name, version=manifest.version,
+                       config={**manifest.config, "shard_encoders": stamps}, dims=manifest.dims)
+        return tmp_path / "idx"
+
+    assert "path" not in shard_stamp(compatible) and shard_stamp(own)["name"] == "enc"
+    loaded = FaissIndex.load(stamped([shard_stamp(own), shard_stamp(compatible)]), encoder=own)
+    assert len(loaded) == 30 and check_index(load_bundle(tmp_path / "idx"), own) is None
+    for bad, match in (([shard_stamp(own), shard_stamp(plain)], "shard 1 was encoded by 'plain'"),
+                       ([shard_stamp(own)], "one encoder per shard")):
+        stamped(bad)
+        with pytest.raises(BundleError, match=match):
+            FaissIndex.load(tmp_path / "idx")
+        with pytest.raises(BundleError, match=match):
+            check_index(load_bundle(tmp_path / "idx"), own)
 
 
 def test_save_load_round_trip(tmp_path: Path) -> None:

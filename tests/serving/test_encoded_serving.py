@@ -1,6 +1,8 @@
 """Encoded retriever kinds through Ray Serve: ``muvera`` (the query's token matrix travels to two shard deployments,
-each returns its FDE candidates re-ranked by exact MaxSim) and ``sparse`` (the query's term weights travel to two
-shard deployments of the inverted index). The merged answer equals the offline index, and hybrid fuses it with BM25."""
+each returns its FDE candidates re-ranked by exact MaxSim), ``sparse`` (the query's term weights travel to two
+shard deployments of the inverted index) and ``dense`` served by an encoder upgrade (an index of the old encoder's
+vectors, queries from a new encoder that records compatibility with it: searched by their old-space part). The
+merged answer equals the offline index, and hybrid fuses it with BM25."""
 
 from __future__ import annotations
 
@@ -16,13 +18,14 @@ from retrec.data.beir import load_retrieval_data
 from retrec.index.bm25_index import BM25Index
 from retrec.index.fusion import rrf
 from retrec.index.generic import build_index, index_kind, load_query_encoder, open_index, publish_index
-from tests.tiny_models import tiny_multivector_encoder, tiny_sparse_encoder
+from tests.tiny_models import tiny_dense_encoder, tiny_multivector_encoder, tiny_sparse_encoder
 
 API_KEY = "test-key-encoded-kinds-0123456789"
 # retriever name -> (tiny encoder bundle builder, the index kind's build parameters)
 KINDS: dict[str, tuple[Callable[[Path], Path], dict[str, Any]]] = {
     "muvera": (tiny_multivector_encoder, {"candidates": 30, "repetitions": 4, "simhash_bits": 3}),
     "sparse": (tiny_sparse_encoder, {}),
+    "dense": (tiny_dense_encoder, {"factory": "Flat"}),  # the index's encoder; served with its compatible upgrade
 }
 
 
@@ -37,6 +40,8 @@ def bundles(request: pytest.FixtureRequest, tiny_data: Path, tmp_path_factory: p
     kind = index_kind(name)
     encoder = load_query_encoder(kind, model, threads=1)
     index = build_index(kind, ids, texts, encoder=encoder, shards=2, **params)
+    if name == "dense":  # serve the index with a new encoder, 4 dimensions wider, compatible with its own
+        model = tiny_dense_encoder(root / "new", compatible_with=model, extra_dims=4)
     (root / "keys.txt").write_text(f"{API_KEY}\n")
     return {"name": name, "data": tiny_data, "model": model, "keys": root / "keys.txt",
             "index": publish_index(index, root / f"{name}-v1", name, texts=(ids, texts), encoder=encoder),
@@ -68,7 +73,7 @@ def url(bundles: dict[str, Any]) -> Iterator[str]:
 
 def test_encoded_kind_over_http_equals_offline_and_joins_hybrid(url: str, bundles: dict[str, Any]) -> None:
     name = bundles["name"]
-    offline = open_index(bundles["index"])
+    offline = open_index(bundles["index"], model=bundles["model"])
     bm25 = BM25Index.load(bundles["bm25"])
     queries = load_retrieval_data(bundles["data"], split="test").queries.column("text").to_pylist()[:6]
     with httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=10.0) as client:

@@ -221,6 +221,8 @@ def test_hybrid_fuses_both(client: httpx.Client, bundles: dict[str, Path]) -> No
     r = client.post("/v1/search", json={"query": q, "k": 10, "retriever": "hybrid"}).json()
     assert [(h["doc_id"], h["score"]) for h in r["hits"]] == rrf(runs, 10)
     assert set(r["index_versions"]) == {"bm25", "dense"}
+    default = client.post("/v1/search", json={"query": q, "k": 10}).json()  # no retriever: the default
+    assert default["retriever"] == "hybrid" and default["hits"] == r["hits"]
     w = {"bm25": 0.3, "dense": 0.7}
     r = client.post("/v1/search", json={"query": q, "k": 10, "retriever": "hybrid",
                                         "fusion": {"method": "minmax", "weights": w}}).json()
@@ -306,7 +308,7 @@ def test_models_health_metrics(client: httpx.Client, url: str, bundles: dict[str
     props = spec["components"]["schemas"]
     retriever = props["SearchRequest"]["properties"]["retriever"]
     assert retriever["anyOf"] == [{"type": "string", "enum": ["bm25", "dense", "hybrid"]}, {"type": "null"}]
-    assert retriever["default"] == "bm25"
+    assert retriever["default"] == "hybrid"  # the product default with two retrievers deployed
     assert "bm25 (index/bm25" in retriever["description"]  # registered kinds, from the registry
     assert props["RecommendRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["bert4rec", "fusion", "onerec"]
     assert props["SwapRequest"]["properties"]["retriever"]["enum"] == ["bm25", "dense"]

@@ -128,8 +128,8 @@ def test_toy_retriever_and_hybrid_http_equal_offline(client: httpx.Client, bundl
         assert r.status_code == 200, r.text
         assert set(r.json()["index_versions"]) == {"toy", "bm25"}
         assert _hits(r.json()) == rrf({"toy": toy.search([q], 100)[0], "bm25": bm25.search([q], 100)[0]}, 10)
-    r = client.post("/v1/search", json={"query": _queries(bundles)[0]})  # default: the first configured
-    assert r.status_code == 200 and r.json()["retriever"] == "toy"
+    r = client.post("/v1/search", json={"query": _queries(bundles)[0]})  # default: every retriever fused
+    assert r.status_code == 200 and r.json()["retriever"] == "hybrid"
 
 
 def test_toy_recommender_http_equals_offline(client: httpx.Client, bundles: dict[str, Path]) -> None:
@@ -161,7 +161,7 @@ def test_models_names_and_openapi_come_from_the_registry(client: httpx.Client, b
     spec = client.get("/openapi.json").json()["components"]["schemas"]
     retriever = spec["SearchRequest"]["properties"]["retriever"]
     assert retriever["anyOf"] == [{"type": "string", "enum": ["toy", "bm25", "hybrid"]}, {"type": "null"}]
-    assert retriever["default"] == "toy" and "toy (index/toy-overlap" in retriever["description"]
+    assert retriever["default"] == "hybrid" and "toy (index/toy-overlap" in retriever["description"]
     assert spec["RecommendRequest"]["properties"]["model"]["anyOf"][0]["enum"] == ["toypop"]
     # a registered name this application does not deploy: 400; a name nothing registers: 422
     for body, status, code in (({"query": "x", "retriever": "dense"}, 400, "not_deployed"),

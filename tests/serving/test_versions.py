@@ -314,3 +314,46 @@ def test_tampered_dims_version_is_refused_before_the_flip(dense: dict[str, Path]
     query = np.random.default_rng(1).normal(size=(1, 16)).astype(np.float32)
     for shard in shards:  # the old version keeps serving on every replica
         assert asyncio.run(shard.search_many(query, 3, before))[0]
+
+
+# ---- encoder upgrades: a compatible encoder searches its old space; an incompatible pair is refused -------------
+
+COMPATIBLE = {"name": "new", "version": "n2", "dim": 20, "similarity": "cosine",
+              "compat": {"name": "enc", "version": "e1", "old_dim": 16}}
+
+
+def test_a_compatible_encoder_searches_the_old_version_by_its_old_space_and_others_are_refused(
+        dense: dict[str, Path], tmp_path: Path) -> None:
+    """Swap: the check records the old-space width (the ingress cuts queries to it); the first query on a version
+    this replica never checked is checked then; an encoder with no compatibility record is refused at the swap
+    (400) and at query time (503), as is a version whose shard stamps disagree."""
+    from retrec.bundle import write_manifest
+    from retrec.index.encoder_check import shard_stamp
+
+    versions, _, shards = _versions("dense", "index/dense", "dense", dense["good"], encoder=COMPATIBLE)
+    started = versions.active["dense"]
+    assert versions.query_width("dense", started) == 16  # checked at the first query
+    swapped = asyncio.run(versions.swap("dense", str(dense["good"])))  # the same digest: no swap, still 16
+    assert swapped["version"] == "dense-v1" and versions.query_width("dense", started) == 16
+    wide = np.random.default_rng(2).normal(size=(1, 20)).astype(np.float32)
+    got = asyncio.run(shards[0].search_many(wide[..., :16], 3, started))[0]
+    assert got == FaissIndex.load(dense["good"]).search(wide[:, :16], 3)[0]
+
+    plain = {**COMPATIBLE, "name": "plain", "compat": None}
+    versions, controller, _ = _versions("dense", "index/dense", "dense", dense["good"], encoder=plain)
+    for _ in range(2):  # refused each time, checked once
+        with pytest.raises(ApiError) as err:
+            versions.query_width("dense", versions.active["dense"])
+        assert err.value.status == 503 and err.value.code == "incompatible_index"
+    with pytest.raises(ApiError) as err:
+        asyncio.run(versions.swap("dense", str(dense["good"])))  # another digest would be checked the same way
+    mixed = tmp_path / "mixed"
+    shutil.copytree(dense["good"], mixed)
+    manifest = read_manifest(mixed)
+    write_manifest(mixed, kind=manifest.kind, name=manifest.name, version="mixed", dims=manifest.dims,
+                   config={**manifest.config, "shard_encoders": [shard_stamp(plain)]})
+    versions, controller, _ = _versions("dense", "index/dense", "dense", dense["good"], encoder=COMPATIBLE)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(versions.swap("dense", str(mixed)))
+    assert err.value.status == 400 and "shard 0 was encoded by 'plain'" in err.value.message
+    assert not controller.published

@@ -2,9 +2,11 @@
 tables, on a test collection, by exact search.
 
 - ``old/old``: old queries, old document vectors (what serves today);
-- ``new/old``: new queries in the old space (a compatible encoder's first ``old_dim`` dimensions, normalised;
-  an encoder without a compatibility record: its vectors as they are, when as wide) against the old vectors;
-- ``new/new``: the new encoder on both sides (what a full re-encode gives);
+- ``new/old``: new queries in the old space (a compatible encoder's first ``old_dim`` dimensions, normalised; a
+  ``model/compat-map`` bundle's mapped vectors; an encoder without a compatibility record: its vectors as they
+  are, when as wide) against the old vectors;
+- ``new/new``: the new encoder on both sides (what a full re-encode gives; for a ``model/compat-map`` bundle, the
+  encoder it maps, in its own space);
 - ``backfill P%``: P% of the documents re-encoded (a stable hash of the id decides which), all compared in the old
   space: the old vectors of the rest and the old-space part of the new ones — a rolling re-encode half done.
 
@@ -26,6 +28,8 @@ from typing import Any
 
 import numpy as np
 
+from retrec import kinds
+from retrec.bundle import read_manifest
 from retrec.data.beir import load_retrieval_data
 from retrec.index.dense_retriever import encode_corpus
 from retrec.pipelines.eval.ir_metrics import evaluate_run
@@ -73,18 +77,22 @@ def compat_report(old: str | Path, new: str | Path, data: str | Path, split: str
     qrels = collection.qrels_dict()
     query_texts = collection.query_texts()
     query_ids = [q for q in query_texts if q in qrels]
-    old_enc, new_enc = OnnxEncoder(old), OnnxEncoder(new)
+    old_enc = OnnxEncoder(old)
+    new_kind = read_manifest(new).kind
+    new_enc = kinds.call(kinds.get(new_kind).load, new)
+    mapped = new_kind == kinds.COMPAT_MAP  # its vectors are in the old space; new/new is the encoder it maps
+    full = new_enc.base if mapped else new_enc
     compat = new_enc.manifest.config.get("compat")
     cache = cache_dir() / "embeddings"
     old_docs = encode_corpus(old_enc, texts, cache=cache, progress=progress)
-    new_docs = encode_corpus(new_enc, texts, cache=cache, progress=progress)
+    new_docs = encode_corpus(full, texts, cache=cache, progress=progress)
     old_q = old_enc.encode_queries([query_texts[q] for q in query_ids])
-    new_q = new_enc.encode_queries([query_texts[q] for q in query_ids])
-    new_q_old = old_space_of(new_q, compat, old_docs.shape[1])
+    new_q = full.encode_queries([query_texts[q] for q in query_ids])
+    new_q_old = new_enc.map(new_q) if mapped else old_space_of(new_q, compat, old_docs.shape[1])
     cells = {"old/old": _scores(old_q, old_docs, query_ids, doc_ids, qrels),
              "new/old": _scores(new_q_old, old_docs, query_ids, doc_ids, qrels),
              "new/new": _scores(new_q, new_docs, query_ids, doc_ids, qrels)}
-    new_docs_old = old_space_of(new_docs, compat, old_docs.shape[1])
+    new_docs_old = new_enc.map(new_docs) if mapped else old_space_of(new_docs, compat, old_docs.shape[1])
     for share in shares:
         done = _re_encoded(doc_ids, share)[:, None]
         cells[f"backfill {share:.0%}"] = _scores(new_q_old, np.where(done, new_docs_old, old_docs), query_ids,

@@ -20,10 +20,28 @@ from pathlib import Path
 from typing import Any
 
 from retrec import kinds
+from retrec.bundle import read_manifest
 from retrec.data.beir import RetrievalData
 from retrec.index.generic import IndexRetriever, build_index, display_name, index_kind, load_query_encoder, open_index
 
 HYBRID = "hybrid"
+
+
+def default_components(model: str | Path | None = None) -> list[str]:
+    """The product's default retrieval: BM25 fused with the encoded kind ``model`` is a query encoder for (the
+    first index kind of the registry whose encoders include its kind; without a model, dense with its default
+    zero-shot encoder). Untuned RRF of these beat each alone on every collection measured (RESULTS.md).
+
+    >>> default_components()
+    ['bm25', 'dense']
+    """
+    if model is None:
+        return ["bm25", "dense"]
+    encoder_kind = read_manifest(model).kind
+    for kind in kinds.by_role("index"):
+        if encoder_kind in kind.encoder_kinds and kind.eval_names:
+            return ["bm25", kind.eval_names[0]]
+    raise ValueError(f"{model}: a {encoder_kind} bundle is no index kind's query encoder; give --retriever")
 
 
 def retriever_names() -> list[str]:
@@ -99,4 +117,5 @@ def component(spec: str, data: RetrievalData, model: str | Path | None = None) -
             raise ValueError(f"component {spec!r} is neither a retriever ({', '.join(retriever_names()[:-1])}) "
                              "nor an index folder")
         return Path(spec).name, open_retriever(spec, data, model)
-    return spec, build_retriever(spec, data, model)
+    # the model is the encoded components' query encoder: a text kind (BM25) searches without one
+    return spec, build_retriever(spec, data, model if resolve_kind(spec).needs_encoder else None)

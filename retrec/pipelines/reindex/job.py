@@ -33,6 +33,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -93,6 +94,7 @@ class ReindexConfig:
     max_drop: float = 0.01
     name: str | None = None
     progress: bool = True
+    rolling: bool = False  # re-encode the current version shard by shard with a compatible encoder (rolling.py)
 
 
 @dataclass
@@ -290,11 +292,32 @@ def _remove_work(store: PartStore | None) -> None:
         store.folder.parent.rmdir()  # ROOT/.reindex, when no other reindex is in progress
 
 
-def reindex(cfg: ReindexConfig) -> ReindexResult:
+def _rolling(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, report: dict[str, Any],
+             on_version: Callable[[Path], None] | None) -> ReindexResult:
+    from retrec.pipelines.reindex.rolling import rolling_reindex
+
+    if cfg.full or cfg.base is not None or cfg.params:
+        raise ValueError("--rolling starts from the current version with its structure: it takes no --full, "
+                         "--base or --param")
+    claims = contextlib.ExitStack()
+
+    def store_for(identity: dict[str, Any], ids: list[str], hashes: list[bytes]) -> PartStore:
+        store = PartStore(cfg.out / WORK / _work_key(kind, identity, cfg.part_size, ids, hashes))
+        claims.enter_context(_claimed(store.folder))
+        return store
+
+    with claims:
+        version, store = rolling_reindex(cfg, kind, corpus, report, store_for, _new_version_dir, on_version)
+    _remove_work(store)
+    return ReindexResult(version=version, current=True, report=report)
+
+
+def reindex(cfg: ReindexConfig, on_version: Callable[[Path], None] | None = None) -> ReindexResult:
     """Run every stage (see the module docstring); returns the published version and a report per stage.
 
     The parts are kept until ``current`` has moved (or the gate refused the version), so a run killed after
-    publishing resumes without encoding again."""
+    publishing resumes without encoding again. ``cfg.rolling``: the steps of
+    :mod:`retrec.pipelines.reindex.rolling`, ``on_version`` called with each version it makes current."""
     kind = index_kind(cfg.kind)
     report: dict[str, Any] = {"kind": kind.kind}
     start = time.perf_counter()
@@ -316,6 +339,8 @@ def reindex(cfg: ReindexConfig) -> ReindexResult:
             raise ValueError(f"{display_name(kind)} takes no parameters")
         kinds.check_params(hook, cfg.params, f"retrec reindex {display_name(kind)}", BUILD_ARGS)
         options.update(cfg.params)
+    if cfg.rolling:
+        return _rolling(cfg, kind, corpus, report, on_version)
     store = encoder = None
     if kind.needs_encoder:
         index, encoder, store = _encoded_stage(cfg, kind, corpus, base, report, options)

@@ -34,11 +34,13 @@ from safetensors.torch import load_file, save
 
 from retrec.bundle import Publication, atomic_open, atomic_write_bytes, atomic_write_text, publish
 from retrec.console import ProgressLog
+from retrec.pipelines.train.dev_gate import PER_QUERY, paired_gain
 from retrec.pipelines.train.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.process_env import FreedMemoryKept, resident_bytes
 
 log = logging.getLogger("retrec.train")
 LAST, CURVE, BEST = "last.pt", "curve.json", "best.safetensors"
+START, START_SCORES, BEST_SCORES = "start.safetensors", "start_per_query.json", "best_per_query.json"
 CURVE_FILE = "training_curve.json"  # in the bundle
 
 
@@ -68,6 +70,7 @@ class LoopConfig:
     # would exceed it is skipped (the start's and the last one always run)
     monitor: str | None = None  # evaluate() key tracked for the best epoch
     keep_best: bool = False  # export the best evaluated weights (the start's included) instead of the last
+    dev_gate: bool = False  # with keep_best and per-query dev values: the start unless the gain is significant
     patience: int | None = None  # epochs without a better ``monitor`` before stopping
 
     def __post_init__(self) -> None:
@@ -108,6 +111,7 @@ class TrainRun:
     curve: list[dict[str, Any]]
     state: LoopState
     total_steps: int
+    gate: dict[str, Any] | None = None  # the dev gate's verdict (dev_gate.paired_gain + "exported")
 
 
 class TrainAdapter(Protocol):
@@ -126,8 +130,10 @@ class TrainAdapter(Protocol):
     def step(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Loss of one batch (the loop back-propagates and steps) and any parts to record in the curve."""
 
-    def evaluate(self) -> dict[str, float | None]:
-        """Dev metrics after each epoch (keys go into the curve; ``monitor`` is one of them)."""
+    def evaluate(self) -> dict[str, Any]:
+        """Dev metrics after each epoch (keys go into the curve; ``monitor`` is one of them), and optionally each
+        dev query's value of ``monitor`` under :data:`~retrec.pipelines.train.dev_gate.PER_QUERY` (not in the curve:
+        the dev gate's input)."""
 
     def state_dict(self) -> dict[str, Any]:
         """What a checkpoint holds besides the loop's state (tensors only: loaded with weights_only)."""
@@ -229,15 +235,22 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
         """Dev metrics as a curve point; the best evaluated weights are kept (``keep_best``)."""
         log.info("%s: dev evaluation at step %d", adapter.name, state.step)
         began = time.perf_counter()
-        metrics = adapter.evaluate()
+        metrics = dict(adapter.evaluate())
+        per_query = metrics.pop(PER_QUERY, None)
         state.eval_last = time.perf_counter() - began
         state.eval_seconds += state.eval_last
         state.seconds = elapsed()
         curve.append({**point, **metrics, "seconds": round(state.seconds, 1)})
+        gated = loop.dev_gate and loop.keep_best and per_query is not None
         if _track_best(loop, state, metrics, point["epoch"]) and loop.keep_best:
             state.best_step = state.step
             weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
             atomic_write_bytes(ckpt_dir / BEST, save(weights))
+            if state.step == 0 and gated:
+                atomic_write_bytes(ckpt_dir / START, save(weights))
+                atomic_write_text(ckpt_dir / START_SCORES, json.dumps(per_query))
+            if gated:
+                atomic_write_text(ckpt_dir / BEST_SCORES, json.dumps(per_query))
         return metrics
 
     def eval_fits() -> bool:
@@ -320,9 +333,12 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
     if out_of_time():
         log.warning("time budget of %.1f min reached in epoch %d, step %d", loop.max_minutes,
                     state.epoch + (1 if state.batch else 0), state.step)  # a cut epoch is the next one
+    gate = None
     if loop.keep_best and (ckpt_dir / BEST).is_file():
         model.load_state_dict(load_file(str(ckpt_dir / BEST)))
-        if state.best_step == 0:
+        if state.best_step > 0 and loop.dev_gate:
+            gate = _dev_gate(ckpt_dir, model, state, curve, loop.monitor, report if progress else None)
+        if state.best_step == 0 and gate is None:
             trained = [c.get(loop.monitor) for c in curve if c.get("step") and c.get(loop.monitor) is not None]
             message = (f"no gain on dev: training did not beat the starting model ({loop.monitor} "
                        f"{_fmt(state.best)} at the start, best after training {_fmt(max(trained, default=None))}); "
@@ -332,13 +348,14 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
             else:
                 log.warning(message)
     model.eval()
-    run = TrainRun(curve, state, total)
+    run = TrainRun(curve, state, total, gate)
     log.info("%s: exporting to %s", adapter.name, out)
     with publish(out) as pub:
         manifest_fields = adapter.export(pub, run)
         ran_on = {k: getattr(adapter, k) for k in ("device", "precision") if isinstance(getattr(adapter, k, None),
                                                                                       str)}
-        manifest_fields["metrics"] = {**manifest_fields.get("metrics", {}), **ran_on}  # where it trained
+        manifest_fields["metrics"] = {**manifest_fields.get("metrics", {}), **ran_on,  # where it trained
+                                      **({"dev_gate": gate} if gate is not None else {})}
         (pub.path / CURVE_FILE).write_text(json.dumps(curve, indent=1))
         pub.set_manifest(**{"command": command, **manifest_fields})
     return out
@@ -354,3 +371,28 @@ def _track_best(loop: LoopConfig, state: LoopState, metrics: dict[str, float | N
         return True
     state.bad_epochs += 1
     return False
+
+
+def _dev_gate(ckpt_dir: Path, model: torch.nn.Module, state: LoopState, curve: list[dict[str, Any]],
+              monitor: str | None, report: Any) -> dict[str, Any] | None:
+    """The best evaluated weights (trained: ``state.best_step > 0``) against the start's, dev query by dev query
+    (:func:`~retrec.pipelines.train.dev_gate.paired_gain`); the start's weights are loaded back when the gain is
+    not significant. None when the per-query values are missing (the adapter gives none)."""
+    start_w, start_q, best_q = (ckpt_dir / name for name in (START, START_SCORES, BEST_SCORES))
+    if not (start_w.is_file() and start_q.is_file() and best_q.is_file()):
+        return None
+    gate = paired_gain(json.loads(start_q.read_text()), json.loads(best_q.read_text()))
+    if gate["significant"]:
+        return {**gate, "exported": "trained"}
+    model.load_state_dict(load_file(str(start_w)))
+    start = next((c[monitor] for c in curve if c.get("step") == 0 and c.get(monitor) is not None), None)
+    state.best_step, state.best = 0, state.best if start is None else float(start)
+    interval = gate["interval"] or [None, None]
+    message = (f"dev gain {_fmt(gate['gain'])} over the start is not significant ({gate['level']:.0%} interval "
+               f"[{_fmt(interval[0])}, {_fmt(interval[1])}] over {gate['queries']} dev queries): exporting the "
+               "starting model (--no-dev-gate exports the trained one)")
+    if report is not None:
+        report.say(message)
+    else:
+        log.warning(message)
+    return {**gate, "exported": "start"}

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 
 from retrec.bundle import Publication, load_bundle
 from retrec.pipelines.train import loop as train_loop
+from retrec.pipelines.train.dev_gate import PER_QUERY
 from retrec.pipelines.train.loop import LoopConfig, LoopState, TorchAdapter, TrainRun, run_training
 
 
@@ -181,6 +182,44 @@ def test_dev_evaluations_inside_an_epoch_pick_the_best_step(tmp_path: Path) -> N
     assert [c["step"] for c in curve if "dev" in c] == [0, 1, 2, 3, 4]
     for name, value in adapter.snapshots[2].items():  # after step 2
         assert torch.equal(_weights(out)[name], value)
+
+
+class GatedAdapter(ToyAdapter):
+    """Scripted dev scores with 40 dev queries each: the start's, then each evaluation's shifted by ``gains``."""
+
+    def __init__(self, gains: list[np.ndarray]) -> None:
+        super().__init__(scores=[0.5, *(0.5 + float(g.mean()) for g in gains)])
+        self.per_query = [np.full(40, 0.5), *(0.5 + g for g in gains)]
+
+    def evaluate(self) -> dict[str, Any]:
+        out: dict[str, Any] = dict(super().evaluate())
+        out[PER_QUERY] = {f"q{i}": float(v) for i, v in enumerate(self.per_query[len(self.snapshots) - 1])}
+        return out
+
+
+@pytest.mark.parametrize(("gain", "gate", "exported"), [("noise", True, "start"), ("noise", False, "trained"),
+                                                         ("consistent", True, "trained")])
+def test_the_dev_gate_exports_the_start_unless_the_gain_is_significant(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str], gain: str, gate: bool, exported: str) -> None:
+    rng = np.random.default_rng(0)
+    # noise: a mean gain of +0.01 under per-query swings of ±0.3; consistent: +0.05 on nearly every query
+    gains = rng.normal(0.0, 0.3, 40) + 0.01 if gain == "noise" else rng.normal(0.05, 0.02, 40)
+    adapter = GatedAdapter([gains - gains.mean() + (0.01 if gain == "noise" else 0.05)])
+    loop = LoopConfig(lr=0.1, epochs=1, monitor="dev", keep_best=True, eval_at_start=True, dev_gate=gate,
+                      step_curve=False)
+    out = run_training(adapter, loop, tmp_path / "gated", progress=True)
+    want = adapter.snapshots[0 if exported == "start" else 1]
+    assert all(torch.equal(_weights(out)[name], value) for name, value in want.items())
+    verdict = load_bundle(out).metrics.get("dev_gate")
+    if not gate:
+        assert verdict is None
+        return
+    assert verdict["exported"] == exported and verdict["queries"] == 40
+    assert verdict["significant"] is (exported == "trained")
+    assert verdict["interval"][0] <= verdict["gain"] <= verdict["interval"][1]
+    printed = capsys.readouterr().out
+    assert ("not significant" in printed) is (exported == "start")
+    assert (out.with_name("gated.ckpt") / "start.safetensors").is_file()
 
 
 class Clock:

@@ -111,12 +111,14 @@ def build_miners(ts: TrainingSet, cfg: ContrastiveOptions | RerankerTrainConfig,
 def text_loop_config(cfg: TextTrainingOptions, monitor: str) -> LoopConfig:
     """The loop of a text-model trainer (``retrec train dense|reranker``): its budget, schedule and checkpoints,
     a per-step curve, dev scored at the start and as the budget allows; the exported weights are the best on
-    ``monitor`` among the evaluated ones, the starting model's included (never silently worse than the start)."""
+    ``monitor`` among the evaluated ones, the starting model's included (never silently worse than the start), and
+    with ``dev_gate`` the start unless their gain over it is significant (:mod:`retrec.pipelines.train.dev_gate`)."""
     return LoopConfig(lr=cfg.lr, epochs=cfg.epochs, max_minutes=cfg.max_minutes, max_steps=cfg.max_steps,
                       lr_schedule=cfg.lr_schedule, warmup_fraction=cfg.warmup_fraction, grad_clip=1.0,
                       checkpoint_every=cfg.checkpoint_every, seed=cfg.seed, reseed_steps=True, eval_at_start=True,
                       eval_every=cfg.eval_every, eval_share=cfg.eval_share, monitor=monitor, keep_best=True,
-                      keep_freed_memory=cfg.keep_freed_memory, memory_ceiling_gb=cfg.memory_ceiling_gb or None)
+                      dev_gate=cfg.dev_gate, keep_freed_memory=cfg.keep_freed_memory,
+                      memory_ceiling_gb=cfg.memory_ceiling_gb or None)
 
 
 def dev_candidates(ts: TrainingSet, miners: Miners, depth: int) -> dict[str, np.ndarray]:

@@ -50,7 +50,7 @@ from retrec.models.text_encoder import (
     encode_texts,
     write_onnx_files,
 )
-from retrec.pipelines.eval.ir_metrics import evaluate_run
+from retrec.pipelines.train.dev_gate import dev_result
 from retrec.pipelines.train.loop import TrainRun, run_training
 from retrec.pipelines.train.text.config import DenseTrainConfig
 from retrec.pipelines.train.text.contrastive import (
@@ -152,11 +152,11 @@ def step_loss(model: TextEncoder, tokenizer: TextTokenizer, step: Step, ts: Trai
 
 
 def dev_ndcg(model: TextEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cands: dict[str, np.ndarray],
-             cfg: DenseTrainConfig, precision: str = "fp32") -> float | None:
+             cfg: DenseTrainConfig, precision: str = "fp32") -> dict[str, Any]:
     """nDCG@10 of the model re-ranking the miners' candidates of the dev queries (torch, eval mode, the
-    training precision)."""
+    training precision), and each query's (:func:`~retrec.pipelines.train.dev_gate.dev_result`)."""
     if not cands:
-        return None
+        return {DEV_METRIC: None}
     was = model.training
     model.eval()
     docs = np.unique(np.concatenate(list(cands.values())))
@@ -169,8 +169,7 @@ def dev_ndcg(model: TextEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cand
     for qi, (q, rows) in enumerate(cands.items()):
         s = dvec[[where[int(r)] for r in rows]] @ qvec[qi]
         run[q] = {ts.doc_ids[int(r)]: float(v) for r, v in zip(rows, s)}
-    mean, _ = evaluate_run({q: ts.dev_qrels[q] for q in cands}, run, ["nDCG@10"])
-    return mean["nDCG@10"]
+    return dev_result({q: ts.dev_qrels[q] for q in cands}, run, DEV_METRIC)
 
 
 def onnx_max_abs_diff(model: TextEncoder, tokenizer: TextTokenizer, bundle: Any, texts: list[str],
@@ -220,7 +219,7 @@ class DenseAdapter(ContrastiveAdapter):
                          self.old)
 
     def evaluate(self) -> dict[str, float | None]:
-        return {DEV_METRIC: dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg, self.precision)}
+        return dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg, self.precision)
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts

@@ -43,7 +43,7 @@ from retrec.models.token_encoder import (
     token_vectors,
     write_multivector_files,
 )
-from retrec.pipelines.eval.ir_metrics import evaluate_run
+from retrec.pipelines.train.dev_gate import dev_result
 from retrec.pipelines.train.loop import TrainRun, run_training
 from retrec.pipelines.train.text.config import MultivectorTrainConfig
 from retrec.pipelines.train.text.contrastive import (
@@ -97,10 +97,11 @@ def step_loss(model: TokenEncoder, tokenizer: TextTokenizer, step: Step, ts: Tra
 
 @torch.inference_mode()
 def dev_ndcg(model: TokenEncoder, tokenizer: TextTokenizer, ts: TrainingSet, cands: dict[str, np.ndarray],
-             mcfg: MultivectorConfig, skip: np.ndarray, precision: str = "fp32") -> float | None:
-    """nDCG@10 of MaxSim re-ranking the miners' candidates of the dev queries (torch, eval mode)."""
+             mcfg: MultivectorConfig, skip: np.ndarray, precision: str = "fp32") -> dict[str, Any]:
+    """nDCG@10 of MaxSim re-ranking the miners' candidates of the dev queries (torch, eval mode), and each
+    query's (the dev gate's input)."""
     if not cands:
-        return None
+        return {DEV_METRIC: None}
     rows = np.unique(np.concatenate(list(cands.values())))
     where = {int(r): i for i, r in enumerate(rows)}
     with autocast(precision, model_device(model)):  # token_vectors runs the model in eval mode and restores its mode
@@ -108,8 +109,7 @@ def dev_ndcg(model: TokenEncoder, tokenizer: TextTokenizer, ts: TrainingSet, can
         queries = token_vectors(model, tokenizer, [ts.query_texts[q] for q in cands], mcfg, skip, query=True)
     run = {q: {ts.doc_ids[int(r)]: maxsim(qv, docs[where[int(r)]]) for r in cand}
            for qv, (q, cand) in zip(queries, cands.items())}
-    mean, _ = evaluate_run({q: ts.dev_qrels[q] for q in cands}, run, ["nDCG@10"])
-    return mean["nDCG@10"]
+    return dev_result({q: ts.dev_qrels[q] for q in cands}, run, DEV_METRIC)
 
 
 class MultivectorAdapter(ContrastiveAdapter):
@@ -141,9 +141,8 @@ class MultivectorAdapter(ContrastiveAdapter):
         return step_loss(self.model, self.tokenizer, batch, self.ts, self.teacher, self.cfg, self.mcfg, self.skip,
                          self.precision)
 
-    def evaluate(self) -> dict[str, float | None]:
-        return {DEV_METRIC: dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.mcfg, self.skip,
-                                     self.precision)}
+    def evaluate(self) -> dict[str, Any]:
+        return dev_ndcg(self.model, self.tokenizer, self.ts, self.dev_cands, self.mcfg, self.skip, self.precision)
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts

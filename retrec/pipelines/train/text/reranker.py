@@ -41,8 +41,8 @@ from retrec.models.cross_encoder import (
 )
 from retrec.models.precision import autocast, model_device, resolve_device
 from retrec.models.text_encoder import BaseModel, resolve_base_model
-from retrec.pipelines.eval.ir_metrics import evaluate_run
 from retrec.pipelines.eval.rerank import sweep_first_stage_weight
+from retrec.pipelines.train.dev_gate import dev_result
 from retrec.pipelines.train.loop import TorchAdapter, TrainRun, run_training
 from retrec.pipelines.train.text.config import RerankerTrainConfig
 from retrec.pipelines.train.text.data import (
@@ -120,12 +120,18 @@ def dev_scores(model: CrossEncoder, tokenizer: TextTokenizer, ts: TrainingSet, c
     return {q: scores[bounds[i]:bounds[i + 1]] for i, q in enumerate(cands)}
 
 
+def candidates_result(ts: TrainingSet, cands: dict[str, np.ndarray], scores: dict[str, np.ndarray]
+                      ) -> dict[str, Any]:
+    """nDCG@10 of the dev candidates ordered by ``scores``, and each query's (the dev gate's input)."""
+    if not cands:
+        return {DEV_METRIC: None}
+    run = {q: {ts.doc_ids[int(r)]: float(s) for r, s in zip(rows, scores[q])} for q, rows in cands.items()}
+    return dev_result({q: ts.dev_qrels[q] for q in cands}, run, DEV_METRIC)
+
+
 def candidates_ndcg(ts: TrainingSet, cands: dict[str, np.ndarray], scores: dict[str, np.ndarray]) -> float | None:
     """nDCG@10 of the dev candidates ordered by ``scores``."""
-    if not cands:
-        return None
-    run = {q: {ts.doc_ids[int(r)]: float(s) for r, s in zip(rows, scores[q])} for q, rows in cands.items()}
-    return evaluate_run({q: ts.dev_qrels[q] for q in cands}, run, ["nDCG@10"])[0]["nDCG@10"]
+    return candidates_result(ts, cands, scores)[DEV_METRIC]
 
 
 def first_stage_scores(miners: Miners, cands: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -173,11 +179,11 @@ class RerankerAdapter(TorchAdapter):
     def step(self, batch: Group) -> tuple[torch.Tensor, dict[str, float]]:
         return step_loss(self.model, self.tokenizer, batch, self.ts, self.cfg, self.precision)
 
-    def evaluate(self) -> dict[str, float | None]:
+    def evaluate(self) -> dict[str, Any]:
         if not self.dev_cands:
             return {DEV_METRIC: None}
         scores = dev_scores(self.model, self.tokenizer, self.ts, self.dev_cands, self.cfg, self.precision)
-        return {DEV_METRIC: candidates_ndcg(self.ts, self.dev_cands, scores)}
+        return candidates_result(self.ts, self.dev_cands, scores)
 
     def export(self, pub: Publication, run: TrainRun) -> dict[str, Any]:
         cfg, ts = self.cfg, self.ts

@@ -52,7 +52,7 @@ from retrec.models.splade import (
     write_sparse_files,
 )
 from retrec.models.text_encoder import BaseModel, set_attention_dropout
-from retrec.pipelines.eval.ir_metrics import evaluate_run
+from retrec.pipelines.train.dev_gate import dev_result
 from retrec.pipelines.train.loop import TrainRun, run_training
 from retrec.pipelines.train.text.config import SparseTrainConfig
 from retrec.pipelines.train.text.contrastive import (
@@ -252,12 +252,11 @@ class SparseAdapter(ContrastiveAdapter):
         dense = query_table_vectors(self.tokenizer, texts, table.detach(), self.cfg.max_query_length).numpy()
         return [(np.flatnonzero(r > 0), r[r > 0]) for r in dense]
 
-    def evaluate(self) -> dict[str, float | None]:
+    def evaluate(self) -> dict[str, Any]:
         if not self.dev_cands:
             return {DEV_METRIC: None}
         run, terms = self.dev_run()
-        mean, _ = evaluate_run({q: self.ts.dev_qrels[q] for q in run}, run, ["nDCG@10"])
-        return {DEV_METRIC: mean["nDCG@10"], **terms}
+        return {**dev_result({q: self.ts.dev_qrels[q] for q in run}, run, DEV_METRIC), **terms}
 
     def state_dict(self) -> dict[str, Any]:
         return {**super().state_dict(), "steps_done": self.steps_done}

@@ -244,24 +244,6 @@ def test_cli_rejects_bad_options_with_a_clear_message(tiny_data: Path, tmp_path:
 # ---------------------------------------------------------------- base model
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A one-layer, 32-wide BERT with the packaged MiniLM's tokenizer, saved as an HF folder."""
-    import shutil
-
-    from transformers import BertConfig, BertModel
-
-    from retrec.runtime.tokenizer import TOKENIZER_FILES, minilm_dir
-
-    folder = tmp_path_factory.mktemp("base") / "tiny-bert"
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=30522, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64), add_pooling_layer=False).save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        shutil.copyfile(minilm_dir() / name, folder / name)
-    return folder
-
-
 def test_base_model_folders_are_resolved_or_refused(tiny_bert: Path, tmp_path: Path) -> None:
     import shutil
 
@@ -341,10 +323,10 @@ def test_training_that_cannot_help_exports_the_start_and_says_so(tiny_data: Path
 
     real_dev_ndcg, calls = dense_module.dev_ndcg, []
 
-    def destroyed_after_the_start(*args: object, **kwargs: object) -> float | None:
+    def destroyed_after_the_start(*args: object, **kwargs: object) -> dict:
         calls.append(1)
         value = real_dev_ndcg(*args, **kwargs)  # type: ignore[arg-type]
-        return value if len(calls) == 1 else 0.0
+        return value if len(calls) == 1 else {"dev_nDCG@10": 0.0}
 
     monkeypatch.setattr(dense_module, "dev_ndcg", destroyed_after_the_start)
 
