@@ -189,7 +189,10 @@ class RerankConfig(_Strict):
                                              "into the re-ranker's (0: the re-ranker alone, 1: the first stage's "
                                              "order); default: the bundle's, chosen on dev in training")
     threads: int | None = Field(None, ge=1, description="ONNX intra-op threads; default: the replica's CPUs")
-    timeout_s: float = Field(5.0, gt=0, description="a re-ranking slower than this fails the request (503)")
+    timeout_s: float = Field(5.0, gt=0, description="the re-ranking's deadline (see on_timeout)")
+    on_timeout: Literal["first_stage", "fail"] = Field(
+        "first_stage", description="a re-ranking past its deadline, or a re-ranker too busy to take it: "
+        "first_stage answers in the first stage's order (`reranked: false`), fail answers 503")
     replicas: ReplicaOptions = Field(default_factory=lambda: ReplicaOptions(num_cpus=1.0, max_ongoing_requests=8))
 
 

@@ -46,6 +46,7 @@ from retrec.serving.prometheus import MetricsMiddleware
 from retrec.serving.readiness import ReadinessCache, any_of_each
 from retrec.serving.recommenders import model_info
 from retrec.serving.registry import recommender_names, retriever_names
+from retrec.serving.rerankers import rerank_hits
 from retrec.serving.rollout import ServeRollout
 from retrec.serving.scatter import Scatter, call_handle
 from retrec.serving.schemas import (
@@ -228,36 +229,14 @@ class Ingress:
             hits = rankings[name]
         reranked_by = None
         if rerank_depth:
-            hits, reranked_by = await self._rerank(req.query, hits, rerank_depth)
+            hits, reranked_by = await rerank_hits(self.reranker, self.cfg, req.query, hits, rerank_depth)
         if failed:
             serving_metrics.METRICS.partial.inc()
         return SearchResponse(
             retriever=name, index_versions=versions, partial=bool(failed), failed_shards=failed,
             hits=[Hit(doc_id=d, score=s, rank=i) for i, (d, s) in enumerate(hits[:req.k], start=1)],
-            reranked_by=reranked_by, took_ms=round((time.perf_counter() - started) * 1000, 3))
-
-    async def _rerank(self, query: str, hits: list, depth: int) -> tuple[list, str | None]:
-        """The first ``depth`` hits re-ordered by the re-ranker deployment (those below keep their order, scored
-        below the re-ranked ones); a re-ranker that fails or is too slow fails the request (503)."""
-        assert self.cfg.rerank is not None
-        head = [d for d, _ in hits[:depth]]
-        if not head:  # nothing retrieved: nothing re-ranked
-            return hits, None
-        try:
-            first = [float(s) for _, s in hits[:depth]]
-            out = await call_handle(self.reranker.rerank.remote(query, head, first), self.cfg.rerank.timeout_s)
-        except BackPressureError as exc:
-            raise ApiError(503, "overloaded", f"re-ranker busy: {exc}",
-                           {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
-        except TimeoutError as exc:
-            raise ApiError(503, "unavailable", f"re-ranker slower than {self.cfg.rerank.timeout_s} s") from exc
-        except Exception as exc:
-            log.warning("re-ranker failed", exc_info=True)
-            raise ApiError(503, "unavailable", f"re-ranker failed: {type(exc).__name__}") from exc
-        ranked = [(d, float(s)) for d, s in out["hits"]]
-        floor = ranked[-1][1] if ranked else 0.0
-        tail = [(d, floor - 1.0 - i * 1e-3) for i, (d, _) in enumerate(hits[depth:])]
-        return ranked + tail, f"{out['name']}@{out['version']}"
+            reranked_by=reranked_by, reranked=reranked_by is not None,
+            took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     def available(self) -> list[str]:
         return list(self._targets)

@@ -5,7 +5,9 @@ and the collection's document texts (``documents``: a BEIR folder or a ``corpus.
 title + text, as the re-ranker was trained). The ingress sends the query and the first ``depth`` document ids;
 the replica answers them re-ordered, with their scores (the first stage's scores mixed in by the bundle's
 ``first_stage_weight``). An id it has no text for is scored on an empty text (and
-counted). Configured under ``rerank:`` in the serve config; a request asks for it with ``"rerank": true``.
+counted). Configured under ``rerank:`` in the serve config; a request asks for it with ``"rerank": true``. A re-ranking
+past its deadline (``timeout_s``) or a re-ranker too busy to take it answers in the first stage's order with
+``reranked: false`` (``on_timeout: first_stage``, the default; ``fail``: a 503).
 
 Example (the serve config's ``args``)::
 
@@ -20,12 +22,15 @@ import logging
 from typing import Any
 
 from ray import serve
+from ray.serve.exceptions import BackPressureError
 
 from retrec.bundle import read_manifest
 from retrec.kinds import call_supported
 from retrec.process_env import configure_process
+from retrec.serving.errors import ApiError
 from retrec.serving.registry import kind_of, loader
 from retrec.serving.resources import replica_threads
+from retrec.serving.scatter import call_handle
 
 log = logging.getLogger("retrec.serving")
 
@@ -74,3 +79,32 @@ class Reranker:
         by its ``first_stage_weight``)."""
         return await asyncio.to_thread(self._rerank, query, list(ids),
                                        None if first_scores is None else list(first_scores))
+
+
+async def rerank_hits(handle: Any, cfg: Any, query: str, hits: list, depth: int) -> tuple[list, str | None]:
+    """The first ``depth`` hits re-ordered by the re-ranker deployment ``handle`` (those below keep their order,
+    scored below the re-ranked ones) and ``NAME@VERSION`` of the re-ranker; one past its deadline or too busy: the
+    hits as they are and None (``cfg.rerank.on_timeout: first_stage``, the default) or 503; one that fails: 503."""
+    assert cfg.rerank is not None
+    head = [d for d, _ in hits[:depth]]
+    if not head:  # nothing retrieved: nothing re-ranked
+        return hits, None
+    try:
+        first = [float(s) for _, s in hits[:depth]]
+        out = await call_handle(handle.rerank.remote(query, head, first), cfg.rerank.timeout_s)
+    except (BackPressureError, TimeoutError) as exc:
+        if cfg.rerank.on_timeout == "first_stage":
+            log.warning("re-ranker %s: answering in the first stage's order",
+                        "busy" if isinstance(exc, BackPressureError) else "past its deadline")
+            return hits, None
+        if isinstance(exc, BackPressureError):
+            raise ApiError(503, "overloaded", f"re-ranker busy: {exc}",
+                           {"Retry-After": str(cfg.limits.retry_after_s)}) from exc
+        raise ApiError(503, "unavailable", f"re-ranker slower than {cfg.rerank.timeout_s} s") from exc
+    except Exception as exc:
+        log.warning("re-ranker failed", exc_info=True)
+        raise ApiError(503, "unavailable", f"re-ranker failed: {type(exc).__name__}") from exc
+    ranked = [(d, float(s)) for d, s in out["hits"]]
+    floor = ranked[-1][1] if ranked else 0.0
+    tail = [(d, floor - 1.0 - i * 1e-3) for i, (d, _) in enumerate(hits[depth:])]
+    return ranked + tail, f"{out['name']}@{out['version']}"

@@ -90,6 +90,8 @@ class SearchResponse(BaseModel):
     partial: bool = Field(description="true when a shard failed or timed out; hits come from the others")
     failed_shards: list[str] = Field(default_factory=list)
     reranked_by: str | None = Field(None, description="NAME@VERSION of the cross-encoder that re-ordered the hits")
+    reranked: bool = Field(False, description="whether the hits were re-ranked: false without `rerank`, and when the "
+                           "re-ranker missed its deadline or was too busy (the first stage's order is returned)")
     took_ms: float
 
 

@@ -77,8 +77,8 @@ class FakeRecommender:
 class FakeReranker:
     """A re-ranker handle: the given ids in reverse order (so a re-ranked answer is visibly different)."""
 
-    def __init__(self, fail: bool = False) -> None:
-        self.fail = fail
+    def __init__(self, fail: bool = False, delay_s: float = 0.0) -> None:
+        self.fail, self.delay_s = fail, delay_s
         self.calls: list[tuple[str, list[str]]] = []
         self.first_scores: list[list[float] | None] = []
         self.rerank = _Method(self._rerank)
@@ -91,8 +91,14 @@ class FakeReranker:
             future.set_exception(RuntimeError("the re-ranker replica died"))
             return future
         ranked = list(reversed(ids))
-        return _done({"hits": [(d, 10.0 - i) for i, d in enumerate(ranked)], "missing_texts": 0,
-                      "name": "fake-ce", "version": "c1"})
+        answer = {"hits": [(d, 10.0 - i) for i, d in enumerate(ranked)], "missing_texts": 0, "name": "fake-ce",
+                  "version": "c1"}
+        if self.delay_s:  # a slow replica: the answer comes after the delay
+            async def later() -> dict:
+                await asyncio.sleep(self.delay_s)
+                return answer
+            return asyncio.ensure_future(later())
+        return _done(answer)
 
 
 class Started:

@@ -61,6 +61,22 @@ def test_a_failing_reranker_is_a_503_that_names_no_internals() -> None:
     assert "replica died" not in r.text
 
 
+@pytest.mark.parametrize("on_timeout", ["first_stage", "fail"])
+def test_a_reranker_past_its_deadline_answers_in_the_first_stage_order_or_fails(on_timeout: str) -> None:
+    slow = {**CONFIG, "rerank": {**CONFIG["rerank"], "timeout_s": 0.05, "on_timeout": on_timeout}}
+    first, late = _post([{"query": "scurvy", "k": 3}, {"query": "scurvy", "k": 3, "rerank": True}], slow,
+                        FakeReranker(delay_s=1.0))
+    assert first.status_code == 200 and first.json()["reranked"] is False
+    if on_timeout == "fail":
+        assert late.status_code == 503 and late.json()["error"]["code"] == "unavailable"
+        return
+    assert late.status_code == 200, late.text
+    assert late.json()["reranked"] is False and late.json()["reranked_by"] is None
+    assert late.json()["hits"] == first.json()["hits"]  # the first stage's order, untouched
+    on_time, = _post([{"query": "scurvy", "k": 3, "rerank": True}], slow, FakeReranker())
+    assert on_time.json()["reranked"] is True and on_time.json()["reranked_by"] == "fake-ce@c1"
+
+
 def test_the_reranker_deployment_scores_with_the_bundle_and_the_corpus(tiny_data: Path, tmp_path: Path) -> None:
     from retrec.data.corpus import corpus_texts, read_corpus
     from retrec.models.cross_encoder import CrossEncoder, RerankerConfig, export_reranker
