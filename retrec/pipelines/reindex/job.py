@@ -296,6 +296,8 @@ def _rolling(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, report: dict
              on_version: Callable[[Path], None] | None) -> ReindexResult:
     from retrec.pipelines.reindex.rolling import rolling_reindex
 
+    if cfg.model is None:
+        raise ValueError("--rolling needs --model: the encoder to move the current version to")
     if cfg.full or cfg.base is not None or cfg.params:
         raise ValueError("--rolling starts from the current version with its structure: it takes no --full, "
                          "--base or --param")

@@ -86,6 +86,8 @@ def test_a_killed_roll_resumes_and_refusals_name_the_fix(tiny_data: Path, encode
         reindex(_cfg(tiny_data, other, encoders["other"], rolling=True))
     with pytest.raises(ValueError, match="keeps the current version's 2 shards"):
         reindex(_cfg(tiny_data, other, encoders["new"], rolling=True, shards=3))
+    with pytest.raises(ValueError, match="needs --model"):
+        reindex(ReindexConfig(kind="dense", data=tiny_data, out=other, rolling=True, local=True))
     with pytest.raises(ValueError, match="has none"):
         reindex(_cfg(tiny_data, tmp_path / "empty", encoders["new"], rolling=True))
 
