@@ -20,6 +20,8 @@ Steps, for shards ``0 … S-1`` of the current version (its shard count and assi
 A server that serves the new encoder (``retrec serve`` with it as the retriever's encoder) answers throughout:
 each swap is the usual checked, all-replicas-then-flip swap, and every version it flips to holds scores of one
 space. Documents must be the current version's (same ids and texts): edits go through a normal reindex first.
+Memory: the old vectors (mixed in place), the new encoder's full vectors and the index each step builds — about
+three copies of ``documents × dim × 4`` bytes at the peak.
 
 Example::
 
