@@ -124,6 +124,8 @@ def main() -> None:
     parser.add_argument("--batch-bundle", type=Path, default=None, help="reuse a batch model (from an earlier run's "
                         "OUT/sasrec with the same split) instead of training one")
     parser.add_argument("--reference-bundle", type=Path, default=None, help="reuse the reference (OUT/sasrec-all)")
+    parser.add_argument("--reuse-retrained", type=Path, default=None, help="with --reference-at: an earlier run's "
+                        "OUT whose sasrec-before-N bundles stand in for retraining (same data, split and shards)")
     parser.add_argument("--row-lr", type=float, default=None, help="online: Adagrad rate of the rows")
     parser.add_argument("--dense-lr", type=float, default=None, help="online: Adam rate of the encoder")
     parser.add_argument("--negatives", type=int, default=None, help="online: negatives a step")
@@ -193,11 +195,16 @@ def main() -> None:
             folder = args.out / f"before-{s + 1}"
             folder.mkdir()
             pq.write_table(pa.concat_tables([batch, seen]), folder / "interactions.parquet")
-            log.info("reference before shard %d: %d interactions, %d epochs", s + 1, batch.num_rows + seen.num_rows,
-                     ref_epochs)
-            retrained = SequenceRecommender.load(train_sasrec(
-                folder, args.out / f"sasrec-before-{s + 1}",
-                SASRecTrainConfig(max_minutes=None, epochs=ref_epochs), progress=False))
+            earlier = args.reuse_retrained / f"sasrec-before-{s + 1}" if args.reuse_retrained else None
+            if earlier is not None and earlier.is_dir():
+                log.info("reference before shard %d: reusing %s", s + 1, earlier)
+                retrained = SequenceRecommender.load(earlier)
+            else:
+                log.info("reference before shard %d: %d interactions, %d epochs", s + 1,
+                         batch.num_rows + seen.num_rows, ref_epochs)
+                retrained = SequenceRecommender.load(train_sasrec(
+                    folder, args.out / f"sasrec-before-{s + 1}",
+                    SASRecTrainConfig(max_minutes=None, epochs=ref_epochs), progress=False))
             fair["retrained before shard"].append({**score_shard(retrained, histories, shard), "shard": s + 1})
             for name in [*arms, "never"]:
                 fair[name].append({**per_shard[name][-1], "shard": s + 1})

@@ -203,9 +203,11 @@ class LimitsConfig(_Strict):
     request_timeout_s: float = Field(10.0, gt=0)
     shard_timeout_s: float = Field(2.0, gt=0, description="a shard slower than this is dropped: partial result")
     encoder_timeout_s: float = Field(5.0, gt=0, description="query encoding slower than this fails the request (503)")
-    swap_timeout_s: float = Field(25.0, gt=0, description="an admin index swap slower than this answers 504 and is "
-                                  "abandoned (the previous version stays active); keep it under the proxy's "
-                                  "http_options.request_timeout_s")
+    swap_timeout_s: float = Field(25.0, gt=0, description="an admin index swap slower than this answers 202 with "
+                                  "its swap_id and goes on; GET /v1/admin/swaps/{swap_id} tells how it ended. Keep "
+                                  "it under the proxy's http_options.request_timeout_s")
+    swap_drain_s: float = Field(30.0, ge=0, description="after a swap, the previous index version stays loaded this "
+                                "long for requests in flight, then is released (one copy in memory at rest)")
 
 
 class AuthConfig(_Strict):

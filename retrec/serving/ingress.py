@@ -26,8 +26,8 @@ import time
 from collections.abc import Awaitable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Request, Response
-from fastapi.responses import PlainTextResponse
+from fastapi import Depends, FastAPI, Response
+from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 from ray.serve.exceptions import BackPressureError
 
@@ -62,6 +62,7 @@ from retrec.serving.schemas import (
     SearchResponse,
     SwapRequest,
 )
+from retrec.serving.swaps import SWAP_ID, RayLedger, new_swap_id
 from retrec.serving.versions import IndexVersions
 
 log = logging.getLogger("retrec.serving")
@@ -70,18 +71,10 @@ log = logging.getLogger("retrec.serving")
 _ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503, 504)
 }
-_ADMIN_ERRORS = {**_ERRORS, 403: {"model": ErrorResponse}}
+_ADMIN_ERRORS = {**_ERRORS, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 
 
-async def _json_body(request: Request) -> None:
-    """A body-taking route accepts ``application/json`` only (415); checked after routing, so a method a path
-    does not declare is a 405 whatever its content type."""
-    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if ctype != "application/json":
-        raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype or 'none'!r}")
-
-
-_JSON_BODY = [Depends(_json_body)]
+_JSON_BODY = [Depends(guard.require_json)]
 
 api = FastAPI(
     title="retrec serving API", version="1.1.0",
@@ -117,7 +110,8 @@ class Ingress:
                                retry_after_s=limits.retry_after_s, max_batch_size=self.cfg.encoder.max_batch_size)
         self.versions = IndexVersions(self.retrievers, {name: r["ref"] for name, r in retrievers.items()},
                                       {key: read_manifest(key) for key in encoders}, self.cfg.resolve,
-                                      publish=ServeRollout().publish)
+                                      publish=ServeRollout().publish, ledger=RayLedger(),
+                                      drain_s=limits.swap_drain_s)
         self.recommenders = recommenders
         self.reranker = reranker  # a Reranker deployment handle (rerank: in the config), else None
         self.events = EventIntake(self.cfg) if self.cfg.events.log else None
@@ -303,22 +297,48 @@ class Ingress:
         ``name``, then make it the active one."""
         return await self.versions.swap(name, self.cfg.resolve(path), label=path)
 
-    @api.post("/v1/admin/indexes", responses=_ADMIN_ERRORS, dependencies=_JSON_BODY)
-    async def admin_swap(self, req: SwapRequest) -> dict[str, Any]:
+    @api.post("/v1/admin/indexes", responses={**_ADMIN_ERRORS, 202: {"description": "still running: poll "
+                                                                        "/v1/admin/swaps/{swap_id}"}},
+              dependencies=_JSON_BODY)
+    async def admin_swap(self, req: SwapRequest) -> Any:
         """Swap a retriever to a published index version named relative to ``admin.models_root`` (every shard
-        loads it first; then traffic moves). Needs an admin key; off unless ``admin.enabled``."""
-        admin = self.cfg.admin
-        if not admin.enabled or admin.models_root is None:
-            raise ApiError(403, "forbidden", "admin endpoints are disabled (admin.enabled: false)")
+        loads it first; then traffic moves). Needs an admin key; off unless ``admin.enabled``. A swap slower than
+        ``limits.swap_timeout_s`` answers 202 with its ``swap_id`` and goes on to the end."""
+        self._admin_enabled()
         if req.retriever not in self.retrievers:
             raise ApiError(422, "unknown_retriever", f"retriever {req.retriever!r} is not deployed")
-        path = bundle_under_root(self.cfg.resolve(admin.models_root), req.path)
-        timeout = self.cfg.limits.swap_timeout_s
+        path = bundle_under_root(self.cfg.resolve(self.cfg.admin.models_root or ""), req.path)
+        swap_id, timeout = new_swap_id(), self.cfg.limits.swap_timeout_s
+        task = asyncio.ensure_future(self.versions.swap(req.retriever, path, label=shown(req.path), swap_id=swap_id))
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a late failure: in its record and log
         try:
-            return await asyncio.wait_for(self.versions.swap(req.retriever, path, label=shown(req.path)), timeout)
-        except TimeoutError as exc:  # wait_for cancelled the swap: the previous version stays active
-            raise ApiError(504, "timeout", f"index swap not finished within {timeout:g} s (limits.swap_timeout_s); "
-                           "abandoned, the previous version stays active") from exc
+            return await asyncio.wait_for(asyncio.shield(task), timeout)
+        except TimeoutError:  # the swap goes on; its record says how it ends
+            return JSONResponse(status_code=202, content={
+                "swap_id": swap_id, "status": "pending", "retriever": req.retriever,
+                "status_url": f"/v1/admin/swaps/{swap_id}",
+                "message": f"index swap not finished within {timeout:g} s (limits.swap_timeout_s); it goes on"})
+
+    @api.get("/v1/admin/swaps/{swap_id}", responses=_ADMIN_ERRORS)
+    async def admin_swap_status(self, swap_id: str) -> dict[str, Any]:
+        """How a swap went: ``pending``, ``done`` (its version and the previous one) or ``failed`` (its error),
+        from any ingress replica."""
+        self._admin_enabled()
+        found = await self.versions.ledger.get(swap_id) if SWAP_ID.match(swap_id) else None
+        if found is None:
+            raise ApiError(404, "unknown_swap", "no swap with this id (ids are 32 hex digits; the last 1000 swaps "
+                           "are kept)")
+        return found
+
+    @api.get("/v1/admin/swaps", responses=_ADMIN_ERRORS)
+    async def admin_swaps(self) -> dict[str, Any]:
+        """The application's last swaps, newest first (their ``swap_id``, retriever, status, versions)."""
+        self._admin_enabled()
+        return {"swaps": await self.versions.ledger.recent()}
+
+    def _admin_enabled(self) -> None:
+        if not self.cfg.admin.enabled or self.cfg.admin.models_root is None:
+            raise ApiError(403, "forbidden", "admin endpoints are disabled (admin.enabled: false)")
 
     # ---- introspection ---------------------------------------------------------------------------------
     async def encoder_info(self) -> dict[str, dict[str, Any]]:

@@ -36,8 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from starlette._utils import get_route_path
+from starlette.requests import Request
 
 from retrec.serving.config import AdminConfig, AuthConfig, ServingConfig
+from retrec.serving.errors import ApiError
 
 log = logging.getLogger("retrec.serving")
 Scope = MutableMapping[str, Any]
@@ -47,6 +49,14 @@ Send = Callable[[Message], Awaitable[None]]
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
                           "/redoc"})
 ADMIN_PREFIX = "/v1/admin/"
+
+
+async def require_json(request: Request) -> None:
+    """A body-taking route accepts ``application/json`` only (415); a FastAPI dependency, so it runs after
+    routing and a method a path does not declare is a 405 whatever its content type."""
+    ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if ctype != "application/json":
+        raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype or 'none'!r}")
 
 
 def _load_keys(env: str | None, file: str | None) -> tuple[bytes, ...]:

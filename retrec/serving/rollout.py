@@ -14,10 +14,15 @@ The application must have been deployed from a config (``retrec serve``, ``serve
 ``serveConfigV2``) returns to what the file says. Runs blocking controller calls; call :meth:`publish`
 from a coroutine (it uses a worker thread).
 
+With ``merge=True`` each named deployment's new ``user_config`` is its current target with the given
+top-level mappings merged in (``{"indexes": {"bm25": path}}`` changes that entry only): a swap of one retriever
+never reverts another's made meanwhile elsewhere (:mod:`retrec.serving.swaps` runs one swap at a time).
+
 Example::
 
     rollout = ServeRollout()                      # inside a replica: its own application
     await rollout.publish({"bm25-shard-0": {"versions": [old_ref, new_ref]}})
+    await rollout.publish({"Ingress": {"indexes": {"bm25": new_path}}}, merge=True)
 """
 
 from __future__ import annotations
@@ -40,9 +45,10 @@ class ServeRollout:
     def __init__(self, app_name: str | None = None, timeout_s: float = 120.0, poll_s: float = 0.1) -> None:
         self.app_name, self.timeout_s, self.poll_s = app_name, timeout_s, poll_s
 
-    async def publish(self, user_configs: dict[str, Any]) -> None:
-        """Set ``{deployment: user_config}`` and wait until every replica of each has applied it."""
-        await asyncio.to_thread(self._publish, user_configs)
+    async def publish(self, user_configs: dict[str, Any], merge: bool = False) -> None:
+        """Set ``{deployment: user_config}`` (``merge``: into each one's current target) and wait until every
+        replica of each has applied it."""
+        await asyncio.to_thread(self._publish, user_configs, merge)
 
     def _app(self) -> str:
         if self.app_name is None:
@@ -51,7 +57,7 @@ class ServeRollout:
             self.app_name = serve.get_replica_context().app_name
         return self.app_name
 
-    def _publish(self, user_configs: dict[str, Any]) -> None:
+    def _publish(self, user_configs: dict[str, Any], merge: bool = False) -> None:
         import ray
         from ray.serve.context import _get_global_client
         from ray.serve.schema import ServeDeploySchema
@@ -67,6 +73,9 @@ class ServeRollout:
             apps = {name: cfg.model_dump(exclude_unset=True) for name, cfg in configs.items()}
             app = apps[app_name]
             deployments = {d["name"]: d for d in app.get("deployments") or []}
+            if merge:
+                targets = _targets(client, app_name)
+                user_configs = {name: merged(targets.get(name), update) for name, update in user_configs.items()}
             changed = False
             for name, user_config in user_configs.items():
                 entry = deployments.setdefault(name, {"name": name})
@@ -84,10 +93,11 @@ class ServeRollout:
         while True:
             app = client.get_serve_details().get("applications", {}).get(app_name) or {}
             deployments = app.get("deployments") or {}
+            targets = _targets(client, app_name, app)
             pending, failed = [], []
             for name, user_config in user_configs.items():
                 d = deployments.get(name) or {}
-                target = (d.get("deployment_config") or {}).get("user_config")
+                target = targets.get(name)
                 if target == user_config and d.get("status") == "HEALTHY":
                     continue
                 pending.append(name)
@@ -101,3 +111,24 @@ class ServeRollout:
                 raise RolloutError(f"deployment(s) {', '.join(pending)} did not apply the new configuration "
                                    f"within {self.timeout_s:.0f} s")
             time.sleep(self.poll_s)
+
+
+def merged(current: Any, update: dict[str, Any]) -> dict[str, Any]:
+    """``current`` with ``update``'s top-level mappings merged into its own (other values replaced).
+
+    >>> merged({"indexes": {"a": "1", "b": "1"}, "digests": {"a": "x"}}, {"indexes": {"b": "2"}})
+    {'indexes': {'a': '1', 'b': '2'}, 'digests': {'a': 'x'}}
+    """
+    out = dict(current) if isinstance(current, dict) else {}
+    for key, value in update.items():
+        old = out.get(key)
+        out[key] = {**old, **value} if isinstance(old, dict) and isinstance(value, dict) else value
+    return out
+
+
+def _targets(client: Any, app_name: str, app: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Each deployment's target ``user_config`` (what its replicas run, or are being moved to)."""
+    if app is None:
+        app = client.get_serve_details().get("applications", {}).get(app_name) or {}
+    return {name: (d.get("deployment_config") or {}).get("user_config")
+            for name, d in (app.get("deployments") or {}).items()}

@@ -87,8 +87,12 @@ class _VersionedShard:
         self._held: list[str] = []  # digests the user_config names, newest last
         self._previous: str | None = None  # the newest version held before the last reconfigure
         self._load_lock = threading.Lock()  # taken by loads only
-        self._ensure(initial)
-        self._held = [initial["digest"]]
+        self.problem: str | None = None  # why this replica holds no version (it stays up, not ready)
+        try:
+            self._ensure(initial)
+            self._held = [initial["digest"]]
+        except Exception as exc:  # e.g. the build-time version was deleted: reconfigure brings the current one
+            self._unservable(initial, exc)
 
     def _load(self, path: str) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -139,11 +143,20 @@ class _VersionedShard:
         for i, ref in enumerate(reversed(refs)):
             try:
                 await asyncio.to_thread(self._ensure, ref)
-            except Exception:
-                if i == 0:
-                    raise  # the active version: this replica cannot serve without it
+            except Exception as exc:
+                if i == 0 and self._versions:
+                    raise  # a swap's new version: refusing it fails the rollout, the held ones keep serving
+                if i == 0:  # nothing to serve either way: stay up, not ready, rather than restart in a loop
+                    self._unservable(ref, exc)
+                    return
                 log.warning("older index version %s not loaded; holding the newer ones", ref["version"], exc_info=True)
+        self.problem = None
         await asyncio.to_thread(self._keep, [r["digest"] for r in refs])
+
+    def _unservable(self, ref: IndexRef, exc: BaseException) -> None:
+        self.problem = f"index version {ref['version']!r} could not be loaded ({type(exc).__name__})"
+        log.error("%s; this replica stays up and not ready until its user_config names a loadable version",
+                  self.problem, exc_info=exc)
 
     def versions(self) -> list[str]:
         """Digests of the versions loaded, oldest first."""

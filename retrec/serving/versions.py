@@ -18,7 +18,10 @@ A swap (``POST /v1/admin/indexes``, or an ``Ingress`` ``user_config: {indexes: {
 
 Requests already running finish on the version they started with; every response names the versions it
 searched. A replica that (re)starts gets the current ``user_config`` before it takes traffic, so a restart
-keeps the swapped version. One swap at a time per application.
+keeps the swapped version (and does not need the build-time version to exist any more). One swap at a time
+per application — the swap lease of :mod:`retrec.serving.swaps` — and a swap publishes only its own
+retriever's entry of the ingress ``user_config``, so swaps sent to different ingress replicas never revert each
+other. After ``drain_s`` the previous version is released (one copy in memory at rest).
 
 Example::
 
@@ -46,10 +49,11 @@ from retrec.serving.errors import ApiError
 from retrec.serving.registry import check_hook
 from retrec.serving.scatter import IndexRef, RetrieverSpec
 from retrec.serving.shards import index_ref, manifest_digest, shard_deployment
+from retrec.serving.swaps import LocalLedger, SwapLedger
 
 log = logging.getLogger("retrec.serving")
 INGRESS = "Ingress"  # the ingress deployment's name (build_app)
-Publish = Callable[[dict[str, Any]], Awaitable[None]]
+Publish = Callable[..., Awaitable[None]]  # (user_configs, merge=False)
 
 
 def _refusal(exc: BaseException, resolved: str, label: str = "the bundle") -> str:
@@ -63,7 +67,7 @@ def _cause(exc: BaseException) -> BaseException:
     return cause if isinstance(cause, BaseException) else exc
 
 
-async def _unpublished(_: dict[str, Any]) -> None:
+async def _unpublished(_: dict[str, Any], merge: bool = False) -> None:
     raise RuntimeError("no rollout configured: index swaps need the Serve controller (ServeRollout)")
 
 
@@ -72,10 +76,12 @@ class IndexVersions:
 
     def __init__(self, retrievers: dict[str, RetrieverSpec], active: dict[str, IndexRef],
                  encoders: dict[str, Manifest], resolve: Callable[[str], str], publish: Publish | None = None,
-                 load_timeout_s: float = 300.0) -> None:
+                 load_timeout_s: float = 300.0, ledger: SwapLedger | None = None, drain_s: float = 30.0) -> None:
         self.retrievers, self.encoders, self.resolve = retrievers, encoders, resolve
         self.publish: Publish = publish or _unpublished
-        self.load_timeout_s = load_timeout_s
+        self.ledger: SwapLedger = ledger or LocalLedger()
+        self.load_timeout_s, self.drain_s = load_timeout_s, drain_s
+        self._drains: dict[str, asyncio.Task] = {}  # retriever -> the pending release of its previous version
         self.active = dict(active)
         self._published: dict[str, str] = {}  # retriever -> digest every shard replica holds (this replica's swaps)
         # retriever -> a version every other ingress replica flipped to that this one could not load (in-ingress
@@ -201,32 +207,82 @@ class IndexVersions:
         log.info("retriever %s: index version %s -> %s (%s)", name, previous["version"], ref["version"],
                  ref["digest"][:12])
 
-    async def swap(self, name: str, path: str, label: str | None = None, *, everywhere: bool = True
-                   ) -> dict[str, Any]:
+    async def swap(self, name: str, path: str, label: str | None = None, *, everywhere: bool = True,
+                   swap_id: str | None = None) -> dict[str, Any]:
         """Check the version at ``path`` (resolved by the caller; errors show ``label``), load it on every shard
-        replica, then make it the active one on every ingress replica (``everywhere=False``: on this one only,
-        as its ``reconfigure`` does)."""
+        replica, then make it the active one on every ingress replica, all under the application's swap lease
+        (``everywhere=False``: on this replica only, as its ``reconfigure`` does — inside another swap's lease).
+        With ``swap_id`` the ledger records it pending, then done or failed."""
         if name not in self.retrievers:
             raise ApiError(422, "unknown_retriever", f"retriever {name!r} is not deployed")
         ref = self.check(name, path, path if label is None else label)
-        async with self._lock:
-            previous = self.active[name]
-            if ref["digest"] != previous["digest"]:
-                await self._prepare(name, ref)
-                await self._publish_shards(name, previous, ref)
-                if everywhere:
-                    active = {**self.active, name: ref}
-                    # digests: these versions are on every shard replica already (a restarted replica flips at once)
-                    user_config = {"indexes": {n: r["path"] for n, r in active.items()},
-                                   "digests": {n: r["digest"] for n, r in active.items()}}
-                    try:
-                        await self.publish({INGRESS: user_config})
+        if not everywhere:
+            async with self._lock:
+                previous = self.active[name]
+                if ref["digest"] != previous["digest"]:
+                    await self._prepare(name, ref)
+                    await self._publish_shards(name, previous, ref)
+                    self._flip(name, ref)
+                    self._drain_later(name, ref, shards=False)
+            return {"retriever": name, "version": ref["version"], "previous": previous["version"]}
+        entry = {"swap_id": swap_id, "retriever": name, "version": ref["version"]}
+        try:
+            async with self.ledger.lease(), self._lock:  # the lease first: a reconfigure never waits on _lock
+                previous = self.active[name]
+                if swap_id:
+                    await self.ledger.record({**entry, "status": "pending", "previous": previous["version"]})
+                if ref["digest"] != previous["digest"]:
+                    await self._prepare(name, ref)
+                    await self._publish_shards(name, previous, ref)
+                    try:  # this retriever's entry only: another's swap made meanwhile elsewhere stays
+                        await self.publish({INGRESS: {"indexes": {name: ref["path"]},
+                                                      "digests": {name: ref["digest"]}}}, merge=True)
                     except Exception as exc:
                         raise failure(503, "swap_failed", "the ingress replicas did not take the new version "
                                       f"({type(exc).__name__})", f"retriever {name}: publishing to the ingress",
                                       exc) from exc
-                self._flip(name, ref)
-        return {"retriever": name, "version": ref["version"], "previous": previous["version"]}
+                    self._flip(name, ref)
+                    self._drain_later(name, ref, shards=True)
+        except ApiError as exc:
+            if swap_id:
+                await self.ledger.record({**entry, "status": "failed", "error": {"code": exc.code,
+                                                                                 "message": exc.message}})
+            raise
+        out = {"retriever": name, "version": ref["version"], "previous": previous["version"]}
+        if swap_id:
+            await self.ledger.record({**entry, **out, "status": "done"})
+            out = {**out, "swap_id": swap_id, "status": "done"}
+        return out
+
+    def _drain_later(self, name: str, ref: IndexRef, shards: bool) -> None:
+        """After ``drain_s``, release the previous version of ``name``: this replica's in-ingress shards, and
+        (``shards``: the replica that ran the swap) every shard replica, unless another swap came first."""
+        if not shards and self.retrievers[name].placement != "ingress":
+            return  # nothing held here: the replica that ran the swap releases the shards' copies
+        pending = self._drains.pop(name, None)
+        if pending is not None:
+            pending.cancel()
+        self._drains[name] = asyncio.get_running_loop().create_task(self._drain(name, ref, shards))
+
+    async def _drain(self, name: str, ref: IndexRef, shards: bool) -> None:
+        await asyncio.sleep(self.drain_s)
+        spec = self.retrievers[name]
+        try:
+            if spec.placement == "ingress":
+                async with self._lock:
+                    if self.active[name]["digest"] == ref["digest"]:
+                        await self._hold_local(name, [ref])
+            elif shards:
+                async with self.ledger.lease(), self._lock:
+                    if self.active[name]["digest"] == ref["digest"]:
+                        await self.publish({shard_deployment(name, i): {"versions": [ref]}
+                                            for i in range(len(spec.shards))})
+            log.info("retriever %s: previous index version released after %.0f s", name, self.drain_s)
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("retriever %s: releasing the previous index version failed (kept until the next swap)",
+                          name)
 
     async def apply(self, indexes: dict[str, str], digests: dict[str, str] | None = None) -> None:
         """An ``Ingress`` ``user_config`` (``indexes: {retriever: path}``): make each this replica's active
@@ -249,6 +305,7 @@ class IndexVersions:
                             raise
                     self.stale.pop(name, None)
                     self._flip(name, ref)
+                    self._drain_later(name, ref, shards=False)
                     continue
                 await self.swap(name, self.resolve(path), path, everywhere=False)
             except (ApiError, BundleError) as exc:

@@ -108,7 +108,7 @@ class Started:
         return True, {"bm25-0": True, "bm25-1": True}
 
 
-async def _no_controller(user_configs: dict[str, Any]) -> None:
+async def _no_controller(user_configs: dict[str, Any], merge: bool = False) -> None:
     """Stands in for the Serve controller's ``user_config`` broadcast (one in-process replica)."""
 
 
@@ -138,6 +138,7 @@ def ingress_app(config: dict[str, Any] | None = None, reranker: Any = None) -> I
 
     from retrec.serving import ingress, schemas
     from retrec.serving.middleware import GUARD
+    from retrec.serving.swaps import LocalLedger
 
     user_class = ingress.Ingress.func_or_class.__mro__[1]
     assert user_class.__qualname__ == "Ingress"
@@ -153,6 +154,7 @@ def ingress_app(config: dict[str, Any] | None = None, reranker: Any = None) -> I
                         {name: FakeRecommender() for name in cfg.get("recommenders", {})}, reranker)
     _unbatched(obj)
     obj.versions.publish = _no_controller  # no Serve controller here: a swap flips this replica only
+    obj.versions.ledger = LocalLedger()  # nor the application's ledger actor
     obj.readiness.stop()
     obj.readiness = Started()  # a replica past its first readiness check (tests/serving/test_ops.py tests the cache)
     context = types.SimpleNamespace(servable_object=obj, app_name="retrec",  # what @serve.batch asks, too

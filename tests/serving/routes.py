@@ -19,6 +19,9 @@ BODIES: dict[str, Any] = {  # a valid body for every POST route (a new route mus
     "/v1/admin/indexes": {"retriever": "bm25", "path": "bm25-v2"},
     "/v1/events": {"events": [{"user": "u1", "item": "i1", "timestamp": 1_700_000_000, "type": "view"}]},
 }
+# a path parameter's example, and what a route answers with a key when the example names nothing that exists
+PARAMS = {"{swap_id}": "0" * 32}
+ANSWERED_WITH_KEY = {"/v1/admin/swaps/{swap_id}": {(200, None), (404, "unknown_swap")}}
 # send(method, path, json_body, headers) -> (status, error code or None)
 Send = Callable[[str, str, Any, dict[str, str]], tuple[int, str | None]]
 
@@ -53,7 +56,9 @@ def walk_routes(send: Send, prefix: str, schema: dict[str, Any], *, api_key: str
             continue
         body = bodies.get(path) if method == "POST" else None
         key = admin_key if path.startswith("/v1/admin/") else api_key
-        where = f"{method} {prefix}{path}"
+        where, template = f"{method} {prefix}{path}", path
+        for name, example in PARAMS.items():
+            path = path.replace(name, example)
         anon = send(method, prefix + path, body, {})
         if path in PUBLIC:
             if anon[0] != 200:
@@ -66,6 +71,6 @@ def walk_routes(send: Send, prefix: str, schema: dict[str, Any], *, api_key: str
             failures.append(f"{where}: answered {wrong} with a wrong key")
         for headers in ({"Authorization": f"Bearer {key}"}, {"X-API-Key": key}):
             status = send(method, prefix + path, body, headers)
-            if status[0] != 200:
+            if status not in ANSWERED_WITH_KEY.get(template, ()) and status[0] != 200:
                 failures.append(f"{where}: answered {status} with the key ({next(iter(headers))})")
     return failures

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +29,7 @@ from starlette.routing import Mount
 from retrec.bundle import write_manifest
 from retrec.serving import middleware
 from retrec.serving.config import ServingConfig
+from retrec.serving.swaps import LocalLedger
 from tests.serving.inproc import Started
 from tests.serving.routes import BODIES, walk_routes
 
@@ -137,10 +139,11 @@ def make_ingress(args: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> tuple
     retrievers = {"bm25": {"kind": "index/bm25", "payload": "text", "shards": [shard], "ref": ref, "encoder": None}}
     ingress = cls(args, retrievers, {}, {"bert4rec": FakeRecommender()})
 
-    async def no_controller(user_configs: dict[str, Any]) -> None:  # the Serve controller's broadcast, in Ray
+    async def no_controller(user_configs: dict[str, Any], merge: bool = False) -> None:  # the Serve broadcast
         return None
 
     ingress.versions.publish = no_controller
+    ingress.versions.ledger = LocalLedger()  # in Ray: the application's ledger actor
     ingress.readiness.stop()
     ingress.readiness = Started()  # past its first readiness check (the cache is tested in test_ops.py)
     monkeypatch.setattr(serve, "get_replica_context", lambda: SimpleNamespace(
@@ -316,7 +319,10 @@ def test_admin_swaps_a_bundle_named_relative_to_the_root(ingress: Any, models_ro
         ("POST", "/v1/admin/indexes", {"retriever": "bm25", "path": "current"}, auth),  # symlink inside the root
         ("GET", "/v1/models", None, {"X-API-Key": API_KEY})])
     assert first.status_code == 200, first.text
-    assert first.json() == {"retriever": "bm25", "version": "bm25-v2", "previous": "bm25-v1"}
+    body = first.json()
+    assert {k: body[k] for k in ("retriever", "version", "previous", "status")} == {
+        "retriever": "bm25", "version": "bm25-v2", "previous": "bm25-v1", "status": "done"}
+    assert re.fullmatch(r"[0-9a-f]{32}", body["swap_id"])
     assert second.status_code == 200, second.text
     assert models.json()["retrievers"]["bm25"]["index_version"] == "bm25-v2"
 

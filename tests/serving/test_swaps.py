@@ -30,7 +30,8 @@ def bundles(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[s
     root = tmp_path_factory.mktemp("swap-bundles")
     ids, texts = load_retrieval_data(tiny_data, split="test").doc_texts()
     out = {"data": tiny_data}
-    for key, k1, version in (("v1", 0.9, "bm25-v1"), ("v2", 1.5, "bm25-v2"), ("v2b", 2.5, "bm25-v2")):
+    for key, k1, version in (("v0", 0.9, "bm25-v0"), ("v1", 0.9, "bm25-v1"), ("v2", 1.5, "bm25-v2"),
+                             ("v2b", 2.5, "bm25-v2")):
         saved = BM25Index.build(ids, texts, BM25Config(k1=k1, b=0.75)).save(root / key, name="bm25")
         out[key] = with_version(saved.path, version)
     (root / "keys.txt").write_text(f"{API_KEY}\n")
@@ -46,9 +47,10 @@ def _config(bundles: dict[str, Any], port: int, placement: str) -> dict[str, Any
         "http_options": {"host": "127.0.0.1", "port": port},
         "applications": [{
             "name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
-            "args": {"retrievers": {"bm25": {"index": str(bundles["v1"]), "placement": placement, "shards": two}},
+            "args": {"retrievers": {name: {"index": str(bundles["v0"]), "placement": placement, "shards": two}
+                                    for name in ("bm25", "title")},  # v0: the build-time version (deleted later)
                      "ingress": {**two, "max_ongoing_requests": 64},
-                     "limits": {"shard_timeout_s": 2.0, "request_timeout_s": 5},
+                     "limits": {"shard_timeout_s": 2.0, "request_timeout_s": 5, "swap_drain_s": 2.0},
                      "auth": {"api_keys_env": None, "api_keys_file": str(bundles["keys"])}, "use_gpu": False,
                      "admin": {"enabled": True, "keys_env": None, "keys_file": str(bundles["admin_keys"]),
                                "models_root": str(bundles["root"])}},
@@ -80,9 +82,9 @@ def client(url: str) -> Iterator[httpx.Client]:
         yield c
 
 
-def _swap(client: httpx.Client, path: Path) -> httpx.Response:
+def _swap(client: httpx.Client, path: Path, retriever: str = "bm25") -> httpx.Response:
     """The admin swap: a bundle named relative to the models root, with the admin key."""
-    return client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": path.name},
+    return client.post("/v1/admin/indexes", json={"retriever": retriever, "path": path.name},
                        headers={"X-API-Key": ADMIN_KEY}, timeout=120)
 
 
@@ -90,9 +92,9 @@ def _replicas(deployment: str) -> list[str]:
     return sorted(a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if f"#{deployment}#" in a["name"])
 
 
-def _shard_replicas() -> list[str]:
+def _shard_replicas(retriever: str = "bm25") -> list[str]:
     """The shard's own replicas (none when the shard runs inside the ingress replicas)."""
-    return _replicas("bm25-shard-0")
+    return _replicas(f"{retriever}-shard-0")
 
 
 class Load:
@@ -139,7 +141,8 @@ def test_swap_reaches_every_replica_under_load(client: httpx.Client, url: str, b
         r = _swap(client, bundles["v2"])
         swapped_at = time.monotonic()
         assert r.status_code == 200, r.text
-        assert r.json() == {"retriever": "bm25", "version": "bm25-v2", "previous": "bm25-v1"}
+        assert {k: r.json()[k] for k in ("retriever", "version", "previous", "status")} == {
+            "retriever": "bm25", "version": "bm25-v2", "previous": "bm25-v0", "status": "done"}
         deadline = time.monotonic() + 60  # 21 answered requests after the swap, however slow the machine
         while sum(started > swapped_at for started, *_ in list(load.results)) <= 20 and time.monotonic() < deadline:
             time.sleep(0.1)
@@ -148,7 +151,7 @@ def test_swap_reaches_every_replica_under_load(client: httpx.Client, url: str, b
     after = [(v, hits) for started, _, v, hits in load.results if started > swapped_at]
     assert len(after) > 20 and {v for v, _ in after} == {"bm25-v2"}
     assert {tuple(h) for _, h in after} == {tuple(_offline(bundles["v2"], query))}
-    assert "bm25-v1" in {v for started, _, v, _ in load.results if started < swapped_at}
+    assert "bm25-v0" in {v for started, _, v, _ in load.results if started < swapped_at}
     for _ in range(10):  # both ingress replicas
         assert client.get("/v1/models").json()["retrievers"]["bm25"]["index_version"] == "bm25-v2"
 
@@ -205,6 +208,61 @@ def test_refused_version_is_a_400_before_anything_flips(client: httpx.Client, ur
     assert {v for _, _, v, _ in load.results} == {before["index_version"]}
     for _ in range(10):
         assert client.get("/v1/models").json()["retrievers"]["bm25"] == before
+
+
+def _served(client: httpx.Client) -> set[tuple[str, str]]:
+    """(retriever, index version) as ingress replicas report them (enough calls to reach both)."""
+    return {(n, r["index_version"]) for _ in range(12)
+            for n, r in client.get("/v1/models").json()["retrievers"].items()}
+
+
+def test_concurrent_swaps_on_different_ingress_replicas_both_take_effect(client: httpx.Client,
+                                                                        bundles: dict[str, Any]) -> None:
+    """Issue 44, acceptance 1: each round sends a swap of each retriever at once (the proxy spreads them over
+    the two ingress replicas); both take effect, on every replica — none reverts the other."""
+    for bm25, title in (("v2", "v2"), ("v1", "v2b"), ("v2", "v2")):
+        out: dict[str, httpx.Response] = {}
+        threads = [threading.Thread(target=lambda n=n, v=v, out=out: out.__setitem__(n, _swap(client, bundles[v], n)))
+                   for n, v in (("bm25", bm25), ("title", title))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert {n: r.status_code for n, r in out.items()} == {"bm25": 200, "title": 200}, [r.text for r in out.values()]
+        want = {("bm25", f"bm25-{bm25[:2]}"), ("title", f"bm25-{title[:2]}")}
+        assert _served(client) == want
+        for r in out.values():  # the status endpoint, from any replica, says the same
+            status = client.get(f"/v1/admin/swaps/{r.json()['swap_id']}", headers={"X-API-Key": ADMIN_KEY}).json()
+            assert status["status"] == "done" and status["version"] == r.json()["version"]
+
+
+def test_restart_after_the_build_time_version_was_deleted(client: httpx.Client, bundles: dict[str, Any]) -> None:
+    """Issue 44, acceptance 2: the build-time version (v0) deleted, every replica killed: all come back ready
+    on the current versions (Serve re-applies the current user_config to the replicas it starts)."""
+    saved = bundles["root"] / "v0-saved"
+    shutil.move(str(bundles["v0"]), saved)
+    try:
+        killed = set(_replicas("Ingress") + _shard_replicas("bm25") + _shard_replicas("title"))
+        for name in killed:
+            ray.kill(ray.get_actor(name, namespace="serve"), no_restart=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = set(_replicas("Ingress") + _shard_replicas("bm25") + _shard_replicas("title"))
+            try:
+                ready = client.get("/readyz").status_code == 200
+            except httpx.HTTPError:
+                ready = False
+            if not killed & now and len(now) == len(killed) and ready:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("replicas did not come back ready")
+        assert _served(client) == {("bm25", "bm25-v2"), ("title", "bm25-v2")}
+        for _ in range(10):
+            r = client.post("/v1/search", json={"query": bundles["query"], "k": 5})
+            assert r.status_code == 200 and r.json()["partial"] is False, r.text
+    finally:
+        shutil.move(str(saved), bundles["v0"])
 
 
 def test_user_config_swap_reaches_every_replica(client: httpx.Client, url: str, bundles: dict[str, Any],

@@ -22,6 +22,7 @@ from retrec.index.bm25_index import BM25Config, BM25Index
 from retrec.index.faiss_index import FaissIndex
 from retrec.serving.errors import ApiError
 from retrec.serving.placement import LocalShard, RemoteShard
+from retrec.serving.rollout import merged
 from retrec.serving.scatter import RetrieverSpec
 from retrec.serving.shards import IndexShard, index_ref
 from retrec.serving.versions import IndexVersions
@@ -97,9 +98,13 @@ class LocalController:
     def __init__(self) -> None:
         self.replicas: dict[str, list[Any]] = {}
         self.published: list[dict[str, Any]] = []
+        self.current: dict[str, Any] = {}  # deployment -> its user_config
         self.ingress: list[IndexVersions] = []
 
-    async def publish(self, user_configs: dict[str, Any]) -> None:
+    async def publish(self, user_configs: dict[str, Any], merge: bool = False) -> None:
+        if merge:
+            user_configs = {d: merged(self.current.get(d), update) for d, update in user_configs.items()}
+        self.current.update(user_configs)
         self.published.append(user_configs)
         for deployment, user_config in user_configs.items():
             for replica in self.replicas.get(deployment, []):

@@ -13,7 +13,9 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
+import re
 import secrets
+import time
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +29,7 @@ log = logging.getLogger(__name__)
 CURRENT = "current"
 SAMPLE_QUERIES = 8
 ADMIN_KEY_ENV = "RETREC_ADMIN_KEY"
+SWAP_ID = re.compile(r"^[0-9a-f]{32}$")  # the server's swap ids (retrec/serving/swaps.py)
 
 
 class GateError(RuntimeError):
@@ -140,19 +143,46 @@ def swap_server(url: str, retriever: str, version: Path, models_root: Path, *, k
     except ValueError as exc:
         raise ValueError(f"{version} is not under the swap root {models_root} (the server's admin.models_root "
                          "as seen from here: --swap-root)") from exc
-    target = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/v1/admin/indexes"
+    base = f"{parts.scheme}://{parts.netloc}{parts.path.rstrip('/')}/v1/admin"
+    headers = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + timeout_s
+    response = _call(httpx.post, f"{base}/indexes", parts.hostname, parts.port, json={"retriever": retriever,
+                     "path": relative}, headers=headers, timeout=timeout_s, trust_env=False)
+    body = _body(response)
+    while response.status_code == 202 and body.get("status") == "pending":  # still loading: follow its record
+        swap_id = str(body.get("swap_id", ""))
+        if not SWAP_ID.match(swap_id) or time.monotonic() > deadline:
+            raise RuntimeError(f"swap still running on the server after {timeout_s:g} s (swap_id {swap_id[:32]}); "
+                               "GET /v1/admin/swaps/SWAP_ID tells how it ends")
+        time.sleep(1.0)
+        response = _call(httpx.get, f"{base}/swaps/{swap_id}", parts.hostname, parts.port, headers=headers,
+                         timeout=30.0, trust_env=False)
+        body = _body(response)
+        if response.status_code == 200 and body.get("status") == "pending":
+            response = httpx.Response(202)
+        elif response.status_code == 200 and body.get("status") == "failed":
+            error = body.get("error") if isinstance(body.get("error"), dict) else {}
+            raise RuntimeError(f"swap failed on the server: {error.get('code', '')}: "
+                               f"{str(error.get('message', ''))[:300]}")
+    if response.status_code != 200:
+        error = body.get("error") if isinstance(body.get("error"), dict) else body
+        raise RuntimeError(f"swap refused: HTTP {response.status_code} {error.get('code', '')}: "
+                           f"{str(error.get('message', ''))[:300]}")
+    return body
+
+
+def _call(method: Any, url: str, host: str | None, port: int | None, **kwargs: Any) -> Any:
+    import httpx
+
     try:
-        response = httpx.post(target, json={"retriever": retriever, "path": relative},
-                              headers={"Authorization": f"Bearer {key}"}, timeout=timeout_s, trust_env=False)
+        return method(url, **kwargs)
     except httpx.HTTPError as exc:
-        raise RuntimeError(f"swap: no answer from {parts.hostname}:{parts.port or ''} ({type(exc).__name__})") from None
+        raise RuntimeError(f"swap: no answer from {host}:{port or ''} ({type(exc).__name__})") from None
+
+
+def _body(response: Any) -> dict[str, Any]:
     try:
         body = response.json()
     except ValueError:
         body = None
-    if not isinstance(body, dict):
-        body = {"message": response.text[:200]}
-    if response.status_code != 200:
-        raise RuntimeError(f"swap refused: HTTP {response.status_code} {body.get('code', '')}: "
-                           f"{str(body.get('message', ''))[:300]}")
-    return body
+    return body if isinstance(body, dict) else {"message": response.text[:200]}

@@ -351,6 +351,38 @@ def test_swap_sends_the_version_relative_to_the_models_root_and_never_echoes_the
     assert len(sent) == 2
 
 
+@pytest.mark.parametrize("ending", ["done", "failed"])
+def test_swap_that_outlives_its_request_is_followed_to_its_end(monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+                                                              ending: str) -> None:
+    """A 202 (the server's swap goes on past limits.swap_timeout_s): the CLI polls the swap's record and reports
+    what the server says — the version it ended on, or the error it failed with."""
+    import httpx
+
+    from retrec.pipelines.reindex import checks
+
+    version = tmp_path / "models" / "v9"
+    version.mkdir(parents=True)
+    swap_id, polls = "c" * 32, []
+    record = {"swap_id": swap_id, "retriever": "dense", "version": "v9"}
+    monkeypatch.setattr(httpx, "post", lambda url, **kw: httpx.Response(202, json={**record, "status": "pending"}))
+
+    def get(url: str, **kw: object) -> httpx.Response:
+        polls.append(url)
+        status = "pending" if len(polls) < 2 else ending
+        error = {"error": {"code": "bad_bundle", "message": "shard 0: checksum mismatch"}} if status == "failed" else {}
+        return httpx.Response(200, json={**record, "status": status, **error})
+
+    monkeypatch.setattr(httpx, "get", get)
+    monkeypatch.setattr(checks.time, "sleep", lambda s: None)
+    monkeypatch.setenv("RETREC_ADMIN_KEY", "s3cret-admin-key")
+    if ending == "done":
+        assert checks.swap_server("http://127.0.0.1:8000", "dense", version, tmp_path / "models")["status"] == "done"
+    else:
+        with pytest.raises(RuntimeError, match="swap failed on the server: bad_bundle: shard 0: checksum"):
+            checks.swap_server("http://127.0.0.1:8000", "dense", version, tmp_path / "models")
+    assert polls == [f"http://127.0.0.1:8000/v1/admin/swaps/{swap_id}"] * 2
+
+
 def test_reindex_of_a_token_kind_equals_retrec_index(tiny_data: Path, tmp_path: Path) -> None:
     """Token payloads (one matrix per document) travel through the parts store; float16 stores are not reused."""
     from tests.tiny_models import tiny_multivector_encoder

@@ -1,0 +1,199 @@
+"""Swaps across the application (issue 44): concurrent swaps from different ingress replicas both take effect; a
+swap that outlives its request answers 202 and ends in one state its status endpoint describes; a restart after
+the build-time version was deleted comes back on the current one; the previous version is released after the
+drain period. In-process (the Serve controller and its replicas stood in for); tests/serving/test_swaps.py runs
+the same over HTTP in Ray."""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from retrec.bundle import BundleError
+from retrec.index.bm25_index import BM25Config, BM25Index
+from retrec.serving.placement import RemoteShard
+from retrec.serving.scatter import RetrieverSpec
+from retrec.serving.shards import index_ref
+from retrec.serving.swaps import LocalLedger, RayLedger
+from retrec.serving.versions import IndexVersions
+from tests.serving.inproc import _Method
+from tests.serving.test_auth import (  # noqa: F401  (fixtures)
+    ADMIN_KEY,
+    _args,
+    guard_state,
+    keys_env,
+    make_ingress,
+    models_root,
+)
+from tests.serving.test_versions import IngressReplica, LocalController, LocalHandle, Shard
+from tests.tiny_models import with_version
+
+
+@pytest.fixture(scope="module")
+def versions_dir(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    from retrec.data.beir import load_retrieval_data
+
+    root = tmp_path_factory.mktemp("coordination")
+    ids, texts = load_retrieval_data(tiny_data, split="test").doc_texts()
+    out = {}
+    for key, k1 in (("v1", 0.9), ("v2", 1.6)):
+        saved = BM25Index.build(ids, texts, BM25Config(k1=k1, b=0.75)).save(root / key, name="bm25")
+        out[key] = with_version(Path(saved.path), f"bm25-{key}")
+    return out
+
+
+def _two_retrievers(v1: Path, drain_s: float = 30.0) -> tuple[list[IndexVersions], LocalController, dict]:
+    """Two ingress replicas serving retrievers ``a`` and ``b`` (2 shard replicas each), one controller, one
+    application ledger (in Ray: the ledger actor every replica reaches)."""
+    ref = index_ref(v1)
+    controller, ledger, shards = LocalController(), LocalLedger(), {}
+    for name in ("a", "b"):
+        shards[name] = [Shard(kind="index/bm25", shard=0, initial=ref, use_gpu=False) for _ in range(2)]
+        controller.replicas[f"{name}-shard-0"] = shards[name]
+    ingress = []
+    for _ in range(2):
+        specs = {n: RetrieverSpec(n, "index/bm25", "text", [RemoteShard(LocalHandle(shards[n][-1]))], None,
+                                  "deployment") for n in ("a", "b")}
+        versions = IndexVersions(specs, {"a": ref, "b": ref}, {}, resolve=str, publish=controller.publish,
+                                 ledger=ledger, drain_s=drain_s)
+        ingress.append(versions)
+    controller.replicas["Ingress"] = [IngressReplica(v) for v in ingress]
+    return ingress, controller, shards
+
+
+def test_concurrent_swaps_of_two_retrievers_on_two_ingress_replicas_both_take_effect(
+        versions_dir: dict[str, Path]) -> None:
+    (one, two), controller, _ = _two_retrievers(versions_dir["v1"])
+    new = index_ref(versions_dir["v2"])["digest"]
+
+    async def both() -> None:
+        await asyncio.gather(one.swap("a", str(versions_dir["v2"])), two.swap("b", str(versions_dir["v2"])))
+
+    asyncio.run(both())
+    for replica in (one, two):
+        assert {n: r["digest"] for n, r in replica.active.items()} == {"a": new, "b": new}
+    assert controller.current["Ingress"]["digests"] == {"a": new, "b": new}  # a restarted replica gets both
+
+
+def test_ingress_publish_changes_only_the_swapped_entry(versions_dir: dict[str, Path]) -> None:
+    (one, _), controller, _ = _two_retrievers(versions_dir["v1"])
+    controller.current["Ingress"] = {"indexes": {"b": "/elsewhere/b-v9"}, "digests": {"b": "f" * 64}}
+    asyncio.run(one.swap("a", str(versions_dir["v2"])))
+    assert controller.current["Ingress"]["indexes"]["b"] == "/elsewhere/b-v9"  # not reverted to this one's view
+
+
+def test_previous_version_is_released_after_the_drain_period(versions_dir: dict[str, Path]) -> None:
+    (one, _), _, shards = _two_retrievers(versions_dir["v1"], drain_s=0.2)
+    old, new = index_ref(versions_dir["v1"])["digest"], index_ref(versions_dir["v2"])["digest"]
+
+    async def swap_then_wait() -> tuple[list[list[str]], list[list[str]]]:
+        await one.swap("a", str(versions_dir["v2"]))
+        during = [s.versions() for s in shards["a"]]
+        await asyncio.sleep(0.6)
+        return during, [s.versions() for s in shards["a"]]
+
+    during, after = asyncio.run(swap_then_wait())
+    assert all(v == [old, new] for v in during)  # requests in flight on the old version still finish
+    assert all(v == [new] for v in after)
+    assert all(s.versions() == [old] for s in shards["b"])
+
+
+def test_restart_after_the_build_time_version_was_deleted(versions_dir: dict[str, Path],
+                                                          tmp_path: Path) -> None:
+    """A replica starts with the build's arguments; the build-time version is gone; Serve then applies the
+    current user_config: it serves that one, and until then it is up and not ready (no crash loop)."""
+    built = tmp_path / "built"
+    shutil.copytree(versions_dir["v1"], built)
+    (one, _), controller, _ = _two_retrievers(built)
+    asyncio.run(one.swap("a", str(versions_dir["v2"])))
+    asyncio.run(one.swap("b", str(versions_dir["v2"])))
+    build_ref = index_ref(built)
+    shutil.rmtree(built)
+    fresh_shard = Shard(kind="index/bm25", shard=0, initial=build_ref, use_gpu=False)
+    assert not fresh_shard.ready() and "could not be loaded" in (fresh_shard.problem or "")
+    asyncio.run(fresh_shard.reconfigure(controller.current["a-shard-0"]))
+    assert fresh_shard.ready() and fresh_shard.versions() == [index_ref(versions_dir["v2"])["digest"]]
+    fresh = IndexVersions(one.retrievers, {"a": build_ref, "b": build_ref}, {}, resolve=str,
+                          publish=controller.publish, ledger=LocalLedger())
+    asyncio.run(IngressReplica(fresh).reconfigure(controller.current["Ingress"]))
+    assert {r["version"] for r in fresh.active.values()} == {"bm25-v2"}
+
+
+def test_a_shard_whose_current_version_is_missing_stays_up_not_ready(versions_dir: dict[str, Path],
+                                                                    tmp_path: Path) -> None:
+    gone = tmp_path / "gone"
+    shutil.copytree(versions_dir["v2"], gone)
+    ref = index_ref(gone)
+    shutil.rmtree(gone)
+    shard = Shard(kind="index/bm25", shard=0, initial=ref, use_gpu=False)
+    asyncio.run(shard.reconfigure({"versions": [ref]}))  # no exception: Serve would restart it in a loop
+    assert not shard.ready() and shard.problem and str(gone) not in shard.problem
+    loaded = Shard(kind="index/bm25", shard=0, initial=index_ref(versions_dir["v1"]), use_gpu=False)
+    with pytest.raises(BundleError):  # holding a version: a missing new one fails the swap's rollout instead
+        asyncio.run(loaded.reconfigure({"versions": [index_ref(versions_dir["v1"]), ref]}))
+
+
+# ---- the admin endpoint: 202 and the status any replica answers ------------------------------------------
+
+def _slow_load(shard: Any, delay_s: float, fail: bool = False) -> None:
+    def load(ref: dict[str, str]) -> asyncio.Future:
+        async def later() -> None:
+            await asyncio.sleep(delay_s)
+            if fail:
+                raise BundleError("shards/000.faiss: checksum mismatch")
+            shard.loaded.append(ref["version"])
+            shard.digests.append(ref["digest"])
+        return asyncio.ensure_future(later())
+    shard.load = _Method(load)
+
+
+@pytest.mark.parametrize("fail", [False, True])
+def test_a_swap_slower_than_its_timeout_answers_202_and_its_status_tells_how_it_ended(
+        models_root: Path, keys_env: None, guard_state: None, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+        fail: bool) -> None:
+    from retrec.serving.ingress import api
+
+    obj, shards = make_ingress(_args(models_root, limits={"swap_timeout_s": 0.1}), monkeypatch)
+    _slow_load(shards["bm25"], 0.5, fail=fail)
+    admin = {"X-API-Key": ADMIN_KEY}
+
+    async def go() -> list[httpx.Response]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as c:
+            swap = await c.post("/v1/admin/indexes", json={"retriever": "bm25", "path": "bm25-v2"}, headers=admin)
+            status = f"/v1/admin/swaps/{swap.json()['swap_id']}"
+            pending = await c.get(status, headers=admin)
+            await asyncio.sleep(1.0)
+            return [swap, pending, await c.get(status, headers=admin), await c.get("/v1/admin/swaps", headers=admin),
+                    await c.get(status.replace("swaps/", "swaps/x"), headers=admin)]
+
+    swap, pending, ended, recent, bad_id = asyncio.run(go())
+    assert swap.status_code == 202 and swap.json()["status"] == "pending", swap.text
+    assert pending.json()["status"] == "pending"
+    version = obj.versions.active["bm25"]["version"]
+    if fail:
+        assert ended.json()["status"] == "failed" and ended.json()["error"]["code"] == "bad_bundle"
+        assert version == "bm25-v1" and str(models_root) not in ended.text
+    else:
+        assert ended.json()["status"] == "done" and ended.json()["version"] == version == "bm25-v2"
+    assert recent.json()["swaps"][0]["swap_id"] == swap.json()["swap_id"]
+    assert bad_id.status_code == 404 and bad_id.json()["error"]["code"] == "unknown_swap"
+
+
+def test_ray_ledger_lease_is_one_at_a_time_and_expires(tmp_path: Path) -> None:
+    """The ledger actor's lease: a second holder waits; a holder that stops renewing loses it after ttl."""
+    from retrec.serving.swaps import _LedgerActor
+
+    actor = _LedgerActor()
+    assert actor.acquire("a", 0.2) and not actor.acquire("b", 0.2) and actor.acquire("a", 0.2)
+    actor.release("a")
+    assert actor.acquire("b", 0.05)
+    import time
+
+    time.sleep(0.1)
+    assert actor.acquire("c", 1.0)  # b's lease expired (its replica died)
+    assert RayLedger(app_name="x").app_name == "x"
