@@ -374,3 +374,16 @@ def load_bundle(
         if extra:
             raise BundleError(f"{root}: files not in the manifest: {sorted(extra)[:5]}")
     return manifest
+
+
+def load_arrays(path: str | Path) -> dict[str, Any]:
+    """The numpy arrays of a safetensors file; a header whose shapes, dtypes or offsets do not fit the file
+    (e.g. one claiming 2^34 elements) is a ``BundleError`` before anything is allocated (safetensors checks
+    them against the file's length; it maps the file, never reads what a header merely claims)."""
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    try:
+        return load_file(str(path))
+    except SafetensorError as exc:
+        raise BundleError(f"{Path(path).name}: not a valid safetensors file ({exc}); refused before loading") from exc

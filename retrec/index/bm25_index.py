@@ -27,9 +27,9 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from retrec.bundle import BundleError, Manifest, load_bundle, publish
+from retrec.bundle import BundleError, Manifest, load_arrays, load_bundle, publish
 from retrec.contracts import strict_options
 from retrec.index.bm25_build import Analyzer, BM25Config, PostingsBuilder, ScoreMatrix
 from retrec.index.retriever import Hits
@@ -157,7 +157,7 @@ class BM25Index:
     def load(cls, directory: str | Path, verify: bool = True) -> BM25Index:
         manifest = load_bundle(directory, kind=KIND, verify=verify)
         config = BM25Config(**manifest.config)
-        arrays = load_file(str(manifest.file("scores.safetensors")))
+        arrays = load_arrays(str(manifest.file("scores.safetensors")))
         doc_ids = json.loads(manifest.file("doc_ids.json").read_text())
         vocab = json.loads(manifest.file("vocab.json").read_text())
         terms = sorted((i, t) for t, i in vocab.items() if t != "")

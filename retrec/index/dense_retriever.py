@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from retrec.bundle import Manifest, atomic_path
+from retrec.bundle import Manifest, atomic_path, load_arrays
 from retrec.index import ann
 from retrec.index.faiss_index import FaissIndex
 from retrec.index.retriever import Hits
@@ -55,7 +55,7 @@ def encode_corpus(
     path = Path(cache) / f"{corpus_key(encoder, texts)}.safetensors" if cache is not None else None
     if path is not None and path.is_file():
         try:
-            vectors = load_file(str(path))["embeddings"]
+            vectors = load_arrays(str(path))["embeddings"]
             if vectors.shape == (len(texts), encoder.dim) and vectors.dtype == np.float32:
                 return vectors
         except Exception as exc:  # a torn or foreign file: encode again

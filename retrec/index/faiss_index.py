@@ -37,6 +37,8 @@ from retrec.index import ann
 from retrec.index.doc_ids import DocIdTable, IdColumn
 from retrec.index.encoder_check import check_encoder, check_index, encoder_ref, index_check_ref
 from retrec.index.faiss_build import REFINE_DTYPE, SHARD_HASH, VectorSource, shard_of, stream_shards
+from retrec.index.faiss_check import load_npy
+from retrec.index.faiss_check import read_checked as _read_index
 from retrec.index.retriever import Hits
 from retrec.kinds import DENSE_INDEX
 from retrec.runtime.vectors import l2_normalize
@@ -80,16 +82,6 @@ def _gpu_copy(index: faiss.Index, use_gpu: bool | None) -> faiss.Index | None:
     except (RuntimeError, AttributeError) as exc:
         log.debug("FAISS index stays on CPU: %s", exc)
         return None
-
-
-def _read_index(path: Path, mmap: bool) -> faiss.Index:
-    flags = [f for f in (getattr(faiss, "IO_FLAG_MMAP_IFC", None), faiss.IO_FLAG_MMAP) if f is not None] if mmap else []
-    for flag in flags:
-        try:
-            return faiss.read_index(str(path), flag)
-        except RuntimeError:
-            continue
-    return faiss.read_index(str(path))
 
 
 class FaissIndex:
@@ -378,8 +370,7 @@ class FaissIndex:
             shard_indices.append(index)
             id_lists.append(pq.read_table(manifest.file(f"shards/{s:03d}.ids.parquet")).column("doc_id"))
             if config.get("refine_store"):
-                refine.append(np.load(manifest.file(f"shards/{s:03d}.vectors.npy"), mmap_mode="r" if mmap else None,
-                                      allow_pickle=False))
+                refine.append(load_npy(manifest.file(f"shards/{s:03d}.vectors.npy"), mmap))
         encoder_info = ({"name": enc.get("name"), "version": enc.get("version"), "dim": dims["dim"],
                          "similarity": config["similarity"], "path": enc.get("path")}
                         if enc.get("name") is not None else None)

@@ -44,7 +44,8 @@ from retrec.index import muvera_auto
 from retrec.index.doc_ids import DocIdTable
 from retrec.index.encoder_check import check_encoder, encoder_ref, index_check_ref
 from retrec.index.faiss_build import SHARD_HASH, new_index, shard_of, train_index
-from retrec.index.faiss_index import _read_index
+from retrec.index.faiss_check import load_npy
+from retrec.index.faiss_check import read_checked as _read_index
 from retrec.index.retriever import Hits
 from retrec.kinds import MAXSIM_INDEX, MUVERA_INDEX
 from retrec.runtime.fde import FDEConfig
@@ -373,8 +374,7 @@ def _load(manifest: Manifest, path: str | Path, shard: int | None, encoder: Mani
     parts = []
     for s in wanted:
         table = pq.read_table(manifest.file(f"shards/{s:03d}.docs.parquet"))
-        tokens = np.load(manifest.file(f"shards/{s:03d}.tokens.npy"), mmap_mode="r" if mmap else None,
-                         allow_pickle=False)
+        tokens = load_npy(manifest.file(f"shards/{s:03d}.tokens.npy"), mmap)
         offsets, lengths = (table.column(c).to_numpy().astype(np.int64) for c in ("offset", "length"))
         contiguous = np.cumsum(lengths) - lengths
         if (tokens.dtype != np.float16 or tokens.ndim != 2 or tokens.shape[1] != dim

@@ -37,9 +37,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
 from safetensors import SafetensorError
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from retrec.bundle import BundleError, Manifest, load_bundle, publish
+from retrec.bundle import BundleError, Manifest, load_arrays, load_bundle, publish
 from retrec.contracts import SparseVector, strict_options
 from retrec.index.doc_ids import DocIdTable
 from retrec.index.faiss_index import SHARD_HASH, check_encoder, encoder_ref, index_check_ref
@@ -235,7 +235,7 @@ def _load(manifest: Manifest, path: str | Path, shard: int | None,
     parts = []
     for s in wanted:
         ids = pq.read_table(manifest.file(f"shards/{s:03d}.docs.parquet")).column("doc_id").to_pylist()
-        arrays = load_file(str(manifest.file(f"shards/{s:03d}.postings.safetensors")))
+        arrays = load_arrays(str(manifest.file(f"shards/{s:03d}.postings.safetensors")))
         indptr, docs, impacts = arrays["indptr"], arrays["docs"], arrays["impacts"]
         if not _postings_fit(indptr, docs, impacts, dtype, vocabulary, len(ids), int(dims["shard_documents"][s])):
             raise BundleError(f"{path}: shard {s}'s postings do not match its document table or vocabulary")

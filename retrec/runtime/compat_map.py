@@ -23,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file
 
-from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.bundle import BundleError, Manifest, load_arrays, load_bundle
 from retrec.contracts import strict_options
 from retrec.kinds import COMPAT_MAP
 from retrec.runtime.onnx_encoder import OnnxEncoder, Spin
@@ -60,7 +59,7 @@ class CompatMapEncoder:
         if (found.name, found.version, files_digest(found)) != (new["name"], new["version"], new["files_sha256"]):
             raise BundleError(f"{self.manifest.path}: the encoder at {new['path']} is {found.name!r} version "
                               f"{found.version!r} with other files than the map was fitted on; fit the map again")
-        tensors = load_file(str(self.manifest.file(MAP_FILE)))
+        tensors = load_arrays(str(self.manifest.file(MAP_FILE)))
         self.weight = np.asarray(tensors["weight"], np.float32)
         self.bias = np.asarray(tensors["bias"], np.float32)
         if self.weight.shape[0] != self.base.dim or self.bias.shape != (self.weight.shape[1],):

@@ -30,9 +30,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import scipy.sparse as sp
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from retrec.bundle import BundleError, Manifest, load_bundle
+from retrec.bundle import BundleError, Manifest, load_arrays, load_bundle
 from retrec.contracts import strict_options
 from retrec.kinds import COOC_MODEL, MARKOV_DECAY_MODEL, MARKOV_MODEL
 from retrec.runtime.count_scoring import CooccurrenceRecommender, MarkovRecommender
@@ -109,7 +109,7 @@ class CountBundle(ScoringRecommender):
             raise BundleError(f"{directory}: a {manifest.kind} bundle, not a count model")
         model_name = found[0]
         items = pq.read_table(manifest.file(ITEMS_FILE), columns=["item_id"]).column(0).to_pylist()
-        arrays = load_file(str(manifest.file(COUNTS_FILE)))
+        arrays = load_arrays(str(manifest.file(COUNTS_FILE)))
         n = len(items)
         try:
             indptr, indices, data, pop = (arrays[k] for k in ("indptr", "indices", "data", "popularity"))

@@ -27,9 +27,8 @@ from pathlib import Path
 import numpy as np
 from rich.console import Console
 from rich.progress import Progress
-from safetensors.numpy import load_file
 
-from retrec.bundle import BundleError, Manifest
+from retrec.bundle import BundleError, Manifest, load_arrays
 from retrec.contracts import SparseVector, strict_options
 from retrec.kinds import SPARSE_MODEL
 from retrec.runtime.onnx_session import BundleModel, Spin
@@ -65,7 +64,7 @@ class OnnxSparseEncoder(BundleModel):
         self.batch_size = batch_size
         self.query_weights: np.ndarray | None = None
         if self.mode == "inference-free":
-            table = load_file(str(self.manifest.file(config["query_weights"])))["weights"]
+            table = load_arrays(str(self.manifest.file(config["query_weights"])))["weights"]
             if table.shape != (self.dim,) or table.dtype != np.float32 or not np.isfinite(table).all() \
                     or (table < 0).any():
                 raise BundleError(f"{self.manifest.path}: query weights of shape {table.shape} {table.dtype}, "

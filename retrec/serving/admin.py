@@ -20,6 +20,7 @@ import os
 import uuid
 from pathlib import Path, PurePosixPath
 
+from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError
 
 log = logging.getLogger("retrec.serving")
@@ -47,6 +48,23 @@ def bundle_under_root(root: str, requested: str) -> str:
     if not (Path(real) / "manifest.json").is_file():
         raise ApiError(400, "bad_bundle", f"no bundle at {shown(requested)} under the models root")
     return real
+
+
+def check_trusted(cfg: ServingConfig, path: str, requested: str) -> None:
+    """With ``admin.trusted_manifests`` set: refuse (403) a bundle whose manifest digest is not listed there."""
+    if cfg.admin.trusted_manifests is None:
+        return
+    from retrec.serving.shards import manifest_digest
+
+    try:
+        lines = Path(cfg.resolve(cfg.admin.trusted_manifests)).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ApiError(503, "unavailable", "the trusted manifest list (admin.trusted_manifests) cannot be "
+                       "read") from exc
+    trusted = {line.split("#", 1)[0].strip().lower() for line in lines} - {""}
+    if manifest_digest(path) not in trusted:
+        raise ApiError(403, "untrusted_bundle", f"bundle {shown(requested)}: its manifest digest is not in the "
+                       "trusted list (admin.trusted_manifests)")
 
 
 def failure(status: int, code: str, message: str, what: str, exc: BaseException | None = None) -> ApiError:

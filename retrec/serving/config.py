@@ -237,6 +237,10 @@ class AdminConfig(_Strict):
     keys_env: str | None = "RETREC_ADMIN_KEYS"
     keys_file: str | None = None
     models_root: str | None = Field(None, description="the folder swaps may name bundles under")
+    trusted_manifests: str | None = Field(
+        None, description="a file of manifest sha256 digests, one per line (# comments): when set, a swap takes "
+        "only a version whose manifest.json is listed (read at every swap; keep it where the jobs that write the "
+        "models volume cannot write)")
 
     @model_validator(mode="before")
     @classmethod

@@ -36,7 +36,7 @@ from retrec.index.fusion import FUSIONS
 from retrec.serving import middleware as guard
 from retrec.serving import prometheus as serving_metrics
 from retrec.serving import schemas
-from retrec.serving.admin import bundle_under_root, shown
+from retrec.serving.admin import bundle_under_root, check_trusted, shown
 from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
 from retrec.serving.events import EventIntake
@@ -308,6 +308,7 @@ class Ingress:
         if req.retriever not in self.retrievers:
             raise ApiError(422, "unknown_retriever", f"retriever {req.retriever!r} is not deployed")
         path = bundle_under_root(self.cfg.resolve(self.cfg.admin.models_root or ""), req.path)
+        check_trusted(self.cfg, path, req.path)
         swap_id, timeout = new_swap_id(), self.cfg.limits.swap_timeout_s
         task = asyncio.ensure_future(self.versions.swap(req.retriever, path, label=shown(req.path), swap_id=swap_id))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a late failure: in its record and log

@@ -26,9 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from numpy.typing import NDArray
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import save_file
 
-from retrec.bundle import BundleError, Manifest, publish
+from retrec.bundle import BundleError, Manifest, load_arrays, publish
 from retrec.kinds import EMBEDDING_TABLE, EMBEDDING_TABLE_DELTA
 
 __all__ = ["DELTA_KIND", "FORMAT_VERSION", "KIND", "new_version", "read_bundle", "write_bundle"]
@@ -112,7 +112,7 @@ def read_bundle(
     where = manifest.path
     try:
         table = pq.read_table(manifest.file(KEYS_FILE))
-        tensors = load_file(str(manifest.file(ROWS_FILE)))
+        tensors = load_arrays(str(manifest.file(ROWS_FILE)))
         keys = table.column("key").to_numpy().astype(np.int64, copy=False)
         rows = table.column("row").to_numpy().astype(np.int64, copy=False)
         last = table.column("last_update").to_numpy().astype(np.float64, copy=False)

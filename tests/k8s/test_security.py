@@ -153,3 +153,30 @@ def test_the_event_broker_is_durable_and_reached_only_by_serving_and_the_online_
     assert config["events"]["log"].startswith(f"redis://{docs['Service']['metadata']['name']}:6379/")
     online = {r["bundle"] for r in config["recommenders"].values() if r.get("online")}
     assert online == {args[args.index("--out") + 1]}  # serving follows what the trainer writes
+
+
+def _pod_specs(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if doc["kind"] in ("RayService", "RayJob"):
+        return [t["spec"] for t in templates(cluster(doc))]
+    return [doc["spec"]["template"]["spec"]]
+
+
+@pytest.mark.parametrize("folder", ["base", "overlays/cpu", "overlays/gpu", "overlays/sharded", "jobs"])
+def test_every_pod_runs_unprivileged_without_a_service_account_token(folder: str) -> None:
+    """Issue 44: no pod gets a Kubernetes API token; each runs as a non-root user with the runtime's seccomp
+    profile, and no container can gain privileges (the Ray image's passwordless sudo stays useless)."""
+    docs = [d for d in (kustomize(K8S / folder) if (K8S / folder / "kustomization.yaml").is_file()
+                        else [d for p in sorted((K8S / folder).glob("*.yaml")) for d in yaml_docs(p)])
+            if isinstance(d, dict) and d.get("kind") in ("RayService", "RayJob", "StatefulSet", "Deployment")]
+    assert docs
+    for doc in docs:
+        for spec in _pod_specs(doc):
+            where = f"{doc['kind']} {doc['metadata']['name']}"
+            assert spec.get("automountServiceAccountToken") is False, where
+            ctx = spec.get("securityContext") or {}
+            assert ctx.get("runAsNonRoot") is True and ctx.get("runAsUser", 0) != 0, where
+            assert (ctx.get("seccompProfile") or {}).get("type") == "RuntimeDefault", where
+            for container in spec["containers"]:
+                cctx = container.get("securityContext") or {}
+                assert cctx.get("allowPrivilegeEscalation") is False, f"{where}: {container['name']}"
+                assert cctx.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: {container['name']}"

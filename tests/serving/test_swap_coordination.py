@@ -16,6 +16,7 @@ import pytest
 
 from retrec.bundle import BundleError
 from retrec.index.bm25_index import BM25Config, BM25Index
+from retrec.serving.errors import ApiError
 from retrec.serving.placement import RemoteShard
 from retrec.serving.scatter import RetrieverSpec
 from retrec.serving.shards import index_ref
@@ -197,3 +198,58 @@ def test_ray_ledger_lease_is_one_at_a_time_and_expires(tmp_path: Path) -> None:
     time.sleep(0.1)
     assert actor.acquire("c", 1.0)  # b's lease expired (its replica died)
     assert RayLedger(app_name="x").app_name == "x"
+
+
+def test_admin_swap_to_a_forged_faiss_file_is_a_400(tmp_path: Path) -> None:
+    """Issue 44, acceptance 4: a shard file whose header claims 2^34 elements (manifest checksums rewritten to
+    match) is refused by the shard's loader before it allocates — a 400, the old version keeps serving."""
+    import struct
+
+    import numpy as np
+
+    from retrec.index.faiss_index import FaissIndex
+    from tests.serving.test_versions import ENCODER, _versions
+
+    ids = [f"d{i}" for i in range(30)]
+    rng = np.random.default_rng(0)
+    good = with_version(FaissIndex.build(rng.normal(size=(30, 16)), ids, encoder=ENCODER).save(tmp_path / "v1").path,
+                        "dense-v1")
+    forged = tmp_path / "v2"
+    shutil.copytree(good, forged)
+    shard = forged / "shards" / "000.faiss"
+    raw = bytearray(shard.read_bytes())
+    struct.pack_into("<q", raw, 8, 2**34 // 16)
+    struct.pack_into("<Q", raw, 37, 2**34)
+    shard.write_bytes(bytes(raw[:77]))
+    with_version(forged, "dense-v2")
+    versions, controller, _ = _versions("dense", "index/dense", "dense", Path(good), encoder=ENCODER)
+    with pytest.raises(ApiError) as err:
+        asyncio.run(versions.swap("dense", str(forged)))
+    assert err.value.status == 400 and "refused before loading" in err.value.message
+    assert versions.active["dense"]["version"] == "dense-v1" and not controller.published
+
+
+def test_trusted_manifest_list_admits_only_listed_versions(models_root: Path, keys_env: None,  # noqa: F811
+                                                          guard_state: None, monkeypatch: pytest.MonkeyPatch,  # noqa: F811
+                                                          tmp_path: Path) -> None:
+    """``admin.trusted_manifests``: a version whose manifest digest is not listed is a 403 (read at each swap)."""
+    from retrec.serving.ingress import api
+    from retrec.serving.shards import manifest_digest
+
+    trusted = tmp_path / "trusted.txt"
+    trusted.write_text("# digests the release pipeline signed off\n")
+    args = _args(models_root)
+    args["admin"] = {**args["admin"], "trusted_manifests": str(trusted)}
+    obj, _ = make_ingress(args, monkeypatch)
+    admin = {"X-API-Key": ADMIN_KEY}
+
+    async def swap() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=api), base_url="http://t") as c:
+            return await c.post("/v1/admin/indexes", json={"retriever": "bm25", "path": "bm25-v2"}, headers=admin)
+
+    refused = asyncio.run(swap())
+    assert refused.status_code == 403 and refused.json()["error"]["code"] == "untrusted_bundle", refused.text
+    assert str(models_root) not in refused.text and obj.versions.active["bm25"]["version"] == "bm25-v1"
+    trusted.write_text(f"{manifest_digest(models_root / 'bm25-v2')}  # bm25-v2\n")
+    assert asyncio.run(swap()).status_code == 200
+    assert obj.versions.active["bm25"]["version"] == "bm25-v2"

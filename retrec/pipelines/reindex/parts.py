@@ -33,10 +33,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from safetensors.numpy import load_file, save
+from safetensors.numpy import save
 
 from retrec.atomic import atomic_write_bytes
-from retrec.bundle import sha256_file
+from retrec.bundle import load_arrays, sha256_file
 from retrec.console import ProgressLog
 
 log = logging.getLogger(__name__)
@@ -112,7 +112,7 @@ class PartStore:
         atomic_write_bytes(record, json.dumps(meta).encode(), durable=False)
 
     def read(self, part: Part) -> np.ndarray | list[np.ndarray] | list[tuple[np.ndarray, np.ndarray]]:
-        tensors = load_file(str(self._paths(part.number)[0]))
+        tensors = load_arrays(str(self._paths(part.number)[0]))
         if "term_lengths" in tensors:
             cuts = np.cumsum(tensors["term_lengths"])[:-1]
             return list(zip(np.split(tensors["term_ids"], cuts), np.split(tensors["term_weights"], cuts)))
