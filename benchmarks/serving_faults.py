@@ -84,7 +84,7 @@ def new_bm25_version(bundles: Path, out: Path) -> Path:
 
 
 async def load(url: str, queries: list[str], histories: list[list[str]], concurrency: int, seconds: float,
-               log: list[dict[str, Any]], stop: asyncio.Event) -> None:
+               log: list[dict[str, Any]], stop: asyncio.Event, model: str = "bert4rec") -> None:
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     rng = random.Random(0)
     started = time.monotonic()
@@ -96,7 +96,7 @@ async def load(url: str, queries: list[str], histories: list[list[str]], concurr
                     retriever = ("bm25", "dense", "hybrid")[int(roll / 0.7 * 3)]
                     path, body = "/v1/search", {"query": rng.choice(queries), "k": 10, "retriever": retriever}
                 else:
-                    path, body = "/v1/recommend", {"history": rng.choice(histories), "k": 10, "model": "bert4rec"}
+                    path, body = "/v1/recommend", {"history": rng.choice(histories), "k": 10, "model": model}
                 t0 = time.monotonic()
                 try:
                     r = await client.post(path, json=body)

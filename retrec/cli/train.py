@@ -155,6 +155,7 @@ def train_online(
     snapshot_s: Annotated[float, typer.Option(min=0.001, help="seconds between full versions")] = 3600.0,
     batch_events: Annotated[int, typer.Option(min=1, help="events a training step reads")] = 256,
     negatives: Annotated[int, typer.Option(min=1, help="uniform negatives a step shares")] = 256,
+    passes: Annotated[int, typer.Option(min=1, help="training steps on each batch of events")] = 1,
     row_lr: Annotated[float, typer.Option(min=0.0, help="Adagrad rate of the item rows")] = 0.0025,
     dense_lr: Annotated[float, typer.Option(min=0.0, help="Adam rate of the user encoder")] = 1e-4,
     admit_threshold: Annotated[int, typer.Option(min=1, help="sightings before a new item gets a row")] = 1,
@@ -185,7 +186,7 @@ def train_online(
         signal.signal(signum, lambda *_: stop.set())
     try:
         cfg = OnlineConfig(sync_s=sync_s, snapshot_s=snapshot_s, batch_events=batch_events, negatives=negatives,
-                           row_lr=row_lr, dense_lr=dense_lr, admit_threshold=admit_threshold,
+                           passes=passes, row_lr=row_lr, dense_lr=dense_lr, admit_threshold=admit_threshold,
                            max_touched=max_touched, keep_snapshots=keep_snapshots, consumer=consumer)
         seeds = None
         if histories is not None:
