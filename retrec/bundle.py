@@ -321,6 +321,9 @@ def publish(final_dir: str | os.PathLike[str], *, replace: bool = True) -> Itera
     pub.manifest = manifest
 
 
+MAX_MANIFEST_BYTES = 64 * 2**20  # a manifest lists files: even a million of them stays under this
+
+
 def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
     """Parse ``manifest.json`` without checking file contents (see :func:`load_bundle`)."""
     root = Path(directory)
@@ -330,6 +333,9 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
             raise BundleError(f"{root}: {MANIFEST} is a symlink; a bundle holds regular files only")
         if not path.is_file():
             raise BundleError(f"{root}: no {MANIFEST}; not a retrec bundle")
+        if path.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {path.stat().st_size} bytes, more than a manifest holds "
+                              f"({MAX_MANIFEST_BYTES}); refused unread")
         data = json.loads(path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise BundleError(f"{path}: unreadable manifest ({exc})") from exc

@@ -38,7 +38,7 @@ from typing import Any
 
 from ray import serve
 
-from retrec.bundle import MANIFEST, BundleError, read_manifest
+from retrec.bundle import MANIFEST, MAX_MANIFEST_BYTES, BundleError, read_manifest
 from retrec.index.retriever import Hits
 from retrec.kinds import call_supported
 from retrec.process_env import configure_process
@@ -62,7 +62,10 @@ def shard_deployment(retriever: str, shard: int) -> str:
 def manifest_digest(path: str | Path) -> str:
     """sha256 of the version's ``manifest.json`` bytes: its identity (the manifest lists every file's sha256)."""
     try:
-        return hashlib.sha256((Path(path) / MANIFEST).read_bytes()).hexdigest()
+        file = Path(path) / MANIFEST
+        if file.stat().st_size > MAX_MANIFEST_BYTES:
+            raise BundleError(f"{path}: {MANIFEST} larger than a manifest holds; refused unread")
+        return hashlib.sha256(file.read_bytes()).hexdigest()
     except OSError as exc:
         raise BundleError(f"{path}: no readable {MANIFEST}; not a retrec bundle") from exc
 

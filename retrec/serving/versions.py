@@ -215,7 +215,7 @@ class IndexVersions:
         With ``swap_id`` the ledger records it pending, then done or failed."""
         if name not in self.retrievers:
             raise ApiError(422, "unknown_retriever", f"retriever {name!r} is not deployed")
-        ref = self.check(name, path, path if label is None else label)
+        ref = await asyncio.to_thread(self.check, name, path, path if label is None else label)  # file reads
         if not everywhere:
             async with self._lock:
                 previous = self.active[name]
@@ -292,8 +292,13 @@ class IndexVersions:
         swapped to on this replica (checks, every shard replica loads it, then the flip). A refused one is
         logged and not applied."""
         for name, path in indexes.items():
-            try:
-                ref = index_ref(self.resolve(path))
+            if name not in self.retrievers:  # an operator's typo: said, and the others still applied
+                log.error("user_config names retriever %r, which this application does not deploy; ignored",
+                          name[:100])
+                continue
+            try:  # a swap's published path is literal (resolved when checked); an operator's resolves ($VAR, ~)
+                published = (digests or {}).get(name) is not None
+                ref = index_ref(path if published else self.resolve(path))
                 if ref["digest"] == self.active.get(name, {}).get("digest"):
                     continue
                 if ref["digest"] in (self._published.get(name), (digests or {}).get(name)):
@@ -307,7 +312,7 @@ class IndexVersions:
                     self._flip(name, ref)
                     self._drain_later(name, ref, shards=False)
                     continue
-                await self.swap(name, self.resolve(path), path, everywhere=False)
+                await self.swap(name, path if published else self.resolve(path), path, everywhere=False)
             except (ApiError, BundleError) as exc:
                 if isinstance(exc, ApiError) and exc.status == 503 and self.retrievers[name].placement == "ingress":
                     self.stale[name] = ref  # not a refusal of the version: this replica failed to load it

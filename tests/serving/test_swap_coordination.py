@@ -253,3 +253,40 @@ def test_trusted_manifest_list_admits_only_listed_versions(models_root: Path, ke
     trusted.write_text(f"{manifest_digest(models_root / 'bm25-v2')}  # bm25-v2\n")
     assert asyncio.run(swap()).status_code == 200
     assert obj.versions.active["bm25"]["version"] == "bm25-v2"
+
+
+# ---- issue 44's smaller items ---------------------------------------------------------------------------------
+
+def test_unknown_retriever_in_user_config_is_ignored_and_the_rest_applied(versions_dir: dict[str, Path]) -> None:
+    (one, _), _, _ = _two_retrievers(versions_dir["v1"])
+    v2 = index_ref(versions_dir["v2"])
+    asyncio.run(IngressReplica(one).reconfigure({"indexes": {"typo": v2["path"], "a": v2["path"]},
+                                                 "digests": {"typo": v2["digest"]}}))
+    assert one.active["a"]["version"] == "bm25-v2" and "typo" not in one.active
+
+
+def test_a_published_path_is_not_expanded_again_on_other_replicas(versions_dir: dict[str, Path], tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A swap publishes the real path it checked; another replica takes it literally — a folder named with ``$``
+    is not re-expanded into another path (the operator's own config paths still resolve ``$VAR``)."""
+    from retrec.serving.config import ServingConfig
+
+    odd = tmp_path / "models$HOME"
+    shutil.copytree(versions_dir["v2"], odd)
+    monkeypatch.setenv("HOME", "/nonexistent-home")
+    resolve = ServingConfig.model_validate({"auth": {"mode": "none"},
+                                            "retrievers": {"a": {"index": str(versions_dir["v1"])}}}).resolve
+    assert resolve(str(odd)) != str(odd)  # what re-expanding would load
+    (one, two), _, _ = _two_retrievers(versions_dir["v1"])
+    one.resolve = two.resolve = resolve
+    asyncio.run(one.swap("a", str(odd)))
+    assert two.active["a"]["path"] == str(odd.resolve()) and two.active["a"]["version"] == "bm25-v2"
+
+
+def test_an_oversized_manifest_is_refused_unread(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import retrec.bundle as bundle
+
+    monkeypatch.setattr(bundle, "MAX_MANIFEST_BYTES", 4096)
+    (tmp_path / "manifest.json").write_text('{"schema_version": 1, "pad": "' + "x" * 8192 + '"}')
+    with pytest.raises(BundleError, match="refused unread"):
+        bundle.read_manifest(tmp_path)
