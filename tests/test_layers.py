@@ -3,7 +3,7 @@
 Layers (a module may import its own layer and the ones below it, never above):
 
     0  data, atomic, bundle, process_env, kinds,      (kinds names loaders as "module:attr" strings only;
-       console, contracts                             contracts holds the Protocols of the hooks' products)
+       console, contracts, csr                        contracts holds the Protocols of the hooks' products)
     1  tables, events                                 (collisionless ID tables; the event log)
     2  runtime                                        (torch-free inference, count models, the semantic-ID trie)
     3  models, index                                  (training must tokenise and post-process as inference does)
@@ -51,6 +51,7 @@ LAYERS: dict[str, int] = {
     "retrec.extras": 0,
     "retrec.console": 0,
     "retrec.contracts": 0,
+    "retrec.csr": 0,
     "retrec.tables": 1,
     "retrec.events": 1,
     "retrec.runtime": 2,

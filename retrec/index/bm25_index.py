@@ -31,6 +31,7 @@ from safetensors.numpy import save_file
 
 from retrec.bundle import BundleError, Manifest, load_arrays, load_bundle, publish
 from retrec.contracts import strict_options
+from retrec.csr import csr_fits
 from retrec.index.bm25_build import Analyzer, BM25Config, PostingsBuilder, ScoreMatrix
 from retrec.index.retriever import Hits
 from retrec.kinds import BM25_INDEX
@@ -165,6 +166,13 @@ class BM25Index:
         if [i for i, _ in terms] != list(range(len(indptr) - 1)):
             raise BundleError(f"{manifest.path}: vocab.json does not number the score matrix's "
                               f"{len(indptr) - 1} terms 0..{len(indptr) - 2}")
+        data = arrays["data"]
+        if (not isinstance(doc_ids, list) or not all(isinstance(d, str) for d in doc_ids)
+                or len(set(doc_ids)) != len(doc_ids) or data.ndim != 1 or data.dtype.kind != "f"
+                or not csr_fits(indptr, arrays["indices"], rows=len(indptr) - 1, cols=len(doc_ids), values=len(data))
+                or not bool(np.isfinite(data).all())):
+            raise BundleError(f"{manifest.path}: scores.safetensors and doc_ids.json do not form a score matrix "
+                              "(row offsets, document numbers, finite scores, distinct string ids)")
         matrix = ScoreMatrix(arrays["data"].astype(np.float32, copy=False),
                              arrays["indices"].astype(np.int32, copy=False), indptr, [t for _, t in terms],
                              len(doc_ids))

@@ -149,3 +149,21 @@ def test_forged_npy_refine_store_is_refused(tmp_path: Path) -> None:
     for mmap in (False, True):
         with pytest.raises(BundleError, match="refused before loading"):
             load_npy(path, mmap=mmap)
+
+
+def test_bm25_arrays_that_do_not_form_a_score_matrix_are_refused(tmp_path: Path) -> None:
+    """Document numbers past the corpus (checksums rewritten to match): a BundleError at load, never an
+    IndexError at the first query."""
+    from safetensors.numpy import load_file, save_file
+
+    from retrec.bundle import BundleError
+
+    ids, texts = ["a", "b", "c"], ["vitamin c scurvy", "iron anemia", "sunlight vitamin d"]
+    bundle = Path(BM25Index.build(ids, texts, BM25Config()).save(tmp_path / "bm25", name="bm25").path)
+    arrays = load_file(str(bundle / "scores.safetensors"))
+    arrays["indices"] = arrays["indices"].copy()
+    arrays["indices"][-1] = 10**6
+    save_file(arrays, str(bundle / "scores.safetensors"))
+    with_version(bundle, "forged")
+    with pytest.raises(BundleError, match="do not form a score matrix"):
+        BM25Index.load(bundle)
