@@ -43,7 +43,7 @@ from retrec.serving.events import EventIntake
 from retrec.serving.middleware import GuardMiddleware, guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder, retriever_spec
 from retrec.serving.prometheus import MetricsMiddleware
-from retrec.serving.readiness import ReadinessCache, any_of_each
+from retrec.serving.readiness import ReadinessCache, any_of_each, encoders_answer
 from retrec.serving.recommenders import model_info
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.rerankers import rerank_hits
@@ -365,19 +365,9 @@ class Ingress:
         return {"status": "ok"}
 
     async def _readiness_checks(self) -> dict[str, bool]:
-        """Every shard has its retriever's active version loaded; every encoder answers (run in the background)."""
-        checks = await self.versions.readiness()
-
-        async def answers(encoder: LocalEncoder | RemoteEncoder) -> bool:
-            try:
-                await asyncio.wait_for(encoder.info(), 2.0)
-                return True
-            except Exception:
-                return False
-
-        oks = await asyncio.gather(*(answers(e) for e in self.encoders.values()))
-        checks.update({f"encoder:{key}": ok for key, ok in zip(self.encoders, oks)})
-        return checks
+        """Every shard has its retriever's active version loaded; every encoder answers (run in the background).
+        Encoders are named by their bundle's name (``/readyz`` answers without a key: no filesystem path)."""
+        return {**await self.versions.readiness(), **await encoders_answer(self.encoders, self.versions.encoders)}
 
     @api.get("/readyz", responses=_ERRORS)
     async def readyz(self) -> Any:

@@ -93,3 +93,24 @@ class ReadinessCache:
         if age > self.stale_after_s:
             return False, {"reason": f"stale: last check {age:.0f} s ago"}
         return self.verdict(self._checks), self._checks
+
+
+async def encoders_answer(encoders: dict[str, Any], manifests: dict[str, Any]) -> dict[str, bool]:
+    """``{"encoder:NAME": answers}`` per encoder (keyed by bundle path; shown by its manifest's name, and a
+    number after a name two bundles share): does its ``info()`` answer within 2 s?"""
+
+    async def answers(encoder: Any) -> bool:
+        try:
+            await asyncio.wait_for(encoder.info(), 2.0)
+            return True
+        except Exception:
+            return False
+
+    oks = await asyncio.gather(*(answers(e) for e in encoders.values()))
+    labels: dict[str, bool] = {}
+    for key, ok in zip(encoders, oks):
+        manifest = manifests.get(key)
+        name = getattr(manifest, "name", None) or "encoder"
+        label = f"encoder:{name}" if f"encoder:{name}" not in labels else f"encoder:{name}-{len(labels)}"
+        labels[label] = ok
+    return labels

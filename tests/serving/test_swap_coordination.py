@@ -290,3 +290,25 @@ def test_an_oversized_manifest_is_refused_unread(tmp_path: Path, monkeypatch: py
     (tmp_path / "manifest.json").write_text('{"schema_version": 1, "pad": "' + "x" * 8192 + '"}')
     with pytest.raises(BundleError, match="refused unread"):
         bundle.read_manifest(tmp_path)
+
+
+def test_readiness_names_encoders_by_bundle_name_not_path() -> None:
+    """``/readyz`` answers without a key: its checks name each encoder by its manifest's name, never its path."""
+    from types import SimpleNamespace
+
+    from retrec.serving.readiness import encoders_answer
+
+    class Encoder:
+        def __init__(self, ok: bool) -> None:
+            self.ok = ok
+
+        async def info(self) -> dict[str, Any]:
+            if not self.ok:
+                raise RuntimeError("down")
+            return {}
+
+    encoders = {"/srv/models/minilm": Encoder(True), "/srv/other/minilm": Encoder(False)}
+    manifests = {key: SimpleNamespace(name="minilm") for key in encoders}
+    checks = asyncio.run(encoders_answer(encoders, manifests))
+    assert checks == {"encoder:minilm": True, "encoder:minilm-1": False}
+    assert not any("/srv" in k for k in checks)
