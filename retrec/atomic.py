@@ -89,3 +89,13 @@ def fsync_tree(root: Path) -> None:
             finally:
                 os.close(fd)
         _fsync_dir(Path(folder))
+
+
+def atomic_parquet(table: Any, path: str | os.PathLike[str]) -> Path:
+    """Write a pyarrow ``table`` to ``path`` through :func:`atomic_path`: readers see the old file or the new one,
+    and a writer that dies half-way leaves the old one."""
+    import pyarrow.parquet as pq
+
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from retrec.atomic import atomic_parquet
 from retrec.cli.common import _fail, data_app
 from retrec.data.errors import DataError
 
@@ -27,7 +28,6 @@ def data_convert(
     split: Annotated[list[str] | None, typer.Option(help="qrels splits to convert (repeatable)")] = None,
 ) -> None:
     """Convert BEIR / sequential / MovieLens data into the canonical Parquet tables."""
-    import pyarrow.parquet as pq
 
     from retrec.data.beir import load_retrieval_data, write_retrieval_data
     from retrec.data.interactions import load_interactions
@@ -42,7 +42,7 @@ def data_convert(
         else:
             table = load_interactions(source)
             out.mkdir(parents=True, exist_ok=True)
-            pq.write_table(table, out / "interactions.parquet")
+            atomic_parquet(table, out / "interactions.parquet")
             typer.echo(f"interactions: {table.num_rows} rows")
     except DataError as exc:
         raise _fail(str(exc)) from exc

@@ -18,6 +18,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from retrec.atomic import atomic_parquet
 from retrec.data.errors import DataError, LoadReport
 from retrec.data.lines import iter_lines
 from retrec.data.schemas import CORPUS, QRELS, QUERIES
@@ -246,7 +247,7 @@ def write_retrieval_data(data: RetrievalData, directory: str | Path) -> Path:
     """Write the canonical Parquet layout (qrels under ``qrels/{split}.parquet``)."""
     root = Path(directory)
     (root / "qrels").mkdir(parents=True, exist_ok=True)
-    pq.write_table(data.corpus, root / "corpus.parquet")
-    pq.write_table(data.queries, root / "queries.parquet")
-    pq.write_table(data.qrels, root / "qrels" / f"{data.split}.parquet")
+    atomic_parquet(data.corpus, root / "corpus.parquet")
+    atomic_parquet(data.queries, root / "queries.parquet")
+    atomic_parquet(data.qrels, root / "qrels" / f"{data.split}.parquet")
     return root

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 
+from retrec.atomic import atomic_parquet
 from retrec.data.schemas import CORPUS, INTERACTIONS, QRELS, QUERIES
 
 _ONSETS = ["b", "c", "d", "f", "g", "k", "l", "m", "n", "p", "r", "s", "t", "v", "z", "br", "st", "pl", "tr"]
@@ -135,9 +135,9 @@ def write_default_dataset(directory: str | Path, cfg: SyntheticConfig | None = N
     root = Path(directory)
     (root / "qrels").mkdir(parents=True, exist_ok=True)
     corpus, queries, qrels = generate_retrieval(cfg)
-    pq.write_table(corpus, root / "corpus.parquet")
-    pq.write_table(queries, root / "queries.parquet")
+    atomic_parquet(corpus, root / "corpus.parquet")
+    atomic_parquet(queries, root / "queries.parquet")
     for split, table in qrels.items():
-        pq.write_table(table, root / "qrels" / f"{split}.parquet")
-    pq.write_table(generate_interactions(cfg), root / "interactions.parquet")
+        atomic_parquet(table, root / "qrels" / f"{split}.parquet")
+    atomic_parquet(generate_interactions(cfg), root / "interactions.parquet")
     return root
