@@ -223,6 +223,8 @@ class AuthConfig(_Strict):
     mode: Literal["keys", "none"] = "keys"
     api_keys_env: str | None = "RETREC_API_KEYS"
     api_keys_file: str | None = None
+    min_key_length: int = Field(0, ge=0, description="API and admin keys shorter than this are refused at start "
+                                "and at every reload (any key under 16 characters is logged as guessable)")
     public_metrics: bool = Field(True, description="/metrics answers without a key (for Prometheus)")
     allow_unauthenticated_network: bool = Field(
         False, description="mode none on a non-loopback HTTP host (only behind an authenticating gateway)")

@@ -98,7 +98,8 @@ class Ingress:
         self.cfg = ServingConfig.model_validate(config)
         serving_metrics.METRICS.export_to_ray()  # inside the replica: series tagged with its deployment/replica
         limits = self.cfg.limits
-        guard.GUARD.configure(**guard_settings(self.cfg))  # fails closed: keys mode without keys does not start
+        guard.GUARD.configure(**guard_settings(self.cfg),  # fails closed: keys mode without keys does not start
+                              reload=functools.partial(guard.reloaded_keys, self.cfg))
         if self.cfg.auth.mode == "none":
             log.warning("auth.mode is 'none': every endpoint answers without an API key")
         # retrievers: name -> {"kind", "payload", "shards": [handles], "ref": IndexRef, "encoder": bundle | None}

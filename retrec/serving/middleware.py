@@ -30,6 +30,7 @@ import hmac
 import json
 import logging
 import os
+import time
 from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,7 +60,10 @@ async def require_json(request: Request) -> None:
         raise ApiError(415, "unsupported_media_type", f"Content-Type must be application/json, got {ctype or 'none'!r}")
 
 
-def _load_keys(env: str | None, file: str | None) -> tuple[bytes, ...]:
+GUESSABLE_BELOW = 16  # a shorter key is logged as guessable (auth.min_key_length refuses)
+
+
+def _load_keys(env: str | None, file: str | None, min_length: int = 0) -> tuple[bytes, ...]:
     """Keys from the environment variable (comma-separated) and/or the file (one per line, ``#`` comments)."""
     keys: list[str] = []
     if env and os.environ.get(env):
@@ -67,7 +71,15 @@ def _load_keys(env: str | None, file: str | None) -> tuple[bytes, ...]:
     if file:
         lines = Path(file).read_text(encoding="utf-8").splitlines()
         keys += [line for line in lines if not line.lstrip().startswith("#")]
-    return tuple(k.strip().encode() for k in keys if k.strip())
+    found = tuple(k.strip().encode() for k in keys if k.strip())
+    advice = "use long random keys, e.g. python -c 'import secrets; print(secrets.token_urlsafe(24))'"
+    if any(len(k) < min_length for k in found):
+        raise ValueError(f"{sum(len(k) < min_length for k in found)} key(s) in {_where(env, file)} shorter than "
+                         f"auth.min_key_length ({min_length}); {advice}")
+    if any(len(k) < GUESSABLE_BELOW for k in found):
+        log.warning("%d key(s) in %s shorter than %d characters are guessable; %s",
+                    sum(len(k) < GUESSABLE_BELOW for k in found), _where(env, file), GUESSABLE_BELOW, advice)
+    return found
 PROBE_PATHS = frozenset({"/healthz", "/readyz", "/metrics"})  # never shed: cheap, answered from local state
 
 
@@ -79,16 +91,22 @@ def route_path(scope: Scope) -> str:
 
 def load_api_keys(auth: AuthConfig) -> tuple[bytes, ...]:
     """The API keys of ``auth`` (``api_keys_env`` and/or ``api_keys_file``)."""
-    return _load_keys(auth.api_keys_env, auth.api_keys_file)
+    return _load_keys(auth.api_keys_env, auth.api_keys_file, auth.min_key_length)
 
 
-def load_admin_keys(admin: AdminConfig) -> tuple[bytes, ...]:
+def load_admin_keys(admin: AdminConfig, min_length: int = 0) -> tuple[bytes, ...]:
     """The admin keys of ``admin`` (``keys_env`` and/or ``keys_file``)."""
-    return _load_keys(admin.keys_env, admin.keys_file)
+    return _load_keys(admin.keys_env, admin.keys_file, min_length)
 
 
 def _where(env: str | None, file: str | None) -> str:
     return " or ".join([*([f"${env}"] if env else []), *(["the keys file"] if file else [])]) or "nowhere"
+
+
+def reloaded_keys(cfg: ServingConfig) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """``(api_keys, admin_keys)`` read again as ``cfg`` says (``ValueError`` when they would not start a server)."""
+    settings = guard_settings(cfg)
+    return settings["api_keys"], settings["admin_keys"]
 
 
 def guard_settings(cfg: ServingConfig) -> dict[str, Any]:
@@ -101,7 +119,7 @@ def guard_settings(cfg: ServingConfig) -> dict[str, Any]:
         where = _where(auth.api_keys_env, auth.api_keys_file)
         raise ValueError(f"auth.mode is 'keys' but no API key was found in {where}; set keys, or "
                          "auth: {mode: none} to serve without them")
-    admin_keys = load_admin_keys(admin) if admin.enabled else ()
+    admin_keys = load_admin_keys(admin, auth.min_key_length) if admin.enabled else ()
     if admin.enabled and not admin_keys:
         raise ValueError(f"admin is enabled but no admin key was found in {_where(admin.keys_env, admin.keys_file)}")
     if set(admin_keys) & set(api_keys):
@@ -124,8 +142,26 @@ class GuardSettings:
     public_paths: frozenset[str] = PUBLIC_PATHS
     body_limits: dict[str, int] = field(default_factory=dict)  # route -> its own max_body_bytes
     inflight: int = 0
+    # re-reads (api_keys, admin_keys) from where the config says, at most every reload_every_s: a key added to
+    # or revoked from a keys file (a mounted Secret) takes effect without a restart
+    reload: Callable[[], tuple[tuple[bytes, ...], tuple[bytes, ...]]] | None = field(default=None, repr=False)
+    reload_every_s: float = 10.0
+    reloaded_at: float = 0.0
+
+    def refresh(self) -> None:
+        """Reload the keys when ``reload_every_s`` has passed; keys that no longer load keep the previous ones."""
+        if self.reload is None or time.monotonic() - self.reloaded_at < self.reload_every_s:
+            return
+        self.reloaded_at = time.monotonic()
+        try:
+            self.api_keys, self.admin_keys = self.reload()
+        except (OSError, ValueError) as exc:
+            log.error("API keys not reloaded, the previous ones stay: %s", exc)
 
     def configure(self, **values: Any) -> None:
+        """Set the given settings; keys given without a ``reload`` are fixed (no reload of an older config)."""
+        values.setdefault("reload", None)
+        values.setdefault("reloaded_at", time.monotonic())
         for key, value in values.items():
             setattr(self, key, value)
 
@@ -138,6 +174,7 @@ class GuardSettings:
         """
         if route in self.public_paths:
             return True
+        self.refresh()
         if self.admin_keys and route.startswith(ADMIN_PREFIX):
             return _match(presented, self.admin_keys)
         return not self.require_keys or _match(presented, self.api_keys)

@@ -300,3 +300,30 @@ def test_serving_imports_no_torch() -> None:
     code = "import sys, retrec.serving.app, retrec.serving.launch; print('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() \
         == "False"
+
+
+def test_short_keys_are_refused_under_min_key_length_and_keys_files_reload(
+        tmp_path: object, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 44: ``auth.min_key_length`` refuses short keys (never echoing them); a keys file is read again while
+    serving, so a revoked key stops working without a restart (and a broken file keeps the previous keys)."""
+    from pathlib import Path
+
+    from retrec.serving.config import ServingConfig
+    from retrec.serving.middleware import GuardSettings, guard_settings, reloaded_keys
+
+    keys = Path(str(tmp_path)) / "keys"
+    keys.write_text("short-key\n")
+    cfg = ServingConfig.model_validate({"retrievers": {"bm25": {"index": "x"}},
+                                        "auth": {"api_keys_env": None, "api_keys_file": str(keys),
+                                                 "min_key_length": 16}})
+    with pytest.raises(ValueError, match=r"shorter than auth\.min_key_length") as err:
+        guard_settings(cfg)
+    assert "short-key" not in str(err.value)
+    keys.write_text("first-key-0123456789\n")
+    guard = GuardSettings(**guard_settings(cfg), reload=lambda: reloaded_keys(cfg), reload_every_s=0.0)
+    assert guard.allowed("/v1/search", b"first-key-0123456789")
+    keys.write_text("second-key-0123456789\n")  # the first one revoked
+    assert not guard.allowed("/v1/search", b"first-key-0123456789")
+    assert guard.allowed("/v1/search", b"second-key-0123456789")
+    keys.write_text("")  # emptied by mistake: the server keeps the keys it had
+    assert guard.allowed("/v1/search", b"second-key-0123456789")
