@@ -37,7 +37,7 @@ import secrets
 import shlex
 import shutil
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -358,9 +358,11 @@ def read_manifest(directory: str | os.PathLike[str]) -> Manifest:
 
 
 def load_bundle(
-    directory: str | os.PathLike[str], kind: str | None = None, verify: bool = True
+    directory: str | os.PathLike[str], kind: str | None = None, verify: bool = True,
+    only: Callable[[str], bool] | None = None,
 ) -> Manifest:
-    """Read and verify a bundle: schema version, expected kind, and sha256 of every file."""
+    """Read and verify a bundle: schema version, expected kind, and sha256 of every file (``only``: of the files
+    it accepts — what a reader of part of a bundle reads, e.g. one shard; the others must still exist)."""
     manifest = read_manifest(directory)
     root = Path(directory)
     if kind is not None and manifest.kind != kind:
@@ -370,6 +372,8 @@ def load_bundle(
             path = _inside(root, rel)
             if not path.is_file():
                 raise BundleError(f"{root}: file {rel} listed in the manifest is missing")
+            if only is not None and not only(rel):
+                continue
             actual = sha256_file(path)
             if actual != info.sha256:
                 raise BundleError(
@@ -392,4 +396,5 @@ def load_arrays(path: str | Path) -> dict[str, Any]:
     try:
         return load_file(str(path))
     except SafetensorError as exc:
-        raise BundleError(f"{Path(path).name}: not a valid safetensors file ({exc}); refused before loading") from exc
+        raise BundleError(f"{Path(path).name}: not a readable safetensors file ({exc}); refused before "
+                          "loading") from exc

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -62,6 +63,13 @@ def _check(f: BinaryIO, size: int, name: str) -> None:
                               f"{size}-byte file; refused before loading")
     elif fourcc in ID_MAPS:
         _check(f, size, name)
+
+
+def shard_files(shards: Sequence[int]) -> Callable[[str], bool]:
+    """Which bundle files a reader of ``shards`` reads: theirs (``shards/NNN.*``) and every file outside
+    ``shards/`` — a shard replica hashes its own files, not every shard's."""
+    wanted = {f"{s:03d}" for s in shards}
+    return lambda rel: not rel.startswith("shards/") or rel[len("shards/"):].split(".", 1)[0] in wanted
 
 
 def read_checked(path: Path, mmap: bool) -> faiss.Index:

@@ -37,7 +37,7 @@ from retrec.index import ann
 from retrec.index.doc_ids import DocIdTable, IdColumn
 from retrec.index.encoder_check import check_encoder, check_index, encoder_ref, index_check_ref
 from retrec.index.faiss_build import REFINE_DTYPE, SHARD_HASH, VectorSource, shard_of, stream_shards
-from retrec.index.faiss_check import load_npy
+from retrec.index.faiss_check import load_npy, shard_files
 from retrec.index.faiss_check import read_checked as _read_index
 from retrec.index.retriever import Hits
 from retrec.kinds import DENSE_INDEX
@@ -349,7 +349,8 @@ class FaissIndex:
 
         ``shards`` loads only those shard numbers (a serving replica holds one); default: all of them.
         """
-        manifest = load_bundle(directory, kind=KIND, verify=verify)
+        only = None if shards is None else shard_files(shards)  # a shard replica hashes its own files only
+        manifest = load_bundle(directory, kind=KIND, verify=verify, only=only)
         config, dims = manifest.config, manifest.dims
         if config.get("metric") != METRIC:
             raise BundleError(f"{directory}: metric {config.get('metric')!r} is not supported ({METRIC!r} is)")

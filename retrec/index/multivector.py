@@ -44,7 +44,7 @@ from retrec.index import muvera_auto
 from retrec.index.doc_ids import DocIdTable
 from retrec.index.encoder_check import check_encoder, encoder_ref, index_check_ref
 from retrec.index.faiss_build import SHARD_HASH, new_index, shard_of, train_index
-from retrec.index.faiss_check import load_npy
+from retrec.index.faiss_check import load_npy, shard_files
 from retrec.index.faiss_check import read_checked as _read_index
 from retrec.index.retriever import Hits
 from retrec.kinds import MAXSIM_INDEX, MUVERA_INDEX
@@ -347,7 +347,7 @@ def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest 
                verify: bool = True, candidates: int | None = None, search_params: str | None = None,
                mmap: bool = True) -> MultiVectorIndex:
     """Registry loader: the whole index version, or one shard (``shard=i``), with its checks."""
-    manifest = load_bundle(path, verify=verify)
+    manifest = load_bundle(path, verify=verify, only=None if shard is None else shard_files([shard]))
     if manifest.kind not in KINDS:
         raise BundleError(f"{path}: a {manifest.kind!r} bundle, not {' or '.join(KINDS)}")
     try:

@@ -42,6 +42,7 @@ from safetensors.numpy import save_file
 from retrec.bundle import BundleError, Manifest, load_arrays, load_bundle, publish
 from retrec.contracts import SparseVector, strict_options
 from retrec.index.doc_ids import DocIdTable
+from retrec.index.faiss_check import shard_files
 from retrec.index.faiss_index import SHARD_HASH, check_encoder, encoder_ref, index_check_ref
 from retrec.index.retriever import Hits
 from retrec.index.sparse_build import (  # noqa: F401 (FLOAT16_MAX, quantize: this module's names before the split)
@@ -209,7 +210,7 @@ def build_index(doc_ids: Sequence[str], texts: Sequence[str], *, encoder: Any, s
 def load_index(path: str | Path, *, shard: int | None = None, encoder: Manifest | Mapping[str, Any] | None = None,
                verify: bool = True) -> SparseIndex:
     """Registry loader: the whole index version, or one shard (``shard=i``), with its checks."""
-    manifest = load_bundle(path, kind=KIND, verify=verify)
+    manifest = load_bundle(path, kind=KIND, verify=verify, only=None if shard is None else shard_files([shard]))
     try:
         return _load(manifest, path, shard, encoder)
     except (KeyError, TypeError, ValueError, IndexError, OSError, SafetensorError) as exc:  # another shape

@@ -167,3 +167,21 @@ def test_bm25_arrays_that_do_not_form_a_score_matrix_are_refused(tmp_path: Path)
     with_version(bundle, "forged")
     with pytest.raises(BundleError, match="do not form a score matrix"):
         BM25Index.load(bundle)
+
+
+def test_a_shard_replica_hashes_only_its_own_shard(tmp_path: Path) -> None:
+    """Issue 44: loading shard 0 verifies shard 0's files (and the shared ones), not every shard's; a corrupted
+    shard 1 fails whoever loads it."""
+    from retrec.bundle import BundleError
+
+    ids = [f"d{i}" for i in range(40)]
+    FaissIndex.build(np.random.default_rng(0).normal(size=(40, 8)).astype(np.float32), ids, shards=2).save(
+        tmp_path / "dense")
+    other = tmp_path / "dense" / "shards" / "001.faiss"
+    raw = bytearray(other.read_bytes())
+    raw[-1] ^= 0xFF
+    other.write_bytes(bytes(raw))
+    assert len(FaissIndex.load(tmp_path / "dense", shards=[0])) > 0
+    for shards in ([1], None):
+        with pytest.raises(BundleError, match=r"checksum mismatch for shards/001\.faiss"):
+            FaissIndex.load(tmp_path / "dense", shards=shards)
