@@ -108,7 +108,7 @@ def test_every_ray_pod_kind_has_a_network_policy() -> None:
 def test_network_policy_keeps_ray_ports_inside_and_the_dashboard_to_the_operator(component: str) -> None:
     (policy,) = [p for p in _policies() if p["spec"]["podSelector"]["matchLabels"].get(COMPONENT) == component]
     own = policy["spec"]["podSelector"]["matchLabels"]
-    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    assert policy["spec"]["policyTypes"] == ["Ingress", "Egress"]
     assert any(not ports and [p.get("podSelector", {}).get("matchLabels") for p in peers] == [own]
                for peers, ports in _rules(policy)), "the pods of one deployment must reach each other"
     for peers, ports in _rules(policy):
@@ -180,3 +180,22 @@ def test_every_pod_runs_unprivileged_without_a_service_account_token(folder: str
                 cctx = container.get("securityContext") or {}
                 assert cctx.get("allowPrivilegeEscalation") is False, f"{where}: {container['name']}"
                 assert cctx.get("capabilities", {}).get("drop") == ["ALL"], f"{where}: {container['name']}"
+
+
+@pytest.mark.parametrize("component", ["serving", "reindex", "training"])
+def test_egress_reaches_only_its_own_pods_dns_and_the_event_broker(component: str) -> None:
+    """Issue 44: a compromised pod reaches no Kubernetes API, no internet, no other Ray deployment."""
+    (policy,) = [p for p in _policies() if p["spec"]["podSelector"]["matchLabels"].get(COMPONENT) == component]
+    allowed = []
+    for rule in policy["spec"]["egress"]:
+        assert rule.get("to"), "an egress rule without 'to' allows every destination"
+        ports = {(p["port"], p["protocol"]) for p in rule.get("ports", [])}
+        for peer in rule["to"]:
+            assert "ipBlock" not in peer
+            labels = peer["podSelector"]["matchLabels"]
+            namespace = (peer.get("namespaceSelector") or {}).get("matchLabels")
+            allowed.append((labels.get(COMPONENT) or labels.get("k8s-app"), namespace, frozenset(ports)))
+    assert sorted(allowed, key=str) == sorted([
+        (component, None, frozenset()),
+        ("kube-dns", {"kubernetes.io/metadata.name": "kube-system"}, frozenset({(53, "UDP"), (53, "TCP")})),
+        ("events", None, frozenset({(6379, "TCP")}))], key=str)
