@@ -107,6 +107,6 @@ class DeltaFollower:
     def describe(self) -> dict[str, Any]:
         """What ``/v1/models`` shows: the snapshot, the seq applied, the table version and the staleness."""
         lag = None if self.delta_written_at is None else round(max(0.0, time.time() - self.delta_written_at), 3)
-        return {"root": str(self.root), "snapshot": self.snapshot.name, "seq": self.seq,
+        return {"root": self.root.name, "snapshot": self.snapshot.name, "seq": self.seq,
                 "table_version": self.model.table.version, "reloads": self.reloads,
                 "last_delta_age_s": lag, "snapshot_version": read_manifest(self.snapshot).version}

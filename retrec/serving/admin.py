@@ -50,6 +50,18 @@ def bundle_under_root(root: str, requested: str) -> str:
     return real
 
 
+def shown_path(path: str | None, root: str | None) -> str | None:
+    """How responses name a bundle: its path relative to the models root when it lies under it, else its folder
+    name — never where the server's files live."""
+    if path is None:
+        return None
+    if root:
+        real_root = os.path.realpath(root)
+        if os.path.commonpath([real_root, os.path.realpath(path)]) == real_root:
+            return Path(os.path.relpath(os.path.realpath(path), real_root)).as_posix()
+    return Path(path).name
+
+
 def check_trusted(cfg: ServingConfig, path: str, requested: str) -> None:
     """With ``admin.trusted_manifests`` set: refuse (403) a bundle whose manifest digest is not listed there."""
     if cfg.admin.trusted_manifests is None:

@@ -119,6 +119,7 @@ class EventIntake:
         return {"accepted": count, "first_offset": first, "next_offset": first + count}
 
     def describe(self) -> dict[str, Any]:
-        """For ``/v1/models``: the backend and where (no secrets), and what this replica accepted."""
-        where = self.spec.split("@")[-1] if "://" in self.spec else self.spec
+        """For ``/v1/models``: the backend and where (no secrets, no server path: a folder log by its name), and
+        what this replica accepted."""
+        where = self.spec.split("@")[-1] if "://" in self.spec else Path(self.spec).name
         return {"log": where, "accepted": self.accepted, "max_batch": self.options.max_batch}

@@ -36,7 +36,7 @@ from retrec.index.fusion import FUSIONS
 from retrec.serving import middleware as guard
 from retrec.serving import prometheus as serving_metrics
 from retrec.serving import schemas
-from retrec.serving.admin import bundle_under_root, check_trusted, shown
+from retrec.serving.admin import bundle_under_root, check_trusted, shown, shown_path
 from retrec.serving.config import ServingConfig
 from retrec.serving.errors import ApiError, install_error_handlers
 from retrec.serving.events import EventIntake
@@ -304,7 +304,8 @@ class Ingress:
     async def admin_swap(self, req: SwapRequest) -> Any:
         """Swap a retriever to a published index version named relative to ``admin.models_root`` (every shard
         loads it first; then traffic moves). Needs an admin key; off unless ``admin.enabled``. A swap slower than
-        ``limits.swap_timeout_s`` answers 202 with its ``swap_id`` and goes on to the end."""
+        ``limits.swap_timeout_s`` answers 202 with its ``swap_id`` and goes on to the end (a 200 names it in
+        ``X-Swap-Id``)."""
         self._admin_enabled()
         if req.retriever not in self.retrievers:
             raise ApiError(422, "unknown_retriever", f"retriever {req.retriever!r} is not deployed")
@@ -314,7 +315,8 @@ class Ingress:
         task = asyncio.ensure_future(self.versions.swap(req.retriever, path, label=shown(req.path), swap_id=swap_id))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # a late failure: in its record and log
         try:
-            return await asyncio.wait_for(asyncio.shield(task), timeout)
+            done = await asyncio.wait_for(asyncio.shield(task), timeout)
+            return JSONResponse(content=done, headers={"X-Swap-Id": swap_id})
         except TimeoutError:  # the swap goes on; its record says how it ends
             return JSONResponse(status_code=202, content={
                 "swap_id": swap_id, "status": "pending", "retriever": req.retriever,
@@ -355,8 +357,13 @@ class Ingress:
         """Versions loaded: index version per retriever, the encoder bundles, recommender bundles."""
         for name, handle in self.recommenders.items():
             self._model_info[name] = await model_info(name, handle, self._model_info.get(name))
-        return {"retrievers": self.versions.describe(), "hybrid": HYBRID in self._targets,
-                "encoders": await self.encoder_info(), "recommenders": self._model_info,
+        root = self.cfg.resolve(self.cfg.admin.models_root) if self.cfg.admin.models_root else None
+        show = functools.partial(shown_path, root=root)  # relative to the models root: no server paths
+        retrievers = {n: {**d, "index_path": show(d["index_path"]), "encoder": show(d["encoder"])}
+                      for n, d in self.versions.describe().items()}
+        encoders = {show(k): {**v, "bundle": show(k)} for k, v in (await self.encoder_info()).items()}
+        return {"retrievers": retrievers, "hybrid": HYBRID in self._targets,
+                "encoders": encoders, "recommenders": self._model_info,
                 "registered": {"retrievers": retriever_names(), "recommenders": recommender_names()},
                 **({"events": self.events.describe()} if self.events else {})}
 

@@ -251,7 +251,6 @@ class IndexVersions:
         out = {"retriever": name, "version": ref["version"], "previous": previous["version"]}
         if swap_id:
             await self.ledger.record({**entry, **out, "status": "done"})
-            out = {**out, "swap_id": swap_id, "status": "done"}
         return out
 
     def _drain_later(self, name: str, ref: IndexRef, shards: bool) -> None:

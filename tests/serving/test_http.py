@@ -158,8 +158,10 @@ def _offline_dense(bundles: dict[str, Path]) -> DenseRetriever:
 
 
 def _encoder_info(models: dict[str, Any], bundles: dict[str, Path]) -> dict[str, Any]:
-    """The one encoder of the application, keyed by its bundle path (what the dense retriever names)."""
-    key = str(Path(bundles["encoder"]).resolve())
+    """The one encoder of the application, keyed by its bundle path relative to the models root (what the dense
+    retriever names; responses never show where the server's files are)."""
+    key = Path(bundles["encoder"]).resolve().relative_to(Path(bundles["root"]).resolve()).as_posix()
+    assert str(bundles["root"]) not in str(models)
     assert list(models["encoders"]) == [key] and models["retrievers"]["dense"]["encoder"] == key
     assert models["retrievers"]["bm25"]["encoder"] is None
     return models["encoders"][key]
@@ -570,7 +572,7 @@ def test_encoder_as_deployment_equals_offline(client: httpx.Client, url: str, bu
 
     port = int(url.rsplit(":", 1)[1])
     main_app = _config(bundles, port)["applications"][0]
-    current = client.get("/v1/models").json()["retrievers"]["bm25"]["index_path"]
+    current = str(bundles["root"] / client.get("/v1/models").json()["retrievers"]["bm25"]["index_path"])
     main_app["deployments"] = [{"name": "Ingress", "user_config": {"indexes": {"bm25": current}}}]  # unchanged
     second = {**_config(bundles, port, placement="deployment")["applications"][0], "name": "retrec-dep",
               "route_prefix": "/dep"}
@@ -632,7 +634,7 @@ def test_every_route_needs_a_key_under_root_and_a_route_prefix(client: httpx.Cli
 
     port = int(url.rsplit(":", 1)[1])
     main_app = _config(bundles, port)["applications"][0]
-    current = client.get("/v1/models").json()["retrievers"]["bm25"]["index_path"]
+    current = str(bundles["root"] / client.get("/v1/models").json()["retrievers"]["bm25"]["index_path"])
     main_app["deployments"] = [{"name": "Ingress", "user_config": {"indexes": {"bm25": current}}}]  # unchanged
     api_app = _config(bundles, port)["applications"][0]
     api_app = {**api_app, "name": "retrec-api", "route_prefix": "/api",

@@ -199,7 +199,8 @@ def test_two_dense_retrievers_with_their_own_encoders(url: str, bundles: dict[st
             want = offline[name].search([q], 7)[0]
         _assert_close(_hits(r.json()), want)
     models = httpx.get(f"{url}{prefix}/v1/models").json()
-    encoders = {str(Path(bundles[k]).resolve()) for k in ("enc_a", "enc_b")}
+    encoders = {Path(bundles[k]).resolve().relative_to(Path(bundles["root"]).resolve()).as_posix()
+                for k in ("enc_a", "enc_b")}
     assert set(models["encoders"]) == encoders
     placement = "deployment" if prefix == "/dep" else "ingress"
     assert {e["placement"] for e in models["encoders"].values()} == {placement}
