@@ -130,6 +130,7 @@ def main() -> None:
     parser.add_argument("--dense-lr", type=float, default=None, help="online: Adam rate of the encoder")
     parser.add_argument("--negatives", type=int, default=None, help="online: negatives a step")
     parser.add_argument("--passes", type=int, default=None, help="online: steps on each batch of events")
+    parser.add_argument("--adagrad-init", type=float, default=None, help="online: Adagrad accumulators' start")
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--plot", type=Path, default=None)
     args = parser.parse_args()
@@ -172,7 +173,7 @@ def main() -> None:
     event_log = open_log(args.out / "events", fsync=False)
     event_log.append([Event(u, i, 1_000_000.0 + n, "view") for n, (u, i, _) in enumerate(events)])
     knobs = {k: v for k, v in (("row_lr", args.row_lr), ("dense_lr", args.dense_lr), ("negatives", args.negatives),
-                               ("passes", args.passes)) if v is not None}
+                               ("passes", args.passes), ("adagrad_init", args.adagrad_init)) if v is not None}
     trainer = OnlineTrainer(bundle, event_log, args.out / "online", OnlineConfig(sync_s=1e9, snapshot_s=1e9, **knobs),
                             histories=histories)
     syncs = [int(s) for s in args.syncs.split(",")]

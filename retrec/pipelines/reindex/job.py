@@ -62,6 +62,7 @@ from retrec.version import __version__
 __all__ = ["GateError", "ReindexConfig", "ReindexResult", "reindex"]
 
 log = logging.getLogger(__name__)
+LOCK = ".reindex.lock"  # in OUT: held by the run, never removed
 WORK = ".reindex"
 PREPARE_ON_RAY_DOCS = 200_000
 REUSE_CHECK_DOCS = 16  # reused documents encoded again before their stored vectors are trusted
@@ -194,15 +195,16 @@ def _work_key(kind: kinds.Kind, identity: dict[str, Any], part_size: int, ids: l
 
 
 @contextlib.contextmanager
-def _claimed(work: Path) -> Any:
-    """Hold the work folder for this run (another run of the same reindex is refused, not interleaved)."""
-    work.mkdir(parents=True, exist_ok=True)
-    with open(work.parent / f"{work.name}.lock", "w") as lock:
+def _claimed(out: Path) -> Any:
+    """Hold ``out`` for this whole run — encode, publish, verify, gate, the move of ``current`` — so another
+    reindex of the same folder is refused, never interleaved. The lock file stays (a deleted one would let a
+    third run lock a new file while the second still holds the old)."""
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / LOCK, "a") as lock:
         try:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(f"another retrec reindex of the same documents is running ({work}); wait for it "
-                               "or stop it") from None
+            raise RuntimeError(f"another retrec reindex into {out} is running; wait for it or stop it") from None
         yield
 
 
@@ -237,29 +239,29 @@ def _encoded_stage(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, base: 
     parts = plan_parts(fresh_ids, [corpus.texts[i] for i in fresh], cfg.part_size)
     store = PartStore(cfg.out / WORK / _work_key(kind, encoding_identity(encoder), cfg.part_size, fresh_ids,
                                                  [corpus.hashes[i] for i in fresh]))
-    with _claimed(store.folder):
-        report["encode"] = encode_parts(parts, store, kind=kind.kind, model=model, local=cfg.local, actors=cfg.actors,
-                                        threads=cfg.threads, gpus=cfg.gpus_per_actor, ray_address=cfg.ray_address,
-                                        progress=cfg.progress, options=encoder_options)
-        start = time.perf_counter()
-        position = {d: i for i, d in enumerate(corpus.doc_ids)}
-        encoded: Any = None  # float32 [n, dim], or one [tokens, dim] matrix per document (token payloads)
-        for part in parts:
-            block = store.read(part)
-            if isinstance(block, list):
-                encoded = [None] * len(corpus.doc_ids) if encoded is None else encoded
-                for doc_id, matrix in zip(part.doc_ids, block):
-                    encoded[position[doc_id]] = matrix
-                continue
-            if encoded is None:
-                encoded = np.empty((len(corpus.doc_ids), *block.shape[1:]), dtype=block.dtype)
-            encoded[[position[d] for d in part.doc_ids]] = block
-        for doc_id, vector in reused.items():
-            if encoded is None:  # (a float16 store's vectors are indexed as float32, as fresh ones would be)
-                encoded = np.empty((len(corpus.doc_ids), *vector.shape), np.promote_types(vector.dtype, np.float32))
-            encoded[position[doc_id]] = vector
-        reused.clear()
-        index = kinds.call(kind.assemble, corpus.doc_ids, encoded, encoder=encoder, use_gpu=False, **options)
+    store.folder.mkdir(parents=True, exist_ok=True)
+    report["encode"] = encode_parts(parts, store, kind=kind.kind, model=model, local=cfg.local, actors=cfg.actors,
+                                    threads=cfg.threads, gpus=cfg.gpus_per_actor, ray_address=cfg.ray_address,
+                                    progress=cfg.progress, options=encoder_options)
+    start = time.perf_counter()
+    position = {d: i for i, d in enumerate(corpus.doc_ids)}
+    encoded: Any = None  # float32 [n, dim], or one [tokens, dim] matrix per document (token payloads)
+    for part in parts:
+        block = store.read(part)
+        if isinstance(block, list):
+            encoded = [None] * len(corpus.doc_ids) if encoded is None else encoded
+            for doc_id, matrix in zip(part.doc_ids, block):
+                encoded[position[doc_id]] = matrix
+            continue
+        if encoded is None:
+            encoded = np.empty((len(corpus.doc_ids), *block.shape[1:]), dtype=block.dtype)
+        encoded[[position[d] for d in part.doc_ids]] = block
+    for doc_id, vector in reused.items():
+        if encoded is None:  # (a float16 store's vectors are indexed as float32, as fresh ones would be)
+            encoded = np.empty((len(corpus.doc_ids), *vector.shape), np.promote_types(vector.dtype, np.float32))
+        encoded[position[doc_id]] = vector
+    reused.clear()
+    index = kinds.call(kind.assemble, corpus.doc_ids, encoded, encoder=encoder, use_gpu=False, **options)
     _stage(report, "assemble", start, documents=len(corpus.doc_ids))
     return index, encoder, store
 
@@ -287,7 +289,6 @@ def _remove_work(store: PartStore | None) -> None:
     if store is None:
         return
     shutil.rmtree(store.folder, ignore_errors=True)
-    (store.folder.parent / f"{store.folder.name}.lock").unlink(missing_ok=True)
     with contextlib.suppress(OSError):
         store.folder.parent.rmdir()  # ROOT/.reindex, when no other reindex is in progress
 
@@ -301,15 +302,12 @@ def _rolling(cfg: ReindexConfig, kind: kinds.Kind, corpus: _Corpus, report: dict
     if cfg.full or cfg.base is not None or cfg.params:
         raise ValueError("--rolling starts from the current version with its structure: it takes no --full, "
                          "--base or --param")
-    claims = contextlib.ExitStack()
-
     def store_for(identity: dict[str, Any], ids: list[str], hashes: list[bytes]) -> PartStore:
         store = PartStore(cfg.out / WORK / _work_key(kind, identity, cfg.part_size, ids, hashes))
-        claims.enter_context(_claimed(store.folder))
+        store.folder.mkdir(parents=True, exist_ok=True)  # the run holds cfg.out (reindex)
         return store
 
-    with claims:
-        version, store = rolling_reindex(cfg, kind, corpus, report, store_for, _new_version_dir, on_version)
+    version, store = rolling_reindex(cfg, kind, corpus, report, store_for, _new_version_dir, on_version)
     _remove_work(store)
     return ReindexResult(version=version, current=True, report=report)
 
@@ -319,7 +317,13 @@ def reindex(cfg: ReindexConfig, on_version: Callable[[Path], None] | None = None
 
     The parts are kept until ``current`` has moved (or the gate refused the version), so a run killed after
     publishing resumes without encoding again. ``cfg.rolling``: the steps of
-    :mod:`retrec.pipelines.reindex.rolling`, ``on_version`` called with each version it makes current."""
+    :mod:`retrec.pipelines.reindex.rolling`, ``on_version`` called with each version it makes current. One run
+    at a time per ``cfg.out`` (``OUT/.reindex.lock``)."""
+    with _claimed(cfg.out):
+        return _reindex(cfg, on_version)
+
+
+def _reindex(cfg: ReindexConfig, on_version: Callable[[Path], None] | None) -> ReindexResult:
     kind = index_kind(cfg.kind)
     report: dict[str, Any] = {"kind": kind.kind}
     start = time.perf_counter()

@@ -414,3 +414,21 @@ def test_reindex_of_a_sparse_kind_equals_retrec_index(tiny_data: Path, tmp_path:
     first = reindex(config)
     payload = {k: v for k, v in _files(first.version).items() if k.startswith("shards/")}
     assert payload and payload == {k: v for k, v in _files(indexed).items() if k.startswith("shards/")}
+
+
+def test_one_reindex_at_a_time_per_out_folder_for_the_whole_run(tiny_data: Path, tmp_path: Path) -> None:
+    """Issue 44: the lock covers every stage (not only encoding) and its file is never removed, so a second run
+    into the same folder is refused with a clear error while the first holds it, and runs after it proceed."""
+    import fcntl
+
+    from retrec.pipelines.reindex.job import LOCK
+
+    out = tmp_path / "bm25"
+    out.mkdir()
+    with open(out / LOCK, "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)  # a first run, mid-publish
+        with pytest.raises(RuntimeError, match=r"another retrec reindex into .* is running"):
+            reindex(ReindexConfig(kind="bm25", data=tiny_data, out=out, local=True, progress=False))
+    first = reindex(ReindexConfig(kind="bm25", data=tiny_data, out=out, local=True, progress=False))
+    assert first.current and (out / LOCK).is_file()  # kept: a later run locks the same file
+    assert reindex(ReindexConfig(kind="bm25", data=tiny_data, out=out, local=True, progress=False)).current

@@ -70,6 +70,9 @@ class OnlineConfig:
     negatives: int = 256
     passes: int = 1  # training steps on each batch of events (fresh negatives each); Monolith takes one
     row_lr: float = 0.0025  # Adagrad on item rows (MovieLens-100k replay: 0.05 hurt, 0.0025 best of 5; RESULTS)
+    # Adagrad's accumulator start: at 0 a row's first step is lr in every coordinate whatever its gradient (a
+    # sampled negative's tiny gradient moves it as far as the target's); TensorFlow / Monolith start at 0.1
+    adagrad_init: float = 0.0
     dense_lr: float = 1e-4  # Adam on the user encoder
     admit_threshold: int = 1
     max_touched: int = 1_000_000  # keys a delta may carry
@@ -83,6 +86,8 @@ class OnlineConfig:
         for name in ("sync_s", "snapshot_s", "row_lr", "dense_lr", "poll_s"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if not self.adagrad_init >= 0:
+            raise ValueError(f"adagrad_init must be at least 0, got {self.adagrad_init}")
         for name in ("batch_events", "negatives", "passes", "admit_threshold", "max_touched", "max_users",
                      "keep_snapshots"):
             if getattr(self, name) < 1:
@@ -296,7 +301,8 @@ class OnlineTrainer:
         keys, grads = keys[kept], grads[kept]
         if not len(keys):
             return
-        acc = np.stack([self._acc.get(k, np.zeros(grads.shape[1], np.float32)) for k in keys.tolist()]) + grads ** 2
+        start = np.full(grads.shape[1], self.cfg.adagrad_init, np.float32)
+        acc = np.stack([self._acc.get(k, start) for k in keys.tolist()]) + grads ** 2
         self._acc.update(zip(keys.tolist(), acc))
         self.table.update(keys, self.table.embed(keys) - self.cfg.row_lr * grads / (np.sqrt(acc) + 1e-8))
 
