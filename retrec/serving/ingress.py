@@ -48,7 +48,7 @@ from retrec.serving.recommenders import model_info
 from retrec.serving.registry import recommender_names, retriever_names
 from retrec.serving.rerankers import rerank_hits
 from retrec.serving.rollout import ServeRollout
-from retrec.serving.scatter import Scatter, call_handle
+from retrec.serving.scatter import Scatter, call_handle, probe_search
 from retrec.serving.schemas import (
     HYBRID,
     ErrorResponse,
@@ -113,6 +113,7 @@ class Ingress:
                                       {key: read_manifest(key) for key in encoders}, self.cfg.resolve,
                                       publish=ServeRollout().publish, ledger=RayLedger(),
                                       drain_s=limits.swap_drain_s)
+        self.versions.probe = functools.partial(probe_search, self.scatter, self.encoders, self.versions.query_width)
         self.recommenders = recommenders
         self.reranker = reranker  # a Reranker deployment handle (rerank: in the config), else None
         self.events = EventIntake(self.cfg) if self.cfg.events.log else None

@@ -135,3 +135,21 @@ class Scatter:
             raise ApiError(503, "unavailable", f"every {name} shard failed or timed out "
                            f"({', '.join(sorted(reasons))})", retry)
         return merge_hits(parts, k), failed
+
+
+PROBE_QUERY = "retrec probe query"
+
+
+async def probe_search(scatter: Scatter, encoders: dict[str, Any], widths: Any, name: str, ref: IndexRef) -> None:
+    """One search of ``ref`` through the path requests take (the retriever's encoder, then every shard): a swap's
+    last check before traffic moves. Raises ``ApiError`` naming the shards that failed."""
+    spec = scatter.retrievers[name]
+    payload: Any = PROBE_QUERY
+    if spec.encoder is not None:
+        payload, _ = await encoders[spec.encoder].encode(PROBE_QUERY)
+        width = widths(name, ref)
+        if width is not None:
+            payload = payload[..., :width]
+    _, failed = await scatter.retrieve(name, payload, 1, ref)
+    if failed:
+        raise ApiError(503, "swap_failed", f"the probe query failed on {', '.join(failed)}")

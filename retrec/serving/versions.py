@@ -82,6 +82,8 @@ class IndexVersions:
         self.ledger: SwapLedger = ledger or LocalLedger()
         self.load_timeout_s, self.drain_s = load_timeout_s, drain_s
         self._drains: dict[str, asyncio.Task] = {}  # retriever -> the pending release of its previous version
+        # (name, ref) -> a search of ref through every shard (the ingress sets it; scatter.probe_search)
+        self.probe: Callable[[str, IndexRef], Awaitable[None]] | None = None
         self.active = dict(active)
         self._published: dict[str, str] = {}  # retriever -> digest every shard replica holds (this replica's swaps)
         # retriever -> a version every other ingress replica flipped to that this one could not load (in-ingress
@@ -234,6 +236,7 @@ class IndexVersions:
                 if ref["digest"] != previous["digest"]:
                     await self._prepare(name, ref)
                     await self._publish_shards(name, previous, ref)
+                    await self._probe(name, previous, ref)
                     try:  # this retriever's entry only: another's swap made meanwhile elsewhere stays
                         await self.publish({INGRESS: {"indexes": {name: ref["path"]},
                                                       "digests": {name: ref["digest"]}}}, merge=True)
@@ -252,6 +255,19 @@ class IndexVersions:
         if swap_id:
             await self.ledger.record({**entry, **out, "status": "done"})
         return out
+
+    async def _probe(self, name: str, previous: IndexRef, ref: IndexRef) -> None:
+        """A search of ``ref`` through every shard before traffic moves; if it fails the shards go back."""
+        if self.probe is None:
+            return
+        try:
+            await self.probe(name, ref)
+        except Exception as exc:
+            if self.retrievers[name].placement != "ingress":
+                n = len(self.retrievers[name].shards)
+                await self.publish({shard_deployment(name, i): {"versions": [previous]} for i in range(n)})
+            raise failure(503, "swap_failed", f"a probe search of the new version failed ({type(exc).__name__}); "
+                          f"still serving {previous['version']}", f"retriever {name}: probing", exc) from exc
 
     def _drain_later(self, name: str, ref: IndexRef, shards: bool) -> None:
         """After ``drain_s``, release the previous version of ``name``: this replica's in-ingress shards, and

@@ -312,3 +312,32 @@ def test_readiness_names_encoders_by_bundle_name_not_path() -> None:
     checks = asyncio.run(encoders_answer(encoders, manifests))
     assert checks == {"encoder:minilm": True, "encoder:minilm-1": False}
     assert not any("/srv" in k for k in checks)
+
+
+def test_a_swap_whose_probe_search_fails_moves_nothing(versions_dir: dict[str, Path]) -> None:
+    """Issue 44: after every shard replica holds the new version, one search of it through every shard (the
+    ingress sets ``versions.probe``: scatter.probe_search) must answer before traffic moves; if it fails the
+    shards go back to the previous version and the swap is a 503."""
+    (one, two), controller, _ = _two_retrievers(versions_dir["v1"])
+    old = index_ref(versions_dir["v1"])
+
+    async def broken(name: str, ref: dict[str, str]) -> None:
+        raise ApiError(503, "unavailable", "every a shard failed or timed out (IndexError)")
+
+    one.probe = broken
+    with pytest.raises(ApiError) as err:
+        asyncio.run(one.swap("a", str(versions_dir["v2"])))
+    assert err.value.status == 503 and "probe search" in err.value.message
+    assert one.active["a"]["digest"] == two.active["a"]["digest"] == old["digest"]
+    assert controller.current["a-shard-0"] == {"versions": [old]}
+    assert "Ingress" not in controller.current
+
+
+def test_probe_search_runs_the_request_path(versions_dir: dict[str, Path]) -> None:
+    from retrec.serving.scatter import Scatter, probe_search
+
+    (one, _), _, _ = _two_retrievers(versions_dir["v1"])
+    scatter = Scatter(one.retrievers, shard_timeout_s=5.0, retry_after_s=1, max_batch_size=8)
+    one.probe = lambda name, ref: probe_search(scatter, {}, one.query_width, name, ref)
+    asyncio.run(one.swap("a", str(versions_dir["v2"])))  # a real search of v2 on its shard
+    assert one.active["a"]["version"] == "bm25-v2"
