@@ -6,7 +6,8 @@
 Example::
 
     import retrec
-    retrec.load("artifacts/scifact-bm25").search(["what causes scurvy"], k=10)
+    retrec.load("artifacts/scifact-bm25").search("what causes scurvy", k=10)   # hits with text
+    retrec.evaluate(retrec.load("artifacts/scifact-bm25"), "data/scifact")     # {"nDCG@10": ..., ...}
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from retrec.version import __version__
 
-__all__ = ["__version__", "load"]
+__all__ = ["__version__", "evaluate", "load"]
 
 
 def load(path: Any, **options: Any) -> Any:
@@ -23,3 +24,10 @@ def load(path: Any, **options: Any) -> Any:
     from retrec.api import load as _load
 
     return _load(path, **options)
+
+
+def evaluate(retriever_or_run: Any, data: Any, measures: Any = None, **options: Any) -> dict[str, float]:
+    """``retrec eval``'s measures of a retriever or a run on a BEIR-style folder (:func:`retrec.notebook.evaluate`)."""
+    from retrec.notebook import evaluate as _evaluate
+
+    return _evaluate(retriever_or_run, data, measures, **options)

@@ -1,7 +1,9 @@
 """The Python API: ``retrec.load(path)`` opens any bundle by its kind, for notebooks and scripts.
 
-- an index version (``index/*``) → a retriever: ``search(queries, k) -> [[(doc_id, score), ...]]``; encoded kinds
-  use the query encoder the index recorded, or ``model=`` (refused when the index's vectors did not come from it);
+- an index version (``index/*``) → a :class:`retrec.notebook.Retriever`: ``search("one query", k)`` → hits,
+  ``search([queries], k)`` → a list of hit lists; a hit is ``(doc_id, score)`` with ``rank`` and ``text`` (stored
+  by the version, or from ``corpus=``); encoded kinds use the query encoder the index recorded, or ``model=``
+  (refused when the index's vectors did not come from it);
 - a recommender (``model/bert4rec``, a plugin's kind) → the
   :class:`~retrec.runtime.recommender.Recommender`: ``recommend(histories, k)``, ``score(histories)``;
 - a query encoder (``model/dense``) → the encoder: ``encode_queries(texts)``.
@@ -43,8 +45,10 @@ def load(path: str | os.PathLike[str], **options: Any) -> Any:
         raise BundleError(f"{path}: {exc} (a plugin's kind? name its module in ${kinds.PLUGINS_ENV})") from exc
     if kind.role == "index":
         from retrec.index.generic import open_index
+        from retrec.notebook import Retriever
 
-        return open_index(path, **options)
+        corpus = options.pop("corpus", None)
+        return Retriever(open_index(path, **options), corpus=corpus)
     if kind.role in ("recommender", "query_encoder") and kind.load is not None:
         if "model" in options:
             raise TypeError(f"model= is for index bundles; {path} is a {kind.kind} bundle")

@@ -61,6 +61,7 @@ LAYERS: dict[str, int] = {
     "retrec.serving": 4,
     "retrec.cli": 5,
     "retrec.api": 5,
+    "retrec.notebook": 5,
 }
 
 # Upward imports that are allowed, each with its reason: (importing module prefix, imported module) -> reason.

@@ -175,12 +175,13 @@ def content_hash(text: str) -> bytes:
 
 
 def documents_table(doc_ids: Sequence[str], texts: Sequence[str], encoding: dict[str, Any] | None = None) -> pa.Table:
-    """``documents.parquet``: every indexed doc id with the :func:`content_hash` of its text; for encoded kinds
-    the :func:`encoding_identity` of the encoder that produced the index's vectors, in the file's metadata."""
+    """``documents.parquet``: every indexed doc id, the :func:`content_hash` of its text and the text; for encoded
+    kinds the :func:`encoding_identity` of the encoder that produced the index's vectors, in the file's metadata."""
     if len(doc_ids) != len(texts):
         raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
     table = pa.table({"doc_id": pa.array(list(doc_ids), pa.string()),
-                      "sha256": pa.array([content_hash(t) for t in texts], pa.binary(32))})
+                      "sha256": pa.array([content_hash(t) for t in texts], pa.binary(32)),
+                      "text": pa.array(list(texts), pa.string())})  # what hits show (retrec.load, the console)
     if encoding is not None:
         table = table.replace_schema_metadata({ENCODING_KEY: json.dumps(encoding, sort_keys=True)})
     return table
@@ -200,10 +201,22 @@ def read_documents(manifest: Manifest) -> tuple[dict[str, bytes], dict[str, Any]
     without ``documents.parquet``."""
     if DOCUMENTS not in manifest.files:
         return None
-    table = pq.read_table(manifest.file(DOCUMENTS))
+    table = pq.read_table(manifest.file(DOCUMENTS), columns=["doc_id", "sha256"])
     meta = (table.schema.metadata or {}).get(ENCODING_KEY.encode())
     return (dict(zip(table.column("doc_id").to_pylist(), table.column("sha256").to_pylist())),
             json.loads(meta) if meta else None)
+
+
+def read_texts(manifest: Manifest) -> dict[str, str]:
+    """doc_id → the text an index version indexed (empty for one published without texts, or before they were
+    stored)."""
+    if DOCUMENTS not in manifest.files:
+        return {}
+    path = manifest.file(DOCUMENTS)
+    if "text" not in pq.read_schema(path).names:
+        return {}
+    table = pq.read_table(path, columns=["doc_id", "text"])
+    return dict(zip(table.column("doc_id").to_pylist(), table.column("text").to_pylist()))
 
 
 def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequence[str], Sequence[str]] | None = None,
