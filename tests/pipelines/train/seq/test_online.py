@@ -204,3 +204,23 @@ def test_a_bert4rec_bundle_trains_online_too(tiny_data: Path, tmp_path: Path) ->
     follower.poll()
     keys, _ = trainer.table.entries()
     assert np.array_equal(follower.model.table.embed(keys), trainer.table.embed(keys))
+
+
+@pytest.mark.parametrize("init", [0.0, 0.1])
+def test_adagrad_first_steps_follow_the_gradient_only_with_a_started_accumulator(bundle: Path, tiny_data: Path,
+                                                                                tmp_path: Path, init: float) -> None:
+    """At ``adagrad_init=0`` a row's first step is ``row_lr`` in every coordinate whatever its gradient (a tiny
+    gradient moves a row as far as a large one); started at 0.1 the step is proportional to the gradient."""
+    _, _, trainer, _ = _started(bundle, tiny_data, tmp_path, 10, sync_s=3600, row_lr=0.01, adagrad_init=init)
+    keys, _ = trainer.table.entries()
+    keys = keys[:2]
+    before = trainer.table.embed(keys).copy()
+    grads = np.zeros_like(before)
+    grads[0, :] = 1e-4  # a sampled negative's tiny gradient
+    grads[1, :] = 1.0  # the target's
+    trainer._rows_step(keys, grads)
+    moved = np.abs(trainer.table.embed(keys) - before).max(axis=1)
+    if init == 0.0:
+        np.testing.assert_allclose(moved, [0.01, 0.01], rtol=1e-3)
+    else:
+        assert moved[0] < 1e-5 and moved[1] > 0.009
