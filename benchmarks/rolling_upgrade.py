@@ -145,7 +145,7 @@ def main() -> None:
     url = f"http://127.0.0.1:{port}"
     (args.work / "serve.yaml").write_text(yaml.safe_dump(serve_config(base, args.new, models, port)))
     key = os.urandom(12).hex()
-    env = {**os.environ, KEYS_ENV: key, "RETREC_ADMIN_KEY": key}
+    env = {**os.environ, KEYS_ENV: key, "RETREC_ADMIN_KEYS": key}
     with open(args.work / "serve.log", "w") as serve_log:
         server = subprocess.Popen([RETREC, "serve", "--config", str(args.work / "serve.yaml")], env=env,
                                   stdout=serve_log, stderr=subprocess.STDOUT)

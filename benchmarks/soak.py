@@ -132,7 +132,7 @@ async def operations(args: argparse.Namespace, url: str, models: Path, events: l
                 done = await asyncio.to_thread(subprocess.run, [
                     RETREC, "reindex", "--kind", "bm25", "--data", str(args.data), "--out", str(models / "bm25-r"),
                     "--swap", url, "--swap-retriever", "bm25", "--swap-root", str(models), "--json"],
-                    capture_output=True, text=True, env={**os.environ, "RETREC_ADMIN_KEY": ADMIN_KEY})
+                    capture_output=True, text=True, env={**os.environ, "RETREC_ADMIN_KEYS": ADMIN_KEY})
                 r = httpx.Response(200 if done.returncode == 0 else 500)
                 version = (read_manifest(json.loads(done.stdout)["version"]).version if done.returncode == 0
                            else None)

@@ -46,7 +46,7 @@ def reindex_cmd(
     max_drop: Annotated[float, typer.Option(
         min=0.0, help="with --eval-data: refuse to move current when nDCG@10 falls more than this")] = 0.01,
     swap: Annotated[str | None, typer.Option(
-        help="server URL: ask it to load the new version (admin key from $RETREC_ADMIN_KEY)")] = None,
+        help="server URL: ask it to load the new version (admin key from $RETREC_ADMIN_KEYS, as the server)")] = None,
     swap_retriever: Annotated[str | None, typer.Option(help="retriever to swap (default: the kind's name)")] = None,
     swap_root: Annotated[Path | None, typer.Option(
         help="the server's admin.models_root as seen from here (default: OUT's parent)")] = None,

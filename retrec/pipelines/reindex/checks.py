@@ -28,7 +28,8 @@ from retrec.index.generic import open_index
 log = logging.getLogger(__name__)
 CURRENT = "current"
 SAMPLE_QUERIES = 8
-ADMIN_KEY_ENV = "RETREC_ADMIN_KEY"
+ADMIN_KEY_ENV = "RETREC_ADMIN_KEYS"  # the server's (admin.keys_env's default): one name on both sides
+LEGACY_ADMIN_KEY_ENV = "RETREC_ADMIN_KEY"  # the name --swap read before; still read, with a warning
 SWAP_ID = re.compile(r"^[0-9a-f]{32}$")  # the server's swap ids (retrec/serving/swaps.py)
 
 
@@ -122,7 +123,8 @@ def _loopback(host: str | None) -> bool:
 def swap_server(url: str, retriever: str, version: Path, models_root: Path, *, key_env: str = ADMIN_KEY_ENV,
                 timeout_s: float = 120.0) -> dict[str, Any]:
     """Ask the server at ``url`` to load ``version`` for ``retriever`` (``POST /v1/admin/indexes``, the admin key
-    from ``$RETREC_ADMIN_KEY``); the version is named relative to ``models_root``, the folder the server's
+    from ``$RETREC_ADMIN_KEYS``, the first if several, as the server reads them; the old ``$RETREC_ADMIN_KEY`` still
+    works, with a warning); the version is named relative to ``models_root``, the folder the server's
     ``admin.models_root`` is. The key goes over https, or plain http to a loopback address only; no proxy from
     the environment. Raises RuntimeError with the server's code and message (never the key or the URL's
     credentials)."""
@@ -135,7 +137,11 @@ def swap_server(url: str, retriever: str, version: Path, models_root: Path, *, k
     if parts.scheme == "http" and not _loopback(parts.hostname):
         raise ValueError("--swap sends the admin key: use https, or http to a loopback address (127.0.0.1, "
                          "a kubectl port-forward)")
-    key = os.environ.get(key_env)
+    key = (os.environ.get(key_env) or "").split(",")[0].strip()
+    if not key and key_env == ADMIN_KEY_ENV and os.environ.get(LEGACY_ADMIN_KEY_ENV):
+        log.warning("$%s is the old name of the admin key's variable; set $%s (the server reads that one)",
+                    LEGACY_ADMIN_KEY_ENV, ADMIN_KEY_ENV)
+        key = os.environ[LEGACY_ADMIN_KEY_ENV].strip()
     if not key:
         raise RuntimeError(f"--swap needs the server's admin key in ${key_env}")
     try:

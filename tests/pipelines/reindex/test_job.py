@@ -432,3 +432,25 @@ def test_one_reindex_at_a_time_per_out_folder_for_the_whole_run(tiny_data: Path,
     first = reindex(ReindexConfig(kind="bm25", data=tiny_data, out=out, local=True, progress=False))
     assert first.current and (out / LOCK).is_file()  # kept: a later run locks the same file
     assert reindex(ReindexConfig(kind="bm25", data=tiny_data, out=out, local=True, progress=False)).current
+
+
+def test_swap_reads_the_servers_admin_key_variable_and_the_old_name_with_a_warning(
+        monkeypatch: pytest.MonkeyPatch, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 45: one variable name on both sides — the server reads $RETREC_ADMIN_KEYS, so does --swap."""
+    import httpx
+
+    from retrec.pipelines.reindex.checks import swap_server
+
+    version = tmp_path / "models" / "v1"
+    version.mkdir(parents=True)
+    sent: list[str] = []
+    monkeypatch.setattr(httpx, "post", lambda url, **kw: sent.append(kw["headers"]["Authorization"]) or
+                        httpx.Response(200, json={"retriever": "dense", "version": "v1", "previous": "v0"}))
+    monkeypatch.delenv("RETREC_ADMIN_KEY", raising=False)
+    monkeypatch.setenv("RETREC_ADMIN_KEYS", "first-admin-key-0123456789,second-admin-key-0123456789")
+    swap_server("http://127.0.0.1:8000", "dense", version, tmp_path / "models")
+    monkeypatch.delenv("RETREC_ADMIN_KEYS")
+    monkeypatch.setenv("RETREC_ADMIN_KEY", "old-name-admin-key-0123456789")
+    swap_server("http://127.0.0.1:8000", "dense", version, tmp_path / "models")
+    assert sent == ["Bearer first-admin-key-0123456789", "Bearer old-name-admin-key-0123456789"]
+    assert "old name" in caplog.text and "old-name-admin-key" not in caplog.text
