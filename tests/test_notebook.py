@@ -65,3 +65,11 @@ def test_evaluate_equals_retrec_eval_json(bm25_version: Path, tiny_data: Path) -
     assert retrec.evaluate(run, tiny_data)["nDCG@10"] == pytest.approx(cli["nDCG@10"], abs=1e-12)
     with pytest.raises(TypeError, match="a retriever"):
         retrec.evaluate(42, tiny_data)
+
+
+def test_eval_shows_progress_lines_when_not_a_terminal(bm25_version: Path, tiny_data: Path) -> None:
+    """Issue 45: piped or logged, ``retrec eval`` still says what it is doing (stderr; the table on stdout)."""
+    done = subprocess.run([RETREC, "eval", "--data", str(tiny_data), "--index", str(bm25_version)],
+                          check=True, capture_output=True, text=True)
+    assert "queries" in done.stderr and "search " in done.stderr
+    assert "nDCG@10" in done.stdout and "search " not in done.stdout

@@ -6,8 +6,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from rich.progress import track
-
+from retrec.console import ProgressLog
 from retrec.data.beir import RetrievalData
 from retrec.data.trec import rank_scores
 from retrec.index.retriever import Hits, Retriever
@@ -45,10 +44,12 @@ def run_retriever(
     ids = list(queries)
     run: dict[str, Hits] = {}
     batches = range(0, len(ids), batch_size)
-    for start in track(batches, description=f"search {retriever.name}", disable=not progress, transient=True):
-        chunk = ids[start:start + batch_size]
-        for qid, hits in zip(chunk, retriever.search([queries[q] for q in chunk], k)):
-            run[qid] = hits
+    with ProgressLog(f"search {retriever.name}", total=len(ids), unit="queries", enabled=progress) as bar:
+        for start in batches:  # a bar on a terminal, else a line every 10 s (a log shows it too)
+            chunk = ids[start:start + batch_size]
+            for qid, hits in zip(chunk, retriever.search([queries[q] for q in chunk], k)):
+                run[qid] = hits
+            bar.advance(len(chunk))
     return run
 
 
