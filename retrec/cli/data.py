@@ -1,4 +1,4 @@
-"""`retrec data`: the embedded default dataset, format conversion, haystack distractors."""
+"""`retrec data`: the embedded default dataset, datasets by name, format conversion, haystack distractors."""
 
 from __future__ import annotations
 
@@ -19,6 +19,35 @@ def data_default(out: Annotated[Path, typer.Argument(help="output folder")]) -> 
 
     write_default_dataset(out)
     typer.echo(f"wrote {out}")
+
+
+@data_app.command("fetch")
+def data_fetch(
+    name: Annotated[str, typer.Argument(help="a known dataset (scifact, nfcorpus, fiqa, trec-covid, nq, hotpotqa, "
+                                             "msmarco, ml-100k, ml-1m), or any name with --url")],
+    out: Annotated[Path | None, typer.Option(help="folder to write (default: $RETREC_DATA/NAME, else "
+                                                  "~/.cache/retrec/data/NAME)")] = None,
+    url: Annotated[str | None, typer.Option(help="a zip archive's URL (a mirror, or a dataset not listed)")] = None,
+    sha256: Annotated[str | None, typer.Option(help="with --url: the archive's sha256")] = None,
+    md5: Annotated[str | None, typer.Option(help="with --url: the archive's MD5 (what BEIR and GroupLens publish)")
+                   ] = None,
+    inner: Annotated[str | None, typer.Option(help="with --url: the archive's top folder holding the data")] = None,
+) -> None:
+    """Download a public dataset, check its publisher's checksum, unpack it whole into the cache; then `--data
+    NAME` works anywhere a folder is taken. A broken download resumes on the next run."""
+    from retrec.data.fetch import SOURCES, Source, fetch
+
+    try:
+        source = None
+        if url is not None:
+            if (sha256 is None) == (md5 is None):
+                raise DataError(Path(url), "--url needs exactly one of --sha256 and --md5")
+            known = SOURCES.get(name)
+            source = Source(url, (sha256 or md5 or "").lower(), "sha256" if sha256 else "md5",
+                            inner=inner if inner is not None else (known.inner if known else None))
+        typer.echo(f"{name}: {fetch(name, out, source)}")
+    except DataError as exc:
+        raise _fail(str(exc)) from exc
 
 
 @data_app.command("convert")

@@ -20,6 +20,7 @@ import pyarrow.parquet as pq
 
 from retrec.atomic import atomic_parquet
 from retrec.data.errors import DataError, LoadReport
+from retrec.data.fetch import resolve_dataset
 from retrec.data.lines import iter_lines
 from retrec.data.schemas import CORPUS, QRELS, QUERIES
 
@@ -214,7 +215,7 @@ def load_retrieval_data(
 
     ``qrels_file`` (a BEIR/TREC TSV or a Parquet file) replaces the folder's ``qrels/{split}``.
     """
-    root = Path(directory)
+    root = resolve_dataset(directory)
     if not root.is_dir():
         raise DataError(root, "dataset folder not found")
     report = LoadReport()

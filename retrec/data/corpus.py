@@ -18,6 +18,7 @@ import pyarrow as pa
 
 from retrec.data.beir import corpus_texts, read_beir_corpus, read_parquet_corpus
 from retrec.data.errors import DataError
+from retrec.data.fetch import resolve_dataset
 
 CORPUS_FILES = ("corpus.jsonl", "corpus.parquet")
 
@@ -25,8 +26,9 @@ __all__ = ["CORPUS_FILES", "corpus_file", "corpus_texts", "read_corpus"]
 
 
 def corpus_file(path: str | Path) -> Path:
-    """The corpus file of a dataset folder, or ``path`` itself when it is a ``.jsonl`` / ``.parquet`` file."""
-    path = Path(path)
+    """The corpus file of a dataset folder (or a fetched dataset's name), or ``path`` itself when it is a
+    ``.jsonl`` / ``.parquet`` file."""
+    path = resolve_dataset(path)
     if path.is_dir():
         for name in CORPUS_FILES:
             if (path / name).is_file():

@@ -17,6 +17,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from retrec.data.errors import DataError
+from retrec.data.fetch import resolve_dataset
 from retrec.data.lines import iter_lines
 from retrec.data.schemas import INTERACTIONS
 
@@ -70,8 +71,8 @@ def read_movielens(path: str | Path, min_rating: float | None = None) -> pa.Tabl
 
 
 def load_interactions(source: str | Path) -> pa.Table:
-    """Load interactions from a file or a folder holding one of the known formats."""
-    path = Path(source)
+    """Load interactions from a file or a folder holding one of the known formats (or a fetched dataset's name)."""
+    path = resolve_dataset(source)
     if path.is_dir():
         for name in ("interactions.parquet", "u.data", "ratings.dat"):
             if (path / name).is_file():
