@@ -199,6 +199,8 @@ class RerankConfig(_Strict):
 class LimitsConfig(_Strict):
     max_body_bytes: int = Field(64 * 1024, ge=1024)
     max_inflight: int = Field(64, ge=1, description="requests in progress per ingress replica before 503")
+    max_inflight_per_key: int | None = Field(None, ge=1, description="requests one API key may have in progress "
+                                             "per ingress replica before 429 (off when unset)")
     retry_after_s: int = Field(1, ge=0)
     request_timeout_s: float = Field(10.0, gt=0)
     shard_timeout_s: float = Field(2.0, gt=0, description="a shard slower than this is dropped: partial result")

@@ -126,6 +126,7 @@ def guard_settings(cfg: ServingConfig) -> dict[str, Any]:
         raise ValueError("an admin key is also an API key; admin keys must be separate")
     public = PUBLIC_PATHS if auth.public_metrics else PUBLIC_PATHS - {"/metrics"}
     return {"max_body_bytes": limits.max_body_bytes, "max_inflight": limits.max_inflight,
+            "max_inflight_per_key": limits.max_inflight_per_key,
             "retry_after_s": limits.retry_after_s, "require_keys": auth.mode == "keys", "api_keys": api_keys,
             "admin_keys": admin_keys, "public_paths": public,
             "body_limits": {"/v1/events": cfg.events.max_body_bytes} if cfg.events.log else {}}
@@ -142,6 +143,8 @@ class GuardSettings:
     public_paths: frozenset[str] = PUBLIC_PATHS
     body_limits: dict[str, int] = field(default_factory=dict)  # route -> its own max_body_bytes
     inflight: int = 0
+    max_inflight_per_key: int | None = None  # limits.max_inflight_per_key: one key cannot take every slot
+    per_key: dict[bytes, int] = field(default_factory=dict, repr=False)
     # re-reads (api_keys, admin_keys) from where the config says, at most every reload_every_s: a key added to
     # or revoked from a keys file (a mounted Secret) takes effect without a restart
     reload: Callable[[], tuple[tuple[bytes, ...], tuple[bytes, ...]]] | None = field(default=None, repr=False)
@@ -273,8 +276,20 @@ class GuardMiddleware:
                 return await receive()
 
             receive = replay
+        key = _presented_key(headers) if g.max_inflight_per_key else None
+        if key is not None and g.per_key.get(key, 0) >= (g.max_inflight_per_key or 0):
+            await _reply(send, 429, "too_many_requests", f"this key has {g.max_inflight_per_key} requests in "
+                         "progress (limits.max_inflight_per_key); retry later",
+                         [(b"retry-after", str(g.retry_after_s).encode())])
+            return
         g.inflight += 1
+        if key is not None:
+            g.per_key[key] = g.per_key.get(key, 0) + 1
         try:
             await self.app(scope, receive, send)
         finally:
             g.inflight -= 1
+            if key is not None:
+                g.per_key[key] -= 1
+                if not g.per_key[key]:
+                    del g.per_key[key]

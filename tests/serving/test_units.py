@@ -327,3 +327,39 @@ def test_short_keys_are_refused_under_min_key_length_and_keys_files_reload(
     assert guard.allowed("/v1/search", b"second-key-0123456789")
     keys.write_text("")  # emptied by mistake: the server keeps the keys it had
     assert guard.allowed("/v1/search", b"second-key-0123456789")
+
+
+def test_one_key_cannot_take_every_slot_under_max_inflight_per_key() -> None:
+    """Issue 44: ``limits.max_inflight_per_key`` answers 429 to a key over its share; other keys still get in."""
+    import httpx
+
+    from retrec.serving import middleware
+
+    release = asyncio.Event()
+
+    async def app(scope: dict, receive: object, send: object) -> None:
+        await release.wait()
+        await send({"type": "http.response.start", "status": 200, "headers": []})  # type: ignore[operator]
+        await send({"type": "http.response.body", "body": b"ok"})  # type: ignore[operator]
+
+    saved = dict(vars(middleware.GUARD))
+    middleware.GUARD.configure(api_keys=(b"key-a-0123456789abc", b"key-b-0123456789abc"), require_keys=True,
+                               max_inflight=64, max_inflight_per_key=1, per_key={})
+    guarded = middleware.GuardMiddleware(app)
+
+    async def scenario() -> list[int]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=guarded), base_url="http://t") as c:
+            first = asyncio.ensure_future(c.get("/v1/models", headers={"X-API-Key": "key-a-0123456789abc"}))
+            await asyncio.sleep(0.05)
+            second = await c.get("/v1/models", headers={"X-API-Key": "key-a-0123456789abc"})
+            other = asyncio.ensure_future(c.get("/v1/models", headers={"X-API-Key": "key-b-0123456789abc"}))
+            await asyncio.sleep(0.05)
+            release.set()
+            return [(await first).status_code, second.status_code, (await other).status_code]
+
+    try:
+        assert asyncio.run(scenario()) == [200, 429, 200]
+        assert middleware.GUARD.per_key == {}  # nothing left counted
+    finally:
+        vars(middleware.GUARD).clear()
+        vars(middleware.GUARD).update(saved)
