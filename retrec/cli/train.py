@@ -157,6 +157,8 @@ def train_online(
     negatives: Annotated[int, typer.Option(min=1, help="uniform negatives a step shares")] = 256,
     passes: Annotated[int, typer.Option(min=1, help="training steps on each batch of events")] = 1,
     row_lr: Annotated[float, typer.Option(min=0.0, help="Adagrad rate of the item rows")] = 0.0025,
+    adagrad_init: Annotated[float, typer.Option(min=0.0, help="Adagrad accumulators' start (Beauty's best: 0.1 "
+                                                              "with --row-lr 0.1; RESULTS)")] = 0.0,
     dense_lr: Annotated[float, typer.Option(min=0.0, help="Adam rate of the user encoder")] = 1e-4,
     admit_threshold: Annotated[int, typer.Option(min=1, help="sightings before a new item gets a row")] = 1,
     max_touched: Annotated[int, typer.Option(min=1, help="keys a delta may carry (the rest dropped, counted)")
@@ -186,7 +188,7 @@ def train_online(
         signal.signal(signum, lambda *_: stop.set())
     try:
         cfg = OnlineConfig(sync_s=sync_s, snapshot_s=snapshot_s, batch_events=batch_events, negatives=negatives,
-                           passes=passes, row_lr=row_lr, dense_lr=dense_lr, admit_threshold=admit_threshold,
+                           passes=passes, row_lr=row_lr, adagrad_init=adagrad_init, dense_lr=dense_lr, admit_threshold=admit_threshold,
                            max_touched=max_touched, keep_snapshots=keep_snapshots, consumer=consumer)
         seeds = None
         if histories is not None:
