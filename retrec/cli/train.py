@@ -188,8 +188,9 @@ def train_online(
         signal.signal(signum, lambda *_: stop.set())
     try:
         cfg = OnlineConfig(sync_s=sync_s, snapshot_s=snapshot_s, batch_events=batch_events, negatives=negatives,
-                           passes=passes, row_lr=row_lr, adagrad_init=adagrad_init, dense_lr=dense_lr, admit_threshold=admit_threshold,
-                           max_touched=max_touched, keep_snapshots=keep_snapshots, consumer=consumer)
+                           passes=passes, row_lr=row_lr, adagrad_init=adagrad_init, dense_lr=dense_lr,
+                           admit_threshold=admit_threshold, max_touched=max_touched, keep_snapshots=keep_snapshots,
+                           consumer=consumer)
         seeds = None
         if histories is not None:
             from retrec.data.interactions import load_interactions, user_sequences
