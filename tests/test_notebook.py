@@ -73,3 +73,12 @@ def test_eval_shows_progress_lines_when_not_a_terminal(bm25_version: Path, tiny_
                           check=True, capture_output=True, text=True)
     assert "queries" in done.stderr and "search " in done.stderr
     assert "nDCG@10" in done.stdout and "search " not in done.stdout
+
+
+def test_the_notebook_example_runs(tmp_path: Path) -> None:
+    example = Path(__file__).resolve().parents[1] / "examples" / "search_in_python.py"
+    done = subprocess.run([sys.executable, str(example), str(tmp_path)], capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0].startswith("1 ") and lines[3] == "[5, 5]" and "'nDCG@10'" in lines[4]
