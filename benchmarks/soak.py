@@ -126,6 +126,9 @@ async def operations(args: argparse.Namespace, url: str, models: Path, events: l
             if action == "swap":
                 r = await client.post("/v1/admin/indexes", json={"retriever": "bm25", "path": target},
                                       headers={"X-API-Key": ADMIN_KEY})
+                while r.status_code == 202 or (r.status_code == 200 and r.json().get("status") == "pending"):
+                    await asyncio.sleep(2.0)  # slower than limits.swap_timeout_s: follow it to its end
+                    r = await client.get(f"/v1/admin/swaps/{r.json()['swap_id']}", headers={"X-API-Key": ADMIN_KEY})
                 version = r.json().get("version") if r.status_code == 200 else None
                 target = "bm25-v1" if target == "bm25-v2" else "bm25-v2"
             else:
@@ -174,9 +177,12 @@ def report(log: list[dict[str, Any]], events: list[dict[str, Any]], samples: lis
             series.setdefault(key, {"rss": [], "fds": []})
             series[key]["rss"].append((s["t"], s["rss_mib"]))
             series[key]["fds"].append((s["t"], s["fds"]))
-    long_lived = {k: v for k, v in series.items() if len(v["rss"]) >= 5}
+    # a trend needs a series that lived 15 minutes after the warm-up (a replica started by a kill has its own
+    # start-up growth); its file descriptors are judged after its own first two minutes
+    long_lived = {k: v for k, v in series.items() if v["rss"][-1][0] - v["rss"][0][0] >= 900}
     rss_slopes = {k: slope_per_10min(v["rss"]) for k, v in long_lived.items()}
-    fd_ranges = {k: [min(f for _, f in v["fds"]), max(f for _, f in v["fds"])] for k, v in long_lived.items()}
+    fd_ranges = {k: [min(f for t, f in v["fds"] if t >= v["fds"][0][0] + 120),
+                     max(f for t, f in v["fds"] if t >= v["fds"][0][0] + 120)] for k, v in long_lived.items()}
     base = summarize(log, events, seconds)
     swaps = [e for e in events if e["action"] in ("swap", "reindex")]
     out = {"requests": base["requests"], "statuses": _statuses(log), "5xx_outside_kill_windows":
