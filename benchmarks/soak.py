@@ -73,23 +73,31 @@ def app_config(args: argparse.Namespace, models: Path, port: int) -> dict[str, A
                            "models_root": str(models)}}}]}
 
 
-def replicas() -> dict[int, str]:
-    """pid -> deployment of every live replica process of the application."""
+def our_raylet() -> int:
+    """The pid of this run's raylet: replica processes are its children (another Ray on the machine is not ours)."""
+    import ray
+
+    return int(ray._private.worker._global_node.all_processes["raylet"][0].process.pid)
+
+
+def replicas(raylet: int | None = None) -> dict[int, str]:
+    """pid -> deployment of every live replica process of the application (children of ``raylet``)."""
     found = {}
     for proc in Path("/proc").iterdir():
         try:
             title = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-        except OSError:
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-        if "ServeReplica:retrec:" in title:
+        if "ServeReplica:retrec:" in title and (raylet is None or parent == raylet):
             # the title names the task running now ("Ingress.handle_request"): the deployment is before the dot
             found[int(proc.name)] = title.split("ServeReplica:retrec:")[1].split()[0].split(".")[0]
     return found
 
 
-def sample(t: float) -> list[dict[str, Any]]:
+def sample(t: float, raylet: int | None = None) -> list[dict[str, Any]]:
     rows = []
-    for pid, deployment in replicas().items():
+    for pid, deployment in replicas(raylet).items():
         try:
             rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
                        if line.startswith("VmRSS:")) / 1024
@@ -271,9 +279,11 @@ def main() -> None:
             stop_event = asyncio.Event()
             t0 = time.monotonic()
 
+            raylet = our_raylet()
+
             def sampler() -> None:
                 while not stop_event.is_set():
-                    samples.extend(sample(time.monotonic() - t0))
+                    samples.extend(sample(time.monotonic() - t0, raylet))
                     time.sleep(args.sample_every)
 
             threading.Thread(target=sampler, daemon=True).start()
