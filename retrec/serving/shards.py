@@ -30,6 +30,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import gc
 import hashlib
 import logging
 import threading
@@ -41,7 +42,7 @@ from ray import serve
 from retrec.bundle import MANIFEST, MAX_MANIFEST_BYTES, BundleError, read_manifest
 from retrec.index.retriever import Hits
 from retrec.kinds import call_supported
-from retrec.process_env import configure_process
+from retrec.process_env import configure_process, release_freed_memory
 from retrec.serving.payloads import packer
 from retrec.serving.registry import loader
 from retrec.serving.resources import replica_threads
@@ -122,7 +123,11 @@ class _VersionedShard:
                 self._previous = self._held[-1] if self._held else None
                 self._held = [d for d in held if d in self._versions]
             keep = {*self._held, self._previous, extra}
+            dropped = [d for d in self._versions if d not in keep]
             self._versions = {d: i for d, i in self._versions.items() if d in keep}
+        if dropped:  # give a dropped version's pages back: glibc keeps a freed heap's pages otherwise, and each
+            gc.collect()  # swap's leftovers added a few MiB that the next version's arrays did not reuse
+            release_freed_memory()
 
     def _index(self, ref: IndexRef) -> Any:
         index = self._versions.get(ref["digest"])
