@@ -7,7 +7,7 @@ working tree's code runs (``PYTHONPATH`` = this repository), Ray's files under a
         [--arms local ray-1 ray-2 up-1 up-2 nodes-4] [--rounds 1] [--kinds bm25 dense --model tiny] \\
         [--json benchmarks/results/reindex_scale.json]
 
-1. arms, ``retrec reindex --kind bm25 --full``: ``local`` (``--local``: no Ray, the reference), ``ray-1``
+1. arms, ``retrec reindex bm25 --full``: ``local`` (``--local``: no Ray, the reference), ``ray-1``
    (``--actors 1 --threads 1``; a local Ray started by the command, its start-up counted), ``ray-2``
    (``--actors 2 --threads 1``), ``up-1``/``up-2`` (the same on a Ray already up: a one-node cluster of 2 CPUs
    started here, ``--ray-address``: what a deployment with Ray running pays), ``nodes-4`` (``--actors 4

@@ -12,7 +12,7 @@ Arms (wall time of the whole process: start, imports, model load, encoding, inde
                the command (its start-up counted);
 - ``ray-1x2``  ``retrec reindex --full --actors 1 --threads 2``;
 - ``ray-1x1``  ``retrec reindex --full --actors 1 --threads 1`` (one actor: the scaling with actors).
-Then: ``retrec index dense`` (fresh encoding cache) and ``retrec index bm25`` / ``retrec reindex --kind bm25``
+Then: ``retrec index dense`` (fresh encoding cache) and ``retrec index bm25`` / ``retrec reindex bm25``
 compared with the reindexed versions (ids; vectors within 1e-5; bm25 files identical), and an incremental
 ``retrec reindex`` over the edited corpus compared with a full rebuild of it. Prints a table and one JSON line.
 """

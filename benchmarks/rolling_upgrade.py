@@ -135,7 +135,7 @@ def main() -> None:
     models = args.work / "models"
     root = models / "dense"
     started = time.perf_counter()
-    subprocess.run([RETREC, "reindex", "--kind", "dense", "--data", str(args.data), "--out", str(root), "--model",
+    subprocess.run([RETREC, "reindex", "dense", "--data", str(args.data), "--out", str(root), "--model",
                     str(args.old), "--shards", str(args.shards), "--local", "--json"], check=True,
                    stdout=subprocess.DEVNULL)
     base = (root / "current").resolve()
@@ -170,7 +170,7 @@ def main() -> None:
         t0 = time.monotonic()
         time.sleep(args.baseline_seconds)
         t1 = time.monotonic()
-        done = subprocess.run([RETREC, "reindex", "--kind", "dense", "--data", str(args.data), "--out", str(root),
+        done = subprocess.run([RETREC, "reindex", "dense", "--data", str(args.data), "--out", str(root),
                                "--model", str(args.new), "--rolling", "--swap", url, "--eval-data", str(args.data),
                                "--local", "--threads", str(args.reindex_threads), "--json"], env=env,
                               capture_output=True, text=True)

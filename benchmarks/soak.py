@@ -141,7 +141,7 @@ async def operations(args: argparse.Namespace, url: str, models: Path, events: l
                 target = "bm25-v1" if target == "bm25-v2" else "bm25-v2"
             else:
                 done = await asyncio.to_thread(subprocess.run, [
-                    RETREC, "reindex", "--kind", "bm25", "--data", str(args.data), "--out", str(models / "bm25-r"),
+                    RETREC, "reindex", "bm25", "--data", str(args.data), "--out", str(models / "bm25-r"),
                     "--swap", url, "--swap-retriever", "bm25", "--swap-root", str(models), "--json"],
                     capture_output=True, text=True, env={**os.environ, "RETREC_ADMIN_KEYS": ADMIN_KEY})
                 r = httpx.Response(200 if done.returncode == 0 else 500)
@@ -282,8 +282,15 @@ def main() -> None:
             raylet = our_raylet()
 
             def sampler() -> None:
+                said = 0.0
                 while not stop_event.is_set():
-                    samples.extend(sample(time.monotonic() - t0, raylet))
+                    now = time.monotonic() - t0
+                    samples.extend(sample(now, raylet))
+                    if now - said >= 60:  # a line a minute for a log: requests, errors, the last operation
+                        said = now
+                        bad = sum(1 for x in log if x["status"] >= 500)
+                        print(f"soak {now / 60:.0f}/{args.minutes:.0f} min: {len(log)} requests, {bad} 5xx, "
+                              f"last event {events[-1]['action'] if events else '-'}", file=sys.stderr, flush=True)
                     time.sleep(args.sample_every)
 
             threading.Thread(target=sampler, daemon=True).start()

@@ -10,9 +10,11 @@ Example::
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping, Sequence
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -22,18 +24,43 @@ from rich.progress import (
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.rule import Rule
 from rich.table import Table
 
-console = Console(stderr=False)
+def make_console(stderr: bool = False) -> Console:
+    """A console for stdout (or stderr); piped or redirected, it prints tables and lines at their full width,
+    never cut or wrapped at 80 columns ($COLUMNS still sets a width)."""
+    out = Console(stderr=stderr)
+    return out if out.is_terminal or "COLUMNS" in os.environ else Console(stderr=stderr, width=10_000)
+
+
+console = make_console()
 
 
 def metrics_table(title: str, rows: Mapping[str, Mapping[str, float]], columns: Sequence[str]) -> Table:
-    table = Table(title=title)
+    """Systems by measures; names and title printed as given (``[test]`` is text, not markup)."""
+    table = Table(title=escape(title))
     table.add_column("system")
     for col in columns:
-        table.add_column(col, justify="right")
+        table.add_column(escape(col), justify="right")
     for name, values in rows.items():
-        table.add_row(name, *(_fmt(values.get(col)) for col in columns))
+        table.add_row(escape(name), *(_fmt(values.get(col)) for col in columns))
+    return table
+
+
+def rule(title: str) -> None:
+    """A titled horizontal line, at most 100 columns wide (also in a log, where the console is unbounded)."""
+    console.print(Rule(title), width=min(console.width, 100))
+
+
+def plain_table(columns: Sequence[str], rows: Sequence[Sequence[object]], title: str | None = None,
+                numeric: Sequence[str] = ()) -> Table:
+    """A table of text cells, the ``numeric`` columns right-aligned."""
+    table = Table(title=escape(title) if title else None)
+    for col in columns:
+        table.add_column(escape(col), justify="right" if col in numeric else "left")
+    for row in rows:
+        table.add_row(*(escape(str(cell)) for cell in row))
     return table
 
 
@@ -66,7 +93,7 @@ class ProgressLog:
         import time
 
         self._clock = time.monotonic
-        self.console = out or Console(stderr=True)
+        self.console = out or make_console(stderr=True)
         self.name, self.total, self.unit, self.every_s = name, total, unit, every_s
         self.done = 0
         self.started = self._clock()

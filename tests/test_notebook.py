@@ -56,7 +56,7 @@ def test_texts_from_a_corpus_for_versions_that_store_none(bm25_version: Path, ti
 
 def test_evaluate_equals_retrec_eval_json(bm25_version: Path, tiny_data: Path) -> None:
     cli = json.loads(subprocess.run([RETREC, "eval", "--data", str(tiny_data), "--index", str(bm25_version),
-                                     "--json"], check=True, capture_output=True, text=True).stdout)
+                                     "--json"], check=True, capture_output=True, text=True).stdout)["systems"][0]
     ours = retrec.evaluate(retrec.load(bm25_version), tiny_data)
     assert set(ours) == {"nDCG@10", "RR@10", "R@100", "R@1000", "AP"}
     assert all(ours[m] == pytest.approx(cli[m], abs=1e-12) for m in ours)

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -40,6 +41,18 @@ def _json(args: list[str]) -> dict:
     return _invoke(args)[0]
 
 
+def _one(args: list[str], err: bool = False) -> Any:
+    """The one system of a ``--json`` report (one shape for one system or several), with stderr if ``err``."""
+    out, stderr = _invoke(args)
+    (system,) = out["systems"]
+    return (system, stderr) if err else system
+
+
+def _named(out: dict, name: str) -> dict:
+    (system,) = [s for s in out["systems"] if s.get("retriever", s.get("model")) == name]
+    return system
+
+
 def _fails(args: list[str], message: str) -> None:
     result = runner.invoke(app, [str(a) for a in args])
     flat = " ".join(result.output.replace("│", " ").split())  # no error-box borders or line wraps
@@ -63,8 +76,8 @@ def test_toy_retriever_kind_through_index_eval_hybrid_and_load(default_data: Pat
     assert result.exit_code == 0, result.output
     assert read_manifest(out).kind == toy.TOY_INDEX and not list(tmp_path.glob(".toy-index.*"))
 
-    built = _json(["eval", "--data", default_data, "--retriever", "toy", "--json", "--run-out", tmp_path / "a.run"])
-    opened = _json(["eval", "--data", default_data, "--index", out, "--json", "--run-out", tmp_path / "b.run"])
+    built = _one(["eval", "--data", default_data, "--retriever", "toy", "--json", "--run-out", tmp_path / "a.run"])
+    opened = _one(["eval", "--data", default_data, "--index", out, "--json", "--run-out", tmp_path / "b.run"])
     assert built["retriever"] == opened["retriever"] == "toy" and 0.0 < built["nDCG@10"] < 1.0
     assert {m: built[m] for m in ("nDCG@10", "AP", "R@1000")} == {m: opened[m] for m in ("nDCG@10", "AP", "R@1000")}
     assert _ranked(tmp_path / "a.run") == _ranked(tmp_path / "b.run")
@@ -83,7 +96,7 @@ def test_toy_retriever_kind_through_index_eval_hybrid_and_load(default_data: Pat
     assert [[d for d, _ in got[q]] for q in qids] == [[d for d, _ in want[q]] for q in qids]
     assert all(np.allclose([s for _, s in got[q]], [s for _, s in want[q]], atol=1e-9) for q in qids)
 
-    folder = _json(["eval", "--data", default_data, "--retriever", "hybrid", "--component", out, "--component",
+    folder = _one(["eval", "--data", default_data, "--retriever", "hybrid", "--component", out, "--component",
                     "bm25", "--k", 50, "--json", "--run-out", tmp_path / "h2.run"])
     assert folder["components"] == ["toy-index", "bm25"] and _ranked(tmp_path / "h2.run") == got
     _fails(["eval", "--data", default_data, "--retriever", "hybrid", "--component", "bm25", "--component",
@@ -101,7 +114,7 @@ def test_toy_recommender_kind_through_train_eval_rec_and_load(default_data: Path
     trained = _plugin_cli(["train", "toy", "--data", default_data, "--out", bundle, "--min-count", "1"])
     assert trained.returncode == 0, trained.stderr
     assert read_manifest(bundle).config["train"] == {"min_count": 1, "device": "cpu", "precision": "fp32"}
-    out = _json(["eval-rec", "--data", default_data, "--model", bundle, "--json"])
+    out = _one(["eval-rec", "--data", default_data, "--model", bundle, "--json"])
     # independent check of HR@10: the toy generates its 100 most popular items; seen ones are excluded
     rec = retrec.load(bundle)
     loo = leave_one_out(sequences)
@@ -135,8 +148,8 @@ def test_dense_index_version_equals_in_memory_build(default_data: Path, tmp_path
     manifest = read_manifest(index)
     assert manifest.config["encoder"]["path"] == str(encoder.resolve()) and manifest.config["shards"] == 2
 
-    opened = _json(["eval", "--data", default_data, "--index", index, "--json", "--run-out", tmp_path / "a.run"])
-    built = _json(["eval", "--data", default_data, "--retriever", "dense", "--model", encoder, "--json",
+    opened = _one(["eval", "--data", default_data, "--index", index, "--json", "--run-out", tmp_path / "a.run"])
+    built = _one(["eval", "--data", default_data, "--retriever", "dense", "--model", encoder, "--json",
                    "--run-out", tmp_path / "b.run"])
     assert opened["retriever"] == built["retriever"] == "dense"
     a, b = _ranked(tmp_path / "a.run"), _ranked(tmp_path / "b.run")
@@ -160,14 +173,14 @@ def test_dense_index_version_equals_in_memory_build(default_data: Path, tmp_path
 
 def test_run_files_missing_queries_qrels_file_measures_and_fuse(default_data: Path, tmp_path: Path) -> None:
     full = tmp_path / "bm25.run"
-    base = _json(["eval", "--data", default_data, "--retriever", "bm25", "--json", "--run-out", full,
+    base = _one(["eval", "--data", default_data, "--retriever", "bm25", "--json", "--run-out", full,
                   "--per-query", tmp_path / "pq.json"])
     per_query = json.loads((tmp_path / "pq.json").read_text())["bm25"]
     lines = full.read_text().splitlines()
     dropped = lines[0].split()[0]
     cut = tmp_path / "cut.run"
     cut.write_text("\n".join([ln for ln in lines if ln.split()[0] != dropped] + ["unjudged Q0 D1 1 1.0 x"]) + "\n")
-    out, err = _invoke(["eval", "--data", default_data, "--run", cut, "--json"])
+    out, err = _one(["eval", "--data", default_data, "--run", cut, "--json"], err=True)
     n = base["queries"]
     assert out["queries"] == n
     assert out["nDCG@10"] == pytest.approx((base["nDCG@10"] * n - per_query[dropped]["nDCG@10"]) / n, abs=1e-12)
@@ -180,18 +193,18 @@ def test_run_files_missing_queries_qrels_file_measures_and_fuse(default_data: Pa
     qrels = default_data / "qrels" / "test.parquet"
     alone = _json(["eval", "--qrels", qrels, "--run", full, "--run", cut, "--measure", "P@5", "--measure",
                    "nDCG@20", "--compare", "--json"])
-    system = alone["systems"]["bm25.run"]
+    system = _named(alone, "bm25.run")
     assert system["nDCG@10"] == base["nDCG@10"] and 0.0 < system["P@5"] <= 1.0 and "nDCG@20" in system
     assert alone["comparisons"][0]["measure"] == "P@5"
     _fails(["eval", "--run", full], "--qrels FILE")
-    train = _json(["eval", "--data", default_data, "--qrels", default_data / "qrels" / "train.parquet",
+    train = _one(["eval", "--data", default_data, "--qrels", default_data / "qrels" / "train.parquet",
                    "--retriever", "bm25", "--json"])
     assert train["queries"] == 300 and train["nDCG@10"] != base["nDCG@10"]  # the file's queries, not the split's
     _fails(["eval", "--qrels", qrels, "--run", full, "--measure", "nosuch@3"], "unknown measure 'nosuch@3'")
 
     runs = {p.name: _ranked(p) for p in (full, cut)}
     for method, fn, extra in (("rrf", rrf, {"rrf_k": 60.0}), ("minmax", minmax, {})):
-        fused = _json(["eval", "--qrels", qrels, "--run", full, "--run", cut, "--fuse", method, "--weight",
+        fused = _one(["eval", "--qrels", qrels, "--run", full, "--run", cut, "--fuse", method, "--weight",
                        "cut.run=0.5", "--k", 100, "--json", "--run-out", tmp_path / "f.run"])
         weights = {"cut.run": 0.5}
         want = {q: fn({n: r.get(q, []) for n, r in runs.items()}, 100, weights=weights, **extra)
@@ -209,11 +222,11 @@ def test_run_files_missing_queries_qrels_file_measures_and_fuse(default_data: Pa
 def test_hybrid_weights_tuned_on_train_when_there_is_no_dev(default_data: Path) -> None:
     out = _json(["eval", "--data", default_data, "--retriever", "hybrid", "--component", "bm25", "--component",
                  "toy", "--fusion", "minmax", "--tune-weights", "--k", 100, "--compare", "--json"])
-    hybrid = out["systems"]["hybrid"]
+    hybrid = _named(out, "hybrid")
     tuned = hybrid["tuned"]
     assert tuned["split"] == "train" and tuned["grid"] == 11
     assert sum(tuned["weights"].values()) == pytest.approx(1.0) and hybrid["fusion"]["weights"] == tuned["weights"]
-    assert list(out["systems"]) == ["bm25", "toy", "hybrid"]
+    assert [s["retriever"] for s in out["systems"]] == ["bm25", "toy", "hybrid"]
     _fails(["eval", "--data", default_data, "--retriever", "hybrid", "--component", "bm25"], "at least two")
     _fails(["eval", "--data", default_data, "--retriever", "nosuch"], "is not one of")
 

@@ -20,7 +20,17 @@ from retrec.process_env import configure_process
 
 configure_process()
 
-from retrec.cli import compat, data, evaluate, events, index, reindex, serve, train  # noqa: E402, F401  (registers)
+from retrec.cli import (  # noqa: E402, F401  (registers)
+    bundles,
+    compat,
+    data,
+    evaluate,
+    events,
+    index,
+    reindex,
+    serve,
+    train,
+)
 from retrec.cli.common import EXIT_BAD_INPUT, _fail, app  # noqa: E402
 from retrec.extras import missing_extra_message  # noqa: E402
 

@@ -23,6 +23,27 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(EXIT_BAD_INPUT)
 
 
+JSON_HELP = "print one JSON object on stdout (progress and warnings stay on stderr)"
+
+
+def positional_kind(kind: str | None, kind_option: str | None) -> str:
+    """The kind given as the argument (as ``retrec index KIND``), or by the older ``--kind`` with a warning."""
+    if kind is not None and kind_option is not None and kind != kind_option:
+        raise _fail(f"the kind given twice: {kind!r} and --kind {kind_option!r}")
+    if kind is None and kind_option is not None:
+        typer.secho("warning: --kind is deprecated; give the kind as the argument: retrec reindex KIND ...",
+                    err=True, fg="yellow")
+        return kind_option
+    if kind is None:
+        raise _fail("give the index kind: retrec reindex KIND --data CORPUS --out ROOT (e.g. bm25, dense)")
+    return kind
+
+
+def print_json(obj: Any) -> None:
+    """One JSON object on stdout, on one line: what ``--json`` prints on every command that reports."""
+    typer.echo(json.dumps(obj, default=str))
+
+
 PARAM_HELP = ("a parameter of the index kind, NAME=VALUE (repeatable; numbers, true/false/null or text), e.g. "
               "muvera's candidates=100 or repetitions=40; what a kind takes is listed when a name is wrong")
 

@@ -13,7 +13,9 @@ from typing import Annotated
 
 import typer
 
-from retrec.cli.common import _fail, compat_app
+from retrec.atomic import atomic_write_text
+from retrec.cli.bundles import summary
+from retrec.cli.common import JSON_HELP, _fail, compat_app, print_json
 
 
 @compat_app.command("report")
@@ -22,7 +24,9 @@ def compat_report_command(
     new: Annotated[Path, typer.Option(help="the new model/dense bundle (trained --compatible-with OLD, or as wide)")],
     data: Annotated[Path, typer.Option(help="a BEIR folder with judgements")],
     split: Annotated[str, typer.Option(help="the judged split")] = "test",
-    json_out: Annotated[Path | None, typer.Option("--json", help="also write the cells here")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    write: Annotated[Path | None, typer.Option(help="also write the report (the --json object) to this file")
+                     ] = None,
 ) -> None:
     """The old/old, new/old and new/new cells (nDCG@10, R@100, exact search) and rolling re-encodes at 0%, 50%
     and 100%, compared in the old space (retrec/pipelines/eval/compat.py)."""
@@ -34,14 +38,17 @@ def compat_report_command(
         cells = compat_report(old, new, data, split, progress=True)
     except (BundleError, DataError, ValueError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
+    report = {"old": str(old), "new": str(new), "data": str(data), "split": split, "cells": cells}
+    if write is not None:
+        atomic_write_text(write, json.dumps(report, indent=1) + "\n")
+    if as_json:
+        print_json(report)
+        return
     typer.echo(f"{'cell':<16}{'nDCG@10':>9}{'R@100':>9}")
     for name, values in cells.items():
         typer.echo(f"{name:<16}{values['nDCG@10']:>9.4f}{values['R@100']:>9.4f}")
     gain = cells["new/old"]["nDCG@10"] - cells["old/old"]["nDCG@10"]
     typer.echo(f"new/old - old/old: {gain:+.4f} nDCG@10 ({'compatible' if gain > 0 else 'not compatible'})")
-    if json_out is not None:
-        json_out.write_text(json.dumps({"old": str(old), "new": str(new), "data": str(data), "split": split,
-                                        "cells": cells}, indent=1) + "\n")
 
 
 @compat_app.command("fit")
@@ -55,6 +62,7 @@ def compat_fit_command(
                       ] = "procrustes",
     rank: Annotated[int | None, typer.Option(min=1, help="affine: keep this many directions (low-rank)")] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default: NEW-to-OLD)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Fit a map from NEW's vectors into OLD's space on a corpus's documents: a small bundle that serves as a
     query encoder for OLD's indexes (NEW's queries, mapped) — the query-side adapter (retrec/runtime/compat_map.py).
@@ -70,4 +78,7 @@ def compat_fit_command(
                               progress=True)
     except (BundleError, DataError, ValueError, FileNotFoundError, FileExistsError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"wrote {path}: {read_manifest(path).metrics}")
+    if as_json:
+        print_json(summary(path))
+    else:
+        typer.echo(f"wrote {path}: {read_manifest(path).metrics}")

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from retrec.bundle import read_manifest
-from retrec.console import console, metrics_table
+from retrec.console import console, metrics_table, rule
 from retrec.data.beir import RetrievalData, load_retrieval_data
 from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
 from retrec.data.synthetic import write_default_dataset
@@ -363,10 +363,10 @@ def _fresh_workdir(workdir: Path) -> None:
 
 def run_demo(workdir: Path) -> dict[str, dict[str, float]]:
     """Run every step of :data:`STEPS` in order, numbered from 1; returns the evaluation rows."""
-    console.rule("retrec demo — embedded default dataset")
+    rule("retrec demo — embedded default dataset")
     demo = Demo(Path(workdir))
     _fresh_workdir(demo.workdir)
     for number, (name, step) in enumerate(STEPS, start=1):
         step(demo, f"{number}. {name}")
-    console.rule("done")
+    rule("done")
     return demo.rows

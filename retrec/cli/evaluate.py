@@ -11,7 +11,7 @@ import typer
 
 from retrec.bundle import BundleError, atomic_write_text
 from retrec.cli.choices import fusion_choice, protocol_choice, retriever_choice
-from retrec.cli.common import PARAM_HELP, _fail, app, parse_params
+from retrec.cli.common import JSON_HELP, PARAM_HELP, _fail, app, parse_params
 from retrec.data.errors import DataError
 
 MODEL_HELP = ("the model bundle of --retriever / --index / --component: the query encoder of encoded kinds "
@@ -105,7 +105,7 @@ def eval_cmd(
         help="write the TREC run of the first --index, --retriever or --fuse system here (re-ranked with "
              "--rerank)")] = None,
     per_query: Annotated[Path | None, typer.Option(help="write per-query values (JSON) here")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
     strict: Annotated[bool, typer.Option(help="unknown ids in qrels are errors, not skips")] = False,
 ) -> None:
     """Evaluate retrievers, index versions, hybrids and/or TREC run files: nDCG@10, RR@10, R@100, R@1000, AP.
@@ -235,13 +235,9 @@ def eval_cmd(
         comparisons = paired({res.name: res.per_query for res in results}, primary)
     if per_query:
         atomic_write_text(per_query, json.dumps({res.name: res.per_query for res in results}, indent=1))
-    if as_json:
-        if len(results) == 1 and not compare:
-            out: dict = results[0].to_json()
-        else:
-            out = {"systems": {res.name: res.to_json() for res in results},
-                   "comparisons": [{**c.__dict__, "delta": c.delta} for c in comparisons]}
-        print(json.dumps(out))
+    if as_json:  # one shape for one system or several
+        print(json.dumps({"systems": [res.to_json() for res in results],
+                          "comparisons": [{**c.__dict__, "delta": c.delta} for c in comparisons]}))
         return
     if collection is not None:
         skipped = collection.report.skipped
@@ -267,7 +263,7 @@ def eval_rec_cmd(
     split: Annotated[str, typer.Option(help="held-out item: test or valid")] = "test",
     seed: Annotated[int, typer.Option(help="seed for sampled negatives")] = 0,
     include_seen: Annotated[bool, typer.Option(help="rank already-seen items too")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print one JSON object")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Leave-one-out evaluation of recommenders: HR@k, NDCG@k, MRR."""
     from retrec.console import console, metrics_table
@@ -290,10 +286,9 @@ def eval_rec_cmd(
             results[name] = {**res.metrics, "users": int(res.metrics["users"])}
     except (DataError, BundleError, ValueError) as exc:
         raise _fail(str(exc)) from exc
-    if as_json:
-        out = {"protocol": protocol, "items": len(vocab), **next(iter(results.values()))} if len(results) == 1 \
-            else {"protocol": protocol, "items": len(vocab), "models": results}
-        print(json.dumps(out))
+    if as_json:  # one shape for one model or several, as `retrec eval`'s
+        print(json.dumps({"protocol": protocol, "items": len(vocab),
+                          "systems": [{"model": name, **row} for name, row in results.items()]}))
         return
     cols = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "users"]
     console.print(metrics_table(f"{data} [{split}, protocol {protocol}, {len(vocab)} items]", results, cols))

@@ -23,7 +23,7 @@ from typing import Annotated, Any
 
 import typer
 
-from retrec.cli.common import _fail, events_app
+from retrec.cli.common import JSON_HELP, _fail, events_app, print_json
 
 LOG_HELP = "the event log: a folder, or redis://HOST:PORT/DB?key=NAME"
 
@@ -66,6 +66,7 @@ def events_append(
     log: Annotated[str, typer.Option(help=LOG_HELP)],
     default_type: Annotated[str | None, typer.Option(help="type of events that name none (e.g. view)")] = None,
     batch: Annotated[int, typer.Option(min=1, max=10_000, help="events appended at a time")] = 1000,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Check every event of each file (a first pass), then append them in order (a second): all of a file or none
     of it. A file is streamed, never held whole (except a JSON array, or stdin, which is read once)."""
@@ -79,6 +80,7 @@ def events_append(
                 line = chunk[exc.index][0] if exc.index is not None else chunk[0][0]
                 raise ValueError(f"{path}:{line}: {str(exc).split(': ', 1)[-1]}") from None
 
+    appended = []
     try:
         target = open_log(log)
         for path in files:
@@ -94,10 +96,14 @@ def events_append(
                 offset, n = target.append(events)
                 first = offset if first is None else first
                 count += n
-            typer.echo(f"{path}: {count} events appended, the first at offset {first}" if count  # (other writers
-                       else f"{path}: no events")  # may interleave between batches: offsets need not be contiguous)
+            appended.append({"path": str(path), "events": count, "first_offset": first})
+            if not as_json:  # (other writers may interleave between batches: offsets need not be contiguous)
+                typer.echo(f"{path}: {count} events appended, the first at offset {first}" if count
+                           else f"{path}: no events")
     except (ValueError, OSError, ConnectionError) as exc:
         raise _fail(str(exc)) from exc
+    if as_json:
+        print_json({"files": appended})
 
 
 @events_app.command("read")

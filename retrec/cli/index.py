@@ -8,8 +8,9 @@ from typing import Annotated
 import typer
 
 from retrec.bundle import BundleError
+from retrec.cli.bundles import wrote
 from retrec.cli.choices import index_kind_choice
-from retrec.cli.common import PARAM_HELP, _fail, app, parse_params
+from retrec.cli.common import JSON_HELP, PARAM_HELP, _fail, app, parse_params
 from retrec.data.errors import DataError
 
 
@@ -41,6 +42,7 @@ def index_cmd(
     b: Annotated[float | None, typer.Option(help="bm25: length normalisation (default 0.4)")] = None,
     param: Annotated[list[str] | None, typer.Option(help=PARAM_HELP)] = None,
     name: Annotated[str | None, typer.Option(help="bundle name (default: CORPUS-KIND)")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
 ) -> None:
     """Build an index version (bundle) over a corpus's title + text; no queries or judgements needed.
 
@@ -61,8 +63,8 @@ def index_cmd(
             raise _fail("--variant names how documents are encoded: --vectors are encoded already")
         from retrec.cli.index_vectors import index_vectors
 
-        index_vectors(kind, vectors, ids=ids, out=out, model=model, factory=factory, shards=shards, params=params,
-                      name=name)
+        wrote(index_vectors(kind, vectors, ids=ids, out=out, model=model, factory=factory, shards=shards,
+                            params=params, name=name), as_json)
         return
     assert data is not None
     try:
@@ -72,11 +74,11 @@ def index_cmd(
             options.update(params)
         doc_ids, texts = corpus_texts(read_corpus(data))
         built = build_from_texts(resolved, doc_ids, texts, model=model, factory=factory, shards=shards,
-                                 progress=True, encoder_options={"variant": variant} if variant else None,
+                                 progress=not as_json, encoder_options={"variant": variant} if variant else None,
                                  **options)
         label = (data if data.is_dir() else data.absolute().parent).name
         path = publish_index(built.index, out, name or f"{label}-{display_name(resolved)}",
                              texts=(doc_ids, texts), encoder=built.encoder)
     except (DataError, BundleError, ValueError, FileExistsError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"wrote {path}")
+    wrote(path, as_json)

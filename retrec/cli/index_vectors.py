@@ -20,8 +20,6 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import typer
-
 from retrec.bundle import BundleError, load_bundle
 from retrec.cli.common import _fail
 from retrec.data.errors import DataError
@@ -31,8 +29,9 @@ VECTOR_PARAMS = ("target_recall", "pseudo_queries", "seed", "exact_max", "column
 
 
 def index_vectors(kind: str, vectors: Path, *, ids: Path | None, out: Path, model: Path | None, factory: str | None,
-                  shards: int, params: dict[str, Any], name: str | None) -> None:
-    """Build and publish an ``index/dense`` version from the vectors file; exit 2 with the reason on bad input."""
+                  shards: int, params: dict[str, Any], name: str | None) -> Path:
+    """Build and publish an ``index/dense`` version from the vectors file (returns its folder); exit 2 with the
+    reason on bad input."""
     from retrec.data.vectors import open_vectors
     from retrec.index.faiss_index import FaissIndex
     from retrec.index.generic import publish_index
@@ -57,7 +56,7 @@ def index_vectors(kind: str, vectors: Path, *, ids: Path | None, out: Path, mode
         path = publish_index(index, out, name or f"{vectors.stem}-dense")
     except (DataError, BundleError, ValueError, FileExistsError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
-    typer.echo(f"wrote {path}")
+    return path
 
 
 def load_query_vectors(path: Path) -> Any:

@@ -11,15 +11,18 @@ import typer
 
 from retrec.bundle import BundleError
 from retrec.cli.choices import index_kind_choice
-from retrec.cli.common import PARAM_HELP, _fail, app, parse_params
+from retrec.cli.common import JSON_HELP, PARAM_HELP, _fail, app, parse_params, positional_kind
 from retrec.data.errors import DataError
 
 
 @app.command("reindex")
 def reindex_cmd(
-    kind: Annotated[index_kind_choice(), typer.Option(help="index kind: eval name or kind string")],
-    data: Annotated[Path, typer.Option(help="corpus: a BEIR/canonical folder, corpus.jsonl or corpus.parquet")],
-    out: Annotated[Path, typer.Option(help="versions root: writes OUT/VERSION and moves the OUT/current symlink")],
+    kind: Annotated[index_kind_choice() | None, typer.Argument(
+        help="index kind: eval name or kind string (as `retrec index KIND`)", show_default=False)] = None,
+    data: Annotated[Path | None, typer.Option(
+        help="corpus: a BEIR/canonical folder, corpus.jsonl or corpus.parquet", show_default=False)] = None,
+    out: Annotated[Path | None, typer.Option(
+        help="versions root: writes OUT/VERSION and moves the OUT/current symlink", show_default=False)] = None,
     model: Annotated[Path | None, typer.Option(
         help="query-encoder bundle for encoded kinds (default: the kind's, e.g. zero-shot MiniLM)")] = None,
     shards: Annotated[int, typer.Option(min=1, help="shards (documents by a stable hash of doc_id)")] = 1,
@@ -56,7 +59,9 @@ def reindex_cmd(
         "dense: move the current version to --model, an encoder compatible with its encoder (trained "
         "--compatible-with it, or a `retrec compat fit` map), one shard at a time: each step is published, made "
         "current and (--swap) swapped in while the other shards still hold the old vectors; resumable"))] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="print the report as one JSON line")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help=JSON_HELP)] = False,
+    kind_option: Annotated[index_kind_choice() | None, typer.Option(
+        "--kind", hidden=True, help="the kind, as before it became the argument")] = None,
 ) -> None:
     """Build a new version of an index under OUT from a corpus: only changed documents are encoded (their
     content hashes against OUT/current), in parts that a re-run after a crash skips; published whole, verified
@@ -69,6 +74,9 @@ def reindex_cmd(
     from retrec.pipelines.reindex.checks import swap_server
     from retrec.pipelines.reindex.job import GateError, ReindexConfig, reindex
 
+    kind = positional_kind(kind, kind_option)
+    if data is None or out is None:
+        raise _fail("give the corpus and the versions root: retrec reindex KIND --data CORPUS --out ROOT")
     for logger in ("retrec.pipelines.reindex.job", "retrec.pipelines.reindex.parts",
                    "retrec.pipelines.reindex.rolling"):
         logging.getLogger(logger).setLevel(logging.INFO)  # what was reused, resumed and where the work ran

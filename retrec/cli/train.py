@@ -34,7 +34,8 @@ from typer.core import TyperGroup
 
 from retrec import kinds
 from retrec.bundle import BundleError
-from retrec.cli.common import _fail, app
+from retrec.cli.bundles import wrote
+from retrec.cli.common import JSON_HELP, _fail, app
 from retrec.data.errors import DataError
 from retrec.pipelines.train.options import choices, field_types
 
@@ -108,13 +109,14 @@ def kind_command(kind: kinds.Kind) -> Callable[..., None]:
         # log shows progress from the first minute (a terminal also gets the bars)
         logging.getLogger("retrec.train").setLevel(logging.INFO)
         data, out, resume = options.pop("data"), options.pop("out"), options.pop("resume")
+        as_json = options.pop("as_json")
         try:
             cfg = _config(config_type, options)
             bundle = kinds.call_supported(run, data, out, cfg, resume=resume, kind=kind.kind,
                                           command=shlex.join(["retrec", *sys.argv[1:]]))
         except (DataError, BundleError, ValueError, ModelFilesError, FileExistsError) as exc:
             raise _fail(str(exc)) from exc
-        typer.echo(f"wrote {bundle}")
+        wrote(Path(bundle), as_json)
 
     keyword = inspect.Parameter.KEYWORD_ONLY
     data_help = getattr(config_type, "data_help", "training data: a folder or file")
@@ -124,6 +126,8 @@ def kind_command(kind: kinds.Kind) -> Callable[..., None]:
         *config_parameters(config_type),
         inspect.Parameter("resume", keyword, default=False,
                           annotation=Annotated[bool, typer.Option(help="continue from OUT.ckpt/last.pt")]),
+        inspect.Parameter("as_json", keyword, default=False,
+                          annotation=Annotated[bool, typer.Option("--json", help=JSON_HELP)]),
     ]
     command.__signature__ = inspect.Signature(params, return_annotation=None)  # type: ignore[attr-defined]
     command.__annotations__ = {p.name: p.annotation for p in params}

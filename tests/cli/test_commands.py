@@ -18,28 +18,36 @@ def _json(args: list[str]) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _one(args: list[str]) -> dict:
+    """The one system of a ``--json`` report: the same shape for one system as for several."""
+    out = _json(args)
+    (system,) = out["systems"]
+    assert out.get("comparisons", []) == []
+    return system
+
+
 def _flat(output: str) -> str:
     """Terminal output without the error box's borders and line wraps."""
     return " ".join(output.replace("│", " ").split())
 
 
 def test_eval_json_contract_and_run_file(tiny_data: Path, tmp_path: Path) -> None:
-    out = _json(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--json",
+    out = _one(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--json",
                  "--run-out", str(tmp_path / "bm25.run")])
     for key in ("nDCG@10", "R@100", "RR@10", "R@1000", "AP", "queries"):
         assert key in out
     assert out["queries"] == 30 and 0.0 < out["nDCG@10"] <= 1.0
-    again = _json(["eval", "--data", str(tiny_data), "--run", str(tmp_path / "bm25.run"), "--json"])
+    again = _one(["eval", "--data", str(tiny_data), "--run", str(tmp_path / "bm25.run"), "--json"])
     assert again["nDCG@10"] == out["nDCG@10"] and again["AP"] == out["AP"]
 
 
 def test_eval_with_only_data_runs_the_default_hybrid(tiny_data: Path, tmp_path: Path) -> None:
     """No retriever named: BM25 and zero-shot dense fused by untuned RRF, the product default (the explicit
     hybrid, to the digit); a --model that no index kind encodes with is refused, as is no --data at all."""
-    default = _json(["eval", "--data", str(tiny_data), "--json"])
+    default = _one(["eval", "--data", str(tiny_data), "--json"])
     assert default["retriever"] == "hybrid" and default["components"] == ["bm25", "dense"]
     assert default["fusion"]["method"] == "rrf" and default["fusion"]["weights"] is None
-    explicit = _json(["eval", "--data", str(tiny_data), "--retriever", "hybrid", "--component", "bm25",
+    explicit = _one(["eval", "--data", str(tiny_data), "--retriever", "hybrid", "--component", "bm25",
                       "--component", "dense", "--json"])
     assert explicit["nDCG@10"] == default["nDCG@10"]
     refused = runner.invoke(app, ["eval", "--data", str(tiny_data), "--model", str(tiny_data)])
@@ -87,14 +95,17 @@ def test_eval_rec_json_contract(tiny_data: Path) -> None:
     for protocol in ("full", "pop100", "uni100"):
         out = _json(["eval-rec", "--data", str(tiny_data), "--model", "markov", "--protocol", protocol, "--json"])
         assert out["protocol"] == protocol
-        assert 0.0 <= out["NDCG@10"] <= out["HR@10"] <= 1.0 and out["users"] == 150
+        (row,) = out["systems"]  # one shape for one model or several
+        assert row["model"] == "markov" and 0.0 <= row["NDCG@10"] <= row["HR@10"] <= 1.0 and row["users"] == 150
+    two = _json(["eval-rec", "--data", str(tiny_data), "--model", "markov", "--model", "popularity", "--json"])
+    assert [row["model"] for row in two["systems"]] == ["markov", "popularity"]
 
 
 def test_bm25_bundle_via_cli(tiny_data: Path, tmp_path: Path) -> None:
     bundle = tmp_path / "bm25"
     assert runner.invoke(app, ["index", "bm25", "--data", str(tiny_data), "--out", str(bundle)]).exit_code == 0
-    built = _json(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--json"])
-    loaded = _json(["eval", "--data", str(tiny_data), "--index", str(bundle), "--json"])
+    built = _one(["eval", "--data", str(tiny_data), "--retriever", "bm25", "--json"])
+    loaded = _one(["eval", "--data", str(tiny_data), "--index", str(bundle), "--json"])
     assert loaded["nDCG@10"] == built["nDCG@10"] and loaded["retriever"] == "bm25"
     result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "bm25", "--model", str(bundle)])
     assert result.exit_code == 2 and "bm25 takes no model" in result.output and "--index" in result.output
@@ -104,10 +115,11 @@ def test_bm25_bundle_via_cli(tiny_data: Path, tmp_path: Path) -> None:
     other = tmp_path / "other"
     assert runner.invoke(app, ["index", "index/bm25", "--data", str(tiny_data), "--out", str(other), "--k1", "1.2",
                                "--b", "0.75"]).exit_code == 0
-    assert _json(["eval", "--data", str(tiny_data), "--index", str(other), "--json"])["nDCG@10"] != built["nDCG@10"]
+    assert _one(["eval", "--data", str(tiny_data), "--index", str(other), "--json"])["nDCG@10"] != built["nDCG@10"]
     both = _json(["eval", "--data", str(tiny_data), "--index", str(bundle), "--index", str(other), "--compare",
                   "--json"])
-    assert list(both["systems"]) == ["bm25", "other"] and both["comparisons"][0]["system"] == "other"
+    assert [x["retriever"] for x in both["systems"]] == ["bm25", "other"]
+    assert both["comparisons"][0]["system"] == "other"
     (bundle / "doc_ids.json").write_text("[]")
     result = runner.invoke(app, ["eval", "--data", str(tiny_data), "--index", str(bundle)])
     assert result.exit_code == 2 and "checksum mismatch for doc_ids.json" in result.output

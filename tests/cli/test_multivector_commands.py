@@ -23,7 +23,8 @@ def mv_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _json(args: list[str]) -> dict:
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    (system,) = json.loads(result.stdout.strip().splitlines()[-1])["systems"]
+    return system
 
 
 def test_index_and_eval_muvera_against_maxsim(tiny_data: Path, mv_model: Path, tmp_path: Path) -> None:

@@ -42,16 +42,16 @@ def test_every_retrec_command_parses(where: str, args: list[str]) -> None:
 
 def test_the_commands_found_are_the_jobs() -> None:
     found = {(shlex.join(a[:2]), w.split(":")[0]) for w, a in INVOCATIONS}
-    assert {c for c, _ in found} == {"reindex --kind", "train dense", "train bert4rec", "train online"}
+    assert {c for c, _ in found} == {"reindex bm25", "reindex dense", "train dense", "train bert4rec", "train online"}
     assert {w for _, w in found} >= {"jobs/rayjob-train-dense.yaml", "overlays/gpu/jobs/ (kustomize)"}
 
 
 @pytest.mark.parametrize("script", [
-    "retrec reindex --kind bm25 --data /data/scifact --out /models/x --evaldata /data/scifact",  # unknown option
+    "retrec reindex bm25 --data /data/scifact --out /models/x --evaldata /data/scifact",  # unknown option
     "retrec train dense --out /models/tasb-scifact",  # --data is required
-    "retrec reindex --kind bm2 --data /d --out /o",  # not an index kind
-    "retrec reindex --kind dense --data /d --out /o --actors many",  # not an int
-    "retrec reindx --kind bm25 --data /d --out /o",  # no such command
+    "retrec reindex bm2 --data /d --out /o",  # not an index kind
+    "retrec reindex dense --data /d --out /o --actors many",  # not an int
+    "retrec reindx bm25 --data /d --out /o",  # no such command
     "retrec train",  # a group without its subcommand
     "set -e; out=/models/x/$(date +%s); retrec index bm25 --data /d --out $out && retrec eval --data /d --indx $out",
     "bash -c 'v=1; retrec index bm25 --data /d --out /m/$v extra'",  # an extra argument, inside bash -c

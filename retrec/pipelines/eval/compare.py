@@ -12,6 +12,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 from scipy import stats
 
@@ -69,6 +70,7 @@ def comparison_table(comparisons: Iterable[Comparison]) -> Table:
         table.add_column(col, justify="right" if col not in ("baseline", "system", "measure") else "left")
     for c in comparisons:
         mark = " *" if c.p_value < 0.05 else ""
-        table.add_row(c.baseline, c.system, c.measure, f"{c.baseline_mean:.4f}", f"{c.system_mean:.4f}",
-                      f"{c.delta:+.4f}", f"{c.p_value:.3g}{mark}", f"{c.wins}/{c.ties}/{c.losses}")
+        table.add_row(escape(c.baseline), escape(c.system), escape(c.measure), f"{c.baseline_mean:.4f}",
+                      f"{c.system_mean:.4f}", f"{c.delta:+.4f}", f"{c.p_value:.3g}{mark}",
+                      f"{c.wins}/{c.ties}/{c.losses}")
     return table

@@ -227,7 +227,7 @@ def _cli(*args: str) -> list[str]:
 
 def test_killed_reindex_resumes_to_the_same_index_and_never_exposes_a_partial_version(
         default_data: Path, encoder: Path, tmp_path: Path) -> None:
-    args = ["reindex", "--kind", "dense", "--data", str(default_data), "--model", str(encoder), "--local",
+    args = ["reindex", "dense", "--data", str(default_data), "--model", str(encoder), "--local",
             "--part-size", "8", "--threads", "1", "--json"]
     reference = subprocess.run(_cli(*args, "--out", str(tmp_path / "reference")), capture_output=True, text=True)
     assert reference.returncode == 0, reference.stderr[-2000:]

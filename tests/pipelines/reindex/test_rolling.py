@@ -95,7 +95,7 @@ def test_a_killed_roll_resumes_and_refusals_name_the_fix(tiny_data: Path, encode
 
     from retrec.cli import app
 
-    args = ["reindex", "--kind", "dense", "--data", str(tiny_data), "--out", str(other), "--local", "--rolling"]
+    args = ["reindex", "dense", "--data", str(tiny_data), "--out", str(other), "--local", "--rolling"]
     refused = CliRunner().invoke(app, [*args, "--model", str(encoders["other"])])
     assert refused.exit_code == 2 and "records no compatibility" in refused.output
     done = CliRunner().invoke(app, [*args, "--model", str(encoders["new"])])

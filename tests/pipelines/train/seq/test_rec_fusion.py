@@ -73,7 +73,8 @@ def test_fusion_is_evaluable_like_any_recommender(tiny_data: Path, fusion: Path,
     assert 0.0 <= fused.metrics["NDCG@10"] <= 1.0
     result = runner.invoke(app, ["eval-rec", "--data", str(tiny_data), "--model", str(fusion), "--json"])
     assert result.exit_code == 0, result.output
-    assert json.loads(result.output.splitlines()[-1])["NDCG@10"] == pytest.approx(fused.metrics["NDCG@10"])
+    (row,) = json.loads(result.output.splitlines()[-1])["systems"]
+    assert row["NDCG@10"] == pytest.approx(fused.metrics["NDCG@10"])
 
 
 def test_bad_fusions_are_refused(tiny_data: Path, sasrec: Path, fusion: Path, tmp_path: Path) -> None:
