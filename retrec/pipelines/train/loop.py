@@ -36,6 +36,7 @@ from retrec.bundle import Publication, atomic_open, atomic_write_bytes, atomic_w
 from retrec.console import ProgressLog
 from retrec.pipelines.train.dev_gate import PER_QUERY, paired_gain
 from retrec.pipelines.train.lr_schedule import budget_progress, check_schedule, scheduled_lr
+from retrec.pipelines.train.tracking import notify
 from retrec.process_env import FreedMemoryKept, resident_bytes
 
 log = logging.getLogger("retrec.train")
@@ -240,7 +241,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
         state.eval_last = time.perf_counter() - began
         state.eval_seconds += state.eval_last
         state.seconds = elapsed()
-        curve.append({**point, **metrics, "seconds": round(state.seconds, 1)})
+        curve.append(notify({**point, **metrics, "seconds": round(state.seconds, 1)}))  # and to a tracker
         gated = loop.dev_gate and loop.keep_best and per_query is not None
         if _track_best(loop, state, metrics, point["epoch"]) and loop.keep_best:
             state.best_step = state.step
@@ -322,7 +323,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
             else:  # evaluation would take more than eval_share of the time: the next epoch end decides again
                 metrics = {}
                 if not loop.step_curve:
-                    curve.append({**point, "seconds": round(elapsed(), 1)})
+                    curve.append(notify({**point, "seconds": round(elapsed(), 1)}))
             report.say(f"epoch {epoch}: step {state.step}/{total} loss {epoch_loss / max(count, 1):.4f} "
                        + " ".join(f"{k} {_fmt(v)}" for k, v in metrics.items())
                        + f" ({state.seconds / 60:.1f} min)")
