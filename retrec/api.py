@@ -6,7 +6,8 @@
   (refused when the index's vectors did not come from it);
 - a recommender (``model/bert4rec``, a plugin's kind) → the
   :class:`~retrec.runtime.recommender.Recommender`: ``recommend(histories, k)``, ``score(histories)``;
-- a query encoder (``model/dense``) → the encoder: ``encode_queries(texts)``.
+- a query encoder (``model/dense``) → the encoder: ``encode_queries(texts)``; so does a sentence-transformers / Hugging
+  Face folder of a BERT encoder, or a Hub id (exported to ONNX once and cached: :mod:`retrec.models.hf_encoders`).
 
 Tables (embedding-table snapshots and deltas) are training/serving state, not something to query: they are
 refused with the reason, as are kinds the registry does not know (a plugin not imported: ``$RETREC_PLUGINS``).
@@ -24,6 +25,7 @@ Example::
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from retrec import kinds
@@ -38,6 +40,16 @@ def load(path: str | os.PathLike[str], **options: Any) -> Any:
     ``use_gpu=``, and passes the rest to its query encoder (e.g. ``threads=1``). An option the loader does not take
     is refused with the list of those it takes (:class:`~retrec.contracts.UnknownOptionError`), never dropped.
     """
+    from retrec.bundle import MANIFEST
+
+    if not (Path(path).expanduser() / MANIFEST).is_file() and _hf_model(path):
+        from retrec.models.hf_encoders import as_encoder_bundle
+
+        path = as_encoder_bundle(path)  # a sentence-transformers/HF folder or Hub id: its encoder bundle
+    if options.get("model") is not None and _hf_model(options["model"]):
+        from retrec.models.hf_encoders import as_encoder_bundle
+
+        options["model"] = as_encoder_bundle(options["model"])
     manifest = read_manifest(path)
     try:
         kind = kinds.get(manifest.kind)
@@ -55,3 +67,15 @@ def load(path: str | os.PathLike[str], **options: Any) -> Any:
         return call_hook(kind.kind, kinds.resolve(kind.load), path, options=options)
     raise BundleError(f"{path}: a {kind.kind} bundle ({kind.role}) has nothing to load for search or "
                       "recommendation; retrec.load opens index versions, recommenders and query encoders")
+
+
+def _hf_model(ref: Any) -> bool:
+    """Whether ``ref`` names a sentence-transformers/HF folder (``config.json``, no manifest) or a Hub id that is
+    not a local path."""
+    from retrec.bundle import MANIFEST
+    from retrec.models.hub import is_hub_id
+
+    path = Path(ref).expanduser()
+    if path.exists():
+        return path.is_dir() and (path / "config.json").is_file() and not (path / MANIFEST).is_file()
+    return is_hub_id(str(ref))

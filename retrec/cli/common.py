@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import typer
@@ -60,3 +61,16 @@ def parse_params(given: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[name.strip()] = value
     return out
+
+
+def encoder_bundle(model: Path) -> Path:
+    """A ``--model``: a bundle as is; a sentence-transformers / HF folder or a Hub id as its encoder bundle,
+    exported once and cached (:mod:`retrec.models.hf_encoders`); exit 2 with the reason when it is neither."""
+    from retrec.bundle import BundleError
+    from retrec.models.hf_encoders import as_encoder_bundle
+    from retrec.runtime.tokenizer import ModelFilesError
+
+    try:
+        return as_encoder_bundle(model)
+    except (ValueError, BundleError, ModelFilesError) as exc:
+        raise _fail(str(exc)) from exc

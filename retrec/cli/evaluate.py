@@ -11,11 +11,12 @@ import typer
 
 from retrec.bundle import BundleError, atomic_write_text
 from retrec.cli.choices import fusion_choice, protocol_choice, retriever_choice
-from retrec.cli.common import JSON_HELP, PARAM_HELP, _fail, app, parse_params
+from retrec.cli.common import JSON_HELP, PARAM_HELP, _fail, app, encoder_bundle, parse_params
 from retrec.data.errors import DataError
 
 MODEL_HELP = ("the model bundle of --retriever / --index / --component: the query encoder of encoded kinds "
-              "(dense; default: the kind's zero-shot encoder, or the one an index recorded). bm25 has none — "
+              "(dense; default: the kind's zero-shot encoder, or the one an index recorded) — a retrec bundle, "
+              "or a sentence-transformers/HF folder or Hub id (dense: exported once, cached). bm25 has none — "
               "a built index goes to --index")
 
 
@@ -124,6 +125,8 @@ def eval_cmd(
     from retrec.pipelines.eval.retrievers import HYBRID, build_retriever, default_components, open_retriever
     from retrec.pipelines.eval.retrievers import component as make_component
 
+    if model is not None:  # a sentence-transformers/HF folder or a Hub id: its exported encoder bundle
+        model = encoder_bundle(model)
     if retriever is None and not index and not run:
         if data is None:
             raise _fail("give --data (the default: BM25 and dense fused), or --index DIR and/or --run FILE")
@@ -292,3 +295,4 @@ def eval_rec_cmd(
         return
     cols = ["HR@1", "HR@5", "HR@10", "NDCG@5", "NDCG@10", "NDCG@20", "MRR", "users"]
     console.print(metrics_table(f"{data} [{split}, protocol {protocol}, {len(vocab)} items]", results, cols))
+

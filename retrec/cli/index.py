@@ -10,7 +10,7 @@ import typer
 from retrec.bundle import BundleError
 from retrec.cli.bundles import wrote
 from retrec.cli.choices import index_kind_choice
-from retrec.cli.common import JSON_HELP, PARAM_HELP, _fail, app, parse_params
+from retrec.cli.common import JSON_HELP, PARAM_HELP, _fail, app, encoder_bundle, parse_params
 from retrec.data.errors import DataError
 
 
@@ -55,6 +55,8 @@ def index_cmd(
     from retrec.pipelines.eval.retrievers import BUILD_ARGS, build_from_texts, resolve_kind
 
     options = {key: value for key, value in (("k1", k1), ("b", b)) if value is not None}
+    if model is not None:  # a sentence-transformers/HF folder or a Hub id: its exported encoder bundle
+        model = encoder_bundle(model)
     params = parse_params(param)
     if (data is None) == (vectors is None):
         raise _fail("give one of --data (a corpus) or --vectors (precomputed dense vectors)")

@@ -107,10 +107,17 @@ def _st_pooling(root: Path) -> str:
     config = pooling_dir / "config.json"
     if not config.is_file():
         return "mean"
-    modes = {k for k, v in json.loads(config.read_text(encoding="utf-8")).items() if k.startswith("pooling_mode") and v}
-    if modes <= {"pooling_mode_mean_tokens"}:
+    settings = json.loads(config.read_text(encoding="utf-8"))
+    named = settings.get("pooling_mode")  # sentence-transformers 6: "cls" / "mean" (or a list); before: booleans
+    if named is not None:
+        modes = {str(m).removesuffix("_tokens").removesuffix("_token") for m in
+                 (named if isinstance(named, list) else [named])}
+    else:
+        modes = {k.removeprefix("pooling_mode_").removesuffix("_tokens").removesuffix("_token")
+                 for k, v in settings.items() if k.startswith("pooling_mode") and v is True}
+    if modes <= {"mean"}:
         return "mean"
-    if modes == {"pooling_mode_cls_token"}:
+    if modes == {"cls"}:
         return "cls"
     raise ValueError(f"{config}: pooling {sorted(modes)} is not supported (mean or CLS token)")
 
@@ -121,7 +128,9 @@ def resolve_base_model(folder: str | Path | None = None) -> BaseModel:
     A folder needs ``config.json`` (``model_type`` bert), ``model.safetensors`` or ``pytorch_model.bin``
     and a fast ``tokenizer.json``; anything else is refused naming the folder and what is missing.
     """
-    root = minilm_dir() if folder is None else Path(folder)
+    from retrec.models.hub import model_folder
+
+    root = minilm_dir() if folder is None else model_folder(folder)  # a Hub id: its cached snapshot
     if not root.is_dir():
         raise ValueError(f"base model {root}: not a folder (a local sentence-transformers/HF model folder)")
     config_path = root / "config.json"

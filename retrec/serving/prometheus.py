@@ -101,7 +101,7 @@ class _Metric:
 
 
 class ServingMetrics:
-    """Every serving metric (see the README's metrics table)."""
+    """Every serving metric (see the metrics table in docs/serving.md)."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()

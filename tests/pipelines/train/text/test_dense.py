@@ -264,7 +264,7 @@ def test_base_model_folders_are_resolved_or_refused(tiny_bert: Path, tmp_path: P
     assert (hub.name, hub.revision, hub.pooling) == ("org/tiny", "ab" * 20, "cls")
     with pytest.raises(ValueError, match="not a model folder"):
         resolve_base_model(tmp_path)
-    with pytest.raises(ValueError, match="not a folder"):
+    with pytest.raises(ValueError, match="no such folder"):
         resolve_base_model(tmp_path / "missing")
     (snapshot / "config.json").write_text('{"model_type": "t5"}')
     with pytest.raises(ValueError, match="model_type 't5'"):
