@@ -17,6 +17,9 @@ for _var in ("FORCE_COLOR", "PY_COLORS", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "T
 os.environ["_TYPER_FORCE_DISABLE_TERMINAL"] = "1"
 configure_process()
 
+# the tests' text is pseudo-words (nothing a pretrained model knows; the figures tests assert were set on it);
+# `retrec data default` and the demo write the English variant (tests/data/test_synthetic.py checks it)
+PSEUDO = SyntheticConfig(language="pseudo")
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 
 
@@ -30,11 +33,12 @@ def shared_dataset(name: str) -> Path:
 
 @pytest.fixture(scope="session")
 def default_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The embedded default dataset, written once per test session."""
-    return write_default_dataset(tmp_path_factory.mktemp("default-data"))
+    """The embedded default dataset (its pseudo-word text), written once per test session."""
+    return write_default_dataset(tmp_path_factory.mktemp("default-data"), PSEUDO)
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cfg = SyntheticConfig(docs=300, queries_train=40, queries_test=30, users=150, items=400, genres=10)
+    cfg = SyntheticConfig(docs=300, queries_train=40, queries_test=30, users=150, items=400, genres=10,
+                          language="pseudo")
     return write_default_dataset(tmp_path_factory.mktemp("tiny-data"), cfg)

@@ -14,50 +14,38 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from retrec.bundle import read_manifest
+from retrec.cli.demo_settings import (
+    DEMO_BERT4REC,
+    DEMO_DENSE,
+    DEMO_MULTIVECTOR,
+    DEMO_ONEREC,
+    DEMO_SASREC,
+    DEMO_SPARSE,
+    NEXT,
+)
 from retrec.console import console, metrics_table, rule
 from retrec.data.beir import RetrievalData, load_retrieval_data
 from retrec.data.interactions import leave_one_out, load_interactions, user_sequences
-from retrec.data.synthetic import write_default_dataset
+from retrec.data.synthetic import SyntheticConfig, write_default_dataset
 from retrec.data.trec import write_run
 from retrec.index.generic import IndexRetriever, index_kind, open_index, publish_index
+from retrec.pipelines.eval.hybrid import FusionSpec, fuse_runs
 from retrec.pipelines.eval.ir_metrics import RETRIEVAL_MEASURES
 from retrec.pipelines.eval.rec import evaluate_recommender
 from retrec.pipelines.eval.recommenders import BASELINES, build_recommender, vocabulary_of
-from retrec.pipelines.eval.retrieval import evaluate_retriever
+from retrec.pipelines.eval.retrieval import evaluate_hits, evaluate_retriever
 from retrec.pipelines.eval.retrievers import build_from_texts
-from retrec.pipelines.train.seq.bert4rec import BERT4RecTrainConfig, train_bert4rec
-from retrec.pipelines.train.seq.config import OneRecTrainConfig, SASRecTrainConfig
-from retrec.pipelines.train.text.config import MultivectorTrainConfig, SparseTrainConfig
-from retrec.pipelines.train.text.dense import DenseTrainConfig, train_dense
+from retrec.pipelines.train.seq.bert4rec import train_bert4rec
+from retrec.pipelines.train.text.dense import train_dense
 from retrec.pipelines.train.text.multivector import train_multivector
 from retrec.pipelines.train.text.sparse import train_sparse
-
-# Small and quick: the demo shows the pipeline end to end, it makes no claims. Its text trainers run a few steps
-# scored on 20 dev queries, too few for the dev gate to call any gain significant: the gate is off here, so the demo
-# shows (and serves) what training made; the product's commands keep it on.
-DEMO_BERT4REC = BERT4RecTrainConfig(max_len=20, hidden=64, layers=2, heads=2, batch_size=16, lr=1e-3, epochs=40,
-                            patience=40, eval_users=300, max_minutes=1.5, warmup_steps=20, negatives=1024)
-DEMO_SASREC = SASRecTrainConfig(max_len=20, hidden=64, layers=2, heads=2, batch_size=16, epochs=40, patience=5,
-                                eval_users=300, max_minutes=1.5, warmup_steps=20, negatives=1024)
-DEMO_ONEREC = OneRecTrainConfig(max_len=20, hidden=32, layers=1, heads=2, batch_size=32, epochs=20, patience=20,
-                                eval_users=200, max_minutes=1.0, warmup_steps=10)
-DEMO_DENSE = DenseTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=2.0, max_query_length=32,
-                              max_doc_length=128, dev_max_queries=20, dev_candidates=10, quantize=False,
-                              checkpoint_every=1_000, dev_gate=False)
-DEMO_MULTIVECTOR = MultivectorTrainConfig(batch_size=16, epochs=1, max_steps=8, max_minutes=2.0, max_doc_length=128,
-                                          dev_max_queries=20, dev_candidates=10, quantize=False, pca_documents=200,
-                                          checkpoint_every=1_000, dev_gate=False)
-# The synthetic corpus sparsifies fast (8 steps with FLOPS left documents with under one term: RESULTS), so the demo
-# takes 4 steps without it, at the rate it was measured with (the default's 1e-4 was measured on SciFact).
-DEMO_SPARSE = SparseTrainConfig(batch_size=16, epochs=1, max_steps=4, max_minutes=2.0, max_doc_length=128, lr=3e-5,
-                                dev_max_queries=20, dev_candidates=10, quantize=False, calibration_documents=64,
-                                lambda_q=0.0, lambda_d=0.0, checkpoint_every=1_000, dev_gate=False)
 
 
 @dataclass
@@ -81,7 +69,7 @@ class Demo:
 
 
 def step_data(demo: Demo, title: str) -> None:
-    demo.data_dir = write_default_dataset(demo.workdir / "data")
+    demo.data_dir = write_default_dataset(demo.workdir / "data", SyntheticConfig(language="english"))
     demo.collection = load_retrieval_data(demo.data_dir, split="test")
     console.print(f"[bold]{title}[/]: generated {demo.data_dir}")
 
@@ -113,7 +101,11 @@ def step_multivector(demo: Demo, title: str) -> None:
                   "and MUVERA (FDEs in FAISS, 100 candidates re-ranked by MaxSim)")
     assert demo.data_dir is not None
     model = train_multivector(demo.data_dir, demo.bundle_dir / "multivector", DEMO_MULTIVECTOR, command="retrec demo")
+    start = train_multivector(demo.data_dir, demo.bundle_dir / "multivector-start",
+                              replace(DEMO_MULTIVECTOR, max_steps=0), command="retrec demo (the start: no step)",
+                              progress=False)
     ids, texts = demo.documents()
+    demo.retrievers["maxsim zero-shot start"] = build_from_texts(index_kind("maxsim"), ids, texts, model=start)
     muvera = build_from_texts(index_kind("muvera"), ids, texts, model=model, shards=2)
     publish_index(muvera.index, demo.bundle_dir / "muvera", name="demo-muvera", texts=(ids, texts),
                   encoder=muvera.encoder)
@@ -122,11 +114,14 @@ def step_multivector(demo: Demo, title: str) -> None:
 
 
 def step_sparse(demo: Demo, title: str) -> None:
-    console.print(f"[bold]{title}[/]: SPLADE encoder fine-tuned from MiniLM (short budget); an inverted index over "
-                  "its uint8 impacts, 2 shards")
+    console.print(f"[bold]{title}[/]: inference-free SPLADE fine-tuned from MiniLM (short budget: documents encoded, "
+                  "a query its tokens by IDF); an inverted index over its uint8 impacts, 2 shards")
     assert demo.data_dir is not None
     model = train_sparse(demo.data_dir, demo.bundle_dir / "splade", DEMO_SPARSE, command="retrec demo")
+    start = train_sparse(demo.data_dir, demo.bundle_dir / "splade-start", replace(DEMO_SPARSE, max_steps=0),
+                         command="retrec demo (the start: no step)", progress=False)
     ids, texts = demo.documents()
+    demo.retrievers["sparse zero-shot start"] = build_from_texts(index_kind("sparse"), ids, texts, model=start)
     built = build_from_texts(index_kind("sparse"), ids, texts, model=model, shards=2)
     publish_index(built.index, demo.bundle_dir / "sparse", name="demo-sparse", texts=(ids, texts),
                   encoder=built.encoder)
@@ -135,11 +130,18 @@ def step_sparse(demo: Demo, title: str) -> None:
 
 def step_retrieval(demo: Demo, title: str) -> None:
     assert demo.collection is not None
+    runs = {}
     for name, retriever in demo.retrievers.items():
         res = evaluate_retriever(retriever, demo.collection, k=1000, progress=name == "bm25")
         if name == "bm25":
             write_run(demo.workdir / "runs" / "bm25.run", res.run, tag="bm25")
         demo.rows[name] = {**res.metrics, "queries": len(res.per_query)}
+        runs[name] = res.run
+    # the product's default: BM25 and the trained dense model fused by untuned RRF, as `retrec eval --model` does
+    fused = fuse_runs({n: runs[n] for n in ("bm25", "dense trained")}, 1000, FusionSpec(method="rrf"))
+    res = evaluate_hits("hybrid (bm25 + dense trained, RRF)", fused, demo.collection.qrels_dict(),
+                        RETRIEVAL_MEASURES)
+    demo.rows[res.name] = {**res.metrics, "queries": len(res.per_query)}
     console.print(metrics_table(f"{title} — {demo.collection.report.summary()}", demo.rows,
                                 [*RETRIEVAL_MEASURES, "queries"]))
 
@@ -362,11 +364,18 @@ def _fresh_workdir(workdir: Path) -> None:
 
 
 def run_demo(workdir: Path) -> dict[str, dict[str, float]]:
-    """Run every step of :data:`STEPS` in order, numbered from 1; returns the evaluation rows."""
+    """Run every step of :data:`STEPS` in order, numbered from 1, each timed; ends with the whole run's time and
+    the commands to go further; returns the evaluation rows."""
     rule("retrec demo — embedded default dataset")
     demo = Demo(Path(workdir))
     _fresh_workdir(demo.workdir)
+    started, times = time.perf_counter(), []
     for number, (name, step) in enumerate(STEPS, start=1):
+        began = time.perf_counter()
         step(demo, f"{number}. {name}")
-    rule("done")
+        times.append(f"{name} {time.perf_counter() - began:.0f} s")
+    minutes, seconds = divmod(round(time.perf_counter() - started), 60)
+    rule(f"done in {minutes} min {seconds:02d} s")
+    console.print("steps: " + ", ".join(times), markup=False, highlight=False)
+    console.print(NEXT, markup=False, highlight=False)
     return demo.rows

@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
 from safetensors.torch import load_file, save
 
 from retrec.bundle import Publication, atomic_open, atomic_write_bytes, atomic_write_text, publish
-from retrec.console import ProgressLog
+from retrec.console import ProgressLog, make_console
 from retrec.pipelines.train.dev_gate import PER_QUERY, paired_gain
 from retrec.pipelines.train.lr_schedule import budget_progress, check_schedule, scheduled_lr
 from retrec.pipelines.train.tracking import notify
@@ -180,7 +179,7 @@ class _Reporter(ProgressLog):
     """The training loop's progress: epoch, step and loss on a bar, or a plain line every ``every_s`` seconds."""
 
     def __init__(self, name: str, total: int, enabled: bool, every_s: float = 30.0) -> None:
-        super().__init__(name, total, enabled=enabled, every_s=every_s, out=Console(), transient=False,
+        super().__init__(name, total, enabled=enabled, every_s=every_s, out=make_console(), transient=False,
                          columns=(TextColumn(f"[bold]{name}[/] epoch {{task.fields[epoch]}}"), BarColumn(),
                                   MofNCompleteColumn(), TextColumn("loss {task.fields[loss]:.4f}"),
                                   TimeElapsedColumn()),
@@ -343,7 +342,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
             trained = [c.get(loop.monitor) for c in curve if c.get("step") and c.get(loop.monitor) is not None]
             message = (f"no gain on dev: training did not beat the starting model ({loop.monitor} "
                        f"{_fmt(state.best)} at the start, best after training {_fmt(max(trained, default=None))}); "
-                       "exporting the starting model")
+                       "exporting the starting model") if total else "no training steps asked: the start exported"
             if progress:
                 report.say(message)
             else:
