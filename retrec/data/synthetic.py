@@ -3,12 +3,12 @@
 Text side: documents about topics; each document has a few *key terms* shared only with its near
 duplicates; queries name those key terms, half of the time through a *synonym* that never appears in
 documents, so exact-match BM25 is good but imperfect and a learned model has something to learn. The words
-are real English by default (``language="english"``, what ``retrec data default`` and ``retrec demo`` write) or
-pseudo-words (``language="pseudo"``, the test suite's: nothing a pretrained model knows): the common words of the MiniLM vocabulary as running text,
-semantic fields of its content words as topics, key terms from the document's field and their nearest
-neighbours in MiniLM's embedding space as synonyms (``english_words.json``, made by
-benchmarks/english_words.py) — text a pretrained encoder reads as language, so that zero-shot and trained
-neural retrievers rank as on real collections. Recommendation side: items sit in genre chains; users
+are real English by default (``language="english"``, what ``retrec data default`` and ``retrec demo`` write:
+the common words of the MiniLM vocabulary as running text, semantic fields of its content words as topics, key
+terms from the document's field and their nearest neighbours in MiniLM's embedding space as synonyms —
+``english_words.json``, made by benchmarks/english_words.py — text a pretrained encoder reads as language, so that
+zero-shot and trained neural retrievers rank as on real collections) or pseudo-words (``language="pseudo"``, the
+test suite's: nothing a pretrained model knows). Recommendation side: items sit in genre chains; users
 mostly move to the next item of the chain they are in, sometimes jump within preferred genres,
 rarely pick a popular item — a sequence model beats popularity by a wide margin.
 

@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 import threading
@@ -126,8 +125,7 @@ class _VersionedShard:
             dropped = [d for d in self._versions if d not in keep]
             self._versions = {d: i for d, i in self._versions.items() if d in keep}
         if dropped:  # give a dropped version's pages back: glibc keeps a freed heap's pages otherwise, and each
-            gc.collect()  # swap's leftovers added a few MiB that the next version's arrays did not reuse
-            release_freed_memory()
+            release_freed_memory()  # swap's leftovers added a few MiB that the next version's arrays did not reuse
 
     def _index(self, ref: IndexRef) -> Any:
         index = self._versions.get(ref["digest"])

@@ -100,7 +100,10 @@ def test_previous_version_is_released_after_the_drain_period(versions_dir: dict[
     async def swap_then_wait() -> tuple[list[list[str]], list[list[str]]]:
         await one.swap("a", str(versions_dir["v2"]))
         during = [s.versions() for s in shards["a"]]
-        await asyncio.sleep(0.6)
+        for _ in range(100):  # the drain (0.2 s), then each shard's release on a worker thread: up to 10 s when busy
+            await asyncio.sleep(0.1)
+            if all(s.versions() == [new] for s in shards["a"]) and len(trims) == len(shards["a"]):
+                break
         return during, [s.versions() for s in shards["a"]]
 
     during, after = asyncio.run(swap_then_wait())

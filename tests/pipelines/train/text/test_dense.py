@@ -386,9 +386,12 @@ def test_a_compatible_encoder_starts_in_the_old_space_and_records_it(tiny_data: 
     assert cells["backfill 0%"] == cells["new/old"] and set(cells) >= {"old/old", "new/new", "backfill 50%"}
     assert abs(cells["new/old"]["nDCG@10"] - cells["old/old"]["nDCG@10"]) < 0.1  # two steps from the old encoder
     shown = CliRunner().invoke(app, ["compat", "report", "--old", str(old), "--new", str(out), "--data",
-                                     str(tiny_data), "--json", str(tmp_path / "cells.json")])
+                                     str(tiny_data), "--write", str(tmp_path / "cells.json")])
     assert shown.exit_code == 0 and "new/old - old/old" in shown.output
     assert json.loads((tmp_path / "cells.json").read_text())["cells"] == cells
+    printed = CliRunner().invoke(app, ["compat", "report", "--old", str(old), "--new", str(out), "--data",
+                                       str(tiny_data), "--json"])
+    assert printed.exit_code == 0 and json.loads(printed.stdout.strip().splitlines()[-1])["cells"] == cells
     refused = CliRunner().invoke(app, ["compat", "report", "--old", str(out), "--new", str(old), "--data",
                                        str(tiny_data)])  # the other way round: 384 against 392 wide
     assert refused.exit_code == 2 and "--compatible-with OLD" in refused.output
