@@ -75,5 +75,5 @@ def model_folder(ref: str | Path, revision: str | None = None) -> Path:
             f"model {name!r}: not a local folder, and {why} ({hub_cache()}); download it where the network "
             f"allows with HF_HUB_OFFLINE=0, or give a local folder") from exc
     except (HfHubHTTPError, OSError) as exc:  # no such repository, gated, no network, no disk
-        raise ModelNotFoundError(f"model {name!r}: the Hugging Face Hub did not give it "
+        raise ModelNotFoundError(f"model {name!r}: not a local folder, and the Hugging Face Hub did not give it "
                                  f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from exc
