@@ -200,14 +200,17 @@ LOCAL_NODE_IP = "127.0.0.1"
 RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
-def start_local_ray(num_cpus: int | None = None) -> None:
+def start_local_ray(num_cpus: int | None = None, dashboard: bool = False) -> str | None:
     """Start a one-machine Ray whose node address is 127.0.0.1, so none of its ports (GCS, raylet, object
     manager, workers, dashboard agent, runtime-env agent) listens on a routable address. Ray's token auth stays
-    as Ray sets it (``RAY_AUTH_MODE``; on by default)."""
+    as Ray sets it (``RAY_AUTH_MODE``; on by default). ``dashboard``: Ray's dashboard too, bound to 127.0.0.1;
+    returns its URL (else None)."""
     import ray
     from ray._private import ray_constants
 
     os.environ[RAY_CLUSTER_ENV] = "0"  # for processes importing Ray from now on
     ray_constants.ENABLE_RAY_CLUSTER = False  # this process imported Ray already (the flag is read at import)
-    ray.init(num_cpus=num_cpus, include_dashboard=False, configure_logging=False, log_to_driver=False,
-             _node_ip_address=LOCAL_NODE_IP)
+    context = ray.init(num_cpus=num_cpus, include_dashboard=dashboard, configure_logging=False, log_to_driver=False,
+                       _node_ip_address=LOCAL_NODE_IP, **({"dashboard_host": LOCAL_NODE_IP} if dashboard else {}))
+    url = getattr(context, "dashboard_url", None) if dashboard else None
+    return f"http://{url}" if url and not str(url).startswith("http") else url

@@ -137,13 +137,13 @@ def command_problems(where: str, words: list[str]) -> list[str]:
     return []
 
 
-@pytest.mark.parametrize("page", PAGES, ids=rel)
-def test_every_command_parses_and_every_python_block_compiles(page: Path) -> None:
+@pytest.mark.parametrize("doc", PAGES, ids=rel)
+def test_every_command_parses_and_every_python_block_compiles(doc: Path) -> None:
     problems: list[str] = []
-    for block in fenced_blocks(page):
+    for block in fenced_blocks(doc):
         if block.lang in SHELLS:
             for line, words in shell_commands(block):
-                problems += command_problems(f"{rel(page)}:{line}", words)
+                problems += command_problems(f"{rel(doc)}:{line}", words)
         elif block.lang == "python":
             try:
                 compile(block.text, block.where, "exec")
@@ -163,23 +163,23 @@ def anchors(page: Path) -> set[str]:
     return {slug(m) for m in re.findall(r"^#{1,6}\s+(.*)$", text, flags=re.M)}
 
 
-@pytest.mark.parametrize("page", PAGES, ids=rel)
-def test_paths_and_links_exist(page: Path) -> None:
-    text = page.read_text(encoding="utf-8")
+@pytest.mark.parametrize("doc", PAGES, ids=rel)
+def test_paths_and_links_exist(doc: Path) -> None:
+    text = doc.read_text(encoding="utf-8")
     problems = []
     for path in REPO_PATH.findall(text):
         path = path.split(":")[0].rstrip(".,;")
         if not any(c in path for c in "*{<") and not (ROOT / path).exists():
-            problems.append(f"{rel(page)}: `{path}` does not exist")
+            problems.append(f"{rel(doc)}: `{path}` does not exist")
     for target in LINK.findall(text):
         if re.match(r"^[a-z]+:", target):
             continue
         file, _, anchor = target.partition("#")
-        resolved = (page.parent / file).resolve() if file else page
+        resolved = (doc.parent / file).resolve() if file else doc
         if not resolved.exists():
-            problems.append(f"{rel(page)}: link {target}: no such file")
+            problems.append(f"{rel(doc)}: link {target}: no such file")
         elif anchor and resolved.suffix == ".md" and anchor not in anchors(resolved):
-            problems.append(f"{rel(page)}: link {target}: no such heading")
+            problems.append(f"{rel(doc)}: link {target}: no such heading")
     assert not problems, "\n".join(problems)
 
 
@@ -194,9 +194,9 @@ def test_the_readme_is_short_and_maps_every_page() -> None:
 RUN_PAGES = [page for page in PAGES if any(b.run for b in fenced_blocks(page))]
 
 
-@pytest.mark.parametrize("page", RUN_PAGES, ids=rel)
-def test_cheap_blocks_run(page: Path, tmp_path: Path) -> None:
-    """A page's ``run`` blocks, in order, in one scratch repository root (later blocks use what earlier ones
+@pytest.mark.parametrize("doc", RUN_PAGES, ids=rel)
+def test_cheap_blocks_run(doc: Path, tmp_path: Path) -> None:
+    """A doc's ``run`` blocks, in order, in one scratch repository root (later blocks use what earlier ones
     wrote); a block that reads ../shared/data is left out where that folder is absent, and said so."""
     cwd = tmp_path / "main"
     cwd.mkdir()
@@ -207,7 +207,7 @@ def test_cheap_blocks_run(page: Path, tmp_path: Path) -> None:
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
            "RETREC_DATA": str(tmp_path / "data-cache"), "HF_HUB_OFFLINE": "1"}
     left_out = []
-    for block in (b for b in fenced_blocks(page) if b.run):
+    for block in (b for b in fenced_blocks(doc) if b.run):
         assert block.lang in SHELLS | {"python"}, f"{block.where}: only shell and python blocks run"
         if "../shared/data" in block.text and not (SHARED / "data").is_dir():
             left_out.append(block.where)
@@ -219,4 +219,4 @@ def test_cheap_blocks_run(page: Path, tmp_path: Path) -> None:
                                       f"{done.stdout[-3000:]}\n--- stderr\n{done.stderr[-3000:]}")
     if left_out:
         pytest.skip(f"{', '.join(left_out)} read ../shared/data, which is not at {SHARED / 'data'} (only present "
-                    "on the project's machines); the page's other blocks ran")
+                    "on the project's machines); the doc's other blocks ran")

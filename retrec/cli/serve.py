@@ -20,17 +20,22 @@ def serve_cmd(
     ray_address: Annotated[str | None, typer.Option(
         help="Ray cluster to join, HOST:PORT of its GCS (default: $RAY_ADDRESS, else a local Ray on 127.0.0.1)")
     ] = None,
+    dashboard: Annotated[bool, typer.Option(
+        "--dashboard", help="keep Ray's dashboard on (bound to 127.0.0.1) for a local operator; a local Ray only")
+    ] = False,
 ) -> None:
     """Serve search and recommendation over HTTP (Ray Serve) until interrupted; on a Ray cluster with
     --ray-address (Ctrl-C then shuts Serve down there, and leaves the cluster running)."""
-    from retrec.serving.launch import DEFAULT_HOST, direct_url, load_serve_config, start, stop
+    from retrec.serving.launch import DASHBOARD, DEFAULT_HOST, direct_url, load_serve_config, start, stop
 
     try:
         spec = load_serve_config(config)
-        url = start(spec, host=host, port=port, address=ray_address)
+        url = start(spec, host=host, port=port, address=ray_address, dashboard=dashboard)
     except (BundleError, ValueError, OSError) as exc:  # OSError: ConnectionError (no cluster there) too
         raise _fail(str(exc)) from exc
-    typer.echo(f"serving at {url}  (OpenAPI: {url}/docs; Ctrl-C stops)")
+    typer.echo(f"serving at {url}  (console: {url}/ui/; OpenAPI: {url}/docs; Ctrl-C stops)")
+    if DASHBOARD["url"]:
+        typer.echo(f"Ray dashboard: {DASHBOARD['url']} (this machine only)")
     direct = direct_url(spec, host or (spec.get("http_options") or {}).get("host") or DEFAULT_HOST)
     if direct is not None:
         typer.echo(f"direct ingress (no proxy hop): {direct} and up, one port per ingress replica")

@@ -1,7 +1,11 @@
-"""The HTTP ingress (FastAPI via ``@serve.ingress``): request validation, routing, fusion, introspection.
+"""The HTTP ingress (FastAPI via ``@serve.ingress``): the routes, the replica's state, events, admin swaps,
+introspection.
 
-A search picks the active index version of each retriever when it starts (:mod:`retrec.serving.versions`), encodes
-the query once per distinct query encoder the chosen retrievers need (encoders are keyed by their bundle;
+The search and recommendation code lives in mixins (:mod:`retrec.serving.search_routes`,
+:mod:`retrec.serving.recommend_routes`); their routes are declared here, on the one app
+(:mod:`retrec.serving.http_api`), with the console's pages (:mod:`retrec.serving.console`). A search picks the
+active index version of each retriever when it starts (:mod:`retrec.serving.versions`), encodes the query once per
+distinct query encoder the chosen retrievers need (encoders are keyed by their bundle;
 :mod:`retrec.serving.placement`), sends each retriever its payload — the query text, or its encoder's output —
 through the batched scatter (:mod:`retrec.serving.scatter`) and fuses retrievers for ``hybrid``
 (:mod:`retrec.index.fusion`). A shard that fails or times out makes the response ``partial``. Recommendations go to
@@ -22,74 +26,59 @@ Example::
 import asyncio
 import functools
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
-from fastapi import Depends, FastAPI, Response
+from fastapi import Response
 from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
-from ray.serve.exceptions import BackPressureError
 
 from retrec.bundle import read_manifest
-from retrec.index.fusion import FUSIONS
 from retrec.serving import middleware as guard
 from retrec.serving import prometheus as serving_metrics
 from retrec.serving import schemas
 from retrec.serving.admin import bundle_under_root, check_trusted, shown, shown_path
 from retrec.serving.config import ServingConfig
-from retrec.serving.errors import ApiError, install_error_handlers
+from retrec.serving.console import routes as _console_routes  # noqa: F401  (registers /ui on api)
+from retrec.serving.documents import DocumentFields
+from retrec.serving.errors import ApiError
 from retrec.serving.events import EventIntake
-from retrec.serving.middleware import GuardMiddleware, guard_settings
+from retrec.serving.http_api import ADMIN_ERRORS, ERRORS, JSON_BODY, api
+from retrec.serving.middleware import guard_settings
 from retrec.serving.placement import LocalEncoder, RemoteEncoder, make_encoder, retriever_spec
-from retrec.serving.prometheus import MetricsMiddleware
 from retrec.serving.readiness import ReadinessCache, any_of_each, encoders_answer
+from retrec.serving.recommend_routes import RecommendRoutes
 from retrec.serving.recommenders import model_info
 from retrec.serving.registry import recommender_names, retriever_names
-from retrec.serving.rerankers import rerank_hits
 from retrec.serving.rollout import ServeRollout
-from retrec.serving.scatter import Scatter, call_handle, probe_search
+from retrec.serving.scatter import Scatter, probe_search
 from retrec.serving.schemas import (
     HYBRID,
-    ErrorResponse,
+    BatchRecommendRequest,
+    BatchRecommendResponse,
+    BatchSearchRequest,
+    BatchSearchResponse,
     EventsRequest,
     EventsResponse,
-    Hit,
-    Item,
     RecommendRequest,
     RecommendResponse,
     SearchRequest,
     SearchResponse,
     SwapRequest,
 )
+from retrec.serving.search_routes import SearchRoutes
 from retrec.serving.swaps import SWAP_ID, RayLedger, new_swap_id
 from retrec.serving.versions import IndexVersions
 
+__all__ = ["Ingress", "api"]
 log = logging.getLogger("retrec.serving")
 # Ray pickles the deployment class by value, so process-wide state (metrics, guard settings, published names)
 # is reached through its module (``serving_metrics.METRICS``, ``guard.GUARD``, ``schemas.PUBLISHED``).
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503, 504)
-}
-_ADMIN_ERRORS = {**_ERRORS, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
-
-
-_JSON_BODY = [Depends(guard.require_json)]
-
-api = FastAPI(
-    title="retrec serving API", version="1.1.0",
-    description="Search (any registered retriever kind, hybrid fusion) and sequential recommendation over "
-                "versioned index bundles.",
-)
-api.openapi = functools.partial(schemas.openapi_schema, api)  # type: ignore[method-assign]
-install_error_handlers(api)
-api.add_middleware(GuardMiddleware)
-api.add_middleware(MetricsMiddleware)  # outermost: sees the guard's 401/413/415/503 too
 
 
 @serve.deployment
 @serve.ingress(api)
-class Ingress:
+class Ingress(SearchRoutes, RecommendRoutes):
     """Routes ``/v1`` requests to shard and recommender deployments (handles given by ``build_app``); encodes
     queries with one encoder per encoder bundle, in-process or through ``QueryEncoder`` deployments."""
 
@@ -116,6 +105,7 @@ class Ingress:
         self.versions.probe = functools.partial(probe_search, self.scatter, self.encoders, self.versions.query_width)
         self.recommenders = recommenders
         self.reranker = reranker  # a Reranker deployment handle (rerank: in the config), else None
+        self.documents = DocumentFields()  # hits' stored fields ("return"), read on first use
         self.events = EventIntake(self.cfg) if self.cfg.events.log else None
         # Resolved once: what each search name needs (no registry or config lookups per request).
         names = list(self.retrievers)
@@ -152,88 +142,6 @@ class Ingress:
         that loads the published version before it takes traffic."""
         self.versions.raise_if_stale()
 
-    # ---- searching -------------------------------------------------------------------------------------
-    async def _encode(self, key: str, query: str) -> Any:
-        try:
-            payload, batch = await self.encoders[key].encode(query)
-        except BackPressureError as exc:
-            raise ApiError(503, "overloaded", f"query encoder busy: {exc}",
-                           {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
-        except Exception as exc:
-            raise ApiError(503, "unavailable", f"query encoder failed: {type(exc).__name__}") from exc
-        serving_metrics.METRICS.batch_size.observe(batch)
-        return payload
-
-    async def _retrieve(self, name: str, query: str, k: int,
-                        payloads: dict[str, asyncio.Future]) -> tuple[list, str, list]:
-        """One retriever on its active version → (hits, version, failed shards)."""
-        spec, ref = self.retrievers[name], self.versions.active[name]
-        payload = query if spec.encoder is None else await payloads[spec.encoder]
-        width = None if spec.encoder is None else self.versions.query_width(name, ref)
-        if width is not None:  # a compatible encoder on an index of the encoder it replaces: its old space
-            payload = payload[..., :width]
-        hits, failed = await self.scatter.retrieve(name, payload, k, ref)
-        return hits, ref["version"], failed
-
-    def _targets_of(self, name: str) -> list[str]:
-        targets = self._targets.get(name)
-        if targets is not None:
-            return targets
-        deployed = ", ".join(self._targets) or "none"
-        if not self._targets:
-            raise ApiError(400, "not_deployed", "no retriever is deployed in this application")
-        if name == HYBRID:
-            raise ApiError(400, "not_deployed", f"hybrid needs at least two deployed retrievers (deployed: {deployed})")
-        if name in self._known_retrievers:
-            raise ApiError(400, "not_deployed", f"retriever {name!r} is not deployed in this application "
-                           f"(deployed: {deployed})")
-        raise ApiError(422, "unknown_retriever", f"unknown retriever {name!r}; available: {deployed}")
-
-    async def _search(self, req: SearchRequest) -> SearchResponse:
-        started = time.perf_counter()
-        name = req.retriever or (HYBRID if HYBRID in self._targets else next(iter(self._targets), ""))
-        names = self._targets_of(name)
-        hybrid = name == HYBRID
-        if req.fusion.weights and not self.retrievers.keys() >= req.fusion.weights.keys():
-            unknown = sorted(set(req.fusion.weights) - set(self.retrievers))
-            raise ApiError(422, "invalid_request", f"fusion.weights names retrievers not deployed: {unknown}")
-        if req.rerank and self.reranker is None:
-            raise ApiError(400, "not_deployed", "no re-ranker is deployed in this application (rerank: in the "
-                           "serve config)")
-        rerank_depth = self.cfg.rerank.depth if req.rerank and self.cfg.rerank is not None else 0
-        depth = max(req.k, req.fusion.depth) if hybrid else req.k
-        depth = max(depth, rerank_depth)
-        payloads = {key: asyncio.ensure_future(self._encode(key, req.query)) for key in self._encoders_for[name]}
-        outcomes = await asyncio.gather(*(self._retrieve(n, req.query, depth, payloads) for n in names),
-                                        return_exceptions=True)
-        rankings, versions, failed = {}, {}, []
-        for n, out in zip(names, outcomes):
-            if isinstance(out, BaseException):
-                if not isinstance(out, ApiError) or len(names) == 1:
-                    raise out
-                failed.append(n)
-                continue
-            rankings[n], versions[n], shard_failures = out
-            failed += shard_failures
-        if not rankings:
-            raise ApiError(503, "unavailable", f"every retriever failed: {', '.join(failed)}")
-        if hybrid:
-            fuse = FUSIONS[req.fusion.method]
-            kwargs = {"rrf_k": req.fusion.rrf_k} if req.fusion.method == "rrf" else {}
-            hits = fuse(rankings, max(req.k, rerank_depth), weights=req.fusion.weights, **kwargs)
-        else:
-            hits = rankings[name]
-        reranked_by = None
-        if rerank_depth:
-            hits, reranked_by = await rerank_hits(self.reranker, self.cfg, req.query, hits, rerank_depth)
-        if failed:
-            serving_metrics.METRICS.partial.inc()
-        return SearchResponse(
-            retriever=name, index_versions=versions, partial=bool(failed), failed_shards=failed,
-            hits=[Hit(doc_id=d, score=s, rank=i) for i, (d, s) in enumerate(hits[:req.k], start=1)],
-            reranked_by=reranked_by, reranked=reranked_by is not None,
-            took_ms=round((time.perf_counter() - started) * 1000, 3))
-
     def available(self) -> list[str]:
         return list(self._targets)
 
@@ -243,51 +151,34 @@ class Ingress:
         except TimeoutError as exc:
             raise ApiError(504, "timeout", f"request exceeded {self.cfg.limits.request_timeout_s} s") from exc
 
-    @api.post("/v1/search", response_model=SearchResponse, responses=_ERRORS, dependencies=_JSON_BODY)
+    # ---- search and recommendation (their code: search_routes.py, recommend_routes.py) --------------------
+    @api.post("/v1/search", response_model=SearchResponse, responses=ERRORS, dependencies=JSON_BODY)
     async def search(self, req: SearchRequest) -> SearchResponse:
-        """Top-k documents for a query from a deployed retriever or ``hybrid`` (fused), with the versions used."""
-        with self.scatter.request():
-            return await self._bounded(self._search(req))
+        """Top-k documents for a query from a deployed retriever or ``hybrid`` (fused), with the versions used;
+        ``offset`` pages, ``return`` adds stored document fields, ``timings`` per-stage times."""
+        return await self.search_one(req)
 
-    # ---- recommending ----------------------------------------------------------------------------------
-    async def _recommend(self, req: RecommendRequest) -> RecommendResponse:
-        started = time.perf_counter()
-        model = req.model or next(iter(self.recommenders), "")
-        handle = self.recommenders.get(model)
-        if handle is None:
-            deployed = ", ".join(self.recommenders) or "none"
-            if not self.recommenders:
-                raise ApiError(400, "not_deployed", "no recommender is deployed in this application")
-            if model in self._known_models:
-                raise ApiError(400, "not_deployed", f"model {model!r} is not deployed in this application "
-                               f"(deployed: {deployed})")
-            raise ApiError(422, "unknown_model", f"unknown model {model!r}; available: {deployed}")
-        try:
-            args = (req.history, req.k, req.exclude_seen) if req.user is None else ([], req.k, req.exclude_seen,
-                                                                                    req.user)  # (plugins: 3 args)
-            out = await call_handle(handle.recommend.remote(*args), self.cfg.limits.request_timeout_s)
-        except BackPressureError as exc:
-            raise ApiError(503, "overloaded", f"recommender busy: {exc}",
-                           {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
-        except TimeoutError as exc:
-            raise ApiError(504, "timeout", "recommender timed out") from exc
-        except Exception as exc:
-            raise ApiError(503, "unavailable", f"recommender failed: {type(exc).__name__}") from exc
-        if "error" in out:  # the recommender's own refusal: user histories not configured (403, as events)
-            raise ApiError(403, out["error"]["code"], out["error"]["message"])
-        return RecommendResponse(
-            model=model, model_version=out["version"], skipped_unknown=out["skipped_unknown"],
-            unknown_examples=out["unknown_examples"],
-            items=[Item(item_id=i, score=s, rank=r) for r, (i, s) in enumerate(out["items"], start=1)],
-            took_ms=round((time.perf_counter() - started) * 1000, 3))
+    @api.post("/v1/search/batch", response_model=BatchSearchResponse, responses=ERRORS, dependencies=JSON_BODY)
+    async def search_batch(self, req: BatchSearchRequest) -> BatchSearchResponse:
+        """Several queries with the same options: one search response each, in the order of ``queries`` (any
+        query's error fails the batch)."""
+        return await self.search_many(req)
 
-    @api.post("/v1/recommend", response_model=RecommendResponse, responses=_ERRORS, dependencies=_JSON_BODY)
+    @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS, dependencies=JSON_BODY)
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:
-        """Next items for a history of raw item ids; unknown ids are skipped and counted."""
-        return await self._bounded(self._recommend(req))
+        """Next items for a history of raw item ids (or a ``user`` the event log knows); unknown ids are skipped
+        and counted."""
+        return await self.recommend_one(req)
+
+    @api.post("/v1/recommend/batch", response_model=BatchRecommendResponse, responses=ERRORS,
+              dependencies=JSON_BODY)
+    async def recommend_batch(self, req: BatchRecommendRequest) -> BatchRecommendResponse:
+        """Several histories with the same options: one response each, in the order of ``histories`` (any
+        history's error fails the batch)."""
+        return await self.recommend_many(req)
 
     # ---- index versions --------------------------------------------------------------------------------
-    @api.post("/v1/events", response_model=EventsResponse, responses=_ERRORS, dependencies=_JSON_BODY)
+    @api.post("/v1/events", response_model=EventsResponse, responses=ERRORS, dependencies=JSON_BODY)
     async def post_events(self, req: EventsRequest) -> EventsResponse:
         """Append user actions to the event log, all or none (403 when no ``events.log`` is configured)."""
         if self.events is None:
@@ -299,9 +190,9 @@ class Ingress:
         ``name``, then make it the active one."""
         return await self.versions.swap(name, self.cfg.resolve(path), label=path)
 
-    @api.post("/v1/admin/indexes", responses={**_ADMIN_ERRORS, 202: {"description": "still running: poll "
+    @api.post("/v1/admin/indexes", responses={**ADMIN_ERRORS, 202: {"description": "still running: poll "
                                                                         "/v1/admin/swaps/{swap_id}"}},
-              dependencies=_JSON_BODY)
+              dependencies=JSON_BODY)
     async def admin_swap(self, req: SwapRequest) -> Any:
         """Swap a retriever to a published index version named relative to ``admin.models_root`` (every shard
         loads it first; then traffic moves). Needs an admin key; off unless ``admin.enabled``. A swap slower than
@@ -324,7 +215,7 @@ class Ingress:
                 "status_url": f"/v1/admin/swaps/{swap_id}",
                 "message": f"index swap not finished within {timeout:g} s (limits.swap_timeout_s); it goes on"})
 
-    @api.get("/v1/admin/swaps/{swap_id}", responses=_ADMIN_ERRORS)
+    @api.get("/v1/admin/swaps/{swap_id}", responses=ADMIN_ERRORS)
     async def admin_swap_status(self, swap_id: str) -> dict[str, Any]:
         """How a swap went: ``pending``, ``done`` (its version and the previous one) or ``failed`` (its error),
         from any ingress replica."""
@@ -335,7 +226,7 @@ class Ingress:
                            "are kept)")
         return found
 
-    @api.get("/v1/admin/swaps", responses=_ADMIN_ERRORS)
+    @api.get("/v1/admin/swaps", responses=ADMIN_ERRORS)
     async def admin_swaps(self) -> dict[str, Any]:
         """The application's last swaps, newest first (their ``swap_id``, retriever, status, versions)."""
         self._admin_enabled()
@@ -363,7 +254,7 @@ class Ingress:
         retrievers = {n: {**d, "index_path": show(d["index_path"]), "encoder": show(d["encoder"])}
                       for n, d in self.versions.describe().items()}
         encoders = {show(k): {**v, "bundle": show(k)} for k, v in (await self.encoder_info()).items()}
-        return {"retrievers": retrievers, "hybrid": HYBRID in self._targets,
+        return {"retrievers": retrievers, "hybrid": HYBRID in self._targets, "rerank": self.reranker is not None,
                 "encoders": encoders, "recommenders": self._model_info,
                 "registered": {"retrievers": retriever_names(), "recommenders": recommender_names()},
                 **({"events": self.events.describe()} if self.events else {})}
@@ -378,7 +269,7 @@ class Ingress:
         Encoders are named by their bundle's name (``/readyz`` answers without a key: no filesystem path)."""
         return {**await self.versions.readiness(), **await encoders_answer(self.encoders, self.versions.encoders)}
 
-    @api.get("/readyz", responses=_ERRORS)
+    @api.get("/readyz", responses=ERRORS)
     async def readyz(self) -> Any:
         """Readiness from the cache that a background task refreshes every second (a probe never fans out):
         ``degraded`` (200) while some shards are down but each retriever has one answering (partial results)."""

@@ -94,19 +94,23 @@ def direct_url(config: dict[str, Any], host: str = DEFAULT_HOST) -> str | None:
     return f"http://{host}:{int(env.get(DIRECT_INGRESS_PORT, '30000'))}"
 
 
-def init_local_ray(num_cpus: int | None = None, config: dict[str, Any] | None = None) -> None:
+def init_local_ray(num_cpus: int | None = None, config: dict[str, Any] | None = None,
+                   dashboard: bool = False) -> str | None:
     """Start a one-machine Ray whose node address is 127.0.0.1, so none of its ports (GCS, raylet, object
     manager, workers, dashboard agent, runtime-env agent) listens on a routable address; with the config's
     Serve settings (:func:`apply_serve_env`). Ray's token auth stays as Ray sets it (``RAY_AUTH_MODE``; on by
-    default)."""
+    default). ``dashboard``: Ray's dashboard on 127.0.0.1 too (its URL is returned)."""
     apply_serve_env(config)
-    start_local_ray(num_cpus)
+    return start_local_ray(num_cpus, dashboard=dashboard)
 
 
 def apply_serve_env(config: dict[str, Any] | None = None) -> None:
     """Export :func:`serve_env` into this process's environment, before it starts a local Ray: the Ray
     processes outside the application (proxy, controller) then run with the same settings as its replicas."""
     os.environ.update(serve_env(config))
+
+
+DASHBOARD: dict[str, str | None] = {"url": None}  # the local Ray's dashboard, when start(dashboard=True) started it
 
 
 def free_port(host: str = DEFAULT_HOST) -> int:
@@ -172,10 +176,11 @@ def join_ray(address: str) -> None:
 
 
 def start(config: dict[str, Any], *, host: str | None = None, port: int | None = None,
-          num_cpus: int | None = None, wait: bool = True, address: str | None = None) -> str:
+          num_cpus: int | None = None, wait: bool = True, address: str | None = None, dashboard: bool = False) -> str:
     """Start Serve and every application, on the Ray this process is connected to, else on the cluster at
     ``address`` (or ``$RAY_ADDRESS``: :func:`cluster_address`), else on a local Ray it starts; returns the base
-    URL. ``num_cpus`` sizes a local Ray only."""
+    URL. ``num_cpus`` sizes a local Ray only; ``dashboard`` keeps a local Ray's dashboard on (127.0.0.1; its URL
+    in :data:`DASHBOARD`)."""
     import ray
 
     from retrec.process_env import configure_process
@@ -187,11 +192,14 @@ def start(config: dict[str, Any], *, host: str | None = None, port: int | None =
     joining = None if ray.is_initialized() else cluster_address(address)
     if joining and num_cpus is not None:
         raise ValueError("num_cpus sizes a local Ray; a Ray cluster (--ray-address / $RAY_ADDRESS) has its own")
+    if dashboard and (joining or ray.is_initialized()):
+        raise ValueError("--dashboard starts the dashboard of the local Ray retrec starts; a running Ray or "
+                         "cluster has its own (see its ray start --include-dashboard)")
     preflight(config, http["host"], local=not ray.is_initialized() and not joining)
     if joining:
         join_ray(joining)
     elif not ray.is_initialized():
-        init_local_ray(num_cpus, config)
+        DASHBOARD["url"] = init_local_ray(num_cpus, config, dashboard=dashboard)
     prefixes = deploy({**config, "http_options": http})
     url = f"http://{http['host']}:{http['port']}"
     if wait:

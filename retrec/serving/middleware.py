@@ -7,9 +7,9 @@ a valid key → 401; a body over ``max_body_bytes`` (declared or streamed) → 4
 
 Keys follow routing, deny by default: the guard reads the path the way Starlette's router does (relative
 to ``root_path``, which Ray Serve's ``route_prefix``, a ``Mount`` or ``--root-path`` set), so no mount point
-skips it. Only :data:`PUBLIC_PATHS` (health, readiness, docs; ``/metrics`` unless configured otherwise)
-answer without a key; ``/v1/admin/*`` needs an admin key (API keys do not open it); every other path,
-unknown ones included, needs an API key — unless ``auth.mode: none``. Keys are compared with
+skips it. Only :data:`PUBLIC_PATHS` (health, readiness, docs, the console's static files; ``/metrics`` unless
+configured otherwise) answer without a key; ``/v1/admin/*`` needs an admin key (API keys do not open it); every
+other path, unknown ones included, needs an API key — unless ``auth.mode: none``. Keys are compared with
 :func:`hmac.compare_digest` and never logged. Settings live in :data:`GUARD`, set by the ingress replica
 at start (one replica per process) from :func:`guard_settings`.
 
@@ -47,8 +47,9 @@ Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
+CONSOLE_PATHS = frozenset({"/ui", "/ui/", "/ui/console.js", "/ui/console.css"})  # static, no data (its calls need keys)
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
-                          "/redoc"})
+                          "/redoc", *CONSOLE_PATHS})
 ADMIN_PREFIX = "/v1/admin/"
 
 

@@ -114,6 +114,8 @@ class ServingMetrics:
                                   "query-encoder batch size each request was in", (), BATCH_BUCKETS)
         self.shard_batch_size = _Metric(r, "histogram", "retrec_shard_batch_size", "queries per batched shard call",
                                         ("retriever",), BATCH_BUCKETS)
+        self.request_batch = _Metric(r, "histogram", "retrec_request_batch_size",
+                                     "queries or histories per batch request", ("endpoint",), BATCH_BUCKETS)
         self.shard_failures = _Metric(r, "counter", "retrec_shard_failures", "shard calls that failed or timed out",
                                       ("retriever", "shard"))
         self.partial = _Metric(r, "counter", "retrec_partial_responses", "search responses flagged partial")
@@ -170,7 +172,8 @@ class OnlineMetrics:
 
 
 METRICS = ServingMetrics()  # one per ingress replica process
-ENDPOINTS = {"/v1/search", "/v1/recommend", "/v1/models", "/v1/admin/indexes", "/healthz", "/readyz", "/metrics"}
+ENDPOINTS = {"/v1/search", "/v1/search/batch", "/v1/recommend", "/v1/recommend/batch", "/v1/events", "/v1/models",
+             "/v1/admin/indexes", "/healthz", "/readyz", "/metrics"}
 
 
 class MetricsMiddleware:

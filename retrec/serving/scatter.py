@@ -102,14 +102,14 @@ class Scatter:
         return out
 
     @contextmanager
-    def request(self) -> Iterator[None]:
-        """Marks one request's span (the ingress wraps each search): while it is the only one, its scatters
-        skip the batch queue; with others in flight, they are batched."""
-        self._requests += 1
+    def request(self, searches: int = 1) -> Iterator[None]:
+        """Marks one request's span of ``searches`` searches (the ingress wraps each; a batch request has several):
+        while it is the only search, its scatters skip the batch queue; with others in flight, they are batched."""
+        self._requests += searches
         try:
             yield
         finally:
-            self._requests -= 1
+            self._requests -= searches
 
     async def retrieve(self, name: str, payload: Any, k: int, ref: IndexRef) -> tuple[Hits, list[str]]:
         """Scatter to every shard of version ``ref``, gather, merge → (top-``k`` hits, failed shard names)."""

@@ -29,10 +29,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstr
 from retrec.serving.registry import describe
 
 MAX_K = 1000
+MAX_OFFSET = 1000  # so a search reads at most MAX_K + MAX_OFFSET hits a retriever
 MAX_QUERY_CHARS = 2000
 MAX_HISTORY = 1000
 MAX_ITEM_ID_CHARS = 256
 MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH = 64  # queries or histories in one batch request
 HYBRID = "hybrid"  # the fused ranking of every deployed retriever; no retriever may take this name
 
 
@@ -66,21 +68,59 @@ class FusionOptions(_Strict):
     depth: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 100
 
 
-class SearchRequest(_Strict):
-    query: Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)]
+QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_CHARS)]
+DocField = Literal["text", "title", "metadata"]
+
+
+class SearchOptions(_Strict):
+    """What a search asks besides its query (shared by ``/v1/search`` and ``/v1/search/batch``)."""
+
     k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
+    offset: Annotated[int, Field(ge=0, le=MAX_OFFSET), _WHOLE] = Field(
+        0, description="hits to skip (paging): the answer is ranks offset+1 .. offset+k")
     retriever: Annotated[str, StringConstraints(min_length=1, max_length=32)] | None = Field(
         default=None, description="a deployed retriever, or hybrid (all of them fused); default: hybrid "
         f"when two or more are deployed, else the one. Registered retriever kinds: {describe('index')}")
     fusion: FusionOptions = Field(default_factory=FusionOptions)
     rerank: bool = Field(False, description="re-order the first stage's top hits (the configured depth) with the "
                          "deployed cross-encoder (`rerank:` in the serve config); only false when none is deployed")
+    return_fields: list[DocField] = Field(
+        default_factory=list, alias="return", max_length=3,
+        description="document fields to add to each hit, from what the index version stores (its "
+        "documents.parquet); a field the version does not store is left out")
+    timings: bool = Field(False, description="add per-stage timings (ms) to the response")
+
+
+class SearchRequest(SearchOptions):
+    query: QueryText
+
+
+class BatchSearchRequest(SearchOptions):
+    """Several queries with the same options: one response each, in the same order."""
+
+    queries: Annotated[list[QueryText], Field(min_length=1, max_length=MAX_BATCH)] = Field(
+        description=f"at most {MAX_BATCH} queries")
+
+
+class Component(BaseModel):
+    score: float
+    rank: int
+
+
+def _absent(value: Any) -> bool:
+    return value is None
 
 
 class Hit(BaseModel):
     doc_id: str
     score: float
     rank: int
+    components: dict[str, Component] | None = Field(
+        None, exclude_if=_absent,
+        description="hybrid: each retriever's score and rank of this document (absent: not in its top depth)")
+    text: str | None = Field(None, exclude_if=_absent, description="with return: text (when the version stores it)")
+    title: str | None = Field(None, exclude_if=_absent, description="with return: title (when stored)")
+    metadata: dict[str, Any] | None = Field(None, exclude_if=_absent, description="with return: metadata (when stored)")
 
 
 class SearchResponse(BaseModel):
@@ -93,23 +133,33 @@ class SearchResponse(BaseModel):
     reranked: bool = Field(False, description="whether the hits were re-ranked: false without `rerank`, and when the "
                            "re-ranker missed its deadline or was too busy (the first stage's order is returned)")
     took_ms: float
+    timings: dict[str, float] | None = Field(
+        None, description="with timings: total_ms, encode_ms, search_ms.RETRIEVER, fuse_ms, rerank_ms, fields_ms")
 
 
-class RecommendRequest(_Strict):
+class BatchSearchResponse(BaseModel):
+    results: list[SearchResponse]
+    took_ms: float
+
+
+class RecommendOptions(_Strict):
+    k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
+    model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
+        default=None, description="a deployed recommender; default: the first configured. Registered "
+        f"recommender kinds: {describe('recommender')}")
+    exclude_seen: bool = True
+
+
+class RecommendRequest(RecommendOptions):
     """Exactly one of ``history`` and ``user`` (the OpenAPI document says so with ``oneOf``)."""
 
-    model_config = ConfigDict(**_Strict.model_config,
+    model_config = ConfigDict(**RecommendOptions.model_config,
                               json_schema_extra={"oneOf": [{"required": ["history"]}, {"required": ["user"]}]})
     # (defaults are not validated: absent is allowed, an explicit null is not)
     history: Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)] = Field(
         default=None, description="the user's items, oldest first; or give user")  # type: ignore[assignment]
     user: Annotated[str, StringConstraints(min_length=1, max_length=256)] = Field(
         default=None, description="a user whose history the event log holds (a recommender with events)")  # type: ignore[assignment]
-    k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
-    model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(
-        default=None, description="a deployed recommender; default: the first configured. Registered "
-        f"recommender kinds: {describe('recommender')}")
-    exclude_seen: bool = True
 
     @model_validator(mode="after")
     def _history_or_user(self) -> RecommendRequest:
@@ -130,6 +180,19 @@ class RecommendResponse(BaseModel):
     items: list[Item]
     skipped_unknown: int = Field(description="history items the model does not know (skipped)")
     unknown_examples: list[str] = Field(default_factory=list)
+    took_ms: float
+
+
+class BatchRecommendRequest(RecommendOptions):
+    """Several histories with the same options: one response each, in the same order."""
+
+    histories: Annotated[list[Annotated[list[ItemId], Field(min_length=1, max_length=MAX_HISTORY)]],
+                         Field(min_length=1, max_length=MAX_BATCH)] = Field(
+        description=f"at most {MAX_BATCH} histories, each the user's items, oldest first")
+
+
+class BatchRecommendResponse(BaseModel):
+    results: list[RecommendResponse]
     took_ms: float
 
 
@@ -209,12 +272,35 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     ``app.openapi = functools.partial(openapi_schema, app)``)."""
     schema = FastAPI.openapi(app)  # generated once, cached by FastAPI
     retrievers, recommenders = PUBLISHED.retrievers, PUBLISHED.recommenders
-    _enum(schema, "SearchRequest", "retriever", retrievers,
-          default=HYBRID if HYBRID in retrievers else next(iter(retrievers), None))
-    _enum(schema, "RecommendRequest", "model", recommenders, default=next(iter(recommenders), None))
+    for model in ("SearchRequest", "BatchSearchRequest"):
+        _enum(schema, model, "retriever", retrievers,
+              default=HYBRID if HYBRID in retrievers else next(iter(retrievers), None))
+    for model in ("RecommendRequest", "BatchRecommendRequest"):
+        _enum(schema, model, "model", recommenders, default=next(iter(recommenders), None))
     _enum(schema, "SwapRequest", "retriever", PUBLISHED.swappable, default=None)
     _enum_keys(schema, "FusionOptions", "weights", PUBLISHED.swappable)
-    rerank = schema.get("components", {}).get("schemas", {}).get("SearchRequest", {}).get("properties", {})
-    if "rerank" in rerank and not PUBLISHED.rerank:
-        rerank["rerank"]["enum"] = [False]  # nothing deployed to re-rank with
+    for model in ("SearchRequest", "BatchSearchRequest"):
+        rerank = schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {})
+        if "rerank" in rerank and not PUBLISHED.rerank:
+            rerank["rerank"]["enum"] = [False]  # nothing deployed to re-rank with
+    _security(schema)
     return schema
+
+
+def _security(schema: dict[str, Any]) -> None:
+    """Declare the API key (``X-API-Key`` or ``Authorization: Bearer``; admin routes take an admin key the same
+    way) so ``/docs``' Authorize button and generated clients send it; public paths say they need none."""
+    from retrec.serving.middleware import GUARD
+
+    schema.setdefault("components", {})["securitySchemes"] = {
+        "ApiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key",
+                   "description": "an API key (an admin key for /v1/admin/*)"},
+        "Bearer": {"type": "http", "scheme": "bearer", "description": "the same key as a bearer token"}}
+    if not GUARD.require_keys and not GUARD.admin_keys:
+        return  # auth.mode: none and no admin plane: nothing asks for a key
+    schema["security"] = [{"ApiKey": []}, {"Bearer": []}]
+    for path, operations in schema.get("paths", {}).items():
+        public = path in GUARD.public_paths or (not GUARD.require_keys and not path.startswith("/v1/admin/"))
+        if public:
+            for operation in operations.values():
+                operation["security"] = []

@@ -85,8 +85,9 @@ def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, t
     ray_tmp = tempfile.mkdtemp(prefix="rr-stop-", dir="/tmp")  # short: Ray's socket paths have a length limit
     env = {**os.environ, "RAY_TMPDIR": ray_tmp, "PYTHONPATH": str(ROOT)}
     env.pop("RAY_ADDRESS", None)  # its own local Ray
+    dashboard = ["--dashboard"] if how == "sigterm" else []  # Ray's dashboard on: it must stop with the rest too
     proc = subprocess.Popen([sys.executable, "-c", "from retrec.cli import main; main()", "serve",
-                             "--config", str(config), "--port", str(port)],
+                             "--config", str(config), "--port", str(port), *dashboard],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, cwd=tmp_path,
                             start_new_session=True, text=True, preexec_fn=_terminal_signals)
     lines: list[str] = []
@@ -96,12 +97,17 @@ def test_retrec_serve_stops_within_10s_leaving_no_ray_process(tiny_data: Path, t
     def read() -> None:
         for line in proc.stdout:  # type: ignore[union-attr]
             lines.append(line)
-            if "serving at" in line:
+            if ("serving at" in line and not dashboard) or "Ray dashboard:" in line:
                 ready.set()
 
     threading.Thread(target=read, daemon=True).start()
     try:
         assert ready.wait(300), "retrec serve did not start:\n" + "".join(lines[-30:])
+        assert any(f"console: http://127.0.0.1:{port}/ui/" in line for line in lines), lines
+        if dashboard:  # loopback only, and it answers
+            url = next(line for line in lines if "Ray dashboard:" in line).split()[2]
+            assert url.startswith("http://127.0.0.1:"), url
+            assert httpx.get(url, timeout=30).status_code == 200
         session = _descendants(proc.pid)
         procs = _processes()
         programs = sorted(procs[p][2] for p in session if p in procs)

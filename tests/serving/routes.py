@@ -15,7 +15,9 @@ PUBLIC = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-re
 DOCS = ("/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json")
 BODIES: dict[str, Any] = {  # a valid body for every POST route (a new route must add one here)
     "/v1/search": {"query": "vitamin", "k": 3},
+    "/v1/search/batch": {"queries": ["vitamin", "protein"], "k": 3},
     "/v1/recommend": {"history": ["1", "2"], "k": 3},
+    "/v1/recommend/batch": {"histories": [["1", "2"], ["3"]], "k": 3},
     "/v1/admin/indexes": {"retriever": "bm25", "path": "bm25-v2"},
     "/v1/events": {"events": [{"user": "u1", "item": "i1", "timestamp": 1_700_000_000, "type": "view"}]},
 }

@@ -82,9 +82,9 @@ def test_every_route_needs_a_key_on_the_direct_port(served: dict[str, Any]) -> N
     schema = httpx.get(f"{direct}/openapi.json", timeout=30.0).json()
     failures = walk_routes(send, "", schema, api_key=API_KEY, admin_key=ADMIN_KEY,
                            bodies={"/v1/admin/indexes": {"retriever": "bm25", "path": "bm25"}})
-    # no recommender is deployed here: with the key, /v1/recommend gets past auth to a 400 not_deployed
+    # no recommender is deployed here: with the key, /v1/recommend(/batch) gets past auth to a 400 not_deployed
     assert [f for f in failures if "(400, 'not_deployed') with the key" not in f] == [], failures
-    assert len(failures) == 2
+    assert len(failures) == 4
 
 
 def test_direct_server_binds_the_configured_loopback_host(served: dict[str, Any]) -> None:

@@ -1,0 +1,185 @@
+"""The console (``/ui``) in a real browser: Debian's ``chromium`` driven by Playwright (headless, no sandbox, every
+request outside the served app refused) against the Ray Serve application on 127.0.0.1 (BM25, a tiny dense index
+in 2 shards, hybrid, a tiny BERT4Rec).
+
+For 10 fixture queries the ids the console shows equal ``/v1/search``'s JSON for bm25, dense and hybrid; hybrid's
+component columns and the latency cell are filled; a recommendation round trip shows ``/v1/recommend``'s items; a
+wrong key is refused on the page; the page logs no console error. Screenshots of each tab go to the test's output
+folder (and to ``$RETREC_CONSOLE_SHOTS`` when set: how docs/console-search.png was made).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: "
+                                "apt-get install chromium)")
+pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-base.txt)")
+ray = pytest.importorskip("ray")
+API_KEY = "console-test-key-0123456789"
+
+
+@pytest.fixture(scope="module")
+def english_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny English collection (what a reader of the screenshots understands)."""
+    from retrec.data.synthetic import SyntheticConfig, write_default_dataset
+
+    cfg = SyntheticConfig(docs=300, queries_train=40, queries_test=30, users=150, items=400, genres=10)
+    return write_default_dataset(tmp_path_factory.mktemp("console-data"), cfg)
+
+
+@pytest.fixture(scope="module")
+def served(english_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    tiny_data = english_data
+    from retrec.data.beir import load_retrieval_data
+    from retrec.index.bm25_index import BM25Index
+    from retrec.index.dense_retriever import DenseRetriever
+    from retrec.index.generic import publish_index
+    from retrec.pipelines.train.seq.bert4rec import BERT4RecTrainConfig, train_bert4rec
+    from retrec.runtime.onnx_encoder import OnnxEncoder
+    from retrec.serving.launch import free_port, start, stop
+    from tests.tiny_models import tiny_dense_encoder
+
+    root = tmp_path_factory.mktemp("console")
+    collection = load_retrieval_data(tiny_data, split="test")
+    ids, texts = collection.doc_texts()
+    bm25 = publish_index(BM25Index.build(ids, texts), root / "bm25", name="bm25", texts=(ids, texts))
+    encoder = tiny_dense_encoder(root / "encoder")
+    enc = OnnxEncoder(encoder, threads=1)
+    dense = publish_index(DenseRetriever.build(enc, ids, texts, shards=2).index, root / "dense", name="dense",
+                          texts=(ids, texts), encoder=enc)
+    bert4rec = train_bert4rec(tiny_data, root / "bert4rec", BERT4RecTrainConfig(
+        max_len=12, hidden=16, layers=1, heads=2, epochs=1, eval_users=50), progress=False)
+    (root / "keys.txt").write_text(f"{API_KEY}\n")
+    zero = {"replicas": 1, "num_cpus": 0}
+    config = {"http_options": {"host": "127.0.0.1", "port": free_port()},
+              "applications": [{"name": "retrec", "route_prefix": "/", "import_path": "retrec.serving.app:build_app",
+                                "args": {"retrievers": {"bm25": {"index": str(bm25), "shards": zero},
+                                                       "dense": {"index": str(dense), "encoder": str(encoder),
+                                                                 "shards": zero}},
+                                         "recommenders": {"bert4rec": {"bundle": str(bert4rec), "replicas": zero}},
+                                         "encoder": {"threads": 1}, "ingress": zero, "use_gpu": False,
+                                         "auth": {"api_keys_env": None, "api_keys_file": str(root / "keys.txt")}}}]}
+    if ray.is_initialized():
+        ray.shutdown()
+    try:
+        url = start(config, num_cpus=2)
+        queries = collection.queries.column("text").to_pylist()[:10]
+        yield {"url": url, "queries": queries, "data": tiny_data}
+    finally:
+        stop()
+
+
+@pytest.fixture(scope="session")
+def browser_type_launch_args() -> dict[str, Any]:
+    """pytest-playwright's launch arguments: the system browser, headless, no sandbox (containers)."""
+    return {"executable_path": CHROMIUM, "headless": True, "args": ["--no-sandbox", "--disable-gpu"]}
+
+
+def _only_the_app(page: Any, url: str) -> None:
+    """No network but the served app: anything else is aborted (and would show as a console error)."""
+    page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(url) else route.abort())
+
+
+def _watch(page: Any) -> list[str]:
+    errors: list[str] = []
+    page.on("console", lambda msg: errors.append(msg.text) if msg.type == "error" else None)
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    return errors
+
+
+def _shots(tmp_path: Path) -> list[Path]:
+    extra = os.environ.get("RETREC_CONSOLE_SHOTS")
+    return [tmp_path, *([Path(extra)] if extra else [])]
+
+
+def _submit_and_wait(page: Any, button: str, cell: str) -> None:
+    """Click, then wait until ``cell`` is filled again (locator waits: the page's CSP forbids evaluated strings)."""
+    from playwright.sync_api import expect
+
+    page.evaluate(f"document.getElementById('{cell}').textContent = ''")
+    page.click(button)
+    expect(page.locator(f"#{cell}")).not_to_have_text("", timeout=15_000)
+
+
+def test_the_console_shows_what_the_api_answers(served: dict[str, Any], page: Any, tmp_path: Path) -> None:
+    from playwright.sync_api import expect
+
+    started = time.monotonic()
+    url = served["url"]
+    _only_the_app(page, url)
+    errors = _watch(page)
+    page.goto(f"{url}/ui")  # redirected to /ui/
+    page.fill("#key", API_KEY)
+    page.click("#key-save")
+    expect(page.locator("#key-status")).to_have_text("key accepted")
+    options = page.eval_on_selector_all("#retriever option", "os => os.map(o => o.value)")
+    assert options == ["bm25", "dense", "hybrid"]
+
+    api = httpx.Client(base_url=url, headers={"X-API-Key": API_KEY}, timeout=30.0)
+    for retriever in ("bm25", "dense", "hybrid"):
+        page.select_option("#retriever", retriever)
+        for query in served["queries"]:
+            page.fill("#q", query)
+            _submit_and_wait(page, "#go", "latency")
+            shown = page.eval_on_selector_all("#results tbody tr", "rows => rows.map(r => r.dataset.docId)")
+            want = api.post("/v1/search", json={"query": query, "k": 10, "retriever": retriever}).json()
+            assert shown == [h["doc_id"] for h in want["hits"]], (retriever, query)
+            latency = page.text_content("#latency")
+            searched = "dense" if retriever == "dense" else "bm25"
+            assert "server" in latency and "round trip" in latency and f"search.{searched}" in latency
+            assert page.text_content("#answered").startswith(retriever if retriever != "hybrid" else "bm25")
+        if retriever == "hybrid":
+            cells = page.eval_on_selector_all("#results tbody tr:first-child td.component",
+                                              "cs => cs.map(c => c.textContent)")
+            assert len(cells) == 2 and all(c != "—" for c in cells), cells  # the top hit: both retrievers' score (rank)
+            assert page.eval_on_selector_all("#results thead th", "hs => hs.map(h => h.textContent)")[-2:] == [
+                "bm25 score (rank)", "dense score (rank)"]
+    for target in _shots(tmp_path):
+        page.screenshot(path=str(target / "console-search.png"), full_page=True)
+
+    page.click("button[data-tab=compare]")
+    page.fill("#cq", served["queries"][0])
+    page.select_option("#a-retriever", "bm25")
+    page.select_option("#b-retriever", "dense")
+    _submit_and_wait(page, "#cgo", "overlap")
+    a = page.eval_on_selector_all("#a-results tbody tr", "rows => rows.map(r => r.dataset.docId)")
+    b = page.eval_on_selector_all("#b-results tbody tr", "rows => rows.map(r => r.dataset.docId)")
+    assert a and b and page.text_content("#overlap").startswith(f"{len(set(a) & set(b))} of 10")
+    for target in _shots(tmp_path):
+        page.screenshot(path=str(target / "console-compare.png"), full_page=True)
+
+    from retrec.data.interactions import load_interactions, user_sequences
+
+    history = list(map(str, user_sequences(load_interactions(served["data"])).items[0]))[-5:]
+    page.click("button[data-tab=recommend]")
+    page.fill("#history", ", ".join(history))
+    _submit_and_wait(page, "#rgo", "rec-latency")
+    shown = page.eval_on_selector_all("#rec-results tbody tr", "rows => rows.map(r => r.dataset.itemId)")
+    want = api.post("/v1/recommend", json={"history": history, "k": 10, "model": "bert4rec"}).json()
+    assert shown == [i["item_id"] for i in want["items"]] and len(shown) == 10
+    for target in _shots(tmp_path):
+        page.screenshot(path=str(target / "console-recommend.png"), full_page=True)
+    assert errors == [], errors
+    assert time.monotonic() - started < 60
+
+
+def test_a_wrong_key_is_refused_on_the_page(served: dict[str, Any], page: Any) -> None:
+    from playwright.sync_api import expect
+
+    _only_the_app(page, served["url"])
+    page.goto(f"{served['url']}/ui/")
+    page.fill("#key", "not-the-key-0000000000")
+    page.click("#key-save")
+    expect(page.locator("#key-status")).to_have_text("key refused")
+    assert "401" in page.text_content("#error")
+    assert page.eval_on_selector_all("#retriever option", "os => os.length") == 0
