@@ -50,7 +50,7 @@ def index_cmd(
     and `retrec.load` open it alone.
     """
     from retrec import kinds
-    from retrec.data.corpus import corpus_texts, read_corpus
+    from retrec.data.corpus import corpus_fields, corpus_texts, read_corpus
     from retrec.index.generic import display_name, publish_index
     from retrec.pipelines.eval.retrievers import BUILD_ARGS, build_from_texts, resolve_kind
 
@@ -80,7 +80,7 @@ def index_cmd(
                                  **options)
         label = (data if data.is_dir() else data.absolute().parent).name
         path = publish_index(built.index, out, name or f"{label}-{display_name(resolved)}",
-                             texts=(doc_ids, texts), encoder=built.encoder)
+                             texts=(doc_ids, texts), encoder=built.encoder, fields=corpus_fields(data))
     except (DataError, BundleError, ValueError, FileExistsError, FileNotFoundError) as exc:
         raise _fail(str(exc)) from exc
     wrote(path, as_json)

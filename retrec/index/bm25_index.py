@@ -33,6 +33,7 @@ from retrec.bundle import BundleError, Manifest, load_arrays, load_bundle, publi
 from retrec.contracts import strict_options
 from retrec.csr import csr_fits
 from retrec.index.bm25_build import Analyzer, BM25Config, PostingsBuilder, ScoreMatrix
+from retrec.index.filters import AllowedDocs
 from retrec.index.retriever import Hits
 from retrec.kinds import BM25_INDEX
 
@@ -127,16 +128,20 @@ class BM25Index:
         """The query's BM25 score for every document (float32, 0 where no term is shared)."""
         return self._accumulate(self.term_ids(query))
 
-    def search(self, queries: Sequence[str], k: int) -> list[Hits]:
-        """Top-``k`` documents per query; only documents sharing a term with it (score > 0) are ranked."""
+    def search(self, queries: Sequence[str], k: int, allowed: AllowedDocs | None = None) -> list[Hits]:
+        """Top-``k`` documents per query; only documents sharing a term with it (score > 0) are ranked, and only
+        the ``allowed`` ones when given (a filter: :mod:`retrec.index.filters`)."""
         out = []
+        mask = None if allowed is None else allowed.rows(self.doc_ids)
         for q in queries:
             ids = self.term_ids(q)
             if not ids or k <= 0:
                 out.append([])
                 continue
             s = self._accumulate(ids)
-            rows = top_rows(s, k, self._order_key, self._shortest_list(ids, k))
+            if mask is not None:
+                s[~mask] = 0.0
+            rows = top_rows(s, k, self._order_key, None if mask is not None else self._shortest_list(ids, k))
             out.append([(self.doc_ids[i], float(s[i])) for i in rows])
         return out
 

@@ -34,11 +34,13 @@ import pyarrow.parquet as pq
 from retrec.bundle import BundleError, Manifest, load_bundle, publish
 from retrec.contracts import strict_options
 from retrec.index import ann
+from retrec.index.dense_filter import filtered_search
 from retrec.index.doc_ids import DocIdTable, IdColumn
 from retrec.index.encoder_check import check_encoder, check_index, encoder_ref, index_check_ref
 from retrec.index.faiss_build import REFINE_DTYPE, SHARD_HASH, VectorSource, shard_of, stream_shards
 from retrec.index.faiss_check import load_npy, shard_files
 from retrec.index.faiss_check import read_checked as _read_index
+from retrec.index.filters import AllowedDocs
 from retrec.index.retriever import Hits
 from retrec.kinds import DENSE_INDEX
 from retrec.runtime.vectors import l2_normalize
@@ -277,8 +279,9 @@ class FaissIndex:
             scores[start:start + block] = np.where(valid, exact, -np.inf)
         return scores, ids
 
-    def search(self, queries: np.ndarray, k: int) -> list[Hits]:
-        """Top-``k`` ``(doc_id, score)`` per query row, merged over shards deterministically."""
+    def search(self, queries: np.ndarray, k: int, allowed: AllowedDocs | None = None) -> list[Hits]:
+        """Top-``k`` ``(doc_id, score)`` per query row, merged over shards deterministically; only the ``allowed``
+        documents (a filter), by exact scores, when given (:mod:`retrec.index.dense_filter`)."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
         if queries.ndim == 2 and queries.shape[1] > self.dim == self.query_prefix:  # a compatible encoder's
             queries = np.ascontiguousarray(queries[:, :self.dim])  # old space: its first dimensions
@@ -288,6 +291,8 @@ class FaissIndex:
             return [[] for _ in range(len(queries))]
         if self.similarity == "cosine":
             queries = l2_normalize(queries)
+        if allowed is not None:
+            return filtered_search(self, queries, k, allowed)
         score_parts, key_parts = [], []
         for s in range(len(self.cpu_shards)):
             if self.cpu_shards[s].ntotal == 0:

@@ -34,10 +34,13 @@ import pyarrow.parquet as pq
 from retrec import kinds
 from retrec.bundle import BundleError, Manifest, load_bundle, publish, read_manifest
 from retrec.contracts import Hits, Index, call_hook, check_options
+from retrec.index.filters import DocumentMetadata
 
 DOCUMENTS = "documents.parquet"  # in every index version: doc_id and the sha256 of the text it indexed
 LOAD_ARGS = ("shard", "encoder", "verify", "use_gpu")  # set by open_index and serving, never by index_options
 OPEN_ARGS = ("model", "verify", "use_gpu", "index_options")  # open_index's own; the rest go to the query encoder
+StoredFields = dict[str, dict[str, str]]  # "title" / "metadata" (JSON) -> doc id -> value
+FIELDS_KEY = "retrec.metadata_fields"  # documents.parquet metadata: the fields of its documents' metadata
 ENCODING_KEY = "retrec.encoding"  # documents.parquet metadata: the encoder identity of an encoded kind's vectors
 
 
@@ -174,17 +177,37 @@ def content_hash(text: str) -> bytes:
     return hashlib.sha256(text.encode("utf-8")).digest()
 
 
-def documents_table(doc_ids: Sequence[str], texts: Sequence[str], encoding: dict[str, Any] | None = None) -> pa.Table:
-    """``documents.parquet``: every indexed doc id, the :func:`content_hash` of its text and the text; for encoded
-    kinds the :func:`encoding_identity` of the encoder that produced the index's vectors, in the file's metadata."""
+def documents_table(doc_ids: Sequence[str], texts: Sequence[str], encoding: dict[str, Any] | None = None,
+                    fields: StoredFields | None = None) -> pa.Table:
+    """``documents.parquet``: every indexed doc id, the :func:`content_hash` of its text and the text (plus, from
+    ``fields``, ``title`` and ``metadata`` — a JSON object per document, what filters read); for encoded kinds the
+    :func:`encoding_identity` of the encoder that produced the index's vectors, in the file's metadata."""
     if len(doc_ids) != len(texts):
         raise ValueError(f"{len(doc_ids)} doc ids for {len(texts)} texts")
-    table = pa.table({"doc_id": pa.array(list(doc_ids), pa.string()),
-                      "sha256": pa.array([content_hash(t) for t in texts], pa.binary(32)),
-                      "text": pa.array(list(texts), pa.string())})  # what hits show (retrec.load, the console)
-    if encoding is not None:
-        table = table.replace_schema_metadata({ENCODING_KEY: json.dumps(encoding, sort_keys=True)})
-    return table
+    columns = {"doc_id": pa.array(list(doc_ids), pa.string()),
+               "sha256": pa.array([content_hash(t) for t in texts], pa.binary(32)),
+               "text": pa.array(list(texts), pa.string())}  # what hits show (retrec.load, the console)
+    for name, by_id in (fields or {}).items():
+        columns[name] = pa.array([by_id.get(d) for d in doc_ids], pa.string())
+    table = pa.table(columns)
+    meta = {} if encoding is None else {ENCODING_KEY: json.dumps(encoding, sort_keys=True)}
+    if "metadata" in columns:  # the fields filters may name, readable without the rows
+        found = {key for value in columns["metadata"].to_pylist() if value for key in json.loads(value)}
+        meta[FIELDS_KEY] = json.dumps(sorted(found))
+    return table.replace_schema_metadata(meta) if meta else table
+
+
+def metadata_fields(path: str | Path) -> list[str] | None:
+    """The metadata fields an index version's documents have (from ``documents.parquet``'s schema), None when
+    it records none or cannot be read."""
+    try:
+        file = Path(path) / DOCUMENTS
+        if not file.is_file():
+            return None
+        found = (pq.read_schema(file).metadata or {}).get(FIELDS_KEY.encode())
+        return json.loads(found) if found else None
+    except (OSError, ValueError, pa.ArrowException):
+        return None
 
 
 def encoding_identity(encoder: Any) -> dict[str, Any]:
@@ -207,6 +230,15 @@ def read_documents(manifest: Manifest) -> tuple[dict[str, bytes], dict[str, Any]
             json.loads(meta) if meta else None)
 
 
+def read_metadata(path: str | Path) -> DocumentMetadata | None:
+    """The documents' ``metadata`` of the index version at ``path`` (for filters), or None when it stores none."""
+    manifest = read_manifest(path)
+    if DOCUMENTS not in manifest.files or "metadata" not in pq.read_schema(manifest.file(DOCUMENTS)).names:
+        return None
+    table = pq.read_table(manifest.file(DOCUMENTS), columns=["doc_id", "metadata"])
+    return DocumentMetadata(table.column("doc_id").to_pylist(), table.column("metadata").to_pylist())
+
+
 def read_texts(manifest: Manifest) -> dict[str, str]:
     """doc_id → the text an index version indexed (empty for one published without texts, or before they were
     stored)."""
@@ -221,7 +253,7 @@ def read_texts(manifest: Manifest) -> dict[str, str]:
 
 def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequence[str], Sequence[str]] | None = None,
                   encoder: Any | None = None, metrics: dict[str, Any] | None = None,
-                  config: dict[str, Any] | None = None) -> Path:
+                  config: dict[str, Any] | None = None, fields: StoredFields | None = None) -> Path:
     """Save ``index`` (its kind's ``save``, which writes a whole bundle) and publish it at ``out`` atomically.
 
     The kind saves into a temporary sibling (:func:`retrec.bundle.publish`); with ``texts = (doc_ids, texts)``
@@ -244,7 +276,7 @@ def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequen
             saved = load_bundle(pub.path)  # the kind's save, every checksum, before it is re-manifested
             if texts is not None:
                 identity = encoding_identity(encoder) if encoder is not None else None
-                pq.write_table(documents_table(*texts, encoding=identity), pub.path / DOCUMENTS)
+                pq.write_table(documents_table(*texts, encoding=identity, fields=fields), pub.path / DOCUMENTS)
             pub.set_manifest(kind=saved.kind, name=saved.name, version=saved.version,
                              config={**saved.config, **(config or {})},
                              dims=saved.dims, metrics={**saved.metrics, **(metrics or {})}, command=saved.command)

@@ -1,21 +1,19 @@
 """Multi-vector indexes: exact MaxSim (``index/maxsim``) and MUVERA (``index/muvera``), sharded.
 
-Each document is a matrix of token vectors (a ``model/multivector`` encoder's output); a query scores it by
-MaxSim, the sum over query tokens of the best dot product with any document token. Documents go to shards by
-:func:`retrec.index.faiss_index.shard_of`; each shard stores its documents' token vectors as one float16 matrix
-(``shards/NNN.tokens.npy``, memory-mapped, no pickle) with a Parquet table of doc id, first row and token count.
+Each document is a matrix of token vectors (a ``model/multivector`` encoder's output), scored by MaxSim: the sum
+over query tokens of the best dot product with any document token. Documents go to shards by
+:func:`retrec.index.faiss_index.shard_of`; a shard stores its token vectors as one float16 matrix
+(``shards/NNN.tokens.npy``, memory-mapped) with a Parquet table of doc id, first row and token count.
 
 - ``index/maxsim`` scores every document of every shard (brute force): the exact reference.
 - ``index/muvera`` also holds, per shard, a FAISS index (any ``index_factory`` string; default
-  :func:`default_factory`: fast-scan PQ from 1,000 documents a shard, else Flat) over
-  the documents' MUVERA fixed dimensional encodings (:mod:`retrec.runtime.fde`; every FDE parameter in the
-  manifest). A search encodes the query's FDE, takes each shard's top ``ceil(candidates / shards)`` documents by
-  FDE inner product and re-ranks them by exact MaxSim over their stored tokens; ``candidates`` is the re-ranked
-  total, tuned at build time to recall@10 >= 0.95 against exact MaxSim unless given (:mod:`~retrec.index.muvera_auto`;
-  the measurement in ``config.auto``).
+  :func:`default_factory`) over the documents' MUVERA fixed dimensional encodings (:mod:`retrec.runtime.fde`),
+  takes each shard's top ``ceil(candidates / shards)`` by FDE inner product and re-ranks them by exact MaxSim;
+  ``candidates`` is tuned at build time to recall@10 >= 0.95 against exact MaxSim unless given
+  (:mod:`~retrec.index.muvera_auto`; the measurement in ``config.auto``).
 
-Shard results merge as dense does: score descending, then doc id descending. ``bytes_per_document`` in the
-manifest reports memory per document: FDE raw (float32), FDE as indexed (the FAISS file), token store.
+Shard results merge as dense does (score descending, then doc id descending); ``bytes_per_document`` in the
+manifest: FDE raw (float32), FDE as indexed (the FAISS file), token store.
 
 Example::
 
@@ -46,6 +44,7 @@ from retrec.index.encoder_check import check_encoder, encoder_ref, index_check_r
 from retrec.index.faiss_build import SHARD_HASH, new_index, shard_of, train_index
 from retrec.index.faiss_check import load_npy, shard_files
 from retrec.index.faiss_check import read_checked as _read_index
+from retrec.index.filters import AllowedDocs
 from retrec.index.retriever import Hits
 from retrec.kinds import MAXSIM_INDEX, MUVERA_INDEX
 from retrec.runtime.fde import FDEConfig
@@ -73,17 +72,15 @@ class TokenShard:
     _tokens32: np.ndarray | None = field(default=None, repr=False)
 
     def exact(self) -> np.ndarray:
-        """The token matrix as float32 (brute force reads every row; converted once and kept: 4 bytes per value,
-        a reference for evaluation rather than a way to serve a large corpus)."""
+        """The token matrix as float32, converted once and kept (brute force: a reference, not for large corpora)."""
         if self._tokens32 is None:
             self._tokens32 = np.asarray(self.tokens, dtype=np.float32)  # once; rows stay in page cache otherwise
         return self._tokens32
 
 
 def _float32(half: np.ndarray, codec: faiss.IndexScalarQuantizer) -> np.ndarray:
-    """float16 rows as float32 through FAISS's fp16 decoder (SIMD; faster than numpy's ``astype``), on this thread
-    alone: an OpenMP pool woken here would spin against the BLAS threads of the MaxSim product that follows
-    (measured: 8.4 ms a query instead of 5.9; RESULTS.md). ``omp_set_num_threads`` sets this thread's own value."""
+    """float16 rows as float32 through FAISS's fp16 decoder (SIMD), on this thread alone: an OpenMP pool woken here
+    would spin against the BLAS threads of the MaxSim product that follows (8.4 ms a query instead of 5.9)."""
     threads = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(1)
     try:
@@ -100,6 +97,10 @@ def default_factory(fde: FDEConfig, documents: int) -> str:
     if documents >= FAST_SCAN_FROM and fde.output_dim % 4 == 0:
         return f"PQ{fde.output_dim // 4}x4fs"
     return "Flat"
+
+
+def _valid(ids: np.ndarray) -> np.ndarray:
+    return ids[ids >= 0]  # FAISS's -1: fewer hits than asked
 
 
 def _maxsim_rows(query: np.ndarray, tokens: np.ndarray, starts: np.ndarray) -> np.ndarray:
@@ -182,10 +183,10 @@ class MultiVectorIndex:
         starts = np.cumsum(shard.lengths[rows]) - shard.lengths[rows]
         return _maxsim_rows(query, _float32(np.concatenate(parts), self._half), starts)
 
-    def search(self, queries: Sequence[np.ndarray], k: int, candidates: int | None = None) -> list[Hits]:
-        """Top-``k`` ``(doc_id, MaxSim)`` per query token matrix. MUVERA re-ranks ``candidates`` documents in total
-        (``ceil(candidates / shards)`` per shard) and returns at most that many, whatever ``k``: a larger ``k``
-        (e.g. for Recall@1000) needs as many candidates."""
+    def search(self, queries: Sequence[np.ndarray], k: int, candidates: int | None = None,
+               allowed: AllowedDocs | None = None) -> list[Hits]:
+        """Top-``k`` ``(doc_id, MaxSim)`` per query token matrix. MUVERA re-ranks ``candidates`` in all (at most
+        that many hits, whatever ``k``: Recall@1000 needs as many); ``allowed`` (a filter): exact MaxSim over them."""
         queries = self._check(queries)
         if candidates is not None and candidates < 1:
             raise ValueError(f"candidates must be positive, got {candidates}")
@@ -199,12 +200,11 @@ class MultiVectorIndex:
             for s, shard in enumerate(self.shards):
                 if not shard.ids:
                     continue
-                if encoded is None:
-                    rows = np.arange(len(shard.ids))
-                    shard_scores = self._exact(s, query)
-                else:
-                    _, found = shard.fde.search(encoded[qi:qi + 1], min(per_shard, len(shard.ids)))
-                    rows = found[0][found[0] >= 0]
+                if allowed is None and encoded is None:
+                    rows, shard_scores = np.arange(len(shard.ids)), self._exact(s, query)
+                else:  # a filter's allowed rows, or MUVERA's candidates: exact MaxSim over them
+                    rows = np.flatnonzero(allowed.rows(shard.ids)) if allowed is not None else _valid(
+                        shard.fde.search(encoded[qi:qi + 1], min(per_shard, len(shard.ids)))[1][0])
                     shard_scores = self._rerank(s, query, rows) if len(rows) else np.zeros(0, np.float32)
                 scores.append(shard_scores)
                 keys.append(self._keys[s][rows])

@@ -44,6 +44,7 @@ from retrec.contracts import SparseVector, strict_options
 from retrec.index.doc_ids import DocIdTable
 from retrec.index.faiss_check import shard_files
 from retrec.index.faiss_index import SHARD_HASH, check_encoder, encoder_ref, index_check_ref
+from retrec.index.filters import AllowedDocs
 from retrec.index.retriever import Hits
 from retrec.index.sparse_build import (  # noqa: F401 (FLOAT16_MAX, quantize: this module's names before the split)
     FLOAT16_MAX,
@@ -108,12 +109,14 @@ class SparseIndex:
         """Impacts are quantised: an incremental reindex encodes every document again."""
         return None
 
-    def search(self, queries: Sequence[SparseVector], k: int) -> list[Hits]:
-        """Top-``k`` ``(doc_id, score)`` per query vector, only documents sharing a term with it."""
+    def search(self, queries: Sequence[SparseVector], k: int, allowed: AllowedDocs | None = None) -> list[Hits]:
+        """Top-``k`` ``(doc_id, score)`` per query vector, only documents sharing a term with it (and only the
+        ``allowed`` ones when given: a filter)."""
         checked = [check_vector(ids, w, self.vocabulary, f"query {i}") for i, (ids, w) in enumerate(queries)]
         if k <= 0:
             return [[] for _ in checked]
-        return [self._search_one(ids, weights, k) for ids, weights in checked]
+        masks = None if allowed is None else [allowed.rows(shard.ids) for shard in self.shards]
+        return [self._search_one(ids, weights, k, masks) for ids, weights in checked]
 
     def _scores(self, s: int, ids: np.ndarray, weights: np.ndarray) -> np.ndarray:
         """Shard ``s``'s documents' scores (float32): per query term, in query order, weight × impact weight added
@@ -138,10 +141,15 @@ class SparseIndex:
         part = scores[p.indices[p.indptr[t]:p.indptr[t + 1]]]
         return float(np.partition(part, len(part) - k)[len(part) - k])
 
-    def _search_one(self, ids: np.ndarray, weights: np.ndarray, k: int) -> Hits:
+    def _search_one(self, ids: np.ndarray, weights: np.ndarray, k: int, masks: list[np.ndarray] | None) -> Hits:
         """One query's top ``k`` over every shard: score desc, then doc id desc (only scores > 0 are ranked)."""
         per_shard = [self._scores(s, ids, weights) for s in range(len(self.shards))]
-        floor = max((self._floor(s, x, ids, weights, k) for s, x in enumerate(per_shard)), default=0.0)
+        if masks is not None:  # filtered: the rows outside never rank (and no posting list bounds the k-th score)
+            for x, mask in zip(per_shard, masks):
+                x[~mask] = 0.0
+            floor = 0.0
+        else:
+            floor = max((self._floor(s, x, ids, weights, k) for s, x in enumerate(per_shard)), default=0.0)
         scores, keys = [], []
         for s, x in enumerate(per_shard):
             rows = np.flatnonzero(x >= floor) if floor > 0.0 else np.flatnonzero(x > 0.0)

@@ -24,7 +24,8 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from retrec.bundle import read_manifest
-from retrec.index.generic import DOCUMENTS
+from retrec.index.filters import DocumentMetadata
+from retrec.index.generic import DOCUMENTS, read_metadata
 
 log = logging.getLogger("retrec.serving")
 IndexRef = dict[str, str]
@@ -64,6 +65,7 @@ class DocumentFields:
 
     def __init__(self) -> None:
         self._stored: dict[str, _Stored] = {}  # digest -> its documents
+        self._metadata: dict[str, DocumentMetadata | None] = {}  # digest -> its metadata (filters)
         self._lock = threading.Lock()
 
     def _load(self, ref: IndexRef) -> _Stored:
@@ -97,8 +99,21 @@ class DocumentFields:
             out.append(row or dict.fromkeys(fields))
         return out
 
+    async def metadata(self, ref: IndexRef) -> DocumentMetadata | None:
+        """The version's documents' metadata (what filters check their fields against), read once per version."""
+        if ref["digest"] not in self._metadata:
+            try:
+                found = await asyncio.to_thread(read_metadata, ref["path"])
+            except Exception as exc:  # deleted after its shards loaded it, or unreadable: no filtering on it
+                log.warning("metadata of index version %s not readable (%s)", ref["version"], type(exc).__name__)
+                found = None
+            self._metadata = {**self._metadata, ref["digest"]: found}
+        return self._metadata[ref["digest"]]
+
     def retain(self, digests: set[str]) -> None:
         """Keep only these versions' documents (others are no longer active for the retrievers that asked)."""
         if not self._stored.keys() <= digests:
             with self._lock:
                 self._stored = {d: s for d, s in self._stored.items() if d in digests}
+        if not self._metadata.keys() <= digests:
+            self._metadata = {d: m for d, m in self._metadata.items() if d in digests}

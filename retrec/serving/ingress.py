@@ -34,6 +34,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse
 from ray import serve
 
 from retrec.bundle import read_manifest
+from retrec.index.generic import metadata_fields
 from retrec.serving import middleware as guard
 from retrec.serving import prometheus as serving_metrics
 from retrec.serving import schemas
@@ -121,6 +122,8 @@ class Ingress(SearchRoutes, RecommendRoutes):
         self._model_info: dict[str, dict[str, Any]] = {}
         schemas.PUBLISHED.retrievers = list(self._targets)
         schemas.PUBLISHED.swappable = names
+        fields = [set(metadata_fields(r["ref"]["path"]) or ()) for r in retrievers.values()]
+        schemas.PUBLISHED.filter_fields = sorted(set.intersection(*fields)) if fields else []
         schemas.PUBLISHED.recommenders = list(recommenders)
         schemas.PUBLISHED.rerank = reranker is not None
         # Ready while each retriever has a shard answering (the others' loss: partial results, /readyz degraded).

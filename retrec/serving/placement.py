@@ -104,8 +104,10 @@ class RemoteShard:
     def __init__(self, handle: Any) -> None:
         self.handle = handle
 
-    async def search_many(self, payloads: Any, k: int, ref: IndexRef, timeout: float) -> list[Any]:
-        return await call_handle(self.handle.search_many.remote(payloads, k, ref), timeout)
+    async def search_many(self, payloads: Any, k: int, ref: IndexRef, timeout: float,
+                          doc_filter: str | None = None) -> list[Any]:
+        extra = () if doc_filter is None else (doc_filter,)  # a plugin kind's deployment may take 3 arguments
+        return await call_handle(self.handle.search_many.remote(payloads, k, ref, *extra), timeout)
 
     async def load(self, ref: IndexRef, timeout: float) -> str:
         """One replica loads and checks ``ref`` (the swap's check); every replica gets it through ``hold``'s
@@ -124,8 +126,10 @@ class LocalShard:
     def __init__(self, replica: Any) -> None:
         self.replica = replica
 
-    async def search_many(self, payloads: Any, k: int, ref: IndexRef, timeout: float) -> list[Any]:
-        return await asyncio.wait_for(self.replica.search_many(payloads, k, ref), timeout)
+    async def search_many(self, payloads: Any, k: int, ref: IndexRef, timeout: float,
+                          doc_filter: str | None = None) -> list[Any]:
+        extra = () if doc_filter is None else (doc_filter,)
+        return await asyncio.wait_for(self.replica.search_many(payloads, k, ref, *extra), timeout)
 
     async def load(self, ref: IndexRef, timeout: float) -> str:
         return await asyncio.wait_for(self.replica.load(ref), timeout)

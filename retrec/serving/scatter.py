@@ -35,8 +35,8 @@ from retrec.serving.payloads import Packer, packer
 log = logging.getLogger("retrec.serving")
 SCATTER_CONCURRENT_BATCHES = 8  # batched shard calls in flight per ingress replica (x max_batch_size <= max_ongoing)
 IndexRef = dict[str, str]  # {"version", "digest", "path", "kind"}: see retrec.serving.shards
-# One shard query of the batched scatter: (retriever, query payload, k, index version).
-ScatterItem = tuple[str, Any, int, IndexRef]
+# One shard query of the batched scatter: (retriever, query payload, k, index version, filter or None).
+ScatterItem = tuple[str, Any, int, IndexRef, str | None]
 
 
 async def call_handle(response: Any, timeout: float) -> Any:
@@ -80,19 +80,19 @@ class Scatter:
     async def scatter(self, items: list[ScatterItem]) -> list[list[Any]]:
         """Per item, every shard's hits (or the exception of its shard call), as one call per shard and group.
 
-        A group is the items of one retriever, index version (its digest) and ``k``: its shards get one
+        A group is the items of one retriever, index version (its digest), ``k`` and filter: its shards get one
         ``search_many``.
         """
-        groups: dict[tuple[str, str, int], list[int]] = {}
-        for i, (name, _, k, ref) in enumerate(items):
-            groups.setdefault((name, ref["digest"], k), []).append(i)
+        groups: dict[tuple[str, str, int, str | None], list[int]] = {}
+        for i, (name, _, k, ref, doc_filter) in enumerate(items):
+            groups.setdefault((name, ref["digest"], k, doc_filter), []).append(i)
         calls, targets = [], []
-        for (name, _, k), rows in groups.items():
+        for (name, _, k, doc_filter), rows in groups.items():
             spec, ref = self.retrievers[name], items[rows[0]][3]
             payloads = spec.pack([items[i][1] for i in rows])
             serving_metrics.METRICS.shard_batch_size.labels(retriever=name).observe(len(rows))
             for i, shard in enumerate(spec.shards):
-                calls.append(shard.search_many(payloads, k, ref, self.shard_timeout_s))
+                calls.append(shard.search_many(payloads, k, ref, self.shard_timeout_s, doc_filter))
                 targets.append((rows, i))
         results = await asyncio.gather(*calls, return_exceptions=True)
         out: list[list[Any]] = [[None] * len(self.retrievers[name].shards) for name, *_ in items]
@@ -111,9 +111,11 @@ class Scatter:
         finally:
             self._requests -= searches
 
-    async def retrieve(self, name: str, payload: Any, k: int, ref: IndexRef) -> tuple[Hits, list[str]]:
-        """Scatter to every shard of version ``ref``, gather, merge → (top-``k`` hits, failed shard names)."""
-        item: ScatterItem = (name, payload, k, ref)
+    async def retrieve(self, name: str, payload: Any, k: int, ref: IndexRef,
+                       doc_filter: str | None = None) -> tuple[Hits, list[str]]:
+        """Scatter to every shard of version ``ref``, gather, merge → (top-``k`` hits, failed shard names);
+        ``doc_filter``: a filter's canonical JSON (:mod:`retrec.index.filters`), applied by every shard."""
+        item: ScatterItem = (name, payload, k, ref, doc_filter)
         # The only request in flight: nothing to batch with, so no batch queue (~0.3 ms); else batched with
         # what is ready (requests of one encoder batch arrive together).
         results = (await self.scatter([item]))[0] if self._requests <= 1 else await self.batch(item)

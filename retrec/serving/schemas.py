@@ -72,6 +72,25 @@ QueryText = Annotated[str, StringConstraints(min_length=1, max_length=MAX_QUERY_
 DocField = Literal["text", "title", "metadata"]
 
 
+FilterScalar = Annotated[str, StringConstraints(max_length=256)] | Annotated[
+    float, Field(allow_inf_nan=False)] | bool
+FieldName = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+Bound = Annotated[float, Field(allow_inf_nan=False)] | None
+
+
+class InCondition(_Strict):
+    in_: Annotated[list[FilterScalar], Field(min_length=1, max_length=256)] = Field(alias="in")
+
+
+class RangeCondition(_Strict):
+    """A numeric range: at most one lower (``gte`` / ``gt``) and one upper (``lte`` / ``lt``) bound."""
+
+    gte: Bound = None
+    gt: Bound = None
+    lte: Bound = None
+    lt: Bound = None
+
+
 class SearchOptions(_Strict):
     """What a search asks besides its query (shared by ``/v1/search`` and ``/v1/search/batch``)."""
 
@@ -89,6 +108,17 @@ class SearchOptions(_Strict):
         description="document fields to add to each hit, from what the index version stores (its "
         "documents.parquet); a field the version does not store is left out")
     timings: bool = Field(False, description="add per-stage timings (ms) to the response")
+    filter: dict[FieldName, FilterScalar | InCondition | RangeCondition] | None = Field(
+        None, max_length=8, description="metadata conditions, all of which a hit's document meets: field: value "
+        "(equality), field: {in: [...]}, field: {gte/gt/lte/lt: number}; the top k of the matching documents "
+        "(a field the index version does not store: 400)")
+
+    def filter_spec(self) -> dict[str, Any] | None:
+        """The filter as plain JSON (what :func:`retrec.index.filters.parse_filter` reads), None for none."""
+        if not self.filter:
+            return None
+        return {name: cond.model_dump(by_alias=True, exclude_none=True) if isinstance(cond, BaseModel) else cond
+                for name, cond in self.filter.items()}
 
 
 class SearchRequest(SearchOptions):
@@ -237,6 +267,7 @@ class PublishedNames:
     retrievers: list[str] = field(default_factory=list)  # deployed, in config order (plus hybrid when > 1)
     recommenders: list[str] = field(default_factory=list)
     swappable: list[str] = field(default_factory=list)  # deployed retrievers (no hybrid)
+    filter_fields: list[str] = field(default_factory=list)  # metadata fields every deployed retriever's version has
     rerank: bool = False  # a re-ranker is deployed: "rerank": true is accepted
 
 
@@ -259,12 +290,15 @@ def _enum(schema: dict[str, Any], model: str, prop: str, names: list[str], defau
         props[prop]["description"] = old["description"]
 
 
-def _enum_keys(schema: dict[str, Any], model: str, prop: str, names: list[str]) -> None:
-    """The keys of the (optional) mapping ``model.prop`` become an enum of ``names``."""
+def _enum_keys(schema: dict[str, Any], model: str, prop: str, names: list[str], none_when_empty: bool = False) -> None:
+    """The keys of the (optional) mapping ``model.prop`` become an enum of ``names`` (with ``none_when_empty``
+    and no names: the mapping takes no keys)."""
     prop_schema = schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {}).get(prop, {})
     for option in prop_schema.get("anyOf", [prop_schema]):
         if option.get("type") == "object" and names:
             option["propertyNames"] = {"type": "string", "enum": list(names)}
+        elif option.get("type") == "object" and none_when_empty:
+            option["maxProperties"] = 0
 
 
 def openapi_schema(app: FastAPI) -> dict[str, Any]:
@@ -279,6 +313,8 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
         _enum(schema, model, "model", recommenders, default=next(iter(recommenders), None))
     _enum(schema, "SwapRequest", "retriever", PUBLISHED.swappable, default=None)
     _enum_keys(schema, "FusionOptions", "weights", PUBLISHED.swappable)
+    for model in ("SearchRequest", "BatchSearchRequest"):
+        _enum_keys(schema, model, "filter", PUBLISHED.filter_fields, none_when_empty=True)
     for model in ("SearchRequest", "BatchSearchRequest"):
         rerank = schema.get("components", {}).get("schemas", {}).get(model, {}).get("properties", {})
         if "rerank" in rerank and not PUBLISHED.rerank:

@@ -21,6 +21,7 @@ from typing import Any
 
 from ray.serve.exceptions import BackPressureError
 
+from retrec.index.filters import FilterError, parse_filter
 from retrec.index.fusion import FUSIONS
 from retrec.serving import prometheus as serving_metrics
 from retrec.serving.errors import ApiError
@@ -63,7 +64,7 @@ class SearchRoutes:
         return payload
 
     async def _retrieve(self, name: str, query: str, k: int, payloads: dict[str, asyncio.Future],
-                        clock: dict[str, float]) -> tuple[list, str, list]:
+                        clock: dict[str, float], doc_filter: str | None = None) -> tuple[list, str, list]:
         """One retriever on its active version → (hits, version, failed shards); its encode and search times
         go into ``clock``."""
         spec, ref = self.retrievers[name], self.versions.active[name]
@@ -73,7 +74,7 @@ class SearchRoutes:
         width = None if spec.encoder is None else self.versions.query_width(name, ref)
         if width is not None:  # a compatible encoder on an index of the encoder it replaces: its old space
             payload = payload[..., :width]
-        hits, failed = await self.scatter.retrieve(name, payload, k, ref)
+        hits, failed = await self.scatter.retrieve(name, payload, k, ref, doc_filter)
         clock["encode_ms"] = max(clock.get("encode_ms", 0.0), round((encoded - started) * 1000, 3))
         clock[f"search_ms.{name}"] = _ms(encoded)
         return hits, ref["version"], failed
@@ -104,17 +105,38 @@ class SearchRoutes:
                            "serve config)")
         return name, names
 
+    async def _filter(self, req: SearchOptions, names: list[str]) -> str | None:
+        """The request's filter as canonical JSON for the shards, once its shape (422) and its fields (400: each
+        searched version must store them) are checked; None without one."""
+        spec = req.filter_spec()
+        if spec is None:
+            return None
+        try:
+            parsed = parse_filter(spec)
+        except FilterError as exc:
+            raise ApiError(422, "invalid_request", f"filter: {exc}") from exc
+        for n in names:
+            metadata = await self.documents.metadata(self.versions.active[n])
+            try:
+                if metadata is None:
+                    raise FilterError(f"retriever {n!r}: its index version stores no document metadata to filter on")
+                metadata.check(parsed)
+            except FilterError as exc:
+                raise ApiError(400, "invalid_filter", str(exc)) from exc
+        return parsed.key
+
     async def _search(self, req: SearchOptions, query: str) -> SearchResponse:
         started = time.perf_counter()
         name, names = self._check(req)
+        doc_filter = await self._filter(req, names)
         hybrid, end = name == HYBRID, req.offset + req.k
         rerank_depth = self.cfg.rerank.depth if req.rerank and self.cfg.rerank is not None else 0
         depth = max(end, req.fusion.depth) if hybrid else end
         depth = max(depth, rerank_depth)
         clock: dict[str, float] = {}
         payloads = {key: asyncio.ensure_future(self._encode(key, query)) for key in self._encoders_for[name]}
-        outcomes = await asyncio.gather(*(self._retrieve(n, query, depth, payloads, clock) for n in names),
-                                        return_exceptions=True)
+        outcomes = await asyncio.gather(*(self._retrieve(n, query, depth, payloads, clock, doc_filter)
+                                          for n in names), return_exceptions=True)
         rankings, versions, failed = {}, {}, []
         for n, out in zip(names, outcomes):
             if isinstance(out, BaseException):

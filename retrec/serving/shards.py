@@ -30,7 +30,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
+import json
 import logging
 import threading
 from pathlib import Path
@@ -39,6 +41,8 @@ from typing import Any
 from ray import serve
 
 from retrec.bundle import MANIFEST, MAX_MANIFEST_BYTES, BundleError, read_manifest
+from retrec.index.filters import AllowedDocs, FilterError, parse_filter
+from retrec.index.generic import read_metadata
 from retrec.index.retriever import Hits
 from retrec.kinds import call_supported
 from retrec.process_env import configure_process, release_freed_memory
@@ -87,6 +91,7 @@ class _VersionedShard:
     def __init__(self, initial: IndexRef) -> None:
         configure_process(replica_threads())
         self._versions: dict[str, Any] = {}  # digest -> loaded index; replaced whole, never mutated
+        self._metadata: dict[str, Any] = {}  # digest -> its documents' metadata (filters), read on first use
         self._held: list[str] = []  # digests the user_config names, newest last
         self._previous: str | None = None  # the newest version held before the last reconfigure
         self._load_lock = threading.Lock()  # taken by loads only
@@ -124,6 +129,7 @@ class _VersionedShard:
             keep = {*self._held, self._previous, extra}
             dropped = [d for d in self._versions if d not in keep]
             self._versions = {d: i for d, i in self._versions.items() if d in keep}
+            self._metadata = {d: m for d, m in self._metadata.items() if d in keep}
         if dropped:  # give a dropped version's pages back: glibc keeps a freed heap's pages otherwise, and each
             release_freed_memory()  # swap's leftovers added a few MiB that the next version's arrays did not reuse
 
@@ -192,9 +198,22 @@ class IndexShard(_VersionedShard):
         """Top-``k`` of this shard for one query payload."""
         return (await self.search_many(self._pack([payload]), k, ref))[0]
 
-    async def search_many(self, payloads: Any, k: int, ref: IndexRef) -> list[Hits]:
-        """Top-``k`` of this shard for each query of a packed batch, in order (an empty shard: no hits)."""
+    async def search_many(self, payloads: Any, k: int, ref: IndexRef, doc_filter: str | None = None) -> list[Hits]:
+        """Top-``k`` of this shard for each query of a packed batch, in order (an empty shard: no hits); with
+        ``doc_filter`` (a filter's canonical JSON) only among the documents it allows."""
         index = self._index(ref)
         if hasattr(index, "__len__") and len(index) == 0:
             return [[] for _ in range(len(payloads))]
-        return await asyncio.to_thread(index.search, payloads, k)
+        if doc_filter is None:
+            return await asyncio.to_thread(index.search, payloads, k)
+        allowed = await asyncio.to_thread(self._allowed, ref, doc_filter)
+        return await asyncio.to_thread(functools.partial(index.search, payloads, k, allowed=allowed))
+
+    def _allowed(self, ref: IndexRef, doc_filter: str) -> AllowedDocs:
+        """The documents of version ``ref`` that ``doc_filter`` allows (its metadata read once per version)."""
+        if ref["digest"] not in self._metadata:
+            self._metadata = {**self._metadata, ref["digest"]: read_metadata(ref["path"])}
+        metadata = self._metadata[ref["digest"]]
+        if metadata is None:
+            raise FilterError(f"index version {ref['version']!r} stores no document metadata")
+        return metadata.allowed(parse_filter(json.loads(doc_filter)))

@@ -149,7 +149,7 @@ def ingress_app(config: dict[str, Any] | None = None, reranker: Any = None) -> I
     obj = user_class.__new__(user_class)
     saved_guard = dict(vars(GUARD))
     saved_names = (schemas.PUBLISHED.retrievers, schemas.PUBLISHED.recommenders, schemas.PUBLISHED.swappable,
-                   schemas.PUBLISHED.rerank)
+                   schemas.PUBLISHED.rerank, schemas.PUBLISHED.filter_fields)
     user_class.__init__(obj, cfg, {name: _retriever(name) for name in cfg["retrievers"]}, {},
                         {name: FakeRecommender() for name in cfg.get("recommenders", {})}, reranker)
     _unbatched(obj)
@@ -169,4 +169,4 @@ def ingress_app(config: dict[str, Any] | None = None, reranker: Any = None) -> I
         ingress.api.openapi_schema = None
         vars(GUARD).update(saved_guard)
         (schemas.PUBLISHED.retrievers, schemas.PUBLISHED.recommenders, schemas.PUBLISHED.swappable,
-         schemas.PUBLISHED.rerank) = saved_names
+         schemas.PUBLISHED.rerank, schemas.PUBLISHED.filter_fields) = saved_names

@@ -1,6 +1,6 @@
-"""The console (``/ui``) in a real browser: Debian's ``chromium`` driven by Playwright (headless, no sandbox, every
-request outside the served app refused) against the Ray Serve application on 127.0.0.1 (BM25, a tiny dense index
-in 2 shards, hybrid, a tiny BERT4Rec).
+"""The console (``/ui``) in a real browser, and filters over HTTP, against one Ray Serve application on 127.0.0.1
+(BM25, a tiny dense index in 2 shards, hybrid, a tiny BERT4Rec; documents with metadata). The browser: Debian's
+``chromium`` driven by Playwright (headless, no sandbox, every request outside the served app refused).
 
 For 10 fixture queries the ids the console shows equal ``/v1/search``'s JSON for bm25, dense and hybrid; hybrid's
 component columns and the latency cell are filled; a recommendation round trip shows ``/v1/recommend``'s items; a
@@ -10,6 +10,7 @@ folder (and to ``$RETREC_CONSOLE_SHOTS`` when set: how docs/console-search.png w
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import time
@@ -20,10 +21,12 @@ from typing import Any
 import httpx
 import pytest
 
+from retrec.index.filters import DocumentMetadata
+from tests.index.test_filters import metadata_of, random_filters
+
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: "
-                                "apt-get install chromium)")
-pytest.importorskip("playwright.sync_api", reason="playwright is not installed (requirements-base.txt)")
+browser = pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (.ci/run installs it: "
+                             "apt-get install chromium)")
 ray = pytest.importorskip("ray")
 API_KEY = "console-test-key-0123456789"
 
@@ -52,11 +55,12 @@ def served(english_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     root = tmp_path_factory.mktemp("console")
     collection = load_retrieval_data(tiny_data, split="test")
     ids, texts = collection.doc_texts()
-    bm25 = publish_index(BM25Index.build(ids, texts), root / "bm25", name="bm25", texts=(ids, texts))
+    fields = {"metadata": {d: json.dumps(m) for d, m in zip(ids, metadata_of(ids))}}  # what filters read
+    bm25 = publish_index(BM25Index.build(ids, texts), root / "bm25", name="bm25", texts=(ids, texts), fields=fields)
     encoder = tiny_dense_encoder(root / "encoder")
     enc = OnnxEncoder(encoder, threads=1)
     dense = publish_index(DenseRetriever.build(enc, ids, texts, shards=2).index, root / "dense", name="dense",
-                          texts=(ids, texts), encoder=enc)
+                          texts=(ids, texts), encoder=enc, fields=fields)
     bert4rec = train_bert4rec(tiny_data, root / "bert4rec", BERT4RecTrainConfig(
         max_len=12, hidden=16, layers=1, heads=2, epochs=1, eval_users=50), progress=False)
     (root / "keys.txt").write_text(f"{API_KEY}\n")
@@ -74,7 +78,8 @@ def served(english_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
     try:
         url = start(config, num_cpus=2)
         queries = collection.queries.column("text").to_pylist()[:10]
-        yield {"url": url, "queries": queries, "data": tiny_data}
+        yield {"url": url, "queries": queries, "data": tiny_data, "bm25": bm25, "dense": dense, "encoder": encoder,
+               "metadata": DocumentMetadata(ids, [json.dumps(m) for m in metadata_of(ids)])}
     finally:
         stop()
 
@@ -111,6 +116,7 @@ def _submit_and_wait(page: Any, button: str, cell: str) -> None:
     expect(page.locator(f"#{cell}")).not_to_have_text("", timeout=15_000)
 
 
+@browser
 def test_the_console_shows_what_the_api_answers(served: dict[str, Any], page: Any, tmp_path: Path) -> None:
     from playwright.sync_api import expect
 
@@ -173,6 +179,7 @@ def test_the_console_shows_what_the_api_answers(served: dict[str, Any], page: An
     assert time.monotonic() - started < 60
 
 
+@browser
 def test_a_wrong_key_is_refused_on_the_page(served: dict[str, Any], page: Any) -> None:
     from playwright.sync_api import expect
 
@@ -183,3 +190,37 @@ def test_a_wrong_key_is_refused_on_the_page(served: dict[str, Any], page: Any) -
     expect(page.locator("#key-status")).to_have_text("key refused")
     assert "401" in page.text_content("#error")
     assert page.eval_on_selector_all("#retriever option", "os => os.length") == 0
+
+
+def test_filters_over_http_give_the_top_k_of_the_matching_documents(served: dict[str, Any]) -> None:
+    """50 random filters: bm25 and dense answer exactly the offline full ranking restricted to the matching
+    documents (hybrid: the fusion of those); nothing matching is no hits; an unknown field is a 400."""
+    from retrec.index.bm25_index import BM25Index
+    from retrec.index.dense_retriever import DenseRetriever
+    from retrec.index.faiss_index import FaissIndex
+    from retrec.index.filters import parse_filter
+    from retrec.index.fusion import FUSIONS
+    from retrec.runtime.onnx_encoder import OnnxEncoder
+
+    offline = {"bm25": BM25Index.load(served["bm25"]),
+               "dense": DenseRetriever(OnnxEncoder(served["encoder"], threads=1), FaissIndex.load(served["dense"]))}
+    queries, meta, k = served["queries"][:3], served["metadata"], 5
+    full = {name: index.search(queries, 10_000) for name, index in offline.items()}
+    with httpx.Client(base_url=served["url"], headers={"X-API-Key": API_KEY}, timeout=30.0) as api:
+        for spec in random_filters(50):
+            allowed = meta.allowed(parse_filter(spec)).ids
+            for name in ("bm25", "dense", "hybrid"):
+                got = api.post("/v1/search/batch", json={"queries": queries, "k": k, "retriever": name,
+                                                          "filter": spec, "fusion": {"depth": 100}})
+                assert got.status_code == 200, got.text
+                for q, result in enumerate(got.json()["results"]):
+                    parts = {n: [(d, s) for d, s in full[n][q] if d in allowed][:100] for n in offline}
+                    want = FUSIONS["rrf"](parts, k) if name == "hybrid" else parts[name][:k]
+                    assert [h["doc_id"] for h in result["hits"]] == [d for d, _ in want], (name, spec, q)
+        nothing = api.post("/v1/search", json={"query": queries[0], "filter": {"year": {"gt": 2100}}})
+        assert nothing.status_code == 200 and nothing.json()["hits"] == []
+        unknown = api.post("/v1/search", json={"query": queries[0], "retriever": "bm25", "filter": {"colour": "red"}})
+        assert unknown.status_code == 400 and unknown.json()["error"]["code"] == "invalid_filter"
+        assert "'colour'" in unknown.json()["error"]["message"] and "year" in unknown.json()["error"]["message"]
+        bad = api.post("/v1/search", json={"query": queries[0], "filter": {"year": {"gte": 1, "gt": 2}}})
+        assert bad.status_code == 422

@@ -44,7 +44,7 @@ from retrec import kinds
 from retrec.bundle import read_manifest
 from retrec.contracts import StoredEncodings
 from retrec.data.beir import corpus_texts
-from retrec.data.corpus import read_corpus
+from retrec.data.corpus import corpus_fields, read_corpus
 from retrec.index.generic import (
     content_hash,
     display_name,
@@ -354,7 +354,7 @@ def _reindex(cfg: ReindexConfig, on_version: Callable[[Path], None] | None) -> R
         index = _text_stage(cfg, kind, corpus, report, options)
     start = time.perf_counter()
     version = publish_index(index, _new_version_dir(cfg.out), cfg.name or f"{label}-{display_name(kind)}",
-                            texts=(doc_ids, texts), encoder=encoder,
+                            texts=(doc_ids, texts), encoder=encoder, fields=corpus_fields(cfg.data),
                             metrics={"reindex": {k: report[k] for k in ("plan",) if k in report}})
     _stage(report, "publish", start)
     start = time.perf_counter()

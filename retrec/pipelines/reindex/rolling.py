@@ -43,6 +43,7 @@ import numpy as np
 
 from retrec import kinds
 from retrec.bundle import BundleError, read_manifest
+from retrec.data.corpus import corpus_fields
 from retrec.index.encoder_check import check_encoder, index_check_ref, shard_stamp
 from retrec.index.generic import encoding_identity, load_query_encoder, publish_index, read_documents
 from retrec.pipelines.reindex.checks import GateError, current_version, move_current, verify_version
@@ -175,6 +176,7 @@ class _Step:
         self.new_version_dir, self.on_version = new_version_dir, on_version
         self.previous: float | None = None
         self.name = cfg.name or read_manifest(current_version(cfg.out)).name
+        self.fields = corpus_fields(cfg.data)  # titles and metadata, stored with every version of the roll
 
     def publish(self, vectors: np.ndarray, stamps: list[dict[str, Any]] | None, step: str, *, encoded: Any,
                 started: float) -> Path:
@@ -189,7 +191,7 @@ class _Step:
         version = publish_index(index, self.new_version_dir(cfg.out), self.name, texts=(self.doc_ids, self.texts),
                                 encoder=None if stamps is not None else self.encoder,  # old-space rows: not reused
                                 config={"shard_encoders": stamps} if stamps is not None else None,
-                                metrics={"rolling": {"step": step, "space": space}})
+                                metrics={"rolling": {"step": step, "space": space}}, fields=self.fields)
         entry: dict[str, Any] = {"step": step, "space": space, "version": version.name, "encoded": encoded,
                                  "verify": verify_version(version, self.doc_ids, self.texts, cfg.model)}
         if self.data is not None:

@@ -21,7 +21,7 @@ import pytest
 
 from retrec.bundle import BundleError, load_bundle, read_manifest, write_manifest
 from retrec.data.beir import corpus_texts
-from retrec.data.corpus import read_corpus
+from retrec.data.corpus import corpus_fields, read_corpus
 from retrec.index.faiss_index import FaissIndex
 from retrec.index.generic import index_kind, publish_index, read_documents
 from retrec.pipelines.eval.retrievers import build_from_texts
@@ -75,7 +75,7 @@ def test_reindex_equals_retrec_index_for_dense_and_bm25(tiny_data: Path, encoder
     assert read_documents(read_manifest(result.version)) == read_documents(read_manifest(indexed))
 
     bm25 = publish_index(build_from_texts(index_kind("bm25"), ids, texts).index, tmp_path / "index-bm25", "x",
-                         texts=(ids, texts))
+                         texts=(ids, texts), fields=corpus_fields(tiny_data))  # what `retrec index` stores
     again = reindex(ReindexConfig(kind="bm25", data=tiny_data, out=tmp_path / "bm25", local=True, progress=False))
     assert _files(again.version) == _files(bm25)
     assert again.report["build"]["full_rebuild"] is True and again.report["prepare"]["documents"] == 300
