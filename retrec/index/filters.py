@@ -150,6 +150,20 @@ class AllowedDocs:
         return len(self.ids)
 
 
+class EveryDoc(AllowedDocs):
+    """Every document allowed: an index kind's filtered path over all rows is its exact search (the quality
+    check's reference: what an approximate index is measured against)."""
+
+    def __init__(self) -> None:
+        super().__init__(frozenset())
+
+    def rows(self, doc_ids: Sequence[str] | pa.Array) -> np.ndarray:
+        return np.ones(len(doc_ids), dtype=bool)
+
+
+EXACT = "*"  # the shard calls' filter that means EveryDoc (retrec.serving.shards)
+
+
 class DocumentMetadata:
     """The metadata of an index version's documents (doc id → JSON object), with the filters' answers cached."""
 

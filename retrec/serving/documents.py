@@ -21,6 +21,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow.parquet as pq
 
 from retrec.bundle import read_manifest
@@ -98,6 +99,16 @@ class DocumentFields:
             row = next((r for r in (s.row(d, fields) for s in stored) if r is not None), None)
             out.append(row or dict.fromkeys(fields))
         return out
+
+    async def sample_texts(self, ref: IndexRef, n: int, seed: int = 0) -> list[str]:
+        """``n`` documents' texts of the version (a deterministic sample; their first 300 characters): queries
+        for the quality check. Empty when the version stores no texts."""
+        stored = self._stored.get(ref["digest"]) or await asyncio.to_thread(self._load, ref)
+        column = stored.columns.get("text")
+        if column is None or not len(column):
+            return []
+        rows = np.random.default_rng(seed).choice(len(column), size=min(n, len(column)), replace=False)
+        return [str(column[int(r)].as_py())[:300] for r in sorted(rows)]
 
     async def metadata(self, ref: IndexRef) -> DocumentMetadata | None:
         """The version's documents' metadata (what filters check their fields against), read once per version."""

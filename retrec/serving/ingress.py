@@ -61,6 +61,8 @@ from retrec.serving.schemas import (
     BatchSearchResponse,
     EventsRequest,
     EventsResponse,
+    QualityRequest,
+    QualityResponse,
     RecommendRequest,
     RecommendResponse,
     SearchRequest,
@@ -166,6 +168,12 @@ class Ingress(SearchRoutes, RecommendRoutes):
         """Several queries with the same options: one search response each, in the order of ``queries`` (any
         query's error fails the batch)."""
         return await self.search_many(req)
+
+    @api.post("/v1/quality", response_model=QualityResponse, responses=ERRORS, dependencies=JSON_BODY)
+    async def quality(self, req: QualityRequest) -> QualityResponse:
+        """Recall@k of a retriever's search against its exact search, with both latencies, on a sample of its
+        documents' texts as queries (the console's quality panel)."""
+        return await self._bounded(self.quality_check(req))
 
     @api.post("/v1/recommend", response_model=RecommendResponse, responses=ERRORS, dependencies=JSON_BODY)
     async def recommend(self, req: RecommendRequest) -> RecommendResponse:

@@ -173,7 +173,7 @@ class OnlineMetrics:
 
 METRICS = ServingMetrics()  # one per ingress replica process
 ENDPOINTS = {"/v1/search", "/v1/search/batch", "/v1/recommend", "/v1/recommend/batch", "/v1/events", "/v1/models",
-             "/v1/admin/indexes", "/healthz", "/readyz", "/metrics"}
+             "/v1/quality", "/v1/admin/indexes", "/healthz", "/readyz", "/metrics"}
 
 
 class MetricsMiddleware:

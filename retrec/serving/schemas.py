@@ -172,6 +172,25 @@ class BatchSearchResponse(BaseModel):
     took_ms: float
 
 
+class QualityRequest(_Strict):
+    """The console's quality check: a retriever's search against its exact search on a sample of its documents."""
+
+    retriever: Annotated[str, StringConstraints(min_length=1, max_length=32)]
+    sample: Annotated[int, Field(ge=1, le=100), _WHOLE] = Field(
+        20, description="documents of the index version whose texts are the queries (a deterministic sample)")
+    k: Annotated[int, Field(ge=1, le=100), _WHOLE] = 10
+
+
+class QualityResponse(BaseModel):
+    retriever: str
+    index_version: str
+    queries: int
+    k: int
+    recall: float = Field(description="mean recall@k of the search against exact search")
+    search_ms: dict[str, float] = Field(description="the search's latency per query: p50, p99, mean")
+    exact_ms: dict[str, float] = Field(description="exact search's latency per query: p50, p99, mean")
+
+
 class RecommendOptions(_Strict):
     k: Annotated[int, Field(ge=1, le=MAX_K), _WHOLE] = 10
     model: Annotated[str, StringConstraints(min_length=1, max_length=64)] | None = Field(

@@ -19,9 +19,10 @@ import asyncio
 import time
 from typing import Any
 
+import numpy as np
 from ray.serve.exceptions import BackPressureError
 
-from retrec.index.filters import FilterError, parse_filter
+from retrec.index.filters import EXACT, FilterError, parse_filter
 from retrec.index.fusion import FUSIONS
 from retrec.serving import prometheus as serving_metrics
 from retrec.serving.errors import ApiError
@@ -32,6 +33,8 @@ from retrec.serving.schemas import (
     BatchSearchResponse,
     Component,
     Hit,
+    QualityRequest,
+    QualityResponse,
     SearchOptions,
     SearchRequest,
     SearchResponse,
@@ -196,3 +199,36 @@ class SearchRoutes:
             results = await self._bounded(asyncio.gather(*(self._search(req, q) for q in req.queries)))
         serving_metrics.METRICS.request_batch.labels(endpoint="search").observe(len(req.queries))
         return BatchSearchResponse(results=results, took_ms=_ms(started))
+
+    async def quality_check(self, req: QualityRequest) -> QualityResponse:
+        """``POST /v1/quality``: recall@k of a retriever's search against its exact search, and both latencies, on
+        a sample of its own documents' texts as queries (as Qdrant's dashboard checks ANN against exact search)."""
+        if req.retriever not in self.retrievers:
+            raise ApiError(422, "unknown_retriever", f"{req.retriever!r} is not a deployed retriever (hybrid has no "
+                           f"exact search of its own); deployed: {', '.join(self.retrievers) or 'none'}")
+        ref, spec = self.versions.active[req.retriever], self.retrievers[req.retriever]
+        queries = await self.documents.sample_texts(ref, req.sample)
+        if not queries:
+            raise ApiError(400, "no_texts", f"index version {ref['version']!r} stores no document texts to sample "
+                           "queries from")
+        recalls, search_ms, exact_ms = [], [], []
+        for query in queries:
+            payloads = {} if spec.encoder is None else {spec.encoder: asyncio.ensure_future(
+                self._encode(spec.encoder, query))}
+            for future in payloads.values():
+                await future  # encoded once, outside both timings
+            started = time.perf_counter()
+            found, _, _ = await self._retrieve(req.retriever, query, req.k, payloads, {})
+            middle = time.perf_counter()
+            exact, _, _ = await self._retrieve(req.retriever, query, req.k, payloads, {}, EXACT)
+            search_ms.append((middle - started) * 1000)
+            exact_ms.append((time.perf_counter() - middle) * 1000)
+            truth = {d for d, _ in exact}
+            recalls.append(len(truth & {d for d, _ in found}) / len(truth) if truth else 1.0)
+
+        def summary(values: list[float]) -> dict[str, float]:
+            p50, p99 = np.percentile(values, [50, 99])
+            return {"p50": round(float(p50), 3), "p99": round(float(p99), 3), "mean": round(float(np.mean(values)), 3)}
+        return QualityResponse(retriever=req.retriever, index_version=ref["version"], queries=len(queries), k=req.k,
+                               recall=round(float(np.mean(recalls)), 4), search_ms=summary(search_ms),
+                               exact_ms=summary(exact_ms))

@@ -41,7 +41,7 @@ from typing import Any
 from ray import serve
 
 from retrec.bundle import MANIFEST, MAX_MANIFEST_BYTES, BundleError, read_manifest
-from retrec.index.filters import AllowedDocs, FilterError, parse_filter
+from retrec.index.filters import EXACT, AllowedDocs, EveryDoc, FilterError, parse_filter
 from retrec.index.generic import read_metadata
 from retrec.index.retriever import Hits
 from retrec.kinds import call_supported
@@ -210,7 +210,10 @@ class IndexShard(_VersionedShard):
         return await asyncio.to_thread(functools.partial(index.search, payloads, k, allowed=allowed))
 
     def _allowed(self, ref: IndexRef, doc_filter: str) -> AllowedDocs:
-        """The documents of version ``ref`` that ``doc_filter`` allows (its metadata read once per version)."""
+        """The documents of version ``ref`` that ``doc_filter`` allows (its metadata read once per version);
+        :data:`~retrec.index.filters.EXACT`: every document (the kind's exact search)."""
+        if doc_filter == EXACT:
+            return EveryDoc()
         if ref["digest"] not in self._metadata:
             self._metadata = {**self._metadata, ref["digest"]: read_metadata(ref["path"])}
         metadata = self._metadata[ref["digest"]]

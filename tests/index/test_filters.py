@@ -118,3 +118,21 @@ def test_filtered_search_is_the_top_k_of_the_matching_documents(
     assert filled > 100  # most filters match plenty: k hits
     nothing = meta.allowed(parse_filter({"year": {"gt": 2100}}))
     assert built.index.search(payloads, k, allowed=nothing) == [[] for _ in payloads]
+
+
+def test_every_doc_is_the_exact_search_an_ann_index_is_checked_against(
+        collection: tuple[Any, ...], tmp_path: Path) -> None:
+    """The quality check's reference (``EveryDoc``: the filtered path over all rows) equals exact search, and an
+    IVF index probing one list of 16 misses some of it."""
+    from retrec.index.filters import EveryDoc
+
+    ids, texts, _, queries = collection
+    model = tiny_dense_encoder(tmp_path / "dense")
+    ivf = build_from_texts(index_kind("dense"), ids, texts, model=model, factory="IVF16,Flat", cache=None)
+    flat = build_from_texts(index_kind("dense"), ids, texts, model=model, factory="Flat", cache=None)
+    payloads = ivf.encoder.encode_queries(queries)
+    exact = ivf.index.search(payloads, 10, allowed=EveryDoc())
+    assert [[d for d, _ in h] for h in exact] == [[d for d, _ in h] for h in flat.index.search(payloads, 10)]
+    approximate = ivf.index.search(payloads, 10)
+    recall = np.mean([len({d for d, _ in a} & {d for d, _ in e}) / 10 for a, e in zip(approximate, exact)])
+    assert recall < 1.0

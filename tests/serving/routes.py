@@ -17,13 +17,15 @@ BODIES: dict[str, Any] = {  # a valid body for every POST route (a new route mus
     "/v1/search": {"query": "vitamin", "k": 3},
     "/v1/search/batch": {"queries": ["vitamin", "protein"], "k": 3},
     "/v1/recommend": {"history": ["1", "2"], "k": 3},
+    "/v1/quality": {"retriever": "bm25", "sample": 3},
     "/v1/recommend/batch": {"histories": [["1", "2"], ["3"]], "k": 3},
     "/v1/admin/indexes": {"retriever": "bm25", "path": "bm25-v2"},
     "/v1/events": {"events": [{"user": "u1", "item": "i1", "timestamp": 1_700_000_000, "type": "view"}]},
 }
 # a path parameter's example, and what a route answers with a key when the example names nothing that exists
 PARAMS = {"{swap_id}": "0" * 32}
-ANSWERED_WITH_KEY = {"/v1/admin/swaps/{swap_id}": {(200, None), (404, "unknown_swap")}}
+ANSWERED_WITH_KEY = {"/v1/admin/swaps/{swap_id}": {(200, None), (404, "unknown_swap")},
+                     "/v1/quality": {(200, None), (400, "no_texts")}}  # a version without stored texts
 # send(method, path, json_body, headers) -> (status, error code or None)
 Send = Callable[[str, str, Any, dict[str, str]], tuple[int, str | None]]
 

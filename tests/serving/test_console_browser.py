@@ -175,6 +175,15 @@ def test_the_console_shows_what_the_api_answers(served: dict[str, Any], page: An
     assert shown == [i["item_id"] for i in want["items"]] and len(shown) == 10
     for target in _shots(tmp_path):
         page.screenshot(path=str(target / "console-recommend.png"), full_page=True)
+
+    page.click("button[data-tab=quality]")
+    page.select_option("#quality-retriever", "dense")
+    page.click("#qgo")
+    recall = page.locator("#quality-result tr[data-name='recall@10 against exact search'] td")
+    expect(recall).to_have_text("1.0000", timeout=30_000)  # a Flat index: its search is exact
+    assert page.locator("#quality-result tr").count() == 5
+    for target in _shots(tmp_path):
+        page.screenshot(path=str(target / "console-quality.png"), full_page=True)
     assert errors == [], errors
     assert time.monotonic() - started < 60
 

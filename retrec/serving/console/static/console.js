@@ -67,6 +67,7 @@ async function loadModels() {
   fillSelect($("a-retriever"), names, retrievers[0]);
   fillSelect($("b-retriever"), names, models.hybrid ? "hybrid" : retrievers[1]);
   fillSelect($("model"), Object.keys(models.recommenders || {}));
+  fillSelect($("quality-retriever"), retrievers, retrievers.find((n) => models.retrievers[n].encoder) || retrievers[0]);
   $("rerank").disabled = !models.rerank;
   $("weights").replaceChildren(...retrievers.map((name) => {
     const label = el("label", `${name} `);
@@ -201,6 +202,31 @@ async function recommend(event) {
   }
 }
 
+async function quality(event) {
+  event.preventDefault();
+  showError("");
+  const body = { retriever: $("quality-retriever").value, sample: Number($("quality-sample").value),
+    k: Number($("quality-k").value) };
+  try {
+    const { data } = await call("v1/quality", body);
+    const rows = [
+      ["retriever", `${data.retriever} @ ${data.index_version}`],
+      ["queries", data.queries],
+      [`recall@${data.k} against exact search`, data.recall.toFixed(4)],
+      ["search p50 / p99 ms", `${data.search_ms.p50.toFixed(2)} / ${data.search_ms.p99.toFixed(2)}`],
+      ["exact search p50 / p99 ms", `${data.exact_ms.p50.toFixed(2)} / ${data.exact_ms.p99.toFixed(2)}`],
+    ];
+    $("quality-result").tBodies[0].replaceChildren(...rows.map(([name, value]) => {
+      const row = el("tr");
+      row.dataset.name = name;
+      row.append(el("th", name), el("td", value, "num"));
+      return row;
+    }));
+  } catch (err) {
+    showError(err.message);
+  }
+}
+
 function showTab(name) {
   for (const button of $("tabs").querySelectorAll("button")) button.classList.toggle("active", button.dataset.tab === name);
   for (const section of document.querySelectorAll("main > section")) section.hidden = section.id !== `tab-${name}`;
@@ -217,6 +243,7 @@ document.addEventListener("DOMContentLoaded", () => {
   $("search-form").addEventListener("submit", search);
   $("compare-form").addEventListener("submit", compare);
   $("recommend-form").addEventListener("submit", recommend);
+  $("quality-form").addEventListener("submit", quality);
   if (sessionStorage.getItem(KEY)) loadModels(); // else no call (it would only be refused) until a key is entered
   else setKeyStatus(false, "enter the API key");
 });
