@@ -116,6 +116,20 @@ class FusedRecommender(ScoringRecommender):
     def score(self, histories: Sequence[Sequence[str]], report: SkipReport | None = None) -> np.ndarray:
         return self.combine(self.probabilities(histories, report))
 
+    @property
+    def component_names(self) -> list[str]:
+        """The components' names (the bundle's ``config.components``; ``c0, c1, ...`` when built in code)."""
+        specs = (self.manifest.config.get("components") or []) if self.manifest is not None else []
+        return [spec["name"] for spec in specs] if len(specs) == len(self.components) else \
+            [f"c{i}" for i in range(len(self.components))]
+
+    def explain(self, history: Sequence[str], items: Sequence[str]) -> list[dict[str, float]]:
+        """Per item, each component's part of its fused score (``weight × probability``; they sum to it)."""
+        at = {item: i for i, item in enumerate(self.item_ids)}
+        probabilities = self.probabilities([list(history)])
+        return [{name: float(w * p[0, at[item]]) for name, w, p in zip(self.component_names, self.weights,
+                                                                      probabilities)} for item in items]
+
     @classmethod
     @strict_options(FUSION_MODEL)
     def load(cls, directory: str | Path, threads: int | None = None) -> FusedRecommender:

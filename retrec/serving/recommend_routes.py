@@ -53,7 +53,8 @@ class RecommendRoutes:
         model, handle = self._recommender(req)
         try:
             args = (history, req.k, req.exclude_seen) if user is None else ([], req.k, req.exclude_seen, user)
-            out = await call_handle(handle.recommend.remote(*args), self.cfg.limits.request_timeout_s)
+            extra = {"explain": True} if req.explain else {}  # (plugin recommenders: 3 or 4 arguments)
+            out = await call_handle(handle.recommend.remote(*args, **extra), self.cfg.limits.request_timeout_s)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"recommender busy: {exc}",
                            {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc
@@ -66,7 +67,8 @@ class RecommendRoutes:
         return RecommendResponse(
             model=model, model_version=out["version"], skipped_unknown=out["skipped_unknown"],
             unknown_examples=out["unknown_examples"],
-            items=[Item(item_id=i, score=s, rank=r) for r, (i, s) in enumerate(out["items"], start=1)],
+            items=[Item(item_id=i, score=s, rank=r, components=parts) for r, ((i, s), parts) in
+                   enumerate(zip(out["items"], out.get("components") or [None] * len(out["items"])), start=1)],
             took_ms=round((time.perf_counter() - started) * 1000, 3))
 
     async def recommend_one(self, req: RecommendRequest) -> RecommendResponse:

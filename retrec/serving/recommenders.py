@@ -114,7 +114,8 @@ class Recommender:
         out = {"kind": m.kind, "name": m.name, "version": m.version, "items": len(self.model.item_ids)}
         return {**out, "online": self.follower.describe()} if self.follower is not None else out
 
-    def _recommend(self, history: list[str], k: int, exclude_seen: bool, user: str | None = None) -> dict[str, Any]:
+    def _recommend(self, history: list[str], k: int, exclude_seen: bool, user: str | None = None,
+                   explain: bool = False) -> dict[str, Any]:
         if user is not None:
             if self.histories is None:
                 if self._events is not None:  # configured, not reachable now: the ingress answers 503
@@ -129,11 +130,13 @@ class Recommender:
                "version": manifest.version, "name": manifest.name}
         if self.follower is not None:
             out["version"] = f"{manifest.version}+{self.follower.seq}"
+        if explain and hasattr(model, "explain"):  # a fusion: each component's part of every item's score
+            out["components"] = model.explain(history, [item for item, _ in items])
         return out
 
     async def recommend(self, history: list[str], k: int, exclude_seen: bool = True,
-                        user: str | None = None) -> dict[str, Any]:
-        return await asyncio.to_thread(self._recommend, list(history), k, exclude_seen, user)
+                        user: str | None = None, explain: bool = False) -> dict[str, Any]:
+        return await asyncio.to_thread(self._recommend, list(history), k, exclude_seen, user, explain)
 
 
 async def model_info(name: str, handle: Any, held: dict[str, Any] | None) -> dict[str, Any]:

@@ -197,6 +197,7 @@ class RecommendOptions(_Strict):
         default=None, description="a deployed recommender; default: the first configured. Registered "
         f"recommender kinds: {describe('recommender')}")
     exclude_seen: bool = True
+    explain: bool = Field(False, description="a fusion model: each component's part of every item's score")
 
 
 class RecommendRequest(RecommendOptions):
@@ -221,6 +222,8 @@ class Item(BaseModel):
     item_id: str
     score: float
     rank: int
+    components: dict[str, float] | None = Field(
+        None, exclude_if=_absent, description="with explain, a fusion model: each component's weight x probability")
 
 
 class RecommendResponse(BaseModel):

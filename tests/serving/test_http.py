@@ -20,6 +20,7 @@ import httpx
 import numpy as np
 import pytest
 
+from retrec.bundle import read_manifest
 from retrec.data.beir import load_retrieval_data
 from retrec.data.interactions import load_interactions, user_sequences
 from retrec.index.bm25_index import BM25Config, BM25Index
@@ -273,6 +274,13 @@ def test_fused_recommend_http_equals_eval_rec(client: httpx.Client, bundles: dic
         np.testing.assert_allclose([s for _, s in items], sorted(row[np.isfinite(row)].tolist(), reverse=True)[:10],
                                    rtol=1e-6)
         np.testing.assert_allclose([s for _, s in items], [row[vocab.index[item]] for item, _ in items], rtol=1e-6)
+        assert all("components" not in i for i in r.json()["items"])  # only when asked
+    explained = client.post("/v1/recommend", json={"history": histories[0], "k": 10, "model": "fusion",
+                                                    "explain": True}).json()["items"]
+    names = [c["name"] for c in read_manifest(bundles["fusion"]).config["components"]]
+    for item in explained:  # each component's weight x probability; their sum is the fused score
+        assert list(item["components"]) == names and len(names) == 2, item
+        assert abs(sum(item["components"].values()) - item["score"]) <= 1e-6 * max(1.0, abs(item["score"]))
 
 
 def test_generated_recommend_http_equals_offline(client: httpx.Client, bundles: dict[str, Path]) -> None:

@@ -179,19 +179,22 @@ async function compare(event) {
 async function recommend(event) {
   event.preventDefault();
   showError("");
-  const body = { k: Number($("rk").value), model: $("model").value, exclude_seen: $("exclude-seen").checked };
+  const body = { k: Number($("rk").value), model: $("model").value, exclude_seen: $("exclude-seen").checked,
+    explain: true };
   const user = $("user").value.trim();
   if (user) body.user = user;
   else body.history = $("history").value.split(",").map((s) => s.trim()).filter((s) => s);
   try {
     const { data, elapsed } = await call("v1/recommend", body);
+    const parts = data.items.length && data.items[0].components ? Object.keys(data.items[0].components) : [];
     const head = el("tr");
-    for (const name of ["rank", "item id", "score"]) head.append(el("th", name));
+    for (const name of ["rank", "item id", "score", ...parts.map((p) => `${p} part`)]) head.append(el("th", name));
     $("rec-results").tHead.replaceChildren(head);
     $("rec-results").tBodies[0].replaceChildren(...data.items.map((item) => {
       const row = el("tr");
       row.dataset.itemId = item.item_id;
       row.append(el("td", item.rank, "num"), el("td", item.item_id), el("td", item.score.toFixed(4), "num"));
+      for (const p of parts) row.append(el("td", item.components[p].toFixed(4), "num component"));
       return row;
     }));
     $("rec-latency").textContent = `server ${data.took_ms.toFixed(1)} ms · round trip ${elapsed.toFixed(1)} ms`;
