@@ -18,24 +18,26 @@ from fastapi import Depends, FastAPI
 
 from retrec.serving import middleware as guard
 from retrec.serving import schemas
+from retrec.serving.docs_pages import install_docs
 from retrec.serving.errors import install_error_handlers
 from retrec.serving.middleware import GuardMiddleware
 from retrec.serving.prometheus import MetricsMiddleware
 from retrec.serving.schemas import ErrorResponse
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 413, 415, 422, 503, 504)
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 409, 413, 415, 422, 503, 504)
 }
 ADMIN_ERRORS = {**ERRORS, 403: {"model": ErrorResponse}, 404: {"model": ErrorResponse}}
 JSON_BODY = [Depends(guard.require_json)]
 
 api = FastAPI(
-    title="retrec serving API", version="1.2.0",
+    title="retrec serving API", version="1.2.0", docs_url=None, redoc_url=None,  # ours: no CDN (docs_pages.py)
     description="Search (any registered retriever kind, hybrid fusion) and sequential recommendation over "
                 "versioned index bundles. Send the API key as `X-API-Key` (the Authorize button here); the "
                 "console is at `/ui`.",
 )
 api.openapi = functools.partial(schemas.openapi_schema, api)  # type: ignore[method-assign]
+install_docs(api)
 install_error_handlers(api)
 api.add_middleware(GuardMiddleware)
 api.add_middleware(MetricsMiddleware)  # outermost: sees the guard's 401/413/415/503 too

@@ -48,8 +48,10 @@ Message = MutableMapping[str, Any]
 Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 CONSOLE_PATHS = frozenset({"/ui", "/ui/", "/ui/console.js", "/ui/console.css"})  # static, no data (its calls need keys)
+DOCS_ASSETS = frozenset(f"/docs/assets/{name}" for name in (
+    "swagger-ui-bundle.js", "swagger-ui.css", "redoc.standalone.js", "favicon.png"))  # retrec/serving/docs_pages.py
 PUBLIC_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/openapi.json",
-                          "/redoc", *CONSOLE_PATHS})
+                          "/redoc", *CONSOLE_PATHS, *DOCS_ASSETS})
 ADMIN_PREFIX = "/v1/admin/"
 
 

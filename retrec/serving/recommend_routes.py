@@ -53,8 +53,13 @@ class RecommendRoutes:
         model, handle = self._recommender(req)
         try:
             args = (history, req.k, req.exclude_seen) if user is None else ([], req.k, req.exclude_seen, user)
-            extra = {"explain": True} if req.explain else {}  # (plugin recommenders: 3 or 4 arguments)
-            out = await call_handle(handle.recommend.remote(*args, **extra), self.cfg.limits.request_timeout_s)
+            try:
+                extra = {"explain": True} if req.explain else {}
+                out = await call_handle(handle.recommend.remote(*args, **extra), self.cfg.limits.request_timeout_s)
+            except TypeError:  # a plugin kind's deployment without explain: the items alone
+                if not req.explain:
+                    raise
+                out = await call_handle(handle.recommend.remote(*args), self.cfg.limits.request_timeout_s)
         except BackPressureError as exc:
             raise ApiError(503, "overloaded", f"recommender busy: {exc}",
                            {"Retry-After": str(self.cfg.limits.retry_after_s)}) from exc

@@ -334,6 +334,7 @@ def openapi_schema(app: FastAPI) -> dict[str, Any]:
     for model in ("RecommendRequest", "BatchRecommendRequest"):
         _enum(schema, model, "model", recommenders, default=next(iter(recommenders), None))
     _enum(schema, "SwapRequest", "retriever", PUBLISHED.swappable, default=None)
+    _enum(schema, "QualityRequest", "retriever", PUBLISHED.swappable, default=None)
     _enum_keys(schema, "FusionOptions", "weights", PUBLISHED.swappable)
     for model in ("SearchRequest", "BatchSearchRequest"):
         _enum_keys(schema, model, "filter", PUBLISHED.filter_fields, none_when_empty=True)

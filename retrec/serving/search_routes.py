@@ -209,7 +209,7 @@ class SearchRoutes:
         ref, spec = self.versions.active[req.retriever], self.retrievers[req.retriever]
         queries = await self.documents.sample_texts(ref, req.sample)
         if not queries:
-            raise ApiError(400, "no_texts", f"index version {ref['version']!r} stores no document texts to sample "
+            raise ApiError(409, "no_texts", f"index version {ref['version']!r} stores no document texts to sample "
                            "queries from")
         recalls, search_ms, exact_ms = [], [], []
         for query in queries:

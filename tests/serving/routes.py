@@ -25,7 +25,7 @@ BODIES: dict[str, Any] = {  # a valid body for every POST route (a new route mus
 # a path parameter's example, and what a route answers with a key when the example names nothing that exists
 PARAMS = {"{swap_id}": "0" * 32}
 ANSWERED_WITH_KEY = {"/v1/admin/swaps/{swap_id}": {(200, None), (404, "unknown_swap")},
-                     "/v1/quality": {(200, None), (400, "no_texts")}}  # a version without stored texts
+                     "/v1/quality": {(200, None), (409, "no_texts")}}  # a version without stored texts
 # send(method, path, json_body, headers) -> (status, error code or None)
 Send = Callable[[str, str, Any, dict[str, str]], tuple[int, str | None]]
 

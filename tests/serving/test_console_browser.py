@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Iterator
@@ -233,3 +234,27 @@ def test_filters_over_http_give_the_top_k_of_the_matching_documents(served: dict
         assert "'colour'" in unknown.json()["error"]["message"] and "year" in unknown.json()["error"]["message"]
         bad = api.post("/v1/search", json={"query": queries[0], "filter": {"year": {"gte": 1, "gt": 2}}})
         assert bad.status_code == 422
+
+
+@browser
+def test_docs_authorizes_with_the_key(served: dict[str, Any], page: Any) -> None:
+    """``/docs`` (Swagger UI from packaged files: nothing from a CDN) sends the key its Authorize button took:
+    GET /v1/models answers 200 from the page, and 401 without it."""
+    from playwright.sync_api import expect
+
+    _only_the_app(page, served["url"])
+    errors = _watch(page)
+    page.goto(f"{served['url']}/docs")
+    models = page.locator("#operations-default-models_v1_models_get")
+    models.locator(".opblock-summary").click()
+    models.locator("button.try-out__btn").click()
+    models.locator("button.execute").click()
+    status = models.locator(".live-responses-table td.response-col_status:not(.col_header)").first
+    expect(status).to_have_text(re.compile(r"^\s*401"), timeout=15_000)  # no key yet
+    page.click("button.authorize")
+    page.locator(".auth-container input").first.fill(API_KEY)
+    page.locator(".auth-container button.authorize").first.click()
+    page.locator("button.btn-done").first.click()
+    models.locator("button.execute").click()
+    expect(status).to_have_text(re.compile(r"^\s*200"), timeout=15_000)
+    assert [e for e in errors if "401" not in e] == [], errors  # the deliberate 401 above is the only one
