@@ -1,6 +1,7 @@
 """The console (``/ui``) in a real browser, and filters over HTTP, against one Ray Serve application on 127.0.0.1
 (BM25, a tiny dense index in 2 shards, hybrid, a tiny BERT4Rec; documents with metadata). The browser: Debian's
-``chromium`` driven by Playwright (headless, no sandbox, every request outside the served app refused).
+``chromium`` driven by Playwright's sync API (headless, no sandbox, every request outside the served app refused;
+started and stopped by this module, see :func:`chromium`).
 
 For 10 fixture queries the ids the console shows equal ``/v1/search``'s JSON for bm25, dense and hybrid; hybrid's
 component columns and the latency cell are filled; a recommendation round trip shows ``/v1/recommend``'s items; a
@@ -85,10 +86,29 @@ def served(english_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Iter
         stop()
 
 
-@pytest.fixture(scope="session")
-def browser_type_launch_args() -> dict[str, Any]:
-    """pytest-playwright's launch arguments: the system browser, headless, no sandbox (containers)."""
-    return {"executable_path": CHROMIUM, "headless": True, "args": ["--no-sandbox", "--disable-gpu"]}
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    """The system browser through Playwright's sync API, headless, no sandbox (containers), for this module only:
+    Playwright's sync API runs an event loop on this thread while it is started, so it is stopped when the module
+    ends (a session-wide one, as pytest-playwright's fixtures keep, breaks every later test's ``asyncio.run``)."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True,
+                                             args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield browser
+        finally:
+            browser.close()
+
+
+@pytest.fixture
+def page(chromium: Any) -> Iterator[Any]:
+    context = chromium.new_context(viewport={"width": 1280, "height": 720})
+    try:
+        yield context.new_page()
+    finally:
+        context.close()
 
 
 def _only_the_app(page: Any, url: str) -> None:
