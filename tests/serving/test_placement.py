@@ -74,7 +74,7 @@ def test_in_ingress_shard_answers_like_the_index(bm25: Path, tiny_data: Path) ->
     scatter = Scatter({"bm25": RetrieverSpec("bm25", "index/bm25", "text", [shard], None, "ingress")},
                       shard_timeout_s=2.0, retry_after_s=1, max_batch_size=8)
     queries = load_retrieval_data(tiny_data, split="test").queries.column("text").to_pylist()[:5]
-    got = asyncio.run(scatter.scatter([("bm25", q, 5, ref) for q in queries]))
+    got = asyncio.run(scatter.scatter([("bm25", q, 5, ref, None) for q in queries]))
     assert [row[0] for row in got] == BM25Index.load(bm25).search(queries, 5)
 
 

@@ -129,8 +129,8 @@ class _FakeShard:
         self.shard, self.fail, self.calls = shard, fail, []
         self.search_many = self
 
-    def remote(self, payloads: object, k: int, ref: dict[str, str]) -> asyncio.Future:
-        self.calls.append((list(payloads), k, ref["version"]))
+    def remote(self, payloads: object, k: int, ref: dict[str, str], doc_filter: str | None = None) -> asyncio.Future:
+        self.calls.append((list(payloads), k, ref["version"], *([doc_filter] if doc_filter else [])))
         future = asyncio.get_running_loop().create_future()
         if self.fail:
             future.set_exception(RuntimeError("shard down"))
@@ -139,7 +139,7 @@ class _FakeShard:
         return future
 
 
-def test_batched_scatter_groups_by_retriever_version_and_k() -> None:
+def test_batched_scatter_groups_by_retriever_version_k_and_filter() -> None:
     from retrec.serving.placement import RemoteShard
     from retrec.serving.scatter import RetrieverSpec, Scatter
 
@@ -148,10 +148,13 @@ def test_batched_scatter_groups_by_retriever_version_and_k() -> None:
                       shard_timeout_s=1.0,
                       retry_after_s=1, max_batch_size=8)
     v1, v2 = {"version": "v1", "digest": "d1", "path": "/a"}, {"version": "v2", "digest": "d2", "path": "/b"}
-    items = [("bm25", "q0", 5, v1), ("bm25", "q1", 5, v1), ("bm25", "q2", 9, v1), ("bm25", "q3", 5, v2)]
+    items = [("bm25", "q0", 5, v1, None), ("bm25", "q1", 5, v1, None), ("bm25", "q2", 9, v1, None),
+             ("bm25", "q3", 5, v2, None), ("bm25", "q4", 5, v1, '{"y":1}')]
     out = asyncio.run(scatter.scatter(items))  # the undecorated batch function
-    assert shards[0].calls == [(["q0", "q1"], 5, "v1"), (["q2"], 9, "v1"), (["q3"], 5, "v2")]
-    assert [row[0] for row in out] == [[("0:q0", 5.0)], [("0:q1", 5.0)], [("0:q2", 9.0)], [("0:q3", 5.0)]]
+    assert shards[0].calls == [(["q0", "q1"], 5, "v1"), (["q2"], 9, "v1"), (["q3"], 5, "v2"),
+                               (["q4"], 5, "v1", '{"y":1}')]  # a filter is its own group, sent to the shard
+    assert [row[0] for row in out] == [[("0:q0", 5.0)], [("0:q1", 5.0)], [("0:q2", 9.0)], [("0:q3", 5.0)],
+                                       [("0:q4", 5.0)]]
     assert all(isinstance(row[1], RuntimeError) for row in out)  # the failed shard, for every item
 
 
@@ -213,9 +216,10 @@ def test_scatter_packs_each_payload_type() -> None:
                        for p in shards}, shard_timeout_s=1.0, retry_after_s=1, max_batch_size=8)
     ref = {"version": "v1", "digest": "d1", "path": "/a"}
     rng = np.random.default_rng(0)
-    items = [("dense", rng.standard_normal(4), 3, ref), ("dense", rng.standard_normal(4), 3, ref),
-             ("tokens", rng.standard_normal((2, 8)), 3, ref), ("tokens", rng.standard_normal((5, 8)), 3, ref),
-             ("sparse", ([3, 9], [0.5, 1.5]), 3, ref), ("text", "q", 3, ref)]
+    items = [("dense", rng.standard_normal(4), 3, ref, None), ("dense", rng.standard_normal(4), 3, ref, None),
+             ("tokens", rng.standard_normal((2, 8)), 3, ref, None),
+             ("tokens", rng.standard_normal((5, 8)), 3, ref, None),
+             ("sparse", ([3, 9], [0.5, 1.5]), 3, ref, None), ("text", "q", 3, ref, None)]
     out = asyncio.run(scatter.scatter(items))
     assert [row[0] for row in out] == [[("d", 1.0)]] * 6
     dense = shards["dense"].payloads[0]
