@@ -156,12 +156,13 @@ class MultivectorTrainConfig(ContrastiveOptions):
 
 @dataclass
 class SparseTrainConfig(ContrastiveOptions):
-    """Train a SPLADE learned sparse encoder (siamese or inference-free) from the packaged MiniLM or --base-model;
+    """Train a SPLADE learned sparse encoder (inference-free by default, or siamese) from the packaged MiniLM or --base-model;
     writes an ONNX bundle (model/sparse) for `retrec index sparse`."""
 
     mode: Literal["siamese", "inference-free"] = option(
-        "siamese", "siamese (queries encoded by the model) | inference-free (documents only; a query's tokens "
-                   "weighted by the corpus IDF, IDF-aware FLOPS)")
+        "inference-free", "inference-free (documents only; a query's tokens weighted by the corpus IDF, IDF-aware "
+                          "FLOPS; no model at query time and better on SciFact: benchmarks/RESULTS.md) | siamese "
+                          "(queries encoded by the model)")
     query_weights: Literal["idf", "learned"] = option(
         "idf", "inference-free query table: the corpus IDF, or learned from it during training (its own rate: 100x "
                "--lr, no decay)")

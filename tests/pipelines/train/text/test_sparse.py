@@ -38,7 +38,7 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_siamese_training_writes_a_verified_bundle_and_resumes(tiny_data: Path, tmp_path: Path,
                                                               private_cache: Path) -> None:
     out = tmp_path / "sp"
-    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=2, distill_weight=1.0), progress=False)
+    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=2, distill_weight=1.0, mode="siamese"), progress=False)
     manifest = load_bundle(out, kind="model/sparse")
     metrics, config = manifest.metrics, manifest.config
     assert metrics["steps"] == 2 and metrics["onnx_max_abs_diff"] <= 1e-4 and metrics["dev_nDCG@10_start"] is not None
@@ -48,7 +48,7 @@ def test_siamese_training_writes_a_verified_bundle_and_resumes(tiny_data: Path, 
     curve = [c for c in json.loads((out / "training_curve.json").read_text()) if "loss" in c]
     assert [c["step"] for c in curve] == [1, 2]
     assert all(np.isfinite(c["loss"]) and c["ce"] > 0 and c["flops_d"] > 0 and c["terms_d"] > 0 for c in curve)
-    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=3), resume=True, progress=False)
+    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=3, mode="siamese"), resume=True, progress=False)
     assert [c["step"] for c in json.loads((out / "training_curve.json").read_text()) if "loss" in c] == [1, 2, 3]
 
     kind = index_kind("sparse")
@@ -130,4 +130,4 @@ def test_bad_settings_are_refused() -> None:
         SparseTrainConfig(scale=0.0)
     assert SparseTrainConfig(mode="inference-free", scale=0.5).logit_scale == 0.5
     with pytest.raises(ValueError, match="inference-free query table"):
-        SparseTrainConfig(query_weights="learned")
+        SparseTrainConfig(mode="siamese", query_weights="learned")
