@@ -330,9 +330,11 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
             if loop.patience is not None and state.bad_epochs >= loop.patience:
                 log.warning("early stop at epoch %d (best epoch %d)", epoch, state.best_epoch)
                 break
-    if out_of_time():
-        log.warning("time budget of %.1f min reached in epoch %d, step %d", loop.max_minutes,
-                    state.epoch + (1 if state.batch else 0), state.step)  # a cut epoch is the next one
+    cut = {"epochs": round(state.step / per_epoch, 3), "cut_short": state.step < per_epoch} if out_of_time() else {}
+    if cut:  # the epoch reported is the one cut (the next one); under one epoch of the data is "cut short"
+        log.warning("time budget of %.1f min reached in epoch %d, step %d%s", loop.max_minutes, state.epoch + (
+            1 if state.batch else 0), state.step, f": cut short, {cut['epochs']:.0%} of one epoch of the training "
+                    "data (--max-minutes trains longer)" if cut["cut_short"] else "")
     gate = None
     if loop.keep_best and (ckpt_dir / BEST).is_file():
         model.load_state_dict(load_file(str(ckpt_dir / BEST)))
@@ -343,10 +345,7 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
             message = (f"no gain on dev: training did not beat the starting model ({loop.monitor} "
                        f"{_fmt(state.best)} at the start, best after training {_fmt(max(trained, default=None))}); "
                        "exporting the starting model") if total else "no training steps asked: the start exported"
-            if progress:
-                report.say(message)
-            else:
-                log.warning(message)
+            report.say(message) if progress else log.warning(message)
     model.eval()
     run = TrainRun(curve, state, total, gate)
     log.info("%s: exporting to %s", adapter.name, out)
@@ -355,7 +354,8 @@ def run_training(adapter: TrainAdapter, loop: LoopConfig, out: str | Path, *, re
         ran_on = {k: getattr(adapter, k) for k in ("device", "precision") if isinstance(getattr(adapter, k, None),
                                                                                       str)}
         manifest_fields["metrics"] = {**manifest_fields.get("metrics", {}), **ran_on,  # where it trained
-                                      **({"dev_gate": gate} if gate is not None else {})}
+                                      **({"dev_gate": gate} if gate is not None else {}),
+                                      **({"time_budget": cut} if cut else {})}
         (pub.path / CURVE_FILE).write_text(json.dumps(curve, indent=1))
         pub.set_manifest(**{"command": command, **manifest_fields})
     return out

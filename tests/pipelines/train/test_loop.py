@@ -237,12 +237,12 @@ class SlowEvalAdapter(ToyAdapter):
     """A step costs 10 ms, an evaluation 50 ms (on ``clock``): evaluating after every step would take most of the
     time."""
 
-    def __init__(self, clock: Clock, eval_s: float = 0.05) -> None:
+    def __init__(self, clock: Clock, eval_s: float = 0.05, step_s: float = 0.01) -> None:
         super().__init__()
-        self.clock, self.eval_s = clock, eval_s
+        self.clock, self.eval_s, self.step_s = clock, eval_s, step_s
 
     def step(self, batch: np.ndarray) -> tuple[torch.Tensor, dict[str, float]]:
-        self.clock.now += 0.01
+        self.clock.now += self.step_s
         return super().step(batch)
 
     def evaluate(self) -> dict[str, float | None]:
@@ -282,6 +282,23 @@ def test_the_time_budget_covers_the_closing_evaluation(tmp_path: Path, clock: Cl
     assert [c["step"] for c in curve if "dev" in c] == [0, curve[-1]["step"]]
     assert clock.now <= 1.2 + 1e-9 and curve[-1]["step"] > 5, (clock.now, curve[-1])
     assert adapter.lrs[-1] < 0.25 * adapter.lrs[len(adapter.lrs) // 4]  # the schedule decays over the shorter time
+
+
+def test_a_budget_that_ends_inside_the_first_epoch_says_it_cut_training_short(
+        tmp_path: Path, clock: Clock, caplog: pytest.LogCaptureFixture) -> None:
+    # steps of 25 ms, 4 an epoch: a 60 ms budget ends after 3 steps, inside the first epoch
+    loop = LoopConfig(lr=0.1, epochs=3, max_minutes=0.06 / 60)
+    with caplog.at_level("WARNING", logger="retrec.train"):
+        out = run_training(SlowEvalAdapter(clock, step_s=0.025), loop, tmp_path / "short", progress=False)
+    budget = load_bundle(out).metrics["time_budget"]
+    assert budget == {"epochs": 0.75, "cut_short": True}
+    assert "cut short" in caplog.text and "of one epoch" in caplog.text
+    out = run_training(SlowEvalAdapter(clock, eval_s=0.0), LoopConfig(lr=0.1, epochs=30, max_minutes=0.1 / 60),
+                       tmp_path / "b", progress=False)  # 10-11 steps of 10 ms: over two epochs, not cut short
+    budget = load_bundle(out).metrics["time_budget"]
+    assert not budget["cut_short"] and budget["epochs"] >= 2.5, budget
+    out = run_training(SlowEvalAdapter(clock), LoopConfig(lr=0.1, epochs=1), tmp_path / "c", progress=False)
+    assert "time_budget" not in load_bundle(out).metrics  # no budget reached: nothing said
 
 
 def test_place_resolves_the_device_and_the_loop_records_it(tmp_path: Path) -> None:

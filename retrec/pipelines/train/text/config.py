@@ -156,8 +156,8 @@ class MultivectorTrainConfig(ContrastiveOptions):
 
 @dataclass
 class SparseTrainConfig(ContrastiveOptions):
-    """Train a SPLADE learned sparse encoder (inference-free by default, or siamese) from the packaged MiniLM or --base-model;
-    writes an ONNX bundle (model/sparse) for `retrec index sparse`."""
+    """Train a SPLADE learned sparse encoder (inference-free by default, or siamese) from the packaged MiniLM or
+    --base-model; writes an ONNX bundle (model/sparse) for `retrec index sparse`."""
 
     mode: Literal["siamese", "inference-free"] = option(
         "inference-free", "inference-free (documents only; a query's tokens weighted by the corpus IDF, IDF-aware "

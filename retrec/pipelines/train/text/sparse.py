@@ -15,9 +15,10 @@ gradient checkpointing is off by default — 3.2× cheaper steps on one CPU thre
 dropout, 1.5× cheaper than the same with SDPA (benchmarks/sparse_step_cost.py).
 
 The head starts calibrated on a corpus sample (:meth:`~retrec.models.splade.SpladeEncoder.calibrate`): documents
-begin with ``start_terms`` terms. ``--mode inference-free`` (the default): a query is its tokens weighted by the corpus IDF (the
-bundle's table), documents are encoded by the model, and the documents' FLOPS is taken on their IDF-weighted
-vectors (the inference-free paper's IDF-aware penalty: frequent terms, whose postings are long, cost the most);
+begin with ``start_terms`` terms. ``--mode inference-free`` (the default): a query is its tokens weighted by the
+corpus IDF (the bundle's table), documents are encoded by the model, and the documents' FLOPS is taken on their
+IDF-weighted vectors (the inference-free paper's IDF-aware penalty: frequent terms, whose postings are long, cost the
+most);
 ``--lexical auto`` (on for inference-free) adds BM25's saturated term frequency of each document's own terms to
 its vector, so training starts from word-piece BM25 plus the head's expansions. ``--mode siamese`` encodes the
 queries with the model too.

@@ -38,7 +38,8 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 def test_siamese_training_writes_a_verified_bundle_and_resumes(tiny_data: Path, tmp_path: Path,
                                                               private_cache: Path) -> None:
     out = tmp_path / "sp"
-    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=2, distill_weight=1.0, mode="siamese"), progress=False)
+    train_sparse(tiny_data, out, SparseTrainConfig(**TINY, max_steps=2, distill_weight=1.0, mode="siamese"),
+                 progress=False)
     manifest = load_bundle(out, kind="model/sparse")
     metrics, config = manifest.metrics, manifest.config
     assert metrics["steps"] == 2 and metrics["onnx_max_abs_diff"] <= 1e-4 and metrics["dev_nDCG@10_start"] is not None
