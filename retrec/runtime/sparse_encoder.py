@@ -34,6 +34,9 @@ from retrec.kinds import SPARSE_MODEL
 from retrec.runtime.onnx_session import BundleModel, Spin
 
 KIND = SPARSE_MODEL
+CPU_BATCH_TOKENS = 1024  # on CPU, documents per batch x max_doc_length: the graph's [batch, tokens, vocabulary]
+# logits block (4 B each) stays ~125 MB; SciFact-length documents at 256 tokens, int8, 2 threads: 34.4 docs/s in
+# batches of 4 against 29.5 in batches of 32 (smaller blocks stay in cache; less padding)
 
 
 def nonzeros(weights: np.ndarray, top_k: int = 0) -> list[SparseVector]:
@@ -73,6 +76,13 @@ class OnnxSparseEncoder(BundleModel):
         elif self.mode != "siamese":
             raise BundleError(f"{self.manifest.path}: unknown sparse mode {self.mode!r}")
 
+    @property
+    def document_batch_size(self) -> int:
+        """Documents per batch when none is given: ``batch_size``, on CPU at most :data:`CPU_BATCH_TOKENS` tokens."""
+        if self.providers[0] != "CPUExecutionProvider":
+            return self.batch_size
+        return max(1, min(self.batch_size, CPU_BATCH_TOKENS // self.max_doc_length))
+
     def _run(self, batch: dict[str, np.ndarray], top_k: int) -> list[SparseVector]:
         weights = self.session.run([self._output], self.feeds(batch))[0]
         if weights.ndim != 2 or weights.shape[1] != self.dim:
@@ -103,7 +113,7 @@ class OnnxSparseEncoder(BundleModel):
         out: list[SparseVector] = [empty] * len(texts)
         if not texts:
             return out
-        batches = self.tokenizer.batches(texts, self.max_doc_length, batch_size or self.batch_size)
+        batches = self.tokenizer.batches(texts, self.max_doc_length, batch_size or self.document_batch_size)
         with Progress(console=Console(stderr=True), transient=True, disable=not progress) as bar:
             task = bar.add_task(f"encode documents ({self.variant}, {self.threads} threads)", total=len(texts))
             for positions, batch in batches:

@@ -20,7 +20,7 @@ from retrec.models.splade import (
     mean_pooled_length,
     sparse_vectors,
 )
-from retrec.runtime.sparse_encoder import OnnxSparseEncoder
+from retrec.runtime.sparse_encoder import CPU_BATCH_TOKENS, OnnxSparseEncoder
 from retrec.runtime.tokenizer import load_tokenizer, special_ids
 
 DOCS = ["Scurvy is caused by a lack of vitamin C, found in citrus fruit.",
@@ -146,6 +146,11 @@ def test_onnx_export_matches_torch_siamese(tmp_path: Path) -> None:
     for texts, got, length in ((DOCS + ODD, encoder.encode_documents(DOCS + ODD), 32),
                                (DOCS + ODD, encoder.encode_queries(DOCS + ODD), 16)):
         assert_same_vectors(got, sparse_vectors(model, tok, texts, length))
+    assert_same_vectors(encoder.encode_documents(DOCS + ODD, batch_size=2), encoder.encode_documents(DOCS + ODD))
+    assert encoder.document_batch_size == 32  # 32 documents of 32 tokens: CPU_BATCH_TOKENS
+    encoder.max_doc_length = 512
+    assert encoder.document_batch_size == CPU_BATCH_TOKENS // 512 == 2  # long documents: smaller CPU batches
+    encoder.max_doc_length = 32
     empty, punctuation, _, unknown = encoder.encode_queries(ODD)
     assert len(empty[0]) == 0 and len(unknown[0]) == 0  # no word: nothing pooled
     assert len(punctuation[0]) > 0  # punctuation is text: it has expansions
