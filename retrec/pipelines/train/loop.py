@@ -388,9 +388,9 @@ def _dev_gate(ckpt_dir: Path, model: torch.nn.Module, state: LoopState, curve: l
     start = next((c[monitor] for c in curve if c.get("step") == 0 and c.get(monitor) is not None), None)
     state.best_step, state.best = 0, state.best if start is None else float(start)
     interval = gate["interval"] or [None, None]
-    message = (f"dev gain {_fmt(gate['gain'])} over the start is not significant ({gate['level']:.0%} interval "
-               f"[{_fmt(interval[0])}, {_fmt(interval[1])}] over {gate['queries']} dev queries): exporting the "
-               "starting model (--no-dev-gate exports the trained one)")
+    message = (f"dev gain {_fmt(gate['gain'])} over the start is not significant (one-sided {gate['level']:.0%} "
+               f"lower bound {_fmt(gate['lower_bound'])}, interval [{_fmt(interval[0])}, {_fmt(interval[1])}] over "
+               f"{gate['queries']} dev queries): exporting the starting model (--no-dev-gate exports the trained one)")
     if report is not None:
         report.say(message)
     else:

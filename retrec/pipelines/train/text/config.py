@@ -57,7 +57,7 @@ class TextTrainingOptions:
     eval_share: float = option(0.15, "most of the elapsed time dev evaluations may take (a due one that would "
                                      "exceed it is skipped; the start's and the last always run)")
     dev_gate: bool = option(True, "export the trained weights only when their dev gain over the start is "
-                                  "significant (paired bootstrap, 95% interval above 0); else the start",
+                                  "significant (paired bootstrap, one-sided 95% lower bound above 0); else the start",
                             flag="--dev-gate/--no-dev-gate")
     seed: int = option(0, "random seed (batches, negatives, dropout, new weights)")
     quantize: bool = option(True, "also write the int8 model", flag="--int8/--no-int8")
