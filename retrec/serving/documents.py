@@ -160,11 +160,7 @@ class DocumentFields:
         if "text" not in stored.fields or not stored.documents:
             return []
         rows = np.random.default_rng(seed).choice(stored.documents, size=min(n, stored.documents), replace=False)
-        try:
-            texts = await asyncio.to_thread(stored.values, sorted(int(r) for r in rows), "text")
-        except Exception as exc:  # unreadable: no sample (the caller says the version has no texts to sample)
-            log.warning("texts of index version %s not readable (%s)", ref["version"], type(exc).__name__)
-            return []
+        texts = await asyncio.to_thread(stored.values, sorted(int(r) for r in rows), "text")
         return [str(texts[r])[:300] for r in sorted(texts)]
 
     async def metadata(self, ref: IndexRef) -> DocumentMetadata | None:
