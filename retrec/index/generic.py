@@ -37,7 +37,6 @@ from retrec.contracts import Hits, Index, call_hook, check_options
 from retrec.index.filters import DocumentMetadata
 
 DOCUMENTS = "documents.parquet"  # in every index version: doc_id and the sha256 of the text it indexed
-DOCUMENT_ROW_GROUP = 8192  # rows per row group of documents.parquet: a hit's fields are read a group at a time
 LOAD_ARGS = ("shard", "encoder", "verify", "use_gpu")  # set by open_index and serving, never by index_options
 OPEN_ARGS = ("model", "verify", "use_gpu", "index_options")  # open_index's own; the rest go to the query encoder
 StoredFields = dict[str, dict[str, str]]  # "title" / "metadata" (JSON) -> doc id -> value
@@ -277,8 +276,7 @@ def publish_index(index: Any, out: str | Path, name: str, *, texts: tuple[Sequen
             saved = load_bundle(pub.path)  # the kind's save, every checksum, before it is re-manifested
             if texts is not None:
                 identity = encoding_identity(encoder) if encoder is not None else None
-                pq.write_table(documents_table(*texts, encoding=identity, fields=fields), pub.path / DOCUMENTS,
-                               row_group_size=DOCUMENT_ROW_GROUP)
+                pq.write_table(documents_table(*texts, encoding=identity, fields=fields), pub.path / DOCUMENTS)
             pub.set_manifest(kind=saved.kind, name=saved.name, version=saved.version,
                              config={**saved.config, **(config or {})},
                              dims=saved.dims, metrics={**saved.metrics, **(metrics or {})}, command=saved.command)

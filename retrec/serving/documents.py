@@ -1,13 +1,10 @@
 """Stored document fields for hits (``"return": ["text", "title", "metadata"]``), read from index versions.
 
 An index version records its documents in ``documents.parquet`` (``doc_id``, the text it indexed and, when the
-collection had them, ``title`` and ``metadata`` as JSON), written in row groups of
-:data:`~retrec.index.generic.DOCUMENT_ROW_GROUP` rows. :class:`DocumentFields` reads a version's ``doc_id`` column
-the first time a request asks for fields from it (on a worker thread) into one ``doc_id → row`` map; the fields
-themselves are read a row group at a time, only the groups that hold the hits asked for, and the last
-:data:`CACHED_GROUPS` groups read are kept. So a replica serving a million-document version holds its ids, not its
-texts (1.5 GB for the 1 M haystack). A version is dropped once no retriever has it active. A field the version does
-not store is ``None``; a version without the file gives ``None`` for every field.
+collection had them, ``title`` and ``metadata`` as JSON). :class:`DocumentFields` reads a version's file the first
+time a request asks for fields from it (on a worker thread), keeps the columns as Arrow arrays with one
+``doc_id → row`` map, and drops a version once no retriever has it active. A field the version does not store is
+``None``; a version without the file gives ``None`` for every field.
 
 Example::
 
@@ -18,12 +15,9 @@ Example::
 from __future__ import annotations
 
 import asyncio
-import bisect
 import json
 import logging
 import threading
-from collections import OrderedDict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -37,76 +31,33 @@ from retrec.index.generic import DOCUMENTS, read_metadata
 log = logging.getLogger("retrec.serving")
 IndexRef = dict[str, str]
 FIELDS = ("text", "title", "metadata")
-CACHED_GROUPS = 8  # row groups of stored fields kept per version (most recently used)
 
 
 class _Stored:
-    """One version's documents: ``doc_id → row``, and its stored field columns read by row group on demand."""
+    """One version's documents: ``doc_id → row`` and the stored field columns."""
 
-    def __init__(self, path: str | None, version: str = "") -> None:
-        self.version = version
+    def __init__(self, path: str | None) -> None:
         self.rows: dict[str, int] = {}
-        self.fields: list[str] = []
-        self.starts: list[int] = []  # first row of each row group
-        self._cache: OrderedDict[int, dict[str, Any]] = OrderedDict()  # group -> its field columns
-        self._lock = threading.Lock()
+        self.columns: dict[str, Any] = {}
         manifest = read_manifest(path) if path is not None else None
         if manifest is None or DOCUMENTS not in manifest.files:
             return
-        self.file = pq.ParquetFile(Path(path) / DOCUMENTS)
-        self.fields = [c for c in FIELDS if c in self.file.schema_arrow.names]
-        ids = self.file.read(columns=["doc_id"]).column("doc_id").to_pylist()
-        self.rows = {d: i for i, d in enumerate(ids)}
-        sizes = [self.file.metadata.row_group(g).num_rows for g in range(self.file.num_row_groups)]
-        self.starts = list(np.cumsum([0, *sizes[:-1]]).tolist())
+        file = Path(path) / DOCUMENTS
+        names = set(pq.read_schema(file).names)
+        wanted = [c for c in FIELDS if c in names]
+        table = pq.read_table(file, columns=["doc_id", *wanted])
+        self.rows = {d: i for i, d in enumerate(table.column("doc_id").to_pylist())}
+        self.columns = {c: table.column(c).combine_chunks() for c in wanted}
 
-    @property
-    def documents(self) -> int:
-        return len(self.rows)
-
-    def _group(self, group: int) -> dict[str, Any]:
-        """Row group ``group``'s field columns (read, or from the cache; one reader at a time per file)."""
-        with self._lock:
-            columns = self._cache.get(group)
-            if columns is None:
-                table = self.file.read_row_group(group, columns=self.fields)
-                columns = self._cache[group] = {c: table.column(c).combine_chunks() for c in self.fields}
-                while len(self._cache) > CACHED_GROUPS:
-                    self._cache.popitem(last=False)
-            self._cache.move_to_end(group)
-            return columns
-
-    def values(self, rows: Iterable[int], field: str) -> dict[int, Any]:
-        """``row → value`` of ``field`` for these rows (each row group read once)."""
-        by_group: dict[int, list[int]] = {}
-        for r in rows:
-            by_group.setdefault(bisect.bisect_right(self.starts, r) - 1, []).append(r)
-        out: dict[int, Any] = {}
-        for group, members in sorted(by_group.items()):
-            column = self._group(group)[field]
-            out.update((r, column[r - self.starts[group]].as_py()) for r in members)
-        return out
-
-    def read(self, doc_ids: list[str], fields: list[str]) -> list[dict[str, Any] | None]:
-        """Per id, ``{field: value}`` (``None`` values for fields not stored), or None when the id is not here."""
-        found = {d: self.rows[d] for d in doc_ids if d in self.rows}
-        stored = [f for f in fields if f in self.fields]
-        try:
-            columns = {f: self.values(found.values(), f) for f in stored} if found else {}
-        except Exception as exc:  # an unreadable row group: the hits keep their ids, these fields are None
-            log.warning("stored fields of index version %s not readable (%s)", self.version, type(exc).__name__)
-            columns = {}
-        out: list[dict[str, Any] | None] = []
-        for d in doc_ids:
-            at = found.get(d)
-            if at is None:
-                out.append(None)
-                continue
-            row: dict[str, Any] = {}
-            for f in fields:
-                value = columns[f][at] if f in columns else None
-                row[f] = json.loads(value) if f == "metadata" and isinstance(value, str) else value
-            out.append(row)
+    def row(self, doc_id: str, fields: list[str]) -> dict[str, Any] | None:
+        at = self.rows.get(doc_id)
+        if at is None:
+            return None
+        out: dict[str, Any] = {}
+        for f in fields:
+            column = self.columns.get(f)
+            value = None if column is None else column[at].as_py()
+            out[f] = json.loads(value) if f == "metadata" and isinstance(value, str) else value
         return out
 
 
@@ -123,14 +74,14 @@ class DocumentFields:
             stored = self._stored.get(ref["digest"])
             if stored is None:
                 try:
-                    stored = _Stored(ref["path"], ref["version"])
+                    stored = _Stored(ref["path"])
                 except Exception as exc:  # e.g. deleted after its shards loaded it: hits keep their ids, fields None
                     log.warning("document fields of index version %s not readable (%s); its hits carry none",
                                 ref["version"], type(exc).__name__)
                     stored = _Stored(None)
                 self._stored = {**self._stored, ref["digest"]: stored}
-                log.info("document ids of index version %s loaded (%d documents)", ref["version"],
-                         stored.documents)
+                log.info("document fields of index version %s loaded (%d documents)", ref["version"],
+                         len(stored.rows))
             return stored
 
     async def fetch(self, refs: list[IndexRef], ids: list[str], fields: list[str],
@@ -143,25 +94,21 @@ class DocumentFields:
             held = self._stored.get(ref["digest"])
             stored.append(held if held is not None else await asyncio.to_thread(self._load, ref))
         self.retain(active if active is not None else {r["digest"] for r in refs})
-        out: list[dict[str, Any] | None] = [None] * len(ids)
-        for version in stored:
-            missing = [i for i, row in enumerate(out) if row is None]
-            if not missing:
-                break
-            rows = await asyncio.to_thread(version.read, [ids[i] for i in missing], fields)
-            for i, row in zip(missing, rows):
-                out[i] = row
-        return [row or dict.fromkeys(fields) for row in out]
+        out = []
+        for d in ids:
+            row = next((r for r in (s.row(d, fields) for s in stored) if r is not None), None)
+            out.append(row or dict.fromkeys(fields))
+        return out
 
     async def sample_texts(self, ref: IndexRef, n: int, seed: int = 0) -> list[str]:
         """``n`` documents' texts of the version (a deterministic sample; their first 300 characters): queries
         for the quality check. Empty when the version stores no texts."""
         stored = self._stored.get(ref["digest"]) or await asyncio.to_thread(self._load, ref)
-        if "text" not in stored.fields or not stored.documents:
+        column = stored.columns.get("text")
+        if column is None or not len(column):
             return []
-        rows = np.random.default_rng(seed).choice(stored.documents, size=min(n, stored.documents), replace=False)
-        texts = await asyncio.to_thread(stored.values, sorted(int(r) for r in rows), "text")
-        return [str(texts[r])[:300] for r in sorted(texts)]
+        rows = np.random.default_rng(seed).choice(len(column), size=min(n, len(column)), replace=False)
+        return [str(column[int(r)].as_py())[:300] for r in sorted(rows)]
 
     async def metadata(self, ref: IndexRef) -> DocumentMetadata | None:
         """The version's documents' metadata (what filters check their fields against), read once per version."""
