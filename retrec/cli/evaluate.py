@@ -90,6 +90,11 @@ def eval_cmd(
     rerank_weight: Annotated[float | None, typer.Option(
         min=0.0, max=1.0, help="--rerank: the first stage's share of the mixed score (0: the re-ranker alone, 1: "
                                "the first stage's order); default: the bundle's, chosen on dev in training")] = None,
+    rerank_variant: Annotated[str, typer.Option(
+        help="--rerank: the re-ranker's ONNX model, fp32 or int8 (when the bundle has it)")] = "fp32",
+    rerank_max_length: Annotated[int | None, typer.Option(
+        min=8, help="--rerank: tokens of a (query, document) pair; default: the bundle's (its training "
+                     "length)")] = None,
     tune_weights: Annotated[bool, typer.Option(help="choose hybrid weights on --tune-split (grid, step 0.1)")] = False,
     tune_split: Annotated[str, typer.Option(help="split whose qrels tune the weights (no dev: train)")] = "dev",
     split: Annotated[str, typer.Option(help="qrels split")] = "test",
@@ -169,7 +174,7 @@ def eval_cmd(
             if len(index or []) > 1 or retriever is not None:
                 opened.name = path.name  # several systems: each index version by its folder
             load_seconds = time.perf_counter() - started
-            result = evaluate_retriever(opened, collection, k=k, progress=not as_json, measures=measures)
+            result = evaluate_retriever(opened, collection, k=k, progress=True, measures=measures)
             result.index_seconds = load_seconds
             results.append(result)
             built_first = built_first or result
@@ -183,15 +188,15 @@ def eval_cmd(
                 parts[label] = part
             tune_on = _tune_collection(data, tune_split, strict) if tune_weights else None
             hybrid = evaluate_hybrid(parts, collection, spec, k=k, measures=measures, tune_on=tune_on,
-                                     tune_measure=primary, progress=not as_json)
+                                     tune_measure=primary, progress=True)
             results += [*(hybrid.components if compare else []), hybrid.hybrid]
             built_first = built_first or hybrid.hybrid
         elif retriever is not None:
             assert collection is not None
             started = time.perf_counter()
-            built = build_retriever(retriever, collection, model, progress=not as_json, params=params)
+            built = build_retriever(retriever, collection, model, progress=True, params=params)
             index_seconds = time.perf_counter() - started
-            result = evaluate_retriever(built, collection, k=k, progress=not as_json, measures=measures)
+            result = evaluate_retriever(built, collection, k=k, progress=True, measures=measures)
             result.index_seconds = index_seconds
             results.append(result)
             built_first = built_first or result
@@ -212,8 +217,8 @@ def eval_cmd(
             from retrec.runtime.reranker import OnnxReranker
 
             assert collection is not None
-            reranker = OnnxReranker(rerank)
-            reranked = {id(res): rerank_result(res, reranker, collection, depth, measures, progress=not as_json,
+            reranker = OnnxReranker(rerank, variant=rerank_variant, max_length=rerank_max_length)
+            reranked = {id(res): rerank_result(res, reranker, collection, depth, measures, progress=True,
                                                first_stage_weight=rerank_weight)
                         for res in results}
             results += list(reranked.values())
@@ -285,7 +290,7 @@ def eval_rec_cmd(
             # the model masks seen items exactly when the evaluation ranks without them (full ranking)
             score = build_recommender(name, loo, vocab, target=split, exclude_seen=exclude_seen and protocol == "full")
             res = evaluate_recommender(score, loo, vocab, protocol=protocol, target=split, seed=seed,
-                                       exclude_seen=exclude_seen, progress=not as_json)
+                                       exclude_seen=exclude_seen, progress=True)
             results[name] = {**res.metrics, "users": int(res.metrics["users"])}
     except (DataError, BundleError, ValueError) as exc:
         raise _fail(str(exc)) from exc

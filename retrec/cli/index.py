@@ -76,7 +76,7 @@ def index_cmd(
             options.update(params)
         doc_ids, texts = corpus_texts(read_corpus(data))
         built = build_from_texts(resolved, doc_ids, texts, model=model, factory=factory, shards=shards,
-                                 progress=not as_json, encoder_options={"variant": variant} if variant else None,
+                                 progress=True, encoder_options={"variant": variant} if variant else None,
                                  **options)
         label = (data if data.is_dir() else data.absolute().parent).name
         path = publish_index(built.index, out, name or f"{label}-{display_name(resolved)}",

@@ -86,7 +86,7 @@ def reindex_cmd(
                         part_size=part_size,
                         ray_address=ray_address, local=local, eval_data=eval_data, max_drop=max_drop, name=name,
                         params=parse_params(param), rolling=rolling,
-                        progress=not as_json)
+                        progress=True)
     retriever = swap_retriever or display_name(index_kind(kind))
     swaps: list[dict] = []
 

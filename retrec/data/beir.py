@@ -208,6 +208,23 @@ def validate_qrels(
     return qrels.take(pa.array(keep, pa.int64()))
 
 
+def _root(directory: str | Path) -> Path:
+    root = resolve_dataset(directory)
+    if not root.is_dir():
+        raise DataError(root, "dataset folder not found")
+    return root
+
+
+def load_corpus(directory: str | Path) -> pa.Table:
+    """Only the documents of a BEIR or canonical Parquet folder (no queries or judgements are read)."""
+    root = _root(directory)
+    if (root / "corpus.jsonl").is_file():
+        return read_beir_corpus(root / "corpus.jsonl")
+    if (root / "corpus.parquet").is_file():
+        return read_parquet_corpus(root / "corpus.parquet")
+    raise DataError(root, "neither a BEIR folder (corpus.jsonl) nor a canonical one (corpus.parquet)")
+
+
 def load_retrieval_data(
     directory: str | Path, split: str = "test", strict: bool = False, qrels_file: str | Path | None = None,
 ) -> RetrievalData:
@@ -215,9 +232,7 @@ def load_retrieval_data(
 
     ``qrels_file`` (a BEIR/TREC TSV or a Parquet file) replaces the folder's ``qrels/{split}``.
     """
-    root = resolve_dataset(directory)
-    if not root.is_dir():
-        raise DataError(root, "dataset folder not found")
+    root = _root(directory)
     report = LoadReport()
     if (root / "corpus.jsonl").is_file():
         corpus = read_beir_corpus(root / "corpus.jsonl")

@@ -58,6 +58,9 @@ def test_piped_tables_keep_long_names_and_eval_shows_progress(tiny_data: Path, t
     assert long.name in done.stdout and "[test]" in done.stdout  # whole, and a bracket is text, not markup
     assert f"search {long.name}: 30/30 queries" in done.stderr  # progress lines in a log, whole, not only on a
     # terminal
+    as_json = _run("eval", "--data", str(tiny_data), "--index", str(long), "--retriever", "bm25", "--json")
+    assert len(json.loads(as_json.stdout)["systems"]) == 2  # stdout stays one JSON object ...
+    assert f"search {long.name}: 30/30 queries" in as_json.stderr  # ... and the log still shows the progress
     listed = _run("ls", str(tmp_path))
     assert listed.returncode == 0 and str(long) in listed.stdout
 

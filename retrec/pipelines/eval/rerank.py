@@ -97,6 +97,7 @@ def rerank_result(first: EvalResult, reranker: OnnxReranker, collection: Retriev
                            first.seconds + sum(seconds))
     ms = np.array(seconds) * 1e3 if seconds else np.zeros(1)
     result.extra = {"rerank": {"bundle": reranker.name, "version": reranker.version, "depth": depth,
+                               "variant": reranker.variant, "max_length": reranker.max_length,
                                "first_stage_weight": reranker.first_stage_weight if first_stage_weight is None
                                else first_stage_weight,
                                "threads": reranker.threads, "mean_ms": round(float(ms.mean()), 1),

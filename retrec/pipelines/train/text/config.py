@@ -120,11 +120,30 @@ class DenseTrainConfig(ContrastiveOptions):
                                                        "dimensions) | bct (the output is the old space)")
     extra_dims: int = option(32, "bt2: dimensions added to the encoder's width")
     compat_weight: float = option(1.0, "weight of the influence loss (new queries against the old documents)")
+    adapt: bool = option(False, "domain adaptation without queries (GPL-style): train on pseudo-queries from the "
+                                "corpus (a sentence of a document, the document its positive) with the teacher's "
+                                "margins; the collection's queries and judgements are never read, dev is held-out "
+                                "pseudo-queries (retrec/pipelines/train/text/pseudo_queries.py)",
+                         flag="--adapt/--no-adapt")
+    adapt_queries: int = option(2000, "--adapt: training pseudo-queries (one per document drawn)")
+    adapt_dev_queries: int = option(200, "--adapt: held-out pseudo-queries for the dev metric and its gate")
+    adapt_distill_weight: float = option(1.0, "--adapt: weight of the Margin-MSE terms against the teacher "
+                                              "(replaces --distill-weight: the teacher is the signal)")
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.extra_dims < 0 or self.compat_weight < 0:
             raise ValueError("extra_dims and compat_weight must be >= 0")
+        if self.adapt and self.pseudo_queries > 0:
+            raise ValueError("--adapt trains on pseudo-queries alone; --pseudo-queries adds them beside judged "
+                             "queries (give one)")
+        if self.adapt_queries < 2 or self.adapt_dev_queries < 0 or self.adapt_distill_weight < 0:
+            raise ValueError("adapt_queries must be >= 2, adapt_dev_queries and adapt_distill_weight >= 0")
+
+    @property
+    def margin_weight(self) -> float:
+        """The Margin-MSE terms' weight: ``adapt_distill_weight`` with ``adapt``, else ``distill_weight``."""
+        return self.adapt_distill_weight if self.adapt else self.distill_weight
         if self.compatible_with is not None and self.similarity != "cosine":
             raise ValueError("--compatible-with needs cosine similarity (the old space is compared normalised)")
 

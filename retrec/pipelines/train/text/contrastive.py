@@ -178,13 +178,15 @@ class ContrastiveAdapter(TorchAdapter):
         return plan_epoch(epoch, self.ts, self.cfg, self.labels, self.miners, self.teacher)
 
 
-def contrastive_inputs(data: str | Path, cfg: ContrastiveOptions, progress: bool, what: str
-                       ) -> tuple[BaseModel, TrainingSet, Miners, Teacher, np.ndarray | None]:
+def contrastive_inputs(
+    data: str | Path, cfg: ContrastiveOptions, progress: bool, what: str, ts: TrainingSet | None = None,
+) -> tuple[BaseModel, TrainingSet, Miners, Teacher, np.ndarray | None]:
     """What every bi-encoder trainer starts from: the base model (a bad folder refused before any work), the
-    training set, the miners, the teacher and the topic clusters of the training queries (None: random batches)."""
+    training set (``data``'s judged queries, unless ``ts`` is given), the miners, the teacher and the topic
+    clusters of the training queries (None: random batches)."""
     resolve_device(cfg.device)  # a GPU that is not there is refused before any work
     base = resolve_base_model(cfg.base_model)
-    ts = training_set(data, cfg)
+    ts = ts if ts is not None else training_set(data, cfg)
     log.info("%s: %d training queries (%d judgements), %d dev queries (%s), %d documents", what, len(ts.query_ids),
              sum(len(v) for v in ts.qrels_rows.values()), len(ts.dev_ids), ts.dev_source, len(ts.doc_ids))
     if cfg.pseudo_queries > 0:

@@ -68,6 +68,7 @@ from retrec.pipelines.train.text.data import (
     dev_candidates,
     text_loop_config,
 )
+from retrec.pipelines.train.text.pseudo_queries import corpus_training_set
 from retrec.pipelines.train.text.teachers import (
     Teacher,
 )
@@ -136,13 +137,13 @@ def step_loss(model: TextEncoder, tokenizer: TextTokenizer, step: Step, ts: Trai
     ce = in_batch_cross_entropy(scores, scale, mask)
     parts = {"ce": float(ce.detach()), "judged_negatives": float(judged.sum())}
     loss = ce
-    if cfg.distill_weight > 0:
+    if cfg.margin_weight > 0:
         target = torch.from_numpy(np.stack([teacher.scores(qid, docs) for qid in step.queries])).to(scores.device)
         if cfg.similarity == "dot":
             target = target * scale
         pair = margin_mse(scores, target)
         inbatch = in_batch_margin_mse(scores, target, mask)
-        loss = loss + cfg.distill_weight * (pair + cfg.inbatch_weight * inbatch)
+        loss = loss + cfg.margin_weight * (pair + cfg.inbatch_weight * inbatch)
         parts.update(margin_mse=float(pair.detach()), inbatch_mse=float(inbatch.detach()))
     if old is not None and cfg.compat_weight > 0:
         compat, extra = compat_loss(q, d, docs, old, mask, scale, cfg.compat_mode)
@@ -249,11 +250,17 @@ def train_dense(
     data: str | Path, out: str | Path, cfg: DenseTrainConfig | None = None, *, resume: bool = False,
     progress: bool = True, command: str | None = None, name: str | None = None,
 ) -> Path:
-    """Train on ``data``'s train split (dev split when present), write a ``model/dense`` bundle to ``out``."""
+    """Train on ``data``'s train split (dev split when present), or with ``cfg.adapt`` on pseudo-queries from its
+    corpus alone; write a ``model/dense`` bundle to ``out``."""
     cfg = cfg or DenseTrainConfig()
     if cfg.compatible_with:  # a bad old bundle is refused before any work
         load_bundle(cfg.compatible_with, kind=KIND)
-    base, ts, miners, teacher, labels = contrastive_inputs(data, cfg, progress, "dense")
+    ts = None
+    if cfg.adapt:  # the corpus alone: pseudo-queries, their documents as positives (GPL-style)
+        ts = corpus_training_set(data, cfg.adapt_queries, cfg.adapt_dev_queries, cfg.seed)
+        log.info("dense: --adapt: %d pseudo-queries from the corpus, %d held out for dev; no query or judgement "
+                 "of the collection is read", len(ts.query_ids), len(ts.dev_ids))
+    base, ts, miners, teacher, labels = contrastive_inputs(data, cfg, progress, "dense", ts)
     adapter = DenseAdapter(ts, cfg, miners, teacher, labels, base, name or f"{Path(data).name}-dense",
                            progress=progress)
     return run_training(adapter, text_loop_config(cfg, DEV_METRIC), out, resume=resume, progress=progress,

@@ -5,24 +5,30 @@ document is a cheap, unsupervised, in-domain query whose positive is known (the 
 sentence in the document here: the sparse model learns which of a document's terms a query reuses). The mined
 negatives, the teacher and the topic clusters then treat them like judged queries.
 
+:func:`corpus_training_set` builds a training set from the corpus alone — no query or judgement of the collection is
+read — for domain adaptation (``retrec train dense --adapt``, GPL-style: the teacher's margins on these queries
+are the signal); its dev queries are held-out pseudo-queries (``dev_source: "pseudo"``).
+
 Example::
 
     ts = with_pseudo_queries(ts, per_query=1.0, seed=0)   # as many pseudo-queries as judged training queries
+    ts = corpus_training_set("../shared/data/scifact", queries=2000, dev_queries=200, seed=0)
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
 
 import numpy as np
 
-if TYPE_CHECKING:
-    from retrec.pipelines.train.text.data import TrainingSet
+from retrec.data.beir import corpus_texts, load_corpus
+from retrec.pipelines.train.text.data import TrainingSet
 
 PREFIX = "pseudo:"
 MIN_WORDS, MAX_WORDS = 5, 40
+CROP_WORDS = 12  # a document without a query-sized sentence gives a span of this many words
 _SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z0-9(\[])")
 
 
@@ -56,3 +62,45 @@ def with_pseudo_queries(ts: TrainingSet, per_query: float, seed: int) -> Trainin
     qrels_rows = {**ts.qrels_rows, **{q: {r: 1} for q, r in rows.items()}}
     return replace(ts, query_ids=ts.query_ids + list(rows), positives=positives, query_texts=texts,
                    qrels_rows=qrels_rows)
+
+
+def pseudo_query(text: str, rng: np.random.Generator) -> str | None:
+    """One of ``text``'s sentences (:func:`sentences`), or, when it has none, a span of ``CROP_WORDS`` consecutive
+    words (text without sentence punctuation); None for a text shorter than ``MIN_WORDS`` words."""
+    found = sentences(text)
+    if found:
+        return found[int(rng.integers(len(found)))]
+    words = text.split()
+    if len(words) < MIN_WORDS:
+        return None
+    size = min(CROP_WORDS, len(words))
+    start = int(rng.integers(len(words) - size + 1))
+    return " ".join(words[start:start + size])
+
+
+def corpus_training_set(data: str | Path, queries: int, dev_queries: int, seed: int) -> TrainingSet:
+    """A training set of ``queries`` pseudo-queries and ``dev_queries`` held-out ones from ``data``'s documents
+    alone (one per document, documents drawn seeded; fewer when the corpus has fewer usable documents). Each
+    query's one relevant document is the one it comes from."""
+    if queries < 2 or dev_queries < 0:
+        raise ValueError("adapt needs at least 2 training pseudo-queries and dev_queries >= 0")
+    doc_ids, doc_texts = corpus_texts(load_corpus(data), with_title=True)
+    rng = np.random.default_rng([seed, 11])
+    texts: dict[str, str] = {}
+    rows: dict[str, int] = {}
+    for row in rng.permutation(len(doc_texts)).tolist():
+        text = pseudo_query(doc_texts[row], rng)
+        if text is not None:
+            qid = PREFIX + doc_ids[row]
+            texts[qid], rows[qid] = text, row
+            if len(rows) == queries + dev_queries:
+                break
+    ids = list(rows)
+    n_dev = min(dev_queries, len(ids) // 5)  # a small corpus keeps most of its queries for training
+    dev_ids, train_ids = sorted(ids[:n_dev]), ids[n_dev:]
+    if len(train_ids) < 2:
+        raise ValueError(f"{data}: only {len(ids)} documents give a pseudo-query ({MIN_WORDS}+ words); adapt needs "
+                         "at least 2")
+    qrels_rows = {q: {r: 1} for q, r in rows.items()}
+    return TrainingSet(doc_ids, doc_texts, train_ids, {q: np.array([rows[q]], dtype=np.int64) for q in train_ids},
+                       dev_ids, {q: {doc_ids[rows[q]]: 1} for q in dev_ids}, texts, qrels_rows, "pseudo")

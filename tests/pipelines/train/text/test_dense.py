@@ -403,3 +403,26 @@ def test_a_compatible_encoder_starts_in_the_old_space_and_records_it(tiny_data: 
     with pytest.raises(Exception, match="manifest"):
         train_dense(tiny_data, tmp_path / "x", DenseTrainConfig(**TINY, compatible_with=str(tmp_path / "none")),
                     progress=False)
+
+
+def test_adapt_trains_on_the_corpus_alone_with_the_teachers_margins(tiny_data: Path, tmp_path: Path,
+                                                                     private_cache: Path) -> None:
+    """``--adapt``: a folder with documents only (no queries, no judgements) trains; the dev metric and its gate
+    read held-out pseudo-queries, the loss carries the teacher's Margin-MSE, and the manifest says so."""
+    import shutil
+
+    data = tmp_path / "corpus-only"
+    data.mkdir()
+    shutil.copy(tiny_data / "corpus.parquet", data / "corpus.parquet")
+    out = tmp_path / "adapted"
+    cfg = DenseTrainConfig(**TINY, max_steps=2, adapt=True, adapt_queries=24, adapt_dev_queries=6)
+    train_dense(data, out, cfg, progress=False)
+    manifest = load_bundle(out, kind="model/dense")
+    assert manifest.metrics["dev_source"] == "pseudo" and manifest.metrics["dev_queries"] == 6
+    assert manifest.metrics["train_queries"] == 24 and manifest.config["train"]["adapt"] is True
+    curve = json.loads((out / "training_curve.json").read_text())
+    steps = [c for c in curve if "loss" in c]
+    assert len(steps) == 2 and all(c["margin_mse"] >= 0 and c["loss"] > c["ce"] for c in steps)
+    assert manifest.metrics["onnx_max_abs_diff"] <= 1e-4
+    with pytest.raises(ValueError, match="--pseudo-queries"):
+        DenseTrainConfig(adapt=True, pseudo_queries=1.0)

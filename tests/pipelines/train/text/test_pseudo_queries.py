@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from retrec.pipelines.train.text.data import TrainingSet
-from retrec.pipelines.train.text.pseudo_queries import PREFIX, sentences, with_pseudo_queries
+from retrec.pipelines.train.text.pseudo_queries import (
+    CROP_WORDS,
+    PREFIX,
+    corpus_training_set,
+    pseudo_query,
+    sentences,
+    with_pseudo_queries,
+)
 
 LONG = "The protein binds the receptor in most cells tested here."
 
@@ -48,3 +57,39 @@ def test_pseudo_queries_are_capped_by_the_corpus_and_zero_changes_nothing() -> N
     assert with_pseudo_queries(ts, per_query=0, seed=0) is ts
     with pytest.raises(ValueError, match="per_query"):
         with_pseudo_queries(ts, per_query=-1, seed=0)
+
+
+def test_corpus_training_set_reads_only_the_corpus_and_holds_out_dev(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    docs = 40
+    texts = [f"Doc {i}. {LONG} Cells number {i} grow fast in cold water." for i in range(docs)]
+    texts[5] = "tiny"  # under MIN_WORDS: never a source
+    texts[6] = " ".join(f"w{j}" for j in range(60))  # no sentence punctuation: a span of CROP_WORDS words
+    pq.write_table(pa.table({"doc_id": [f"d{i}" for i in range(docs)], "title": [""] * docs, "text": texts}),
+                   tmp_path / "corpus.parquet")  # no queries.parquet, no qrels/: nothing else is read
+    ts = corpus_training_set(tmp_path, queries=30, dev_queries=10, seed=0)
+    assert len(ts.query_ids) == 32 and len(ts.dev_ids) == 7 and ts.dev_source == "pseudo"  # 39 usable, a fifth dev
+    assert not set(ts.query_ids) & set(ts.dev_ids) and PREFIX + "d5" not in ts.query_texts
+    for q in ts.query_ids + ts.dev_ids:
+        row = ts.doc_ids.index(q[len(PREFIX):])
+        assert ts.query_texts[q] in ts.doc_texts[row] and ts.qrels_rows[q] == {row: 1}
+    for q in ts.dev_ids:
+        assert ts.dev_qrels[q] == {q[len(PREFIX):]: 1}
+    assert {q: r.tolist() for q, r in ts.positives.items()} == {
+        q: [ts.doc_ids.index(q[len(PREFIX):])] for q in ts.query_ids}
+    assert len(ts.query_texts[PREFIX + "d6"].split()) == CROP_WORDS  # every usable document gave one
+    again = corpus_training_set(tmp_path, queries=30, dev_queries=10, seed=0)
+    assert again.query_ids == ts.query_ids and again.query_texts == ts.query_texts
+    with pytest.raises(ValueError, match="at least 2"):
+        corpus_training_set(tmp_path, queries=1, dev_queries=0, seed=0)
+
+
+def test_pseudo_query_falls_back_to_a_span_of_words() -> None:
+    rng = np.random.default_rng(0)
+    words = " ".join(f"w{j}" for j in range(50))
+    span = pseudo_query(words, rng)
+    assert span is not None and len(span.split()) == CROP_WORDS and span in words
+    assert pseudo_query(f"Title. {LONG}", rng) == LONG
+    assert pseudo_query("too short", rng) is None

@@ -75,7 +75,7 @@ def test_tiny_training_exports_a_verified_reranker_and_eval_reranks(tiny_data: P
     result = CliRunner().invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "bm25", "--rerank", str(out),
                                       "--depth", "5", "--k", "20", "--json"])
     assert result.exit_code == 0, result.output
-    systems = {s["retriever"]: s for s in json.loads(result.output)["systems"]}
+    systems = {s["retriever"]: s for s in json.loads(result.stdout)["systems"]}
     assert set(systems) == {"bm25", f"bm25>{manifest.name}"}
     first, reranked = systems["bm25"], systems[f"bm25>{manifest.name}"]
     assert reranked["rerank"]["depth"] == 5 and reranked["rerank"]["p50_ms"] > 0
@@ -83,9 +83,20 @@ def test_tiny_training_exports_a_verified_reranker_and_eval_reranks(tiny_data: P
     kept = CliRunner().invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "bm25", "--rerank", str(out),
                                     "--depth", "5", "--k", "20", "--rerank-weight", "1", "--json"])
     assert kept.exit_code == 0, kept.output
-    mixed = {s["retriever"]: s for s in json.loads(kept.output)["systems"]}[f"bm25>{manifest.name}"]
+    mixed = {s["retriever"]: s for s in json.loads(kept.stdout)["systems"]}[f"bm25>{manifest.name}"]
     # weight 1: the first stage's order
     assert mixed["rerank"]["first_stage_weight"] == 1.0 and mixed["nDCG@10"] == pytest.approx(first["nDCG@10"])
+    short = CliRunner().invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "bm25", "--rerank", str(out),
+                                     "--depth", "5", "--k", "20", "--rerank-variant", "int8", "--rerank-max-length",
+                                     "16", "--json"])
+    assert short.exit_code == 0, short.output
+    quick = {s["retriever"]: s for s in json.loads(short.stdout)["systems"]}[f"bm25>{manifest.name}"]
+    assert (quick["rerank"]["variant"], quick["rerank"]["max_length"]) == ("int8", 16)
+    assert (reranked["rerank"]["variant"], reranked["rerank"]["max_length"]) == ("fp32", 32)
+    assert quick["R@1000"] == pytest.approx(first["R@1000"])
+    missing = CliRunner().invoke(app, ["eval", "--data", str(tiny_data), "--retriever", "bm25", "--rerank", str(out),
+                                       "--rerank-variant", "int9"])
+    assert missing.exit_code == 2 and "no 'int9' model in this bundle" in missing.output
     bad = CliRunner().invoke(app, ["eval", "--run", str(tmp_path / "x.run"), "--qrels", str(tmp_path / "q.tsv"),
                                    "--rerank", str(out)])
     assert bad.exit_code == 2 and "--rerank needs --data" in bad.output
