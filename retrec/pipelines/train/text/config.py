@@ -139,13 +139,13 @@ class DenseTrainConfig(ContrastiveOptions):
                              "queries (give one)")
         if self.adapt_queries < 2 or self.adapt_dev_queries < 0 or self.adapt_distill_weight < 0:
             raise ValueError("adapt_queries must be >= 2, adapt_dev_queries and adapt_distill_weight >= 0")
+        if self.compatible_with is not None and self.similarity != "cosine":
+            raise ValueError("--compatible-with needs cosine similarity (the old space is compared normalised)")
 
     @property
     def margin_weight(self) -> float:
         """The Margin-MSE terms' weight: ``adapt_distill_weight`` with ``adapt``, else ``distill_weight``."""
         return self.adapt_distill_weight if self.adapt else self.distill_weight
-        if self.compatible_with is not None and self.similarity != "cosine":
-            raise ValueError("--compatible-with needs cosine similarity (the old space is compared normalised)")
 
 
 @dataclass

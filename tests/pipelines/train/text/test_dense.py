@@ -147,6 +147,12 @@ def test_config_rejects_unknown_options() -> None:
         DenseTrainConfig(negatives="hard")
     with pytest.raises(ValueError, match="batch_size"):
         DenseTrainConfig(batch_size=1)
+    with pytest.raises(ValueError, match="needs cosine similarity"):
+        DenseTrainConfig(compatible_with="old-bundle", similarity="dot")
+    with pytest.raises(ValueError, match="adapt_queries"):
+        DenseTrainConfig(adapt=True, adapt_queries=1)
+    assert DenseTrainConfig(adapt=True).margin_weight == 1.0
+    assert DenseTrainConfig(distill_weight=3.0).margin_weight == 3.0
 
 
 def test_graded_pick_follows_grades_and_keeps_the_binary_stream() -> None:
